@@ -30,6 +30,13 @@ enum Command {
     /// Time single-image float inference of the backbone in tract and in burn, model load and
     /// optimisation, and report peak memory.
     BenchBackbone(cmd::backbone::BenchArgs),
+    /// Turn ultrasound files (images, DICOM) into model input PNGs, with one JSON line per
+    /// frame describing the detected scan area.
+    Preprocess(cmd::preprocess::Args),
+    /// Generate synthetic pediatric renal ultrasound images (phantom) with known labels.
+    Synth(cmd::synth::Args),
+    /// Simulate the cart controller on a serial port or pseudo terminal.
+    CartSim(cmd::cart_sim::Args),
 }
 
 fn main() -> Result<()> {
@@ -39,5 +46,8 @@ fn main() -> Result<()> {
         Command::ExportBackbone(a) => cmd::backbone::export(a),
         Command::Imagenet(a) => cmd::backbone::imagenet(a),
         Command::BenchBackbone(a) => cmd::backbone::bench(a),
+        Command::Preprocess(a) => cmd::preprocess::run(a),
+        Command::Synth(a) => cmd::synth::run(a),
+        Command::CartSim(a) => cmd::cart_sim::run(a),
     }
 }

@@ -1,4 +1,7 @@
 //! One module per subcommand family.
 
 pub mod backbone;
+pub mod cart_sim;
+pub mod preprocess;
+pub mod synth;
 pub mod weights;

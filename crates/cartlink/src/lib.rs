@@ -1,0 +1,2 @@
+//! Cart serial protocol (work in progress).
+#![no_std]

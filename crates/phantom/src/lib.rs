@@ -1,0 +1,1 @@
+//! Synthetic pediatric renal ultrasound (work in progress).
