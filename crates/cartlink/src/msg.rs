@@ -1,0 +1,218 @@
+//! Messages carried by the link, in both directions.
+//!
+//! One enum for both directions keeps a single tag space on the wire: a loopback or a
+//! crossed cable shows up as "unexpected message" rather than as garbage. Variants are only
+//! ever appended (postcard encodes the variant index), so adding a message is a compatible
+//! change; changing a field is not and bumps [`crate::PROTOCOL_VERSION`].
+
+use serde::{Deserialize, Serialize};
+
+/// Longest device id in a [`Hello`].
+pub const DEVICE_ID_LEN: usize = 24;
+/// Longest model id in a [`Hello`].
+pub const MODEL_ID_LEN: usize = 24;
+/// Longest model version in a [`Hello`].
+pub const MODEL_VERSION_LEN: usize = 16;
+
+/// Everything that travels over the link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    // ---- device -> cart (tags 0..=3)
+    /// Sent at start-up and until the cart is heard; announces versions and identity.
+    Hello(Hello),
+    /// One classification; re-sent until the cart acknowledges it.
+    Result(ResultMsg),
+    /// Operating state, sent when it changes and periodically.
+    Status(Status),
+    /// Keeps the link alive when there is nothing else to say.
+    Heartbeat(Heartbeat),
+    // ---- cart -> device (tags 4..=7)
+    /// Begin screening (continuous classification).
+    StartScreening(CommandId),
+    /// Stop screening.
+    StopScreening(CommandId),
+    /// Classify the current frame now.
+    Capture(CommandId),
+    /// Acknowledge one result.
+    Ack(Ack),
+}
+
+impl Message {
+    /// True for messages the device sends (and the cart receives).
+    pub fn is_from_device(&self) -> bool {
+        matches!(
+            self,
+            Message::Hello(_) | Message::Result(_) | Message::Status(_) | Message::Heartbeat(_)
+        )
+    }
+}
+
+/// Identifies a cart command so that re-sent copies run once. The device echoes the last
+/// one it executed in [`Status::last_command`] and [`Heartbeat::last_command`]; the cart
+/// re-sends a command until it sees its id echoed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandId(pub u16);
+
+/// Device announcement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Highest protocol version the device speaks (the one in every frame header).
+    pub protocol_version: u8,
+    /// Lowest protocol version the device could fall back to.
+    pub min_protocol_version: u8,
+    /// Random per boot: results of an earlier boot are not confused with this one's.
+    pub session: u32,
+    pub device_id: heapless::String<DEVICE_ID_LEN>,
+    pub model_id: heapless::String<MODEL_ID_LEN>,
+    pub model_version: heapless::String<MODEL_VERSION_LEN>,
+}
+
+/// Most likely finding. Order is part of the wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Class {
+    Normal,
+    Stone,
+    Cyst,
+    Hyperechogenicity,
+    SpaceOccupyingLesion,
+    Hydronephrosis,
+}
+
+impl Class {
+    /// All classes in wire order.
+    pub const ALL: [Class; 6] = [
+        Class::Normal,
+        Class::Stone,
+        Class::Cyst,
+        Class::Hyperechogenicity,
+        Class::SpaceOccupyingLesion,
+        Class::Hydronephrosis,
+    ];
+
+    /// Short lower-case name, for displays and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Normal => "normal",
+            Class::Stone => "stone",
+            Class::Cyst => "cyst",
+            Class::Hyperechogenicity => "hyperechogenicity",
+            Class::SpaceOccupyingLesion => "sol",
+            Class::Hydronephrosis => "hydronephrosis",
+        }
+    }
+}
+
+/// Bits of [`ResultMsg::flags`].
+pub mod flags {
+    /// p(abnormal) is at or above the bundle's operating threshold.
+    pub const ABNORMAL: u8 = 1 << 0;
+    /// Answer to a [`crate::Message::Capture`] rather than continuous screening.
+    pub const CAPTURE: u8 = 1 << 1;
+    /// Image quality gate was marginal (blank, frozen, small scan area).
+    pub const LOW_QUALITY: u8 = 1 << 2;
+    /// Aggregated over several frames rather than a single one.
+    pub const AGGREGATED: u8 = 1 << 3;
+    /// Could not be written to the journal.
+    pub const NOT_JOURNALED: u8 = 1 << 4;
+}
+
+/// One classification.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ResultMsg {
+    /// Copied from [`Hello::session`]; with `seq`, the identity of the result.
+    pub session: u32,
+    /// Increases by one per result within a session.
+    pub seq: u32,
+    /// Device clock, milliseconds (Unix epoch when the device knows it, else uptime).
+    pub timestamp_ms: u64,
+    pub p_abnormal: f32,
+    pub class: Class,
+    /// Probability of `class`.
+    pub confidence: f32,
+    /// See [`flags`].
+    pub flags: u8,
+}
+
+/// What the device is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    Idle,
+    Screening,
+    /// No usable image (probe unplugged, frozen, no scan area).
+    NoSignal,
+    Fault,
+}
+
+/// Health of the device's crash-safe journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JournalHealth {
+    Ok,
+    /// Writable but nearly full or slow.
+    Degraded,
+    Failed,
+    Disabled,
+}
+
+/// Operating status.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub state: State,
+    pub fps: f32,
+    /// Frame-to-result latency, milliseconds.
+    pub latency_ms: f32,
+    /// Frames the pipeline skipped (cumulative).
+    pub frames_dropped: u32,
+    /// Results dropped from the link's buffer before they were acknowledged (cumulative).
+    pub results_dropped: u32,
+    /// Results waiting for an acknowledgement.
+    pub results_pending: u8,
+    pub journal: JournalHealth,
+    /// Last cart command executed, if any.
+    pub last_command: Option<CommandId>,
+}
+
+/// Keep-alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub session: u32,
+    pub uptime_ms: u64,
+    /// Last cart command executed, if any.
+    pub last_command: Option<CommandId>,
+}
+
+/// Acknowledges the result `(session, seq)`. Selective rather than cumulative, so a lost
+/// or reordered ack never acknowledges a result the cart has not seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub session: u32,
+    pub seq: u32,
+}
+
+/// A cart command as the device application sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    StartScreening,
+    StopScreening,
+    Capture,
+}
+
+impl Command {
+    /// The wire message carrying this command.
+    pub fn to_message(self, id: CommandId) -> Message {
+        match self {
+            Command::StartScreening => Message::StartScreening(id),
+            Command::StopScreening => Message::StopScreening(id),
+            Command::Capture => Message::Capture(id),
+        }
+    }
+
+    /// The command in a cart message, if it is one.
+    pub fn from_message(msg: &Message) -> Option<(Command, CommandId)> {
+        match *msg {
+            Message::StartScreening(id) => Some((Command::StartScreening, id)),
+            Message::StopScreening(id) => Some((Command::StopScreening, id)),
+            Message::Capture(id) => Some((Command::Capture, id)),
+            _ => None,
+        }
+    }
+}
