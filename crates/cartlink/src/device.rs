@@ -87,7 +87,7 @@ pub struct LinkStats {
     pub results_sent: u32,
     pub results_resent: u32,
     pub results_acked: u32,
-    /// Results dropped, oldest first, because the buffer was full.
+    /// Results dropped unacknowledged, oldest first, because `N` newer ones followed.
     pub results_dropped: u32,
     /// Acks for results no longer pending (duplicates, other sessions).
     pub acks_stale: u32,
@@ -175,12 +175,32 @@ impl<const N: usize> Link<N> {
         self.hello.session
     }
 
-    /// Queues a result for delivery and returns its sequence number. When the buffer is
-    /// full the oldest unacknowledged result is dropped and counted in
-    /// [`Status::results_dropped`]: a fresh result matters more than a stale one.
+    /// Queues a result for delivery and returns its sequence number.
+    ///
+    /// The link keeps the `N` most recent results until they are acknowledged. A result
+    /// that falls `N` or more behind the newest is dropped unacknowledged and counted in
+    /// [`Status::results_dropped`]: a fresh result matters more than a stale one, and the
+    /// cart's duplicate window ([`crate::seq::SeqWindow`]) only reaches that far back.
     pub fn push_result(&mut self, c: Classification) -> u32 {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
+        let before = self.pending.len();
+        // `N` fits in u32: it is at most MAX_PENDING.
+        self.pending
+            .retain(|p| seq.wrapping_sub(p.msg.seq) < N as u32);
+        if self.pending.is_full() {
+            // Unreachable given the retain above; kept so a full buffer can never panic.
+            self.pending.remove(0);
+        }
+        let dropped = before - self.pending.len();
+        if dropped > 0 {
+            self.stats.results_dropped = self
+                .stats
+                .results_dropped
+                .saturating_add(u32::try_from(dropped).unwrap_or(u32::MAX));
+            self.status_due = true;
+            log::warn!("cartlink: {dropped} unacknowledged result(s) dropped before {seq}");
+        }
         let msg = ResultMsg {
             session: self.hello.session,
             seq,
@@ -190,16 +210,7 @@ impl<const N: usize> Link<N> {
             confidence: c.confidence,
             flags: c.flags,
         };
-        if self.pending.is_full() {
-            let old = self.pending.remove(0);
-            self.stats.results_dropped = self.stats.results_dropped.saturating_add(1);
-            self.status_due = true;
-            log::warn!(
-                "cartlink: result buffer full, dropped result {}",
-                old.msg.seq
-            );
-        }
-        // Cannot fail: a slot was freed above.
+        // Cannot fail: at most N - 1 results remain.
         let _ = self.pending.push(Pending {
             msg,
             last_sent_ms: None,

@@ -121,7 +121,8 @@ pub mod flags {
 pub struct ResultMsg {
     /// Copied from [`Hello::session`]; with `seq`, the identity of the result.
     pub session: u32,
-    /// Increases by one per result within a session.
+    /// Increases by one per result within a session (from 0; sessions are shorter than
+    /// the 2^32 results it would take to wrap).
     pub seq: u32,
     /// Device clock, milliseconds (Unix epoch when the device knows it, else uptime).
     pub timestamp_ms: u64,
@@ -162,7 +163,8 @@ pub struct Status {
     pub latency_ms: f32,
     /// Frames the pipeline skipped (cumulative).
     pub frames_dropped: u32,
-    /// Results dropped from the link's buffer before they were acknowledged (cumulative).
+    /// Results dropped from the link's buffer before they were acknowledged (cumulative;
+    /// some may still have reached the cart).
     pub results_dropped: u32,
     /// Results waiting for an acknowledgement.
     pub results_pending: u8,

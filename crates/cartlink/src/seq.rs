@@ -2,8 +2,8 @@
 
 /// Remembers which of the last [`SeqWindow::SPAN`] sequence numbers were seen, like an
 /// anti-replay window. A result older than the window counts as a duplicate: the device
-/// keeps at most [`crate::device::MAX_PENDING`] unacknowledged results, all within the
-/// window of the newest, so an older one can only be a late copy.
+/// keeps only the last [`crate::device::MAX_PENDING`] or fewer results, all within the
+/// window of the newest (it drops older ones), so an older one can only be a late copy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SeqWindow {
     /// Highest sequence number seen.

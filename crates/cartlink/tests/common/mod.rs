@@ -1,0 +1,81 @@
+//! Shared by the integration tests: a deterministic noisy line.
+#![allow(dead_code)]
+
+/// xorshift64*: small, seedable, good enough for noise.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// True with probability `ppm` parts per million.
+    pub fn chance(&mut self, ppm: u32) -> bool {
+        self.next() % 1_000_000 < u64::from(ppm)
+    }
+
+    pub fn byte(&mut self) -> u8 {
+        (self.next() >> 56) as u8
+    }
+}
+
+/// Corrupts a byte stream: flips bits in, drops, and inserts random bytes (zeros included,
+/// which split frames), each with its own rate in parts per million per byte.
+#[derive(Debug, Clone)]
+pub struct Noise {
+    pub rng: Rng,
+    pub flip_ppm: u32,
+    pub drop_ppm: u32,
+    pub insert_ppm: u32,
+    /// Bytes changed so far.
+    pub hits: u64,
+}
+
+impl Noise {
+    pub fn new(seed: u64, ppm: u32) -> Self {
+        Self {
+            rng: Rng::new(seed),
+            flip_ppm: ppm,
+            drop_ppm: ppm,
+            insert_ppm: ppm,
+            hits: 0,
+        }
+    }
+
+    pub fn clean() -> Self {
+        Self::new(1, 0)
+    }
+
+    pub fn apply(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        for &b in input {
+            if self.rng.chance(self.insert_ppm) {
+                self.hits += 1;
+                // A quarter of the inserted bytes are delimiters.
+                let x = if self.rng.next() % 4 == 0 {
+                    0
+                } else {
+                    self.rng.byte()
+                };
+                out.push(x);
+            }
+            if self.rng.chance(self.drop_ppm) {
+                self.hits += 1;
+                continue;
+            }
+            if self.rng.chance(self.flip_ppm) {
+                self.hits += 1;
+                out.push(b ^ (1 << (self.rng.next() % 8)));
+                continue;
+            }
+            out.push(b);
+        }
+    }
+}
