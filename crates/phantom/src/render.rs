@@ -1,0 +1,188 @@
+//! One screen grab: scene -> polar envelope -> display grey -> scan conversion -> furniture.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use image::{Rgb, RgbImage};
+
+use crate::formation::{compress, envelope, Acquisition, ScanLut, Speckle, TissueMap};
+use crate::profile::Profile;
+use crate::rng::{derive, Rand};
+use crate::scene::{Class, Patient, Scene, View};
+use crate::screen::{self, Overlay};
+
+/// Everything needed to reproduce one labelled image, on any machine, in any order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageSpec {
+    /// Position in the generated set; also the file name.
+    pub index: u64,
+    pub class: Class,
+    /// 0 for normal; (0, 1] for abnormal, small = subtle.
+    pub severity: f32,
+    pub patient_id: u32,
+    /// Seed of the patient's anatomy and lesion (shared by the patient's images).
+    pub patient_seed: u64,
+    /// Seed of this image's view, machine settings and speckle.
+    pub seed: u64,
+    pub profile: &'static Profile,
+}
+
+impl ImageSpec {
+    /// Relative output path: `<class>/<index>.png`.
+    pub fn rel_path(&self) -> String {
+        format!("{}/{:06}.png", self.class.as_str(), self.index)
+    }
+
+    pub fn patient(&self) -> Patient {
+        Patient::draw(
+            self.patient_id,
+            self.patient_seed,
+            self.class,
+            self.severity,
+            self.profile,
+        )
+    }
+}
+
+/// The display grey of the scan area before furniture, kept so a frozen frame can be
+/// re-composed without re-simulating.
+#[derive(Clone, Debug)]
+pub struct ScanFrame {
+    pub grey: Vec<u8>,
+    pub lut: Arc<ScanLut>,
+    pub overlay: Overlay,
+}
+
+/// Renders images; caches scan-conversion tables per (profile, depth). Share one across
+/// threads.
+#[derive(Default)]
+pub struct Renderer {
+    luts: Mutex<HashMap<(usize, u32), Arc<ScanLut>>>,
+}
+
+impl Renderer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Scan-conversion table for a profile at a depth (whole mm), built on first use.
+    pub fn lut(&self, profile: &Profile, depth_cm: f32) -> Arc<ScanLut> {
+        let key = (profile.index(), (depth_cm * 10.0).round() as u32);
+        if let Ok(map) = self.luts.lock() {
+            if let Some(l) = map.get(&key) {
+                return l.clone();
+            }
+        }
+        // Built outside the lock: two threads may race to build the same table, harmless.
+        let lut = Arc::new(ScanLut::new(profile, depth_cm));
+        if let Ok(mut map) = self.luts.lock() {
+            map.entry(key).or_insert_with(|| lut.clone());
+        }
+        lut
+    }
+
+    /// Render one image of the data set.
+    pub fn render(&self, spec: &ImageSpec) -> RgbImage {
+        let patient = spec.patient();
+        let mut rng = Rand::new(spec.seed);
+        let view = View::draw(&mut rng);
+        let scene = Scene::new(&patient, &view, spec.profile);
+        let mut speckle = Speckle::new(spec.profile.beams * spec.profile.samples, &mut rng);
+        let ts = 1_600_000_000 + derive(spec.patient_seed, 9, 0) % 150_000_000 + spec.index * 7;
+        let frame = self.scan(
+            spec.profile,
+            &scene,
+            &view,
+            (scene.depth_cm, scene.focus_cm),
+            &patient,
+            &mut speckle,
+            &mut rng,
+            ts,
+            spec.index as u32,
+        );
+        compose(spec.profile, &frame)
+    }
+
+    /// Simulate the scan area for a map (a scene, or air when the probe is lifted).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn scan(
+        &self,
+        profile: &'static Profile,
+        map: &dyn TissueMap,
+        view: &View,
+        (depth_cm, focus_cm): (f32, f32),
+        patient: &Patient,
+        speckle: &mut Speckle,
+        rng: &mut Rand,
+        timestamp: u64,
+        frame: u32,
+    ) -> ScanFrame {
+        let mut acq = Acquisition::neutral(profile, depth_cm);
+        acq.focus_cm = focus_cm;
+        acq.gain_db = view.gain_db;
+        acq.dynamic_range_db = profile.dynamic_range_db + view.dr_db;
+        acq.tgc_err = view.tgc_err;
+        acq.tgc_sliders = view.sliders;
+        let mut env = envelope(profile, &acq, map, speckle, rng);
+        compress(&mut env, acq.dynamic_range_db);
+        let lut = self.lut(profile, depth_cm);
+        let (w, h) = profile.screen;
+        let mut grey = vec![0u8; (w * h) as usize];
+        lut.convert(&env, &mut grey);
+        let gain = 50 + view.gain_db.round() as i32;
+        ScanFrame {
+            grey,
+            lut,
+            overlay: Overlay {
+                patient_id: patient.id,
+                age_y: patient.age_y,
+                depth_cm,
+                focus_cm,
+                gain,
+                dynamic_range: acq.dynamic_range_db.round() as i32,
+                timestamp,
+                frozen: false,
+                frame,
+            },
+        }
+    }
+}
+
+/// Screen grab from a scan frame: grey image area plus the profile's furniture.
+pub fn compose(profile: &Profile, f: &ScanFrame) -> RgbImage {
+    let (w, h) = profile.screen;
+    let mut img = RgbImage::from_fn(w, h, |x, y| {
+        let v = f.grey[(y * w + x) as usize];
+        Rgb([v, v, v])
+    });
+    screen::draw(&mut img, profile, &f.lut, &f.overlay);
+    img
+}
+
+/// Render a single labelled image without planning a data set: handy for demos and tests.
+pub fn render_one(
+    class: Class,
+    severity: f32,
+    profile: &'static Profile,
+    seed: u64,
+    index: u64,
+) -> RgbImage {
+    let spec = ImageSpec {
+        index,
+        class,
+        severity: if class.is_abnormal() { severity } else { 0.0 },
+        patient_id: (seed % 1_000_000) as u32,
+        patient_seed: derive(seed, 1, 0),
+        seed: derive(seed, 2, index),
+        profile,
+    };
+    Renderer::new().render(&spec)
+}
+
+/// Scene for a spec (for tools that want the tissue map itself).
+pub fn scene_for(spec: &ImageSpec) -> Scene {
+    let patient = spec.patient();
+    let mut rng = Rand::new(spec.seed);
+    let view = View::draw(&mut rng);
+    Scene::new(&patient, &view, spec.profile)
+}

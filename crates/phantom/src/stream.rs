@@ -1,0 +1,293 @@
+//! A probe sweep as a frame source: smooth motion over one patient's kidney, with the probe
+//! sometimes lifted (blank frames) and the image sometimes frozen (identical frames), which
+//! is what the edge runtime's gate must handle.
+
+use image::RgbImage;
+
+use crate::formation::Speckle;
+use crate::profile::Profile;
+use crate::render::{compose, Renderer, ScanFrame};
+use crate::rng::{derive, Rand};
+use crate::scene::{Air, Class, Patient, Scene, View};
+
+/// What the probe is doing in a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeState {
+    Scanning,
+    /// Probe off the skin: the scan area shows only lens ring-down and noise.
+    Lifted,
+    /// Freeze pressed: the same frame repeats.
+    Frozen,
+}
+
+impl ProbeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeState::Scanning => "scanning",
+            ProbeState::Lifted => "lifted",
+            ProbeState::Frozen => "frozen",
+        }
+    }
+}
+
+/// Sweep settings.
+#[derive(Clone, Debug)]
+pub struct SweepConfig {
+    pub seed: u64,
+    pub profile: &'static Profile,
+    /// Patient's condition; `None` draws one (paper proportions).
+    pub class: Option<Class>,
+    /// Severity for abnormal classes; `None` draws one.
+    pub severity: Option<f32>,
+    pub fps: f32,
+    /// Stop after this many frames; `None` runs forever.
+    pub frames: Option<u64>,
+}
+
+impl SweepConfig {
+    pub fn new(seed: u64, profile: &'static Profile) -> Self {
+        SweepConfig {
+            seed,
+            profile,
+            class: None,
+            severity: None,
+            fps: 20.0,
+            frames: None,
+        }
+    }
+}
+
+/// One frame of the stream, with its ground truth.
+#[derive(Clone, Debug)]
+pub struct SweepFrame {
+    pub index: u64,
+    pub time_s: f32,
+    pub state: ProbeState,
+    pub image: RgbImage,
+    pub class: Class,
+    pub severity: f32,
+    pub patient_id: u32,
+}
+
+/// Iterator over sweep frames. Deterministic for a seed.
+pub struct ProbeSweep {
+    cfg: SweepConfig,
+    renderer: Renderer,
+    patient: Patient,
+    view: View,
+    depth: f32,
+    speckle: Speckle,
+    rng: Rand,
+    index: u64,
+    state: ProbeState,
+    left: u32,
+    last: Option<ScanFrame>,
+    phase: [f32; 4],
+}
+
+impl ProbeSweep {
+    pub fn new(cfg: SweepConfig) -> Self {
+        let mut rng = Rand::new(derive(cfg.seed, 0x5357, 0));
+        let class = cfg.class.unwrap_or_else(|| {
+            if rng.f() < 330.0 / 1599.0 {
+                Class::Normal
+            } else {
+                Class::ABNORMAL[rng.int(0, 4) as usize]
+            }
+        });
+        let severity = if class.is_abnormal() {
+            cfg.severity
+                .unwrap_or_else(|| crate::scene::draw_severity(&mut rng))
+        } else {
+            0.0
+        };
+        let pid = 900_000 + (cfg.seed % 100_000) as u32;
+        let patient = Patient::draw(pid, rng.u64(), class, severity, cfg.profile);
+        let mut view = View::draw(&mut rng);
+        view.elevation = 0.0;
+        let depth = Scene::new(&patient, &view, cfg.profile).depth_cm;
+        let speckle = Speckle::new(cfg.profile.beams * cfg.profile.samples, &mut rng);
+        let phase = [
+            rng.range(0.0, std::f32::consts::TAU),
+            rng.range(0.0, std::f32::consts::TAU),
+            rng.range(0.0, std::f32::consts::TAU),
+            rng.range(0.0, std::f32::consts::TAU),
+        ];
+        let left = (cfg.fps * rng.range(2.0, 5.0)) as u32;
+        ProbeSweep {
+            cfg,
+            renderer: Renderer::new(),
+            patient,
+            view,
+            depth,
+            speckle,
+            rng,
+            index: 0,
+            state: ProbeState::Scanning,
+            left,
+            last: None,
+            phase,
+        }
+    }
+
+    pub fn class(&self) -> Class {
+        self.patient.class
+    }
+
+    fn next_state(&mut self) {
+        let fps = self.cfg.fps;
+        let (state, secs) = match self.state {
+            ProbeState::Scanning => {
+                if self.rng.chance(0.6) {
+                    (ProbeState::Lifted, self.rng.range(0.5, 2.0))
+                } else {
+                    (ProbeState::Frozen, self.rng.range(1.0, 3.0))
+                }
+            }
+            _ => (ProbeState::Scanning, self.rng.range(3.0, 8.0)),
+        };
+        self.state = state;
+        self.left = ((fps * secs) as u32).max(1);
+    }
+
+    /// View at time t: slow elevational sweep through the kidney, lateral drift, rocking,
+    /// and breathing motion.
+    fn view_at(&self, t: f32) -> View {
+        let mut v = self.view.clone();
+        let p = &self.phase;
+        v.elevation = (0.75 * libm::sinf(std::f32::consts::TAU * t / 7.0 + p[0])).abs();
+        v.offset_x += 0.5 * libm::sinf(std::f32::consts::TAU * t / 11.0 + p[1]);
+        v.tilt += 0.06 * libm::sinf(std::f32::consts::TAU * t / 5.0 + p[2]);
+        v.push += 0.25 * libm::sinf(std::f32::consts::TAU * t / 3.5 + p[3]);
+        v.rib = None;
+        v
+    }
+}
+
+impl Iterator for ProbeSweep {
+    type Item = SweepFrame;
+
+    fn next(&mut self) -> Option<SweepFrame> {
+        if self.cfg.frames.is_some_and(|n| self.index >= n) {
+            return None;
+        }
+        if self.left == 0 {
+            self.next_state();
+        }
+        self.left -= 1;
+        let t = self.index as f32 / self.cfg.fps;
+        let ts = 1_700_000_000 + self.cfg.seed % 10_000_000 + t as u64;
+        let profile = self.cfg.profile;
+        // A frozen frame needs something to freeze.
+        if self.state == ProbeState::Frozen && self.last.is_none() {
+            self.state = ProbeState::Scanning;
+        }
+        let frozen = match (&self.last, self.state) {
+            (Some(last), ProbeState::Frozen) => {
+                let mut f = last.clone();
+                f.overlay.frozen = true;
+                Some(f)
+            }
+            _ => None,
+        };
+        let frame = match frozen {
+            Some(f) => f,
+            None => {
+                let view = self.view_at(t);
+                self.speckle.evolve(&mut self.rng, 0.8);
+                let mut rng = Rand::new(derive(self.cfg.seed, 0x4652, self.index));
+                let f = if self.state == ProbeState::Scanning {
+                    let scene = Scene::new(&self.patient, &view, profile);
+                    self.renderer.scan(
+                        profile,
+                        &scene,
+                        &view,
+                        (self.depth, scene.focus_cm.min(self.depth * 0.8)),
+                        &self.patient,
+                        &mut self.speckle,
+                        &mut rng,
+                        ts,
+                        self.index as u32,
+                    )
+                } else {
+                    self.renderer.scan(
+                        profile,
+                        &Air,
+                        &view,
+                        (self.depth, self.depth * 0.5),
+                        &self.patient,
+                        &mut self.speckle,
+                        &mut rng,
+                        ts,
+                        self.index as u32,
+                    )
+                };
+                if self.state == ProbeState::Scanning {
+                    self.last = Some(f.clone());
+                }
+                f
+            }
+        };
+        let image = compose(profile, &frame);
+        let out = SweepFrame {
+            index: self.index,
+            time_s: t,
+            state: self.state,
+            image,
+            class: self.patient.class,
+            severity: self.patient.severity,
+            patient_id: self.patient.id,
+        };
+        self.index += 1;
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_has_all_states_and_freezes_exactly() {
+        let mut cfg = SweepConfig::new(3, Profile::by_name("peds-linear").unwrap());
+        cfg.fps = 4.0;
+        cfg.frames = Some(80);
+        let frames: Vec<_> = ProbeSweep::new(cfg.clone()).collect();
+        assert_eq!(frames.len(), 80);
+        let has = |s| frames.iter().any(|f| f.state == s);
+        assert!(has(ProbeState::Scanning));
+        assert!(has(ProbeState::Lifted) || has(ProbeState::Frozen));
+        for w in frames.windows(2) {
+            if w[0].state == ProbeState::Frozen && w[1].state == ProbeState::Frozen {
+                assert_eq!(w[0].image.as_raw(), w[1].image.as_raw());
+            }
+            if w[0].state == ProbeState::Scanning && w[1].state == ProbeState::Scanning {
+                assert_ne!(w[0].image.as_raw(), w[1].image.as_raw());
+            }
+        }
+        // Lifted frames are dark in the scan area.
+        let mean = |f: &SweepFrame| {
+            let img = &f.image;
+            let (w, h) = img.dimensions();
+            let mut s = 0u64;
+            for y in h / 3..h * 2 / 3 {
+                for x in w / 3..w * 2 / 3 {
+                    s += img.get_pixel(x, y).0[0] as u64;
+                }
+            }
+            s as f64 / ((w / 3) * (h / 3)) as f64
+        };
+        if let Some(l) = frames.iter().find(|f| f.state == ProbeState::Lifted) {
+            let s = frames
+                .iter()
+                .find(|f| f.state == ProbeState::Scanning)
+                .unwrap();
+            assert!(mean(l) < 0.3 * mean(s), "{} vs {}", mean(l), mean(s));
+        }
+        // Deterministic.
+        let again: Vec<_> = ProbeSweep::new(cfg).take(5).collect();
+        for (a, b) in frames.iter().zip(&again) {
+            assert_eq!(a.image.as_raw(), b.image.as_raw());
+        }
+    }
+}
