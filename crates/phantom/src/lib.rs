@@ -32,7 +32,7 @@ pub use dataset::{
 pub use profile::{Geometry, Profile};
 pub use render::{render_one, ImageSpec, Renderer};
 pub use scene::{hydronephrosis_grade, Class};
-pub use stream::{ProbeState, ProbeSweep, SweepConfig, SweepFrame};
+pub use stream::{write_sweep, ProbeState, ProbeSweep, SweepConfig, SweepFrame, FRAMES_HEADER};
 
 use std::path::PathBuf;
 

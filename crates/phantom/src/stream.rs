@@ -243,6 +243,43 @@ impl Iterator for ProbeSweep {
     }
 }
 
+/// Header of the sweep's `frames.csv`.
+pub const FRAMES_HEADER: &str = "path,index,time_s,state,label,severity,patient_id";
+
+/// Write a sweep's frames as `<out>/frame_<index>.png` plus `frames.csv` (ground truth per
+/// frame), for replay by the edge runtime's folder source. `progress(done, total)`.
+pub fn write_sweep(
+    out: &std::path::Path,
+    cfg: SweepConfig,
+    progress: &dyn Fn(u64, u64),
+) -> Result<std::path::PathBuf, crate::Error> {
+    let io = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| crate::Error::Io { path, source }
+    };
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let total = cfg.frames.unwrap_or(0);
+    let mut csv = String::from(FRAMES_HEADER);
+    csv.push('\n');
+    for f in ProbeSweep::new(cfg) {
+        let name = format!("frame_{:06}.png", f.index);
+        crate::save_png(&f.image, &out.join(&name))?;
+        csv.push_str(&format!(
+            "{name},{},{:.3},{},{},{:.3},{}\n",
+            f.index,
+            f.time_s,
+            f.state.as_str(),
+            f.class.as_str(),
+            f.severity,
+            f.patient_id
+        ));
+        progress(f.index + 1, total);
+    }
+    let path = out.join("frames.csv");
+    std::fs::write(&path, csv).map_err(io(&path))?;
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +321,15 @@ mod tests {
                 .unwrap();
             assert!(mean(l) < 0.3 * mean(s), "{} vs {}", mean(l), mean(s));
         }
+        // Written form: one PNG per frame plus the truth table.
+        let dir = std::env::temp_dir().join(format!("phantom-sweep-{}", std::process::id()));
+        let mut small = cfg.clone();
+        small.frames = Some(3);
+        let csv = write_sweep(&dir, small, &|_, _| {}).unwrap();
+        let text = std::fs::read_to_string(csv).unwrap();
+        assert_eq!(text.lines().count(), 4);
+        assert!(dir.join("frame_000002.png").exists());
+        std::fs::remove_dir_all(&dir).ok();
         // Deterministic.
         let again: Vec<_> = ProbeSweep::new(cfg).take(5).collect();
         for (a, b) in frames.iter().zip(&again) {

@@ -1,9 +1,91 @@
-//! Placeholder until its issue lands: refuses to run rather than pretend.
+//! `renalscan synth`: synthetic pediatric renal ultrasound with known labels (crate
+//! `phantom`). A labelled data set by default; `--stream` writes a probe sweep instead.
 
-/// Arguments (none yet).
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use phantom::{Class, Mix, PlanConfig, Profile, ProfileChoice, SweepConfig};
+
+/// Arguments of `renalscan synth`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Output folder: `<class>/<id>.png` + `manifest.csv` (or sweep frames + `frames.csv`).
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of images (or frames with --stream).
+    #[arg(long, default_value_t = 1599)]
+    n: usize,
+    /// Seed: the same seed gives the same images on any machine.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Class proportions: `paper` (330 normal : 1,269 abnormal) or `balanced`.
+    #[arg(long, default_value = "paper")]
+    mix: String,
+    /// Scanner profile: peds-convex, peds-linear, general-convex, or mixed.
+    #[arg(long, default_value = "peds-convex")]
+    profile: String,
+    /// Write a probe sweep (smooth motion, lifted probe, freeze) instead of a data set.
+    #[arg(long)]
+    stream: bool,
+    /// Stream mode: the swept patient's class (default: drawn from the seed).
+    #[arg(long)]
+    class: Option<String>,
+    /// Stream mode: lesion severity in (0, 1] (default: drawn).
+    #[arg(long)]
+    severity: Option<f32>,
+    /// Stream mode: frames per second.
+    #[arg(long, default_value_t = 20.0)]
+    fps: f32,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("this subcommand is not implemented yet")
+/// Log a progress line every `every` items, with rate and time left.
+fn progress(start: Instant, every: u64) -> impl Fn(u64, u64) + Sync {
+    move |done, total| {
+        if done % every == 0 || done == total {
+            let dt = start.elapsed().as_secs_f64().max(1e-9);
+            let rate = done as f64 / dt;
+            let left = total.saturating_sub(done) as f64 / rate.max(1e-9);
+            log::info!("{done}/{total} ({rate:.1}/s, {left:.0} s left)");
+        }
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let start = Instant::now();
+    let every = (args.n as u64 / 20).clamp(10, 200);
+    if args.stream {
+        let profile = Profile::by_name(&args.profile)?;
+        let class = match &args.class {
+            Some(c) => Some(Class::parse(c).with_context(|| format!("unknown class {c:?}"))?),
+            None => None,
+        };
+        let cfg = SweepConfig {
+            class,
+            severity: args.severity,
+            fps: args.fps,
+            frames: Some(args.n as u64),
+            ..SweepConfig::new(args.seed, profile)
+        };
+        let csv = phantom::write_sweep(&args.out, cfg, &progress(start, every))?;
+        log::info!("sweep of {} frames: {}", args.n, csv.display());
+        return Ok(());
+    }
+    let mix: Mix = args.mix.parse()?;
+    let profile = ProfileChoice::parse(&args.profile)?;
+    let specs = phantom::plan(&PlanConfig {
+        n: args.n,
+        seed: args.seed,
+        mix,
+        profile,
+    });
+    let report = progress(start, every);
+    let manifest = phantom::write_dataset(&args.out, &specs, &|d, t| report(d as u64, t as u64))?;
+    log::info!(
+        "{} images in {:.1} s: {}",
+        specs.len(),
+        start.elapsed().as_secs_f64(),
+        manifest.display()
+    );
+    Ok(())
 }
