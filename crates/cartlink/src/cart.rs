@@ -28,7 +28,8 @@ impl Default for ControllerConfig {
 }
 
 /// What the controller reports to the cart application.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// The device introduced itself (at start-up, periodically, or after silence).
     Hello(Hello),
@@ -37,7 +38,10 @@ pub enum Event {
     Status(Status),
     Heartbeat(Heartbeat),
     /// The device confirmed it executed this command.
-    CommandDone(Command, CommandId),
+    CommandDone {
+        command: Command,
+        id: CommandId,
+    },
     /// The device speaks protocol versions we do not; results are still acknowledged.
     Incompatible {
         device_min: u8,
@@ -209,7 +213,10 @@ impl Controller {
         if front.last_sent_ms.is_some() && last == Some(front.id) {
             self.commands.pop_front();
             self.stats.commands_done = self.stats.commands_done.saturating_add(1);
-            on_event(Event::CommandDone(front.cmd, front.id));
+            on_event(Event::CommandDone {
+                command: front.cmd,
+                id: front.id,
+            });
         }
     }
 

@@ -27,6 +27,8 @@ pub mod msg;
 pub mod seq;
 #[cfg(feature = "std")]
 pub mod serial;
+#[cfg(feature = "std")]
+pub mod sim;
 
 pub use frame::{
     encode, frame_raw, DecodeStats, EncodeError, FrameBuf, FrameDecoder, FrameError,

@@ -191,7 +191,7 @@ pub struct Ack {
 }
 
 /// A cart command as the device application sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Command {
     StartScreening,
     StopScreening,

@@ -142,7 +142,10 @@ fn cart(port: &mut TTYPort, pending: Arc<AtomicUsize>) -> CartReport {
                 results.push(r.seq);
             }
             Event::Hello(h) => hello |= h.device_id == "edge-pty",
-            Event::CommandDone(Command::StopScreening, _) => stop_done = true,
+            Event::CommandDone {
+                command: Command::StopScreening,
+                ..
+            } => stop_done = true,
             _ => {}
         })
         .expect("cart port");
