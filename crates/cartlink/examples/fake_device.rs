@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use cartlink::device::{Classification, DeviceStatus, Identity, Link, LinkConfig};
-use cartlink::serial::{millis_since, open, service_link};
+use cartlink::serial::{millis_since, open, receive_link, transmit_link};
 use cartlink::{flags, Class, Command, JournalHealth, State};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -32,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut screening, mut last, mut n) = (false, 0u64, 0u32);
     loop {
         let mut capture = false;
-        service_link(&mut link, &mut port, clock, |c| match c {
+        receive_link(&mut link, &mut port, clock, |c| match c {
             Command::StartScreening => screening = true,
             Command::StopScreening => screening = false,
             Command::Capture => capture = true,
@@ -62,5 +62,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             frames_dropped: 0,
             journal: JournalHealth::Ok,
         });
+        transmit_link(&mut link, &mut port, clock)?;
     }
 }

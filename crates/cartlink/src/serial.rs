@@ -47,9 +47,21 @@ pub fn read_some(port: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// One step of the device side: read (waiting up to the port timeout), hand the bytes to
-/// `link`, then write every frame that is due. `clock` gives monotonic milliseconds.
+/// One step of the device side: [`receive_link`] then [`transmit_link`].
 pub fn service_link<const N: usize, P: Read + Write>(
+    link: &mut Link<N>,
+    port: &mut P,
+    clock: impl Fn() -> u64,
+    on_command: impl FnMut(Command),
+) -> io::Result<()> {
+    receive_link(link, port, &clock, on_command)?;
+    transmit_link(link, port, &clock)
+}
+
+/// Reads what arrives within the port's timeout and hands it to `link`. A runtime that
+/// updates [`Link::set_status`] between this and [`transmit_link`] has the Status that
+/// confirms a command already show the command's effect.
+pub fn receive_link<const N: usize, P: Read>(
     link: &mut Link<N>,
     port: &mut P,
     clock: impl Fn() -> u64,
@@ -58,6 +70,15 @@ pub fn service_link<const N: usize, P: Read + Write>(
     let mut rx = [0u8; 256];
     let n = read_some(port, &mut rx)?;
     link.receive(&rx[..n], clock(), on_command);
+    Ok(())
+}
+
+/// Writes every frame `link` has due. `clock` gives monotonic milliseconds.
+pub fn transmit_link<const N: usize, P: Write>(
+    link: &mut Link<N>,
+    port: &mut P,
+    clock: impl Fn() -> u64,
+) -> io::Result<()> {
     let mut tx = [0u8; MAX_WIRE_FRAME];
     while let Some(n) = link.poll_transmit(clock(), &mut tx) {
         port.write_all(&tx[..n])?;

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use cartlink::cart::{Controller, ControllerConfig, Event};
 use cartlink::device::{Classification, DeviceStatus, Identity, Link, LinkConfig};
-use cartlink::serial::{millis_since, pty_pair, read_some, service_controller, service_link};
+use cartlink::serial::{
+    millis_since, pty_pair, read_some, receive_link, service_controller, transmit_link,
+};
 use cartlink::{flags, Class, Command, State};
 use common::Noise;
 use serialport::TTYPort;
@@ -46,7 +48,7 @@ fn device(mut port: TTYPort, stop: Arc<AtomicBool>, pending: Arc<AtomicUsize>) -
     let mut commands = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let mut capture = false;
-        let served = service_link(&mut link, &mut port, clock, |c| {
+        let served = receive_link(&mut link, &mut port, clock, |c| {
             commands.push(c);
             match c {
                 Command::StartScreening => screening = true,
@@ -85,6 +87,10 @@ fn device(mut port: TTYPort, stop: Arc<AtomicBool>, pending: Arc<AtomicUsize>) -
             link.pending() + usize::from(screening) * 1000,
             Ordering::Relaxed,
         );
+        if let Err(e) = transmit_link(&mut link, &mut port, clock) {
+            assert!(stop.load(Ordering::Relaxed), "device port: {e}");
+            break;
+        }
     }
     DeviceReport {
         pushed,

@@ -7,7 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cartlink::device::{Classification, DeviceStatus, Identity, Link, LinkConfig};
-use cartlink::serial::{millis_since, open, port_name, pty_pair, service_link};
+use cartlink::serial::{millis_since, open, port_name, pty_pair, receive_link, transmit_link};
 use cartlink::sim::{run, SimOptions};
 use cartlink::{Class, Command, State};
 
@@ -32,7 +32,7 @@ fn sim_starts_prints_results_and_stops() {
             let mut last = 0;
             let mut commands = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                let r = service_link(&mut link, &mut port, clock, |c| {
+                let r = receive_link(&mut link, &mut port, clock, |c| {
                     commands.push(c);
                     screening = c == Command::StartScreening;
                 });
@@ -58,6 +58,10 @@ fn sim_starts_prints_results_and_stops() {
                     },
                     ..DeviceStatus::default()
                 });
+                if transmit_link(&mut link, &mut port, clock).is_err() {
+                    assert!(stop.load(Ordering::Relaxed));
+                    break;
+                }
             }
             commands
         })
@@ -84,4 +88,15 @@ fn sim_starts_prints_results_and_stops() {
     assert!(text.contains("done     StopScreening (id 78)"));
     assert!(text.contains("link     up"));
     assert_eq!(commands, [Command::StartScreening, Command::StopScreening]);
+    // Status is updated between receive and transmit, so the confirming Status already
+    // shows the new state.
+    let done = text.find("done     StartScreening").unwrap();
+    assert!(
+        text[done..]
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("status   screening"),
+        "{text}"
+    );
 }
