@@ -413,6 +413,31 @@ pub fn compress(env: &mut Polar, dynamic_range_db: f32) {
     }
 }
 
+/// Speckle reduction: `passes` of separable [1 2 1]/4 smoothing on display grey, as
+/// scanners' "SRI"/"speckle reduction" presets do (lower grain contrast, same structure).
+pub fn smooth(p: &mut Polar, passes: u8) {
+    let (nb, ns) = (p.beams, p.samples);
+    let mut tmp = vec![0.0f32; p.data.len()];
+    for _ in 0..passes {
+        for b in 0..nb {
+            let row = &p.data[b * ns..(b + 1) * ns];
+            let out = &mut tmp[b * ns..(b + 1) * ns];
+            for s in 0..ns {
+                let l = row[s.saturating_sub(1)];
+                let r = row[(s + 1).min(ns - 1)];
+                out[s] = 0.25 * (l + r) + 0.5 * row[s];
+            }
+        }
+        for b in 0..nb {
+            let (bl, br) = (b.saturating_sub(1), (b + 1).min(nb - 1));
+            for s in 0..ns {
+                p.data[b * ns + s] =
+                    0.25 * (tmp[bl * ns + s] + tmp[br * ns + s]) + 0.5 * tmp[b * ns + s];
+            }
+        }
+    }
+}
+
 /// Mapping from screen pixels to the polar grid, built once per (profile, depth).
 #[derive(Clone, Debug)]
 pub struct ScanLut {

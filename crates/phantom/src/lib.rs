@@ -30,7 +30,7 @@ pub use dataset::{
     MANIFEST_HEADER,
 };
 pub use profile::{Geometry, Profile};
-pub use render::{render_one, ImageSpec, Renderer};
+pub use render::{render_map, render_one, ImageSpec, Renderer};
 pub use scene::{hydronephrosis_grade, Class};
 pub use stream::{write_sweep, ProbeState, ProbeSweep, SweepConfig, SweepFrame, FRAMES_HEADER};
 

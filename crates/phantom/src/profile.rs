@@ -52,6 +52,8 @@ pub struct Profile {
     pub tgc_db_cm_mhz: f32,
     /// Electronic noise level relative to liver echo before TGC, dB.
     pub noise_db: f32,
+    /// Passes of [1 2 1] smoothing after log compression: the machine's speckle reduction.
+    pub speckle_reduction: u8,
     /// Beamformed lines and samples per line of the simulated polar grid.
     pub beams: usize,
     pub samples: usize,
@@ -114,6 +116,7 @@ static BUILTIN: [Profile; 3] = [
         gain_db: 0.0,
         tgc_db_cm_mhz: 0.42,
         noise_db: -62.0,
+        speckle_reduction: 1,
         beams: 224,
         samples: 384,
         ages: (0.0, 16.0),
@@ -135,6 +138,7 @@ static BUILTIN: [Profile; 3] = [
         gain_db: 1.0,
         tgc_db_cm_mhz: 0.45,
         noise_db: -64.0,
+        speckle_reduction: 0,
         beams: 192,
         samples: 384,
         ages: (0.0, 3.0),
@@ -159,6 +163,7 @@ static BUILTIN: [Profile; 3] = [
         gain_db: -1.0,
         tgc_db_cm_mhz: 0.45,
         noise_db: -66.0,
+        speckle_reduction: 2,
         beams: 192,
         samples: 384,
         ages: (4.0, 16.0),

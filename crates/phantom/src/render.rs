@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use image::{Rgb, RgbImage};
 
-use crate::formation::{compress, envelope, Acquisition, ScanLut, Speckle, TissueMap};
+use crate::formation::{compress, envelope, smooth, Acquisition, ScanLut, Speckle, TissueMap};
 use crate::profile::Profile;
 use crate::rng::{derive, Rand};
 use crate::scene::{Class, Patient, Scene, View};
@@ -125,6 +125,7 @@ impl Renderer {
         acq.tgc_sliders = view.sliders;
         let mut env = envelope(profile, &acq, map, speckle, rng);
         compress(&mut env, acq.dynamic_range_db);
+        smooth(&mut env, profile.speckle_reduction);
         let lut = self.lut(profile, depth_cm);
         let (w, h) = profile.screen;
         let mut grey = vec![0u8; (w * h) as usize];
@@ -157,6 +158,36 @@ pub fn compose(profile: &Profile, f: &ScanFrame) -> RgbImage {
     });
     screen::draw(&mut img, profile, &f.lut, &f.overlay);
     img
+}
+
+/// Render an arbitrary tissue map (e.g. a homogeneous phantom) through the full pipeline at
+/// neutral settings: for calibration against real frames.
+pub fn render_map(
+    profile: &'static Profile,
+    map: &dyn TissueMap,
+    depth_cm: f32,
+    seed: u64,
+) -> RgbImage {
+    let mut rng = Rand::new(seed);
+    let mut view = View::draw(&mut rng);
+    view.gain_db = 0.0;
+    view.dr_db = 0.0;
+    view.tgc_err = 0.0;
+    view.sliders = [0.0; 5];
+    let patient = Patient::draw(0, seed, Class::Normal, 0.0, profile);
+    let mut speckle = Speckle::new(profile.beams * profile.samples, &mut rng);
+    let frame = Renderer::new().scan(
+        profile,
+        map,
+        &view,
+        (depth_cm, depth_cm * 0.5),
+        &patient,
+        &mut speckle,
+        &mut rng,
+        1_700_000_000,
+        0,
+    );
+    compose(profile, &frame)
 }
 
 /// Render a single labelled image without planning a data set: handy for demos and tests.

@@ -78,7 +78,7 @@ pub fn hydronephrosis_grade(severity: f32) -> u8 {
 /// Draw a severity: skewed towards subtle, as screening finds mostly mild disease.
 pub fn draw_severity(rng: &mut Rand) -> f32 {
     let u = rng.f();
-    (0.06 + 0.94 * u.powf(1.25)).min(1.0)
+    (0.06 + 0.94 * libm::powf(u, 1.25)).min(1.0)
 }
 
 #[derive(Clone, Debug)]
@@ -147,11 +147,11 @@ impl Patient {
         let age_y = {
             let (lo, hi) = profile.ages;
             // Many screened children are infants.
-            lo + (hi - lo) * r.f().powf(1.6)
+            lo + (hi - lo) * libm::powf(r.f(), 1.6)
         };
         let infant = (1.0 - age_y / 1.5).clamp(0.0, 1.0);
         let length = (4.6 + 0.36 * age_y) * r.range(0.88, 1.12);
-        let n_pyr = r.int(9, 13) as usize;
+        let n_pyr = r.int(8, 11) as usize;
         let normal_cortex = -5.0 + 4.0 * infant + r.range(-1.5, 1.5);
         let mut p = Patient {
             id,
@@ -194,7 +194,11 @@ impl Patient {
             lesion_u: r.range(-0.55, 0.55),
             lesion_v: if r.chance(0.5) { 1.0 } else { -1.0 },
             lesion_r: r.f(),
-            lesion_db: r.range(-5.0, 4.0),
+            lesion_db: if r.chance(0.5) {
+                r.range(-9.0, -4.0)
+            } else {
+                r.range(3.0, 7.0)
+            },
         };
         for _ in 0..r.int(2, 5) {
             // (x offset from kidney centre, depth above kidney top, radius, portal wall?)
@@ -256,8 +260,9 @@ impl View {
             dr_db: rng.range(-6.0, 6.0),
             tgc_err: rng.range(-0.15, 0.12),
             sliders,
-            rib: if rng.chance(0.3) {
-                Some((rng.range(-3.0, 3.0), rng.range(0.5, 1.0)))
+            rib: if rng.chance(0.2) {
+                let side = if rng.chance(0.5) { -1.0 } else { 1.0 };
+                Some((side * rng.range(1.8, 3.5), rng.range(0.3, 0.6)))
             } else {
                 None
             },
@@ -283,6 +288,7 @@ struct Mass {
     r: f32,
     push: f32,
     db: f32,
+    hetero: f32,
     necrosis: f32,
 }
 
@@ -309,7 +315,8 @@ pub struct Scene {
     pyr_db: f32,
     sinus_db: f32,
     sinus_w: f32,
-    pyramids: Vec<(f32, f32)>,
+    /// (angle, angular half-width, radial reach, echo offset dB) per pyramid.
+    pyramids: Vec<(f32, f32, f32, f32)>,
     bertin: Option<f32>,
     duplex: bool,
     pelvis: Option<(f32, f32)>,
@@ -363,8 +370,9 @@ impl Scene {
             let psi = -PI + TAU * i as f32 / 360.0;
             let (s, c) = libm::sincosf(psi);
             let dens = (a * a * s * s + b * b * c * c).sqrt().max(1e-3);
-            let half = 0.5 * p.pyr_width * total / p.n_pyr as f32 / dens;
-            pyramids.push((psi, half));
+            let mut pr = Rand::new(p.seed as u64 ^ (k as u64) << 20);
+            let half = 0.5 * p.pyr_width * total / p.n_pyr as f32 / dens * pr.range(0.7, 1.25);
+            pyramids.push((psi, half, pr.range(0.75, 1.0), pr.range(-3.0, 3.0)));
         }
 
         let mut s = Scene {
@@ -481,8 +489,10 @@ impl Scene {
                     z,
                     r,
                     push: 0.45 + 0.5 * sev,
-                    db: p.lesion_db * (0.4 + 0.6 * sev) + s.cortex_db * (0.6 - 0.6 * sev),
-                    necrosis: ((sev - 0.4) * 1.5).max(0.0),
+                    // Subtle masses are nearly isoechoic to cortex; larger ones depart from it.
+                    db: s.cortex_db + p.lesion_db * (0.35 + 0.65 * sev),
+                    hetero: 2.5 + 5.0 * sev,
+                    necrosis: ((sev - 0.3) * 1.4).max(0.0),
                 });
             }
             Class::Hydronephrosis => {
@@ -506,9 +516,10 @@ impl Scene {
                 };
                 if reach > 0.0 {
                     let sw = s.sinus_w;
-                    for &(pc, _) in &s.pyramids {
+                    for &(pc, ..) in &s.pyramids {
                         let (sp, cp) = libm::sincosf(pc);
-                        let rs = (1.0 / ((cp / 0.64).powi(2) + (sp / sw).powi(2)).sqrt()).max(0.3);
+                        let (cu, sv) = (cp / 0.64, sp / sw);
+                        let rs = (1.0 / (cu * cu + sv * sv).sqrt()).max(0.3);
                         let rho = rs + (0.78 - rs) * (0.1 + 0.45 * reach);
                         let rc = (0.07 + 0.55 * reach) * b.min(0.6 * a);
                         s.calyces.push((rho * cp, rho * sp, rc * 0.6));
@@ -577,7 +588,7 @@ impl Scene {
             let nz = nu * self.sin_t + nv * self.cos_t;
             let nn = (nx * nx + nz * nz).sqrt().max(1e-6);
             let ci = ((nx * dir.0 + nz * dir.1) / nn).abs();
-            return Some(Tissue::new(4.0, 0.6).spec(-16.0 + 12.0 * ci * ci));
+            return Some(Tissue::new(4.0, 0.6).spec(-12.0 + 12.0 * ci * ci));
         }
 
         // Renal sinus (fat, vessels, collecting system) as an irregular ellipse.
@@ -630,12 +641,12 @@ impl Scene {
         // Medullary pyramids between sinus and cortex.
         if rho < r_cortex {
             let t = ((rho - rs) / (r_cortex - rs).max(0.05)).clamp(0.0, 1.0);
-            for &(pc, half) in &self.pyramids {
+            for &(pc, half, reach, db) in &self.pyramids {
                 let d = wrap(psi - pc).abs();
-                let w = half * (0.3 + 0.7 * t);
-                if d < w && t < 1.0 - 0.35 * (d / half) * (d / half) && t > 0.03 {
+                let w = half * (0.25 + 0.75 * t / reach);
+                if d < w && t < reach * (1.0 - 0.35 * (d / half) * (d / half)) && t > 0.03 {
                     let n = noise(x, z, 0.2, self.seed ^ 24);
-                    return Some(Tissue::new(self.pyr_db + 1.5 * n, 0.6));
+                    return Some(Tissue::new(self.pyr_db + db + 1.5 * n, 0.6));
                 }
             }
         }
@@ -658,7 +669,7 @@ impl Scene {
         if n3 > 0.93 - 0.05 * self.severity {
             return Tissue::new(m.db + 12.0, 2.0).spec(4.0);
         }
-        Tissue::new(m.db + 5.0 * n, 0.75)
+        Tissue::new(m.db + m.hetero * n, 0.75)
     }
 
     fn body(&self, x: f32, z: f32) -> Tissue {
@@ -703,8 +714,13 @@ impl Scene {
             return Tissue::new(-5.0 + 6.0 * stri.max(0.0), 0.7);
         }
         // Liver vs mesenteric fat / bowel beyond the liver tip.
-        let side = (x - self.tip_x) + 0.8 * (z - self.tip_z);
-        if side > 0.0 && z < self.zc + 0.3 {
+        let side =
+            (x - self.tip_x) + 0.8 * (z - self.tip_z) + 0.15 * noise(z, 0.0, 0.8, self.seed ^ 14);
+        if side.abs() < 0.04 {
+            // Liver capsule at its inferior tip.
+            return Tissue::new(3.0, 0.6).spec(-10.0);
+        }
+        if side > 0.0 {
             if let Some(bw) = &self.bowel {
                 let d2 = bw.d2(x, z);
                 if d2 < 1.0 {

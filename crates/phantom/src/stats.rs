@@ -8,64 +8,79 @@ pub struct RegionStats {
     pub std: f64,
     /// mean / std of the displayed (log-compressed) grey values.
     pub snr: f64,
-    /// Half-maximum widths of the autocorrelation, pixels (lateral, axial): speckle size.
+    /// Standard deviation after removing the local mean (31 x 31 box): speckle alone,
+    /// without slow shading, which real regions are never free of.
+    pub std_local: f64,
+    /// Full widths at half maximum of the detrended autocorrelation, pixels (lateral,
+    /// axial): the speckle grain size.
     pub corr_x: f64,
     pub corr_y: f64,
 }
 
-/// Luma of an RGB or grey pixel buffer at (x, y).
-fn at(img: &image::RgbImage, x: u32, y: u32) -> f64 {
+fn luma(img: &image::RgbImage, x: u32, y: u32) -> f64 {
     let p = img.get_pixel(x, y).0;
-    (0.299 * p[0] as f64) + 0.587 * p[1] as f64 + 0.114 * p[2] as f64
+    0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64
 }
 
 /// Statistics of region (x0, y0, w, h), clipped to the image.
 pub fn region_stats(img: &image::RgbImage, x0: u32, y0: u32, w: u32, h: u32) -> RegionStats {
     let x1 = (x0 + w).min(img.width());
     let y1 = (y0 + h).min(img.height());
-    let mut v = Vec::new();
-    for y in y0..y1 {
-        for x in x0..x1 {
-            v.push(at(img, x, y));
-        }
-    }
+    let (w, h) = ((x1 - x0.min(x1)) as usize, (y1 - y0.min(y1)) as usize);
+    let v: Vec<f64> = (0..w * h)
+        .map(|i| luma(img, x0 + (i % w) as u32, y0 + (i / w) as u32))
+        .collect();
     let n = v.len().max(1) as f64;
     let mean = v.iter().sum::<f64>() / n;
-    let var = v.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / n;
-    let std = var.sqrt();
-    let corr = |dx: u32, dy: u32| -> f64 {
+    let std = (v.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / n).sqrt();
+    // Detrend: subtract a 31 x 31 box mean (clipped at the region edge).
+    let k = 15usize;
+    let res: Vec<f64> = (0..w * h)
+        .map(|i| {
+            let (x, y) = (i % w, i / w);
+            let (xa, xb) = (x.saturating_sub(k), (x + k + 1).min(w));
+            let (ya, yb) = (y.saturating_sub(k), (y + k + 1).min(h));
+            let mut s = 0.0;
+            for yy in ya..yb {
+                s += v[yy * w + xa..yy * w + xb].iter().sum::<f64>();
+            }
+            v[i] - s / ((xb - xa) * (yb - ya)) as f64
+        })
+        .collect();
+    let var_l = res.iter().map(|a| a * a).sum::<f64>() / n;
+    let corr = |dx: usize, dy: usize| -> f64 {
         let (mut s, mut c) = (0.0, 0usize);
-        for y in y0..y1.saturating_sub(dy) {
-            for x in x0..x1.saturating_sub(dx) {
-                s += (at(img, x, y) - mean) * (at(img, x + dx, y + dy) - mean);
+        for y in 0..h.saturating_sub(dy) {
+            for x in 0..w.saturating_sub(dx) {
+                s += res[y * w + x] * res[(y + dy) * w + x + dx];
                 c += 1;
             }
         }
-        if c == 0 || var == 0.0 {
+        if c == 0 || var_l == 0.0 {
             0.0
         } else {
-            s / c as f64 / var
+            s / c as f64 / var_l
         }
     };
-    let half_width = |horizontal: bool| -> f64 {
+    let fwhm = |horizontal: bool| -> f64 {
         let mut prev = 1.0;
-        for d in 1..20u32 {
+        for d in 1..30usize {
             let c = if horizontal { corr(d, 0) } else { corr(0, d) };
             if c < 0.5 {
-                // Linear interpolation between d-1 and d; FWHM = 2 x half width.
                 let f = (prev - 0.5) / (prev - c);
                 return 2.0 * ((d - 1) as f64 + f);
             }
             prev = c;
         }
-        40.0
+        60.0
     };
     RegionStats {
         mean,
         std,
         snr: if std > 0.0 { mean / std } else { 0.0 },
-        corr_x: half_width(true),
-        corr_y: half_width(false),
+        std_local: var_l.sqrt(),
+        corr_x: fwhm(true),
+        corr_y: fwhm(false),
     }
 }
 
