@@ -86,7 +86,21 @@ pub struct ProbeSweep {
 }
 
 impl ProbeSweep {
-    pub fn new(cfg: SweepConfig) -> Self {
+    /// Start a sweep. Out-of-range settings are clamped (fps to 1-120, severity to
+    /// 0.05-1) rather than refused: a frame source should not fail on a typo.
+    pub fn new(mut cfg: SweepConfig) -> Self {
+        cfg.fps = if cfg.fps.is_finite() {
+            cfg.fps.clamp(1.0, 120.0)
+        } else {
+            20.0
+        };
+        cfg.severity = cfg.severity.map(|s| {
+            if s.is_finite() {
+                s.clamp(0.05, 1.0)
+            } else {
+                0.5
+            }
+        });
         let mut rng = Rand::new(derive(cfg.seed, 0x5357, 0));
         let class = cfg.class.unwrap_or_else(|| {
             if rng.f() < 330.0 / 1599.0 {
