@@ -448,8 +448,10 @@ pub struct ScanLut {
     /// Screen y of depth 0 on the centre line, and the centre x.
     pub y_skin: f32,
     pub x_centre: f32,
-    /// Fan outline: left/right top corners and bottom y (for furniture placement).
+    /// Bounding box of the scan area (x0, y0, x1, y1).
     pub bbox: (u32, u32, u32, u32),
+    /// Top-left corner of the scan area (where machines put the orientation mark).
+    pub top_left: (f32, f32),
     entries: Vec<(u32, u32, f32, f32)>,
     samples: usize,
 }
@@ -465,7 +467,7 @@ impl ScanLut {
         let ns = grid.samples as f32;
         let dr = grid.dr();
         let mut entries = Vec::new();
-        let (ppc, y_skin, bbox);
+        let (ppc, y_skin, bbox, top_left);
         match grid.geometry {
             BeamGeom::Convex { radius, half } => {
                 let (sh, ch) = libm::sincosf(half);
@@ -475,6 +477,7 @@ impl ScanLut {
                 let apex_y = y0 as f32 - radius * ch * ppc;
                 y_skin = apex_y + radius * ppc;
                 let half_w = (radius + depth_cm) * sh * ppc;
+                top_left = (cx - radius * sh * ppc, y0 as f32);
                 bbox = (
                     (cx - half_w).floor().max(0.0) as u32,
                     y0,
@@ -501,6 +504,7 @@ impl ScanLut {
                 ppc = (bw / width).min(bh / depth_cm);
                 y_skin = y0 as f32;
                 let half_w = 0.5 * width * ppc;
+                top_left = (cx - half_w, y0 as f32);
                 bbox = (
                     (cx - half_w).round() as u32,
                     y0,
@@ -525,6 +529,7 @@ impl ScanLut {
             y_skin,
             x_centre: cx,
             bbox,
+            top_left,
             entries,
             samples: grid.samples,
         }

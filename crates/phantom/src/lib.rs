@@ -43,13 +43,13 @@ pub enum Error {
     UnknownProfile { name: String, known: String },
     #[error("unknown mix {0:?} (expected paper or balanced)")]
     UnknownMix(String),
-    #[error("{}: {source}", path.display())]
+    #[error("cannot write {}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: {source}", path.display())]
+    #[error("cannot encode {}", path.display())]
     Image {
         path: PathBuf,
         #[source]

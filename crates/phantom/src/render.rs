@@ -144,6 +144,7 @@ impl Renderer {
                 timestamp,
                 frozen: false,
                 frame,
+                left: patient.left,
             },
         }
     }
@@ -242,8 +243,8 @@ mod tests {
     }
 
     const GOLDEN: [u64; 3] = [
-        0x1b69_9bee_3b35_9a55,
+        0x2b9f_f2f8_0dcc_8ad9,
         0x1cac_b589_92aa_b0f2,
-        0xc9a6_a812_6fb6_2609,
+        0xa7db_24cb_0b1d_cd39,
     ];
 }

@@ -105,6 +105,8 @@ pub struct Patient {
     pub age_y: f32,
     pub class: Class,
     pub severity: f32,
+    /// Left kidney, seen through the spleen (else right, through the liver).
+    pub left: bool,
     seed: u32,
     // Body wall, cm.
     skin: f32,
@@ -158,6 +160,7 @@ impl Patient {
             age_y,
             class,
             severity,
+            left: false,
             seed: (seed >> 17) as u32,
             skin: r.range(0.12, 0.2),
             fat: r.range(0.15, 0.5) + 0.03 * age_y,
@@ -209,8 +212,16 @@ impl Patient {
                 r.chance(0.5),
             ));
         }
-        if r.chance(0.25) {
+        // Drawn last so earlier draws keep their values.
+        let left = r.chance(0.4);
+        if r.chance(0.25) && !left {
             p.gallbladder = Some((r.range(0.5, 2.5), r.range(0.5, 1.2), r.range(0.25, 0.5)));
+        }
+        if left {
+            // Spleen: finer, slightly brighter texture, fewer vessels.
+            p.left = true;
+            p.liver_tex *= 0.6;
+            p.vessels.truncate(2);
         }
         if class == Class::Hyperechogenicity {
             p.cortex_db = normal_cortex + 2.0 + 9.0 * severity;
@@ -322,6 +333,8 @@ pub struct Scene {
     pelvis: Option<(f32, f32)>,
     calyces: Vec<(f32, f32, f32)>,
     liver_tex: f32,
+    window_db: f32,
+    triads: bool,
     tip_x: f32,
     tip_z: f32,
     back_z: f32,
@@ -401,6 +414,8 @@ impl Scene {
             pelvis: None,
             calyces: Vec::new(),
             liver_tex: p.liver_tex,
+            window_db: if p.left { 1.5 } else { 0.0 },
+            triads: !p.left,
             tip_x: xc + a * p.liver_tip,
             tip_z: wall_end + 0.4,
             back_z: zc + b + 0.45,
@@ -516,7 +531,11 @@ impl Scene {
                 };
                 if reach > 0.0 {
                     let sw = s.sinus_w;
-                    for &(pc, ..) in &s.pyramids {
+                    // Grade 2 shows some calyces, grade 3 up all of them.
+                    for (k, &(pc, ..)) in s.pyramids.iter().enumerate() {
+                        if g < 2.5 && k % 2 == 1 {
+                            continue;
+                        }
                         let (sp, cp) = libm::sincosf(pc);
                         let (cu, sv) = (cp / 0.64, sp / sw);
                         let rs = (1.0 / (cu * cu + sv * sv).sqrt()).max(0.3);
@@ -629,7 +648,7 @@ impl Scene {
             let len2 = (sx * sx + sy * sy).max(1e-6);
             let t = ((-dx * sx - dy * sy) / len2).clamp(0.0, 1.0);
             let (ex, ey) = (dx + t * sx, dy + t * sy);
-            let wi = 0.4 * rc;
+            let wi = (0.45 * rc).max(0.05);
             if ex * ex + ey * ey < wi * wi {
                 return Some(fluid());
             }
@@ -759,8 +778,12 @@ impl Scene {
         let n = fractal(x, z, 0.3, self.seed ^ 7);
         // Portal triads: sparse small bright foci.
         let triad = noise(x, z, 0.09, self.seed ^ 13);
-        let extra = if triad > 0.86 { 7.0 } else { 0.0 };
-        Tissue::new(self.liver_tex * n + extra, 0.5)
+        let extra = if self.triads && triad > 0.86 {
+            7.0
+        } else {
+            0.0
+        };
+        Tissue::new(self.window_db + self.liver_tex * n + extra, 0.5)
     }
 }
 

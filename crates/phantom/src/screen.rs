@@ -20,6 +20,8 @@ pub struct Overlay {
     pub timestamp: u64,
     pub frozen: bool,
     pub frame: u32,
+    /// Left kidney (annotation text).
+    pub left: bool,
 }
 
 const WHITE: Rgb<u8> = Rgb([235, 235, 235]);
@@ -218,12 +220,8 @@ fn age_text(age: f32) -> String {
 /// Draw all furniture for `profile`'s layout around the converted scan area.
 pub fn draw(img: &mut RgbImage, profile: &Profile, lut: &ScanLut, ov: &Overlay) {
     let (w, h) = (img.width() as i32, img.height() as i32);
-    let (bx0, by0, bx1, _by1) = (
-        lut.bbox.0 as i32,
-        lut.bbox.1 as i32,
-        lut.bbox.2 as i32,
-        lut.bbox.3 as i32,
-    );
+    let (bx0, by0, bx1) = (lut.bbox.0 as i32, lut.bbox.1 as i32, lut.bbox.2 as i32);
+    let (tlx, tly) = (lut.top_left.0 as i32, lut.top_left.1 as i32);
     let (date, time) = date_time(ov.timestamp);
     let id = format!("ID PH{:06}", ov.patient_id);
     let probe = format!("{} {}", profile.probe, "RENAL PEDS");
@@ -255,8 +253,13 @@ pub fn draw(img: &mut RgbImage, profile: &Profile, lut: &ScanLut, ov: &Overlay) 
             depth_scale(img, lut, sx, ov.depth_cm, ov.focus_cm, false, 1);
             grey_bar(img, w - 14, 60, 8, 120);
             logo(img, w - 26, 30, Layout::A);
-            put_dot(img, bx0 + 4, by0 + 2, GREEN);
-            text(img, 6, h - 12, 1, WHITE, "R KIDNEY LONG");
+            put_dot(img, tlx - 8, tly + 4, GREEN);
+            let ann = if ov.left {
+                "L KIDNEY LONG"
+            } else {
+                "R KIDNEY LONG"
+            };
+            text(img, 6, h - 12, 1, WHITE, ann);
             text(
                 img,
                 w - 6 - text_width(&status, 1),
@@ -288,7 +291,14 @@ pub fn draw(img: &mut RgbImage, profile: &Profile, lut: &ScanLut, ov: &Overlay) 
                 WHITE,
                 &status,
             );
-            text(img, 6, 220, 1, WHITE, "R KID");
+            text(
+                img,
+                6,
+                220,
+                1,
+                WHITE,
+                if ov.left { "L KID" } else { "R KID" },
+            );
         }
         Layout::C => {
             rect(img, 0, 0, w, 40, Rgb([38, 40, 48]));
@@ -305,7 +315,7 @@ pub fn draw(img: &mut RgbImage, profile: &Profile, lut: &ScanLut, ov: &Overlay) 
             }
             let sx = (bx1 + 6).min(w - 40);
             depth_scale(img, lut, sx, ov.depth_cm, ov.focus_cm, false, 1);
-            put_dot(img, bx0 + 4, by0 + 2, GREEN);
+            put_dot(img, tlx - 8, tly + 4, GREEN);
             text(
                 img,
                 w - 6 - text_width(&status, 1),
@@ -314,7 +324,12 @@ pub fn draw(img: &mut RgbImage, profile: &Profile, lut: &ScanLut, ov: &Overlay) 
                 WHITE,
                 &status,
             );
-            text(img, 6, h - 12, 1, WHITE, "ABD RT KIDNEY");
+            let ann = if ov.left {
+                "ABD LT KIDNEY"
+            } else {
+                "ABD RT KIDNEY"
+            };
+            text(img, 6, h - 12, 1, WHITE, ann);
         }
     }
 }
