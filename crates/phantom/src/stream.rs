@@ -335,6 +335,34 @@ mod tests {
                 .unwrap();
             assert!(mean(l) < 0.3 * mean(s), "{} vs {}", mean(l), mean(s));
         }
+        // Smooth motion: neighbouring live frames differ less than frames seconds apart.
+        let live: Vec<&SweepFrame> = frames
+            .iter()
+            .filter(|f| f.state == ProbeState::Scanning)
+            .collect();
+        let mad = |a: &SweepFrame, b: &SweepFrame| {
+            let (pa, pb) = (a.image.as_raw(), b.image.as_raw());
+            pa.iter()
+                .zip(pb)
+                .map(|(x, y)| x.abs_diff(*y) as u64)
+                .sum::<u64>() as f64
+                / pa.len() as f64
+        };
+        let near: f64 = live
+            .windows(2)
+            .filter(|w| w[1].index == w[0].index + 1)
+            .map(|w| mad(w[0], w[1]))
+            .sum::<f64>();
+        let n_near = live
+            .windows(2)
+            .filter(|w| w[1].index == w[0].index + 1)
+            .count();
+        let far: f64 = (0..live.len() / 2)
+            .map(|i| mad(live[i], live[live.len() - 1 - i]))
+            .sum::<f64>();
+        assert!(n_near > 5);
+        let (near, far) = (near / n_near as f64, far / (live.len() / 2) as f64);
+        assert!(near < far, "near {near:.2} far {far:.2}");
         // Written form: one PNG per frame plus the truth table.
         let dir = std::env::temp_dir().join(format!("phantom-sweep-{}", std::process::id()));
         let mut small = cfg.clone();
