@@ -484,7 +484,8 @@ impl Scene {
             Class::Cyst => {
                 let r = 0.18 + 1.2 * sev;
                 let rho = 0.7 + 0.25 * p.lesion_r;
-                let ang = p.lesion_u * 2.6 + if p.lesion_v > 0.0 { 0.0 } else { PI };
+                // Anterior or posterior lip, away from the poles so it stays in view.
+                let ang = p.lesion_v * (0.5 * PI + p.lesion_u * 1.4);
                 let (u, v_) = (rho * libm::cosf(ang), rho * libm::sinf(ang));
                 let (x, z) = s.to_world(u, v_);
                 s.cyst = Some(Ellipse {
@@ -497,7 +498,7 @@ impl Scene {
             Class::Sol => {
                 let r = (0.4 + 2.0 * sev).min(0.85 * a);
                 let rho = 0.45 + 0.45 * p.lesion_r;
-                let ang = p.lesion_u * 2.8 + if p.lesion_v > 0.0 { 0.0 } else { PI };
+                let ang = p.lesion_v * (0.5 * PI + p.lesion_u * 1.6);
                 let (x, z) = s.to_world(rho * libm::cosf(ang), rho * libm::sinf(ang));
                 s.mass = Some(Mass {
                     x,
