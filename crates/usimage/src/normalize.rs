@@ -65,7 +65,11 @@ impl Normalization {
     /// # Panics
     /// If `out.len() != 3 * grey.len()`.
     pub fn grey_to_chw(&self, grey: &[u8], out: &mut [f32]) {
-        assert_eq!(3 * grey.len(), out.len(), "grey buffer and tensor sizes differ");
+        assert_eq!(
+            3 * grey.len(),
+            out.len(),
+            "grey buffer and tensor sizes differ"
+        );
         let plane = grey.len();
         for c in 0..3 {
             let (mean, inv_std) = (self.mean[c], 1.0 / self.std[c]);

@@ -1,0 +1,323 @@
+//! Frame to model input: crop to the scan area, blank outside it, letterbox to N x N, grey
+//! to three channels, normalise. One implementation for training and the device.
+
+use crate::detect::{Detector, ScanArea, ScanKind};
+use crate::frame::GreyFrame;
+use crate::normalize::Normalization;
+
+/// Version of this algorithm (detection + crop + blank + resize). Model manifests pin it;
+/// any change of output for the same input must bump it.
+pub const PREPROCESS_VERSION: u32 = 1;
+
+/// Errors of the per-frame path.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PreprocessError {
+    /// The output tensor has the wrong length.
+    #[error(
+        "output tensor holds {got} floats, the model input needs 3 x {size} x {size} = {expected}"
+    )]
+    OutputSize {
+        /// Input side.
+        size: u32,
+        /// Floats expected.
+        expected: usize,
+        /// Floats given.
+        got: usize,
+    },
+}
+
+/// What happened to one frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrameInfo {
+    /// The detected scan area (box, kind, panes, anatomy flag).
+    pub area: ScanArea,
+    /// Source region that was resized (`area.bbox`, or the whole frame when none was found).
+    pub crop: [u32; 4],
+    /// Where the content sits in the N x N output `[x0, y0, x1, y1]` (letterbox).
+    pub placed: [u32; 4],
+}
+
+/// Per-frame preprocessing with reusable buffers: after the first frame of the largest size,
+/// `process` does not allocate.
+#[derive(Debug, Clone)]
+pub struct Preprocessor {
+    size: u32,
+    norm: Normalization,
+    detector: Detector,
+    /// Horizontal pass output: crop height x content width, u16 fixed point (value * 16).
+    rows: Vec<u16>,
+    /// Final grey N x N image.
+    grey: Vec<u8>,
+    /// Per output column: source x range.
+    xs: Vec<(u32, u32)>,
+    /// Per output row: source y range.
+    ys: Vec<(u32, u32)>,
+}
+
+impl Preprocessor {
+    /// A preprocessor producing `size` x `size` inputs normalised by `norm` (from the model
+    /// manifest).
+    pub fn new(size: u32, norm: Normalization) -> Self {
+        let size = size.max(1);
+        Self {
+            size,
+            norm,
+            detector: Detector::default(),
+            rows: Vec::new(),
+            grey: vec![0; (size * size) as usize],
+            xs: Vec::new(),
+            ys: Vec::new(),
+        }
+    }
+
+    /// Model input side N.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// Floats the output tensor must hold: 3 x N x N.
+    pub fn output_len(&self) -> usize {
+        3 * (self.size * self.size) as usize
+    }
+
+    /// The grey N x N image of the last frame (what the model sees, before normalisation):
+    /// save it as the de-identified snapshot.
+    pub fn last_grey(&self) -> &[u8] {
+        &self.grey
+    }
+
+    /// The detector, e.g. to read its mask after `process`.
+    pub fn detector(&self) -> &Detector {
+        &self.detector
+    }
+
+    /// Detects the scan area, then writes the model input (CHW, normalised) into `out`.
+    /// When no scan area is found the whole frame is used and `info.area.no_anatomy` is set.
+    pub fn process(
+        &mut self,
+        frame: &GreyFrame,
+        out: &mut [f32],
+    ) -> Result<FrameInfo, PreprocessError> {
+        self.check_out(out)?;
+        let area = self.detector.detect(frame);
+        let use_mask = area.kind != ScanKind::None;
+        let crop = if use_mask {
+            area.bbox
+        } else {
+            [0, 0, frame.width(), frame.height()]
+        };
+        let placed = self.render(frame, crop, use_mask);
+        self.norm.grey_to_chw(&self.grey, out);
+        Ok(FrameInfo { area, crop, placed })
+    }
+
+    /// Like [`Preprocessor::process`] but with a known image area (e.g. a DICOM region) instead
+    /// of detection; everything outside `crop` is dropped and nothing inside is blanked
+    /// except colour pixels.
+    pub fn process_with_box(
+        &mut self,
+        frame: &GreyFrame,
+        crop: [u32; 4],
+        out: &mut [f32],
+    ) -> Result<[u32; 4], PreprocessError> {
+        self.check_out(out)?;
+        let crop = [
+            crop[0].min(frame.width() - 1),
+            crop[1].min(frame.height() - 1),
+            crop[2].clamp(1, frame.width()),
+            crop[3].clamp(1, frame.height()),
+        ];
+        let crop = [
+            crop[0],
+            crop[1],
+            crop[2].max(crop[0] + 1),
+            crop[3].max(crop[1] + 1),
+        ];
+        let placed = self.render(frame, crop, false);
+        self.norm.grey_to_chw(&self.grey, out);
+        Ok(placed)
+    }
+
+    fn check_out(&self, out: &[f32]) -> Result<(), PreprocessError> {
+        if out.len() != self.output_len() {
+            return Err(PreprocessError::OutputSize {
+                size: self.size,
+                expected: self.output_len(),
+                got: out.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Area-average resize of `crop` into the letterboxed N x N grey buffer, blanking pixels
+    /// outside the detector's mask (when `use_mask`) and colour pixels. Integer arithmetic
+    /// only: bit-identical on every target.
+    fn render(&mut self, frame: &GreyFrame, crop: [u32; 4], use_mask: bool) -> [u32; 4] {
+        let n = self.size;
+        let (cw, ch) = (crop[2] - crop[0], crop[3] - crop[1]);
+        // Letterbox: scale the long side to N.
+        let (ow, oh) = if cw >= ch {
+            (
+                n,
+                ((u64::from(ch) * u64::from(n) + u64::from(cw) / 2) / u64::from(cw)).max(1) as u32,
+            )
+        } else {
+            (
+                ((u64::from(cw) * u64::from(n) + u64::from(ch) / 2) / u64::from(ch)).max(1) as u32,
+                n,
+            )
+        };
+        let (ox, oy) = ((n - ow) / 2, (n - oh) / 2);
+        spans(&mut self.xs, cw, ow);
+        spans(&mut self.ys, ch, oh);
+        let w = frame.width() as usize;
+        let grey = frame.grey();
+        let colour = frame.colour_mask();
+        // Horizontal pass: for every crop row, average each output column's source span.
+        self.rows.clear();
+        self.rows.resize(ch as usize * ow as usize, 0);
+        let det = &self.detector;
+        let block = det.block().max(1);
+        let (gw, _) = det.grid();
+        let mask = det.mask();
+        for sy in 0..ch as usize {
+            let y = crop[1] as usize + sy;
+            let row = &grey[y * w..(y + 1) * w];
+            let crow = colour.map(|c| &c[y * w..(y + 1) * w]);
+            let mrow = if use_mask {
+                let gy = y / block as usize;
+                Some(&mask[gy * gw..(gy + 1) * gw])
+            } else {
+                None
+            };
+            let out = &mut self.rows[sy * ow as usize..(sy + 1) * ow as usize];
+            for (o, &(a, b)) in out.iter_mut().zip(&self.xs) {
+                let (a, b) = ((crop[0] + a) as usize, (crop[0] + b) as usize);
+                let mut s = 0u32;
+                for x in a..b {
+                    let keep = mrow.is_none_or(|m| m[x / block as usize] != 0)
+                        && crow.is_none_or(|c| c[x] == 0);
+                    s += u32::from(row[x]) * u32::from(keep);
+                }
+                let cnt = (b - a) as u32;
+                *o = ((s * 16 + cnt / 2) / cnt) as u16;
+            }
+        }
+        // Vertical pass into the letterboxed output; padding is black.
+        self.grey.fill(0);
+        for (oyi, &(a, b)) in self.ys.iter().enumerate() {
+            let dst =
+                &mut self.grey[(oy as usize + oyi) * n as usize + ox as usize..][..ow as usize];
+            let cnt = (b - a) * 16;
+            for (ox_i, d) in dst.iter_mut().enumerate() {
+                let mut s = 0u32;
+                for sy in a..b {
+                    s += u32::from(self.rows[sy as usize * ow as usize + ox_i]);
+                }
+                *d = ((s + cnt / 2) / cnt).min(255) as u8;
+            }
+        }
+        [ox, oy, ox + ow, oy + oh]
+    }
+}
+
+/// Source span `[a, b)` of each of `dst` output cells over `src` input cells (area average;
+/// at least one source cell, so upscaling degrades to nearest neighbour).
+fn spans(out: &mut Vec<(u32, u32)>, src: u32, dst: u32) {
+    out.clear();
+    let (src, dst) = (u64::from(src), u64::from(dst));
+    for i in 0..dst {
+        let a = (i * src / dst) as u32;
+        let b = (((i + 1) * src).div_ceil(dst) as u32)
+            .max(a + 1)
+            .min(src as u32);
+        let a = a.min(b - 1);
+        out.push((a, b));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synthetic::{screen, FanShape};
+
+    #[test]
+    fn output_is_letterboxed_masked_and_normalised() {
+        let shape = FanShape::Linear([200, 60, 520, 460]); // 320 x 400: taller than wide
+        let mut text = Vec::new();
+        let f = screen(720, 480, shape, 5, &mut text);
+        let mut p = Preprocessor::new(64, Normalization::caffe_bgr());
+        let mut out = vec![0f32; p.output_len()];
+        let info = p.process(&f, &mut out).unwrap();
+        // Letterbox: 64 high, about 64 * 320 / 400 = 51 wide, centred.
+        let [x0, y0, x1, y1] = info.placed;
+        assert_eq!((y0, y1), (0, 64));
+        assert!((50..=53).contains(&(x1 - x0)), "{:?}", info.placed);
+        assert_eq!(x0, (64 - (x1 - x0)) / 2);
+        // Padding is black: BGR channel 0 = 0 - 103.939.
+        assert_eq!(out[0], -103.939);
+        // Content is not.
+        let g = p.last_grey();
+        assert!(g[32 * 64 + 32] > 0);
+        // Three channels of the same grey, Caffe means subtracted.
+        let plane = 64 * 64;
+        let i = 32 * 64 + 32;
+        assert_eq!(out[i] + 103.939, out[plane + i] + 116.779);
+        assert_eq!(out[i] + 103.939, out[2 * plane + i] + 123.68);
+    }
+
+    #[test]
+    fn text_outside_the_area_does_not_reach_the_output() {
+        let shape = FanShape::Sector {
+            apex_x: 320.0,
+            apex_y: -10.0,
+            half_angle: 0.6,
+            r0: 60.0,
+            r1: 420.0,
+        };
+        let mut text = Vec::new();
+        let f = screen(640, 480, shape, 21, &mut text);
+        let mut p = Preprocessor::new(96, Normalization::caffe_bgr());
+        let mut a = vec![0f32; p.output_len()];
+        let info = p.process(&f, &mut a).unwrap();
+        // Rewrite every pixel outside the detected area: the output must not change.
+        let mut g = f.clone();
+        let w = f.width();
+        for y in 0..f.height() {
+            for x in 0..w {
+                if !p.detector().inside(x, y) {
+                    g.grey_mut()[(y * w + x) as usize] = ((x * 7 + y * 13) % 256) as u8;
+                }
+            }
+        }
+        let mut q = Preprocessor::new(96, Normalization::caffe_bgr());
+        let mut b2 = vec![0f32; q.output_len()];
+        let info2 = q.process(&f, &mut b2).unwrap();
+        assert_eq!(a, b2, "deterministic");
+        assert_eq!(info, info2);
+        // Same detector mask applied to the altered frame gives the same output.
+        let placed = p.render(&g, info.crop, true);
+        assert_eq!(placed, info.placed);
+        let mut c = vec![0f32; p.output_len()];
+        p.norm.grey_to_chw(&p.grey, &mut c);
+        assert_eq!(
+            a, c,
+            "pixels outside the scan area leaked into the model input"
+        );
+    }
+
+    #[test]
+    fn wrong_output_size_is_an_error() {
+        let f = GreyFrame::from_grey(8, 8, vec![9; 64]).unwrap();
+        let mut p = Preprocessor::new(16, Normalization::caffe_bgr());
+        let mut out = vec![0f32; 10];
+        assert!(matches!(
+            p.process(&f, &mut out),
+            Err(PreprocessError::OutputSize { .. })
+        ));
+        // Tiny frames still work (upscaling path).
+        let mut out = vec![0f32; p.output_len()];
+        let info = p.process(&f, &mut out).unwrap();
+        assert!(info.area.no_anatomy);
+    }
+}
