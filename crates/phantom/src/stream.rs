@@ -299,6 +299,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sweep_can_move_to_a_capture_thread() {
+        fn send<T: Send>(_: &T) {}
+        send(&ProbeSweep::new(SweepConfig::new(1, Profile::default_profile())));
+    }
+
+    #[test]
     fn sweep_has_all_states_and_freezes_exactly() {
         let mut cfg = SweepConfig::new(3, Profile::by_name("peds-linear").unwrap());
         cfg.fps = 4.0;
