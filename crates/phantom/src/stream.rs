@@ -301,7 +301,10 @@ mod tests {
     #[test]
     fn sweep_can_move_to_a_capture_thread() {
         fn send<T: Send>(_: &T) {}
-        send(&ProbeSweep::new(SweepConfig::new(1, Profile::default_profile())));
+        send(&ProbeSweep::new(SweepConfig::new(
+            1,
+            Profile::default_profile(),
+        )));
     }
 
     #[test]
