@@ -243,8 +243,8 @@ mod tests {
     }
 
     const GOLDEN: [u64; 3] = [
-        0x2b9f_f2f8_0dcc_8ad9,
-        0x1cac_b589_92aa_b0f2,
-        0xa7db_24cb_0b1d_cd39,
+        0x3ce3_387a_5c5f_c149,
+        0xcdc1_a3de_b17f_2d04,
+        0xd4a6_34e6_e04b_a295,
     ];
 }

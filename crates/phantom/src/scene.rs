@@ -608,7 +608,9 @@ impl Scene {
             let nz = nu * self.sin_t + nv * self.cos_t;
             let nn = (nx * nx + nz * nz).sqrt().max(1e-6);
             let ci = ((nx * dir.0 + nz * dir.1) / nn).abs();
-            return Some(Tissue::new(4.0, 0.6).spec(-12.0 + 12.0 * ci * ci));
+            // Uneven along its length, like a real capsule (fat, vessels, angle).
+            let m = 3.0 * noise(x, z, 0.5, self.seed ^ 15);
+            return Some(Tissue::new(4.0, 0.6).spec(-12.0 + 12.0 * ci * ci + m));
         }
 
         // Renal sinus (fat, vessels, collecting system) as an irregular ellipse.
