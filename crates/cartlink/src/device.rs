@@ -103,8 +103,8 @@ struct Pending {
     last_sent_ms: Option<u64>,
 }
 
-/// Device side of the link, holding up to `N` (at most [`MAX_PENDING`]) unacknowledged
-/// results.
+/// Device side of the link. Keeps the `N` (1..=[`MAX_PENDING`], checked at compile time)
+/// most recent results until each is acknowledged.
 #[derive(Debug, Clone)]
 pub struct Link<const N: usize = 16> {
     cfg: LinkConfig,
