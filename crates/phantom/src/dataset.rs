@@ -258,6 +258,18 @@ mod tests {
         }
         assert!(per_patient.values().all(|v| v.1 <= 4));
         assert!(per_patient.values().filter(|v| v.1 >= 2).count() > per_patient.len() / 2);
+        // Mixed profiles: every profile shows up, one per patient.
+        let mixed = plan(&PlanConfig {
+            profile: ProfileChoice::Mixed,
+            ..cfg(300, Mix::Paper)
+        });
+        let names: std::collections::HashSet<_> = mixed.iter().map(|s| s.profile.name).collect();
+        assert_eq!(names.len(), Profile::builtin().len());
+        for w in mixed.windows(2) {
+            if w[0].patient_id == w[1].patient_id {
+                assert_eq!(w[0].profile.name, w[1].profile.name);
+            }
+        }
         // Prefix is mixed.
         let first: std::collections::HashSet<_> = a[..40].iter().map(|s| s.class).collect();
         assert!(first.len() >= 3);

@@ -244,7 +244,7 @@ mod tests {
 
     const GOLDEN: [u64; 3] = [
         0x3ce3_387a_5c5f_c149,
-        0xcdc1_a3de_b17f_2d04,
-        0xd4a6_34e6_e04b_a295,
+        0xf3eb_b2cc_b00e_4c13,
+        0x4ae1_5102_6779_63d0,
     ];
 }

@@ -749,9 +749,10 @@ impl Scene {
                     // Gas: bright surface, dirty shadow.
                     let front = d2 > 0.7 && z < bw.z;
                     return if front {
-                        Tissue::new(12.0, 6.0).spec(2.0)
+                        Tissue::new(12.0, 3.0).spec(2.0)
                     } else {
-                        Tissue::new(6.0 * noise(x, z, 0.1, self.seed ^ 5), 4.0)
+                        // Gas content: reverberant, partly transmitting ("dirty" shadow).
+                        Tissue::new(2.0 + 6.0 * noise(x, z, 0.1, self.seed ^ 5), 1.5)
                     };
                 }
             }
@@ -833,11 +834,16 @@ impl TissueMap for Scene {
             let d2 = c.d2(x, z);
             let wall = 1.0 + 0.05 / c.rz;
             if d2 < wall * wall {
-                return if d2 < 1.0 {
-                    fluid()
-                } else {
-                    Tissue::new(5.0, 0.6).spec(-10.0)
-                };
+                if d2 < 1.0 {
+                    return fluid();
+                }
+                // Wall: where the beam grazes it, refraction and reflection send energy
+                // sideways, which leaves the classic thin edge shadows below a cyst.
+                let (nx, nz) = ((x - c.x) / (c.rx * c.rx), (z - c.z) / (c.rz * c.rz));
+                let nn = (nx * nx + nz * nz).sqrt().max(1e-6);
+                let ci = ((nx * dir.0 + nz * dir.1) / nn).abs();
+                let graze = (1.0 - ci * 3.0).max(0.0);
+                return Tissue::new(5.0, 0.6 + 60.0 * graze).spec(-10.0 + 6.0 * ci);
             }
         }
         if let Some(t) = self.kidney(x, z, dir) {
