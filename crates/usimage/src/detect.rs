@@ -308,7 +308,8 @@ impl Detector {
     fn block_stats(&mut self, frame: &GreyFrame) {
         let (w, h) = (frame.width() as usize, frame.height() as usize);
         let long = w.max(h) as u32;
-        self.block = long.div_ceil(GRID_LONG).max(1);
+        // At least 2x2 pixels: texture is a difference between pixels.
+        self.block = long.div_ceil(GRID_LONG).max(2);
         let b = self.block as usize;
         let (gw, gh) = (w.div_ceil(b), h.div_ceil(b));
         self.gw = gw;
@@ -441,7 +442,7 @@ impl Detector {
                 comps[l as usize - 1].score += 1;
             }
         }
-        comps.sort_by(|a, b| b.score.cmp(&a.score).then(a.label.cmp(&b.label)));
+        comps.sort_unstable_by(|a, b| b.score.cmp(&a.score).then(a.label.cmp(&b.label)));
         let found = comps.len().min(MAX_COMPS);
         top[..found].copy_from_slice(&comps[..found]);
         self.comps = comps;

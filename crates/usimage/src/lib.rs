@@ -7,6 +7,7 @@
 //! image area (mask, box, sector or linear, panes); [`Preprocessor`] crops, blanks what lies
 //! outside the scan area, letterboxes to N x N and normalises into a CHW tensor.
 
+pub mod batch;
 pub mod decode;
 pub mod detect;
 pub mod dicom;
@@ -18,6 +19,7 @@ pub mod preprocess;
 pub mod synthetic;
 pub mod v4l2;
 
+pub use batch::{preprocess_file, BatchError, FrameRecord};
 pub use decode::{decode_image, UsFile};
 pub use detect::{detect_scan_area, Detector, ScanArea, ScanKind};
 pub use dicom::{DicomImage, UsRegion};

@@ -48,6 +48,8 @@ pub struct Preprocessor {
     rows: Vec<u16>,
     /// Final grey N x N image.
     grey: Vec<u8>,
+    /// One masked crop row.
+    line: Vec<u8>,
     /// Per output column: source x range.
     xs: Vec<(u32, u32)>,
     /// Per output row: source y range.
@@ -65,6 +67,7 @@ impl Preprocessor {
             detector: Detector::default(),
             rows: Vec::new(),
             grey: vec![0; (size * size) as usize],
+            line: Vec::new(),
             xs: Vec::new(),
             ys: Vec::new(),
         }
@@ -180,26 +183,42 @@ impl Preprocessor {
         let block = det.block().max(1);
         let (gw, _) = det.grid();
         let mask = det.mask();
+        let (cx0, cx1) = (crop[0] as usize, crop[2] as usize);
+        self.line.clear();
+        self.line.resize(cx1 - cx0, 0);
         for sy in 0..ch as usize {
             let y = crop[1] as usize + sy;
-            let row = &grey[y * w..(y + 1) * w];
-            let crow = colour.map(|c| &c[y * w..(y + 1) * w]);
-            let mrow = if use_mask {
+            // The crop row with everything outside the scan area and every colour pixel set
+            // to black, built run by run from the block mask.
+            let line = &mut self.line;
+            line.copy_from_slice(&grey[y * w + cx0..y * w + cx1]);
+            if use_mask {
                 let gy = y / block as usize;
-                Some(&mask[gy * gw..(gy + 1) * gw])
-            } else {
-                None
-            };
+                let mrow = &mask[gy * gw..(gy + 1) * gw];
+                for (gx, &m) in mrow.iter().enumerate() {
+                    if m == 0 {
+                        let a = (gx * block as usize).max(cx0);
+                        let b = ((gx + 1) * block as usize).min(cx1);
+                        if a < b {
+                            line[a - cx0..b - cx0].fill(0);
+                        }
+                    }
+                }
+            }
+            if let Some(c) = colour {
+                for (p, &m) in line.iter_mut().zip(&c[y * w + cx0..y * w + cx1]) {
+                    if m != 0 {
+                        *p = 0;
+                    }
+                }
+            }
             let out = &mut self.rows[sy * ow as usize..(sy + 1) * ow as usize];
             for (o, &(a, b)) in out.iter_mut().zip(&self.xs) {
-                let (a, b) = ((crop[0] + a) as usize, (crop[0] + b) as usize);
-                let mut s = 0u32;
-                for x in a..b {
-                    let keep = mrow.is_none_or(|m| m[x / block as usize] != 0)
-                        && crow.is_none_or(|c| c[x] == 0);
-                    s += u32::from(row[x]) * u32::from(keep);
-                }
-                let cnt = (b - a) as u32;
+                let s: u32 = line[a as usize..b as usize]
+                    .iter()
+                    .map(|&v| u32::from(v))
+                    .sum();
+                let cnt = b - a;
                 *o = ((s * 16 + cnt / 2) / cnt) as u16;
             }
         }
