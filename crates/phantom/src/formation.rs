@@ -240,6 +240,10 @@ fn unit_energy_gauss(sigma: f32, radius: usize) -> Vec<f32> {
 const MAX_LAT_RADIUS: usize = 20;
 
 /// Simulate the complex beamformed signal and return the envelope (linear amplitude).
+///
+/// # Panics
+/// If `speckle` was not made for this profile's grid (`beams * samples` cells): a
+/// programming error, not an input error.
 pub fn envelope<M: TissueMap + ?Sized>(
     profile: &Profile,
     acq: &Acquisition,

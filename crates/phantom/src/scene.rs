@@ -224,7 +224,9 @@ impl Patient {
             p.vessels.truncate(2);
         }
         if class == Class::Hyperechogenicity {
-            p.cortex_db = normal_cortex + 2.0 + 9.0 * severity;
+            // By definition brighter than the liver/spleen window, however subtle.
+            let window = if p.left { 1.5 } else { 0.0 };
+            p.cortex_db = (window + 0.5 + 9.0 * severity).max(normal_cortex + 2.0);
             let loss = (0.3 + 0.65 * severity).min(0.95);
             p.pyr_db += (p.cortex_db - 2.0 - p.pyr_db) * loss;
             p.length *= 1.0 + 0.12 * severity;
