@@ -109,6 +109,7 @@ pub struct Detector {
     comps: Vec<Comp>,
     mask: Vec<u8>,
     pane: Vec<u8>,
+    dark_cols: Vec<u32>,
 }
 
 /// Intersection over union of two `[x0, y0, x1, y1]` boxes (exclusive ends).
@@ -238,7 +239,7 @@ impl Detector {
             }
             let pb = self.to_pixels(b, frame);
             // A thin dark column through the middle: two panes drawn side by side.
-            match split_column(frame, pb) {
+            match split_column(frame, pb, &mut self.dark_cols) {
                 Some(xs) if pane_count + 1 < MAX_PANES => {
                     let left = [pb[0], pb[1], xs, pb[3]];
                     let right = [xs + 1, pb[1], pb[2], pb[3]];
@@ -664,31 +665,34 @@ fn background_level(frame: &GreyFrame) -> u8 {
 }
 
 /// Looks for a thin (at most 4 px), almost entirely dark column in the middle half of a
-/// pane box: the divider of two images shown side by side. Returns its first x.
-fn split_column(frame: &GreyFrame, b: [u32; 4]) -> Option<u32> {
+/// pane box: the divider of two images shown side by side. Returns its first x. Column
+/// counts are gathered row by row (cache friendly) into `dark`, a reused buffer.
+fn split_column(frame: &GreyFrame, b: [u32; 4], dark: &mut Vec<u32>) -> Option<u32> {
     let (w, grey) = (frame.width() as usize, frame.grey());
     let bw = b[2] - b[0];
-    if bw < 40 || b[3] - b[1] < 20 {
+    let bh = b[3] - b[1];
+    if bw < 40 || bh < 20 {
         return None;
     }
-    let dark_fraction = |x: u32| -> f32 {
-        let mut dark = 0u32;
-        for y in b[1]..b[3] {
-            dark += u32::from(grey[y as usize * w + x as usize] <= 8);
+    let (x0, x1) = (b[0] as usize, b[2] as usize);
+    dark.clear();
+    dark.resize(x1 - x0, 0);
+    for y in b[1] as usize..b[3] as usize {
+        for (d, &p) in dark.iter_mut().zip(&grey[y * w + x0..y * w + x1]) {
+            *d += u32::from(p <= 8);
         }
-        dark as f32 / (b[3] - b[1]) as f32
-    };
+    }
+    let is_dark = |x: u32| dark[(x - b[0]) as usize] * 10 >= bh * 9;
+    let is_bright = |x: u32| dark[(x - b[0]) as usize] * 2 < bh;
     let (from, to) = (b[0] + bw / 4, b[0] + bw * 3 / 4);
     let mut x = from;
     while x < to {
-        if dark_fraction(x) >= 0.9 {
+        if is_dark(x) {
             let mut end = x + 1;
-            while end < to && dark_fraction(end) >= 0.9 {
+            while end < to && is_dark(end) {
                 end += 1;
             }
-            let thin = end - x <= 4;
-            let bright_sides = x >= 8 && dark_fraction(x - 6) < 0.5 && dark_fraction(end + 5) < 0.5;
-            if thin && bright_sides {
+            if end - x <= 4 && is_bright(x - 6) && is_bright(end + 5) {
                 return Some(x);
             }
             x = end;

@@ -28,7 +28,10 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output directory {}", args.out.display()))?;
-    log::info!("preprocessing version {PREPROCESS_VERSION}, {0}x{0} inputs", args.size);
+    log::info!(
+        "preprocessing version {PREPROCESS_VERSION}, {0}x{0} inputs",
+        args.size
+    );
     let mut pre = Preprocessor::new(args.size, Normalization::caffe_bgr());
     let mut failed = 0usize;
     for file in &args.files {
@@ -59,6 +62,10 @@ pub fn run(args: Args) -> Result<()> {
             failed += 1;
         }
     }
-    anyhow::ensure!(failed == 0, "{failed} of {} file(s) failed", args.files.len());
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {} file(s) failed",
+        args.files.len()
+    );
     Ok(())
 }
