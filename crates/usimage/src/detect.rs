@@ -66,6 +66,9 @@ pub struct ScanArea {
     pub no_anatomy: bool,
     /// Mean grey inside the image area.
     pub mean_grey: f32,
+    /// Fraction of the image area's blocks with speckle texture (echoes); the anatomy gate
+    /// compares it with its threshold.
+    pub echo_fraction: f32,
 }
 
 impl ScanArea {
@@ -110,6 +113,9 @@ pub struct Detector {
     mask: Vec<u8>,
     pane: Vec<u8>,
     dark_cols: Vec<u32>,
+    bg: u8,
+    pane_boxes: [[u32; 4]; MAX_PANES],
+    pane_count: usize,
 }
 
 /// Intersection over union of two `[x0, y0, x1, y1]` boxes (exclusive ends).
@@ -152,11 +158,15 @@ impl Detector {
     #[inline]
     pub fn inside(&self, x: u32, y: u32) -> bool {
         let (gx, gy) = ((x / self.block) as usize, (y / self.block) as usize);
-        gx < self.gw && gy < self.gh && self.mask[gy * self.gw + gx] != 0
+        let in_pane = self.pane_boxes[..self.pane_count]
+            .iter()
+            .any(|b| x >= b[0] && x < b[2] && y >= b[1] && y < b[3]);
+        in_pane && gx < self.gw && gy < self.gh && self.mask[gy * self.gw + gx] != 0
     }
 
     /// Finds the image area of `frame`.
     pub fn detect(&mut self, frame: &GreyFrame) -> ScanArea {
+        self.pane_count = 0;
         self.block_stats(frame);
         let (gw, gh) = (self.gw, self.gh);
         let n = gw * gh;
@@ -180,6 +190,7 @@ impl Detector {
             pane_count: 0,
             no_anatomy: true,
             mean_grey: 0.0,
+            echo_fraction: 0.0,
         };
         self.mask.clear();
         self.mask.resize(n, 0);
@@ -237,7 +248,11 @@ impl Detector {
             for (m, &p) in self.mask.iter_mut().zip(&self.pane) {
                 *m |= p;
             }
-            let pb = self.to_pixels(b, frame);
+            let mut pb = self.to_pixels(b, frame);
+            if fitted.is_none() {
+                // Rectangular pane: place its edges to the pixel (text can touch the image).
+                pb = self.refine_edges(frame, pb);
+            }
             // A thin dark column through the middle: two panes drawn side by side.
             match split_column(frame, pb, &mut self.dark_cols) {
                 Some(xs) if pane_count + 1 < MAX_PANES => {
@@ -266,6 +281,8 @@ impl Detector {
         }
         area.pane_count = pane_count;
         area.bbox = main_px;
+        self.pane_boxes = area.panes;
+        self.pane_count = pane_count;
         let s = self.block as usize;
         let main = [
             main_px[0] as usize / s,
@@ -293,6 +310,7 @@ impl Detector {
         }
         let inside_f = inside.max(1) as f32;
         area.mean_grey = sum as f32 / inside_f;
+        area.echo_fraction = tex as f32 / inside_f;
         area.no_anatomy =
             (tex as f32) < MIN_TEXTURED_FRACTION * inside_f || area.mean_grey < MIN_MEAN_GREY;
         area
@@ -327,6 +345,7 @@ impl Detector {
         let grey = frame.grey();
         let colour = frame.colour_mask();
         let bg = background_level(frame);
+        self.bg = bg;
         for y in 0..h {
             let gy = y / b;
             let row = &grey[y * w..(y + 1) * w];
@@ -599,6 +618,55 @@ impl Detector {
         }
         std::mem::swap(&mut self.pane, &mut self.tmp);
         Some(nb)
+    }
+
+    /// Moves each edge of a rectangular pane box, by at most two blocks inward, to the last
+    /// pixel row/column where most pixels differ from the background: block-quantised edges
+    /// would otherwise take in text that touches the image.
+    fn refine_edges(&mut self, frame: &GreyFrame, b: [u32; 4]) -> [u32; 4] {
+        let (w, grey, bg) = (frame.width() as usize, frame.grey(), self.bg);
+        let reach = 2 * self.block;
+        let fg = |p: u8| u32::from(p.abs_diff(bg) >= FOREGROUND_DELTA);
+        let [x0, y0, x1, y1] = b;
+        if x1 - x0 <= 2 * reach || y1 - y0 <= 2 * reach {
+            return b;
+        }
+        // Column counts over the pane's rows, for the left and right bands.
+        let cols = &mut self.dark_cols;
+        cols.clear();
+        cols.resize(2 * reach as usize, 0);
+        for y in y0 as usize..y1 as usize {
+            let row = &grey[y * w..(y + 1) * w];
+            for i in 0..reach as usize {
+                cols[i] += fg(row[x0 as usize + i]);
+                cols[reach as usize + i] += fg(row[(x1 - reach) as usize + i]);
+            }
+        }
+        let half_h = (y1 - y0) / 2;
+        let left = (0..reach)
+            .find(|&i| cols[i as usize] > half_h)
+            .map_or(x0, |i| x0 + i);
+        let right = (0..reach)
+            .rev()
+            .find(|&i| cols[(reach + i) as usize] > half_h)
+            .map_or(x1, |i| x1 - reach + i + 1);
+        // Row counts over the refined columns, for the top and bottom bands.
+        let half_w = (right - left) / 2;
+        let row_fg = |y: u32| -> u32 {
+            grey[y as usize * w + left as usize..y as usize * w + right as usize]
+                .iter()
+                .map(|&p| fg(p))
+                .sum()
+        };
+        let top = (y0..y0 + reach).find(|&y| row_fg(y) > half_w).unwrap_or(y0);
+        let bottom = (y1 - reach..y1)
+            .rev()
+            .find(|&y| row_fg(y) > half_w)
+            .map_or(y1, |y| y + 1);
+        if right <= left || bottom <= top {
+            return b;
+        }
+        [left, top, right, bottom]
     }
 
     fn to_pixels(&self, b: [usize; 4], frame: &GreyFrame) -> [u32; 4] {

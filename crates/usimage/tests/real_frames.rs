@@ -187,3 +187,32 @@ fn cine_frames_and_colour_masks() {
         "power Doppler pixels not flagged: {coloured}"
     );
 }
+
+/// Sonoque DICOM: the "ID / Name / Gender / Age" column starts right where the skin line
+/// ends (the "I" of "ID" is drawn over the image's last columns, x 1705-1708; the image
+/// fades out at x = 1710). Nothing right of that may fall inside the detected scan area:
+/// block-sized mask edges would take in the "D".
+#[test]
+fn sonoque_dicom_text_column_is_outside_the_mask() {
+    let (_, frame) = first_frame("dicom/sonoque_anechoic-3mm-3mm.dcm");
+    let mut det = Detector::default();
+    det.detect(&frame);
+    let mut inside = 0;
+    let mut text = 0;
+    for y in 60..210 {
+        for x in 1711..2010 {
+            if frame.grey()[(y * frame.width() + x) as usize] > 60 {
+                text += 1;
+                inside += u32::from(det.inside(x, y));
+            }
+        }
+    }
+    assert!(
+        text > 200,
+        "expected burned-in text there ({text} bright pixels)"
+    );
+    assert_eq!(
+        inside, 0,
+        "{inside} of {text} text pixels inside the scan area"
+    );
+}
