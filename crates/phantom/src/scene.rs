@@ -255,6 +255,9 @@ pub struct View {
     pub rib: Option<(f32, f32)>,
     pub bowel: Option<(f32, f32, f32)>,
     pub depth_choice: f32,
+    /// Focal lesions lie in the scan plane whatever the elevation (a still image is taken
+    /// through the finding). A sweep clears this, so lesions come and go as the plane moves.
+    pub lesion_in_plane: bool,
     pub seed: u32,
 }
 
@@ -289,6 +292,7 @@ impl View {
                 None
             },
             depth_choice: rng.f(),
+            lesion_in_plane: true,
             seed: rng.u64() as u32,
         }
     }
@@ -310,6 +314,9 @@ struct Mass {
 pub struct Scene {
     pub depth_cm: f32,
     pub focus_cm: f32,
+    /// Whether the finding shows in this plane (false for normal, and for a focal lesion
+    /// the sweep's plane has left).
+    pub lesion_visible: bool,
     seed: u32,
     skin: f32,
     fat_end: f32,
@@ -393,6 +400,7 @@ impl Scene {
         let mut s = Scene {
             depth_cm,
             focus_cm,
+            lesion_visible: p.class.is_abnormal(),
             seed: p.seed ^ v.seed.rotate_left(7),
             skin: p.skin,
             fat_end: p.skin + p.fat,
@@ -468,6 +476,13 @@ impl Scene {
         }
 
         let sev = p.severity;
+        // In-plane radius of a focal lesion of radius r centred on the kidney's mid-plane.
+        let off_plane = if v.lesion_in_plane {
+            0.0
+        } else {
+            v.elevation * 0.5 * p.length * p.thick_ratio
+        };
+        let cut = |r: f32| (r > off_plane).then(|| (r * r - off_plane * off_plane).sqrt());
         match p.class {
             Class::Normal | Class::Hyperechogenicity => {}
             Class::Stone => {
@@ -478,19 +493,18 @@ impl Scene {
                     (0.55, -0.35 * p.lesion_v)
                 };
                 let (x, z) = s.to_world(u, v_);
-                let r = 0.09 + 0.45 * sev;
                 let spec = 2.0 + 12.0 * sev;
                 let atten = 6.0 + 34.0 * sev;
-                s.stone = Some((x, z, r, spec, atten));
+                s.stone = cut(0.09 + 0.45 * sev).map(|r| (x, z, r, spec, atten));
             }
             Class::Cyst => {
-                let r = 0.18 + 1.2 * sev;
+                let r = cut(0.18 + 1.2 * sev).unwrap_or(0.0);
                 let rho = 0.7 + 0.25 * p.lesion_r;
                 // Anterior or posterior lip, away from the poles so it stays in view.
                 let ang = p.lesion_v * (0.5 * PI + p.lesion_u * 1.4);
                 let (u, v_) = (rho * libm::cosf(ang), rho * libm::sinf(ang));
                 let (x, z) = s.to_world(u, v_);
-                s.cyst = Some(Ellipse {
+                s.cyst = (r > 0.0).then(|| Ellipse {
                     x,
                     z,
                     rx: r * (1.0 + 0.2 * p.lesion_r),
@@ -498,11 +512,11 @@ impl Scene {
                 });
             }
             Class::Sol => {
-                let r = (0.4 + 2.0 * sev).min(0.85 * a);
+                let r = cut((0.4 + 2.0 * sev).min(0.85 * a)).unwrap_or(0.0);
                 let rho = 0.45 + 0.45 * p.lesion_r;
                 let ang = p.lesion_v * (0.5 * PI + p.lesion_u * 1.6);
                 let (x, z) = s.to_world(rho * libm::cosf(ang), rho * libm::sinf(ang));
-                s.mass = Some(Mass {
+                s.mass = (r > 0.0).then(|| Mass {
                     x,
                     z,
                     r,
@@ -549,6 +563,13 @@ impl Scene {
                 }
             }
         }
+        s.lesion_visible = match p.class {
+            Class::Normal => false,
+            Class::Stone => s.stone.is_some(),
+            Class::Cyst => s.cyst.is_some(),
+            Class::Sol => s.mass.is_some(),
+            Class::Hyperechogenicity | Class::Hydronephrosis => true,
+        };
         s
     }
 

@@ -67,6 +67,10 @@ pub struct SweepFrame {
     pub class: Class,
     pub severity: f32,
     pub patient_id: u32,
+    /// Whether the finding is in this frame (focal lesions leave the plane as it sweeps;
+    /// false for normal patients and lifted frames). Per-frame truth for temporal
+    /// aggregation.
+    pub lesion_visible: bool,
 }
 
 /// Iterator over sweep frames. Deterministic for a seed.
@@ -81,7 +85,7 @@ pub struct ProbeSweep {
     index: u64,
     state: ProbeState,
     left: u32,
-    last: Option<ScanFrame>,
+    last: Option<(ScanFrame, bool)>,
     phase: [f32; 4],
 }
 
@@ -174,6 +178,7 @@ impl ProbeSweep {
         v.tilt += 0.06 * libm::sinf(std::f32::consts::TAU * t / 5.0 + p[2]);
         v.push += 0.25 * libm::sinf(std::f32::consts::TAU * t / 3.5 + p[3]);
         v.rib = None;
+        v.lesion_in_plane = false;
         v
     }
 }
@@ -197,14 +202,14 @@ impl Iterator for ProbeSweep {
             self.state = ProbeState::Scanning;
         }
         let frozen = match (&self.last, self.state) {
-            (Some(last), ProbeState::Frozen) => {
+            (Some((last, vis)), ProbeState::Frozen) => {
                 let mut f = last.clone();
                 f.overlay.frozen = true;
-                Some(f)
+                Some((f, *vis))
             }
             _ => None,
         };
-        let frame = match frozen {
+        let (frame, lesion_visible) = match frozen {
             Some(f) => f,
             None => {
                 let view = self.view_at(t);
@@ -212,7 +217,7 @@ impl Iterator for ProbeSweep {
                 let mut rng = Rand::new(derive(self.cfg.seed, 0x4652, self.index));
                 let f = if self.state == ProbeState::Scanning {
                     let scene = Scene::new(&self.patient, &view, profile);
-                    self.renderer.scan(
+                    let f = self.renderer.scan(
                         profile,
                         &scene,
                         &view,
@@ -222,9 +227,10 @@ impl Iterator for ProbeSweep {
                         &mut rng,
                         ts,
                         self.index as u32,
-                    )
+                    );
+                    (f, scene.lesion_visible)
                 } else {
-                    self.renderer.scan(
+                    let f = self.renderer.scan(
                         profile,
                         &Air,
                         &view,
@@ -234,7 +240,8 @@ impl Iterator for ProbeSweep {
                         &mut rng,
                         ts,
                         self.index as u32,
-                    )
+                    );
+                    (f, false)
                 };
                 if self.state == ProbeState::Scanning {
                     self.last = Some(f.clone());
@@ -251,6 +258,7 @@ impl Iterator for ProbeSweep {
             class: self.patient.class,
             severity: self.patient.severity,
             patient_id: self.patient.id,
+            lesion_visible,
         };
         self.index += 1;
         Some(out)
@@ -258,7 +266,7 @@ impl Iterator for ProbeSweep {
 }
 
 /// Header of the sweep's `frames.csv`.
-pub const FRAMES_HEADER: &str = "path,index,time_s,state,label,severity,patient_id";
+pub const FRAMES_HEADER: &str = "path,index,time_s,state,label,severity,patient_id,lesion_visible";
 
 /// Write a sweep's frames as `<out>/frame_<index>.png` plus `frames.csv` (ground truth per
 /// frame), for replay by the edge runtime's folder source. `progress(done, total)`.
@@ -279,13 +287,14 @@ pub fn write_sweep(
         let name = format!("frame_{:06}.png", f.index);
         crate::save_png(&f.image, &out.join(&name))?;
         csv.push_str(&format!(
-            "{name},{},{:.3},{},{},{:.3},{}\n",
+            "{name},{},{:.3},{},{},{:.3},{},{}\n",
             f.index,
             f.time_s,
             f.state.as_str(),
             f.class.as_str(),
             f.severity,
-            f.patient_id
+            f.patient_id,
+            u8::from(f.lesion_visible)
         ));
         progress(f.index + 1, total);
     }
@@ -297,6 +306,23 @@ pub fn write_sweep(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn focal_lesions_come_and_go_as_the_plane_sweeps() {
+        let mut cfg = SweepConfig::new(8, Profile::default_profile());
+        cfg.class = Some(Class::Stone);
+        cfg.severity = Some(0.3);
+        cfg.fps = 2.0;
+        cfg.frames = Some(40);
+        let live: Vec<bool> = ProbeSweep::new(cfg)
+            .filter(|f| f.state == ProbeState::Scanning)
+            .map(|f| f.lesion_visible)
+            .collect();
+        assert!(
+            live.iter().any(|v| *v) && live.iter().any(|v| !*v),
+            "{live:?}"
+        );
+    }
 
     #[test]
     fn sweep_can_move_to_a_capture_thread() {
