@@ -504,7 +504,7 @@ impl Scene {
                 let ang = p.lesion_v * (0.5 * PI + p.lesion_u * 1.4);
                 let (u, v_) = (rho * libm::cosf(ang), rho * libm::sinf(ang));
                 let (x, z) = s.to_world(u, v_);
-                s.cyst = (r > 0.0).then(|| Ellipse {
+                s.cyst = (r > 0.0).then_some(Ellipse {
                     x,
                     z,
                     rx: r * (1.0 + 0.2 * p.lesion_r),
@@ -516,7 +516,7 @@ impl Scene {
                 let rho = 0.45 + 0.45 * p.lesion_r;
                 let ang = p.lesion_v * (0.5 * PI + p.lesion_u * 1.6);
                 let (x, z) = s.to_world(rho * libm::cosf(ang), rho * libm::sinf(ang));
-                s.mass = (r > 0.0).then(|| Mass {
+                s.mass = (r > 0.0).then_some(Mass {
                     x,
                     z,
                     r,
