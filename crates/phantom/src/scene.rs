@@ -482,7 +482,10 @@ impl Scene {
         } else {
             v.elevation * 0.5 * p.length * p.thick_ratio
         };
-        let cut = |r: f32| (r > off_plane).then(|| (r * r - off_plane * off_plane).sqrt());
+        let cut = |r: f32| match off_plane {
+            d if d <= 0.0 => Some(r),
+            d => (r > d).then(|| (r * r - d * d).sqrt()),
+        };
         match p.class {
             Class::Normal | Class::Hyperechogenicity => {}
             Class::Stone => {
