@@ -151,6 +151,10 @@ mod tests {
         assert_eq!(n, 2);
         assert_eq!(records[1].frame, 1);
         assert_eq!(records[0].kind, ScanKind::Linear);
+        // De-identification: the synthetic object's PatientName reaches no output.
+        assert!(!format!("{records:?}").contains("Synthetic"));
+        let bytes = std::fs::read(&records[0].output).unwrap();
+        assert!(!bytes.windows(9).any(|w| w == b"Synthetic"));
         let png = image::open(&records[1].output).unwrap();
         assert_eq!((png.width(), png.height()), (32, 32));
         let missing = preprocess_file(&dir.join("nope.png"), &dir, &mut pre, |_| {});

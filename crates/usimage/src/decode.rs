@@ -74,40 +74,110 @@ impl UsFile {
 
 /// Decodes a PNG/JPEG/BMP/TIFF image (8 or 16 bit, grey or colour) with bounded memory.
 pub fn decode_image(bytes: &[u8]) -> Result<GreyFrame, DecodeError> {
+    guarded("image", || decode_image_inner(bytes))
+}
+
+fn decode_image_inner(bytes: &[u8]) -> Result<GreyFrame, DecodeError> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|_| DecodeError::UnknownFormat)?;
-    if reader.format().is_none() {
-        return Err(DecodeError::UnknownFormat);
+    let format = reader.format().ok_or(DecodeError::UnknownFormat)?;
+    reader.limits(limits());
+    let (w, h) = reader.into_dimensions().map_err(classify)?;
+    check_dims(w, h)?;
+    check_plausible(w, h, bytes.len())?;
+    if format == image::ImageFormat::Jpeg {
+        // jpeg-decoder rather than image's zune-jpeg: fuzzing found zune-jpeg 0.5.15
+        // panicking in its AVX2 IDCT on a corrupt file.
+        return decode_jpeg(bytes);
     }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|_| DecodeError::UnknownFormat)?;
+    reader.limits(limits());
+    let img = reader.decode().map_err(classify)?;
+    dynamic_to_grey(img)
+}
+
+fn limits() -> Limits {
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     // Largest legitimate decode: 16-bit RGBA at the pixel limit would be 2 GiB; allow 1 GiB.
     limits.max_alloc = Some(1 << 30);
-    reader.limits(limits);
-    let (w, h) = reader.into_dimensions().map_err(classify)?;
-    check_dims(w, h)?;
-    if u64::from(w) * u64::from(h) > MAX_PIXELS {
+    limits
+}
+
+/// Largest decoded / file size ratio believed: deflate tops out near 1032:1 and JPEG needs
+/// bits for every 8x8 block, so a header beyond this is corrupt, and decoding it would only
+/// burn time and memory.
+const MAX_PIXELS_PER_BYTE: u64 = 2048;
+
+/// Refuses headers that declare far more pixels than the file could hold.
+pub(crate) fn check_plausible(w: u32, h: u32, bytes: usize) -> Result<(), DecodeError> {
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > MAX_PIXELS {
         return Err(DecodeError::TooLarge {
             width: w,
             height: h,
         });
     }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|_| DecodeError::UnknownFormat)?;
-    reader.limits(limits_for(w, h));
-    let img = reader.decode().map_err(classify)?;
-    dynamic_to_grey(img)
+    if pixels
+        > (bytes as u64)
+            .saturating_mul(MAX_PIXELS_PER_BYTE)
+            .max(1 << 20)
+    {
+        return Err(DecodeError::Implausible {
+            width: w,
+            height: h,
+            bytes,
+        });
+    }
+    Ok(())
 }
 
-fn limits_for(_w: u32, _h: u32) -> Limits {
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(1 << 30);
-    limits
+/// Runs a third-party decoder, turning a panic (a bug in it) into a typed error: input must
+/// never bring the process down.
+pub(crate) fn guarded<T>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, DecodeError>,
+) -> Result<T, DecodeError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        log::error!("{what} decoder panicked; input refused");
+        Err(DecodeError::DecoderPanic(what))
+    })
+}
+
+/// Baseline and progressive JPEG (grey, RGB/YCbCr, CMYK) to grey.
+pub(crate) fn decode_jpeg(bytes: &[u8]) -> Result<GreyFrame, DecodeError> {
+    use jpeg_decoder::PixelFormat as P;
+    let jerr = |e: jpeg_decoder::Error| DecodeError::Jpeg(e.to_string());
+    let mut d = jpeg_decoder::Decoder::new(bytes);
+    d.read_info().map_err(jerr)?;
+    let info = d
+        .info()
+        .ok_or_else(|| DecodeError::Jpeg("no frame header".into()))?;
+    let (w, h) = (u32::from(info.width), u32::from(info.height));
+    check_dims(w, h)?;
+    check_plausible(w, h, bytes.len())?;
+    d.set_max_decoding_buffer_size(1 << 30);
+    let px = d.decode().map_err(jerr)?;
+    match info.pixel_format {
+        P::L8 => GreyFrame::from_grey(w, h, px),
+        P::L16 => GreyFrame::from_grey(w, h, px.chunks_exact(2).map(|c| c[0]).collect()),
+        P::RGB24 => GreyFrame::from_rgb(w, h, &px),
+        P::CMYK32 => {
+            let rgb: Vec<u8> = px
+                .chunks_exact(4)
+                .flat_map(|c| {
+                    let k = 255 - u16::from(c[3]);
+                    let f = |v: u8| ((255 - u16::from(v)) * k / 255) as u8;
+                    [f(c[0]), f(c[1]), f(c[2])]
+                })
+                .collect();
+            GreyFrame::from_rgb(w, h, &rgb)
+        }
+    }
 }
 
 fn classify(e: image::ImageError) -> DecodeError {
@@ -161,6 +231,37 @@ mod tests {
         }
         let f = decode_image(&png_bytes(DynamicImage::ImageLuma16(b))).unwrap();
         assert_eq!(f.grey(), &[0, 85, 170, 255]);
+    }
+
+    #[test]
+    fn every_still_format_decodes_to_the_same_grey() {
+        let g = image::GrayImage::from_fn(16, 8, |x, y| image::Luma([(x * 16 + y) as u8]));
+        for fmt in [
+            image::ImageFormat::Png,
+            image::ImageFormat::Bmp,
+            image::ImageFormat::Tiff,
+            image::ImageFormat::Jpeg,
+        ] {
+            let mut v = Vec::new();
+            DynamicImage::ImageLuma8(g.clone())
+                .write_to(&mut Cursor::new(&mut v), fmt)
+                .unwrap();
+            let f = UsFile::from_bytes(&v).unwrap().frame(0).unwrap();
+            assert_eq!((f.width(), f.height()), (16, 8), "{fmt:?}");
+            let max_err = f
+                .grey()
+                .iter()
+                .zip(g.as_raw())
+                .map(|(a, b)| a.abs_diff(*b))
+                .max()
+                .unwrap();
+            let tolerance = if fmt == image::ImageFormat::Jpeg {
+                12
+            } else {
+                0
+            };
+            assert!(max_err <= tolerance, "{fmt:?}: error {max_err}");
+        }
     }
 
     #[test]

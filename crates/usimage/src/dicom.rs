@@ -110,10 +110,12 @@ impl DicomImage {
             return Err(DecodeError::UnknownFormat);
         };
         check_lengths(body)?;
-        let obj: DefaultDicomObject = OpenFileOptions::new()
-            .read_preamble(ReadPreamble::Never)
-            .from_reader(body)
-            .map_err(|e| DecodeError::DicomParse(e.to_string()))?;
+        let obj: DefaultDicomObject = crate::decode::guarded("DICOM", || {
+            OpenFileOptions::new()
+                .read_preamble(ReadPreamble::Never)
+                .from_reader(body)
+                .map_err(|e| DecodeError::DicomParse(e.to_string()))
+        })?;
         Self::from_object(&obj)
     }
 
@@ -175,15 +177,19 @@ impl DicomImage {
             .transfer_syntax()
             .trim_end_matches('\0')
             .to_string();
-        let decoded = obj.decode_pixel_data().map_err(|e| {
-            let msg = e.to_string();
-            if msg.contains("nsupported") || msg.contains("nknown transfer syntax") {
-                DecodeError::Unsupported(format!("transfer syntax {ts}: {msg}"))
-            } else {
-                DecodeError::DicomPixels(msg)
-            }
+        let decoded = crate::decode::guarded("DICOM pixel data", || {
+            obj.decode_pixel_data()
+                .map_err(|e| {
+                    let msg = e.to_string();
+                    if msg.contains("nsupported") || msg.contains("nknown transfer syntax") {
+                        DecodeError::Unsupported(format!("transfer syntax {ts}: {msg}"))
+                    } else {
+                        DecodeError::DicomPixels(msg)
+                    }
+                })
+                .map(|d| d.to_owned())
         })?;
-        let pixels = decoded.to_owned();
+        let pixels = decoded;
         let palette = if pixels.photometric_interpretation().as_str() == "PALETTE COLOR" {
             Some(read_palette(obj)?)
         } else {

@@ -17,6 +17,24 @@ pub enum DecodeError {
     /// The image decoder refused the data (truncated or corrupt file).
     #[error("image decoding failed: {0} (the file is truncated or corrupt; re-export it)")]
     Image(#[from] image::ImageError),
+    /// The JPEG decoder refused the data.
+    #[error("JPEG decoding failed: {0} (the file is truncated or corrupt; re-export it)")]
+    Jpeg(String),
+    /// The header declares far more pixels than the file could hold compressed.
+    #[error(
+        "header declares {width}x{height} but the file holds only {bytes} bytes; it is corrupt"
+    )]
+    Implausible {
+        /// Width declared.
+        width: u32,
+        /// Height declared.
+        height: u32,
+        /// File size.
+        bytes: usize,
+    },
+    /// A third-party decoder panicked on this input (a bug in that dependency, caught here).
+    #[error("the {0} decoder crashed on this input (corrupt or unusual file); please report it")]
+    DecoderPanic(&'static str),
     /// The image has a zero side.
     #[error("image is empty ({width}x{height}); a frame needs at least one pixel")]
     Empty {

@@ -340,3 +340,44 @@ mod tests {
         assert!(info.area.no_anatomy);
     }
 }
+
+#[cfg(test)]
+mod version_pin {
+    use super::*;
+    use crate::synthetic::{screen, FanShape};
+
+    /// FNV-1a over the grey model input of a fixed synthetic frame.
+    fn digest() -> u64 {
+        let shape = FanShape::Sector {
+            apex_x: 400.0,
+            apex_y: -25.0,
+            half_angle: 0.68,
+            r0: 80.0,
+            r1: 560.0,
+        };
+        let f = screen(800, 600, shape, 77, &mut Vec::new());
+        let mut p = Preprocessor::new(224, Normalization::caffe_bgr());
+        let mut out = vec![0f32; p.output_len()];
+        p.process(&f, &mut out).unwrap();
+        p.last_grey()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            })
+    }
+
+    /// The output for a given input is part of the model contract: when this digest changes,
+    /// bump [`PREPROCESS_VERSION`] and update the pin (same value on x86_64 and aarch64:
+    /// integer arithmetic only).
+    #[test]
+    fn output_is_pinned_to_the_version() {
+        assert_eq!(PREPROCESS_VERSION, 1);
+        assert_eq!(
+            digest(),
+            PINNED_V1,
+            "preprocessing output changed: bump PREPROCESS_VERSION"
+        );
+    }
+
+    const PINNED_V1: u64 = 4_661_218_293_769_330_508;
+}

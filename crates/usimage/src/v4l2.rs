@@ -84,7 +84,7 @@ pub fn decode_buffer(
             Ok(())
         }
         PixelFormat::Mjpeg => {
-            let f = crate::decode::decode_image(buf)?;
+            let f = crate::decode::guarded("JPEG", || crate::decode::decode_jpeg(buf))?;
             if f.width() != width || f.height() != height {
                 return Err(DecodeError::V4l2(format!(
                     "MJPEG frame is {}x{}, the device announced {width}x{height}",
@@ -113,6 +113,22 @@ mod tests {
         decode_buffer(PixelFormat::Yuyv, &buf, 2, 2, 6, &mut f).unwrap();
         assert_eq!(f.grey(), &[10, 20, 30, 40]);
         assert_eq!(f.colour_mask().unwrap(), &[0, 0, 1, 1]);
+    }
+
+    #[test]
+    fn mjpeg_frames_decode_and_must_match_the_announced_size() {
+        let img = image::GrayImage::from_pixel(16, 8, image::Luma([120]));
+        let mut jpg = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut jpg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+        let mut f = GreyFrame::default();
+        decode_buffer(PixelFormat::Mjpeg, &jpg, 16, 8, 0, &mut f).unwrap();
+        assert!(f.grey().iter().all(|&v| v.abs_diff(120) <= 2));
+        assert!(decode_buffer(PixelFormat::Mjpeg, &jpg, 32, 8, 0, &mut f).is_err());
+        assert!(decode_buffer(PixelFormat::Mjpeg, &jpg[..20], 16, 8, 0, &mut f).is_err());
     }
 
     #[test]

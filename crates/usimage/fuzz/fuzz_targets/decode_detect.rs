@@ -20,7 +20,8 @@ fuzz_target!(|data: &[u8]| {
     }
     // Raw capture buffers: first 5 bytes choose format and geometry.
     if data.len() > 5 {
-        let format = [PixelFormat::Yuyv, PixelFormat::Grey, PixelFormat::Mjpeg][usize::from(data[0] % 3)];
+        let format =
+            [PixelFormat::Yuyv, PixelFormat::Grey, PixelFormat::Mjpeg][usize::from(data[0] % 3)];
         let (w, h) = (u32::from(data[1]) * 4 + 1, u32::from(data[2]) * 4 + 1);
         let stride = usize::from(u16::from_le_bytes([data[3], data[4]]));
         if decode_buffer(format, &data[5..], w, h, stride, &mut frame).is_ok() {

@@ -1,0 +1,41 @@
+//! Inputs `cargo fuzz` found (see `tests/fuzz-regressions/`): each must give a typed error
+//! quickly, without panicking or allocating without bound.
+
+use std::time::Instant;
+
+use usimage::{DecodeError, UsFile};
+
+fn check(name: &str) -> DecodeError {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz-regressions/").to_string() + name;
+    let bytes = std::fs::read(&path).unwrap();
+    let t = Instant::now();
+    let e = UsFile::from_bytes(&bytes).expect_err(name);
+    assert!(t.elapsed().as_secs_f64() < 2.0, "{name}: {:?}", t.elapsed());
+    println!("{name}: {e}");
+    e
+}
+
+#[test]
+fn corrupt_jpeg_that_crashed_zune_jpeg() {
+    // zune-jpeg 0.5.15 (image's JPEG decoder) panicked in its AVX2 IDCT on this file.
+    let e = check("zune-jpeg-idct-panic.jpg");
+    assert!(!matches!(e, DecodeError::DecoderPanic(_)), "{e}");
+}
+
+#[test]
+fn tiny_jpeg_declaring_145_mpixel() {
+    // 1.3 kB claiming 11568 x 12589: decoding it took 12 s before the plausibility check.
+    assert!(matches!(
+        check("jpeg-header-145-mpixel.jpg"),
+        DecodeError::Implausible { .. }
+    ));
+}
+
+#[test]
+fn dicom_unknown_vr_with_huge_length() {
+    // dicom-rs read "\0\0" as UN with a 1.6 GB length and allocated it.
+    assert!(matches!(
+        check("dicom-unknown-vr-oom.dcm"),
+        DecodeError::DicomParse(_)
+    ));
+}
