@@ -771,8 +771,9 @@ fn split_column(frame: &GreyFrame, b: [u32; 4], dark: &mut Vec<u32>) -> Option<u
 }
 
 /// Separable square erosion (`min = true`) or dilation of a 0/1 grid with radius `r`.
-/// Outside the grid counts as 0 for erosion's sake only at the image border for dilation;
-/// erosion treats the border as background so regions touching it still survive if thick.
+/// Beyond the grid edge counts as neutral (1 for erosion, 0 for dilation), so an image area
+/// touching the frame edge is not eaten away from that side. Running window counts: the cost
+/// does not depend on `r`.
 fn min_max_filter(m: &mut [u8], tmp: &mut Vec<u8>, gw: usize, gh: usize, r: usize, min: bool) {
     tmp.clear();
     tmp.resize(gw * gh, 0);
@@ -780,7 +781,7 @@ fn min_max_filter(m: &mut [u8], tmp: &mut Vec<u8>, gw: usize, gh: usize, r: usiz
     for y in 0..gh {
         let row = &m[y * gw..(y + 1) * gw];
         let out = &mut tmp[y * gw..(y + 1) * gw];
-        running(row, out, r, min, 1);
+        running(row, out, r, min);
     }
     for x in 0..gw {
         // Vertical pass: gather column, filter, scatter.
@@ -805,7 +806,8 @@ fn min_max_filter(m: &mut [u8], tmp: &mut Vec<u8>, gw: usize, gh: usize, r: usiz
     }
 }
 
-fn running(row: &[u8], out: &mut [u8], r: usize, min: bool, _stride: usize) {
+/// One row of [`min_max_filter`].
+fn running(row: &[u8], out: &mut [u8], r: usize, min: bool) {
     let n = row.len();
     let at = |x: isize| -> u8 {
         if x < 0 || x as usize >= n {
