@@ -22,7 +22,7 @@ pub struct FrameRecord {
     pub width: u32,
     /// Source frame height.
     pub height: u32,
-    /// Scan-area box `[x0, y0, x1, y1]` (exclusive ends); the whole frame when none found.
+    /// Scan-area box `[x0, y0, x1, y1]` (exclusive ends); all zero when none was found.
     pub bbox: [u32; 4],
     /// Sector, linear or none.
     pub kind: ScanKind,

@@ -31,7 +31,7 @@ pub enum PreprocessError {
 pub struct FrameInfo {
     /// The detected scan area (box, kind, panes, anatomy flag).
     pub area: ScanArea,
-    /// Source region that was resized (`area.bbox`, or the whole frame when none was found).
+    /// Source region that was resized (`area.bbox`; all zero when no scan area was found).
     pub crop: [u32; 4],
     /// Where the content sits in the N x N output `[x0, y0, x1, y1]` (letterbox).
     pub placed: [u32; 4],
@@ -95,7 +95,8 @@ impl Preprocessor {
     }
 
     /// Detects the scan area, then writes the model input (CHW, normalised) into `out`.
-    /// When no scan area is found the whole frame is used and `info.area.no_anatomy` is set.
+    /// When no scan area is found the output is black (nothing of the screen leaves usimage)
+    /// and `info.area.no_anatomy` is set.
     pub fn process(
         &mut self,
         frame: &GreyFrame,
@@ -103,13 +104,18 @@ impl Preprocessor {
     ) -> Result<FrameInfo, PreprocessError> {
         self.check_out(out)?;
         let area = self.detector.detect(frame);
-        let use_mask = area.kind != ScanKind::None;
-        let crop = if use_mask {
-            area.bbox
-        } else {
-            [0, 0, frame.width(), frame.height()]
-        };
-        let placed = self.render(frame, crop, use_mask);
+        if area.kind == ScanKind::None {
+            // Nothing that is surely image: output black rather than the screen (its text).
+            self.grey.fill(0);
+            self.norm.grey_to_chw(&self.grey, out);
+            return Ok(FrameInfo {
+                area,
+                crop: [0; 4],
+                placed: [0; 4],
+            });
+        }
+        let crop = area.bbox;
+        let placed = self.render(frame, crop, true);
         self.norm.grey_to_chw(&self.grey, out);
         Ok(FrameInfo { area, crop, placed })
     }
@@ -338,6 +344,12 @@ mod tests {
         let mut out = vec![0f32; p.output_len()];
         let info = p.process(&f, &mut out).unwrap();
         assert!(info.area.no_anatomy);
+        // Without a scan area nothing of the screen (its text) reaches the output.
+        let shape = FanShape::Linear([0, 0, 0, 0]);
+        let ui_only = screen(320, 240, shape, 4, &mut Vec::new());
+        let info = p.process(&ui_only, &mut out).unwrap();
+        assert_eq!((info.area.kind, info.crop), (ScanKind::None, [0; 4]));
+        assert!(p.last_grey().iter().all(|&g| g == 0));
     }
 }
 
