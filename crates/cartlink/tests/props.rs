@@ -271,7 +271,7 @@ proptest! {
         let mut pushed = 0;
         let mut t = 0u64;
         while t < 120_000 {
-            if pushed < n && t % every_ms == 0 {
+            if pushed < n && t.is_multiple_of(every_ms) {
                 link.push_result(Classification {
                     timestamp_ms: t,
                     p_abnormal: 0.5,

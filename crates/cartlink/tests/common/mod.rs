@@ -59,7 +59,7 @@ impl Noise {
             if self.rng.chance(self.insert_ppm) {
                 self.hits += 1;
                 // A quarter of the inserted bytes are delimiters.
-                let x = if self.rng.next() % 4 == 0 {
+                let x = if self.rng.next().is_multiple_of(4) {
                     0
                 } else {
                     self.rng.byte()
