@@ -500,6 +500,10 @@ fn check_lengths(body: &[u8]) -> Result<(), DecodeError> {
     let mut in_meta = true;
     // Inside encapsulated pixel data, items are opaque fragments, not elements.
     let mut fragments = false;
+    // Open containers of undefined length (sequences, items, pixel data) awaiting their
+    // delimiter: a delimiter with nothing open, or with a non-zero length, is corrupt
+    // (dicom-rs then reads on from a different offset than this walk).
+    let mut open = 0usize;
     let rd16 = |b: &[u8], big: bool| {
         if big {
             u16::from_be_bytes([b[0], b[1]])
@@ -535,13 +539,22 @@ fn check_lengths(body: &[u8]) -> Result<(), DecodeError> {
         if group == 0xFFFE {
             let len = rd32(&body[pos + 4..], be);
             pos += 8;
-            if elem == 0xE000 && len != u32::MAX && len as usize > body.len() - pos {
-                return Err(corrupt(at));
-            }
-            if elem == 0xE0DD {
-                fragments = false;
-            } else if elem == 0xE000 && fragments && len != u32::MAX {
-                pos += len as usize;
+            match elem {
+                0xE000 if len == u32::MAX => open += 1,
+                0xE000 if len as usize > body.len() - pos => return Err(corrupt(at)),
+                0xE000 if fragments => pos += len as usize,
+                0xE000 => {}
+                0xE00D | 0xE0DD if len == 0 && open > 0 => {
+                    open -= 1;
+                    if elem == 0xE0DD {
+                        fragments = false;
+                    }
+                }
+                _ => {
+                    return Err(DecodeError::DicomParse(format!(
+                        "misplaced item or delimiter (FFFE,{elem:04X}) at byte {at}"
+                    )))
+                }
             }
             continue; // descend into items
         }
@@ -584,6 +597,7 @@ fn check_lengths(body: &[u8]) -> Result<(), DecodeError> {
         pos += header;
         if len == u32::MAX {
             fragments = group == 0x7FE0 || &vr == b"OB" || &vr == b"OW";
+            open += 1;
             continue; // undefined length: its items follow
         }
         let len = len as usize;

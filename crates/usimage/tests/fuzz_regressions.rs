@@ -39,3 +39,13 @@ fn dicom_unknown_vr_with_huge_length() {
         DecodeError::DicomParse(_)
     ));
 }
+
+#[test]
+fn dicom_stray_sequence_delimiter() {
+    // A sequence delimiter with nothing open and a non-zero length: dicom-rs then parsed
+    // pixel bytes as a header and allocated a 3.9 GB declared length.
+    assert!(matches!(
+        check("dicom-stray-delimiter-oom.dcm"),
+        DecodeError::DicomParse(_)
+    ));
+}
