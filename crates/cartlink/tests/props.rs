@@ -257,7 +257,7 @@ proptest! {
     #[test]
     fn exactly_once_over_noisy_line(
         seed in any::<u64>(),
-        ppm in 0u32..30_000,
+        ppm in prop_oneof![Just(0u32), 0u32..30_000],
         n in 1u32..300,
         every_ms in 1u64..100,
     ) {
@@ -309,8 +309,10 @@ proptest! {
         prop_assert!(len as u32 + link.stats().results_dropped >= n, "lost without being counted");
         prop_assert_eq!(link.pending(), 0);
         prop_assert_eq!(cmds, vec![Command::StartScreening, Command::StopScreening]);
-        if every_ms >= 50 && ppm < 1_000 {
-            // Slow enough and clean enough for the buffer: nothing may be lost.
+        if ppm == 0 {
+            // A clean line acknowledges at once: nothing may be dropped at any rate. On a
+            // noisy line a result can fail several resends in a row and be pushed out of the
+            // buffer; that is allowed, but counted (asserted above).
             prop_assert_eq!(link.stats().results_dropped, 0);
         }
     }

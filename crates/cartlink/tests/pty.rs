@@ -244,8 +244,10 @@ fn exchange(noise_ppm: Option<u32>) {
         sorted.len() as u32 + dropped >= dev.pushed,
         "lost without being counted"
     );
-    if noise_ppm.is_none_or(|p| p < 10_000) {
-        // The buffer keeps up: every result arrives exactly once.
+    if noise_ppm.is_none() {
+        // A clean line keeps up: every result arrives exactly once. (On a noisy line a
+        // result may lose several resends in a row and be dropped, counted, from the
+        // buffer; how often is chance, so it is not asserted.)
         assert_eq!(sorted, (0..dev.pushed).collect::<Vec<_>>());
         assert_eq!(dropped, 0);
         // Under heavy noise the Hellos (every 5 s) may all be lost.
