@@ -1,5 +1,5 @@
 //! Throughput of the generator (render + PNG write), all cores.
-//! `cargo run --release -p phantom --example bench -- [n] [profile|mixed] [out-dir]`
+//! `cargo run --release -p phantom --example synth_bench -- [n] [profile|mixed] [out-dir]`
 use std::time::Instant;
 
 use phantom::{plan, write_dataset, Mix, PlanConfig, ProfileChoice, Renderer};

@@ -2,7 +2,7 @@
 //! 1024x768 frame -> 224x224 model input, median ms on one core, and allocation / RSS
 //! stability over 10,000 frames (a counting global allocator).
 //!
-//! `cargo run --release -p usimage --example bench [-- FRAMES]`
+//! `cargo run --release -p usimage --example preprocess_bench [-- FRAMES]`
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
