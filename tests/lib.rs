@@ -17,8 +17,5 @@ pub fn fixtures() -> PathBuf {
 
 /// The weights cache the CLI uses: `$RENALSCAN_CACHE`, else `<root>/models/cache`.
 pub fn weights_cache() -> PathBuf {
-    match std::env::var_os("RENALSCAN_CACHE") {
-        Some(v) if !v.is_empty() => PathBuf::from(v),
-        _ => workspace_root().join("models/cache"),
-    }
+    npm_weights::cache_dir_under(&workspace_root())
 }

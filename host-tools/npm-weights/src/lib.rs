@@ -186,12 +186,18 @@ pub enum Source {
 /// The cache directory to use: an explicit choice, else `$RENALSCAN_CACHE`, else
 /// `models/cache`.
 pub fn cache_dir(explicit: Option<&Path>) -> PathBuf {
-    if let Some(p) = explicit {
-        return p.to_path_buf();
+    match explicit {
+        Some(p) => p.to_path_buf(),
+        None => cache_dir_under(Path::new("")),
     }
+}
+
+/// `$RENALSCAN_CACHE`, else `models/cache` under `root`: for code not started from the
+/// workspace root (tests run in their crate's directory) that must share the CLI's cache.
+pub fn cache_dir_under(root: &Path) -> PathBuf {
     match std::env::var_os(CACHE_ENV) {
         Some(v) if !v.is_empty() => PathBuf::from(v),
-        _ => PathBuf::from(DEFAULT_CACHE),
+        _ => root.join(DEFAULT_CACHE),
     }
 }
 

@@ -15,11 +15,9 @@ use train::LinearHead;
 
 const S: usize = resnet50::INPUT_SIZE;
 
+/// The CLI's weights cache, seen from this crate's directory.
 fn weights_cache() -> PathBuf {
-    match std::env::var_os("RENALSCAN_CACHE") {
-        Some(v) if !v.is_empty() => PathBuf::from(v),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/cache"),
-    }
+    npm_weights::cache_dir_under(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
 }
 
 #[test]
