@@ -1,0 +1,1 @@
+//! Crash-safe append-only journal (work in progress).

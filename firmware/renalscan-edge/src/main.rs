@@ -1,0 +1,3 @@
+//! renalscan-edge (work in progress).
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Static post-training int8 quantization (work in progress).
