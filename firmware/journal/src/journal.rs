@@ -101,6 +101,10 @@ impl Journal {
                 .create()
                 .and_then(|()| fs::create_dir_all(&dir))
                 .map_err(io("creating", &dir))?;
+            // The new directory's entry must survive power loss like the files in it.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                faults.sync_dir(parent).map_err(io("syncing", parent))?;
+            }
         }
         let lock_path = dir.join(LOCK_FILE);
         if !lock_path.exists() {

@@ -59,6 +59,43 @@ pub enum Health {
     },
 }
 
+impl std::fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Full => "full",
+            Self::ReadOnly => "read-only",
+            Self::Io => "I/O error",
+        })
+    }
+}
+
+/// One line for logs and the status view, e.g.
+/// `DEGRADED (full) for 42 s: 12 held in memory, 0 refused`.
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = |t: &SystemTime| t.elapsed().map_or(0, |d| d.as_secs());
+        match self {
+            Self::Ok => f.write_str("ok"),
+            Self::Degraded {
+                held,
+                dropped,
+                since,
+                reason,
+                ..
+            } => write!(
+                f,
+                "DEGRADED ({reason}) for {} s: {held} held in memory, {dropped} refused",
+                secs(since)
+            ),
+            Self::Lost { dropped, since } => write!(
+                f,
+                "LOST: {dropped} records refused in a fault {} s ago (acknowledge to clear)",
+                secs(since)
+            ),
+        }
+    }
+}
+
 /// What happened to one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -105,6 +142,16 @@ pub struct ResilientJournal {
     lost_since: Option<SystemTime>,
     refusing: bool,
     last_try: Instant,
+}
+
+impl std::fmt::Debug for ResilientJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResilientJournal")
+            .field("journal", &self.inner)
+            .field("held", &self.held.len())
+            .field("health", &self.health())
+            .finish()
+    }
 }
 
 impl ResilientJournal {
@@ -168,7 +215,11 @@ impl ResilientJournal {
         if self.held.is_empty() {
             if let Some(j) = self.inner.as_mut() {
                 match j.append(payload) {
-                    Ok(seq) => return Outcome::Committed(seq),
+                    Ok(seq) => {
+                        // A fault whose records were all refused left nothing held.
+                        self.recovered(0);
+                        return Outcome::Committed(seq);
+                    }
                     Err(e) => self.degrade(&e),
                 }
             }
@@ -380,6 +431,7 @@ mod tests {
             } => assert!(detail.contains("is full"), "{detail}"),
             h => panic!("unexpected health {h:?}"),
         }
+        assert!(rj.health().to_string().starts_with("DEGRADED (full)"));
         assert!(rj.retry_flush().is_err(), "still full");
         faults.set(None);
         // The next record flushes the held ones first, then goes in after them.
@@ -453,6 +505,25 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn zero_capacity_refuses_then_recovers_on_next_record() {
+        let (_t, mut cfg) = cfg();
+        cfg.hold_capacity = 0;
+        let faults = FaultSwitch::new();
+        let (mut rj, _) = ResilientJournal::open_with(cfg.clone(), faults.clone()).expect("open");
+        faults.set(Some(Fault::Full));
+        assert_eq!(
+            rj.record(b"x"),
+            Outcome::Refused {
+                held: 0,
+                dropped: 1
+            }
+        );
+        faults.set(None);
+        assert_eq!(rj.record(b"y"), Outcome::Committed(1));
+        assert!(matches!(rj.health(), Health::Lost { dropped: 1, .. }));
     }
 
     #[test]

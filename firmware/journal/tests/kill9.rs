@@ -7,6 +7,7 @@
 //! mid-write, mid-sync and mid-rotation all get hit over the rounds).
 
 use std::collections::hash_map::RandomState;
+use std::ffi::OsString;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use journal::{Journal, JournalConfig};
 
 const ENV: &str = "KILL9_WRITER_DIR";
+const PROBE: &str = "KILL9_PROBE";
 const ROUNDS: usize = 6;
 
 fn config(dir: &Path) -> JournalConfig {
@@ -47,31 +49,40 @@ fn random(below: u64) -> u64 {
     RandomState::new().build_hasher().finish() % below
 }
 
-/// Starts the writer; under a qemu runner without binfmt the binary cannot be exec'ed
-/// directly, so fall back to the emulator.
-fn spawn_writer(dir: &Path) -> Child {
-    let exe = std::env::current_exe().expect("current_exe");
-    let run = |cmd: &mut Command| {
-        cmd.env(ENV, dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-    };
-    match run(&mut Command::new(&exe)) {
-        Ok(c) => c,
-        Err(e) if e.raw_os_error() == Some(8) => {
-            // ENOEXEC: foreign binary, no binfmt handler.
-            run(Command::new("qemu-aarch64-static")
-                .args(["-L", "/usr/aarch64-linux-gnu"])
-                .arg(&exe))
-            .expect("spawn writer under qemu")
+/// How to start this binary again: directly, or under qemu when the tests run through a
+/// qemu runner and the host has no binfmt handler for it (exec then fails, and glibc's
+/// posix_spawn reports that as exit status 127 rather than an error). Found by a probe run.
+fn launcher() -> Vec<OsString> {
+    let exe = std::env::current_exe()
+        .expect("current_exe")
+        .into_os_string();
+    let qemu = ["qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu"].map(OsString::from);
+    let direct = vec![exe.clone()];
+    let emulated: Vec<OsString> = qemu.into_iter().chain([exe]).collect();
+    for cmd in [direct, emulated] {
+        let out = Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .env(PROBE, "1")
+            .output();
+        if out.is_ok_and(|o| o.stdout == b"probe ok\n") {
+            return cmd;
         }
-        Err(e) => panic!("spawn writer: {e}"),
     }
+    panic!("cannot re-execute the test binary, neither directly nor under qemu");
 }
 
-fn round(dir: &Path, round: usize) {
-    let mut child = spawn_writer(dir);
+fn spawn_writer(cmd: &[OsString], dir: &Path) -> Child {
+    Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .env(ENV, dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn writer")
+}
+
+fn round(cmd: &[OsString], dir: &Path, round: usize) {
+    let mut child = spawn_writer(cmd, dir);
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
     let reader = std::thread::spawn(move || {
@@ -137,6 +148,10 @@ fn round(dir: &Path, round: usize) {
 }
 
 fn main() {
+    if std::env::var_os(PROBE).is_some() {
+        println!("probe ok");
+        return;
+    }
     if let Some(dir) = std::env::var_os(ENV) {
         if let Err(e) = writer(Path::new(&dir)) {
             eprintln!("writer: {e}");
@@ -146,8 +161,9 @@ fn main() {
     }
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("journal");
+    let cmd = launcher();
     for r in 0..ROUNDS {
-        round(&dir, r);
+        round(&cmd, &dir, r);
     }
     eprintln!("kill9: {ROUNDS} rounds passed");
 }
