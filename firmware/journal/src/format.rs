@@ -101,7 +101,7 @@ pub fn scan(buf: &[u8], after: u64, mut expect: Option<u64>) -> (Vec<Item>, u64)
                 payload,
             });
             last = seq;
-            expect = Some(seq + 1);
+            expect = Some(seq.saturating_add(1));
             off = end;
             continue;
         }

@@ -132,7 +132,7 @@ impl Journal {
         for (i, (first_seq, path)) in listed.iter().enumerate() {
             let is_last = i + 1 == listed.len();
             let (after, expect) = match last {
-                Some(l) => (l, l + 1),
+                Some(l) => (l, l.saturating_add(1)),
                 None => (first_seq.saturating_sub(1), *first_seq),
             };
             let data = fs::read(path).map_err(io("reading", path))?;
@@ -180,7 +180,7 @@ impl Journal {
         }
         rec.last_seq = last;
         let named = segments.last().map_or(1, |s| s.first_seq);
-        let next_seq = last.map_or(named, |l| (l + 1).max(named));
+        let next_seq = last.map_or(named, |l| l.saturating_add(1).max(named));
         rec.next_seq = next_seq;
 
         let file = match (current, segments.last()) {
@@ -435,7 +435,7 @@ impl Records {
             }
         };
         let (after, expect) = match self.last {
-            Some(l) => (l, l + 1),
+            Some(l) => (l, l.saturating_add(1)),
             None => (first_seq.saturating_sub(1), first_seq),
         };
         let is_last = self.segments.is_empty();
