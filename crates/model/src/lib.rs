@@ -4,6 +4,9 @@
 //! eval` measures is exactly what the cart runs. Models are optimised once at load for a
 //! fixed input shape (batch 1 on the device), which lets tract pick its fastest kernels.
 
+pub mod bundle;
+pub mod card;
+pub mod manifest;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

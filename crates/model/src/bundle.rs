@@ -1,0 +1,861 @@
+//! Signed model bundles: the unit a device integrator flashes.
+//!
+//! A bundle is a directory holding `model.onnx` (or the file the manifest names),
+//! `manifest.toml`, `manifest.sig` and usually `MODEL_CARD.md`. The manifest pins the sha256
+//! of the model and of the card; `manifest.sig` is an ed25519 signature over the exact
+//! manifest bytes. So one signature check plus one streamed hash proves that every byte the
+//! device runs was released by a trusted key. The host (`renalscan verify`) and the device
+//! call the same [`Bundle::open`], so a bundle that verifies on the workstation verifies on
+//! the cart.
+//!
+//! Keys and signatures are small TOML files (hex bytes plus a key id), readable in a terminal
+//! and diffable. The key id is derived from the public key, so a renamed file cannot pose as
+//! another key.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::manifest::Manifest;
+
+/// The manifest's file name inside a bundle.
+pub const MANIFEST_FILE: &str = "manifest.toml";
+/// The detached signature over the manifest.
+pub const SIGNATURE_FILE: &str = "manifest.sig";
+/// The model file name `renalscan bundle` writes.
+pub const MODEL_FILE: &str = "model.onnx";
+/// The model card file name `renalscan bundle` writes.
+pub const CARD_FILE: &str = "MODEL_CARD.md";
+/// File extension of public key files in a trusted-keys directory.
+pub const PUBLIC_KEY_EXT: &str = "pub";
+
+const ALGORITHM: &str = "ed25519";
+
+/// Why a bundle (or a key) was refused. Each message names the file and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// A pinned file's bytes differ from what was signed.
+    #[error(
+        "{file}: sha256 is {actual} but the signed manifest pins {expected}; the file was \
+         changed or damaged after signing: copy the bundle again or rebuild it with \
+         `renalscan bundle`"
+    )]
+    HashMismatch {
+        /// The file that was hashed.
+        file: PathBuf,
+        /// sha256 in the manifest.
+        expected: String,
+        /// sha256 of the file.
+        actual: String,
+    },
+    /// No `manifest.sig`: nobody vouched for this bundle.
+    #[error(
+        "{path} is missing: the bundle is unsigned and must not run; sign it with \
+         `renalscan bundle --key <secret key>`"
+    )]
+    MissingSignature {
+        /// Where the signature was expected.
+        path: PathBuf,
+    },
+    /// The signature file is malformed or does not match the manifest bytes.
+    #[error(
+        "{path}: {reason}; the manifest was edited after signing or the signature is damaged: \
+         rebuild the bundle with `renalscan bundle`"
+    )]
+    BadSignature {
+        /// The signature file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Signed by a key this device does not trust.
+    #[error(
+        "{path} was signed by key {key_id}, which is not among the trusted keys ({trusted}); \
+         add that key's .pub file to the trusted keys only if you trust whoever holds it"
+    )]
+    UnknownSigner {
+        /// The signature file.
+        path: PathBuf,
+        /// Key id named in the signature.
+        key_id: String,
+        /// Trusted key ids, comma separated.
+        trusted: String,
+    },
+    /// The model expects a preprocessing this code does not implement.
+    #[error(
+        "{path}: the model expects usimage preprocessing v{found}, this build implements \
+         v{supported}; use a bundle trained for v{supported} or a renalscan that implements \
+         v{found}"
+    )]
+    UnsupportedPreprocess {
+        /// The manifest.
+        path: PathBuf,
+        /// Version in the manifest.
+        found: u32,
+        /// Version this code implements.
+        supported: u32,
+    },
+    /// Required manifest keys are absent.
+    #[error(
+        "{path}: missing required fields: {}; complete the draft (or regenerate it with \
+         `renalscan train`) and rebuild the bundle",
+        fields.join(", ")
+    )]
+    MissingFields {
+        /// The manifest.
+        path: PathBuf,
+        /// Dotted TOML paths.
+        fields: Vec<String>,
+    },
+    /// Not TOML, wrong types, or values that break the bundle's rules.
+    #[error("{path}: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A key file is malformed or inconsistent.
+    #[error("key file {path}: {reason}")]
+    BadKey {
+        /// The key file (or directory).
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// File system.
+    #[error("cannot read or write {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The operating system gave no randomness for a new key.
+    #[error("no randomness for key generation: {0}")]
+    Random(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
+    move |source| BundleError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Streams a file through sha256 (1 MiB reads, so a 100 MB model never sits in memory twice).
+pub fn sha256_file(path: &Path) -> Result<String, BundleError> {
+    let mut file = fs::File::open(path).map_err(io_err(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// sha256 of bytes, lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Key id: the first 8 bytes of sha256(public key), hex. Derived, so it cannot be forged by
+/// renaming a file.
+fn key_id_of(key: &VerifyingKey) -> String {
+    hex::encode(&Sha256::digest(key.as_bytes())[..8])
+}
+
+/// The fields of key and signature files (TOML).
+#[derive(Deserialize)]
+struct KeyFile {
+    algorithm: String,
+    key_id: Option<String>,
+    #[serde(default)]
+    name: String,
+    public_key: Option<String>,
+    secret_key: Option<String>,
+}
+
+fn parse_key_file(text: &str, path: &Path) -> Result<KeyFile, BundleError> {
+    let bad = |reason: String| BundleError::BadKey {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let f: KeyFile = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+    if f.algorithm != ALGORITHM {
+        return Err(bad(format!(
+            "algorithm {:?}, only {ALGORITHM:?} is supported",
+            f.algorithm
+        )));
+    }
+    Ok(f)
+}
+
+fn hex32(field: Option<&str>, what: &str, path: &Path) -> Result<[u8; 32], BundleError> {
+    let bad = |reason: String| BundleError::BadKey {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = field.ok_or_else(|| bad(format!("no `{what}`")))?;
+    let bytes = hex::decode(text.trim()).map_err(|e| bad(format!("`{what}`: {e}")))?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| bad(format!("`{what}` has {} bytes, expected 32", b.len())))
+}
+
+/// Checks a stated key id against the derived one (catches files edited by hand).
+fn check_key_id(stated: Option<&str>, actual: &str, path: &Path) -> Result<(), BundleError> {
+    match stated {
+        Some(id) if id != actual => Err(BundleError::BadKey {
+            path: path.to_path_buf(),
+            reason: format!("key_id {id} does not belong to this key (its id is {actual})"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A public signing key a device trusts.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    key_id: String,
+    name: String,
+    key: VerifyingKey,
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({} {:?})", self.key_id, self.name)
+    }
+}
+
+impl PublicKey {
+    /// Derived key id (16 hex digits).
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// Human name given at `keygen` (e.g. "renalscan-release-2026").
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Parses a public key file's text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<PublicKey, BundleError> {
+        let f = parse_key_file(text, path)?;
+        if f.secret_key.is_some() {
+            return Err(BundleError::BadKey {
+                path: path.to_path_buf(),
+                reason: "this is a SECRET key file; give the .pub file (and move the secret \
+                         one off this machine if it is a device)"
+                    .into(),
+            });
+        }
+        let bytes = hex32(f.public_key.as_deref(), "public_key", path)?;
+        let key = VerifyingKey::from_bytes(&bytes).map_err(|e| BundleError::BadKey {
+            path: path.to_path_buf(),
+            reason: format!("not an ed25519 public key: {e}"),
+        })?;
+        let key_id = key_id_of(&key);
+        check_key_id(f.key_id.as_deref(), &key_id, path)?;
+        Ok(PublicKey {
+            key_id,
+            name: f.name,
+            key,
+        })
+    }
+
+    /// Reads a public key file.
+    pub fn from_file(path: &Path) -> Result<PublicKey, BundleError> {
+        let text = fs::read_to_string(path).map_err(io_err(path))?;
+        PublicKey::parse(&text, path)
+    }
+
+    /// The text of a `.pub` file.
+    pub fn to_file_text(&self) -> String {
+        format!(
+            "# renalscan model-bundle signing key, PUBLIC half: copy it into each device's \
+             trusted keys directory.\nalgorithm = \"{ALGORITHM}\"\nkey_id = \"{}\"\nname = {}\n\
+             public_key = \"{}\"\n",
+            self.key_id,
+            toml_string(&self.name),
+            hex::encode(self.key.as_bytes())
+        )
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// A secret signing key (host only; never on a device).
+pub struct SecretKey {
+    name: String,
+    key: SigningKey,
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretKey({} {:?})", self.public().key_id, self.name)
+    }
+}
+
+impl SecretKey {
+    /// A new random key from the operating system's generator.
+    pub fn generate(name: &str) -> Result<SecretKey, BundleError> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| BundleError::Random(e.to_string()))?;
+        let key = SigningKey::from_bytes(&seed);
+        seed.fill(0);
+        Ok(SecretKey {
+            name: name.to_string(),
+            key,
+        })
+    }
+
+    /// The public half.
+    pub fn public(&self) -> PublicKey {
+        let key = self.key.verifying_key();
+        PublicKey {
+            key_id: key_id_of(&key),
+            name: self.name.clone(),
+            key,
+        }
+    }
+
+    /// Parses a secret key file's text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<SecretKey, BundleError> {
+        let f = parse_key_file(text, path)?;
+        let bytes = hex32(f.secret_key.as_deref(), "secret_key", path)?;
+        let key = SigningKey::from_bytes(&bytes);
+        let s = SecretKey { name: f.name, key };
+        check_key_id(f.key_id.as_deref(), &s.public().key_id, path)?;
+        if let Some(public) = f.public_key.as_deref() {
+            if hex::decode(public.trim()).ok().as_deref()
+                != Some(&s.key.verifying_key().as_bytes()[..])
+            {
+                return Err(BundleError::BadKey {
+                    path: path.to_path_buf(),
+                    reason: "public_key does not belong to secret_key".into(),
+                });
+            }
+        }
+        Ok(s)
+    }
+
+    /// Reads a secret key file, warning when others may read it.
+    pub fn from_file(path: &Path) -> Result<SecretKey, BundleError> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(path)
+                .map_err(io_err(path))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                log::warn!(
+                    "{}: secret key readable by others (mode {:o}); chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                );
+            }
+        }
+        let text = fs::read_to_string(path).map_err(io_err(path))?;
+        SecretKey::parse(&text, path)
+    }
+
+    /// The text of a secret key file. Write it with mode 0600.
+    pub fn to_file_text(&self) -> String {
+        let public = self.public();
+        format!(
+            "# renalscan model-bundle signing key, SECRET half: keep it offline, mode 0600, never \
+             on a device or in git.\nalgorithm = \"{ALGORITHM}\"\nkey_id = \"{}\"\nname = {}\n\
+             public_key = \"{}\"\nsecret_key = \"{}\"\n",
+            public.key_id,
+            toml_string(&self.name),
+            hex::encode(public.key.as_bytes()),
+            hex::encode(self.key.as_bytes())
+        )
+    }
+}
+
+/// A new key pair as file texts: `(secret key file, public key file)`.
+pub fn keygen(name: &str) -> Result<(String, String), BundleError> {
+    let secret = SecretKey::generate(name)?;
+    let public = secret.public().to_file_text();
+    Ok((secret.to_file_text(), public))
+}
+
+/// The public keys a device accepts bundles from. Several at once allow key rotation: ship
+/// the new `.pub` beside the old one, re-sign, then remove the old one.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedKeys {
+    keys: Vec<PublicKey>,
+}
+
+impl TrustedKeys {
+    /// From keys already loaded.
+    pub fn new(keys: Vec<PublicKey>) -> TrustedKeys {
+        TrustedKeys { keys }
+    }
+
+    /// One public key file.
+    pub fn from_file(path: &Path) -> Result<TrustedKeys, BundleError> {
+        Ok(TrustedKeys::new(vec![PublicKey::from_file(path)?]))
+    }
+
+    /// Every `*.pub` file in a directory (other files are ignored). An empty directory is an
+    /// error: a device that trusts nobody would refuse every bundle for a confusing reason.
+    pub fn from_dir(dir: &Path) -> Result<TrustedKeys, BundleError> {
+        let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == PUBLIC_KEY_EXT))
+            .collect();
+        paths.sort();
+        let keys = paths
+            .iter()
+            .map(|p| PublicKey::from_file(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        if keys.is_empty() {
+            return Err(BundleError::BadKey {
+                path: dir.to_path_buf(),
+                reason: format!("no *.{PUBLIC_KEY_EXT} public key files"),
+            });
+        }
+        Ok(TrustedKeys::new(keys))
+    }
+
+    /// A key file or a keys directory.
+    pub fn from_path(path: &Path) -> Result<TrustedKeys, BundleError> {
+        if path.is_dir() {
+            TrustedKeys::from_dir(path)
+        } else {
+            TrustedKeys::from_file(path)
+        }
+    }
+
+    /// The key with this id.
+    pub fn get(&self, key_id: &str) -> Option<&PublicKey> {
+        self.keys.iter().find(|k| k.key_id == key_id)
+    }
+
+    /// All keys.
+    pub fn keys(&self) -> &[PublicKey] {
+        &self.keys
+    }
+}
+
+/// `manifest.sig` fields.
+#[derive(Deserialize)]
+struct SigFile {
+    algorithm: String,
+    key_id: String,
+    signature: String,
+}
+
+/// The text of `manifest.sig` for these exact manifest bytes.
+pub fn signature_file_text(manifest_bytes: &[u8], key: &SecretKey) -> String {
+    let sig = key.key.sign(manifest_bytes);
+    format!(
+        "# ed25519 signature over the exact bytes of manifest.toml\nalgorithm = \
+         \"{ALGORITHM}\"\nkey_id = \"{}\"\nsignature = \"{}\"\n",
+        key.public().key_id,
+        hex::encode(sig.to_bytes())
+    )
+}
+
+/// Checks that the manifest's pinned files (model, card) hash to what it says.
+fn check_pins(dir: &Path, manifest: &Manifest) -> Result<(), BundleError> {
+    let mut pins = vec![(&manifest.model.file, &manifest.model.sha256)];
+    if let Some(card) = &manifest.card {
+        pins.push((&card.file, &card.sha256));
+    }
+    for (file, expected) in pins {
+        let path = dir.join(file);
+        let actual = sha256_file(&path)?;
+        if !actual.eq_ignore_ascii_case(expected) {
+            return Err(BundleError::HashMismatch {
+                file: path,
+                expected: expected.clone(),
+                actual,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Signs the bundle directory `dir`: checks that `manifest.toml` is complete and that the
+/// files it pins match, then writes `manifest.sig`. Returns the signer's public key.
+///
+/// The preprocessing version is not checked here: a workstation may sign bundles for
+/// devices that implement a newer one.
+pub fn sign_bundle(dir: &Path, key: &SecretKey) -> Result<PublicKey, BundleError> {
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let bytes = fs::read(&manifest_path).map_err(io_err(&manifest_path))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| BundleError::Parse {
+        path: manifest_path.clone(),
+        reason: format!("not UTF-8: {e}"),
+    })?;
+    let manifest = Manifest::parse(text, &manifest_path)?;
+    check_pins(dir, &manifest)?;
+    let sig_path = dir.join(SIGNATURE_FILE);
+    fs::write(&sig_path, signature_file_text(&bytes, key)).map_err(io_err(&sig_path))?;
+    let public = key.public();
+    log::info!(
+        "signed {} with key {} ({})",
+        manifest_path.display(),
+        public.key_id,
+        public.name
+    );
+    Ok(public)
+}
+
+/// A verified bundle: signature, signer, manifest, preprocessing version and hashes all
+/// checked. Holding one means the files were intact when it was opened.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    dir: PathBuf,
+    manifest: Manifest,
+    signer: PublicKey,
+}
+
+impl Bundle {
+    /// Opens and verifies the bundle directory `path` against `keys`, for the preprocessing
+    /// this build implements ([`usimage::PREPROCESS_VERSION`]).
+    ///
+    /// Checks, in order: `manifest.sig` present and well formed, signer trusted, signature
+    /// over the exact manifest bytes, manifest complete, preprocessing version implemented,
+    /// model (and card) sha256. Cheap checks first, so a wrong bundle fails before the model
+    /// is hashed.
+    pub fn open(path: &Path, keys: &TrustedKeys) -> Result<Bundle, BundleError> {
+        Bundle::open_supporting(path, keys, usimage::PREPROCESS_VERSION)
+    }
+
+    /// [`Bundle::open`] for a given implemented preprocessing version.
+    pub fn open_supporting(
+        path: &Path,
+        keys: &TrustedKeys,
+        supported_preprocess: u32,
+    ) -> Result<Bundle, BundleError> {
+        let t = Instant::now();
+        let manifest_path = path.join(MANIFEST_FILE);
+        let sig_path = path.join(SIGNATURE_FILE);
+        let sig_text = match fs::read_to_string(&sig_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(BundleError::MissingSignature { path: sig_path })
+            }
+            Err(source) => {
+                return Err(BundleError::Io {
+                    path: sig_path,
+                    source,
+                })
+            }
+        };
+        let bad_sig = |reason: String| BundleError::BadSignature {
+            path: sig_path.clone(),
+            reason,
+        };
+        let sig: SigFile = toml::from_str(&sig_text)
+            .map_err(|e| bad_sig(format!("malformed signature file: {e}")))?;
+        if sig.algorithm != ALGORITHM {
+            return Err(bad_sig(format!(
+                "algorithm {:?}, only {ALGORITHM:?} is supported",
+                sig.algorithm
+            )));
+        }
+        let sig_bytes: [u8; 64] = hex::decode(sig.signature.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| bad_sig("signature is not 64 hex-encoded bytes".into()))?;
+        let signer = keys
+            .get(&sig.key_id)
+            .ok_or_else(|| BundleError::UnknownSigner {
+                path: sig_path.clone(),
+                key_id: sig.key_id.clone(),
+                trusted: keys
+                    .keys()
+                    .iter()
+                    .map(|k| format!("{} {}", k.key_id, k.name))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?
+            .clone();
+        let manifest_bytes = fs::read(&manifest_path).map_err(io_err(&manifest_path))?;
+        signer
+            .key
+            .verify_strict(&manifest_bytes, &Signature::from_bytes(&sig_bytes))
+            .map_err(|_| {
+                bad_sig(format!(
+                    "signature by key {} does not match {}",
+                    signer.key_id,
+                    manifest_path.display()
+                ))
+            })?;
+        let text = std::str::from_utf8(&manifest_bytes).map_err(|e| BundleError::Parse {
+            path: manifest_path.clone(),
+            reason: format!("not UTF-8: {e}"),
+        })?;
+        let manifest = Manifest::parse(text, &manifest_path)?;
+        let found = manifest.input.usimage_preprocess_version;
+        if found != supported_preprocess {
+            return Err(BundleError::UnsupportedPreprocess {
+                path: manifest_path,
+                found,
+                supported: supported_preprocess,
+            });
+        }
+        let signature_ms = t.elapsed().as_secs_f64() * 1e3;
+        check_pins(path, &manifest)?;
+        log::info!(
+            "bundle {} verified: {} {} ({}), signed by {} ({}); signature {:.1} ms, total {:.0} ms",
+            path.display(),
+            manifest.model.name,
+            manifest.model.version,
+            manifest.model.precision.as_str(),
+            signer.key_id,
+            signer.name,
+            signature_ms,
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(Bundle {
+            dir: path.to_path_buf(),
+            manifest,
+            signer,
+        })
+    }
+
+    /// The verified manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The bundle directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The model file the manifest pins.
+    pub fn model_path(&self) -> PathBuf {
+        self.dir.join(&self.manifest.model.file)
+    }
+
+    /// The model card, when the manifest pins one.
+    pub fn card_path(&self) -> Option<PathBuf> {
+        self.manifest.card.as_ref().map(|c| self.dir.join(&c.file))
+    }
+
+    /// The key that signed the manifest.
+    pub fn signer(&self) -> &PublicKey {
+        &self.signer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::tests::sample;
+
+    const MODEL_BYTES: &[u8] = b"not really onnx, but pinned by hash all the same";
+
+    /// Writes a tiny bundle whose manifest is `edit(sample)` and signs it with `key`.
+    fn fake_bundle(dir: &Path, key: &SecretKey, edit: impl Fn(String) -> String) {
+        fs::write(dir.join(MODEL_FILE), MODEL_BYTES).unwrap();
+        let text = edit(sample(&sha256_hex(MODEL_BYTES)));
+        fs::write(dir.join(MANIFEST_FILE), &text).unwrap();
+        // Signed raw (not via sign_bundle) so that manifests sign_bundle refuses can be
+        // tested on the device side too.
+        fs::write(
+            dir.join(SIGNATURE_FILE),
+            signature_file_text(text.as_bytes(), key),
+        )
+        .unwrap();
+    }
+
+    fn setup(edit: impl Fn(String) -> String) -> (tempfile::TempDir, SecretKey, TrustedKeys) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::generate("test").unwrap();
+        fake_bundle(dir.path(), &key, edit);
+        let keys = TrustedKeys::new(vec![key.public()]);
+        (dir, key, keys)
+    }
+
+    #[test]
+    fn happy_path() {
+        let (dir, key, keys) = setup(|s| s);
+        let b = Bundle::open(dir.path(), &keys).unwrap();
+        assert_eq!(b.signer().key_id(), key.public().key_id());
+        assert_eq!(b.manifest().model.name, "renalscan-resnet50");
+        assert_eq!(fs::read(b.model_path()).unwrap(), MODEL_BYTES);
+        assert_eq!(b.card_path(), None);
+    }
+
+    #[test]
+    fn sign_bundle_output_verifies() {
+        let (dir, key, keys) = setup(|s| s);
+        fs::remove_file(dir.path().join(SIGNATURE_FILE)).unwrap();
+        let public = sign_bundle(dir.path(), &key).unwrap();
+        assert_eq!(public, key.public());
+        Bundle::open(dir.path(), &keys).unwrap();
+    }
+
+    #[test]
+    fn tampered_model_byte_is_a_hash_mismatch() {
+        let (dir, _key, keys) = setup(|s| s);
+        let mut bytes = MODEL_BYTES.to_vec();
+        bytes[7] ^= 1;
+        fs::write(dir.path().join(MODEL_FILE), &bytes).unwrap();
+        match Bundle::open(dir.path(), &keys) {
+            Err(BundleError::HashMismatch {
+                expected, actual, ..
+            }) => {
+                assert_eq!(expected, sha256_hex(MODEL_BYTES));
+                assert_eq!(actual, sha256_hex(&bytes));
+            }
+            other => panic!("expected HashMismatch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn card_is_pinned_too() {
+        let card = b"# Model card\n";
+        let (dir, _key, keys) = setup(|s| {
+            format!(
+                "{s}\n[card]\nfile = \"{CARD_FILE}\"\nsha256 = \"{}\"\n",
+                sha256_hex(card)
+            )
+        });
+        fs::write(dir.path().join(CARD_FILE), card).unwrap();
+        let b = Bundle::open(dir.path(), &keys).unwrap();
+        assert_eq!(b.card_path(), Some(dir.path().join(CARD_FILE)));
+        fs::write(dir.path().join(CARD_FILE), b"# Model card, improved\n").unwrap();
+        assert!(matches!(
+            Bundle::open(dir.path(), &keys),
+            Err(BundleError::HashMismatch { file, .. }) if file.ends_with(CARD_FILE)
+        ));
+    }
+
+    #[test]
+    fn manifest_edited_after_signing_is_a_bad_signature() {
+        let (dir, _key, keys) = setup(|s| s);
+        let path = dir.path().join(MANIFEST_FILE);
+        let edited = fs::read_to_string(&path)
+            .unwrap()
+            .replace("threshold = 0.3138", "threshold = 0.05");
+        fs::write(&path, edited).unwrap();
+        assert!(matches!(
+            Bundle::open(dir.path(), &keys),
+            Err(BundleError::BadSignature { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_signature_is_a_bad_signature() {
+        let (dir, _key, keys) = setup(|s| s);
+        let path = dir.path().join(SIGNATURE_FILE);
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(&path, text.replace("signature = \"", "signature = \"00")).unwrap();
+        let err = Bundle::open(dir.path(), &keys).unwrap_err();
+        assert!(matches!(err, BundleError::BadSignature { .. }), "{err}");
+        fs::write(&path, "garbage").unwrap();
+        let err = Bundle::open(dir.path(), &keys).unwrap_err();
+        assert!(matches!(err, BundleError::BadSignature { .. }), "{err}");
+    }
+
+    #[test]
+    fn deleted_signature_is_missing() {
+        let (dir, _key, keys) = setup(|s| s);
+        fs::remove_file(dir.path().join(SIGNATURE_FILE)).unwrap();
+        let err = Bundle::open(dir.path(), &keys).unwrap_err();
+        assert!(matches!(err, BundleError::MissingSignature { .. }), "{err}");
+        assert!(err.to_string().contains(SIGNATURE_FILE));
+    }
+
+    #[test]
+    fn other_key_is_an_unknown_signer() {
+        let (dir, key, _keys) = setup(|s| s);
+        let other = SecretKey::generate("other").unwrap().public();
+        let err = Bundle::open(dir.path(), &TrustedKeys::new(vec![other.clone()])).unwrap_err();
+        match &err {
+            BundleError::UnknownSigner {
+                key_id, trusted, ..
+            } => {
+                assert_eq!(key_id, key.public().key_id());
+                assert!(trusted.contains(other.key_id()));
+            }
+            other => panic!("expected UnknownSigner, got {other:?}"),
+        }
+        assert!(err.to_string().contains(key.public().key_id()));
+    }
+
+    #[test]
+    fn other_preprocess_version_is_unsupported() {
+        let pv = format!(
+            "usimage_preprocess_version = {}",
+            usimage::PREPROCESS_VERSION
+        );
+        let (dir, _key, keys) = setup(|s| s.replace(&pv, "usimage_preprocess_version = 99"));
+        match Bundle::open(dir.path(), &keys) {
+            Err(BundleError::UnsupportedPreprocess {
+                found, supported, ..
+            }) => {
+                assert_eq!(found, 99);
+                assert_eq!(supported, usimage::PREPROCESS_VERSION);
+            }
+            other => panic!("expected UnsupportedPreprocess, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn removed_required_field_is_listed() {
+        let (dir, key, keys) = setup(|s| s.replace("target_sensitivity = 0.95\n", ""));
+        match Bundle::open(dir.path(), &keys) {
+            Err(BundleError::MissingFields { fields, .. }) => {
+                assert_eq!(fields, vec!["operating_point.target_sensitivity"])
+            }
+            other => panic!("expected MissingFields, got {other:?}"),
+        }
+        // The signing side refuses the same manifest.
+        assert!(matches!(
+            sign_bundle(dir.path(), &key),
+            Err(BundleError::MissingFields { .. })
+        ));
+    }
+
+    #[test]
+    fn key_files_round_trip_and_rotation_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secret_text, public_text) = keygen("release-2026").unwrap();
+        let secret = SecretKey::parse(&secret_text, Path::new("s")).unwrap();
+        let public = PublicKey::parse(&public_text, Path::new("p")).unwrap();
+        assert_eq!(secret.public(), public);
+        assert_eq!(public.name(), "release-2026");
+        // A public file must not accept a secret key, and a hand-edited id is refused.
+        assert!(PublicKey::parse(&secret_text, Path::new("s")).is_err());
+        let wrong_id = public_text.replace(public.key_id(), "0000000000000000");
+        assert!(matches!(
+            PublicKey::parse(&wrong_id, Path::new("p")),
+            Err(BundleError::BadKey { .. })
+        ));
+        // Rotation: two .pub files, other files ignored.
+        let (_, second) = keygen("release-2027").unwrap();
+        fs::write(dir.path().join("a.pub"), &public_text).unwrap();
+        fs::write(dir.path().join("b.pub"), &second).unwrap();
+        fs::write(dir.path().join("README"), "not a key").unwrap();
+        let keys = TrustedKeys::from_path(dir.path()).unwrap();
+        assert_eq!(keys.keys().len(), 2);
+        assert!(keys.get(public.key_id()).is_some());
+        let empty = tempfile::tempdir().unwrap();
+        assert!(TrustedKeys::from_dir(empty.path()).is_err());
+    }
+}
