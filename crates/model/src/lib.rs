@@ -5,6 +5,7 @@
 //! fixed input shape (batch 1 on the device), which lets tract pick its fastest kernels.
 
 pub mod bundle;
+pub mod cam;
 pub mod card;
 pub mod manifest;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,1048 @@
+//! Class-activation maps (CAM) of a global-average-pool + linear head.
+//!
+//! The renal model ends in `features` (N x C x H x W) -> GlobalAveragePool -> Gemm -> Softmax.
+//! Pooling and the linear layer are both linear, so they commute: the logit of class k is the
+//! spatial mean of `CAM_k(h, w) = sum_c W[k, c] * F[c, h, w]` plus the bias `b_k`. The map
+//! therefore costs one small matrix product on the `features` output the network already
+//! computes, and its mean is the logit exactly (tests check this against tract's output).
+//!
+//! The head's weights are read from the same ONNX file the device runs, so the map cannot
+//! drift from the model. Temperature scaling is folded into those weights by the trainer
+//! (`W / T`, `b / T`): a positive scale that changes the map's units (calibrated logits) but
+//! not its shape, so display normalisation removes it. The bias is left out of the spatial
+//! values (it has no location; spreading `b_k / HW` over every cell would only shift the map)
+//! and kept separately in [`ActivationMap::bias`] for the logit identity.
+//!
+//! Which map answers "why abnormal?": [`HeadWeights::abnormal_map`] combines the class maps
+//! with the gradient of the abnormal log-odds `log(p_abnormal / p_normal)` with respect to the
+//! logits: `+p_k / p_abnormal` for each abnormal class k and `-1` for normal. Its mean plus
+//! bias is that linearised log-odds, so its positive part is where the frame pushes the
+//! decision towards "abnormal", whichever abnormality wins. A single class's map is
+//! [`HeadWeights::class_map`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use tract_onnx::pb::{tensor_proto::DataType, GraphProto, ModelProto, NodeProto, TensorProto};
+
+/// The renal model's probability output, whose head is looked up by default.
+pub const PROBS: &str = "probs";
+
+/// Longest chain of pass-through nodes followed between two parts of the head.
+const MAX_HOPS: usize = 16;
+
+/// Why head weights could not be read or a map could not be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum CamError {
+    /// The model file could not be read.
+    #[error("cannot read model {path}: {source}")]
+    Read {
+        /// The model file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not an ONNX protobuf.
+    #[error("model {path} is not an ONNX file: {reason}")]
+    Decode {
+        /// The model file.
+        path: PathBuf,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// No global-average-pool + linear head feeds the requested output.
+    #[error("model {path}: no GAP + linear head feeds output {output:?} ({reason}); class-activation maps need one")]
+    NoHead {
+        /// The model file.
+        path: PathBuf,
+        /// The output searched from.
+        output: String,
+        /// Where the search stopped.
+        reason: String,
+    },
+    /// The weights passed to [`HeadWeights::new`] are inconsistent.
+    #[error("head weights: {0}")]
+    Weights(String),
+    /// The feature map does not fit the head.
+    #[error("features of shape {shape:?} ({len} values) do not fit a head over {channels} channels (want [1, {channels}, H, W])")]
+    FeatureShape {
+        /// Shape given.
+        shape: Vec<usize>,
+        /// Values given.
+        len: usize,
+        /// Channels the head expects.
+        channels: usize,
+    },
+    /// A class index or coefficient vector does not fit the head.
+    #[error("{what}: the head has {classes} classes")]
+    Classes {
+        /// What was wrong.
+        what: String,
+        /// Classes of the head.
+        classes: usize,
+    },
+}
+
+/// The linear layer on the pooled features: `logits = W * mean_hw(F) + b`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadWeights {
+    classes: usize,
+    channels: usize,
+    /// Row-major `classes x channels`.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+/// A spatial map (row-major `height x width`) plus the bias that completes its logit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActivationMap {
+    /// Columns (7 for a 224 input).
+    pub width: usize,
+    /// Rows.
+    pub height: usize,
+    /// Per-cell contribution in logit units.
+    pub values: Vec<f32>,
+    /// The head's bias for this combination (not spatial).
+    pub bias: f32,
+}
+
+impl ActivationMap {
+    /// Spatial mean plus bias: the (combined) logit the map explains.
+    pub fn score(&self) -> f32 {
+        if self.values.is_empty() {
+            return self.bias;
+        }
+        self.values.iter().sum::<f32>() / self.values.len() as f32 + self.bias
+    }
+
+    /// Display form in `[0, 1]`: the positive part divided by its maximum, so 1 marks the
+    /// strongest evidence for the class and 0 marks none (negative evidence is not shown;
+    /// min-max scaling would light up the "least negative" cell of a map with no support).
+    /// All zero when no cell is positive.
+    pub fn normalised(&self) -> Vec<f32> {
+        let max = self.values.iter().copied().fold(0.0f32, f32::max);
+        if max <= 0.0 || !max.is_finite() {
+            return vec![0.0; self.values.len()];
+        }
+        self.values.iter().map(|&v| v.max(0.0) / max).collect()
+    }
+}
+
+/// Logit-space coefficients of the abnormal log-odds `log(p_abnormal / p_normal)`:
+/// `d/dz_k` is `p_k / p_abnormal` for abnormal k and `-1` for `normal`. When `p_abnormal` is
+/// zero (underflow) the abnormal classes share equally.
+pub fn abnormal_coefficients(probs: &[f32], normal: usize) -> Vec<f32> {
+    let p_abn: f32 = probs
+        .iter()
+        .enumerate()
+        .filter(|&(k, _)| k != normal)
+        .map(|(_, &p)| p.max(0.0))
+        .sum();
+    let n_abn = probs.len().saturating_sub(1).max(1) as f32;
+    probs
+        .iter()
+        .enumerate()
+        .map(|(k, &p)| {
+            if k == normal {
+                -1.0
+            } else if p_abn > 0.0 && p_abn.is_finite() {
+                p.max(0.0) / p_abn
+            } else {
+                1.0 / n_abn
+            }
+        })
+        .collect()
+}
+
+impl HeadWeights {
+    /// Head from explicit weights (row-major `classes x channels`) and bias (`classes`).
+    pub fn new(
+        classes: usize,
+        channels: usize,
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+    ) -> Result<Self, CamError> {
+        if classes == 0 || channels == 0 {
+            return Err(CamError::Weights(format!(
+                "empty head ({classes} classes, {channels} channels)"
+            )));
+        }
+        if weight.len() != classes * channels || bias.len() != classes {
+            return Err(CamError::Weights(format!(
+                "{} weights and {} biases for {classes} classes x {channels} channels",
+                weight.len(),
+                bias.len()
+            )));
+        }
+        Ok(Self {
+            classes,
+            channels,
+            weight,
+            bias,
+        })
+    }
+
+    /// Reads the head feeding [`PROBS`] from an ONNX file (float, or int8 with a float head).
+    pub fn from_onnx(path: &Path) -> Result<Self, CamError> {
+        Self::from_onnx_output(path, PROBS)
+    }
+
+    /// Reads the head feeding `output` (e.g. `logits` of the ImageNet backbone export).
+    pub fn from_onnx_output(path: &Path, output: &str) -> Result<Self, CamError> {
+        let bytes = std::fs::read(path).map_err(|source| CamError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let model = ModelProto::decode(bytes.as_slice()).map_err(|e| CamError::Decode {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let no_head = |reason: String| CamError::NoHead {
+            path: path.to_path_buf(),
+            output: output.to_string(),
+            reason,
+        };
+        let graph = model
+            .graph
+            .as_ref()
+            .ok_or_else(|| no_head("the file has no graph".into()))?;
+        let head = Graph::new(graph).head(output).map_err(no_head)?;
+        log::debug!(
+            "CAM head of {}: {} classes x {} channels",
+            path.display(),
+            head.classes,
+            head.channels
+        );
+        Ok(head)
+    }
+
+    /// Number of classes.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Input channels (2048 for ResNet-50).
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// Weights of class `k` over the channels (the effective ones: temperature folded in).
+    pub fn weights_of(&self, k: usize) -> Option<&[f32]> {
+        (k < self.classes).then(|| &self.weight[k * self.channels..(k + 1) * self.channels])
+    }
+
+    /// Biases, one per class.
+    pub fn bias(&self) -> &[f32] {
+        &self.bias
+    }
+
+    /// Spatial size `(height, width)` of a `[1, C, H, W]` (or `[C, H, W]`) feature map.
+    fn spatial(&self, features: &[f32], shape: &[usize]) -> Result<(usize, usize), CamError> {
+        let bad = || CamError::FeatureShape {
+            shape: shape.to_vec(),
+            len: features.len(),
+            channels: self.channels,
+        };
+        let (c, h, w) = match *shape {
+            [1, c, h, w] | [c, h, w] => (c, h, w),
+            _ => return Err(bad()),
+        };
+        if c != self.channels || h == 0 || w == 0 || features.len() != c * h * w {
+            return Err(bad());
+        }
+        Ok((h, w))
+    }
+
+    /// What the model's head computes from `features`: GAP then the linear layer (logits
+    /// before softmax).
+    pub fn logits(&self, features: &[f32], shape: &[usize]) -> Result<Vec<f32>, CamError> {
+        let (h, w) = self.spatial(features, shape)?;
+        let hw = h * w;
+        let pooled: Vec<f32> = features
+            .chunks_exact(hw)
+            .map(|plane| plane.iter().sum::<f32>() / hw as f32)
+            .collect();
+        Ok((0..self.classes)
+            .map(|k| {
+                let row = &self.weight[k * self.channels..(k + 1) * self.channels];
+                row.iter().zip(&pooled).map(|(a, b)| a * b).sum::<f32>() + self.bias[k]
+            })
+            .collect())
+    }
+
+    /// The map of the logit combination `sum_k coeffs[k] * z_k` (one product over channels).
+    pub fn map(
+        &self,
+        features: &[f32],
+        shape: &[usize],
+        coeffs: &[f32],
+    ) -> Result<ActivationMap, CamError> {
+        if coeffs.len() != self.classes {
+            return Err(CamError::Classes {
+                what: format!("{} coefficients", coeffs.len()),
+                classes: self.classes,
+            });
+        }
+        let (h, w) = self.spatial(features, shape)?;
+        let hw = h * w;
+        let mut eff = vec![0.0f32; self.channels];
+        for (row, &g) in self.weight.chunks_exact(self.channels).zip(coeffs) {
+            if g != 0.0 {
+                for (e, &v) in eff.iter_mut().zip(row) {
+                    *e += g * v;
+                }
+            }
+        }
+        let mut values = vec![0.0f32; hw];
+        for (plane, &e) in features.chunks_exact(hw).zip(&eff) {
+            for (v, &f) in values.iter_mut().zip(plane) {
+                *v += e * f;
+            }
+        }
+        let bias = coeffs.iter().zip(&self.bias).map(|(g, b)| g * b).sum();
+        Ok(ActivationMap {
+            width: w,
+            height: h,
+            values,
+            bias,
+        })
+    }
+
+    /// CAM of one class: its mean plus bias is that class's logit.
+    pub fn class_map(
+        &self,
+        features: &[f32],
+        shape: &[usize],
+        class: usize,
+    ) -> Result<ActivationMap, CamError> {
+        if class >= self.classes {
+            return Err(CamError::Classes {
+                what: format!("class {class}"),
+                classes: self.classes,
+            });
+        }
+        let mut coeffs = vec![0.0; self.classes];
+        coeffs[class] = 1.0;
+        self.map(features, shape, &coeffs)
+    }
+
+    /// Map of the abnormal log-odds (see the module doc), from the frame's `probs` and the
+    /// index of the `normal` class.
+    pub fn abnormal_map(
+        &self,
+        features: &[f32],
+        shape: &[usize],
+        probs: &[f32],
+        normal: usize,
+    ) -> Result<ActivationMap, CamError> {
+        if probs.len() != self.classes || normal >= self.classes {
+            return Err(CamError::Classes {
+                what: format!("{} probabilities, normal class {normal}", probs.len()),
+                classes: self.classes,
+            });
+        }
+        self.map(features, shape, &abnormal_coefficients(probs, normal))
+    }
+}
+
+/// A linear layer found in the graph, before orientation.
+struct Linear<'a> {
+    /// The activation tensor it multiplies.
+    input: &'a str,
+    /// `classes x channels`.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    classes: usize,
+    channels: usize,
+}
+
+/// Name lookups over one ONNX graph.
+struct Graph<'a> {
+    producers: HashMap<&'a str, &'a NodeProto>,
+    initializers: HashMap<&'a str, &'a TensorProto>,
+}
+
+/// Nodes that do not change which linear layer or pool a value comes from (shape changes,
+/// casts, (de)quantisation of the activations, the final softmax).
+fn passes_through(op: &str) -> bool {
+    matches!(
+        op,
+        "Identity"
+            | "Flatten"
+            | "Reshape"
+            | "Squeeze"
+            | "Unsqueeze"
+            | "Cast"
+            | "DequantizeLinear"
+            | "QuantizeLinear"
+            | "Softmax"
+            | "LogSoftmax"
+    )
+}
+
+fn attr_i(node: &NodeProto, name: &str, default: i64) -> i64 {
+    node.attribute
+        .iter()
+        .find(|a| a.name == name)
+        .map_or(default, |a| a.i)
+}
+
+fn attr_f(node: &NodeProto, name: &str, default: f32) -> f32 {
+    node.attribute
+        .iter()
+        .find(|a| a.name == name)
+        .map_or(default, |a| a.f)
+}
+
+/// Little-endian fixed-width values of `raw`, converted to f32.
+fn from_raw<const N: usize>(raw: &[u8], f: impl Fn([u8; N]) -> f32) -> Vec<f32> {
+    raw.chunks_exact(N)
+        .map(|c| {
+            let mut b = [0u8; N];
+            b.copy_from_slice(c);
+            f(b)
+        })
+        .collect()
+}
+
+/// Values of a tensor as f32 (float, double and 8/32-bit integer types).
+fn tensor_values(t: &TensorProto) -> Result<(Vec<usize>, Vec<f32>), String> {
+    let dims: Vec<usize> = t
+        .dims
+        .iter()
+        .map(|&d| {
+            usize::try_from(d).map_err(|_| format!("tensor {:?} has dims {:?}", t.name, t.dims))
+        })
+        .collect::<Result<_, _>>()?;
+    let n: usize = dims.iter().product();
+    if t.data_location == Some(1) {
+        return Err(format!("tensor {:?} uses external data", t.name));
+    }
+    let raw = &t.raw_data;
+    let dt = DataType::try_from(t.data_type).unwrap_or(DataType::Undefined);
+    let values: Vec<f32> = match dt {
+        DataType::Float if !raw.is_empty() => from_raw::<4>(raw, f32::from_le_bytes),
+        DataType::Float => t.float_data.clone(),
+        DataType::Double if !raw.is_empty() => from_raw::<8>(raw, |b| f64::from_le_bytes(b) as f32),
+        DataType::Double => t.double_data.iter().map(|&v| v as f32).collect(),
+        DataType::Int8 if !raw.is_empty() => raw.iter().map(|&b| f32::from(b as i8)).collect(),
+        DataType::Uint8 if !raw.is_empty() => raw.iter().map(|&b| f32::from(b)).collect(),
+        DataType::Int32 if !raw.is_empty() => from_raw::<4>(raw, |b| i32::from_le_bytes(b) as f32),
+        DataType::Int8 | DataType::Uint8 | DataType::Int32 => {
+            t.int32_data.iter().map(|&v| v as f32).collect()
+        }
+        other => return Err(format!("tensor {:?} has type {other:?}", t.name)),
+    };
+    if values.len() != n {
+        return Err(format!(
+            "tensor {:?} holds {} values for dims {:?}",
+            t.name,
+            values.len(),
+            dims
+        ));
+    }
+    Ok((dims, values))
+}
+
+impl<'a> Graph<'a> {
+    fn new(g: &'a GraphProto) -> Self {
+        let mut producers = HashMap::new();
+        for n in &g.node {
+            for o in &n.output {
+                producers.insert(o.as_str(), n);
+            }
+        }
+        let initializers = g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+        Self {
+            producers,
+            initializers,
+        }
+    }
+
+    /// A constant tensor: an initializer, a `Constant` node, or either behind `Identity`,
+    /// `Cast`, a 2-D `Transpose` or `DequantizeLinear` (an int8 weight stored quantized).
+    fn constant(&self, name: &str, depth: usize) -> Result<(Vec<usize>, Vec<f32>), String> {
+        if let Some(t) = self.initializers.get(name) {
+            return tensor_values(t);
+        }
+        let node = self
+            .producers
+            .get(name)
+            .ok_or_else(|| format!("{name:?} is neither an initializer nor a node output"))?;
+        if depth > MAX_HOPS {
+            return Err(format!("{name:?} is too deep to be a constant"));
+        }
+        let first = || {
+            node.input
+                .first()
+                .map(String::as_str)
+                .ok_or_else(|| format!("node {:?} has no input", node.name))
+        };
+        match node.op_type.as_str() {
+            "Constant" => node
+                .attribute
+                .iter()
+                .find(|a| a.name == "value")
+                .and_then(|a| a.t.as_ref())
+                .ok_or_else(|| format!("Constant {:?} has no tensor value", node.name))
+                .and_then(tensor_values),
+            "Identity" | "Cast" => self.constant(first()?, depth + 1),
+            "Transpose" => {
+                let (dims, v) = self.constant(first()?, depth + 1)?;
+                let perm: Vec<i64> = node
+                    .attribute
+                    .iter()
+                    .find(|a| a.name == "perm")
+                    .map_or_else(|| vec![1, 0], |a| a.ints.clone());
+                if dims.len() != 2 || perm != [1, 0] {
+                    return Err(format!("Transpose {:?} is not a 2-D transpose", node.name));
+                }
+                let (r, c) = (dims[0], dims[1]);
+                let mut t = vec![0.0; v.len()];
+                for i in 0..r {
+                    for j in 0..c {
+                        t[j * r + i] = v[i * c + j];
+                    }
+                }
+                Ok((vec![c, r], t))
+            }
+            "DequantizeLinear" => {
+                let (dims, q) = self.constant(first()?, depth + 1)?;
+                let scale_name = node
+                    .input
+                    .get(1)
+                    .ok_or_else(|| format!("DequantizeLinear {:?} has no scale", node.name))?;
+                let (_, scale) = self.constant(scale_name, depth + 1)?;
+                let zero = match node.input.get(2).filter(|s| !s.is_empty()) {
+                    Some(z) => self.constant(z, depth + 1)?.1,
+                    None => vec![0.0],
+                };
+                let axis = attr_i(node, "axis", 1);
+                let axis = if axis < 0 {
+                    axis + dims.len() as i64
+                } else {
+                    axis
+                };
+                let per_axis = scale.len() > 1;
+                let (len, inner) = if per_axis {
+                    let a = usize::try_from(axis)
+                        .ok()
+                        .filter(|&a| a < dims.len() && dims[a] == scale.len())
+                        .ok_or_else(|| {
+                            format!("DequantizeLinear {:?}: scale does not fit axis", node.name)
+                        })?;
+                    (dims[a], dims[a + 1..].iter().product::<usize>())
+                } else {
+                    (1, 1)
+                };
+                if scale.is_empty() || (zero.len() != 1 && zero.len() != scale.len()) {
+                    return Err(format!(
+                        "DequantizeLinear {:?}: bad scale/zero point",
+                        node.name
+                    ));
+                }
+                let v = q
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &x)| {
+                        let a = (i / inner) % len;
+                        let z = if zero.len() == 1 { zero[0] } else { zero[a] };
+                        (x - z) * scale[a]
+                    })
+                    .collect();
+                Ok((dims, v))
+            }
+            op => Err(format!("{name:?} comes from a {op} node, not a constant")),
+        }
+    }
+
+    /// A linear layer `Gemm` or `MatMul` (+ `Add`) producing `name`.
+    fn linear(&self, node: &'a NodeProto) -> Result<Linear<'a>, String> {
+        let input = |i: usize| {
+            node.input
+                .get(i)
+                .map(String::as_str)
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| format!("{} {:?} lacks input {i}", node.op_type, node.name))
+        };
+        let (act, w_name, trans_b, alpha, bias) = match node.op_type.as_str() {
+            "Gemm" => {
+                if attr_i(node, "transA", 0) != 0 {
+                    return Err(format!("Gemm {:?} transposes its input", node.name));
+                }
+                let beta = attr_f(node, "beta", 1.0);
+                let bias = match node.input.get(2).filter(|s| !s.is_empty()) {
+                    Some(c) => {
+                        let (_, b) = self.constant(c, 0)?;
+                        Some(b.into_iter().map(|v| v * beta).collect::<Vec<_>>())
+                    }
+                    None => None,
+                };
+                (
+                    input(0)?,
+                    input(1)?,
+                    attr_i(node, "transB", 0) != 0,
+                    attr_f(node, "alpha", 1.0),
+                    bias,
+                )
+            }
+            "MatMul" => (input(0)?, input(1)?, false, 1.0, None),
+            op => return Err(format!("{op} is not a linear layer")),
+        };
+        let (dims, w) = self.constant(w_name, 0)?;
+        let [d0, d1] = dims[..] else {
+            return Err(format!("weight {w_name:?} has dims {dims:?}, not 2-D"));
+        };
+        // Stored as K x N (channels x classes) unless transB.
+        let (classes, channels) = if trans_b { (d0, d1) } else { (d1, d0) };
+        let weight = if trans_b {
+            w.iter().map(|v| v * alpha).collect()
+        } else {
+            let mut t = vec![0.0; w.len()];
+            for c in 0..channels {
+                for k in 0..classes {
+                    t[k * channels + c] = w[c * classes + k] * alpha;
+                }
+            }
+            t
+        };
+        let bias = match bias {
+            None => vec![0.0; classes],
+            Some(b) if b.len() == classes => b,
+            Some(b) if b.len() == 1 => vec![b[0]; classes],
+            Some(b) => return Err(format!("bias of {} values for {classes} classes", b.len())),
+        };
+        Ok(Linear {
+            input: act,
+            weight,
+            bias,
+            classes,
+            channels,
+        })
+    }
+
+    /// Walks back from `output` through pass-through nodes and scalar scalings to the linear
+    /// layer, then checks that the layer's input is a global average pool.
+    fn head(&self, output: &str) -> Result<HeadWeights, String> {
+        let mut name = output;
+        let mut scale = 1.0f32;
+        let mut extra_bias: Option<Vec<f32>> = None;
+        let mut found = None;
+        for _ in 0..MAX_HOPS {
+            let node = self
+                .producers
+                .get(name)
+                .ok_or_else(|| format!("no node produces {name:?}"))?;
+            let op = node.op_type.as_str();
+            let in0 = node.input.first().map(String::as_str).unwrap_or("");
+            let in1 = node.input.get(1).map(String::as_str).unwrap_or("");
+            match op {
+                _ if passes_through(op) => name = in0,
+                "Gemm" | "MatMul" => {
+                    found = Some(self.linear(node)?);
+                    break;
+                }
+                // MatMul + Add: a bias on either side.
+                "Add" => {
+                    let (bias_name, other) = match self.constant(in1, 0) {
+                        Ok(_) => (in1, in0),
+                        Err(_) => (in0, in1),
+                    };
+                    let (_, b) = self
+                        .constant(bias_name, 0)
+                        .map_err(|e| format!("Add {:?} without a constant bias: {e}", node.name))?;
+                    if extra_bias.is_some() {
+                        return Err(format!("second bias Add {:?}", node.name));
+                    }
+                    // In output units: everything between here and the output scales it.
+                    extra_bias = Some(b.iter().map(|v| v * scale).collect());
+                    name = other;
+                }
+                // An unfolded temperature: multiply or divide by a positive scalar.
+                "Mul" | "Div" => {
+                    let (c, other) = match (self.constant(in1, 0), op) {
+                        (Ok((_, c)), _) => (c, in0),
+                        (Err(_), "Mul") => (
+                            self.constant(in0, 0)
+                                .map_err(|e| format!("Mul {:?} by a non-constant: {e}", node.name))?
+                                .1,
+                            in1,
+                        ),
+                        (Err(e), _) => {
+                            return Err(format!("Div {:?} by a non-constant: {e}", node.name))
+                        }
+                    };
+                    let [c] = c[..] else {
+                        return Err(format!("{op} {:?} by a non-scalar", node.name));
+                    };
+                    scale *= if op == "Mul" { c } else { 1.0 / c };
+                    name = other;
+                }
+                _ => {
+                    return Err(format!(
+                        "reached a {op} node ({:?}) before any linear layer",
+                        node.name
+                    ))
+                }
+            }
+        }
+        let lin = found.ok_or("no linear layer within reach")?;
+        self.check_pooled(lin.input)?;
+        let mut bias: Vec<f32> = lin.bias.iter().map(|b| b * scale).collect();
+        if let Some(extra) = extra_bias {
+            match extra.len() {
+                1 => bias.iter_mut().for_each(|b| *b += extra[0]),
+                n if n == lin.classes => bias.iter_mut().zip(&extra).for_each(|(b, e)| *b += e),
+                n => return Err(format!("bias of {n} values for {} classes", lin.classes)),
+            }
+        }
+        HeadWeights::new(
+            lin.classes,
+            lin.channels,
+            lin.weight.into_iter().map(|w| w * scale).collect(),
+            bias,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// The linear layer's input must be a global average of the feature map, or the class
+    /// maps would not add up to its logits.
+    fn check_pooled(&self, start: &str) -> Result<(), String> {
+        let mut name = start;
+        for _ in 0..MAX_HOPS {
+            let node = self.producers.get(name).ok_or_else(|| {
+                format!(
+                    "the linear layer's input {name:?} is not produced by a global average pool"
+                )
+            })?;
+            match node.op_type.as_str() {
+                "GlobalAveragePool" | "QLinearGlobalAveragePool" => return Ok(()),
+                "ReduceMean" => {
+                    let axes: Vec<i64> = node
+                        .attribute
+                        .iter()
+                        .find(|a| a.name == "axes")
+                        .map(|a| a.ints.clone())
+                        .unwrap_or_default();
+                    if axes == [2, 3] || axes == [-2, -1] {
+                        return Ok(());
+                    }
+                    return Err(format!("ReduceMean {:?} over axes {axes:?}", node.name));
+                }
+                op if passes_through(op) && op != "Softmax" && op != "LogSoftmax" => {
+                    name = node.input.first().map(String::as_str).unwrap_or("");
+                }
+                op => {
+                    return Err(format!(
+                        "the linear layer's input comes from a {op} node ({:?}), not a global average pool",
+                        node.name
+                    ))
+                }
+            }
+        }
+        Err("no global average pool within reach of the linear layer".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{output, softmax, Network};
+    use tract_onnx::pb::{
+        attribute_proto::AttributeType, type_proto, AttributeProto, OperatorSetIdProto,
+        TensorShapeProto, TypeProto, ValueInfoProto,
+    };
+
+    /// Deterministic values in [-1, 1).
+    fn noise(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn class_map_matches_a_hand_computation() {
+        // 2 classes, 3 channels, 2 x 2 map.
+        let head = HeadWeights::new(
+            2,
+            3,
+            vec![1.0, 0.0, -1.0, /* class 1 */ 0.5, 2.0, 0.0],
+            vec![0.25, -1.0],
+        )
+        .unwrap();
+        #[rustfmt::skip]
+        let f = [
+            1.0, 2.0, 3.0, 4.0, // channel 0
+            0.0, 1.0, 0.0, 1.0, // channel 1
+            4.0, 0.0, 0.0, 1.0, // channel 2
+        ];
+        let m0 = head.class_map(&f, &[1, 3, 2, 2], 0).unwrap();
+        assert_eq!(m0.values, [-3.0, 2.0, 3.0, 3.0]);
+        assert_eq!((m0.width, m0.height, m0.bias), (2, 2, 0.25));
+        let m1 = head.class_map(&f, &[3, 2, 2], 1).unwrap();
+        assert_eq!(m1.values, [0.5, 3.0, 1.5, 4.0]);
+        // Mean + bias = logit: class 0: 5/4 + 0.25, class 1: 9/4 - 1.
+        assert_eq!(m0.score(), 1.5);
+        assert_eq!(m1.score(), 1.25);
+        assert_eq!(head.logits(&f, &[1, 3, 2, 2]).unwrap(), [1.5, 1.25]);
+        // Display: positive part over its max.
+        assert_eq!(m0.normalised(), [0.0, 2.0 / 3.0, 1.0, 1.0]);
+        assert!(head.class_map(&f, &[1, 3, 2, 2], 2).is_err());
+        assert!(matches!(
+            head.class_map(&f, &[1, 4, 2, 2], 0),
+            Err(CamError::FeatureShape { .. })
+        ));
+    }
+
+    #[test]
+    fn abnormal_map_explains_the_abnormal_log_odds() {
+        let (k, c, h, w) = (4, 8, 3, 3);
+        let head = HeadWeights::new(k, c, noise(k * c, 1), noise(k, 2)).unwrap();
+        let f = noise(c * h * w, 3);
+        let shape = [1, c, h, w];
+        let z = head.logits(&f, &shape).unwrap();
+        let p = softmax(&z);
+        let m = head.abnormal_map(&f, &shape, &p, 0).unwrap();
+        let p_abn: f32 = p[1..].iter().sum();
+        let expect = p[1..]
+            .iter()
+            .zip(&z[1..])
+            .map(|(pk, zk)| pk / p_abn * zk)
+            .sum::<f32>()
+            - z[0];
+        assert!(
+            (m.score() - expect).abs() < 1e-5,
+            "{} vs {expect}",
+            m.score()
+        );
+        // Linear in the class maps.
+        let g = abnormal_coefficients(&p, 0);
+        let mut sum = vec![0.0f32; h * w];
+        for (kk, &gk) in g.iter().enumerate() {
+            let cm = head.class_map(&f, &shape, kk).unwrap();
+            for (s, v) in sum.iter_mut().zip(&cm.values) {
+                *s += gk * v;
+            }
+        }
+        for (a, b) in sum.iter().zip(&m.values) {
+            assert!((a - b).abs() < 1e-5);
+        }
+        assert_eq!(abnormal_coefficients(&[1.0, 0.0, 0.0], 0), [-1.0, 0.5, 0.5]);
+    }
+
+    fn vi(name: &str, dims: &[i64]) -> ValueInfoProto {
+        use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
+        ValueInfoProto {
+            name: name.into(),
+            r#type: Some(TypeProto {
+                denotation: String::new(),
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: DataType::Float as i32,
+                    shape: Some(TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|&d| Dimension {
+                                denotation: String::new(),
+                                value: Some(dimension::Value::DimValue(d)),
+                            })
+                            .collect(),
+                    }),
+                })),
+            }),
+            doc_string: String::new(),
+        }
+    }
+
+    fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<AttributeProto>) -> NodeProto {
+        NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            name: format!("{op}_{output}"),
+            op_type: op.into(),
+            attribute: attrs,
+            ..Default::default()
+        }
+    }
+
+    fn int_attr(name: &str, v: i64) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Int as i32,
+            i: v,
+            ..Default::default()
+        }
+    }
+
+    fn float_attr(name: &str, v: f32) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Float as i32,
+            f: v,
+            ..Default::default()
+        }
+    }
+
+    fn f32_tensor(name: &str, dims: &[usize], v: &[f32]) -> TensorProto {
+        TensorProto {
+            name: name.into(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::Float as i32,
+            raw_data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Writes a model `features -> GAP -> Flatten -> <head> -> Softmax -> probs` and returns
+    /// its path; `head` appends nodes from `flat` to `logits` and their initializers.
+    fn write_model(
+        name: &str,
+        c: usize,
+        hw: usize,
+        head: impl FnOnce(&mut Vec<NodeProto>, &mut Vec<TensorProto>),
+    ) -> PathBuf {
+        let mut nodes = vec![
+            node("GlobalAveragePool", &["features"], "pooled", vec![]),
+            node("Flatten", &["pooled"], "flat", vec![int_attr("axis", 1)]),
+        ];
+        let mut inits = Vec::new();
+        head(&mut nodes, &mut inits);
+        nodes.push(node(
+            "Softmax",
+            &["logits"],
+            PROBS,
+            vec![int_attr("axis", 1)],
+        ));
+        let graph = GraphProto {
+            name: "head".into(),
+            node: nodes,
+            initializer: inits,
+            input: vec![vi("features", &[1, c as i64, hw as i64, hw as i64])],
+            output: vec![vi(PROBS, &[1, 5])],
+            ..Default::default()
+        };
+        let model = ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 13,
+            }],
+            graph: Some(graph),
+            ..Default::default()
+        };
+        let dir = std::env::temp_dir().join(format!("model-cam-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, model.encode_to_vec()).unwrap();
+        p
+    }
+
+    /// The maps' means + bias, through softmax, must give what tract computes from the file.
+    fn assert_identity_with_tract(path: &Path, c: usize, hw: usize) -> HeadWeights {
+        let head = HeadWeights::from_onnx(path).unwrap();
+        assert_eq!((head.classes(), head.channels()), (5, c));
+        let shape = [1, c, hw, hw];
+        let f: Vec<f32> = noise(c * hw * hw, 9)
+            .iter()
+            .map(|v| v.max(0.0) * 3.0)
+            .collect();
+        let net = Network::load(path, &shape).unwrap();
+        let out = net.run(&f).unwrap();
+        let probs = &output(&out, PROBS).unwrap().data;
+        let z: Vec<f32> = (0..head.classes())
+            .map(|k| head.class_map(&f, &shape, k).unwrap().score())
+            .collect();
+        for (a, b) in softmax(&z).iter().zip(probs) {
+            assert!((a - b).abs() < 1e-5, "{z:?} -> {a} vs tract {b}");
+        }
+        head
+    }
+
+    #[test]
+    fn gemm_head_with_trans_b_and_alpha_reproduces_tract() {
+        let (c, hw, k) = (16, 3, 5);
+        let w = noise(k * c, 4);
+        let b = noise(k, 5);
+        let p = write_model("gemm.onnx", c, hw, |nodes, inits| {
+            inits.push(f32_tensor("W", &[k, c], &w));
+            inits.push(f32_tensor("B", &[k], &b));
+            nodes.push(node(
+                "Gemm",
+                &["flat", "W", "B"],
+                "logits",
+                vec![
+                    int_attr("transB", 1),
+                    float_attr("alpha", 0.5),
+                    float_attr("beta", 2.0),
+                ],
+            ));
+        });
+        let head = assert_identity_with_tract(&p, c, hw);
+        assert_eq!(head.weights_of(1).unwrap()[0], 0.5 * w[c]);
+        assert_eq!(head.bias()[2], 2.0 * b[2]);
+    }
+
+    #[test]
+    fn int8_matmul_add_head_with_temperature_reproduces_tract() {
+        // What a quantizer may leave: int8 weight + DequantizeLinear (per class), MatMul,
+        // Add, an unfolded temperature division, activations dequantized before the head.
+        let (c, hw, k) = (12, 2, 5);
+        let q: Vec<f32> = noise(c * k, 6)
+            .iter()
+            .map(|v| (v * 127.0).round())
+            .collect();
+        let scale: Vec<f32> = (0..k).map(|i| 0.01 * (i + 1) as f32).collect();
+        let p = write_model("int8.onnx", c, hw, |nodes, inits| {
+            inits.push(TensorProto {
+                name: "Wq".into(),
+                dims: vec![c as i64, k as i64],
+                data_type: DataType::Int8 as i32,
+                raw_data: q.iter().map(|&v| v as i8 as u8).collect(),
+                ..Default::default()
+            });
+            inits.push(f32_tensor("Ws", &[k], &scale));
+            inits.push(f32_tensor("Bias", &[k], &noise(k, 7)));
+            inits.push(f32_tensor("T", &[], &[2.5]));
+            nodes.push(node(
+                "DequantizeLinear",
+                &["Wq", "Ws"],
+                "W",
+                vec![int_attr("axis", 1)],
+            ));
+            nodes.push(node("MatMul", &["flat", "W"], "mm", vec![]));
+            nodes.push(node("Add", &["mm", "Bias"], "biased", vec![]));
+            nodes.push(node("Div", &["biased", "T"], "logits", vec![]));
+        });
+        let head = assert_identity_with_tract(&p, c, hw);
+        // Dequantized per class, divided by the temperature.
+        let w01 = head.weights_of(1).unwrap()[0];
+        assert!((w01 - q[1] * scale[1] / 2.5).abs() < 1e-7, "{w01}");
+    }
+
+    #[test]
+    fn a_model_without_a_linear_head_is_a_typed_error_naming_the_file() {
+        let p = write_model("nohead.onnx", 4, 2, |nodes, _| {
+            nodes.push(node("Relu", &["flat"], "logits", vec![]));
+        });
+        let err = HeadWeights::from_onnx(&p).unwrap_err();
+        assert!(matches!(err, CamError::NoHead { .. }), "{err}");
+        assert!(err.to_string().contains("nohead.onnx"), "{err}");
+        // A linear layer not on a pooled input does not give CAMs either.
+        let q = write_model("notpooled.onnx", 4, 2, |nodes, inits| {
+            inits.push(f32_tensor("W", &[4, 5], &noise(20, 8)));
+            nodes.push(node("Relu", &["flat"], "r", vec![]));
+            nodes.push(node("Gemm", &["r", "W"], "logits", vec![]));
+        });
+        let err = HeadWeights::from_onnx(&q).unwrap_err();
+        assert!(err.to_string().contains("Relu"), "{err}");
+        let missing = HeadWeights::from_onnx(Path::new("/nonexistent/m.onnx")).unwrap_err();
+        assert!(matches!(missing, CamError::Read { .. }));
+        assert!(missing.to_string().contains("/nonexistent/m.onnx"));
+    }
+}
