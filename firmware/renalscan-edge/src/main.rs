@@ -1,3 +1,5 @@
-//! renalscan-edge (work in progress).
+//! `renalscan-edge`: see `renalscan-edge --help` and `firmware/README.md`.
 
-fn main() {}
+fn main() -> std::process::ExitCode {
+    renalscan_edge::cli::main()
+}

@@ -1,0 +1,273 @@
+//! Temporal aggregation: one frame is noisy (speckle, the lesion leaving the plane as the
+//! probe sweeps), a sweep is not. The mean p(abnormal) over the last N classified frames,
+//! with hysteresis around the bundle's threshold, gives a decision that does not flap.
+//!
+//! The window lives in a fixed-capacity `heapless` ring: no allocation per frame, bounded
+//! memory whatever the session length.
+
+use heapless::HistoryBuf;
+
+/// Largest window (ring capacity).
+pub const MAX_WINDOW: usize = 64;
+/// Most classes a model may have.
+pub const MAX_CLASSES: usize = 8;
+
+/// One classified frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    pub p_abnormal: f32,
+    pub probs: [f32; MAX_CLASSES],
+}
+
+impl Sample {
+    /// From a probability row (extra classes beyond [`MAX_CLASSES`] are ignored).
+    pub fn new(p_abnormal: f32, probs: &[f32]) -> Self {
+        let mut p = [0.0; MAX_CLASSES];
+        for (d, s) in p.iter_mut().zip(probs) {
+            *d = *s;
+        }
+        Self {
+            p_abnormal,
+            probs: p,
+        }
+    }
+}
+
+/// The aggregated view of the window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Summary {
+    /// Mean p(abnormal) over the window.
+    pub p_abnormal: f32,
+    /// The decision (with hysteresis).
+    pub abnormal: bool,
+    /// Most likely class: the most probable abnormal class when abnormal, else normal.
+    pub class: usize,
+    /// Mean probability of `class`.
+    pub confidence: f32,
+    /// Frames in the window.
+    pub frames: usize,
+}
+
+/// Why a decision is emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The window just filled to `min_frames`.
+    First,
+    /// The decision flipped.
+    Change,
+}
+
+/// Aggregation parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Params {
+    pub window: usize,
+    pub min_frames: usize,
+    pub threshold: f32,
+    pub hysteresis: f32,
+    pub classes: usize,
+    pub normal_index: usize,
+}
+
+/// Window + hysteresis state machine.
+#[derive(Debug, Clone)]
+pub struct Aggregator {
+    p: Params,
+    ring: HistoryBuf<Sample, MAX_WINDOW>,
+    state: Option<bool>,
+}
+
+impl Aggregator {
+    /// `window` and `min_frames` are clamped to 1..=[`MAX_WINDOW`].
+    pub fn new(mut p: Params) -> Self {
+        p.window = p.window.clamp(1, MAX_WINDOW);
+        p.min_frames = p.min_frames.clamp(1, p.window);
+        p.classes = p.classes.clamp(1, MAX_CLASSES);
+        Self {
+            p,
+            ring: HistoryBuf::new(),
+            state: None,
+        }
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.p
+    }
+
+    /// Adds a frame; returns a decision when the first one is due or it changed.
+    pub fn push(&mut self, s: Sample) -> Option<(Trigger, Summary)> {
+        self.ring.write(s);
+        let (mean, n) = self.mean();
+        if n < self.p.min_frames {
+            return None;
+        }
+        let (t, h) = (self.p.threshold, self.p.hysteresis);
+        let (next, trigger) = match self.state {
+            // The first decision uses the operating point itself (chosen for sensitivity);
+            // the band only damps later changes.
+            None => (mean >= t, Trigger::First),
+            Some(false) if mean >= t + h => (true, Trigger::Change),
+            Some(true) if mean < t - h => (false, Trigger::Change),
+            Some(_) => return None,
+        };
+        self.state = Some(next);
+        self.summary().map(|s| (trigger, s))
+    }
+
+    /// Mean p(abnormal) and frame count over the window.
+    fn mean(&self) -> (f32, usize) {
+        let mut sum = 0.0;
+        let mut n = 0;
+        for s in self.ring.oldest_ordered().rev().take(self.p.window) {
+            sum += s.p_abnormal;
+            n += 1;
+        }
+        if n == 0 {
+            (0.0, 0)
+        } else {
+            (sum / n as f32, n)
+        }
+    }
+
+    /// The current decision, once there is one.
+    pub fn summary(&self) -> Option<Summary> {
+        let abnormal = self.state?;
+        let (mean, n) = self.mean();
+        let mut probs = [0.0f32; MAX_CLASSES];
+        for s in self.ring.oldest_ordered().rev().take(self.p.window) {
+            for (a, b) in probs.iter_mut().zip(s.probs) {
+                *a += b;
+            }
+        }
+        for p in probs.iter_mut() {
+            *p /= n.max(1) as f32;
+        }
+        let class = if abnormal {
+            (0..self.p.classes)
+                .filter(|&c| c != self.p.normal_index)
+                .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
+                .unwrap_or(self.p.normal_index)
+        } else {
+            self.p.normal_index
+        };
+        Some(Summary {
+            p_abnormal: mean,
+            abnormal,
+            class,
+            confidence: probs[class],
+            frames: n,
+        })
+    }
+
+    /// Start over (stop screening, probe lifted for long, new patient).
+    pub fn reset(&mut self) {
+        self.ring.clear();
+        self.state = None;
+    }
+
+    /// Frames currently held.
+    pub fn len(&self) -> usize {
+        self.ring.len().min(self.p.window)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agg(window: usize, min: usize) -> Aggregator {
+        Aggregator::new(Params {
+            window,
+            min_frames: min,
+            threshold: 0.5,
+            hysteresis: 0.1,
+            classes: 3,
+            normal_index: 0,
+        })
+    }
+
+    /// p(abnormal) = p; the abnormal mass goes to class 2.
+    fn s(p: f32) -> Sample {
+        Sample::new(p, &[1.0 - p, 0.0, p])
+    }
+
+    #[test]
+    fn no_decision_before_min_frames_then_first() {
+        let mut a = agg(8, 3);
+        assert_eq!(a.push(s(0.9)), None);
+        assert_eq!(a.push(s(0.9)), None);
+        let (t, sum) = a.push(s(0.9)).unwrap();
+        assert_eq!(t, Trigger::First);
+        assert!(sum.abnormal);
+        assert_eq!(sum.class, 2);
+        assert_eq!(sum.frames, 3);
+        assert!((sum.confidence - 0.9).abs() < 1e-6);
+    }
+
+    #[test]
+    fn hysteresis_band_holds_the_decision() {
+        let mut a = agg(1, 1);
+        // Normal first.
+        assert_eq!(a.push(s(0.3)).unwrap().0, Trigger::First);
+        // Above the threshold but inside the band: stays normal.
+        assert_eq!(a.push(s(0.55)), None);
+        assert!(!a.summary().unwrap().abnormal);
+        // Above threshold + h: abnormal.
+        let (t, sum) = a.push(s(0.61)).unwrap();
+        assert_eq!(t, Trigger::Change);
+        assert!(sum.abnormal);
+        // Below the threshold but inside the band: stays abnormal.
+        assert_eq!(a.push(s(0.45)), None);
+        assert!(a.summary().unwrap().abnormal);
+        // Below threshold - h: normal again.
+        let (t, sum) = a.push(s(0.39)).unwrap();
+        assert_eq!(t, Trigger::Change);
+        assert!(!sum.abnormal);
+        assert_eq!(sum.class, 0);
+    }
+
+    #[test]
+    fn window_mean_smooths_single_outliers() {
+        let mut a = agg(5, 5);
+        for _ in 0..5 {
+            a.push(s(0.1));
+        }
+        assert!(!a.summary().unwrap().abnormal);
+        // One confident abnormal frame among normal ones moves the mean to 0.26 only.
+        assert_eq!(a.push(s(0.9)), None);
+        let sum = a.summary().unwrap();
+        assert!((sum.p_abnormal - 0.26).abs() < 1e-5, "{sum:?}");
+        // Only the last 5 count: five abnormal frames flip it.
+        let mut flipped = None;
+        for _ in 0..5 {
+            if let Some(d) = a.push(s(0.9)) {
+                flipped = Some(d);
+            }
+        }
+        assert!(flipped.unwrap().1.abnormal);
+    }
+
+    #[test]
+    fn reset_clears_window_and_state() {
+        let mut a = agg(4, 2);
+        a.push(s(0.9));
+        a.push(s(0.9));
+        assert!(a.summary().is_some());
+        a.reset();
+        assert!(a.summary().is_none() && a.is_empty());
+        assert_eq!(a.push(s(0.1)), None);
+        assert_eq!(a.push(s(0.1)).unwrap().0, Trigger::First);
+    }
+
+    #[test]
+    fn ring_is_bounded_over_long_runs() {
+        let mut a = agg(64, 1);
+        for i in 0..10_000 {
+            a.push(s((i % 10) as f32 / 10.0));
+        }
+        assert_eq!(a.len(), 64);
+    }
+}

@@ -1,0 +1,531 @@
+//! Command line: `run`, `selftest`, `probes`, `bench`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, Mode, ModelForm, SourceKind};
+use crate::infer::Classifier;
+use crate::runtime::{self, RunOptions, Sinks};
+use crate::sink::cartlink::CartSink;
+use crate::sink::journal::JournalSink;
+use crate::sink::stdout::StdoutSink;
+use crate::stats::{peak_rss_kib, rss_kib, Stage};
+
+/// renalscan edge runtime: classifies probe frames on the cart and records every decision.
+/// A screening aid, not a diagnosis.
+#[derive(Parser)]
+#[command(name = "renalscan-edge", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Screen: source -> gate -> model -> aggregation -> journal, stdout, cart link.
+    Run(RunArgs),
+    /// Verify the bundle and time every stage on a built-in frame.
+    Selftest(SelftestArgs),
+    /// List V4L2 video devices and the formats they offer.
+    Probes(ProbesArgs),
+    /// Replay frames as fast as the pipeline takes them; report per-stage latency, the
+    /// overhead beyond inference and RSS over the run.
+    Bench(BenchArgs),
+}
+
+/// Model bundle arguments shared by the subcommands.
+#[derive(Args, Clone, Default)]
+pub struct ModelArgs {
+    /// Model bundle directory (overrides model.bundle).
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
+    /// Trusted public key file or directory (overrides model.trusted_keys).
+    #[arg(long, alias = "pubkey")]
+    pub trusted_keys: Option<PathBuf>,
+    /// Integer graph, float graph, or the loader's choice (overrides model.form).
+    #[arg(long, value_enum)]
+    pub form: Option<ModelForm>,
+}
+
+/// Source arguments shared by `run` and `bench`.
+#[derive(Args, Clone, Default)]
+pub struct SourceArgs {
+    /// Replay a DICOM cine, an image, or a folder of images.
+    #[arg(long, conflicts_with_all = ["phantom", "v4l"])]
+    pub replay: Option<PathBuf>,
+    /// Use the built-in phantom probe sweep.
+    #[arg(long, conflicts_with = "v4l")]
+    pub phantom: bool,
+    /// Capture from this V4L2 device (`auto` = first usable).
+    #[arg(long)]
+    pub v4l: Option<String>,
+    /// Frames per second of replay or phantom (0 = as fast as the pipeline takes them).
+    #[arg(long)]
+    pub fps: Option<f32>,
+    /// Loop the replay.
+    #[arg(long = "loop")]
+    pub looped: bool,
+    /// Phantom seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Phantom patient class (normal, stone, cyst, hyperechogenicity, sol, hydronephrosis).
+    #[arg(long)]
+    pub class: Option<String>,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// TOML configuration (see config.example.toml); defaults apply without one.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// continuous or freeze (classify-on-freeze).
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Journal directory (overrides journal.dir and enables the journal).
+    #[arg(long, conflicts_with = "no_journal")]
+    pub journal: Option<PathBuf>,
+    /// Run without a journal.
+    #[arg(long)]
+    pub no_journal: bool,
+    /// Serial port of the cart controller (enables the cart link).
+    #[arg(long)]
+    pub cart: Option<String>,
+    /// With a cart link: wait for its StartScreening instead of screening at once.
+    #[arg(long)]
+    pub wait_for_cart: bool,
+    /// Stop after this many frames.
+    #[arg(long)]
+    pub max_frames: Option<u64>,
+    /// Inference on every Nth usable frame only.
+    #[arg(long)]
+    pub infer_every: Option<u32>,
+    /// Status period in seconds.
+    #[arg(long)]
+    pub status_every: Option<f32>,
+}
+
+#[derive(Args)]
+pub struct SelftestArgs {
+    /// TOML configuration; its model section is used unless overridden.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Timed runs of the built-in frame.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ProbesArgs {
+    /// One JSON object per device.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Frames to process.
+    #[arg(long, default_value_t = 1000)]
+    pub frames: u64,
+    /// Inference on every Nth usable frame only (long soak runs with a big model).
+    #[arg(long, default_value_t = 1)]
+    pub infer_every: u32,
+    /// Journal directory for the run (default: a temporary one, removed after).
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
+    /// Frames before the steady-state RSS reference is taken.
+    #[arg(long, default_value_t = 200)]
+    pub warmup: u64,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Run(a) => cmd_run(a),
+        Cmd::Selftest(a) => cmd_selftest(a),
+        Cmd::Probes(a) => cmd_probes(a),
+        Cmd::Bench(a) => cmd_bench(a),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("renalscan-edge: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Ok(Config::default()),
+    }
+}
+
+fn apply_model(cfg: &mut Config, m: &ModelArgs) {
+    if let Some(b) = &m.bundle {
+        cfg.model.bundle = Some(b.clone());
+    }
+    if let Some(k) = &m.trusted_keys {
+        cfg.model.trusted_keys = Some(k.clone());
+    }
+    if let Some(f) = m.form {
+        cfg.model.form = f;
+    }
+}
+
+fn apply_source(cfg: &mut Config, s: &SourceArgs) {
+    if let Some(p) = &s.replay {
+        cfg.source.kind = SourceKind::Replay;
+        cfg.source.replay.path = Some(p.clone());
+    }
+    if s.phantom {
+        cfg.source.kind = SourceKind::Phantom;
+    }
+    if let Some(d) = &s.v4l {
+        cfg.source.kind = SourceKind::V4l;
+        cfg.source.v4l.device = d.clone();
+    }
+    if let Some(f) = s.fps {
+        cfg.source.replay.fps = f;
+        cfg.source.phantom.fps = f;
+        cfg.source.v4l.fps = f.max(0.0).round() as u32;
+    }
+    if s.looped {
+        cfg.source.replay.looped = true;
+    }
+    if let Some(seed) = s.seed {
+        cfg.source.phantom.seed = seed;
+    }
+    if let Some(c) = &s.class {
+        cfg.source.phantom.class = c.clone();
+    }
+}
+
+/// Loads and verifies the bundle once; refuses to start with a message saying why.
+pub fn open_model(cfg: &Config) -> anyhow::Result<Classifier> {
+    let bundle = cfg
+        .model
+        .bundle
+        .as_ref()
+        .context("no model bundle: set model.bundle in the config or pass --bundle")?;
+    Classifier::open(bundle, cfg.model.trusted_keys.as_deref(), cfg.model.form).with_context(|| {
+        format!(
+            "refusing to start: bundle {} is not usable",
+            bundle.display()
+        )
+    })
+}
+
+/// Builds the sinks a config asks for.
+pub fn make_sinks(cfg: &Config, classifier: &Classifier, stdout: bool) -> anyhow::Result<Sinks> {
+    let info = classifier.info();
+    let cart = if cfg.cartlink.enabled {
+        Some(CartSink::spawn(
+            &cfg.cartlink,
+            &info.name,
+            &info.version,
+            &info.labels,
+        )?)
+    } else {
+        None
+    };
+    let journal: Option<Box<dyn runtime::JournalSinkApi>> = if cfg.journal.enabled {
+        Some(Box::new(JournalSink::open(&cfg.journal)?))
+    } else {
+        None
+    };
+    Ok(Sinks {
+        stdout: (stdout && cfg.output.stdout).then(StdoutSink::new),
+        journal,
+        cart,
+    })
+}
+
+fn signal_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let term = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, term.clone())
+            .context("cannot install the signal handler")?;
+    }
+    Ok(term)
+}
+
+fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = load_config(a.config.as_deref())?;
+    apply_model(&mut cfg, &a.model);
+    apply_source(&mut cfg, &a.source);
+    if let Some(m) = a.mode {
+        cfg.pipeline.mode = m;
+    }
+    if let Some(j) = &a.journal {
+        cfg.journal.enabled = true;
+        cfg.journal.dir = j.clone();
+    }
+    if a.no_journal {
+        cfg.journal.enabled = false;
+    }
+    if let Some(p) = &a.cart {
+        cfg.cartlink.enabled = true;
+        cfg.cartlink.port = p.clone();
+    }
+    if a.wait_for_cart {
+        cfg.pipeline.autostart = false;
+    }
+    if let Some(n) = a.max_frames {
+        cfg.pipeline.max_frames = n;
+    }
+    if let Some(n) = a.infer_every {
+        cfg.pipeline.infer_every = n;
+    }
+    if let Some(s) = a.status_every {
+        cfg.output.status_every_s = s;
+    }
+    cfg.validate()?;
+    let term = signal_flag()?;
+    let classifier = open_model(&cfg)?;
+    log::info!(
+        "model {} {} ({}), threshold {:.3}, loaded in {:.0} ms",
+        classifier.info().name,
+        classifier.info().version,
+        classifier.info().trust,
+        classifier.info().threshold,
+        classifier.info().load_time.as_secs_f64() * 1e3
+    );
+    let sinks = make_sinks(&cfg, &classifier, true)?;
+    runtime::run(&cfg, classifier, sinks, term, &RunOptions::default())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_selftest(a: SelftestArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = load_config(a.config.as_deref())?;
+    apply_model(&mut cfg, &a.model);
+    let classifier = open_model(&cfg)?;
+    let r = crate::selftest::run(&classifier, a.runs)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("model       {} ({})", r.model, r.trust);
+        println!(
+            "load        {:.0} ms (parse, verify, optimise, warm-up)",
+            r.load_ms
+        );
+        println!("frame       {}", r.frame);
+        println!("latency     median of {} runs, ms", r.runs);
+        println!("  capture     {:8.2}  (RGB -> grey)", r.capture_ms);
+        println!("  gate        {:8.2}", r.gate_ms);
+        println!("  preprocess  {:8.2}", r.preprocess_ms);
+        println!("  infer       {:8.2}", r.infer_ms);
+        println!("  aggregate   {:8.3}", r.aggregate_ms);
+        println!("  total       {:8.2}", r.total_ms);
+        println!("scan area   {:?}", r.scan_area);
+        println!(
+            "answer      p(abnormal) {:.3} (threshold {:.3}), most likely {} ({:.3})",
+            r.p_abnormal, r.threshold, r.class, r.confidence
+        );
+        println!("selftest    ok");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_probes(a: ProbesArgs) -> anyhow::Result<ExitCode> {
+    let devices = crate::source::v4l::list_devices();
+    if devices.is_empty() {
+        let msg = "no V4L2 video devices: /dev/video* does not exist. Plug in the probe, \
+                   check `dmesg` for it and that the udev rule gave it to the `video` group.";
+        if a.json {
+            println!("{}", serde_json::json!({"devices": [], "message": msg}));
+        } else {
+            println!("{msg}");
+        }
+        return Ok(ExitCode::from(1));
+    }
+    for d in devices {
+        let accepted: Vec<String> = d
+            .offers
+            .iter()
+            .filter(|o| {
+                std::str::from_utf8(&o.fourcc)
+                    .ok()
+                    .and_then(crate::source::v4l::parse_fourcc)
+                    .is_some()
+            })
+            .map(|o| String::from_utf8_lossy(&o.fourcc).into_owned())
+            .collect();
+        if a.json {
+            let offers: Vec<_> = d
+                .offers
+                .iter()
+                .map(|o| {
+                    serde_json::json!({
+                        "fourcc": String::from_utf8_lossy(&o.fourcc),
+                        "description": o.description,
+                        "sizes": o.sizes,
+                    })
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "path": d.path, "name": d.name, "driver": d.driver, "bus": d.bus,
+                    "capture": d.capture, "formats": offers, "rates": d.rates,
+                    "accepted": accepted, "error": d.error,
+                })
+            );
+            continue;
+        }
+        println!("{}  {}  ({} {})", d.path.display(), d.name, d.driver, d.bus);
+        if let Some(e) = &d.error {
+            println!("  error: {e}");
+        }
+        if !d.capture {
+            println!("  not a video capture device");
+            continue;
+        }
+        for o in &d.offers {
+            let sizes: Vec<String> = o.sizes.iter().map(|(w, h)| format!("{w}x{h}")).collect();
+            println!(
+                "  {} {:<28} {}",
+                String::from_utf8_lossy(&o.fourcc),
+                o.description,
+                sizes.join(" ")
+            );
+        }
+        for r in &d.rates {
+            println!("    {r}");
+        }
+        if accepted.is_empty() {
+            println!("  usable: no (needs GREY, YUYV or MJPG)");
+        } else {
+            println!("  usable: yes ({})", accepted.join(", "));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = Config::default();
+    apply_model(&mut cfg, &a.model);
+    cfg.source.kind = SourceKind::Phantom;
+    cfg.source.phantom.fps = 0.0;
+    cfg.source.replay.fps = 0.0;
+    cfg.source.replay.looped = true;
+    apply_source(&mut cfg, &a.source);
+    cfg.pipeline.max_frames = a.frames;
+    cfg.pipeline.infer_every = a.infer_every.max(1);
+    cfg.output.status_every_s = 5.0;
+    let tmp;
+    cfg.journal.dir = match &a.journal {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempdir()?;
+            tmp.0.clone()
+        }
+    };
+    cfg.validate()?;
+    let rss_start = rss_kib().unwrap_or(0);
+    let classifier = open_model(&cfg)?;
+    let rss_loaded = rss_kib().unwrap_or(0);
+    let sinks = make_sinks(&cfg, &classifier, false)?;
+    let term = signal_flag()?;
+    let opts = RunOptions {
+        quiet: true,
+        rss_every: 100,
+        status_tx: None,
+    };
+    let s = runtime::run(&cfg, classifier, sinks, term, &opts)?;
+    let mean = |st: Stage| s.timers.get(st).run_mean_ms();
+    let infer = mean(Stage::Infer);
+    let inferred = s.counters.inferred.max(1) as f64;
+    let processed = s.counters.processed.max(1) as f64;
+    // Per inferred frame: what the pipeline spends besides the model (all frames' gate,
+    // preprocessing, aggregation and sinks, spread over the inferred ones).
+    let per_frame = |st: Stage| mean(st) * s.timers.get(st).run_count() as f64 / processed;
+    let overhead_no_capture = per_frame(Stage::Gate)
+        + per_frame(Stage::Preprocess)
+        + per_frame(Stage::Aggregate)
+        + per_frame(Stage::Sinks);
+    let overhead = overhead_no_capture + per_frame(Stage::Capture);
+    let infer_per_frame = infer * inferred / processed;
+    let steady = s
+        .rss
+        .iter()
+        .find(|(n, _)| *n >= a.warmup)
+        .map_or(0, |r| r.1);
+    let end = s.rss.last().map_or(0, |r| r.1);
+    let max_after = s
+        .rss
+        .iter()
+        .filter(|(n, _)| *n >= a.warmup)
+        .map(|r| r.1)
+        .max()
+        .unwrap_or(0);
+    let report = serde_json::json!({
+        "frames": s.counters.processed,
+        "inferred": s.counters.inferred,
+        "gated": crate::events::gated_map(&s.counters.gated),
+        "decisions": s.counters.decisions,
+        "dropped": s.dropped,
+        "corrupt": s.corrupt,
+        "wall_s": s.wall.as_secs_f64(),
+        "fps": s.counters.processed as f64 / s.wall.as_secs_f64().max(1e-9),
+        "latency_ms": s.timers.report(),
+        "infer_ms_mean": infer,
+        "overhead_ms_per_frame": overhead,
+        "overhead_ms_per_frame_without_capture": overhead_no_capture,
+        "overhead_pct_of_inference": if infer_per_frame > 0.0 { 100.0 * overhead / infer_per_frame } else { f64::NAN },
+        "overhead_pct_of_inference_without_capture": if infer_per_frame > 0.0 { 100.0 * overhead_no_capture / infer_per_frame } else { f64::NAN },
+        "rss_kib": {
+            "start": rss_start,
+            "model_loaded": rss_loaded,
+            "steady_at_warmup": steady,
+            "max_after_warmup": max_after,
+            "end": end,
+            "growth_after_warmup": end as i64 - steady as i64,
+            "peak": peak_rss_kib().unwrap_or(0),
+            "samples": s.rss,
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A temporary directory removed on drop (no tempfile dependency in the binary).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> anyhow::Result<TempDir> {
+    let p = std::env::temp_dir().join(format!(
+        "renalscan-edge-bench-{}-{}",
+        std::process::id(),
+        crate::events::unix_ms()
+    ));
+    std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
+    Ok(TempDir(p))
+}

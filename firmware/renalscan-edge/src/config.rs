@@ -1,0 +1,447 @@
+//! The runtime's TOML configuration: one file per cart, every key optional with a safe
+//! default, unknown keys refused (a typo must not silently fall back to a default).
+//! `config.example.toml` beside the crate documents every key.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub model: ModelConfig,
+    pub source: SourceConfig,
+    pub pipeline: PipelineConfig,
+    pub gate: GateConfig,
+    pub aggregate: AggregateConfig,
+    pub output: OutputConfig,
+    pub journal: JournalSection,
+    pub cartlink: CartlinkConfig,
+    pub snapshot: SnapshotConfig,
+}
+
+/// Which model bundle to run and how.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Bundle directory (`model.onnx`, `manifest.toml`, `manifest.sig`).
+    pub bundle: Option<PathBuf>,
+    /// Trusted ed25519 public key file, or a directory of them.
+    pub trusted_keys: Option<PathBuf>,
+    /// Integer graph, float graph dequantised at load, or whichever the loader prefers.
+    pub form: ModelForm,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            bundle: None,
+            trusted_keys: None,
+            form: ModelForm::Auto,
+        }
+    }
+}
+
+/// How an int8 model is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelForm {
+    #[default]
+    Auto,
+    Integer,
+    Float,
+}
+
+/// Where frames come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// A USB probe as a V4L2 video device.
+    #[default]
+    V4l,
+    /// A DICOM cine, one image, or a folder of images.
+    Replay,
+    /// The built-in phantom probe sweep.
+    Phantom,
+}
+
+/// Frame source settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    pub v4l: V4lConfig,
+    pub replay: ReplayConfig,
+    pub phantom: PhantomConfig,
+    pub reopen: ReopenConfig,
+}
+
+/// V4L2 capture.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct V4lConfig {
+    /// `auto` (first device that captures a format we accept) or a path like `/dev/video0`.
+    pub device: String,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    /// Pixel formats in order of preference (fourcc: GREY, YUYV, MJPG).
+    pub formats: Vec<String>,
+    /// Driver buffers; 4 keeps latency low while tolerating a slow frame.
+    pub buffers: u32,
+    /// A dequeue that takes longer than this counts as the probe being gone.
+    pub timeout_ms: u64,
+}
+
+impl Default for V4lConfig {
+    fn default() -> Self {
+        Self {
+            device: "auto".into(),
+            width: 1024,
+            height: 768,
+            fps: 30,
+            formats: vec!["GREY".into(), "YUYV".into(), "MJPG".into()],
+            buffers: 4,
+            timeout_ms: 2000,
+        }
+    }
+}
+
+/// Replay of recorded frames.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplayConfig {
+    pub path: Option<PathBuf>,
+    /// Frames per second; 0 = as fast as the pipeline consumes them, none dropped
+    /// (benchmarks, tests).
+    pub fps: f32,
+    /// Start again after the last frame.
+    #[serde(rename = "loop")]
+    pub looped: bool,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            fps: 20.0,
+            looped: false,
+        }
+    }
+}
+
+/// The built-in phantom probe sweep.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PhantomConfig {
+    pub seed: u64,
+    /// Scanner profile name (phantom crate); empty = default.
+    pub profile: String,
+    /// Patient condition (`normal`, `stone`, ...); empty = drawn from the seed.
+    pub class: String,
+    pub severity: Option<f32>,
+    /// Frames per second; 0 = as fast as the pipeline consumes them.
+    pub fps: f32,
+    /// Stop after this many frames.
+    pub frames: Option<u64>,
+}
+
+impl Default for PhantomConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            profile: String::new(),
+            class: String::new(),
+            severity: None,
+            fps: 10.0,
+            frames: None,
+        }
+    }
+}
+
+/// Reopening a source that failed (probe unplugged, replay medium gone).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReopenConfig {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Default for ReopenConfig {
+    fn default() -> Self {
+        Self {
+            initial_ms: 200,
+            max_ms: 5000,
+        }
+    }
+}
+
+/// Continuous screening or classify-on-freeze.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Every usable frame is classified; decisions come from the aggregated window.
+    #[default]
+    Continuous,
+    /// Only a frozen image is classified, once per freeze (and on the cart's Capture).
+    Freeze,
+}
+
+/// Pipeline settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    pub mode: Mode,
+    /// Screen from the start; when false, wait for the cart's StartScreening.
+    pub autostart: bool,
+    /// Run inference on every Nth usable frame only (1 = all); the others still pass the
+    /// gate and preprocessing. For soak tests on slow machines.
+    pub infer_every: u32,
+    /// Stop after this many frames taken from the source (0 = never).
+    pub max_frames: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Continuous,
+            autostart: true,
+            infer_every: 1,
+            max_frames: 0,
+        }
+    }
+}
+
+/// Frame quality gate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GateConfig {
+    /// A frame whose grey range (max - min, sampled) is at most this is blank.
+    pub blank_max_range: u8,
+    /// ... or whose mean grey is below this (black screen, probe unplugged from the scanner).
+    pub blank_max_mean: f32,
+    /// Treat a frame identical to the previous one as frozen.
+    pub frozen: bool,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        Self {
+            blank_max_range: 8,
+            blank_max_mean: 3.0,
+            frozen: true,
+        }
+    }
+}
+
+/// Temporal aggregation and hysteresis.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregateConfig {
+    /// Frames averaged (at most 64).
+    pub window: usize,
+    /// Frames needed before the first decision.
+    pub min_frames: usize,
+    /// Half-width of the hysteresis band around the threshold.
+    pub hysteresis: f32,
+    /// Operating threshold on p(abnormal); default: the bundle's.
+    pub threshold: Option<f32>,
+    /// Re-send the current decision this often while screening (0 = only on changes).
+    pub report_every_s: f32,
+    /// This many gated frames in a row (probe lifted, frozen) start a new window.
+    pub reset_after_gated: u32,
+}
+
+impl Default for AggregateConfig {
+    fn default() -> Self {
+        Self {
+            window: 16,
+            min_frames: 5,
+            hysteresis: 0.05,
+            threshold: None,
+            report_every_s: 2.0,
+            reset_after_gated: 20,
+        }
+    }
+}
+
+/// Standard output and status.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// JSON lines on stdout.
+    pub stdout: bool,
+    /// Status line period (log, stdout, cart).
+    pub status_every_s: f32,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self {
+            stdout: true,
+            status_every_s: 1.0,
+        }
+    }
+}
+
+/// Crash-safe journal of decisions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalSection {
+    pub enabled: bool,
+    pub dir: PathBuf,
+    pub segment_bytes: u64,
+    pub max_total_bytes: u64,
+    pub max_segments: usize,
+    /// Records kept in memory while the disk refuses writes.
+    pub hold_capacity: usize,
+    /// How often held records are retried.
+    pub retry_every_s: f32,
+}
+
+impl Default for JournalSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: PathBuf::from("/var/lib/renalscan/journal"),
+            segment_bytes: 1 << 20,
+            max_total_bytes: 64 << 20,
+            max_segments: 64,
+            hold_capacity: 1024,
+            retry_every_s: 2.0,
+        }
+    }
+}
+
+/// Serial link to the cart controller.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CartlinkConfig {
+    pub enabled: bool,
+    pub port: String,
+    pub baud: u32,
+    pub device_id: String,
+    pub resend_after_ms: u64,
+}
+
+impl Default for CartlinkConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            port: "/dev/ttyS1".into(),
+            baud: 115_200,
+            device_id: "renalscan-edge".into(),
+            resend_after_ms: 500,
+        }
+    }
+}
+
+/// Snapshots of decisive frames.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    pub enabled: bool,
+    pub dir: PathBuf,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            dir: PathBuf::from("/var/lib/renalscan/snapshots"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses a TOML file; errors name the file and the offending key.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// Parses TOML text and checks value ranges.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let cfg: Config = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Range checks that serde cannot express.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let a = &self.aggregate;
+        anyhow::ensure!(
+            (1..=crate::aggregate::MAX_WINDOW).contains(&a.window),
+            "aggregate.window must be 1..={}, got {}",
+            crate::aggregate::MAX_WINDOW,
+            a.window
+        );
+        anyhow::ensure!(
+            (1..=a.window).contains(&a.min_frames),
+            "aggregate.min_frames must be 1..=window ({}), got {}",
+            a.window,
+            a.min_frames
+        );
+        anyhow::ensure!(
+            (0.0..0.5).contains(&a.hysteresis),
+            "aggregate.hysteresis must be in [0, 0.5), got {}",
+            a.hysteresis
+        );
+        if let Some(t) = a.threshold {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&t),
+                "aggregate.threshold must be in [0, 1]"
+            );
+        }
+        anyhow::ensure!(
+            self.pipeline.infer_every >= 1,
+            "pipeline.infer_every must be at least 1"
+        );
+        anyhow::ensure!(
+            self.source.reopen.initial_ms >= 1
+                && self.source.reopen.max_ms >= self.source.reopen.initial_ms,
+            "source.reopen needs 1 <= initial_ms <= max_ms"
+        );
+        anyhow::ensure!(
+            self.output.status_every_s > 0.0,
+            "output.status_every_s must be positive"
+        );
+        for f in &self.source.v4l.formats {
+            anyhow::ensure!(
+                crate::source::v4l::parse_fourcc(f).is_some(),
+                "source.v4l.formats: {f:?} is not one of GREY, YUYV, MJPG"
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let text = include_str!("../config.example.toml");
+        let cfg = Config::parse(text).expect("config.example.toml");
+        assert_eq!(cfg.aggregate.window, 16);
+        assert_eq!(cfg.source.kind, SourceKind::V4l);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::parse("[aggregate]\nwindwo = 3\n").unwrap_err();
+        assert!(format!("{err:#}").contains("windwo"), "{err:#}");
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        let err = Config::parse("[aggregate]\nwindow = 100\n").unwrap_err();
+        assert!(err.to_string().contains("window"), "{err}");
+        let err = Config::parse("[aggregate]\nwindow = 4\nmin_frames = 5\n").unwrap_err();
+        assert!(err.to_string().contains("min_frames"), "{err}");
+    }
+}

@@ -1,0 +1,20 @@
+//! renalscan-edge: the runtime on the cart's ARM board, from probe frames to recorded
+//! screening decisions.
+//!
+//! Data flows one way: [`source`] (V4L2 probe, replay, phantom) -> capture thread ->
+//! latest-frame [`source::Slot`] -> [`gate`] -> usimage preprocessing -> [`infer`] (tract,
+//! the bundle's model) -> [`aggregate`] (window + hysteresis) -> [`sink`]s (journal, stdout,
+//! cart link). [`runtime`] wires a run; the binary adds the CLI.
+
+pub mod aggregate;
+pub mod cli;
+pub mod config;
+pub mod events;
+pub mod gate;
+pub mod infer;
+pub mod pipeline;
+pub mod runtime;
+pub mod selftest;
+pub mod sink;
+pub mod source;
+pub mod stats;

@@ -1,0 +1,319 @@
+//! The per-frame path: gate -> preprocess -> infer -> aggregate, with per-stage timing.
+//! Single-threaded and allocation-free per frame after warm-up (buffers are reused); the
+//! capture thread feeds it and the runtime passes its decisions to the sinks.
+
+use std::time::{Duration, Instant};
+
+use cartlink::Command;
+use usimage::Preprocessor;
+
+use crate::aggregate::{Aggregator, Params, Sample, Trigger};
+use crate::config::{AggregateConfig, GateConfig, Mode, PipelineConfig};
+use crate::events::{unix_ms, Decision, DecisionKind, JournalState};
+use crate::gate::{after_detection, Gate, GateReason};
+use crate::infer::{Classified, Classifier};
+use crate::source::Frame;
+use crate::stats::{Stage, Timers};
+
+/// Pipeline counters (cumulative).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Counters {
+    /// Frames taken from the slot.
+    pub processed: u64,
+    /// Frames taken while not screening (idle).
+    pub idle: u64,
+    /// Frames not classified, by [`GateReason`].
+    pub gated: [u64; 4],
+    /// Usable frames skipped by `infer_every` (or live frames in freeze mode).
+    pub skipped: u64,
+    pub inferred: u64,
+    pub decisions: u64,
+    /// Preprocessing or inference failures.
+    pub errors: u64,
+}
+
+/// Gate, preprocessing, model and aggregation for one stream of frames.
+pub struct Pipeline {
+    mode: Mode,
+    infer_every: u32,
+    report_every: Option<Duration>,
+    reset_after_gated: u32,
+    classifier: Classifier,
+    pre: Preprocessor,
+    tensor: Vec<f32>,
+    gate: Gate,
+    agg: Aggregator,
+    pub timers: Timers,
+    pub counters: Counters,
+    screening: bool,
+    capture_pending: bool,
+    /// Consecutive gated frames.
+    gated_run: u32,
+    usable: u64,
+    last_emit: Option<Instant>,
+    started: Instant,
+    model_tag: String,
+    /// The last inference failed (status: fault).
+    pub faulted: bool,
+}
+
+impl Pipeline {
+    pub fn new(
+        classifier: Classifier,
+        pipeline: &PipelineConfig,
+        gate: &GateConfig,
+        agg: &AggregateConfig,
+    ) -> Self {
+        let info = classifier.info().clone();
+        let params = Params {
+            window: agg.window,
+            min_frames: agg.min_frames,
+            threshold: agg.threshold.unwrap_or(info.threshold),
+            hysteresis: agg.hysteresis,
+            classes: info.labels.len(),
+            normal_index: info.normal_index,
+        };
+        let pre = Preprocessor::new(info.input_size, info.normalization.clone());
+        let tensor = vec![0.0; pre.output_len()];
+        Self {
+            mode: pipeline.mode,
+            infer_every: pipeline.infer_every.max(1),
+            report_every: (agg.report_every_s > 0.0)
+                .then(|| Duration::from_secs_f32(agg.report_every_s)),
+            reset_after_gated: agg.reset_after_gated,
+            classifier,
+            pre,
+            tensor,
+            gate: Gate::new(gate.clone()),
+            agg: Aggregator::new(params),
+            timers: Timers::default(),
+            counters: Counters::default(),
+            screening: pipeline.autostart,
+            capture_pending: false,
+            gated_run: 0,
+            usable: 0,
+            last_emit: None,
+            started: Instant::now(),
+            model_tag: format!("{}@{}", info.name, info.version),
+            faulted: false,
+        }
+    }
+
+    pub fn classifier(&self) -> &Classifier {
+        &self.classifier
+    }
+
+    pub fn screening(&self) -> bool {
+        self.screening
+    }
+
+    /// The grey N x N model input of the last preprocessed frame (snapshots).
+    pub fn last_input(&self) -> &[u8] {
+        self.pre.last_grey()
+    }
+
+    /// Applies a cart command.
+    pub fn command(&mut self, c: Command) {
+        match c {
+            Command::StartScreening => {
+                if !self.screening {
+                    self.agg.reset();
+                    self.last_emit = None;
+                }
+                self.screening = true;
+            }
+            Command::StopScreening => {
+                self.screening = false;
+                self.agg.reset();
+                self.last_emit = None;
+            }
+            Command::Capture => self.capture_pending = true,
+        }
+    }
+
+    /// Runs one frame through the stages; decisions are appended to `out`.
+    pub fn process(&mut self, frame: &Frame, out: &mut Vec<Decision>) {
+        self.counters.processed += 1;
+        self.timers.record(Stage::Capture, frame.capture_time);
+        let capture = std::mem::take(&mut self.capture_pending);
+        if !self.screening && !capture {
+            self.counters.idle += 1;
+            return;
+        }
+
+        // Gate (blank, frozen).
+        let t = Instant::now();
+        let pg = self.gate.check(&frame.grey);
+        let freeze_shot = self.mode == Mode::Freeze && pg.repeat && pg.repeats == 1;
+        let mut reason = if pg.blank {
+            Some(GateReason::Blank)
+        } else if pg.repeat && !freeze_shot {
+            Some(GateReason::Frozen)
+        } else {
+            None
+        };
+        self.timers.record(Stage::Gate, t.elapsed());
+        if reason.is_some() && !capture {
+            self.gated(reason);
+            return;
+        }
+        // Live frames in freeze mode are only watched for the freeze.
+        if self.mode == Mode::Freeze && !freeze_shot && !capture {
+            self.counters.skipped += 1;
+            return;
+        }
+
+        // Preprocess (scan area, crop, normalise) and the anatomy gate.
+        let t = Instant::now();
+        let info = match self.pre.process(&frame.grey, &mut self.tensor) {
+            Ok(i) => i,
+            Err(e) => {
+                self.counters.errors += 1;
+                log::error!("preprocessing failed: {e}");
+                return;
+            }
+        };
+        self.timers.record(Stage::Preprocess, t.elapsed());
+        reason = reason.or(after_detection(&info));
+        if reason.is_some() && !capture {
+            self.gated(reason);
+            return;
+        }
+        self.gated_run = 0;
+        self.usable += 1;
+        let single = capture || freeze_shot;
+        if !single && !(self.usable - 1).is_multiple_of(u64::from(self.infer_every)) {
+            self.counters.skipped += 1;
+            return;
+        }
+
+        // Inference.
+        let t = Instant::now();
+        let c = match self.classifier.classify(&self.tensor) {
+            Ok(c) => c,
+            Err(e) => {
+                self.counters.errors += 1;
+                if !self.faulted {
+                    log::error!("inference failed: {e:#}");
+                }
+                self.faulted = true;
+                return;
+            }
+        };
+        self.faulted = false;
+        self.counters.inferred += 1;
+        self.timers.record(Stage::Infer, t.elapsed());
+
+        // Aggregation and decision.
+        let t = Instant::now();
+        if single {
+            let kind = if capture {
+                DecisionKind::Capture
+            } else {
+                DecisionKind::Freeze
+            };
+            out.push(self.single(kind, &c, frame, reason.is_some()));
+        }
+        if self.mode == Mode::Continuous && reason.is_none() {
+            let sample = Sample::new(c.p_abnormal, &c.probs[..c.classes]);
+            let now = Instant::now();
+            let kind = match self.agg.push(sample) {
+                Some((Trigger::First, _)) => Some(DecisionKind::First),
+                Some((Trigger::Change, _)) => Some(DecisionKind::Change),
+                None => match (self.report_every, self.last_emit) {
+                    (Some(every), Some(last)) if now - last >= every => Some(DecisionKind::Update),
+                    _ => None,
+                },
+            };
+            if let (Some(kind), Some(s)) = (kind, self.agg.summary()) {
+                self.last_emit = Some(now);
+                let label = self.classifier.info().labels[s.class].clone();
+                out.push(self.decision(
+                    kind,
+                    s.abnormal,
+                    s.p_abnormal,
+                    label,
+                    s.confidence,
+                    s.frames,
+                    frame.meta.index,
+                    false,
+                ));
+            }
+        }
+        self.timers.record(Stage::Aggregate, t.elapsed());
+    }
+
+    fn gated(&mut self, reason: Option<GateReason>) {
+        if let Some(r) = reason {
+            self.counters.gated[r.index()] += 1;
+        }
+        self.gated_run = self.gated_run.saturating_add(1);
+        if self.reset_after_gated > 0 && self.gated_run == self.reset_after_gated {
+            if !self.agg.is_empty() {
+                log::info!(
+                    "{} unusable frames in a row: starting a new window",
+                    self.gated_run
+                );
+            }
+            self.agg.reset();
+            self.last_emit = None;
+        }
+    }
+
+    fn single(
+        &mut self,
+        kind: DecisionKind,
+        c: &Classified,
+        frame: &Frame,
+        poor: bool,
+    ) -> Decision {
+        let threshold = self.agg.params().threshold;
+        let label = self.classifier.info().labels[c.class].clone();
+        self.decision(
+            kind,
+            c.p_abnormal >= threshold,
+            c.p_abnormal,
+            label,
+            c.confidence,
+            1,
+            frame.meta.index,
+            poor,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decision(
+        &mut self,
+        kind: DecisionKind,
+        abnormal: bool,
+        p_abnormal: f32,
+        class: String,
+        confidence: f32,
+        frames: usize,
+        frame_index: u64,
+        low_quality: bool,
+    ) -> Decision {
+        self.counters.decisions += 1;
+        Decision {
+            seq: self.counters.decisions,
+            kind,
+            abnormal,
+            p_abnormal,
+            class,
+            confidence,
+            frames,
+            frame_index,
+            threshold: self.agg.params().threshold,
+            low_quality,
+            unix_ms: unix_ms(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            model: self.model_tag.clone(),
+            journal: JournalState::Off,
+        }
+    }
+
+    /// Forget freeze state after a source reopen (the next frame is not a repeat).
+    pub fn source_reopened(&mut self) {
+        self.gate.reset();
+    }
+}

@@ -1,0 +1,285 @@
+//! The serial link to the cart controller, on its own thread: the cart's commands drive
+//! the pipeline, every decision goes out as a Result and is re-sent until acknowledged
+//! (cartlink's `device::Link`), and Status carries fps, latency, drops and journal health.
+//! A serial port that fails is reopened with backoff; screening goes on meanwhile.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cartlink::device::{Classification, DeviceStatus, Identity, Link, LinkConfig};
+use cartlink::serial::{self, millis_since, receive_link, transmit_link};
+use cartlink::{flags, Class, Command};
+
+use crate::config::CartlinkConfig;
+use crate::events::{Decision, DecisionKind, JournalState};
+use crate::source::{sleep_unless, Backoff};
+
+/// Results kept until acknowledged (cartlink's bounded buffer).
+pub const PENDING: usize = 16;
+
+/// Link counters for status.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct CartCounters {
+    pub port_open: bool,
+    pub peer_alive: bool,
+    pub results_queued: u32,
+    pub results_sent: u32,
+    pub results_resent: u32,
+    pub results_acked: u32,
+    pub results_dropped: u32,
+    pub results_pending: usize,
+    pub commands: u32,
+    pub frames_bad: u32,
+    pub reopens: u32,
+}
+
+/// The pipeline's end of the link.
+pub struct CartSink {
+    results: Sender<Classification>,
+    pub commands: Receiver<Command>,
+    status: Arc<Mutex<DeviceStatus>>,
+    counters: Arc<Mutex<CartCounters>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Maps a label to the wire class (unknown labels are sent as their nearest meaning:
+/// abnormal -> the first abnormal class would be a lie, so they are refused at start).
+pub fn wire_class(label: &str) -> Option<Class> {
+    Class::ALL.iter().copied().find(|c| {
+        c.name() == label
+            || (label == "space-occupying lesion" && *c == Class::SpaceOccupyingLesion)
+    })
+}
+
+impl CartSink {
+    /// Starts the link thread. `labels` are checked against the wire classes here, so a
+    /// model the cart cannot display refuses to start rather than sending wrong classes.
+    pub fn spawn(
+        cfg: &CartlinkConfig,
+        model_name: &str,
+        model_version: &str,
+        labels: &[String],
+    ) -> anyhow::Result<Self> {
+        for l in labels {
+            anyhow::ensure!(
+                wire_class(l).is_some(),
+                "label {l:?} has no cart-link class (cartlink knows normal, stone, cyst, \
+                 hyperechogenicity, sol, hydronephrosis)"
+            );
+        }
+        let (rtx, rrx) = mpsc::channel();
+        let (ctx, crx) = mpsc::channel();
+        let status = Arc::new(Mutex::new(DeviceStatus::default()));
+        let counters = Arc::new(Mutex::new(CartCounters::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = Worker {
+            cfg: cfg.clone(),
+            model_name: model_name.to_string(),
+            model_version: model_version.to_string(),
+            results: rrx,
+            commands: ctx,
+            status: status.clone(),
+            counters: counters.clone(),
+            stop: stop.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("cartlink".into())
+            .spawn(move || worker.run())?;
+        Ok(Self {
+            results: rtx,
+            commands: crx,
+            status,
+            counters,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a decision as a Result.
+    pub fn decision(&mut self, d: &Decision) {
+        let mut f = 0;
+        if d.abnormal {
+            f |= flags::ABNORMAL;
+        }
+        if matches!(d.kind, DecisionKind::Capture | DecisionKind::Freeze) {
+            f |= flags::CAPTURE;
+        }
+        if d.low_quality {
+            f |= flags::LOW_QUALITY;
+        }
+        if d.frames > 1 {
+            f |= flags::AGGREGATED;
+        }
+        if !matches!(d.journal, JournalState::Committed { .. }) {
+            f |= flags::NOT_JOURNALED;
+        }
+        let c = Classification {
+            timestamp_ms: d.unix_ms,
+            p_abnormal: d.p_abnormal,
+            class: wire_class(&d.class).unwrap_or(Class::Normal),
+            confidence: d.confidence,
+            flags: f,
+        };
+        // The worker only stops at shutdown; a send error then is expected.
+        let _ = self.results.send(c);
+    }
+
+    /// Updates what the next Status says.
+    pub fn set_status(&self, s: DeviceStatus) {
+        if let Ok(mut g) = self.status.lock() {
+            *g = s;
+        }
+    }
+
+    pub fn counters(&self) -> CartCounters {
+        self.counters.lock().map(|g| *g).unwrap_or_default()
+    }
+
+    /// Stops the thread after it had a moment to deliver what is pending.
+    pub fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                log::error!("cartlink thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for CartSink {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct Worker {
+    cfg: CartlinkConfig,
+    model_name: String,
+    model_version: String,
+    results: Receiver<Classification>,
+    commands: Sender<Command>,
+    status: Arc<Mutex<DeviceStatus>>,
+    counters: Arc<Mutex<CartCounters>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Random enough per boot: results of an earlier boot are not confused with this one's.
+fn session_id() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32).rotate_left(16))
+        .unwrap_or(0);
+    t ^ std::process::id().rotate_left(8)
+}
+
+impl Worker {
+    fn run(self) {
+        let start = Instant::now();
+        let clock = || millis_since(start);
+        let id = Identity {
+            device_id: &self.cfg.device_id,
+            model_id: &self.model_name,
+            model_version: &self.model_version,
+        };
+        let link_cfg = LinkConfig {
+            resend_after_ms: self.cfg.resend_after_ms,
+            ..LinkConfig::default()
+        };
+        let mut link: Link<PENDING> = Link::new(link_cfg, id, session_id(), clock());
+        log::info!(
+            "cartlink: session {:#010x} on {} at {} baud",
+            link.session(),
+            self.cfg.port,
+            self.cfg.baud
+        );
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let reopens = AtomicU32::new(0);
+        // After stop: keep serving briefly so pending results and the final status go out.
+        let mut stop_at: Option<Instant> = None;
+        while stop_at.is_none_or(|t| t.elapsed() < Duration::from_millis(1500)) {
+            if stop_at.is_none() && self.stop.load(Ordering::Relaxed) {
+                stop_at = Some(Instant::now());
+            }
+            let mut port = match serial::open(&self.cfg.port, self.cfg.baud) {
+                Ok(p) => {
+                    backoff.reset();
+                    self.update(&link, true, &reopens, clock());
+                    p
+                }
+                Err(e) => {
+                    if stop_at.is_some() {
+                        break;
+                    }
+                    self.drain(&mut link);
+                    self.update(&link, false, &reopens, clock());
+                    let d = backoff.next_delay();
+                    log::error!(
+                        "cartlink: cannot open {}: {e}; retrying in {} ms",
+                        self.cfg.port,
+                        d.as_millis()
+                    );
+                    sleep_unless(&self.stop, d);
+                    continue;
+                }
+            };
+            loop {
+                if stop_at.is_none() && self.stop.load(Ordering::Relaxed) {
+                    stop_at = Some(Instant::now());
+                }
+                if let Some(t) = stop_at {
+                    if link.pending() == 0 || t.elapsed() > Duration::from_millis(1500) {
+                        let _ = transmit_link(&mut link, &mut port, clock);
+                        self.update(&link, true, &reopens, clock());
+                        return;
+                    }
+                }
+                let r = receive_link(&mut link, &mut port, clock, |c| {
+                    let _ = self.commands.send(c);
+                })
+                .and_then(|_| {
+                    self.drain(&mut link);
+                    if let Ok(s) = self.status.lock() {
+                        link.set_status(*s);
+                    }
+                    transmit_link(&mut link, &mut port, clock)
+                });
+                self.update(&link, true, &reopens, clock());
+                if let Err(e) = r {
+                    log::error!("cartlink: {} failed: {e}; reopening", self.cfg.port);
+                    reopens.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+            sleep_unless(&self.stop, backoff.next_delay());
+        }
+    }
+
+    fn drain(&self, link: &mut Link<PENDING>) {
+        while let Ok(c) = self.results.try_recv() {
+            link.push_result(c);
+        }
+    }
+
+    fn update(&self, link: &Link<PENDING>, open: bool, reopens: &AtomicU32, now_ms: u64) {
+        let s = link.stats();
+        if let Ok(mut c) = self.counters.lock() {
+            *c = CartCounters {
+                port_open: open,
+                peer_alive: link.peer_alive(now_ms),
+                results_queued: s.results_queued,
+                results_sent: s.results_sent,
+                results_resent: s.results_resent,
+                results_acked: s.results_acked,
+                results_dropped: s.results_dropped,
+                results_pending: link.pending(),
+                commands: s.commands,
+                frames_bad: link.decode_stats().errors(),
+                reopens: reopens.load(Ordering::Relaxed),
+            };
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! JSON lines on stdout: one object per decision and per status, flushed per line so a
+//! supervisor or test reading the pipe sees each at once. A closed stdout is not fatal.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+/// The stdout sink.
+#[derive(Debug, Default)]
+pub struct StdoutSink {
+    failed: bool,
+}
+
+impl StdoutSink {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Writes `{"event": <event>, ...value}`. Serialised straight from the value (not via
+    /// `serde_json::Value`, which would widen f32 to f64), so the numbers are the same text
+    /// as in the journal record.
+    pub fn emit(&mut self, event: &str, value: &impl Serialize) {
+        let body = match serde_json::to_string(value) {
+            Ok(b) if b.starts_with('{') => b,
+            Ok(b) => format!("{{\"value\":{b}}}"),
+            Err(e) => {
+                log::error!("cannot serialise {event}: {e}");
+                return;
+            }
+        };
+        let rest = &body[1..];
+        let sep = if rest == "}" { "" } else { "," };
+        let line = format!("{{\"event\":{event:?}{sep}{rest}\n");
+        let mut out = std::io::stdout().lock();
+        let r = out.write_all(line.as_bytes()).and_then(|_| out.flush());
+        if let Err(e) = r {
+            if !self.failed {
+                log::warn!("stdout closed ({e}); decisions still go to the journal and cart");
+            }
+            self.failed = true;
+        }
+    }
+}
