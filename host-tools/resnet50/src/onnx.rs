@@ -30,6 +30,9 @@ pub enum OnnxError {
     /// The head does not fit the backbone.
     #[error("head takes {0} inputs, the backbone gives {FEATURE_CHANNELS}")]
     HeadWidth(usize),
+    /// A trunk must keep between one and all stages.
+    #[error("cannot cut the network after {0} stages")]
+    Stages(usize),
     /// An output name collides with an internal tensor name.
     #[error("output name {0:?} is reserved")]
     ReservedName(String),
@@ -66,40 +69,7 @@ pub fn export_onnx(net: &ResNet50, head: &Head, doc: &str) -> Result<Vec<u8>, On
         return Err(OnnxError::ReservedName(head.output.clone()));
     }
     let mut g = Graph::default();
-    let mut x = g.conv("conv1", &net.conv1.fold(&net.bn1), INPUT);
-    x = g.unary("Relu", "conv1_relu", &x);
-    x = g.node(
-        "MaxPool",
-        "pool1",
-        &[&x],
-        vec![
-            ints("kernel_shape", &[3, 3]),
-            ints("strides", &[2, 2]),
-            ints("pads", &[1, 1, 1, 1]),
-        ],
-    );
-    let n_stages = net.stages.len();
-    for (s, stage) in net.stages.iter().enumerate() {
-        for (b, block) in stage.iter().enumerate() {
-            let id = crate::block_id(s, b);
-            let mut y = g.conv(&format!("res{id}_a"), &block.conv_a.fold(&block.bn_a), &x);
-            y = g.unary("Relu", &format!("res{id}_a_relu"), &y);
-            y = g.conv(&format!("res{id}_b"), &block.conv_b.fold(&block.bn_b), &y);
-            y = g.unary("Relu", &format!("res{id}_b_relu"), &y);
-            y = g.conv(&format!("res{id}_c"), &block.conv_c.fold(&block.bn_c), &y);
-            let shortcut = match &block.shortcut {
-                Some((c, bn)) => g.conv(&format!("res{id}_proj"), &c.fold(bn), &x),
-                None => x.clone(),
-            };
-            let sum = g.node("Add", &format!("res{id}_add"), &[&y, &shortcut], vec![]);
-            let last = s + 1 == n_stages && b + 1 == stage.len();
-            x = if last {
-                g.node_named("Relu", &format!("res{id}_relu"), &[&sum], vec![], FEATURES)
-            } else {
-                g.unary("Relu", &format!("res{id}_relu"), &sum)
-            };
-        }
-    }
+    let x = g.trunk(net, net.stages.len(), FEATURES);
     let pooled = g.unary("GlobalAveragePool", "avg_pool", &x);
     let flat = g.node("Flatten", "flatten", &[&pooled], vec![int("axis", 1)]);
     let w = g.initializer(
@@ -121,55 +91,60 @@ pub fn export_onnx(net: &ResNet50, head: &Head, doc: &str) -> Result<Vec<u8>, On
         g.node_named("Gemm", "head", &[&flat, &w, &bias], vec![], &head.output);
     }
 
-    let side = INPUT_SIZE as i64;
-    let final_side = side / 32;
-    let graph = GraphProto {
-        name: "resnet50_v1".into(),
-        node: g.nodes,
-        initializer: g.initializers,
-        input: vec![value_info(
-            INPUT,
+    let final_side = INPUT_SIZE as i64 / 32;
+    let outputs = vec![
+        value_info(
+            &head.output,
+            &[Dim::Batch, Dim::Fixed(head.dense.outputs as i64)],
+        ),
+        value_info(
+            FEATURES,
             &[
                 Dim::Batch,
-                Dim::Fixed(3),
-                Dim::Fixed(side),
-                Dim::Fixed(side),
+                Dim::Fixed(FEATURE_CHANNELS as i64),
+                Dim::Fixed(final_side),
+                Dim::Fixed(final_side),
             ],
-        )],
-        output: vec![
-            value_info(
-                &head.output,
-                &[Dim::Batch, Dim::Fixed(head.dense.outputs as i64)],
-            ),
-            value_info(
-                FEATURES,
-                &[
-                    Dim::Batch,
-                    Dim::Fixed(FEATURE_CHANNELS as i64),
-                    Dim::Fixed(final_side),
-                    Dim::Fixed(final_side),
-                ],
-            ),
+        ),
+    ];
+    Ok(g.into_model(outputs, doc, "Keras ResNet-50 v1, BatchNorm folded"))
+}
+
+/// Serialises the stem and the first `stages` stages of `net` (BatchNorm folded), with the
+/// last feature map as the only output, named `output`: the frozen part of a fine-tuning run
+/// (`stages = 3` gives layer-3 activations, `N x 1024 x 14 x 14`).
+pub fn export_trunk_onnx(
+    net: &ResNet50,
+    stages: usize,
+    output: &str,
+    doc: &str,
+) -> Result<Vec<u8>, OnnxError> {
+    if stages == 0 || stages > net.stages.len() {
+        return Err(OnnxError::Stages(stages));
+    }
+    if output == INPUT {
+        return Err(OnnxError::ReservedName(output.into()));
+    }
+    let mut g = Graph::default();
+    g.trunk(net, stages, output);
+    let side = (INPUT_SIZE >> (stages + 1)) as i64;
+    let channels = net.stages[stages - 1]
+        .last()
+        .map_or(0, |b| b.conv_c.shape[0] as i64);
+    let outputs = vec![value_info(
+        output,
+        &[
+            Dim::Batch,
+            Dim::Fixed(channels),
+            Dim::Fixed(side),
+            Dim::Fixed(side),
         ],
-        ..Default::default()
-    };
-    let model = ModelProto {
-        ir_version: 8,
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: OPSET,
-        }],
-        producer_name: "renalscan".into(),
-        producer_version: env!("CARGO_PKG_VERSION").into(),
-        doc_string: doc.into(),
-        graph: Some(graph),
-        metadata_props: vec![StringStringEntryProto {
-            key: "architecture".into(),
-            value: "Keras ResNet-50 v1, BatchNorm folded".into(),
-        }],
-        ..Default::default()
-    };
-    Ok(model.encode_to_vec())
+    )];
+    Ok(g.into_model(
+        outputs,
+        doc,
+        &format!("Keras ResNet-50 v1 up to stage {stages} of 4, BatchNorm folded"),
+    ))
 }
 
 enum Dim {
@@ -226,6 +201,82 @@ struct Graph {
 }
 
 impl Graph {
+    /// The finished model: input `image`, the given outputs.
+    fn into_model(self, outputs: Vec<ValueInfoProto>, doc: &str, architecture: &str) -> Vec<u8> {
+        let side = INPUT_SIZE as i64;
+        let graph = GraphProto {
+            name: "resnet50_v1".into(),
+            node: self.nodes,
+            initializer: self.initializers,
+            input: vec![value_info(
+                INPUT,
+                &[
+                    Dim::Batch,
+                    Dim::Fixed(3),
+                    Dim::Fixed(side),
+                    Dim::Fixed(side),
+                ],
+            )],
+            output: outputs,
+            ..Default::default()
+        };
+        let model = ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: OPSET,
+            }],
+            producer_name: "renalscan".into(),
+            producer_version: env!("CARGO_PKG_VERSION").into(),
+            doc_string: doc.into(),
+            graph: Some(graph),
+            metadata_props: vec![StringStringEntryProto {
+                key: "architecture".into(),
+                value: architecture.into(),
+            }],
+            ..Default::default()
+        };
+        model.encode_to_vec()
+    }
+
+    /// Stem and the first `stages` stages; the last block's output is named `output`.
+    fn trunk(&mut self, net: &ResNet50, stages: usize, output: &str) -> String {
+        let mut x = self.conv("conv1", &net.conv1.fold(&net.bn1), INPUT);
+        x = self.unary("Relu", "conv1_relu", &x);
+        x = self.node(
+            "MaxPool",
+            "pool1",
+            &[&x],
+            vec![
+                ints("kernel_shape", &[3, 3]),
+                ints("strides", &[2, 2]),
+                ints("pads", &[1, 1, 1, 1]),
+            ],
+        );
+        for (s, stage) in net.stages.iter().take(stages).enumerate() {
+            for (b, block) in stage.iter().enumerate() {
+                let id = crate::block_id(s, b);
+                let mut y = self.conv(&format!("res{id}_a"), &block.conv_a.fold(&block.bn_a), &x);
+                y = self.unary("Relu", &format!("res{id}_a_relu"), &y);
+                y = self.conv(&format!("res{id}_b"), &block.conv_b.fold(&block.bn_b), &y);
+                y = self.unary("Relu", &format!("res{id}_b_relu"), &y);
+                y = self.conv(&format!("res{id}_c"), &block.conv_c.fold(&block.bn_c), &y);
+                let shortcut = match &block.shortcut {
+                    Some((c, bn)) => self.conv(&format!("res{id}_proj"), &c.fold(bn), &x),
+                    None => x.clone(),
+                };
+                let sum = self.node("Add", &format!("res{id}_add"), &[&y, &shortcut], vec![]);
+                let last = s + 1 == stages && b + 1 == stage.len();
+                x = if last {
+                    self.node_named("Relu", &format!("res{id}_relu"), &[&sum], vec![], output)
+                } else {
+                    self.unary("Relu", &format!("res{id}_relu"), &sum)
+                };
+            }
+        }
+        x
+    }
+
     fn initializer(&mut self, name: &str, dims: &[usize], data: &[f32]) -> String {
         self.initializers.push(TensorProto {
             name: name.into(),

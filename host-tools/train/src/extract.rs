@@ -110,6 +110,19 @@ pub struct Job<'a> {
     pub label: &'a str,
 }
 
+/// A progress bar with rate and ETA, labelled `label`.
+pub fn progress(len: u64, label: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, ETA {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(label.to_string());
+    bar
+}
+
 type WorkResult = (usize, [u8; 32], Result<Vec<f32>, String>);
 
 /// Receives each freshly computed output with its image hash.
@@ -127,14 +140,7 @@ pub fn run(
     let next = AtomicUsize::new(0);
     let (tx, rx) = mpsc::channel::<WorkResult>();
     let threads = job.threads.max(1).min(paths.len().max(1));
-    let bar = ProgressBar::new(paths.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, ETA {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_message(job.label.to_string());
+    let bar = progress(paths.len() as u64, job.label);
     let mut results: Vec<Option<Result<Vec<f32>, String>>> = vec![None; paths.len()];
     std::thread::scope(|scope| -> Result<(), ExtractError> {
         let mut handles = Vec::new();

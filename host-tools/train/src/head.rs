@@ -149,7 +149,7 @@ pub fn softmax_t(z: &[f32], t: f32) -> Vec<f32> {
 }
 
 /// Per-epoch record.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Epoch {
     /// 1-based.
     pub epoch: usize,
@@ -197,6 +197,17 @@ pub fn class_weights(y: &[usize]) -> [f32; K] {
         if n[k] > 0 {
             w[k] = y.len() as f32 / (present as f32 * n[k] as f32);
         }
+    }
+    w
+}
+
+/// The `b x K` matrix that turns summed log-softmax into the class-weighted mean NLL of a
+/// batch with labels `ys`: `cw[y] / sum(cw)` at each row's label, 0 elsewhere.
+pub fn loss_weights(ys: &[usize], cw: &[f32; K]) -> Vec<f32> {
+    let wsum: f32 = ys.iter().map(|&y| cw[y]).sum::<f32>().max(1e-12);
+    let mut w = vec![0f32; ys.len() * K];
+    for (r, &y) in ys.iter().enumerate() {
+        w[r * K + y] = cw[y] / wsum;
     }
     w
 }
@@ -305,16 +316,11 @@ pub fn train_head(
         for chunk in order.chunks(cfg.batch.max(1)) {
             let b = chunk.len();
             let mut xb = Vec::with_capacity(b * d);
-            let mut wb = vec![0f32; b * K];
-            let wsum: f32 = chunk
-                .iter()
-                .map(|&i| cw[train.y[i]])
-                .sum::<f32>()
-                .max(1e-12);
-            for (r, &i) in chunk.iter().enumerate() {
+            for &i in chunk {
                 xb.extend_from_slice(&xs[i * d..(i + 1) * d]);
-                wb[r * K + train.y[i]] = cw[train.y[i]] / wsum;
             }
+            let ys: Vec<usize> = chunk.iter().map(|&i| train.y[i]).collect();
+            let wb = loss_weights(&ys, &cw);
             let x = Tensor::<2>::from_data(TensorData::new(xb, [b, d]), &device);
             let w = Tensor::<2>::from_data(TensorData::new(wb, [b, K]), &device);
             let logits = net.forward(x);

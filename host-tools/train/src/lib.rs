@@ -4,15 +4,24 @@
 //! engine the device runs) and cached by image content, preprocessing version and backbone
 //! hash; the head (dropout, linear, 6 classes) then trains in burn in seconds. Splits are by
 //! patient. The run ends with a calibrated, thresholded ONNX model and its manifest draft.
+//! Stage 2 (`--finetune layer4`) then trains layer4 + head from cached, augmented layer-3
+//! activations, with per-epoch checkpoints to resume from, and exports the same way.
 
+pub mod activations;
+pub mod augment;
 pub mod dataset;
 pub mod extract;
+pub mod finetune;
 pub mod head;
 pub mod pipeline;
 pub mod random;
 
 pub use dataset::{assign_splits, load, parse_label, Sample, Split};
 pub use extract::FeatureCache;
+pub use finetune::FinetuneConfig;
 pub use head::{HeadConfig, LinearHead};
-pub use pipeline::{export, train_stage1, RunSummary, TrainError, TrainOptions};
+pub use pipeline::{
+    export, train_stage1, train_stage2, RunSummary, Stage2Options, Stage2Summary, TrainError,
+    TrainOptions,
+};
 pub use random::randomise;

