@@ -7,6 +7,7 @@
 pub mod bundle;
 pub mod cam;
 pub mod card;
+pub mod int8;
 pub mod manifest;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -47,6 +48,9 @@ pub enum ModelError {
     /// Inference failed.
     #[error("inference failed: {0}")]
     Run(String),
+    /// A quantized model that cannot be built in the requested form.
+    #[error(transparent)]
+    Int8(#[from] int8::Int8Error),
 }
 
 /// Time spent getting a model ready, for logs and benchmarks.
@@ -75,19 +79,59 @@ pub struct Network {
     input_shape: Vec<usize>,
     output_names: Vec<String>,
     timings: LoadTimings,
+    /// Which form of a quantized model runs, and why.
+    form: Option<int8::FormReport>,
 }
 
 impl Network {
-    /// Loads an ONNX file and optimises it for `input_shape` (e.g. `[1, 3, 224, 224]`).
+    /// Loads an ONNX file and optimises it for `input_shape` (e.g. `[1, 3, 224, 224]`). A
+    /// quantized (QOperator) file runs in the form [`int8::Form::Auto`] picks.
     pub fn load(path: &Path, input_shape: &[usize]) -> Result<Self, ModelError> {
+        Self::load_with(path, input_shape, &int8::LoadOptions::default())
+    }
+
+    /// [`Network::load`] with the form of a quantized model chosen by `opts`; the decision is
+    /// logged and kept in [`Network::form_report`].
+    pub fn load_with(
+        path: &Path,
+        input_shape: &[usize],
+        opts: &int8::LoadOptions,
+    ) -> Result<Self, ModelError> {
+        int8::load(path, input_shape, opts)
+    }
+
+    /// Which form of a quantized model runs, why, and what each candidate cost.
+    pub fn form_report(&self) -> Option<&int8::FormReport> {
+        self.form.as_ref()
+    }
+
+    /// Parses a decoded ONNX model and optimises it; also returns the plan's matmul kernels.
+    pub(crate) fn from_proto(
+        proto: &tract_onnx::pb::ModelProto,
+        path: &Path,
+        input_shape: &[usize],
+        read: Duration,
+    ) -> Result<(Self, int8::PlanSummary), ModelError> {
         let t0 = Instant::now();
-        let model = tract_onnx::onnx()
-            .model_for_path(path)
-            .map_err(|e| ModelError::Load {
-                path: path.to_path_buf(),
-                reason: format!("{e:#}"),
-            })?;
-        let parse = t0.elapsed();
+        let load_err = |reason: String| ModelError::Load {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let dir = path.parent().and_then(Path::to_str);
+        // Recorded intermediate shapes are hints only, and onnxruntime-written files record a
+        // symbolic batch that contradicts the fixed input shape we optimise for.
+        let parsed = tract_onnx::onnx()
+            .with_ignore_value_info(true)
+            .parse(proto, dir)
+            .map_err(|e| load_err(format!("{e:#}")))?;
+        if !parsed.unresolved_inputs.is_empty() {
+            return Err(load_err(format!(
+                "unresolved inputs {:?}",
+                parsed.unresolved_inputs
+            )));
+        }
+        let model = parsed.model;
+        let parse = read + t0.elapsed();
         let t1 = Instant::now();
         let shape_err = |e: TractError| ModelError::Shape {
             path: path.to_path_buf(),
@@ -109,6 +153,7 @@ impl Network {
                     .unwrap_or_else(|| typed.node(o.node).name.clone())
             })
             .collect();
+        let plan_summary = int8::plan_summary(&typed);
         let plan = typed.into_runnable().map_err(shape_err)?;
         let timings = LoadTimings {
             parse,
@@ -120,12 +165,16 @@ impl Network {
             timings.parse.as_secs_f64() * 1e3,
             timings.optimise.as_secs_f64() * 1e3
         );
-        Ok(Self {
-            plan,
-            input_shape: input_shape.to_vec(),
-            output_names,
-            timings,
-        })
+        Ok((
+            Self {
+                plan,
+                input_shape: input_shape.to_vec(),
+                output_names,
+                timings,
+                form: None,
+            },
+            plan_summary,
+        ))
     }
 
     /// Names of the outputs, in graph order.

@@ -43,6 +43,9 @@ enum Command {
     /// Evaluate an exported model in tract: AUC with 95% CI, accuracy, sensitivity,
     /// specificity, per-type table, confusion matrix, ROC and calibration plots.
     Eval(cmd::eval::Args),
+    /// Benchmark the int8 model against float in tract and onnxruntime: file size, load time
+    /// of each form, latency medians, the form the loader picks and output agreement.
+    BenchInt8(cmd::bench_int8::Args),
 }
 
 fn main() -> Result<()> {
@@ -57,5 +60,6 @@ fn main() -> Result<()> {
         Command::CartSim(a) => cmd::cart_sim::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Eval(a) => cmd::eval::run(a),
+        Command::BenchInt8(a) => cmd::bench_int8::run(a),
     }
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand family.
 
 pub mod backbone;
+pub mod bench_int8;
 pub mod cart_sim;
 pub mod eval;
 pub mod preprocess;

@@ -1,0 +1,968 @@
+//! One int8 model file, two ways to run it: the form tract runs fastest on this CPU.
+//!
+//! The quantizer writes ONNX in QOperator form (QuantizeLinear, QLinearConv with int8
+//! weights, DequantizeLinear). tract can run such a file as is, with integer matmul
+//! kernels (the *integer form*), or we can rewrite it at load into a plain float graph whose
+//! convolution weights are the dequantized int8 weights (the *float form*). Which is faster
+//! depends on the kernels tract has for the CPU: on aarch64 with dot-product instructions
+//! the integer kernels should win; on x86 AVX2, tract 0.23.9's integer kernel is 60x slower
+//! than its float one (`docs/tract-int8-x86.md`). The file stores the int8 weights once either
+//! way, so the artifact is a quarter of the float model's size whichever form runs.
+//!
+//! The float form keeps the weight quantization and drops the activation quantization
+//! (QuantizeLinear and DequantizeLinear become identities), so its outputs lie between the
+//! float model's and the integer form's.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use tract_onnx::pb::{self, tensor_proto::DataType, ModelProto, NodeProto, TensorProto};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
+use tract_onnx::tract_core::tract_linalg;
+
+/// Where the x86 integer-kernel defect and its measurements are written up.
+pub const X86_DEFECT_DOC: &str = "docs/tract-int8-x86.md";
+
+/// tract's AVX2 integer kernel, whose inner loop stalls on a legacy-SSE `movq` in tract
+/// 0.23.9 (about 8 s per ResNet-50 image here against 0.14 s in float).
+pub const SLOW_X86_KERNEL: &str = "avx2_mmm_i32_8x8";
+
+/// Which execution of a quantized model to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Form {
+    /// Pick by CPU and, where the answer is not known, a start-up timing of both.
+    #[default]
+    Auto,
+    /// The QOperator graph as is: tract's integer matmul kernels.
+    Integer,
+    /// Weights dequantized at load, fp32 kernels.
+    Float,
+}
+
+impl fmt::Display for Form {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Form::Auto => "auto",
+            Form::Integer => "integer",
+            Form::Float => "float",
+        })
+    }
+}
+
+impl FromStr for Form {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Form::Auto),
+            "integer" | "int8" | "int" => Ok(Form::Integer),
+            "float" | "fp32" => Ok(Form::Float),
+            other => Err(format!(
+                "unknown model form {other:?}: use auto, integer or float"
+            )),
+        }
+    }
+}
+
+/// What was built and is now running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Built {
+    /// A float model (no QOperator nodes), loaded as is.
+    Plain,
+    /// The integer form of a quantized model.
+    Integer,
+    /// The float form of a quantized model.
+    Float,
+}
+
+impl fmt::Display for Built {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Built::Plain => "plain float model",
+            Built::Integer => "integer form",
+            Built::Float => "float form",
+        })
+    }
+}
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Which form of a quantized model to build (ignored for float models).
+    pub form: Form,
+    /// Time the integer form in `Auto` even where its kernel is known to be slow (costs
+    /// seconds of start-up; for benchmarks).
+    pub time_known_slow: bool,
+    /// A small file remembering Auto's timed choice for this model file on this CPU, so that
+    /// only the first start after a model update pays for building and timing both forms.
+    pub decision_cache: Option<PathBuf>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            form: Form::Auto,
+            time_known_slow: false,
+            decision_cache: None,
+        }
+    }
+}
+
+/// One candidate form: what building and (optionally) running it once cost.
+#[derive(Debug, Clone, Default)]
+pub struct Candidate {
+    /// Rewrite (float form only), parse, optimise and plan.
+    pub build: Duration,
+    /// One inference on a zero image, where Auto timed it.
+    pub first_run: Option<Duration>,
+    /// What the optimised plan computes its convolutions with.
+    pub plan: PlanSummary,
+}
+
+/// The loader's decision, for the log, the benchmark and the edge status page.
+#[derive(Debug, Clone)]
+pub struct FormReport {
+    /// What the options asked for.
+    pub requested: Form,
+    /// What runs.
+    pub built: Built,
+    /// Why, in words.
+    pub reason: String,
+    /// QLinearConv nodes in the file.
+    pub qlinear_convs: usize,
+    /// The integer form, where it was built.
+    pub integer: Option<Candidate>,
+    /// The float form, where it was built.
+    pub float: Option<Candidate>,
+}
+
+impl fmt::Display for FormReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (asked {}): {}",
+            self.built, self.requested, self.reason
+        )?;
+        for (name, c) in [("integer", &self.integer), ("float", &self.float)] {
+            if let Some(c) = c {
+                write!(f, "; {name}: build {:.0} ms", ms(c.build))?;
+                if let Some(r) = c.first_run {
+                    write!(f, ", first run {:.0} ms", ms(r))?;
+                }
+                let k: Vec<String> = c
+                    .plan
+                    .kernels
+                    .iter()
+                    .map(|k| format!("{} x{}", k.kernel, k.count))
+                    .collect();
+                if !k.is_empty() {
+                    write!(f, ", kernels {}", k.join(", "))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Why a quantized model cannot be turned into the requested form. Each message names the
+/// file, the node and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Int8Error {
+    /// A QOperator input that must be a constant is computed or absent.
+    #[error(
+        "{path}: node {node:?} needs {tensor:?} as an initializer (constant); \
+         the float form folds it into the weights. Re-quantize with constant scales \
+         (`renalscan quantize` writes them) or load with form = integer"
+    )]
+    MissingInitializer {
+        /// The model file.
+        path: PathBuf,
+        /// The node.
+        node: String,
+        /// The tensor it names.
+        tensor: String,
+    },
+    /// Weights with a non-zero zero point (asymmetric), which the contract excludes.
+    #[error(
+        "{path}: node {node:?} has non-zero weight zero point in {tensor:?}; renalscan \
+         expects symmetric int8 weights (zero point 0). Re-quantize with `renalscan quantize` \
+         (symmetric per-channel weights) or load with form = integer"
+    )]
+    ZeroPoint {
+        /// The model file.
+        path: PathBuf,
+        /// The node.
+        node: String,
+        /// The zero-point tensor.
+        tensor: String,
+    },
+    /// A tensor with a type, shape or encoding the rewrite does not handle.
+    #[error(
+        "{path}: node {node:?}: unsupported layout: {what}. Re-quantize with \
+         `renalscan quantize` (int8 weights, one scale per output channel, int32 bias) or \
+         load with form = integer"
+    )]
+    Layout {
+        /// The model file.
+        path: PathBuf,
+        /// The node.
+        node: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// A quantized operator the float rewrite has no translation for.
+    #[error(
+        "{path}: node {node:?} is a {op} that the float form cannot rewrite (only \
+         QLinearConv, QuantizeLinear and DequantizeLinear are); quantize that layer as \
+         QLinearConv or leave it float, or load with form = integer"
+    )]
+    UnsupportedOp {
+        /// The model file.
+        path: PathBuf,
+        /// The node.
+        node: String,
+        /// Its operator.
+        op: String,
+    },
+}
+
+/// Whether an operator is a QOperator integer op.
+fn is_quantized_op(node: &NodeProto) -> bool {
+    let op = node.op_type.as_str();
+    op.starts_with("QLinear")
+        || op.starts_with("QGemm")
+        || op.ends_with("Integer")
+        || op == "DynamicQuantizeLinear"
+}
+
+/// Number of QLinearConv nodes: a file with any is a QOperator model.
+pub fn qlinear_conv_count(model: &ModelProto) -> usize {
+    model
+        .graph
+        .iter()
+        .flat_map(|g| &g.node)
+        .filter(|n| n.op_type == "QLinearConv")
+        .count()
+}
+
+fn node_label(n: &NodeProto) -> String {
+    if !n.name.is_empty() {
+        n.name.clone()
+    } else {
+        n.output.first().cloned().unwrap_or_default()
+    }
+}
+
+/// Constant tensors by name: initializers and `Constant` node values.
+fn constants(graph: &pb::GraphProto) -> HashMap<&str, &TensorProto> {
+    let mut map: HashMap<&str, &TensorProto> = graph
+        .initializer
+        .iter()
+        .map(|t| (t.name.as_str(), t))
+        .collect();
+    for n in graph.node.iter().filter(|n| n.op_type == "Constant") {
+        if let (Some(out), Some(t)) = (
+            n.output.first(),
+            n.attribute
+                .iter()
+                .find(|a| a.name == "value")
+                .and_then(|a| a.t.as_ref()),
+        ) {
+            map.insert(out.as_str(), t);
+        }
+    }
+    map
+}
+
+/// Values of an integer tensor (int8, uint8, int32), widened.
+fn int_values(t: &TensorProto) -> Result<Vec<i64>, String> {
+    if t.data_location == Some(pb::tensor_proto::DataLocation::External as i32) {
+        return Err(format!("{:?} is stored as external data", t.name));
+    }
+    let dt = DataType::try_from(t.data_type).map_err(|_| format!("{:?}: bad type", t.name))?;
+    let raw = &t.raw_data;
+    Ok(match dt {
+        DataType::Int8 if !raw.is_empty() => raw.iter().map(|&b| b as i8 as i64).collect(),
+        DataType::Uint8 if !raw.is_empty() => raw.iter().map(|&b| b as i64).collect(),
+        DataType::Int32 if !raw.is_empty() => {
+            if !raw.len().is_multiple_of(4) {
+                return Err(format!("{:?}: raw data not a multiple of 4 bytes", t.name));
+            }
+            raw.chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                .collect()
+        }
+        DataType::Int8 | DataType::Uint8 | DataType::Int32 => {
+            t.int32_data.iter().map(|&v| v as i64).collect()
+        }
+        other => return Err(format!("{:?} is {other:?}, expected an integer", t.name)),
+    })
+}
+
+/// Values of a float tensor.
+fn f32_values(t: &TensorProto) -> Result<Vec<f32>, String> {
+    if t.data_location == Some(pb::tensor_proto::DataLocation::External as i32) {
+        return Err(format!("{:?} is stored as external data", t.name));
+    }
+    if t.data_type != DataType::Float as i32 {
+        return Err(format!("{:?} is not float32", t.name));
+    }
+    if t.raw_data.is_empty() {
+        return Ok(t.float_data.clone());
+    }
+    if !t.raw_data.len().is_multiple_of(4) {
+        return Err(format!("{:?}: raw data not a multiple of 4 bytes", t.name));
+    }
+    Ok(t.raw_data
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+fn f32_tensor(name: String, dims: Vec<i64>, data: &[f32]) -> TensorProto {
+    TensorProto {
+        name,
+        dims,
+        data_type: DataType::Float as i32,
+        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Rewrites a QOperator model into the float form: each QLinearConv becomes a Conv with
+/// weights `w_int8 * w_scale[c]` and bias `b_int32 * x_scale * w_scale[c]` (the int32 bias is
+/// quantized with the product of the input and weight scales), QuantizeLinear and
+/// DequantizeLinear become identities. `path` only names the file in errors.
+pub fn float_form(model: &ModelProto, path: &Path) -> Result<ModelProto, Int8Error> {
+    let mut out = model.clone();
+    let Some(graph) = model.graph.as_ref() else {
+        return Ok(out);
+    };
+    let consts = constants(graph);
+    let mut nodes = Vec::with_capacity(graph.node.len());
+    let mut new_inits = Vec::new();
+    for node in &graph.node {
+        match node.op_type.as_str() {
+            "QuantizeLinear" | "DequantizeLinear" if node.domain.is_empty() => {
+                let (Some(input), Some(output)) = (node.input.first(), node.output.first()) else {
+                    return Err(layout(
+                        path,
+                        node,
+                        "QuantizeLinear/DequantizeLinear without input",
+                    ));
+                };
+                nodes.push(NodeProto {
+                    input: vec![input.clone()],
+                    output: vec![output.clone()],
+                    name: node.name.clone(),
+                    op_type: "Identity".into(),
+                    ..Default::default()
+                });
+            }
+            "QLinearConv" if node.domain.is_empty() => {
+                let (conv, w, b) = rewrite_conv(node, &consts, path)?;
+                nodes.push(conv);
+                new_inits.push(w);
+                new_inits.extend(b);
+            }
+            _ if is_quantized_op(node) => {
+                return Err(Int8Error::UnsupportedOp {
+                    path: path.to_path_buf(),
+                    node: node_label(node),
+                    op: node.op_type.clone(),
+                })
+            }
+            _ => nodes.push(node.clone()),
+        }
+    }
+    let used: HashSet<&str> = nodes
+        .iter()
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .chain(graph.output.iter().map(|o| o.name.as_str()))
+        .collect();
+    let initializer: Vec<TensorProto> = graph
+        .initializer
+        .iter()
+        .filter(|t| used.contains(t.name.as_str()))
+        .cloned()
+        .chain(new_inits)
+        .collect();
+    let kept: HashSet<String> = initializer.iter().map(|t| t.name.clone()).collect();
+    let dropped: HashSet<&str> = graph
+        .initializer
+        .iter()
+        .map(|t| t.name.as_str())
+        .filter(|n| !kept.contains(*n))
+        .collect();
+    if let Some(g) = out.graph.as_mut() {
+        g.node = nodes;
+        g.initializer = initializer;
+        // Old IR versions list initializers as inputs too; intermediate types changed from
+        // int8 to float, so recorded value types would now lie.
+        g.input.retain(|i| !dropped.contains(i.name.as_str()));
+        g.value_info.clear();
+    }
+    Ok(out)
+}
+
+fn layout(path: &Path, node: &NodeProto, what: &str) -> Int8Error {
+    Int8Error::Layout {
+        path: path.to_path_buf(),
+        node: node_label(node),
+        what: what.to_string(),
+    }
+}
+
+fn rewrite_conv(
+    node: &NodeProto,
+    consts: &HashMap<&str, &TensorProto>,
+    path: &Path,
+) -> Result<(NodeProto, TensorProto, Option<TensorProto>), Int8Error> {
+    let input = |i: usize| node.input.get(i).map(String::as_str).unwrap_or("");
+    if node.input.len() < 8 || node.output.is_empty() {
+        return Err(layout(
+            path,
+            node,
+            "QLinearConv needs 8 or 9 inputs and one output",
+        ));
+    }
+    let constant = |i: usize| -> Result<&TensorProto, Int8Error> {
+        consts
+            .get(input(i))
+            .copied()
+            .ok_or_else(|| Int8Error::MissingInitializer {
+                path: path.to_path_buf(),
+                node: node_label(node),
+                tensor: input(i).to_string(),
+            })
+    };
+    let bad = |what: String| layout(path, node, &what);
+    let x_scale = f32_values(constant(1)?).map_err(bad)?;
+    let [x_scale] = x_scale[..] else {
+        return Err(bad(format!("input scale {:?} is not a scalar", input(1))));
+    };
+    let w = constant(3)?;
+    if w.dims.len() < 3 {
+        return Err(bad(format!("weight {:?} has dims {:?}", input(3), w.dims)));
+    }
+    let w_int = int_values(w).map_err(bad)?;
+    if w.data_type == DataType::Int32 as i32 {
+        return Err(bad(format!(
+            "weight {:?} is int32, expected int8",
+            input(3)
+        )));
+    }
+    let m = w.dims[0] as usize;
+    let per_channel = w.dims[1..].iter().product::<i64>() as usize;
+    if m == 0 || w_int.len() != m * per_channel {
+        return Err(bad(format!(
+            "weight {:?} holds {} values for dims {:?}",
+            input(3),
+            w_int.len(),
+            w.dims
+        )));
+    }
+    let w_scale = f32_values(constant(4)?).map_err(bad)?;
+    let w_scale: Vec<f32> = match w_scale.len() {
+        1 => vec![w_scale[0]; m],
+        n if n == m => w_scale,
+        n => {
+            return Err(bad(format!(
+                "weight scale {:?} has {n} values for {m} output channels",
+                input(4)
+            )))
+        }
+    };
+    if !input(5).is_empty() {
+        let zp = int_values(constant(5)?).map_err(bad)?;
+        if zp.iter().any(|&z| z != 0) {
+            return Err(Int8Error::ZeroPoint {
+                path: path.to_path_buf(),
+                node: node_label(node),
+                tensor: input(5).to_string(),
+            });
+        }
+    }
+    let out_name = &node.output[0];
+    let weights: Vec<f32> = w_int
+        .chunks_exact(per_channel)
+        .zip(&w_scale)
+        .flat_map(|(ch, &s)| ch.iter().map(move |&q| q as f32 * s))
+        .collect();
+    let w_f = f32_tensor(format!("{out_name}::weight_f32"), w.dims.clone(), &weights);
+    let mut inputs = vec![node.input[0].clone(), w_f.name.clone()];
+    let b_f = if input(8).is_empty() {
+        None
+    } else {
+        let b = constant(8)?;
+        if b.data_type != DataType::Int32 as i32 {
+            return Err(bad(format!("bias {:?} is not int32", input(8))));
+        }
+        let b_int = int_values(b).map_err(bad)?;
+        if b_int.len() != m {
+            return Err(bad(format!(
+                "bias {:?} has {} values for {m} output channels",
+                input(8),
+                b_int.len()
+            )));
+        }
+        let bias: Vec<f32> = b_int
+            .iter()
+            .zip(&w_scale)
+            .map(|(&b, &s)| (b as f64 * x_scale as f64 * s as f64) as f32)
+            .collect();
+        let t = f32_tensor(format!("{out_name}::bias_f32"), vec![m as i64], &bias);
+        inputs.push(t.name.clone());
+        Some(t)
+    };
+    let conv = NodeProto {
+        input: inputs,
+        output: vec![out_name.clone()],
+        name: node.name.clone(),
+        op_type: "Conv".into(),
+        attribute: node.attribute.clone(),
+        ..Default::default()
+    };
+    Ok((conv, w_f, b_f))
+}
+
+/// Ops that compute a convolution or matmul without one of tract-linalg's matmul kernels.
+const UNLOWERED: [&str; 8] = [
+    "Conv",
+    "DirectSpatialConv",
+    "DepthWiseConv",
+    "BlockedConv",
+    "conv_nhwc",
+    "EinSum",
+    "EinSumMatMul",
+    "PrefixMatMul",
+];
+
+/// How an optimised plan computes its convolutions and matmuls.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanSummary {
+    /// Matmul kernels, with how many matmul nodes list each, sorted by name.
+    pub kernels: Vec<KernelUse>,
+    /// Matmul nodes accumulating in i32 (integer kernels).
+    pub integer_matmuls: usize,
+    /// Matmul nodes accumulating in a float type.
+    pub float_matmuls: usize,
+    /// Nodes that compute a convolution or matmul some other way (`name (op)`).
+    pub convs_left: Vec<String>,
+}
+
+/// One matmul kernel and how many matmul nodes of a plan may use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelUse {
+    /// tract-linalg kernel name (`avx2_mmm_i32_8x8`, `arm64simd_mmm_i32_8x8_dot`, ...).
+    pub kernel: String,
+    /// Integer (i32) accumulation.
+    pub integer: bool,
+    /// Matmul nodes listing it.
+    pub count: usize,
+}
+
+/// Summarises an optimised plan: tract lowers each convolution to im2col + `OptMatMul`,
+/// whose kernels say whether it runs in integers.
+pub fn plan_summary(model: &TypedModel) -> PlanSummary {
+    let mut summary = PlanSummary::default();
+    let mut uses: HashMap<(String, bool), usize> = HashMap::new();
+    for node in model.nodes() {
+        if let Some(op) = node.op_as::<OptMatMul>() {
+            let integer = op.mmm.iter().any(|k| k.internal_type() == DatumType::I32);
+            if integer {
+                summary.integer_matmuls += 1;
+            } else {
+                summary.float_matmuls += 1;
+            }
+            let names: HashSet<(String, bool)> = op
+                .mmm
+                .iter()
+                .map(|k| (k.name().to_string(), k.internal_type() == DatumType::I32))
+                .collect();
+            for key in names {
+                *uses.entry(key).or_default() += 1;
+            }
+        } else if UNLOWERED.contains(&node.op().name().as_ref()) {
+            summary
+                .convs_left
+                .push(format!("{} ({})", node.name, node.op().name()));
+        }
+    }
+    summary.kernels = uses
+        .into_iter()
+        .map(|((kernel, integer), count)| KernelUse {
+            kernel,
+            integer,
+            count,
+        })
+        .collect();
+    summary.kernels.sort_by(|a, b| a.kernel.cmp(&b.kernel));
+    summary
+}
+
+/// The int8 kernel tract would pick on this CPU for a typical ResNet convolution (64 output
+/// channels, k = 576, 56 x 56 positions), asked of tract-linalg's dispatcher without building
+/// a model.
+pub fn native_int8_kernel() -> Option<String> {
+    let query = tract_linalg::mmm::Query::plain(DatumType::I32, Some(64), Some(576), Some(3136));
+    tract_linalg::MmmDispatch::native()
+        .pick(&query)
+        .map(|(k, _, _)| k.name().to_string())
+}
+
+/// What we know about the integer form here before building it.
+enum Outlook {
+    /// Slower than float for a known reason: do not build it.
+    KnownSlow(String),
+    /// Worth a start-up timing against the float form.
+    Measure(String),
+}
+
+fn integer_outlook() -> Outlook {
+    let kernel = native_int8_kernel();
+    match kernel.as_deref() {
+        Some(SLOW_X86_KERNEL) => Outlook::KnownSlow(format!(
+            "tract picks {SLOW_X86_KERNEL} for int8 on this CPU; in tract 0.23.9 its inner loop \
+             stalls on a legacy-SSE movq (about 60x slower than fp32 on ResNet-50, see \
+             {X86_DEFECT_DOC})"
+        )),
+        Some(k) => Outlook::Measure(format!("tract picks {k} for int8 on this CPU")),
+        None => Outlook::KnownSlow("tract has no int8 matmul kernel for this CPU".into()),
+    }
+}
+
+/// What identifies a timed decision: the model file (path, size, modification time), the
+/// architecture and the int8 kernel tract picks here.
+fn decision_key(path: &Path, kernel: &str) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    Some(format!(
+        "{}|{}|{mtime}|{}|{kernel}",
+        path.display(),
+        meta.len(),
+        std::env::consts::ARCH
+    ))
+}
+
+/// A remembered Auto decision: the form and the two first-run timings (ms) behind it.
+#[derive(Debug, Clone, PartialEq)]
+struct CachedDecision {
+    key: String,
+    built: Built,
+    integer_ms: f64,
+    float_ms: f64,
+}
+
+impl CachedDecision {
+    fn to_text(&self) -> String {
+        let form = if self.built == Built::Integer {
+            "integer"
+        } else {
+            "float"
+        };
+        format!(
+            "# renalscan int8 form decision (delete to re-time)\nkey={}\nform={form}\n\
+             integer_ms={:.1}\nfloat_ms={:.1}\n",
+            self.key, self.integer_ms, self.float_ms
+        )
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        Some(Self {
+            key: get("key")?,
+            built: match get("form")?.as_str() {
+                "integer" => Built::Integer,
+                "float" => Built::Float,
+                _ => return None,
+            },
+            integer_ms: get("integer_ms")?.parse().ok()?,
+            float_ms: get("float_ms")?.parse().ok()?,
+        })
+    }
+
+    fn read(file: &Path, key: &str) -> Option<Self> {
+        let d = Self::parse(&std::fs::read_to_string(file).ok()?)?;
+        (d.key == key).then_some(d)
+    }
+
+    /// Best effort: a start-up must not fail because a cache cannot be written.
+    fn write(&self, file: &Path) {
+        let tmp = file.with_extension("tmp");
+        let r = std::fs::write(&tmp, self.to_text()).and_then(|_| std::fs::rename(&tmp, file));
+        if let Err(e) = r {
+            log::warn!("cannot write form decision cache {}: {e}", file.display());
+        }
+    }
+}
+
+/// The proto after reading: kept so Auto can build both forms from one decode.
+pub(crate) struct Decoded {
+    pub proto: ModelProto,
+    pub read: Duration,
+}
+
+pub(crate) fn decode(path: &Path) -> Result<Decoded, crate::ModelError> {
+    use prost::Message;
+    let t0 = Instant::now();
+    let load_err = |reason: String| crate::ModelError::Load {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| load_err(e.to_string()))?;
+    let proto = ModelProto::decode(bytes.as_slice())
+        .map_err(|e| load_err(format!("not an ONNX protobuf: {e}")))?;
+    Ok(Decoded {
+        proto,
+        read: t0.elapsed(),
+    })
+}
+
+/// A runnable network and what building it took.
+pub(crate) struct BuiltNet {
+    pub net: crate::Network,
+    pub candidate: Candidate,
+}
+
+fn build(
+    proto: &ModelProto,
+    path: &Path,
+    shape: &[usize],
+    rewrite: bool,
+    read: Duration,
+) -> Result<BuiltNet, crate::ModelError> {
+    let t0 = Instant::now();
+    let rewritten;
+    let proto = if rewrite {
+        rewritten = float_form(proto, path)?;
+        &rewritten
+    } else {
+        proto
+    };
+    let (net, plan) = crate::Network::from_proto(proto, path, shape, read)?;
+    Ok(BuiltNet {
+        net,
+        candidate: Candidate {
+            build: t0.elapsed(),
+            first_run: None,
+            plan,
+        },
+    })
+}
+
+fn time_one_run(net: &crate::Network) -> Result<Duration, crate::ModelError> {
+    let zeros = vec![0f32; net.input_shape().iter().product()];
+    let t0 = Instant::now();
+    net.run(&zeros)?;
+    Ok(t0.elapsed())
+}
+
+/// A built form and why it was chosen.
+struct Choice {
+    net: crate::Network,
+    built: Built,
+    reason: String,
+    integer: Option<Candidate>,
+    float: Option<Candidate>,
+}
+
+/// Loads `path` for `shape` in the form `opts` asks for (see [`crate::Network::load_with`]).
+pub(crate) fn load(
+    path: &Path,
+    shape: &[usize],
+    opts: &LoadOptions,
+) -> Result<crate::Network, crate::ModelError> {
+    let Decoded { proto, read } = decode(path)?;
+    let qconvs = qlinear_conv_count(&proto);
+    let one = |built, rewrite, reason: &str| -> Result<Choice, crate::ModelError> {
+        let b = build(&proto, path, shape, rewrite, read)?;
+        let (integer, float) = match built {
+            Built::Integer => (Some(b.candidate), None),
+            Built::Float => (None, Some(b.candidate)),
+            Built::Plain => (None, None),
+        };
+        Ok(Choice {
+            net: b.net,
+            built,
+            reason: reason.to_string(),
+            integer,
+            float,
+        })
+    };
+    let choice = if qconvs == 0 {
+        one(
+            Built::Plain,
+            false,
+            "no QLinearConv in the file: a float model",
+        )?
+    } else {
+        match opts.form {
+            Form::Integer => one(Built::Integer, false, "asked for")?,
+            Form::Float => one(Built::Float, true, "asked for")?,
+            Form::Auto => auto(&proto, path, shape, read, opts)?,
+        }
+    };
+    let report = FormReport {
+        requested: opts.form,
+        built: choice.built,
+        reason: choice.reason,
+        qlinear_convs: qconvs,
+        integer: choice.integer,
+        float: choice.float,
+    };
+    log::info!("{}: {report}", path.display());
+    let mut net = choice.net;
+    net.form = Some(report);
+    Ok(net)
+}
+
+/// Auto: float where tract's integer kernel here is known to be slow; otherwise the faster
+/// of both forms on one run each, or the remembered result of that timing.
+fn auto(
+    proto: &ModelProto,
+    path: &Path,
+    shape: &[usize],
+    read: Duration,
+    opts: &LoadOptions,
+) -> Result<Choice, crate::ModelError> {
+    let why = match integer_outlook() {
+        Outlook::KnownSlow(why) if !opts.time_known_slow => {
+            let float = build(proto, path, shape, true, read)?;
+            return Ok(Choice {
+                net: float.net,
+                built: Built::Float,
+                reason: format!("{why}; integer form not built"),
+                integer: None,
+                float: Some(float.candidate),
+            });
+        }
+        Outlook::KnownSlow(why) | Outlook::Measure(why) => why,
+    };
+    let key = native_int8_kernel().and_then(|k| decision_key(path, &k));
+    let cache = opts.decision_cache.as_deref().zip(key);
+    if let Some(d) = cache
+        .as_ref()
+        .and_then(|(file, key)| CachedDecision::read(file, key))
+    {
+        let b = build(proto, path, shape, d.built == Built::Float, read)?;
+        let reason = format!(
+            "{why}; remembered choice (integer {:.0} ms, float {:.0} ms when timed; delete {} \
+             to re-time)",
+            d.integer_ms,
+            d.float_ms,
+            opts.decision_cache
+                .as_deref()
+                .map(Path::display)
+                .map(|p| p.to_string())
+                .unwrap_or_default()
+        );
+        let (integer, float) = if d.built == Built::Integer {
+            (Some(b.candidate), None)
+        } else {
+            (None, Some(b.candidate))
+        };
+        return Ok(Choice {
+            net: b.net,
+            built: d.built,
+            reason,
+            integer,
+            float,
+        });
+    }
+    let mut float = build(proto, path, shape, true, read)?;
+    let mut int = build(proto, path, shape, false, read)?;
+    // One run each: the first run pays allocation and packing, equally for both, and is what
+    // a start-up can afford.
+    let tf = time_one_run(&float.net)?;
+    let ti = time_one_run(&int.net)?;
+    float.candidate.first_run = Some(tf);
+    int.candidate.first_run = Some(ti);
+    let built = if ti < tf {
+        Built::Integer
+    } else {
+        Built::Float
+    };
+    if let Some((file, key)) = cache {
+        CachedDecision {
+            key,
+            built,
+            integer_ms: ms(ti),
+            float_ms: ms(tf),
+        }
+        .write(file);
+    }
+    Ok(Choice {
+        net: if built == Built::Integer {
+            int.net
+        } else {
+            float.net
+        },
+        built,
+        reason: format!(
+            "{why}; timed one run each: integer {:.0} ms, float {:.0} ms",
+            ms(ti),
+            ms(tf)
+        ),
+        integer: Some(int.candidate),
+        float: Some(float.candidate),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decision_round_trips_and_refuses_other_keys_and_forms() {
+        let d = CachedDecision {
+            key: "/m.onnx|123|456|x86_64|avx512amx_mmm_i32_16x16".into(),
+            built: Built::Integer,
+            integer_ms: 101.5,
+            float_ms: 140.25,
+        };
+        let back = CachedDecision::parse(&d.to_text()).expect("parses");
+        assert_eq!(back.key, d.key);
+        assert_eq!(back.built, Built::Integer);
+        assert!((back.float_ms - 140.2).abs() < 0.1);
+        let dir = std::env::temp_dir().join(format!("int8-decision-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("form.txt");
+        d.write(&file);
+        assert!(CachedDecision::read(&file, &d.key).is_some());
+        assert!(CachedDecision::read(&file, "/m.onnx|124|456|x86_64|k").is_none());
+        std::fs::write(&file, d.to_text().replace("form=integer", "form=fast")).expect("write");
+        assert!(CachedDecision::read(&file, &d.key).is_none());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn quantized_ops_are_recognised() {
+        let n = |op: &str| NodeProto {
+            op_type: op.into(),
+            ..Default::default()
+        };
+        for op in ["QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger"] {
+            assert!(is_quantized_op(&n(op)), "{op}");
+        }
+        for op in ["Conv", "QuantizeLinear", "DequantizeLinear", "Relu", "Gemm"] {
+            assert!(!is_quantized_op(&n(op)), "{op}");
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! Small ONNX graphs in float and QOperator form, written with tract-onnx's protobuf types,
+//! for the int8 tests and examples (`#[path]`-included by the examples).
+
+#![allow(dead_code)]
+
+use prost::Message;
+use tract_onnx::pb::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension,
+    tensor_shape_proto::Dimension, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
+/// Deterministic uniform numbers in [-1, 1) (xorshift), so tests need no `rand`.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn uniform(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform() * scale).collect()
+    }
+}
+
+/// A graph under construction.
+#[derive(Default)]
+pub struct Graph {
+    pub nodes: Vec<NodeProto>,
+    pub inits: Vec<TensorProto>,
+}
+
+pub fn ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+pub fn int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Int as i32,
+        i: v,
+        ..Default::default()
+    }
+}
+
+/// Conv attributes: square kernel `k`, stride `s`, symmetric padding `p`.
+pub fn conv_attrs(k: i64, s: i64, p: i64) -> Vec<AttributeProto> {
+    vec![
+        ints("kernel_shape", &[k, k]),
+        ints("strides", &[s, s]),
+        ints("pads", &[p, p, p, p]),
+        ints("dilations", &[1, 1]),
+        int("group", 1),
+    ]
+}
+
+impl Graph {
+    pub fn f32(&mut self, name: &str, dims: &[usize], data: &[f32]) -> String {
+        self.raw(
+            name,
+            dims,
+            DataType::Float,
+            data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        )
+    }
+    pub fn i8(&mut self, name: &str, dims: &[usize], data: &[i8]) -> String {
+        self.raw(
+            name,
+            dims,
+            DataType::Int8,
+            data.iter().map(|&v| v as u8).collect(),
+        )
+    }
+    pub fn i32(&mut self, name: &str, dims: &[usize], data: &[i32]) -> String {
+        self.raw(
+            name,
+            dims,
+            DataType::Int32,
+            data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        )
+    }
+    fn raw(&mut self, name: &str, dims: &[usize], dt: DataType, raw_data: Vec<u8>) -> String {
+        self.inits.push(TensorProto {
+            name: name.into(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: dt as i32,
+            raw_data,
+            ..Default::default()
+        });
+        name.into()
+    }
+    pub fn node(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+        out: &str,
+    ) -> String {
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.into()],
+            name: out.into(),
+            op_type: op.into(),
+            attribute: attrs,
+            ..Default::default()
+        });
+        out.into()
+    }
+
+    /// The finished model: one float input, float outputs of the given shapes.
+    pub fn model(self, input: (&str, &[usize]), outputs: &[(&str, &[usize])]) -> ModelProto {
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 13,
+            }],
+            producer_name: "renalscan-tests".into(),
+            graph: Some(GraphProto {
+                name: "g".into(),
+                node: self.nodes,
+                initializer: self.inits,
+                input: vec![value_info(input.0, input.1)],
+                output: outputs.iter().map(|(n, d)| value_info(n, d)).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+fn value_info(name: &str, dims: &[usize]) -> ValueInfoProto {
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            denotation: String::new(),
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: DataType::Float as i32,
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| Dimension {
+                            denotation: String::new(),
+                            value: Some(dimension::Value::DimValue(d as i64)),
+                        })
+                        .collect(),
+                }),
+            })),
+        }),
+        doc_string: String::new(),
+    }
+}
+
+/// A float convolution layer: OIHW weights and bias.
+pub struct ConvW {
+    pub out_ch: usize,
+    pub in_ch: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub w: Vec<f32>,
+    pub b: Vec<f32>,
+}
+
+impl ConvW {
+    pub fn random(
+        rng: &mut Rng,
+        out_ch: usize,
+        in_ch: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Self {
+        let fan_in = (in_ch * k * k) as f32;
+        Self {
+            out_ch,
+            in_ch,
+            k,
+            stride,
+            pad,
+            w: rng.vec(out_ch * in_ch * k * k, (3.0 / fan_in).sqrt()),
+            b: rng.vec(out_ch, 0.1),
+        }
+    }
+    pub fn dims(&self) -> [usize; 4] {
+        [self.out_ch, self.in_ch, self.k, self.k]
+    }
+    pub fn attrs(&self) -> Vec<AttributeProto> {
+        conv_attrs(self.k as i64, self.stride as i64, self.pad as i64)
+    }
+    /// Symmetric per-output-channel int8 weights and their scales.
+    pub fn quantized(&self) -> (Vec<i8>, Vec<f32>) {
+        let per = self.w.len() / self.out_ch;
+        let mut q = Vec::with_capacity(self.w.len());
+        let mut scales = Vec::with_capacity(self.out_ch);
+        for ch in self.w.chunks_exact(per) {
+            let max = ch.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+            let s = max / 127.0;
+            scales.push(s);
+            q.extend(
+                ch.iter()
+                    .map(|v| (v / s).round().clamp(-127.0, 127.0) as i8),
+            );
+        }
+        (q, scales)
+    }
+}
+
+impl Graph {
+    /// The shared int8 zero point 0.
+    pub fn zero_point(&mut self) -> String {
+        if !self.inits.iter().any(|t| t.name == "zp") {
+            self.i8("zp", &[], &[0]);
+        }
+        "zp".into()
+    }
+
+    /// A float Conv node.
+    pub fn conv(&mut self, name: &str, c: &ConvW, x: &str) -> String {
+        let w = self.f32(&format!("{name}.w"), &c.dims(), &c.w);
+        let b = self.f32(&format!("{name}.b"), &[c.out_ch], &c.b);
+        self.node("Conv", &[x, &w, &b], c.attrs(), name)
+    }
+
+    /// A QLinearConv node: int8 input `xq` with scale `x_scale`, output scale `y_scale`, both
+    /// zero point 0; returns the int8 output name `<name>_q`.
+    pub fn qconv(
+        &mut self,
+        name: &str,
+        c: &ConvW,
+        xq: &str,
+        x_scale: &str,
+        y_scale: f32,
+    ) -> String {
+        let (wq, ws) = c.quantized();
+        let xs = x_scale_value(self, x_scale);
+        let bq: Vec<i32> =
+            c.b.iter()
+                .zip(&ws)
+                .map(|(b, s)| (b / (xs * s)).round() as i32)
+                .collect();
+        let zp8 = self.zero_point();
+        let w = self.i8(&format!("{name}.wq"), &c.dims(), &wq);
+        let wsn = self.f32(&format!("{name}.ws"), &[c.out_ch], &ws);
+        let wzp = self.i8(&format!("{name}.wzp"), &[c.out_ch], &vec![0; c.out_ch]);
+        let ys = self.f32(&format!("{name}.ys"), &[], &[y_scale]);
+        let b = self.i32(&format!("{name}.bq"), &[c.out_ch], &bq);
+        self.node(
+            "QLinearConv",
+            &[xq, x_scale, &zp8, &w, &wsn, &wzp, &ys, &zp8, &b],
+            c.attrs(),
+            &format!("{name}_q"),
+        )
+    }
+
+    /// QuantizeLinear to int8 with zero point 0; returns `(quantized, scale name)`.
+    pub fn quantize(&mut self, x: &str, scale: f32) -> (String, String) {
+        let s = self.f32(&format!("{x}.qs"), &[], &[scale]);
+        let zp = self.zero_point();
+        let q = self.node("QuantizeLinear", &[x, &s, &zp], vec![], &format!("{x}_q"));
+        (q, s)
+    }
+
+    /// DequantizeLinear of `xq` (scale tensor `scale`, zero point 0) into `out`.
+    pub fn dequantize(&mut self, xq: &str, scale: &str, out: &str) -> String {
+        let zp = self.zero_point();
+        self.node("DequantizeLinear", &[xq, scale, &zp], vec![], out)
+    }
+}
+
+fn x_scale_value(g: &Graph, name: &str) -> f32 {
+    g.inits
+        .iter()
+        .find(|t| t.name == name)
+        .map(|t| f32::from_le_bytes([t.raw_data[0], t.raw_data[1], t.raw_data[2], t.raw_data[3]]))
+        .expect("scale initializer exists")
+}
+
+/// The tiny residual network of the tests: conv3x3 -> relu -> maxpool -> {conv1x1 -> relu ->
+/// conv3x3, conv1x1 projection} -> add -> relu (`features`) -> GAP -> Gemm -> Softmax (`probs`).
+/// Four convolutions, the ResNet-50 block pattern in miniature.
+pub struct TinyNet {
+    pub c1: ConvW,
+    pub c2: ConvW,
+    pub c3: ConvW,
+    pub proj: ConvW,
+    pub fc_w: Vec<f32>,
+    pub fc_b: Vec<f32>,
+}
+
+pub const SIDE: usize = 16;
+pub const CLASSES: usize = 6;
+pub const FEAT: usize = 16;
+pub const INPUT_SHAPE: [usize; 4] = [1, 3, SIDE, SIDE];
+pub const FEATURES_SHAPE: [usize; 4] = [1, FEAT, SIDE / 2, SIDE / 2];
+
+/// Tensors whose ranges the QOperator form needs, in the float graph's names.
+pub const CALIBRATED: [&str; 7] = ["image", "c1", "p1", "c2", "r2", "c3", "proj"];
+
+impl TinyNet {
+    pub fn new(seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        Self {
+            c1: ConvW::random(&mut rng, 8, 3, 3, 1, 1),
+            c2: ConvW::random(&mut rng, 8, 8, 1, 1, 0),
+            c3: ConvW::random(&mut rng, FEAT, 8, 3, 1, 1),
+            proj: ConvW::random(&mut rng, FEAT, 8, 1, 1, 0),
+            fc_w: rng.vec(FEAT * CLASSES, 1.0),
+            fc_b: rng.vec(CLASSES, 0.1),
+        }
+    }
+
+    fn head(&self, g: &mut Graph, features: &str) {
+        g.node("GlobalAveragePool", &[features], vec![], "gap");
+        g.node("Flatten", &["gap"], vec![int("axis", 1)], "flat");
+        let w = g.f32("fc.w", &[FEAT, CLASSES], &self.fc_w);
+        let b = g.f32("fc.b", &[CLASSES], &self.fc_b);
+        g.node("Gemm", &["flat", &w, &b], vec![], "logits");
+        g.node("Softmax", &["logits"], vec![int("axis", 1)], "probs");
+    }
+
+    fn pool(g: &mut Graph, x: &str, out: &str) -> String {
+        g.node(
+            "MaxPool",
+            &[x],
+            vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+            out,
+        )
+    }
+
+    /// The float model; `calibration` adds the [`CALIBRATED`] tensors (except the input) as
+    /// outputs so a run yields their ranges.
+    pub fn float_model(&self, calibration: bool) -> ModelProto {
+        let mut g = Graph::default();
+        g.conv("c1", &self.c1, "image");
+        g.node("Relu", &["c1"], vec![], "r1");
+        Self::pool(&mut g, "r1", "p1");
+        g.conv("c2", &self.c2, "p1");
+        g.node("Relu", &["c2"], vec![], "r2");
+        g.conv("c3", &self.c3, "r2");
+        g.conv("proj", &self.proj, "p1");
+        g.node("Add", &["c3", "proj"], vec![], "sum");
+        g.node("Relu", &["sum"], vec![], "features");
+        self.head(&mut g, "features");
+        let mut outputs: Vec<(&str, &[usize])> =
+            vec![("probs", &[1, CLASSES]), ("features", &FEATURES_SHAPE)];
+        let h = SIDE / 2;
+        let shapes: [(&str, [usize; 4]); 6] = [
+            ("c1", [1, 8, SIDE, SIDE]),
+            ("p1", [1, 8, h, h]),
+            ("c2", [1, 8, h, h]),
+            ("r2", [1, 8, h, h]),
+            ("c3", [1, FEAT, h, h]),
+            ("proj", [1, FEAT, h, h]),
+        ];
+        if calibration {
+            for (n, s) in &shapes {
+                outputs.push((n, s));
+            }
+        }
+        g.model(("image", &INPUT_SHAPE), &outputs)
+    }
+
+    /// The QOperator model: s8 symmetric activations with scale `max|x| / 127` from
+    /// `ranges` (max |x| per [`CALIBRATED`] tensor), s8 symmetric per-channel weights, int32
+    /// bias, float head: the file contract of `renalscan quantize`.
+    pub fn qoperator_model(&self, ranges: &[f32; 7]) -> ModelProto {
+        let s = |i: usize| ranges[i].max(1e-6) / 127.0;
+        let mut g = Graph::default();
+        let (xq, xs) = g.quantize("image", s(0));
+        let c1q = g.qconv("c1", &self.c1, &xq, &xs, s(1));
+        g.dequantize(&c1q, "c1.ys", "c1");
+        g.node("Relu", &["c1"], vec![], "r1");
+        Self::pool(&mut g, "r1", "p1");
+        let (p1q, p1s) = g.quantize("p1", s(2));
+        let c2q = g.qconv("c2", &self.c2, &p1q, &p1s, s(3));
+        g.dequantize(&c2q, "c2.ys", "c2");
+        g.node("Relu", &["c2"], vec![], "r2");
+        let (r2q, r2s) = g.quantize("r2", s(4));
+        let c3q = g.qconv("c3", &self.c3, &r2q, &r2s, s(5));
+        g.dequantize(&c3q, "c3.ys", "c3");
+        let pq = g.qconv("proj", &self.proj, &p1q, &p1s, s(6));
+        g.dequantize(&pq, "proj.ys", "proj");
+        g.node("Add", &["c3", "proj"], vec![], "sum");
+        g.node("Relu", &["sum"], vec![], "features");
+        self.head(&mut g, "features");
+        g.model(
+            ("image", &INPUT_SHAPE),
+            &[("probs", &[1, CLASSES]), ("features", &FEATURES_SHAPE)],
+        )
+    }
+}
+
+/// A deterministic test image in roughly the Caffe-normalised range of the real model.
+pub fn test_image(seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..3 * SIDE * SIDE)
+        .map(|i| {
+            let (y, x) = ((i / SIDE) % SIDE, i % SIDE);
+            ((x as f32 * 0.4).sin() + (y as f32 * 0.3).cos()) * 0.8 + rng.uniform() * 0.3
+        })
+        .collect()
+}
+
+pub fn write(model: &ModelProto, path: &std::path::Path) {
+    std::fs::write(path, model.encode_to_vec()).expect("write test model");
+}
