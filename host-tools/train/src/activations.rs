@@ -96,22 +96,9 @@ impl ActivationCache {
         let mut index = HashMap::new();
         let mut end = MAGIC.len() as u64;
         if path.is_file() {
-            let mut f = File::open(&path).map_err(io(&path))?;
-            let len = f.metadata().map_err(io(&path))?.len();
-            let mut magic = [0u8; 8];
-            if len < 8 || f.read_exact(&mut magic).is_err() || &magic != MAGIC {
-                return Err(ExtractError::Cache(path.display().to_string()));
-            }
-            let n = (len - 8) / RECORD as u64;
+            let n = extract::record_file(&path, MAGIC, RECORD)?;
             end = 8 + n * RECORD as u64;
-            if end != len {
-                log::warn!("{}: dropping a torn last record", path.display());
-                OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .and_then(|f| f.set_len(end))
-                    .map_err(io(&path))?;
-            }
+            let mut f = File::open(&path).map_err(io(&path))?;
             for r in 0..n {
                 let off = 8 + r * RECORD as u64;
                 let mut key = [0u8; 32];

