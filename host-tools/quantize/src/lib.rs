@@ -1,1 +1,407 @@
-//! Static post-training int8 quantization (work in progress).
+//! Static post-training int8 quantization of renalscan ONNX models.
+//!
+//! The float model is rewritten into the ONNX QOperator form tract runs with integer
+//! kernels: s8 symmetric per-output-channel weights stored once, s8 symmetric activations
+//! (zero point 0) whose ranges come from calibration images preprocessed by usimage exactly
+//! as on the device, int32 biases. The residual additions and the head stay float. The file
+//! format is specified in this crate's README.
+//!
+//! tract's integer kernel is very slow on x86 (see DESIGN), so calibrator choice and
+//! accuracy use [`Form::Simulated`]: the same quantization in float kernels.
+
+pub mod calib;
+pub mod engine;
+pub mod error;
+pub mod graph;
+pub mod math;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+use usimage::{Normalization, Preprocessor, UsFile};
+
+pub use calib::{Calibrator, Histogram, DEFAULT_BINS};
+pub use engine::Engine;
+pub use error::QuantizeError;
+pub use graph::{ConvInfo, FloatModel, Form, Q8};
+pub use tract_onnx::pb::ModelProto;
+
+/// Serialises a model to ONNX bytes.
+pub fn encode(model: &ModelProto) -> Vec<u8> {
+    prost::Message::encode_to_vec(model)
+}
+
+/// Logs `label: done/total (pct), elapsed, ETA` at most every 10 s, and at the end.
+pub struct Progress {
+    label: String,
+    total: usize,
+    done: usize,
+    start: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    /// Starts a progress log for `total` items.
+    pub fn new(label: &str, total: usize) -> Self {
+        log::info!("{label}: {total} images");
+        let now = Instant::now();
+        Self {
+            label: label.into(),
+            total,
+            done: 0,
+            start: now,
+            last: now,
+        }
+    }
+
+    /// One more item done.
+    pub fn tick(&mut self) {
+        self.done += 1;
+        let el = self.start.elapsed().as_secs_f64();
+        if self.last.elapsed().as_secs_f64() >= 10.0 || self.done == self.total {
+            self.last = Instant::now();
+            let eta = el / self.done as f64 * (self.total - self.done) as f64;
+            log::info!(
+                "{}: {}/{} ({:.0}%), {el:.0} s elapsed, ETA {eta:.0} s",
+                self.label,
+                self.done,
+                self.total,
+                100.0 * self.done as f64 / self.total.max(1) as f64
+            );
+        }
+    }
+
+    /// Seconds since the start.
+    pub fn elapsed_s(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+}
+
+/// Preprocessed model inputs of a set of image files.
+#[derive(Debug, Default)]
+pub struct Images {
+    /// Files that were read, in order.
+    pub paths: Vec<PathBuf>,
+    /// Their model inputs (3 x side x side, usimage's Caffe BGR normalisation).
+    pub tensors: Vec<Vec<f32>>,
+    /// Files skipped and why.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Reads and preprocesses `paths` (first frame of each file) through usimage, the path the
+/// device runs. Unreadable files are skipped and listed; more than `max_failed_pct` percent
+/// of them is an error, as is an empty set.
+pub fn load_images(
+    paths: &[PathBuf],
+    side: u32,
+    max_failed_pct: f64,
+    what: &str,
+) -> Result<Images, QuantizeError> {
+    if paths.is_empty() {
+        return Err(QuantizeError::EmptySet(what.into()));
+    }
+    let mut pre = Preprocessor::new(side, Normalization::caffe_bgr());
+    let mut out = Images::default();
+    for p in paths {
+        let r = std::fs::read(p).map_err(|e| e.to_string()).and_then(|b| {
+            let file = UsFile::from_bytes(&b).map_err(|e| e.to_string())?;
+            let frame = file.frame(0).map_err(|e| e.to_string())?;
+            let mut t = vec![0f32; pre.output_len()];
+            pre.process(&frame, &mut t).map_err(|e| e.to_string())?;
+            Ok(t)
+        });
+        match r {
+            Ok(t) => {
+                out.paths.push(p.clone());
+                out.tensors.push(t);
+            }
+            Err(e) => {
+                log::warn!("{what}: skipped {}: {e}", p.display());
+                out.skipped.push((p.clone(), e));
+            }
+        }
+    }
+    let failed = out.skipped.len();
+    if out.tensors.is_empty() || failed as f64 > max_failed_pct / 100.0 * paths.len() as f64 {
+        return Err(QuantizeError::Unreadable {
+            what: what.into(),
+            failed,
+            total: paths.len(),
+            max_pct: max_failed_pct,
+            list: out
+                .skipped
+                .iter()
+                .take(20)
+                .map(|(p, e)| format!("  {}: {e}", p.display()))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        });
+    }
+    Ok(out)
+}
+
+/// Magnitude histograms of every tensor that needs an activation scale.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    /// Calibrated tensors, graph order.
+    pub tensors: Vec<String>,
+    /// One histogram per tensor.
+    pub hists: Vec<Histogram>,
+    /// Images seen.
+    pub images: usize,
+}
+
+impl Stats {
+    /// Activation scales chosen by `calibrator`, per tensor.
+    pub fn scales(&self, calibrator: Calibrator) -> BTreeMap<String, f32> {
+        self.tensors
+            .iter()
+            .zip(&self.hists)
+            .map(|(t, h)| (t.clone(), math::symmetric_scale(h.threshold(calibrator))))
+            .collect()
+    }
+}
+
+/// Float values of the calibrated tensors for one input, then any further outputs: the
+/// input tensor is taken as is, the others from `outs` (an engine run with them as outputs,
+/// in order, the input excluded).
+fn activations<'a>(
+    model: &FloatModel,
+    tensors: &[String],
+    outs: Vec<Vec<f32>>,
+    input: &'a [f32],
+) -> Result<Vec<Cow<'a, [f32]>>, QuantizeError> {
+    let mut outs = outs.into_iter();
+    let mut v = tensors
+        .iter()
+        .map(|t| {
+            if t == model.input_name() {
+                Ok(Cow::Borrowed(input))
+            } else {
+                outs.next()
+                    .map(Cow::Owned)
+                    .ok_or_else(|| QuantizeError::Tract(format!("no output for `{t}`")))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    v.extend(outs.map(Cow::Owned));
+    Ok(v)
+}
+
+fn shape(model: &FloatModel) -> Result<Vec<usize>, QuantizeError> {
+    model
+        .input_shape()
+        .ok_or_else(|| QuantizeError::Invalid("input shape not fixed (besides batch)".into()))
+}
+
+fn hidden(model: &FloatModel, tensors: &[String]) -> Vec<String> {
+    tensors
+        .iter()
+        .filter(|t| *t != model.input_name())
+        .cloned()
+        .collect()
+}
+
+/// Runs the float model over `images` once, histogramming every tensor to be quantized.
+pub fn collect_stats(
+    model: &FloatModel,
+    images: &[Vec<f32>],
+    bins: usize,
+) -> Result<Stats, QuantizeError> {
+    if images.is_empty() {
+        return Err(QuantizeError::EmptySet("calibration".into()));
+    }
+    let tensors = model.calibration_tensors()?;
+    let engine = Engine::new(model.proto(), &shape(model)?, &hidden(model, &tensors))?;
+    let mut hists = vec![Histogram::new(bins); tensors.len()];
+    let mut progress = Progress::new("calibration", images.len());
+    for input in images {
+        for (h, a) in hists
+            .iter_mut()
+            .zip(activations(model, &tensors, engine.run(input)?, input)?)
+        {
+            h.add(&a);
+        }
+        progress.tick();
+    }
+    Ok(Stats {
+        tensors,
+        hists,
+        images: images.len(),
+    })
+}
+
+/// Runs `proto` over `images` and returns output `output` of each.
+pub fn predict(
+    proto: &ModelProto,
+    input_shape: &[usize],
+    output: &str,
+    images: &[Vec<f32>],
+    label: &str,
+) -> Result<Vec<Vec<f32>>, QuantizeError> {
+    let engine = Engine::new(proto, input_shape, &[output.to_string()])?;
+    let mut progress = Progress::new(label, images.len());
+    images
+        .iter()
+        .map(|x| {
+            let mut o = engine.run(x)?;
+            progress.tick();
+            o.pop()
+                .ok_or_else(|| QuantizeError::Tract(format!("no output `{output}`")))
+        })
+        .collect()
+}
+
+/// How closely quantized class probabilities follow the float ones. The screening score is
+/// p(abnormal) = 1 - p(class 0).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Agreement {
+    /// Images compared.
+    pub n: usize,
+    /// Mean |p_abnormal(int8) - p_abnormal(float)|.
+    pub mean_abs_dp: f64,
+    /// Largest |difference| of any class probability.
+    pub max_abs_dp: f64,
+    /// Images whose decision at the threshold differs.
+    pub flips: usize,
+    /// Share of images with the same decision.
+    pub agreement: f64,
+}
+
+/// Compares two sets of probability rows at the operating `threshold` on p(abnormal).
+pub fn agreement(float: &[Vec<f32>], quant: &[Vec<f32>], threshold: f64) -> Agreement {
+    let (mut sum, mut max, mut flips) = (0.0, 0.0f64, 0);
+    for (f, q) in float.iter().zip(quant) {
+        let pf = 1.0 - f64::from(f[0]);
+        let pq = 1.0 - f64::from(q[0]);
+        sum += (pf - pq).abs();
+        for (a, b) in f.iter().zip(q) {
+            max = max.max(f64::from((a - b).abs()));
+        }
+        if (pf >= threshold) != (pq >= threshold) {
+            flips += 1;
+        }
+    }
+    let n = float.len().min(quant.len());
+    Agreement {
+        n,
+        mean_abs_dp: sum / n.max(1) as f64,
+        max_abs_dp: max,
+        flips,
+        agreement: 1.0 - flips as f64 / n.max(1) as f64,
+    }
+}
+
+/// One row of the per-layer error report.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerRow {
+    /// The quantized tensor (a convolution's output, its Relu, or a block output / input).
+    pub tensor: String,
+    /// Activation scale.
+    pub scale: f32,
+    /// Largest magnitude seen in calibration.
+    pub max_abs: f32,
+    /// Clip threshold (127 * scale).
+    pub threshold: f32,
+    /// Share of values beyond the threshold, percent.
+    pub clipped_pct: f64,
+    /// SQNR of quantizing the float tensor alone, dB: the calibrator's own error.
+    pub local_sqnr_db: f64,
+    /// SQNR of the simulated int8 network's tensor against float, dB: error accumulated
+    /// through all layers up to here.
+    pub network_sqnr_db: f64,
+}
+
+/// Per-layer SQNR on `images`: each calibrated tensor of the simulated int8 network against
+/// the float network, plus the model outputs (`tensor` = output name, scale 0).
+pub fn layer_report(
+    model: &FloatModel,
+    stats: &Stats,
+    scales: &BTreeMap<String, f32>,
+    sim: &ModelProto,
+    images: &[Vec<f32>],
+) -> Result<Vec<LayerRow>, QuantizeError> {
+    let shape = shape(model)?;
+    let outs = model.output_names();
+    let mut fnames = hidden(model, &stats.tensors);
+    fnames.extend(outs.iter().cloned());
+    let mut snames: Vec<String> = stats.tensors.iter().map(|t| format!("{t}{Q8}")).collect();
+    snames.extend(outs.iter().cloned());
+    let fe = Engine::new(model.proto(), &shape, &fnames)?;
+    let se = Engine::new(sim, &shape, &snames)?;
+    let k = stats.tensors.len();
+    let mut local = vec![math::Sqnr::default(); k + outs.len()];
+    let mut net = vec![math::Sqnr::default(); k + outs.len()];
+    let mut clipped = vec![(0u64, 0u64); k];
+    let mut progress = Progress::new("per-layer SQNR", images.len());
+    for x in images {
+        let f = activations(model, &stats.tensors, fe.run(x)?, x)?;
+        let s = se.run(x)?;
+        for (i, (fv, sv)) in f.iter().zip(&s).enumerate() {
+            if i < k {
+                let sc = scales.get(&stats.tensors[i]).copied().unwrap_or(1.0);
+                let lq: Vec<f32> = fv.iter().map(|v| math::fake_quant(*v, sc)).collect();
+                local[i].add(fv, &lq);
+                let deq: Vec<f32> = sv.iter().map(|q| q * sc).collect();
+                net[i].add(fv, &deq);
+                let t = 127.0 * sc;
+                clipped[i].0 += fv.iter().filter(|v| v.abs() > t).count() as u64;
+                clipped[i].1 += fv.len() as u64;
+            } else {
+                net[i].add(fv, sv);
+            }
+        }
+        progress.tick();
+    }
+    let mut rows: Vec<LayerRow> = stats
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let sc = scales.get(t).copied().unwrap_or(1.0);
+            LayerRow {
+                tensor: t.clone(),
+                scale: sc,
+                max_abs: stats.hists[i].max(),
+                threshold: 127.0 * sc,
+                clipped_pct: 100.0 * clipped[i].0 as f64 / clipped[i].1.max(1) as f64,
+                local_sqnr_db: local[i].db(),
+                network_sqnr_db: net[i].db(),
+            }
+        })
+        .collect();
+    rows.extend(outs.iter().enumerate().map(|(j, o)| LayerRow {
+        tensor: o.clone(),
+        scale: 0.0,
+        max_abs: 0.0,
+        threshold: 0.0,
+        clipped_pct: 0.0,
+        local_sqnr_db: f64::NAN,
+        network_sqnr_db: net[k + j].db(),
+    }));
+    Ok(rows)
+}
+
+/// The per-layer table as Markdown.
+pub fn layer_table_markdown(rows: &[LayerRow]) -> String {
+    let mut s = String::from(
+        "| tensor | scale | max abs | threshold | clipped % | local SQNR dB | network SQNR dB |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {:.5} | {:.3} | {:.3} | {:.4} | {:.1} | {:.1} |\n",
+            r.tensor,
+            r.scale,
+            r.max_abs,
+            r.threshold,
+            r.clipped_pct,
+            r.local_sqnr_db,
+            r.network_sqnr_db
+        ));
+    }
+    s
+}

@@ -46,6 +46,9 @@ enum Command {
     /// Benchmark the int8 model against float in tract and onnxruntime: file size, load time
     /// of each form, latency medians, the form the loader picks and output agreement.
     BenchInt8(cmd::bench_int8::Args),
+    /// Quantize a float model to int8 (QOperator ONNX): calibration through usimage,
+    /// calibrator chosen on validation, per-layer SQNR and float-vs-int8 accuracy report.
+    Quantize(cmd::quantize::Args),
 }
 
 fn main() -> Result<()> {
@@ -61,5 +64,6 @@ fn main() -> Result<()> {
         Command::Train(a) => cmd::train::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::BenchInt8(a) => cmd::bench_int8::run(a),
+        Command::Quantize(a) => cmd::quantize::run(a),
     }
 }

@@ -5,6 +5,7 @@ pub mod bench_int8;
 pub mod cart_sim;
 pub mod eval;
 pub mod preprocess;
+pub mod quantize;
 pub mod synth;
 pub mod train;
 pub mod weights;

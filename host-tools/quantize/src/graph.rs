@@ -1,0 +1,658 @@
+//! Reading the float ONNX model and rewriting it into the int8 QOperator form (or into its
+//! float simulation).
+//!
+//! Every tensor of the rewritten graph lives in one of two domains: float (original name) or
+//! int8 (`<name>_q8`, symmetric, zero point 0, scale from calibration). Convolutions consume
+//! and produce int8; MaxPool follows its input; everything else (residual Add, the head)
+//! runs in float, fed through `DequantizeLinear`. Conversions are inserted lazily, once per
+//! tensor, only where a consumer needs the other domain.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use prost::Message;
+use tract_onnx::pb::{
+    attribute_proto::AttributeType, tensor_proto::DataType, type_proto, AttributeProto, GraphProto,
+    ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+};
+
+use crate::error::QuantizeError;
+use crate::math::{quantize_bias, quantize_weights, Sqnr};
+
+/// Operators accepted in the float input model.
+pub const INPUT_OPS: [&str; 10] = [
+    "Conv",
+    "Relu",
+    "MaxPool",
+    "Add",
+    "GlobalAveragePool",
+    "Flatten",
+    "Reshape",
+    "Gemm",
+    "MatMul",
+    "Softmax",
+];
+
+/// Operators that mean the input is already quantized.
+const QUANT_OPS: [&str; 7] = [
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "QLinearConv",
+    "QLinearMatMul",
+    "ConvInteger",
+    "MatMulInteger",
+    "DynamicQuantizeLinear",
+];
+
+/// ONNX opset of the written file.
+pub const OPSET: i64 = 13;
+/// Suffix of int8 tensors.
+pub const Q8: &str = "_q8";
+/// Name of the shared int8 zero point initializer.
+const ZERO_POINT: &str = "q8.zero_point";
+
+/// Which graph to build from the same quantization parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// The shipped file: `QLinearConv` on int8 weights and int32 biases.
+    Integer,
+    /// The same arithmetic in float kernels: int8 weights dequantized into a float `Conv`,
+    /// activations still rounded and saturated by `QuantizeLinear`/`DequantizeLinear`.
+    /// tract runs it about 30x faster than its integer kernels here.
+    Simulated,
+}
+
+/// A validated float model.
+#[derive(Debug, Clone)]
+pub struct FloatModel {
+    proto: ModelProto,
+    init: HashMap<String, usize>,
+}
+
+/// What the rewrite did to one convolution, for the report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConvInfo {
+    /// Node name.
+    pub name: String,
+    /// Output channels.
+    pub channels: usize,
+    /// Key of the calibrated tensor feeding it.
+    pub input: String,
+    /// Key of the calibrated tensor it produces (its Relu output when fused).
+    pub output: String,
+    /// SQNR of the int8 per-channel weights against the float ones, dB.
+    pub weight_sqnr_db: f64,
+    /// Biases that did not fit int32 (should be 0).
+    pub bias_saturated: usize,
+}
+
+fn io_err(e: impl std::fmt::Display) -> QuantizeError {
+    QuantizeError::Decode(e.to_string())
+}
+
+/// Float contents of an initializer.
+pub fn float_data(t: &TensorProto) -> Result<Vec<f32>, QuantizeError> {
+    if t.data_type != DataType::Float as i32 {
+        return Err(QuantizeError::NotFloat(format!(
+            "initializer `{}` has ONNX data type {}",
+            t.name, t.data_type
+        )));
+    }
+    if !t.raw_data.is_empty() {
+        if t.raw_data.len() % 4 != 0 {
+            return Err(QuantizeError::Invalid(format!(
+                "initializer `{}`: raw data of {} bytes",
+                t.name,
+                t.raw_data.len()
+            )));
+        }
+        return Ok(t
+            .raw_data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect());
+    }
+    Ok(t.float_data.clone())
+}
+
+impl FloatModel {
+    /// Decodes and validates: every node one of [`INPUT_OPS`], float input and initializers
+    /// (int64 allowed for shapes), convolution weights as initializers.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, QuantizeError> {
+        let proto = ModelProto::decode(bytes).map_err(io_err)?;
+        let graph = proto
+            .graph
+            .as_ref()
+            .ok_or_else(|| QuantizeError::Invalid("no graph".into()))?;
+        for n in &graph.node {
+            if QUANT_OPS.contains(&n.op_type.as_str()) {
+                return Err(QuantizeError::NotFloat(format!(
+                    "node `{}` is {} (already quantized?)",
+                    n.name, n.op_type
+                )));
+            }
+            if !INPUT_OPS.contains(&n.op_type.as_str()) || !n.domain.is_empty() {
+                return Err(QuantizeError::UnsupportedOp {
+                    op: n.op_type.clone(),
+                    node: n.name.clone(),
+                });
+            }
+            if n.input.first().is_none_or(|i| i.is_empty()) || n.output.is_empty() {
+                return Err(QuantizeError::Invalid(format!(
+                    "node `{}` has no input or no output",
+                    n.name
+                )));
+            }
+        }
+        for t in &graph.initializer {
+            if t.data_type != DataType::Float as i32 && t.data_type != DataType::Int64 as i32 {
+                return Err(QuantizeError::NotFloat(format!(
+                    "initializer `{}` has ONNX data type {} (float expected)",
+                    t.name, t.data_type
+                )));
+            }
+        }
+        let init: HashMap<String, usize> = graph
+            .initializer
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        let inputs: Vec<_> = graph
+            .input
+            .iter()
+            .filter(|i| !init.contains_key(&i.name))
+            .collect();
+        if inputs.len() != 1 {
+            return Err(QuantizeError::Invalid(format!(
+                "expected one image input, found {}",
+                inputs.len()
+            )));
+        }
+        if let Some(type_proto::Value::TensorType(t)) =
+            inputs[0].r#type.as_ref().and_then(|t| t.value.as_ref())
+        {
+            if t.elem_type != DataType::Float as i32 {
+                return Err(QuantizeError::NotFloat(format!(
+                    "input `{}` has ONNX data type {}",
+                    inputs[0].name, t.elem_type
+                )));
+            }
+        }
+        for n in graph.node.iter().filter(|n| n.op_type == "Conv") {
+            let w = n.input.get(1).and_then(|w| init.get(w));
+            let ok = w.is_some_and(|&i| graph.initializer[i].dims.len() == 4)
+                && n.input
+                    .get(2)
+                    .is_none_or(|b| b.is_empty() || init.contains_key(b));
+            if !ok {
+                return Err(QuantizeError::Invalid(format!(
+                    "Conv `{}` needs a 4-D weight initializer and an initializer bias",
+                    n.name
+                )));
+            }
+        }
+        Ok(Self { proto, init })
+    }
+
+    fn graph(&self) -> &GraphProto {
+        // Checked in from_bytes.
+        static EMPTY: std::sync::OnceLock<GraphProto> = std::sync::OnceLock::new();
+        self.proto
+            .graph
+            .as_ref()
+            .unwrap_or_else(|| EMPTY.get_or_init(GraphProto::default))
+    }
+
+    /// The decoded model.
+    pub fn proto(&self) -> &ModelProto {
+        &self.proto
+    }
+
+    /// Name of the image input.
+    pub fn input_name(&self) -> &str {
+        self.graph()
+            .input
+            .iter()
+            .find(|i| !self.init.contains_key(&i.name))
+            .map_or("", |i| i.name.as_str())
+    }
+
+    /// Input dimensions with a symbolic batch set to 1 (None if the model does not say).
+    pub fn input_shape(&self) -> Option<Vec<usize>> {
+        let name = self.input_name();
+        let vi = self.graph().input.iter().find(|i| i.name == name)?;
+        let Some(type_proto::Value::TensorType(t)) = vi.r#type.as_ref()?.value.as_ref() else {
+            return None;
+        };
+        let dims = &t.shape.as_ref()?.dim;
+        Some(
+            dims.iter()
+                .enumerate()
+                .map(|(i, d)| match d.value {
+                    Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(v))
+                        if v > 0 =>
+                    {
+                        v as usize
+                    }
+                    _ if i == 0 => 1,
+                    _ => 0,
+                })
+                .collect(),
+        )
+        .filter(|d: &Vec<usize>| !d.contains(&0))
+    }
+
+    /// Names of the graph outputs.
+    pub fn output_names(&self) -> Vec<String> {
+        self.graph().output.iter().map(|o| o.name.clone()).collect()
+    }
+
+    /// Tensors whose activation range must be calibrated, in graph order.
+    pub fn calibration_tensors(&self) -> Result<Vec<String>, QuantizeError> {
+        let mut r = Rewriter::new(self, None, Form::Integer);
+        r.run()?;
+        Ok(r.requested)
+    }
+
+    /// Builds the int8 model (or its simulation) with the given activation scales.
+    pub fn rewrite(
+        &self,
+        scales: &BTreeMap<String, f32>,
+        form: Form,
+    ) -> Result<(ModelProto, Vec<ConvInfo>), QuantizeError> {
+        let mut r = Rewriter::new(self, Some(scales), form);
+        r.run()?;
+        let convs = std::mem::take(&mut r.convs);
+        Ok((r.finish(), convs))
+    }
+}
+
+struct Rewriter<'a> {
+    model: &'a FloatModel,
+    scales: Option<&'a BTreeMap<String, f32>>,
+    form: Form,
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+    init_names: HashSet<String>,
+    /// Float tensors available under their original name.
+    float: HashSet<String>,
+    /// Int8 tensors (`<name>_q8`) and the calibration key of their scale.
+    int8: HashMap<String, String>,
+    /// Conv-input dequantizations already emitted (simulation).
+    dq_inputs: HashSet<String>,
+    requested: Vec<String>,
+    convs: Vec<ConvInfo>,
+}
+
+/// A float initializer: a scalar when `scalar`, else 1-D.
+fn float_init(name: &str, v: &[f32], scalar: bool) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: if scalar { vec![] } else { vec![v.len() as i64] },
+        data_type: DataType::Float as i32,
+        raw_data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+fn node(op: &str, name: &str, inputs: &[&str], output: &str) -> NodeProto {
+    NodeProto {
+        op_type: op.into(),
+        name: name.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    }
+}
+
+fn axis0() -> AttributeProto {
+    AttributeProto {
+        name: "axis".into(),
+        r#type: AttributeType::Int as i32,
+        i: 0,
+        ..Default::default()
+    }
+}
+
+impl<'a> Rewriter<'a> {
+    fn new(model: &'a FloatModel, scales: Option<&'a BTreeMap<String, f32>>, form: Form) -> Self {
+        let mut float: HashSet<String> = model.init.keys().cloned().collect();
+        float.insert(model.input_name().to_string());
+        Self {
+            model,
+            scales,
+            form,
+            nodes: Vec::new(),
+            inits: Vec::new(),
+            init_names: HashSet::new(),
+            float,
+            int8: HashMap::new(),
+            dq_inputs: HashSet::new(),
+            requested: Vec::new(),
+            convs: Vec::new(),
+        }
+    }
+
+    fn add_init(&mut self, t: TensorProto) -> String {
+        let name = t.name.clone();
+        if self.init_names.insert(name.clone()) {
+            self.inits.push(t);
+        }
+        name
+    }
+
+    fn scale(&mut self, key: &str) -> Result<f32, QuantizeError> {
+        if !self.requested.iter().any(|k| k == key) {
+            self.requested.push(key.to_string());
+        }
+        match self.scales {
+            None => Ok(1.0),
+            Some(s) => s
+                .get(key)
+                .copied()
+                .filter(|v| *v > 0.0 && v.is_finite())
+                .ok_or_else(|| QuantizeError::MissingScale(key.to_string())),
+        }
+    }
+
+    /// Scale and zero point initializers of a calibration key.
+    fn qparams(&mut self, key: &str) -> Result<(String, String), QuantizeError> {
+        let s = self.scale(key)?;
+        let scale = self.add_init(float_init(&format!("{key}.scale"), &[s], true));
+        let zp = self.add_init(TensorProto {
+            name: ZERO_POINT.into(),
+            data_type: DataType::Int8 as i32,
+            raw_data: vec![0],
+            ..Default::default()
+        });
+        Ok((scale, zp))
+    }
+
+    /// The int8 version of tensor `t` (quantizing it if it is float).
+    fn need_int8(&mut self, t: &str) -> Result<String, QuantizeError> {
+        let q = format!("{t}{Q8}");
+        if !self.int8.contains_key(t) {
+            let (s, zp) = self.qparams(t)?;
+            self.nodes.push(node(
+                "QuantizeLinear",
+                &format!("{t}_quant"),
+                &[t, &s, &zp],
+                &q,
+            ));
+            self.int8.insert(t.to_string(), t.to_string());
+        }
+        Ok(q)
+    }
+
+    /// The float version of tensor `t` (dequantizing it if it is int8).
+    fn need_float(&mut self, t: &str) -> Result<String, QuantizeError> {
+        if t.is_empty() || self.float.contains(t) {
+            return Ok(t.to_string());
+        }
+        let key =
+            self.int8.get(t).cloned().ok_or_else(|| {
+                QuantizeError::Invalid(format!("tensor `{t}` used before defined"))
+            })?;
+        let (s, zp) = self.qparams(&key)?;
+        let q = format!("{t}{Q8}");
+        self.nodes.push(node(
+            "DequantizeLinear",
+            &format!("{t}_dequant"),
+            &[&q, &s, &zp],
+            t,
+        ));
+        self.float.insert(t.to_string());
+        Ok(t.to_string())
+    }
+
+    fn consumers(&self, t: &str) -> Vec<usize> {
+        self.model
+            .graph()
+            .node
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.input.iter().any(|i| i == t))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    fn run(&mut self) -> Result<(), QuantizeError> {
+        let graph = self.model.graph();
+        let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+        let mut fused: HashSet<usize> = HashSet::new();
+        for (i, n) in graph.node.iter().enumerate() {
+            if fused.contains(&i) {
+                continue;
+            }
+            let out = n
+                .output
+                .first()
+                .ok_or_else(|| QuantizeError::Invalid(format!("node `{}` has no output", n.name)))?
+                .clone();
+            match n.op_type.as_str() {
+                "Conv" => {
+                    let users = self.consumers(&out);
+                    let relu = match users.as_slice() {
+                        [u] if graph.node[*u].op_type == "Relu" && !outputs.contains(&*out) => {
+                            Some(*u)
+                        }
+                        _ => None,
+                    };
+                    let key = match relu {
+                        Some(u) => {
+                            fused.insert(u);
+                            graph.node[u].output.first().cloned().unwrap_or_default()
+                        }
+                        None => out.clone(),
+                    };
+                    self.conv(n, &out, &key)?;
+                    if relu.is_some() {
+                        // Relu in float between DequantizeLinear and QuantizeLinear: standard
+                        // opset 13 (int8 Relu needs 14); exact, since zero point 0 maps 0 to 0,
+                        // and tract folds the chain into an int8 operation.
+                        let pre = self.need_float(&out)?;
+                        self.nodes.push(node("Relu", &key, &[&pre], &key));
+                        self.float.insert(key.clone());
+                        let (s, zp) = self.qparams(&key)?;
+                        let q = format!("{key}{Q8}");
+                        self.nodes.push(node(
+                            "QuantizeLinear",
+                            &format!("{key}_quant"),
+                            &[&key, &s, &zp],
+                            &q,
+                        ));
+                        self.int8.insert(key.clone(), key.clone());
+                    }
+                }
+                "MaxPool" if self.int8.contains_key(&n.input[0]) => {
+                    let key = self.int8[&n.input[0]].clone();
+                    let x = format!("{}{Q8}", n.input[0]);
+                    let mut m = n.clone();
+                    m.input = vec![x];
+                    m.output = vec![format!("{out}{Q8}")];
+                    self.nodes.push(m);
+                    self.int8.insert(out.clone(), key);
+                }
+                _ => {
+                    let mut m = n.clone();
+                    m.input = n
+                        .input
+                        .iter()
+                        .map(|t| self.need_float(t))
+                        .collect::<Result<_, _>>()?;
+                    self.nodes.push(m);
+                    for o in &n.output {
+                        self.float.insert(o.clone());
+                    }
+                }
+            }
+        }
+        for o in &graph.output {
+            self.need_float(&o.name)?;
+        }
+        Ok(())
+    }
+
+    fn conv(&mut self, n: &NodeProto, out: &str, key: &str) -> Result<(), QuantizeError> {
+        let graph = self.model.graph();
+        let x = self.need_int8(&n.input[0])?;
+        let x_key = self.int8[&n.input[0]].clone();
+        let w = &graph.initializer[self.model.init[&n.input[1]]];
+        let kernel = float_data(w)?;
+        let channels = w.dims[0] as usize;
+        let bias = match n.input.get(2).filter(|b| !b.is_empty()) {
+            Some(b) => float_data(&graph.initializer[self.model.init[b]])?,
+            None => vec![0.0; channels],
+        };
+        let qw = quantize_weights(&kernel, channels);
+        let x_scale = self.scale(&x_key)?;
+        let (qb, saturated) = quantize_bias(&bias, x_scale, &qw.scales);
+        if saturated > 0 {
+            log::warn!("{}: {saturated} biases saturated int32", n.name);
+        }
+        let per = kernel.len() / channels.max(1);
+        let deq: Vec<f32> = qw
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, q)| f32::from(*q) * qw.scales[i / per.max(1)])
+            .collect();
+        let mut sq = Sqnr::default();
+        sq.add(&kernel, &deq);
+        self.convs.push(ConvInfo {
+            name: n.name.clone(),
+            channels,
+            input: x_key.clone(),
+            output: key.to_string(),
+            weight_sqnr_db: sq.db(),
+            bias_saturated: saturated,
+        });
+        if self.scales.is_none() {
+            // Discovery pass: only the requested keys matter.
+            self.scale(key)?;
+            self.int8.insert(out.to_string(), key.to_string());
+            return Ok(());
+        }
+        let (xs, zp) = self.qparams(&x_key)?;
+        let (ys, _) = self.qparams(key)?;
+        let wq = self.add_init(TensorProto {
+            name: format!("{}.weight_q8", n.name),
+            dims: w.dims.clone(),
+            data_type: DataType::Int8 as i32,
+            raw_data: qw.values.iter().map(|v| *v as u8).collect(),
+            ..Default::default()
+        });
+        let ws = self.add_init(float_init(
+            &format!("{}.weight_scale", n.name),
+            &qw.scales,
+            false,
+        ));
+        let wzp = self.add_init(TensorProto {
+            name: format!("{}.weight_zero_point", n.name),
+            dims: vec![channels as i64],
+            data_type: DataType::Int8 as i32,
+            raw_data: vec![0; channels],
+            ..Default::default()
+        });
+        let y = format!("{out}{Q8}");
+        match self.form {
+            Form::Integer => {
+                let b = self.add_init(TensorProto {
+                    name: format!("{}.bias_q32", n.name),
+                    dims: vec![channels as i64],
+                    data_type: DataType::Int32 as i32,
+                    raw_data: qb.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    ..Default::default()
+                });
+                let mut c = node(
+                    "QLinearConv",
+                    &n.name,
+                    &[&x, &xs, &zp, &wq, &ws, &wzp, &ys, &zp, &b],
+                    &y,
+                );
+                c.attribute = n.attribute.clone();
+                self.nodes.push(c);
+            }
+            Form::Simulated => {
+                let xf = format!("{x}_dq");
+                if self.dq_inputs.insert(xf.clone()) {
+                    self.nodes.push(node(
+                        "DequantizeLinear",
+                        &format!("{x}_dequant"),
+                        &[&x, &xs, &zp],
+                        &xf,
+                    ));
+                }
+                let wf = format!("{}.weight_dq", n.name);
+                let mut d = node(
+                    "DequantizeLinear",
+                    &format!("{}.weight_dequant", n.name),
+                    &[&wq, &ws, &wzp],
+                    &wf,
+                );
+                d.attribute = vec![axis0()];
+                self.nodes.push(d);
+                let bf: Vec<f32> = qb
+                    .iter()
+                    .zip(&qw.scales)
+                    .map(|(b, s)| (f64::from(*b) * f64::from(x_scale) * f64::from(*s)) as f32)
+                    .collect();
+                let b = self.add_init(float_init(&format!("{}.bias_dq", n.name), &bf, false));
+                let cf = format!("{out}_f32");
+                let mut c = node("Conv", &n.name, &[&xf, &wf, &b], &cf);
+                c.attribute = n.attribute.clone();
+                self.nodes.push(c);
+                self.nodes.push(node(
+                    "QuantizeLinear",
+                    &format!("{out}_quant"),
+                    &[&cf, &ys, &zp],
+                    &y,
+                ));
+            }
+        }
+        self.int8.insert(out.to_string(), key.to_string());
+        Ok(())
+    }
+
+    fn finish(self) -> ModelProto {
+        let graph = self.model.graph();
+        let used: BTreeSet<&str> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.input.iter().map(String::as_str))
+            .collect();
+        let mut initializer: Vec<TensorProto> = graph
+            .initializer
+            .iter()
+            .filter(|t| used.contains(t.name.as_str()))
+            .cloned()
+            .collect();
+        initializer.extend(self.inits);
+        let input = graph
+            .input
+            .iter()
+            .filter(|i| !self.model.init.contains_key(&i.name))
+            .cloned()
+            .collect();
+        ModelProto {
+            ir_version: self.model.proto.ir_version.max(7),
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: OPSET,
+            }],
+            producer_name: "renalscan-quantize".into(),
+            producer_version: env!("CARGO_PKG_VERSION").into(),
+            doc_string: self.model.proto.doc_string.clone(),
+            metadata_props: self.model.proto.metadata_props.clone(),
+            graph: Some(GraphProto {
+                name: format!("{}_int8", graph.name),
+                node: self.nodes,
+                initializer,
+                input,
+                output: graph.output.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! The rewrite on a tiny synthetic model (conv-relu-maxpool-conv-add-relu-pool-gemm-softmax):
+//! float vs simulated int8 vs tract's integer form, file layout, and the typed errors.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use prost::Message;
+use quantize::{engine, Calibrator, FloatModel, Form, QuantizeError};
+use tract_onnx::pb::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension,
+    tensor_shape_proto::Dimension, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
+const SIDE: i64 = 8;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize, amp: f32) -> Vec<f32> {
+        (0..n).map(|_| self.next() * amp).collect()
+    }
+}
+
+fn init(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: DataType::Float as i32,
+        raw_data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+fn ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Int as i32,
+        i: v,
+        ..Default::default()
+    }
+}
+
+fn n(op: &str, name: &str, inputs: &[&str], attribute: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        op_type: op.into(),
+        name: name.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![name.into()],
+        attribute,
+        ..Default::default()
+    }
+}
+
+fn value_info(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: DataType::Float as i32,
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| Dimension {
+                            denotation: String::new(),
+                            value: Some(match d {
+                                Some(v) => dimension::Value::DimValue(*v),
+                                None => dimension::Value::DimParam("N".into()),
+                            }),
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        doc_string: String::new(),
+    }
+}
+
+fn conv(
+    g: &mut GraphProto,
+    rng: &mut Rng,
+    name: &str,
+    x: &str,
+    cin: i64,
+    cout: i64,
+    k: i64,
+) -> String {
+    let w = format!("{name}.weight");
+    let b = format!("{name}.bias");
+    let amp = (1.0 / (cin * k * k) as f32).sqrt() * 1.7;
+    g.initializer.push(init(
+        &w,
+        &[cout, cin, k, k],
+        &rng.vec((cout * cin * k * k) as usize, amp),
+    ));
+    g.initializer
+        .push(init(&b, &[cout], &rng.vec(cout as usize, 0.1)));
+    let p = k / 2;
+    g.node.push(n(
+        "Conv",
+        name,
+        &[x, &w, &b],
+        vec![
+            ints("kernel_shape", &[k, k]),
+            ints("strides", &[1, 1]),
+            ints("pads", &[p, p, p, p]),
+            ints("dilations", &[1, 1]),
+            int("group", 1),
+        ],
+    ));
+    name.into()
+}
+
+/// conv(3->8) relu maxpool | conv(8->8) relu conv(8->8) + shortcut, relu = features |
+/// GAP flatten gemm(8->3) softmax = probs.
+fn tiny_model(extra: Option<NodeProto>) -> Vec<u8> {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut g = GraphProto {
+        name: "tiny".into(),
+        ..Default::default()
+    };
+    conv(&mut g, &mut rng, "c1", "image", 3, 8, 3);
+    g.node.push(n("Relu", "c1_relu", &["c1"], vec![]));
+    g.node.push(n(
+        "MaxPool",
+        "pool",
+        &["c1_relu"],
+        vec![
+            ints("kernel_shape", &[3, 3]),
+            ints("strides", &[2, 2]),
+            ints("pads", &[1, 1, 1, 1]),
+        ],
+    ));
+    conv(&mut g, &mut rng, "a", "pool", 8, 8, 1);
+    g.node.push(n("Relu", "a_relu", &["a"], vec![]));
+    conv(&mut g, &mut rng, "b", "a_relu", 8, 8, 3);
+    g.node.push(n("Add", "add", &["b", "pool"], vec![]));
+    let mut features = n("Relu", "add_relu", &["add"], vec![]);
+    features.output = vec!["features".into()];
+    g.node.push(features);
+    g.node
+        .push(n("GlobalAveragePool", "gap", &["features"], vec![]));
+    g.node
+        .push(n("Flatten", "flat", &["gap"], vec![int("axis", 1)]));
+    g.initializer
+        .push(init("head.weight", &[8, 3], &rng.vec(24, 0.8)));
+    g.initializer
+        .push(init("head.bias", &[3], &[0.1, -0.2, 0.05]));
+    g.node.push(n(
+        "Gemm",
+        "head",
+        &["flat", "head.weight", "head.bias"],
+        vec![],
+    ));
+    let mut sm = n("Softmax", "softmax", &["head"], vec![int("axis", 1)]);
+    sm.output = vec!["probs".into()];
+    g.node.push(sm);
+    if let Some(x) = extra {
+        g.node.push(x);
+    }
+    g.input = vec![value_info(
+        "image",
+        &[None, Some(3), Some(SIDE), Some(SIDE)],
+    )];
+    g.output = vec![
+        value_info("probs", &[None, Some(3)]),
+        value_info("features", &[None, Some(8), Some(SIDE / 2), Some(SIDE / 2)]),
+    ];
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(g),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn inputs(count: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = Rng(seed);
+    (0..count)
+        .map(|_| rng.vec((3 * SIDE * SIDE) as usize, 2.0))
+        .collect()
+}
+
+fn shape() -> [usize; 4] {
+    [1, 3, SIDE as usize, SIDE as usize]
+}
+
+#[test]
+fn simulated_int8_follows_float_and_integer_form_follows_simulation() {
+    let model = FloatModel::from_bytes(&tiny_model(None)).unwrap();
+    let stats = quantize::collect_stats(&model, &inputs(64, 11), 512).unwrap();
+    assert_eq!(
+        stats.tensors,
+        ["image", "c1_relu", "a_relu", "b"],
+        "calibrated tensors"
+    );
+    let scales = stats.scales(Calibrator::MinMax);
+    let (int_proto, convs) = model.rewrite(&scales, Form::Integer).unwrap();
+    let (sim_proto, _) = model.rewrite(&scales, Form::Simulated).unwrap();
+    assert_eq!(convs.len(), 3);
+    assert!(convs
+        .iter()
+        .all(|c| c.weight_sqnr_db > 30.0 && c.bias_saturated == 0));
+
+    let test = inputs(8, 99);
+    let outs = ["probs".to_string(), "features".to_string()];
+    let fe = quantize::Engine::new(model.proto(), &shape(), &outs).unwrap();
+    let se = quantize::Engine::new(&sim_proto, &shape(), &outs).unwrap();
+    let ie = quantize::Engine::new(&int_proto, &shape(), &outs).unwrap();
+    let (mut sim_vs_float, mut int_vs_sim) = (0f32, 0f32);
+    let mut feat = quantize::math::Sqnr::default();
+    let mut float_is_not_sim = false;
+    for x in &test {
+        let f = fe.run(x).unwrap();
+        let s = se.run(x).unwrap();
+        let i = ie.run(x).unwrap();
+        for k in 0..3 {
+            sim_vs_float = sim_vs_float.max((f[0][k] - s[0][k]).abs());
+            int_vs_sim = int_vs_sim.max((i[0][k] - s[0][k]).abs());
+        }
+        feat.add(&f[1], &s[1]);
+        float_is_not_sim |= f[1] != s[1];
+    }
+    assert!(float_is_not_sim, "simulation did not quantize anything");
+    assert!(sim_vs_float < 0.03, "sim vs float max |dp| {sim_vs_float}");
+    assert!(feat.db() > 25.0, "features SQNR {} dB", feat.db());
+    assert!(int_vs_sim < 5e-3, "integer vs sim max |dp| {int_vs_sim}");
+
+    // tract runs every convolution of the integer form as an integer matmul.
+    let opt = engine::optimized(&int_proto, &shape(), &[]).unwrap();
+    let ops = engine::describe(&opt);
+    let int_mm = ops.iter().filter(|(_, i)| i.contains("mmm_i32")).count();
+    assert_eq!(int_mm, 3, "{ops:#?}");
+
+    let rows = quantize::layer_report(&model, &stats, &scales, &sim_proto, &test[..4]).unwrap();
+    assert_eq!(rows.len(), 4 + 2);
+    assert!(rows.iter().all(|r| r.network_sqnr_db > 15.0), "{rows:#?}");
+}
+
+#[test]
+fn file_holds_int8_weights_once_and_only_qoperator_ops() {
+    let model = FloatModel::from_bytes(&tiny_model(None)).unwrap();
+    let scales: BTreeMap<String, f32> = model
+        .calibration_tensors()
+        .unwrap()
+        .into_iter()
+        .map(|t| (t, 0.05))
+        .collect();
+    let (p, _) = model.rewrite(&scales, Form::Integer).unwrap();
+    let g = p.graph.unwrap();
+    let allowed = [
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "QLinearConv",
+        "MaxPool",
+        "Add",
+        "Relu",
+        "GlobalAveragePool",
+        "Flatten",
+        "Gemm",
+        "Softmax",
+    ];
+    assert!(g.node.iter().all(|n| allowed.contains(&n.op_type.as_str())));
+    for name in ["c1", "a", "b"] {
+        let w: Vec<_> = g
+            .initializer
+            .iter()
+            .filter(|t| t.name.starts_with(&format!("{name}.weight")))
+            .collect();
+        let q = w.iter().find(|t| t.name.ends_with("weight_q8")).unwrap();
+        assert_eq!(q.data_type, DataType::Int8 as i32);
+        assert!(
+            !w.iter()
+                .any(|t| t.data_type == DataType::Float as i32 && t.dims.len() == 4),
+            "float copy of {name}'s weights"
+        );
+        let b = g
+            .initializer
+            .iter()
+            .find(|t| t.name == format!("{name}.bias_q32"))
+            .unwrap();
+        assert_eq!(b.data_type, DataType::Int32 as i32);
+    }
+    // Outputs stay float and keep their names; the head stays float.
+    assert_eq!(g.output[0].name, "probs");
+    assert!(g.initializer.iter().any(|t| t.name == "head.weight"));
+    // The written file is not accepted as a float model.
+    let again = FloatModel::from_bytes(&p_bytes(&g));
+    assert!(
+        matches!(again, Err(QuantizeError::NotFloat(_))),
+        "{again:?}"
+    );
+}
+
+fn p_bytes(g: &GraphProto) -> Vec<u8> {
+    ModelProto {
+        ir_version: 8,
+        graph: Some(g.clone()),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn unsupported_op_is_named() {
+    let bad = n("Sigmoid", "squash", &["probs"], vec![]);
+    let err = FloatModel::from_bytes(&tiny_model(Some(bad))).unwrap_err();
+    assert!(
+        matches!(&err, QuantizeError::UnsupportedOp { op, node } if op == "Sigmoid" && node == "squash"),
+        "{err}"
+    );
+    assert!(matches!(
+        FloatModel::from_bytes(b"\xff\xff not onnx"),
+        Err(QuantizeError::Decode(_))
+    ));
+}
+
+#[test]
+fn empty_and_unreadable_calibration_sets() {
+    let model = FloatModel::from_bytes(&tiny_model(None)).unwrap();
+    assert!(matches!(
+        quantize::collect_stats(&model, &[], 256),
+        Err(QuantizeError::EmptySet(_))
+    ));
+    assert!(matches!(
+        quantize::load_images(&[], 8, 10.0, "calibration"),
+        Err(QuantizeError::EmptySet(_))
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.png");
+    std::fs::write(&garbage, b"not an image").unwrap();
+    let paths: Vec<PathBuf> = vec![garbage, dir.path().join("missing.png")];
+    match quantize::load_images(&paths, 8, 10.0, "calibration") {
+        Err(QuantizeError::Unreadable {
+            failed,
+            total,
+            list,
+            ..
+        }) => {
+            assert_eq!((failed, total), (2, 2));
+            assert!(
+                list.contains("garbage.png") && list.contains("missing.png"),
+                "{list}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Below the threshold the bad file is skipped and listed.
+    let good = dir.path().join("good.png");
+    image::GrayImage::from_fn(64, 48, |x, y| image::Luma([((x * 7 + y * 3) % 256) as u8]))
+        .save(&good)
+        .unwrap();
+    let mut paths = vec![good; 9];
+    paths.push(dir.path().join("missing.png"));
+    let imgs = quantize::load_images(&paths, 8, 20.0, "calibration").unwrap();
+    assert_eq!(imgs.tensors.len(), 9);
+    assert_eq!(imgs.tensors[0].len(), 3 * 8 * 8);
+    assert_eq!(imgs.skipped.len(), 1);
+}

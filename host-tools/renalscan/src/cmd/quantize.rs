@@ -1,0 +1,522 @@
+//! `renalscan quantize`: static post-training int8 quantization of an exported float model
+//! (QOperator form, calibrated on images through usimage), with the accuracy checks that
+//! decide whether the int8 file may ship.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use quantize::{Agreement, Calibrator, FloatModel, Form, LayerRow};
+use train::{Sample, Split};
+
+/// Calibrator selection on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CalibratorArg {
+    /// Pick the calibrator whose simulated int8 model agrees best with float on validation.
+    Auto,
+    /// Largest magnitude seen.
+    Minmax,
+    /// A percentile of |x| (`--percentile`).
+    Percentile,
+    /// KL-divergence threshold (TensorRT style).
+    Entropy,
+}
+
+/// Arguments of `quantize`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Float ONNX model from `renalscan train` (a `manifest.toml` beside it gives the
+    /// operating threshold).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Calibration images: folder or CSV manifest. With a `split` column only `train` rows.
+    #[arg(long)]
+    pub calib: PathBuf,
+    /// The int8 ONNX file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// How activation ranges are chosen.
+    #[arg(long, value_enum, default_value_t = CalibratorArg::Auto)]
+    pub calibrator: CalibratorArg,
+    /// Percentile of |x| for the percentile calibrator.
+    #[arg(long, default_value_t = 99.99)]
+    pub percentile: f64,
+    /// Calibration images used (a seeded random subset).
+    #[arg(long, default_value_t = 200)]
+    pub calib_n: usize,
+    /// Validation images for `--calibrator auto`: folder or CSV (with a `split` column only
+    /// `val` rows). Default: calibration-set images not used for calibration.
+    #[arg(long)]
+    pub val: Option<PathBuf>,
+    /// Validation images used by `auto`.
+    #[arg(long, default_value_t = 100)]
+    pub val_n: usize,
+    /// Test data for the accuracy report (with a `split` column only `test` rows): AUC
+    /// float vs int8 and decision agreement at the operating threshold.
+    #[arg(long)]
+    pub test: Option<PathBuf>,
+    /// Report directory: quantize.md and quantize.json (per-layer SQNR, calibrator choice,
+    /// accuracy).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Calibration images for the per-layer SQNR table.
+    #[arg(long, default_value_t = 32)]
+    pub sqnr_n: usize,
+    /// Images run through the integer form in tract to check the simulation (about 8 s each
+    /// on x86); 0 skips the check.
+    #[arg(long, default_value_t = 2)]
+    pub check_integer: usize,
+    /// Histogram bins per tensor.
+    #[arg(long, default_value_t = quantize::DEFAULT_BINS)]
+    pub bins: usize,
+    /// Override the manifest's operating threshold on p(abnormal).
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Seed of the calibration subset.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Percentage of unreadable images tolerated (skipped and listed) before failing.
+    #[arg(long, default_value_t = 5.0)]
+    pub max_failed_pct: f64,
+}
+
+fn rows(path: &Path, split: Split) -> Result<Vec<Sample>> {
+    let mut s = train::load(path).with_context(|| format!("reading {}", path.display()))?;
+    if s.iter().any(|x| x.split.is_some()) {
+        s.retain(|x| x.split == Some(split));
+        log::info!(
+            "{}: split column present, {} {} rows",
+            path.display(),
+            s.len(),
+            split.name()
+        );
+    }
+    Ok(s)
+}
+
+fn probs_output(model: &FloatModel) -> Result<String> {
+    let outs = model.output_names();
+    if outs.iter().any(|o| o == "probs") {
+        return Ok("probs".into());
+    }
+    outs.first().cloned().context("model has no outputs")
+}
+
+#[derive(serde::Serialize)]
+struct Candidate {
+    calibrator: String,
+    #[serde(flatten)]
+    agreement: Agreement,
+}
+
+#[derive(serde::Serialize)]
+struct TestReport {
+    n: usize,
+    n_normal: usize,
+    auc_float: f64,
+    auc_int8: f64,
+    auc_drop: f64,
+    threshold: f64,
+    #[serde(flatten)]
+    agreement: Agreement,
+}
+
+#[derive(serde::Serialize)]
+struct IntegerCheck {
+    images: usize,
+    max_abs_dp_vs_simulation: f64,
+    qlinearconv_nodes: usize,
+    integer_matmuls: usize,
+    kernels: Vec<String>,
+    seconds_per_image: f64,
+}
+
+#[derive(serde::Serialize)]
+struct Report {
+    model: String,
+    out: String,
+    out_bytes: u64,
+    calibration_images: usize,
+    calibration_skipped: Vec<String>,
+    calibration_s: f64,
+    chosen: String,
+    selection_rule: &'static str,
+    candidates: Vec<Candidate>,
+    integer_check: Option<IntegerCheck>,
+    test: Option<TestReport>,
+    convolutions: Vec<quantize::ConvInfo>,
+    layers: Vec<LayerRow>,
+}
+
+fn p_abnormal(p: &[f32]) -> f64 {
+    1.0 - f64::from(p[0])
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let bytes =
+        std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
+    let model = FloatModel::from_bytes(&bytes)
+        .with_context(|| format!("{} cannot be quantized", args.model.display()))?;
+    let shape = model
+        .input_shape()
+        .context("the model's input shape is not fixed (besides the batch)")?;
+    let side = shape
+        .get(2)
+        .copied()
+        .context("input is not N x C x H x W")? as u32;
+    let probs = probs_output(&model)?;
+    let threshold = match args.threshold {
+        Some(t) => t,
+        None => {
+            let m = args.model.with_file_name("manifest.toml");
+            train::pipeline::read_manifest(&m)
+                .with_context(|| {
+                    format!(
+                        "reading the operating threshold from {} (or give --threshold)",
+                        m.display()
+                    )
+                })?
+                .threshold
+        }
+    };
+
+    // Calibration set: a seeded subset; the rest may serve as validation.
+    let mut calib_rows = rows(&args.calib, Split::Train)?;
+    if calib_rows.is_empty() {
+        bail!(
+            "empty calibration set: no images in {}",
+            args.calib.display()
+        );
+    }
+    train::dataset::Rng::new(args.seed).shuffle(&mut calib_rows);
+    let rest = calib_rows.split_off(args.calib_n.min(calib_rows.len()));
+    let calib_paths: Vec<PathBuf> = calib_rows.iter().map(|s| s.path.clone()).collect();
+    let calib = quantize::load_images(&calib_paths, side, args.max_failed_pct, "calibration")?;
+    log::info!(
+        "calibration: {} images ({} skipped) from {}",
+        calib.tensors.len(),
+        calib.skipped.len(),
+        args.calib.display()
+    );
+
+    let t0 = Instant::now();
+    let stats = quantize::collect_stats(&model, &calib.tensors, args.bins)?;
+    let calibration_s = t0.elapsed().as_secs_f64();
+    log::info!(
+        "calibration statistics of {} tensors over {} images in {calibration_s:.1} s",
+        stats.tensors.len(),
+        stats.images
+    );
+
+    let candidates: Vec<Calibrator> = match args.calibrator {
+        CalibratorArg::Auto => vec![
+            Calibrator::MinMax,
+            Calibrator::Percentile(args.percentile),
+            Calibrator::Entropy,
+        ],
+        CalibratorArg::Minmax => vec![Calibrator::MinMax],
+        CalibratorArg::Percentile => vec![Calibrator::Percentile(args.percentile)],
+        CalibratorArg::Entropy => vec![Calibrator::Entropy],
+    };
+    let mut cand_reports = Vec::new();
+    let chosen = if candidates.len() == 1 {
+        candidates[0]
+    } else {
+        let val_rows = match &args.val {
+            Some(v) => rows(v, Split::Val)?,
+            None => rest,
+        };
+        let mut val_paths: Vec<PathBuf> = val_rows.iter().map(|s| s.path.clone()).collect();
+        val_paths.truncate(args.val_n);
+        if val_paths.is_empty() {
+            bail!("--calibrator auto needs validation images: give --val or more calibration images than --calib-n");
+        }
+        let val = quantize::load_images(&val_paths, side, args.max_failed_pct, "validation")?;
+        let float = quantize::predict(
+            model.proto(),
+            &shape,
+            &probs,
+            &val.tensors,
+            "validation float",
+        )?;
+        let mut best: Option<(Calibrator, Agreement)> = None;
+        for c in &candidates {
+            let (sim, _) = model.rewrite(&stats.scales(*c), Form::Simulated)?;
+            let q = quantize::predict(
+                &sim,
+                &shape,
+                &probs,
+                &val.tensors,
+                &format!("validation {}", c.name()),
+            )?;
+            let a = quantize::agreement(&float, &q, threshold);
+            log::info!(
+                "{}: mean |dp_abnormal| {:.5}, max |dp| {:.4}, {} decision flips of {}",
+                c.name(),
+                a.mean_abs_dp,
+                a.max_abs_dp,
+                a.flips,
+                a.n
+            );
+            cand_reports.push(Candidate {
+                calibrator: c.name(),
+                agreement: a,
+            });
+            let better = best
+                .as_ref()
+                .is_none_or(|(_, b)| (a.mean_abs_dp, a.flips) < (b.mean_abs_dp, b.flips));
+            if better {
+                best = Some((*c, a));
+            }
+        }
+        let (c, a) = best.context("no calibrator evaluated")?;
+        log::info!(
+            "chosen: {} (lowest mean |p_abnormal(int8) - p_abnormal(float)| = {:.5} on {} validation images)",
+            c.name(),
+            a.mean_abs_dp,
+            a.n
+        );
+        c
+    };
+
+    let scales = stats.scales(chosen);
+    let (int_proto, convs) = model.rewrite(&scales, Form::Integer)?;
+    let (sim_proto, _) = model.rewrite(&scales, Form::Simulated)?;
+    let encoded = quantize::encode(&int_proto);
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&args.out, &encoded)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    log::info!(
+        "wrote {} ({:.2} MB; float model {:.2} MB)",
+        args.out.display(),
+        encoded.len() as f64 / 1e6,
+        bytes.len() as f64 / 1e6
+    );
+
+    let integer_check = if args.check_integer > 0 {
+        Some(check_integer(
+            &args,
+            &int_proto,
+            &sim_proto,
+            &shape,
+            &probs,
+            &calib.tensors,
+        )?)
+    } else {
+        None
+    };
+
+    let n = args.sqnr_n.min(calib.tensors.len());
+    let layers = quantize::layer_report(&model, &stats, &scales, &sim_proto, &calib.tensors[..n])?;
+    let mut worst: Vec<&LayerRow> = layers.iter().filter(|r| r.scale > 0.0).collect();
+    worst.sort_by(|a, b| a.network_sqnr_db.total_cmp(&b.network_sqnr_db));
+    for r in worst.iter().take(5) {
+        log::info!(
+            "low SQNR: {} network {:.1} dB, local {:.1} dB, clipped {:.3}%",
+            r.tensor,
+            r.network_sqnr_db,
+            r.local_sqnr_db,
+            r.clipped_pct
+        );
+    }
+    for r in layers.iter().filter(|r| r.scale == 0.0) {
+        log::info!("output {}: SQNR {:.1} dB", r.tensor, r.network_sqnr_db);
+    }
+
+    let test = match &args.test {
+        Some(t) => Some(test_report(
+            t, &args, &model, &sim_proto, &shape, &probs, side, threshold,
+        )?),
+        None => None,
+    };
+
+    if let Some(dir) = &args.report {
+        let report = Report {
+            model: args.model.display().to_string(),
+            out: args.out.display().to_string(),
+            out_bytes: encoded.len() as u64,
+            calibration_images: calib.tensors.len(),
+            calibration_skipped: calib
+                .skipped
+                .iter()
+                .map(|(p, e)| format!("{}: {e}", p.display()))
+                .collect(),
+            calibration_s,
+            chosen: chosen.name(),
+            selection_rule: "lowest mean |p_abnormal(int8 simulated) - p_abnormal(float)| on validation images, then fewest decision flips",
+            candidates: cand_reports,
+            integer_check,
+            test,
+            convolutions: convs,
+            layers,
+        };
+        write_report(dir, &report)?;
+    }
+    Ok(())
+}
+
+/// Runs the integer form in tract on a few images and compares with the simulation; also
+/// counts the integer matmuls in tract's optimised graph.
+fn check_integer(
+    args: &Args,
+    int_proto: &quantize::ModelProto,
+    sim_proto: &quantize::ModelProto,
+    shape: &[usize],
+    probs: &str,
+    images: &[Vec<f32>],
+) -> Result<IntegerCheck> {
+    let opt = quantize::engine::optimized(int_proto, shape, &[])?;
+    let ops = quantize::engine::describe(&opt);
+    let integer_matmuls = ops.iter().filter(|(_, i)| i.contains("mmm_i32")).count();
+    let mut kernels: Vec<String> = ops
+        .iter()
+        .filter_map(|(_, i)| {
+            i.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .find(|w| w.contains("_mmm_"))
+                .map(str::to_string)
+        })
+        .collect();
+    kernels.sort();
+    kernels.dedup();
+    let qconv = int_proto.graph.as_ref().map_or(0, |g| {
+        g.node.iter().filter(|n| n.op_type == "QLinearConv").count()
+    });
+    log::info!(
+        "integer form: {qconv} QLinearConv nodes, {integer_matmuls} integer matmuls in tract's optimised graph (kernels {kernels:?})"
+    );
+    let n = args.check_integer.min(images.len());
+    let t = Instant::now();
+    let q = quantize::predict(int_proto, shape, probs, &images[..n], "integer form")?;
+    let seconds_per_image = t.elapsed().as_secs_f64() / n.max(1) as f64;
+    let s = quantize::predict(sim_proto, shape, probs, &images[..n], "simulated form")?;
+    let max = q
+        .iter()
+        .zip(&s)
+        .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| f64::from((x - y).abs())))
+        .fold(0.0, f64::max);
+    log::info!("integer form vs simulation on {n} images: max |dp| = {max:.2e} ({seconds_per_image:.1} s/image integer)");
+    Ok(IntegerCheck {
+        images: n,
+        max_abs_dp_vs_simulation: max,
+        qlinearconv_nodes: qconv,
+        integer_matmuls,
+        kernels,
+        seconds_per_image,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn test_report(
+    data: &Path,
+    args: &Args,
+    model: &FloatModel,
+    sim_proto: &quantize::ModelProto,
+    shape: &[usize],
+    probs: &str,
+    side: u32,
+    threshold: f64,
+) -> Result<TestReport> {
+    let samples = rows(data, Split::Test)?;
+    let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
+    let imgs = quantize::load_images(&paths, side, args.max_failed_pct, "test")?;
+    let label: BTreeMap<&Path, usize> = samples
+        .iter()
+        .map(|s| (s.path.as_path(), s.label))
+        .collect();
+    let labels: Vec<usize> = imgs
+        .paths
+        .iter()
+        .map(|p| label.get(p.as_path()).copied().unwrap_or(0))
+        .collect();
+    let f = quantize::predict(model.proto(), shape, probs, &imgs.tensors, "test float")?;
+    let q = quantize::predict(
+        sim_proto,
+        shape,
+        probs,
+        &imgs.tensors,
+        "test int8 (simulated)",
+    )?;
+    let auc = |p: &[Vec<f32>]| {
+        let (mut pos, mut neg) = (Vec::new(), Vec::new());
+        for (row, &l) in p.iter().zip(&labels) {
+            if l == 0 {
+                neg.push(p_abnormal(row))
+            } else {
+                pos.push(p_abnormal(row))
+            }
+        }
+        evaluate::auc(&pos, &neg)
+    };
+    let (af, aq) = (auc(&f), auc(&q));
+    let a = quantize::agreement(&f, &q, threshold);
+    log::info!(
+        "test ({} images): AUC float {af:.4}, int8 {aq:.4} (drop {:.4}); decision agreement at {threshold:.4}: {:.2}% ({} flips); max |dp| {:.4}",
+        a.n,
+        af - aq,
+        100.0 * a.agreement,
+        a.flips,
+        a.max_abs_dp
+    );
+    Ok(TestReport {
+        n: a.n,
+        n_normal: labels.iter().filter(|&&l| l == 0).count(),
+        auc_float: af,
+        auc_int8: aq,
+        auc_drop: af - aq,
+        threshold,
+        agreement: a,
+    })
+}
+
+fn write_report(dir: &Path, r: &Report) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let json = serde_json::to_string_pretty(r)?;
+    std::fs::write(dir.join("quantize.json"), json)?;
+    let mut md = format!(
+        "# int8 quantization of {}\n\n- output: {} ({:.2} MB)\n- calibration: {} images in {:.1} s ({} skipped)\n- chosen calibrator: **{}** ({})\n\n",
+        r.model,
+        r.out,
+        r.out_bytes as f64 / 1e6,
+        r.calibration_images,
+        r.calibration_s,
+        r.calibration_skipped.len(),
+        r.chosen,
+        r.selection_rule
+    );
+    if !r.candidates.is_empty() {
+        md.push_str("| calibrator | images | mean abs dp_abnormal | max abs dp | flips | agreement |\n|---|---:|---:|---:|---:|---:|\n");
+        for c in &r.candidates {
+            let a = &c.agreement;
+            md.push_str(&format!(
+                "| {} | {} | {:.5} | {:.4} | {} | {:.2}% |\n",
+                c.calibrator,
+                a.n,
+                a.mean_abs_dp,
+                a.max_abs_dp,
+                a.flips,
+                100.0 * a.agreement
+            ));
+        }
+        md.push('\n');
+    }
+    if let Some(t) = &r.test {
+        md.push_str(&format!(
+            "## Test set\n\n{} images ({} normal): AUC float {:.4}, int8 {:.4}, drop {:.4}; decision agreement at threshold {:.4}: {:.2}% ({} flips); max |dp| {:.4}.\n\n",
+            t.n, t.n_normal, t.auc_float, t.auc_int8, t.auc_drop, t.threshold, 100.0 * t.agreement.agreement, t.agreement.flips, t.agreement.max_abs_dp
+        ));
+    }
+    if let Some(c) = &r.integer_check {
+        md.push_str(&format!(
+            "## Integer form in tract\n\n{} QLinearConv nodes, {} integer matmuls in the optimised graph ({}); on {} images the integer form differs from the simulation by max |dp| {:.2e} ({:.1} s/image).\n\n",
+            c.qlinearconv_nodes, c.integer_matmuls, c.kernels.join(", "), c.images, c.max_abs_dp_vs_simulation, c.seconds_per_image
+        ));
+    }
+    md.push_str("## Per-layer SQNR (calibration images, simulated int8 vs float)\n\n");
+    md.push_str(&quantize::layer_table_markdown(&r.layers));
+    std::fs::write(dir.join("quantize.md"), md)?;
+    log::info!("report written to {}", dir.display());
+    Ok(())
+}
