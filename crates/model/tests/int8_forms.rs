@@ -89,6 +89,7 @@ fn integer_form_runs_every_convolution_as_an_integer_matmul() {
     assert_eq!(report.built, Built::Integer);
     assert_eq!(report.qlinear_convs, 4);
     let plan = &report.integer.as_ref().expect("integer candidate").plan;
+    eprintln!("integer form kernels here: {:?}", plan.kernels);
     assert!(
         plan.convs_left.is_empty(),
         "convolutions not lowered to matmuls: {:?}",
