@@ -49,6 +49,15 @@ enum Command {
     /// Quantize a float model to int8 (QOperator ONNX): calibration through usimage,
     /// calibrator chosen on validation, per-layer SQNR and float-vs-int8 accuracy report.
     Quantize(cmd::quantize::Args),
+    /// Make an ed25519 signing key pair for model bundles: `<name>.key` (secret, 0600) and
+    /// `<name>.pub` (for the devices' trusted keys). Never overwrites.
+    Keygen(cmd::bundle::KeygenArgs),
+    /// Build a signed model bundle: model.onnx, manifest.toml (pinning the model's and the
+    /// card's sha256), MODEL_CARD.md and manifest.sig.
+    Bundle(cmd::bundle::BundleArgs),
+    /// Verify a bundle as the device does: signature, trusted signer, manifest fields,
+    /// preprocessing version and sha256 of every pinned file.
+    Verify(cmd::bundle::VerifyArgs),
 }
 
 fn main() -> Result<()> {
@@ -65,5 +74,8 @@ fn main() -> Result<()> {
         Command::Eval(a) => cmd::eval::run(a),
         Command::BenchInt8(a) => cmd::bench_int8::run(a),
         Command::Quantize(a) => cmd::quantize::run(a),
+        Command::Keygen(a) => cmd::bundle::keygen(a),
+        Command::Bundle(a) => cmd::bundle::make(a),
+        Command::Verify(a) => cmd::bundle::verify(a),
     }
 }

@@ -28,10 +28,24 @@ pub struct Args {
     /// Percentage of unreadable images tolerated (skipped) before failing.
     #[arg(long, default_value_t = 5.0)]
     pub max_failed_pct: f64,
+    /// Verify `--model` as a signed bundle first (signature, signer, hashes), trusting this
+    /// public key file or directory of `*.pub` files.
+    #[arg(long)]
+    pub pubkey: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let onnx = if args.model.is_dir() {
+    let onnx = if let Some(pubkey) = &args.pubkey {
+        let keys = model::bundle::TrustedKeys::from_path(pubkey)?;
+        let bundle = model::bundle::Bundle::open(&args.model, &keys)
+            .with_context(|| format!("verifying bundle {}", args.model.display()))?;
+        log::info!(
+            "bundle {} verified, signed by {}",
+            args.model.display(),
+            bundle.signer().key_id()
+        );
+        bundle.model_path()
+    } else if args.model.is_dir() {
         args.model.join("model.onnx")
     } else {
         args.model.clone()

@@ -2,6 +2,7 @@
 
 pub mod backbone;
 pub mod bench_int8;
+pub mod bundle;
 pub mod cart_sim;
 pub mod eval;
 pub mod preprocess;
