@@ -96,6 +96,9 @@ pub struct RunArgs {
     /// Run without a journal.
     #[arg(long)]
     pub no_journal: bool,
+    /// Write snapshots of decisive frames into this directory (enables snapshots).
+    #[arg(long)]
+    pub snapshots: Option<PathBuf>,
     /// Serial port of the cart controller (enables the cart link).
     #[arg(long)]
     pub cart: Option<String>,
@@ -230,7 +233,12 @@ pub fn open_model(cfg: &Config) -> anyhow::Result<Classifier> {
         .bundle
         .as_ref()
         .context("no model bundle: set model.bundle in the config or pass --bundle")?;
-    Classifier::open(bundle, cfg.model.trusted_keys.as_deref(), cfg.model.form).with_context(|| {
+    Classifier::open(
+        bundle,
+        cfg.model.trusted_keys.as_deref(),
+        cfg.model.form,
+        cfg.model.form_cache.as_deref(),
+    ).with_context(|| {
         format!(
             "refusing to start: bundle {} is not usable",
             bundle.display()
@@ -286,6 +294,10 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
     if a.no_journal {
         cfg.journal.enabled = false;
     }
+    if let Some(d) = &a.snapshots {
+        cfg.snapshot.enabled = true;
+        cfg.snapshot.dir = d.clone();
+    }
     if let Some(p) = &a.cart {
         cfg.cartlink.enabled = true;
         cfg.cartlink.port = p.clone();
@@ -321,8 +333,8 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
 fn cmd_selftest(a: SelftestArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = load_config(a.config.as_deref())?;
     apply_model(&mut cfg, &a.model);
-    let classifier = open_model(&cfg)?;
-    let r = crate::selftest::run(&classifier, a.runs)?;
+    let mut classifier = open_model(&cfg)?;
+    let r = crate::selftest::run(&mut classifier, a.runs)?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
@@ -445,7 +457,14 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     cfg.validate()?;
     let rss_start = rss_kib().unwrap_or(0);
+    let load_before = loadavg();
     let classifier = open_model(&cfg)?;
+    let model_desc = format!(
+        "{} {} ({})",
+        classifier.info().name,
+        classifier.info().version,
+        classifier.info().trust
+    );
     let rss_loaded = rss_kib().unwrap_or(0);
     let sinks = make_sinks(&cfg, &classifier, false)?;
     let term = signal_flag()?;
@@ -455,19 +474,26 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         status_tx: None,
     };
     let s = runtime::run(&cfg, classifier, sinks, term, &opts)?;
-    let mean = |st: Stage| s.timers.get(st).run_mean_ms();
-    let infer = mean(Stage::Infer);
-    let inferred = s.counters.inferred.max(1) as f64;
     let processed = s.counters.processed.max(1) as f64;
-    // Per inferred frame: what the pipeline spends besides the model (all frames' gate,
-    // preprocessing, aggregation and sinks, spread over the inferred ones).
-    let per_frame = |st: Stage| mean(st) * s.timers.get(st).run_count() as f64 / processed;
-    let overhead_no_capture = per_frame(Stage::Gate)
-        + per_frame(Stage::Preprocess)
-        + per_frame(Stage::Aggregate)
-        + per_frame(Stage::Sinks);
-    let overhead = overhead_no_capture + per_frame(Stage::Capture);
-    let infer_per_frame = infer * inferred / processed;
+    // Cost of everything but the model, per frame taken from the source, against the cost
+    // of one inference. Both as thread CPU time (robust to other load on the machine) and as
+    // wall time.
+    let overhead_stages = [
+        Stage::Capture,
+        Stage::Gate,
+        Stage::Preprocess,
+        Stage::Aggregate,
+        Stage::Sinks,
+        Stage::Snapshot,
+    ];
+    let total = |f: &dyn Fn(Stage) -> f64| -> f64 { overhead_stages.iter().map(|&st| f(st)).sum() };
+    let cpu_sum = |st: Stage| s.timers.cpu(st).run_mean_ms() * s.timers.cpu(st).run_count() as f64;
+    let wall_sum = |st: Stage| s.timers.get(st).run_mean_ms() * s.timers.get(st).run_count() as f64;
+    let overhead_cpu = total(&cpu_sum) / processed;
+    let overhead_wall = total(&wall_sum) / processed;
+    let infer_cpu = s.timers.cpu(Stage::Infer).run_mean_ms();
+    let infer_wall = s.timers.get(Stage::Infer).run_mean_ms();
+    let pct = |a: f64, b: f64| if b > 0.0 { 100.0 * a / b } else { f64::NAN };
     let steady = s
         .rss
         .iter()
@@ -482,6 +508,9 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         .max()
         .unwrap_or(0);
     let report = serde_json::json!({
+        "model": model_desc,
+        "source": cfg.source.kind,
+        "loadavg": { "before": load_before, "after": loadavg() },
         "frames": s.counters.processed,
         "inferred": s.counters.inferred,
         "gated": crate::events::gated_map(&s.counters.gated),
@@ -491,11 +520,13 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         "wall_s": s.wall.as_secs_f64(),
         "fps": s.counters.processed as f64 / s.wall.as_secs_f64().max(1e-9),
         "latency_ms": s.timers.report(),
-        "infer_ms_mean": infer,
-        "overhead_ms_per_frame": overhead,
-        "overhead_ms_per_frame_without_capture": overhead_no_capture,
-        "overhead_pct_of_inference": if infer_per_frame > 0.0 { 100.0 * overhead / infer_per_frame } else { f64::NAN },
-        "overhead_pct_of_inference_without_capture": if infer_per_frame > 0.0 { 100.0 * overhead_no_capture / infer_per_frame } else { f64::NAN },
+        "cpu_ms": s.timers.cpu_report(),
+        "infer_ms": { "cpu": infer_cpu, "wall": infer_wall },
+        "overhead_ms_per_frame": { "cpu": overhead_cpu, "wall": overhead_wall },
+        "overhead_pct_of_inference": {
+            "cpu": pct(overhead_cpu, infer_cpu),
+            "wall": pct(overhead_wall, infer_wall),
+        },
         "rss_kib": {
             "start": rss_start,
             "model_loaded": rss_loaded,
@@ -509,6 +540,16 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// One-minute load average: how busy the machine was while timing.
+fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A temporary directory removed on drop (no tempfile dependency in the binary).

@@ -31,6 +31,9 @@ pub struct ModelConfig {
     pub trusted_keys: Option<PathBuf>,
     /// Integer graph, float graph dequantised at load, or whichever the loader prefers.
     pub form: ModelForm,
+    /// Where `auto` remembers its timed choice per model file and CPU (writable; unset =
+    /// time both forms at every start where the CPU alone does not decide).
+    pub form_cache: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
@@ -39,6 +42,7 @@ impl Default for ModelConfig {
             bundle: None,
             trusted_keys: None,
             form: ModelForm::Auto,
+            form_cache: None,
         }
     }
 }
@@ -54,7 +58,9 @@ pub enum ModelForm {
 }
 
 /// Where frames come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
     /// A USB probe as a V4L2 video device.
@@ -343,6 +349,8 @@ impl Default for CartlinkConfig {
 pub struct SnapshotConfig {
     pub enabled: bool,
     pub dir: PathBuf,
+    /// Snapshots kept; the oldest are removed beyond this.
+    pub keep: usize,
 }
 
 impl Default for SnapshotConfig {
@@ -350,6 +358,7 @@ impl Default for SnapshotConfig {
         Self {
             enabled: false,
             dir: PathBuf::from("/var/lib/renalscan/snapshots"),
+            keep: 500,
         }
     }
 }

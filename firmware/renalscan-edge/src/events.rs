@@ -56,6 +56,9 @@ pub struct Decision {
     pub uptime_ms: u64,
     /// `name@version` of the model.
     pub model: String,
+    /// Snapshot PNG of the decisive frame, when one was written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
     /// Journal outcome (filled in by the journal sink, not part of the journaled record).
     #[serde(skip_serializing_if = "is_off")]
     pub journal: JournalState,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use model::bundle::{Bundle, TrustedKeys};
+use model::int8::{Form, LoadOptions};
 use model::Network;
 use usimage::{ChannelOrder, Normalization};
 
@@ -44,15 +45,23 @@ pub struct Classifier {
     net: Network,
     info: ModelInfo,
     probs_output: usize,
+    features_output: Option<usize>,
+    /// Keep the last `features` map (for class-activation snapshots).
+    keep_features: bool,
+    features: Vec<f32>,
+    features_shape: Vec<usize>,
 }
 
 impl Classifier {
     /// Opens a bundle directory, verifies it against the trusted keys (signature, hashes,
     /// preprocessing version), then loads and optimises the model once.
+    /// `decision_cache` remembers which form of an int8 model runs faster on this CPU, so
+    /// only the first start after a model update times both.
     pub fn open(
         bundle: &Path,
         trusted_keys: Option<&Path>,
         form: ModelForm,
+        decision_cache: Option<&Path>,
     ) -> anyhow::Result<Self> {
         let t0 = Instant::now();
         let keys_path = trusted_keys.context(
@@ -61,13 +70,24 @@ impl Classifier {
         )?;
         let keys = TrustedKeys::from_path(keys_path)?;
         let b = Bundle::open(bundle, &keys)?;
-        let info = check_manifest(&b)?;
-        if form != ModelForm::Auto {
-            log::warn!("model.form = {form:?}: this build runs the model as the bundle stores it");
-        }
+        let mut info = check_manifest(&b)?;
         let shape = [1, 3, info.input_size as usize, info.input_size as usize];
-        let net = Network::load(&info.model_path, &shape)
+        let opts = LoadOptions {
+            form: match form {
+                ModelForm::Auto => Form::Auto,
+                ModelForm::Integer => Form::Integer,
+                ModelForm::Float => Form::Float,
+            },
+            decision_cache: decision_cache.map(Path::to_path_buf),
+            ..LoadOptions::default()
+        };
+        let net = Network::load_with(&info.model_path, &shape, &opts)
             .with_context(|| format!("cannot load the model of bundle {}", bundle.display()))?;
+        if let Some(r) = net.form_report() {
+            log::info!("int8 model runs as {r}");
+            info.trust = format!("{}, {}", info.trust, r.built);
+        }
+        release_freed_memory();
         Self::with_network(net, info, t0)
     }
 
@@ -84,10 +104,15 @@ impl Classifier {
                 )
             })?;
         info.load_time = t0.elapsed();
-        let c = Self {
+        let features_output = net.output_names().iter().position(|n| n == "features");
+        let mut c = Self {
             net,
             info,
             probs_output,
+            features_output,
+            keep_features: false,
+            features: Vec::new(),
+            features_shape: Vec::new(),
         };
         // One warm-up run: checks the output width and moves tract's first-run costs
         // (buffer allocation) out of the first patient's frame.
@@ -111,9 +136,30 @@ impl Classifier {
         3 * (self.info.input_size as usize).pow(2)
     }
 
+    /// Keep each frame's `features` output for [`Classifier::last_features`]; false when the
+    /// model has none.
+    pub fn keep_features(&mut self, keep: bool) -> bool {
+        self.keep_features = keep && self.features_output.is_some();
+        self.keep_features
+    }
+
+    /// The `features` map of the last frame and its shape (when kept).
+    pub fn last_features(&self) -> Option<(&[f32], &[usize])> {
+        (self.keep_features && !self.features.is_empty())
+            .then_some((self.features.as_slice(), self.features_shape.as_slice()))
+    }
+
     /// Runs the model on one preprocessed tensor.
-    pub fn classify(&self, tensor: &[f32]) -> anyhow::Result<Classified> {
+    pub fn classify(&mut self, tensor: &[f32]) -> anyhow::Result<Classified> {
         let outputs = self.net.run(tensor)?;
+        if let (true, Some(i)) = (self.keep_features, self.features_output) {
+            if let Some(f) = outputs.get(i) {
+                self.features.clear();
+                self.features.extend_from_slice(&f.data);
+                self.features_shape.clear();
+                self.features_shape.extend_from_slice(&f.shape);
+            }
+        }
         let probs = &outputs
             .get(self.probs_output)
             .context("model returned fewer outputs than it declares")?
@@ -138,6 +184,25 @@ impl Classifier {
             class,
             confidence: probs[class],
         })
+    }
+}
+
+/// Loading decodes the ONNX file, may rewrite it (int8 float form) and builds candidate
+/// plans: hundreds of MB that are freed once the plan exists. glibc keeps freed heap pages
+/// mapped, so without this the steady RSS would carry the load's peak for the whole run.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let before = crate::stats::rss_kib();
+        // SAFETY: malloc_trim only returns free heap pages to the kernel; no pointers change.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        log::debug!(
+            "malloc_trim after model load: RSS {:?} -> {:?} KiB",
+            before,
+            crate::stats::rss_kib()
+        );
     }
 }
 

@@ -4,7 +4,8 @@
 //! Data flows one way: [`source`] (V4L2 probe, replay, phantom) -> capture thread ->
 //! latest-frame [`source::Slot`] -> [`gate`] -> usimage preprocessing -> [`infer`] (tract,
 //! the bundle's model) -> [`aggregate`] (window + hysteresis) -> [`sink`]s (journal, stdout,
-//! cart link). [`runtime`] wires a run; the binary adds the CLI.
+//! cart link, [`snapshot`] PNGs of decisive frames). [`runtime`] wires a run, with systemd
+//! readiness and watchdog ([`watchdog`]); the binary adds the CLI.
 
 pub mod aggregate;
 pub mod cli;
@@ -16,5 +17,7 @@ pub mod pipeline;
 pub mod runtime;
 pub mod selftest;
 pub mod sink;
+pub mod snapshot;
 pub mod source;
 pub mod stats;
+pub mod watchdog;

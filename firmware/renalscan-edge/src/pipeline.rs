@@ -4,16 +4,20 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use cartlink::Command;
-use usimage::Preprocessor;
+use model::cam::HeadWeights;
+use usimage::{FrameInfo, Preprocessor};
 
 use crate::aggregate::{Aggregator, Params, Sample, Trigger};
+use crate::config::SnapshotConfig;
 use crate::config::{AggregateConfig, GateConfig, Mode, PipelineConfig};
 use crate::events::{unix_ms, Decision, DecisionKind, JournalState};
 use crate::gate::{after_detection, Gate, GateReason};
 use crate::infer::{Classified, Classifier};
+use crate::snapshot::{scan_mask, Snapshot, SnapshotWriter};
 use crate::source::Frame;
-use crate::stats::{Stage, Timers};
+use crate::stats::{Span, Stage, Timers};
 
 /// Pipeline counters (cumulative).
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -30,6 +34,30 @@ pub struct Counters {
     pub decisions: u64,
     /// Preprocessing or inference failures.
     pub errors: u64,
+}
+
+/// Snapshot PNGs of decisive frames: the model input and its class-activation map.
+pub struct Snapshots {
+    writer: SnapshotWriter,
+    head: HeadWeights,
+    pub written: u64,
+    pub failed: u64,
+}
+
+impl Snapshots {
+    /// Opens the snapshot directory and reads the model's head (for the maps) once.
+    pub fn open(cfg: &SnapshotConfig, classifier: &Classifier) -> anyhow::Result<Self> {
+        let model = &classifier.info().model_path;
+        let head = HeadWeights::from_onnx(model)
+            .with_context(|| format!("snapshots need the head of {}", model.display()))?;
+        let writer = SnapshotWriter::new(&cfg.dir, cfg.keep)?;
+        Ok(Self {
+            writer,
+            head,
+            written: 0,
+            failed: 0,
+        })
+    }
 }
 
 /// Gate, preprocessing, model and aggregation for one stream of frames.
@@ -55,6 +83,7 @@ pub struct Pipeline {
     model_tag: String,
     /// The last inference failed (status: fault).
     pub faulted: bool,
+    snapshots: Option<Snapshots>,
 }
 
 impl Pipeline {
@@ -96,7 +125,24 @@ impl Pipeline {
             started: Instant::now(),
             model_tag: format!("{}@{}", info.name, info.version),
             faulted: false,
+            snapshots: None,
         }
+    }
+
+    /// Writes snapshots of decisive frames (first decision, changes, captures, freezes).
+    /// Fails when the model has no `features` output to draw the map from.
+    pub fn set_snapshots(&mut self, s: Snapshots) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.classifier.keep_features(true),
+            "snapshots need the model's `features` output, which this model lacks"
+        );
+        self.snapshots = Some(s);
+        Ok(())
+    }
+
+    /// Snapshots written and failed so far.
+    pub fn snapshot_counts(&self) -> Option<(u64, u64)> {
+        self.snapshots.as_ref().map(|s| (s.written, s.failed))
     }
 
     pub fn classifier(&self) -> &Classifier {
@@ -134,7 +180,8 @@ impl Pipeline {
     /// Runs one frame through the stages; decisions are appended to `out`.
     pub fn process(&mut self, frame: &Frame, out: &mut Vec<Decision>) {
         self.counters.processed += 1;
-        self.timers.record(Stage::Capture, frame.capture_time);
+        self.timers
+            .record_both(Stage::Capture, frame.capture_time, frame.capture_cpu);
         let capture = std::mem::take(&mut self.capture_pending);
         if !self.screening && !capture {
             self.counters.idle += 1;
@@ -142,7 +189,7 @@ impl Pipeline {
         }
 
         // Gate (blank, frozen).
-        let t = Instant::now();
+        let t = Span::start();
         let pg = self.gate.check(&frame.grey);
         let freeze_shot = self.mode == Mode::Freeze && pg.repeat && pg.repeats == 1;
         let mut reason = if pg.blank {
@@ -152,7 +199,7 @@ impl Pipeline {
         } else {
             None
         };
-        self.timers.record(Stage::Gate, t.elapsed());
+        self.timers.record_span(Stage::Gate, t);
         if reason.is_some() && !capture {
             self.gated(reason);
             return;
@@ -164,7 +211,7 @@ impl Pipeline {
         }
 
         // Preprocess (scan area, crop, normalise) and the anatomy gate.
-        let t = Instant::now();
+        let t = Span::start();
         let info = match self.pre.process(&frame.grey, &mut self.tensor) {
             Ok(i) => i,
             Err(e) => {
@@ -173,7 +220,7 @@ impl Pipeline {
                 return;
             }
         };
-        self.timers.record(Stage::Preprocess, t.elapsed());
+        self.timers.record_span(Stage::Preprocess, t);
         reason = reason.or(after_detection(&info));
         if reason.is_some() && !capture {
             self.gated(reason);
@@ -188,7 +235,7 @@ impl Pipeline {
         }
 
         // Inference.
-        let t = Instant::now();
+        let t = Span::start();
         let c = match self.classifier.classify(&self.tensor) {
             Ok(c) => c,
             Err(e) => {
@@ -202,10 +249,10 @@ impl Pipeline {
         };
         self.faulted = false;
         self.counters.inferred += 1;
-        self.timers.record(Stage::Infer, t.elapsed());
+        self.timers.record_span(Stage::Infer, t);
 
         // Aggregation and decision.
-        let t = Instant::now();
+        let t = Span::start();
         if single {
             let kind = if capture {
                 DecisionKind::Capture
@@ -240,7 +287,64 @@ impl Pipeline {
                 ));
             }
         }
-        self.timers.record(Stage::Aggregate, t.elapsed());
+        self.timers.record_span(Stage::Aggregate, t);
+        if self.snapshots.is_some() {
+            let t = Span::start();
+            for d in out.iter_mut() {
+                if d.kind != DecisionKind::Update {
+                    self.snapshot(d, &info, &c);
+                }
+            }
+            self.timers.record_span(Stage::Snapshot, t);
+        }
+    }
+
+    /// Renders and writes the snapshot of the current frame for `d`; failures are logged
+    /// and counted, never fatal.
+    fn snapshot(&mut self, d: &mut Decision, info: &FrameInfo, c: &Classified) {
+        let Some(snaps) = self.snapshots.as_mut() else {
+            return;
+        };
+        let Some((features, shape)) = self.classifier.last_features() else {
+            return;
+        };
+        let normal = self.classifier.info().normal_index;
+        let r = snaps
+            .head
+            .abnormal_map(features, shape, &c.probs[..c.classes], normal)
+            .map_err(anyhow::Error::from)
+            .and_then(|m| {
+                let size = self.pre.size();
+                let mask = scan_mask(self.pre.detector(), info, size);
+                let map = m.normalised();
+                let label = if d.abnormal {
+                    d.class.as_str()
+                } else {
+                    "normal"
+                };
+                let s = Snapshot {
+                    grey: self.pre.last_grey(),
+                    size,
+                    mask: &mask,
+                    map: &map,
+                    map_w: m.width,
+                    map_h: m.height,
+                    label,
+                };
+                Ok(snaps.writer.write(&s, std::time::SystemTime::now())?)
+            });
+        match r {
+            Ok(p) => {
+                snaps.written += 1;
+                d.snapshot = Some(p.display().to_string());
+            }
+            Err(e) => {
+                snaps.failed += 1;
+                if snaps.failed <= 5 || snaps.failed.is_multiple_of(100) {
+                    log::warn!("snapshot not written ({} so far): {e:#}", snaps.failed);
+                }
+            }
+        }
     }
 
     fn gated(&mut self, reason: Option<GateReason>) {
@@ -309,6 +413,7 @@ impl Pipeline {
             uptime_ms: self.started.elapsed().as_millis() as u64,
             model: self.model_tag.clone(),
             journal: JournalState::Off,
+            snapshot: None,
         }
     }
 

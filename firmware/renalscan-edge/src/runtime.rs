@@ -14,14 +14,15 @@ use serde::Serialize;
 use crate::config::{Config, SourceKind};
 use crate::events::{gated_map, Decision};
 use crate::infer::Classifier;
-use crate::pipeline::{Counters, Pipeline};
+use crate::pipeline::{Counters, Pipeline, Snapshots};
 use crate::sink::cartlink::{CartCounters, CartSink};
 use crate::sink::stdout::StdoutSink;
 use crate::source::phantom::PhantomSource;
 use crate::source::replay::Replay;
 use crate::source::v4l::V4lSource;
 use crate::source::{capture_loop, Backoff, CaptureCounters, Slot, Source};
-use crate::stats::{rss_kib, Stage};
+use crate::stats::{rss_kib, Span, Stage};
+use crate::watchdog::{Notifier, Watchdog};
 
 /// Builds the configured source.
 pub fn make_source(cfg: &Config) -> anyhow::Result<Box<dyn Source>> {
@@ -56,9 +57,14 @@ pub struct StatusReport {
     pub frames: FrameCounts,
     pub source: SourceCounts,
     pub latency_ms: serde_json::Map<String, serde_json::Value>,
+    /// Mean thread CPU time per stage over the run (contention-free cost).
+    pub cpu_ms: serde_json::Map<String, serde_json::Value>,
     pub journal: serde_json::Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cart: Option<CartCounters>,
+    /// Snapshots written and failed, when enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<serde_json::Value>,
     pub rss_kib: u64,
 }
 
@@ -180,7 +186,18 @@ pub fn run(
     let mut pcfg = cfg.pipeline.clone();
     pcfg.autostart = autostart;
     let mut pipeline = Pipeline::new(classifier, &pcfg, &cfg.gate, &cfg.aggregate);
+    if cfg.snapshot.enabled {
+        let snaps = Snapshots::open(&cfg.snapshot, pipeline.classifier())?;
+        pipeline.set_snapshots(snaps)?;
+    }
     log::info!("running: {desc}, mode {:?}", cfg.pipeline.mode);
+    let mut watchdog = Watchdog::new(Notifier::from_env());
+    if let Err(e) = watchdog.notifier().ready(&format!(
+        "screening aid ready: {} from {desc}",
+        pipeline.classifier().info().name
+    )) {
+        log::warn!("{e}");
+    }
 
     let started = Instant::now();
     let status_every = Duration::from_secs_f32(cfg.output.status_every_s);
@@ -196,6 +213,9 @@ pub fn run(
     let mut status_dirty = true;
 
     loop {
+        // Pings only while this loop turns: a stage that hangs stops them and systemd
+        // restarts the runtime.
+        watchdog.tick(Instant::now());
         if term.load(Ordering::Relaxed) {
             log::info!("signal received: shutting down");
             break;
@@ -216,11 +236,11 @@ pub fn run(
                 let gated_before: u64 = pipeline.counters.gated.iter().sum();
                 decisions.clear();
                 pipeline.process(&frame, &mut decisions);
-                let t = Instant::now();
+                let t = Span::start();
                 for d in decisions.iter_mut() {
                     sinks.decision(d);
                 }
-                pipeline.timers.record(Stage::Sinks, t.elapsed());
+                pipeline.timers.record_span(Stage::Sinks, t);
                 pipeline
                     .timers
                     .record(Stage::Total, frame.captured_at.elapsed());
@@ -289,6 +309,14 @@ pub fn run(
             }
             if last_status.elapsed() >= status_every {
                 log_status(&report);
+                let _ = watchdog.notifier().status(&format!(
+                    "{} {:.1} fps, {} decisions, dropped {}, journal {}",
+                    report.state,
+                    report.fps,
+                    report.frames.decisions,
+                    report.frames.dropped,
+                    report.journal["health"].as_str().unwrap_or("?")
+                ));
                 if !opts.quiet {
                     if let Some(s) = sinks.stdout.as_mut() {
                         s.emit("status", &report);
@@ -306,6 +334,7 @@ pub fn run(
         }
     }
 
+    let _ = watchdog.notifier().stopping();
     stop.store(true, Ordering::Relaxed);
     slot.close();
     if capture.join().is_err() {
@@ -393,11 +422,15 @@ fn status_report(
             open_failures: cap.open_failures.load(Ordering::Relaxed),
         },
         latency_ms: p.timers.report(),
+        cpu_ms: p.timers.cpu_report(),
         journal: sinks
             .journal
             .as_ref()
             .map_or(serde_json::json!({"health": "disabled"}), |j| j.report()),
         cart: sinks.cart.as_ref().map(|c| c.counters()),
+        snapshots: p
+            .snapshot_counts()
+            .map(|(w, f)| serde_json::json!({"written": w, "failed": f})),
         rss_kib: rss_kib().unwrap_or(0),
     }
 }

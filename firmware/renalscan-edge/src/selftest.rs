@@ -40,7 +40,7 @@ fn median(mut v: Vec<Duration>) -> f32 {
 
 /// Runs the built-in frame `runs` times through gate, preprocessing, inference and
 /// aggregation.
-pub fn run(classifier: &Classifier, runs: usize) -> anyhow::Result<SelftestReport> {
+pub fn run(classifier: &mut Classifier, runs: usize) -> anyhow::Result<SelftestReport> {
     let info = classifier.info().clone();
     // A hydronephrotic kidney on the default scanner: the first frame with the probe on.
     let mut cfg = SweepConfig::new(7, Profile::default_profile());

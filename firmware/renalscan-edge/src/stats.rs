@@ -19,18 +19,21 @@ pub enum Stage {
     Infer,
     Aggregate,
     Sinks,
+    /// Rendering and writing a snapshot PNG (decisive frames only).
+    Snapshot,
     /// From the end of capture to the end of the sinks (queueing included).
     Total,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 7] = [
+    pub const ALL: [Stage; 8] = [
         Stage::Capture,
         Stage::Gate,
         Stage::Preprocess,
         Stage::Infer,
         Stage::Aggregate,
         Stage::Sinks,
+        Stage::Snapshot,
         Stage::Total,
     ];
 
@@ -42,6 +45,7 @@ impl Stage {
             Stage::Infer => "infer",
             Stage::Aggregate => "aggregate",
             Stage::Sinks => "sinks",
+            Stage::Snapshot => "snapshot",
             Stage::Total => "total",
         }
     }
@@ -111,19 +115,83 @@ impl StageTimer {
     }
 }
 
-/// All stages.
+/// CPU time of the calling thread. Wall time on a loaded machine says more about the other
+/// processes than about this code; thread CPU time does not (tract runs on the caller).
+pub fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux knows.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if r != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Start of a timed stage: wall clock and thread CPU time.
+#[derive(Debug, Clone, Copy)]
+pub struct Span {
+    wall: std::time::Instant,
+    cpu: Duration,
+}
+
+impl Span {
+    pub fn start() -> Self {
+        Self {
+            wall: std::time::Instant::now(),
+            cpu: thread_cpu(),
+        }
+    }
+
+    /// (wall, cpu) since the start.
+    pub fn elapsed(&self) -> (Duration, Duration) {
+        (self.wall.elapsed(), thread_cpu().saturating_sub(self.cpu))
+    }
+}
+
+/// All stages, wall and CPU time.
 #[derive(Debug, Clone, Default)]
 pub struct Timers {
-    t: [StageTimer; 7],
+    t: [StageTimer; 8],
+    cpu: [StageTimer; 8],
 }
 
 impl Timers {
+    /// Wall time only (queueing, end-to-end).
     pub fn record(&mut self, s: Stage, d: Duration) {
         self.t[s as usize].record(d);
     }
 
+    /// Wall and CPU time of a stage that ran on this thread.
+    pub fn record_span(&mut self, s: Stage, span: Span) {
+        let (w, c) = span.elapsed();
+        self.record_both(s, w, c);
+    }
+
+    /// Wall and CPU time measured elsewhere (the capture thread).
+    pub fn record_both(&mut self, s: Stage, wall: Duration, cpu: Duration) {
+        self.t[s as usize].record(wall);
+        self.cpu[s as usize].record(cpu);
+    }
+
     pub fn get(&self, s: Stage) -> &StageTimer {
         &self.t[s as usize]
+    }
+
+    /// CPU time of a stage (zero samples for `Total`).
+    pub fn cpu(&self, s: Stage) -> &StageTimer {
+        &self.cpu[s as usize]
+    }
+
+    /// Stage name -> mean CPU milliseconds over the run, for JSON.
+    pub fn cpu_report(&self) -> serde_json::Map<String, serde_json::Value> {
+        Stage::ALL
+            .iter()
+            .filter(|&&s| s != Stage::Total)
+            .map(|&s| (s.name().to_string(), self.cpu(s).run_mean_ms().into()))
+            .collect()
     }
 
     /// Stage name -> figures, for JSON.
@@ -177,6 +245,21 @@ mod tests {
         }
         assert_eq!(t.latency().n, RECENT);
         assert_eq!(t.run_count(), 1100);
+    }
+
+    #[test]
+    fn thread_cpu_advances_with_work_not_with_sleep() {
+        let s = Span::start();
+        std::thread::sleep(Duration::from_millis(30));
+        let (w, c) = s.elapsed();
+        assert!(w >= Duration::from_millis(30));
+        assert!(c < Duration::from_millis(15), "{c:?}");
+        let s = Span::start();
+        let mut x = 0u64;
+        while s.elapsed().1 < Duration::from_millis(20) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        assert!(x != 1);
     }
 
     #[test]

@@ -41,7 +41,7 @@ fn run_with_fault(fault: Fault) {
     let keys = keys_of(&bundle);
     let jdir = tmp.path().join("journal");
     let cfg = steady_config(&frames, &jdir);
-    let classifier = Classifier::open(&bundle, Some(&keys), Default::default()).unwrap();
+    let classifier = Classifier::open(&bundle, Some(&keys), Default::default(), None).unwrap();
     let switch = FaultSwitch::new();
     let sink = JournalSink::open_with(&cfg.journal, switch.clone()).unwrap();
     let sinks = Sinks {

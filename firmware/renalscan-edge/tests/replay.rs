@@ -39,11 +39,18 @@ fn decisions_follow_the_frames_and_corrupt_frames_are_skipped() {
     .unwrap();
     let bundle = write_bundle(&tmp.path().join("bundle"), 0.5);
     let cfg = config(tmp.path(), "");
+    let snaps = tmp.path().join("snaps");
     let out = run_edge(&run_args(
         &cfg,
         &bundle,
         &frames,
-        &["--fps", "0", "--no-journal"],
+        &[
+            "--fps",
+            "0",
+            "--no-journal",
+            "--snapshots",
+            snaps.to_str().unwrap(),
+        ],
     ));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -70,7 +77,15 @@ fn decisions_follow_the_frames_and_corrupt_frames_are_skipped() {
     // The change comes once the window mean passes 0.55: the third bright frame, which is
     // file 13 (the corrupt file sorts between the dark and the bright ones).
     assert_eq!(d[1]["frame_index"], 13, "{:?}", d[1]);
+    // Both decisions are decisive: each names its snapshot, a PNG of model input + heatmap.
+    for d in &d {
+        let p = std::path::PathBuf::from(d["snapshot"].as_str().expect("snapshot path"));
+        assert!(p.starts_with(&snaps), "{p:?}");
+        let img = image::open(&p).unwrap();
+        assert_eq!((img.width(), img.height()), (448, 224));
+    }
     let fin = lines.iter().find(|v| v["event"] == "final").expect("final");
+    assert_eq!(fin["snapshots"]["written"], 2, "{fin}");
     assert_eq!(fin["frames"]["processed"], 20, "{fin}");
     assert_eq!(fin["frames"]["corrupt"], 1, "{fin}");
     assert_eq!(fin["frames"]["inferred"], 20, "{fin}");

@@ -144,12 +144,12 @@ pub fn capture_loop(
                 }
             }
         }
-        let t0 = Instant::now();
+        let span = crate::stats::Span::start();
         match source.read(&mut frame.grey) {
             Ok(meta) => {
                 frame.meta = meta;
                 frame.captured_at = Instant::now();
-                frame.capture_time = frame.captured_at - t0;
+                (frame.capture_time, frame.capture_cpu) = span.elapsed();
                 counters.captured.fetch_add(1, Ordering::Relaxed);
                 frame = if lockstep {
                     match slot.put_wait(frame, &stop) {

@@ -21,6 +21,8 @@ pub struct Frame {
     pub captured_at: Instant,
     /// Time spent acquiring and decoding it.
     pub capture_time: Duration,
+    /// Capture thread CPU time spent on it.
+    pub capture_cpu: Duration,
 }
 
 impl Default for Frame {
@@ -30,6 +32,7 @@ impl Default for Frame {
             meta: FrameMeta::default(),
             captured_at: Instant::now(),
             capture_time: Duration::ZERO,
+            capture_cpu: Duration::ZERO,
         }
     }
 }
