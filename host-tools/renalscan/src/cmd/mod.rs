@@ -4,6 +4,7 @@ pub mod backbone;
 pub mod bench_int8;
 pub mod bundle;
 pub mod cart_sim;
+pub mod demo;
 pub mod eval;
 pub mod preprocess;
 pub mod quantize;

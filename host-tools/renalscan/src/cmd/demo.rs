@@ -1,0 +1,318 @@
+//! `renalscan demo`: the whole chain, from a fresh machine to decisions on the cart.
+//!
+//! ImageNet weights -> phantom data set -> stage-1 training -> float evaluation -> int8
+//! quantization -> int8 evaluation -> signing key -> signed bundle -> `renalscan-edge` on
+//! phantom probe sweeps. Every step writes into `--work` and is skipped when its output is
+//! already there, so a second run only replays the edge part. Each step runs the same code
+//! as its own subcommand, parsed from the same flags a user would type.
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use super::weights::CacheArgs;
+
+/// Arguments of `demo`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Working directory: phantom data, training run, keys, bundle, journal (reused).
+    #[arg(long, default_value = "models/demo")]
+    pub work: PathBuf,
+    /// Phantom images to synthesise for training, validation and test.
+    #[arg(long, default_value_t = 800)]
+    pub n: usize,
+    /// Frames of each phantom probe sweep screened by the edge runtime.
+    #[arg(long, default_value_t = 60)]
+    pub frames: u64,
+    /// Patient conditions swept by the edge runtime, one sweep each.
+    #[arg(long, value_delimiter = ',', default_value = "normal,hydronephrosis")]
+    pub sweeps: Vec<String>,
+    /// The `renalscan-edge` binary [default: beside this executable].
+    #[arg(long)]
+    pub edge: Option<PathBuf>,
+    /// Redo every step, even those whose outputs exist.
+    #[arg(long)]
+    pub fresh: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// Parses `argv` as the flags of subcommand `A`, exactly as the command line would.
+fn flags<A: clap::Args + clap::FromArgMatches>(name: &'static str, argv: &[OsString]) -> Result<A> {
+    let cmd = A::augment_args(clap::Command::new(name).no_binary_name(true));
+    let matches = cmd
+        .try_get_matches_from(argv)
+        .with_context(|| format!("demo: building the {name} step"))?;
+    A::from_arg_matches(&matches).with_context(|| format!("demo: building the {name} step"))
+}
+
+/// `OsString` argv from mixed strings and paths.
+macro_rules! argv {
+    ($($a:expr),* $(,)?) => { vec![$(OsString::from($a)),*] };
+}
+
+/// One step: skipped when `done` exists, else run and timed.
+fn step(
+    n: usize,
+    title: &str,
+    done: &Path,
+    fresh: bool,
+    f: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    if done.exists() && !fresh {
+        println!("[{n}/9] {title}: done before ({})", done.display());
+        return Ok(());
+    }
+    println!("[{n}/9] {title} ...");
+    let t = Instant::now();
+    f().with_context(|| format!("demo step {n}: {title}"))?;
+    println!("[{n}/9] {title}: {:.1} s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let start = Instant::now();
+    let w = &args.work;
+    fs::create_dir_all(w).with_context(|| format!("creating {}", w.display()))?;
+    let data = w.join("phantom");
+    let run = w.join("run");
+    let split = run.join("split.csv");
+    let int8 = run.join("model-int8.onnx");
+    let keys = w.join("keys");
+    let bundle = w.join("bundle");
+    let fresh = args.fresh;
+
+    println!(
+        "renalscan demo in {} (a screening aid, not a diagnosis)",
+        w.display()
+    );
+    let t = Instant::now();
+    let got = args.cache.ensure()?;
+    println!(
+        "[1/9] ImageNet ResNet-50 weights: {} ({:.1} s)",
+        got.dir.display(),
+        t.elapsed().as_secs_f64()
+    );
+
+    step(
+        2,
+        "synthesise phantom images",
+        &data.join("manifest.csv"),
+        fresh,
+        || {
+            let tmp = w.join("phantom.partial");
+            if tmp.exists() {
+                fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+            }
+            let n = args.n.to_string();
+            super::synth::run(flags(
+                "synth",
+                &argv!["--out", &tmp, "--n", n, "--seed", "7", "--mix", "paper"],
+            )?)?;
+            if data.exists() {
+                fs::remove_dir_all(&data)
+                    .with_context(|| format!("removing {}", data.display()))?;
+            }
+            fs::rename(&tmp, &data).with_context(|| format!("moving {} into place", data.display()))
+        },
+    )?;
+
+    step(
+        3,
+        "train stage 1 (frozen backbone, new head)",
+        &run.join("model.onnx"),
+        fresh,
+        || {
+            let mut a = argv!["--data", &data, "--out", &run, "--seed", "1"];
+            if run.exists() {
+                a.push("--resume".into());
+            }
+            super::train::run(flags("train", &a)?)
+        },
+    )?;
+
+    let float_report = run.join("report-float");
+    step(
+        4,
+        "evaluate the float model (test split)",
+        &float_report.join("metrics.json"),
+        fresh,
+        || {
+            super::eval::run(flags(
+                "eval",
+                &argv!["--model", &run, "--data", &split, "--out", &float_report],
+            )?)
+        },
+    )?;
+
+    let quant_report = run.join("quantize");
+    step(
+        5,
+        "quantize to int8 (calibrated on training images)",
+        &int8,
+        fresh,
+        || {
+            super::quantize::run(flags(
+                "quantize",
+                &argv![
+                    "--model",
+                    run.join("model.onnx"),
+                    "--calib",
+                    &split,
+                    "--out",
+                    &int8,
+                    "--calib-n",
+                    "64",
+                    "--val-n",
+                    "48",
+                    "--sqnr-n",
+                    "8",
+                    "--check-integer",
+                    "0",
+                    "--test",
+                    &split,
+                    "--report",
+                    &quant_report,
+                ],
+            )?)
+        },
+    )?;
+
+    let int8_dir = run.join("int8");
+    let int8_report = run.join("report-int8");
+    step(
+        6,
+        "evaluate the int8 model (test split)",
+        &int8_report.join("metrics.json"),
+        fresh,
+        || {
+            fs::create_dir_all(&int8_dir)
+                .with_context(|| format!("creating {}", int8_dir.display()))?;
+            for (from, to) in [
+                (&int8, "model.onnx"),
+                (&run.join("manifest.toml"), "manifest.toml"),
+            ] {
+                fs::copy(from, int8_dir.join(to)).with_context(|| {
+                    format!("copying {} into {}", from.display(), int8_dir.display())
+                })?;
+            }
+            super::eval::run(flags(
+                "eval",
+                &argv![
+                    "--model",
+                    &int8_dir,
+                    "--data",
+                    &split,
+                    "--out",
+                    &int8_report
+                ],
+            )?)
+        },
+    )?;
+
+    let secret = keys.join("demo.key");
+    let public = keys.join("demo.pub");
+    step(
+        7,
+        "signing key (demo only: keep real keys off the build machine)",
+        &secret,
+        fresh,
+        || {
+            if keys.exists() {
+                fs::remove_dir_all(&keys)
+                    .with_context(|| format!("removing {}", keys.display()))?;
+            }
+            super::bundle::keygen(flags("keygen", &argv!["--out", &keys, "--name", "demo"])?)
+        },
+    )?;
+
+    step(
+        8,
+        "signed int8 bundle with model card",
+        &bundle.join("manifest.sig"),
+        fresh,
+        || {
+            if bundle.exists() {
+                fs::remove_dir_all(&bundle)
+                    .with_context(|| format!("removing {}", bundle.display()))?;
+            }
+            super::bundle::make(flags(
+                "bundle",
+                &argv![
+                    "--model",
+                    &int8,
+                    "--manifest",
+                    run.join("manifest.toml"),
+                    "--key",
+                    &secret,
+                    "--out",
+                    &bundle,
+                    "--metrics-float",
+                    float_report.join("metrics.json"),
+                    "--metrics-int8",
+                    int8_report.join("metrics.json"),
+                    "--quant-report",
+                    quant_report.join("quantize.json"),
+                    "--data-source",
+                    "synthetic",
+                    "--data-description",
+                    "renalscan phantom: synthetic pediatric renal B-mode images, paper class mix",
+                ],
+            )?)
+        },
+    )?;
+    super::bundle::verify(flags("verify", &argv![&bundle, "--pubkey", &public])?)?;
+
+    let edge = match &args.edge {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .context("locating this executable")?
+            .with_file_name("renalscan-edge"),
+    };
+    if !edge.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p renalscan-edge` or pass --edge",
+            edge.display()
+        );
+    }
+    let journal = w.join("journal");
+    for (i, class) in args.sweeps.iter().enumerate() {
+        println!(
+            "[9/9] renalscan-edge: phantom probe sweep of a {class} kidney, {} frames",
+            args.frames
+        );
+        let t = Instant::now();
+        let status = Command::new(&edge)
+            .arg("run")
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg("--trusted-keys")
+            .arg(&public)
+            .args(["--phantom", "--fps", "0", "--class", class])
+            .arg("--seed")
+            .arg((11 + i).to_string())
+            .arg("--max-frames")
+            .arg(args.frames.to_string())
+            .arg("--journal")
+            .arg(&journal)
+            .status()
+            .with_context(|| format!("starting {}", edge.display()))?;
+        if !status.success() {
+            bail!("renalscan-edge failed on the {class} sweep ({status})");
+        }
+        println!("[9/9] {class} sweep: {:.1} s", t.elapsed().as_secs_f64());
+    }
+    println!(
+        "demo finished in {:.1} s: bundle {}, journal {}, reports {} and {}",
+        start.elapsed().as_secs_f64(),
+        bundle.display(),
+        journal.display(),
+        float_report.join("report.html").display(),
+        int8_report.join("report.html").display()
+    );
+    Ok(())
+}
