@@ -91,7 +91,8 @@ pub struct FinetuneConfig {
     pub patience: usize,
     /// Mini-batch size.
     pub batch: usize,
-    /// AdamW learning rate of layer4 (low: it starts from ImageNet weights).
+    /// AdamW learning rate of layer4 (low: it starts from ImageNet weights; on the phantom
+    /// set 1e-4 dropped validation AUC to 0.864 after one epoch, 1e-5 kept 0.921).
     pub lr_layer4: f64,
     /// AdamW learning rate of the head (it starts from the stage-1 head).
     pub lr_head: f64,
@@ -112,8 +113,8 @@ impl Default for FinetuneConfig {
             epochs: 2,
             patience: 3,
             batch: 16,
-            lr_layer4: 1e-4,
-            lr_head: 1e-3,
+            lr_layer4: 1e-5,
+            lr_head: 1e-4,
             weight_decay: 1e-2,
             dropout: 0.3,
             views: 2,

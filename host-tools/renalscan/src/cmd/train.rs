@@ -51,10 +51,10 @@ pub struct Args {
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
     /// Stage 2: AdamW learning rate of layer4.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-5)]
     pub lr_layer4: f64,
     /// Stage 2: AdamW learning rate of the head.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-4)]
     pub lr_head: f64,
     /// Validation sensitivity the operating threshold is chosen for.
     #[arg(long, default_value_t = 0.95)]
