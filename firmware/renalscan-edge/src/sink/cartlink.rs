@@ -46,8 +46,8 @@ pub struct CartSink {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Maps a label to the wire class (unknown labels are sent as their nearest meaning:
-/// abnormal -> the first abnormal class would be a lie, so they are refused at start).
+/// The wire class of a manifest label. A label without one is refused when the link starts
+/// (sending some other class would show the cart a finding the model did not make).
 pub fn wire_class(label: &str) -> Option<Class> {
     Class::ALL.iter().copied().find(|c| {
         c.name() == label
