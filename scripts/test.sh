@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The project's test command: formatting, lints, the test suite, and the device crates
-# cross-built for aarch64 (one of their test binaries run under qemu) and the cart link
-# built for a Cortex-M4F microcontroller.
+# The project's test command: formatting, lints, the test suite, the device crates
+# cross-built for aarch64 (model and journal tests and the edge runtime under qemu) and the
+# cart link built for a Cortex-M4F microcontroller.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -19,7 +19,10 @@ cargo test --release --workspace
 
 step "device crates for aarch64, tests under qemu"
 cargo build --release --target aarch64-unknown-linux-gnu "${DEVICE_CRATES[@]}"
-cargo test --release --target aarch64-unknown-linux-gnu -p model
+cargo test --release --target aarch64-unknown-linux-gnu -p model -p journal
+
+step "renalscan-edge for aarch64 under qemu on a replay source, decisions vs the host build"
+bash firmware/renalscan-edge/scripts/aarch64-e2e.sh
 
 step "cartlink for thumbv7em-none-eabihf (no_std)"
 cargo build --release -p cartlink --no-default-features --target thumbv7em-none-eabihf
