@@ -238,7 +238,8 @@ pub fn open_model(cfg: &Config) -> anyhow::Result<Classifier> {
         cfg.model.trusted_keys.as_deref(),
         cfg.model.form,
         cfg.model.form_cache.as_deref(),
-    ).with_context(|| {
+    )
+    .with_context(|| {
         format!(
             "refusing to start: bundle {} is not usable",
             bundle.display()
