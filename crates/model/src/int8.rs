@@ -131,7 +131,7 @@ pub struct FormReport {
     pub built: Built,
     /// Why, in words.
     pub reason: String,
-    /// QLinearConv nodes in the file.
+    /// Integer convolutions in the file (QLinearConv and ConvInteger nodes).
     pub qlinear_convs: usize,
     /// The integer form, where it was built.
     pub integer: Option<Candidate>,
@@ -220,7 +220,7 @@ pub enum Int8Error {
     /// A quantized operator the float rewrite has no translation for.
     #[error(
         "{path}: node {node:?} is a {op} that the float form cannot rewrite (only \
-         QLinearConv, QuantizeLinear and DequantizeLinear are); quantize that layer as \
+         QLinearConv, ConvInteger, QuantizeLinear and DequantizeLinear are); quantize that layer as \
          QLinearConv or leave it float, or load with form = integer"
     )]
     UnsupportedOp {
@@ -242,13 +242,14 @@ fn is_quantized_op(node: &NodeProto) -> bool {
         || op == "DynamicQuantizeLinear"
 }
 
-/// Number of QLinearConv nodes: a file with any is a QOperator model.
+/// Number of integer convolutions (`QLinearConv`, and `ConvInteger` for the convs whose
+/// output stays float): a file with any is a quantized model.
 pub fn qlinear_conv_count(model: &ModelProto) -> usize {
     model
         .graph
         .iter()
         .flat_map(|g| &g.node)
-        .filter(|n| n.op_type == "QLinearConv")
+        .filter(|n| n.op_type == "QLinearConv" || n.op_type == "ConvInteger")
         .count()
 }
 
@@ -339,13 +340,22 @@ fn f32_tensor(name: String, dims: Vec<i64>, data: &[f32]) -> TensorProto {
 /// Rewrites a QOperator model into the float form: each QLinearConv becomes a Conv with
 /// weights `w_int8 * w_scale[c]` and bias `b_int32 * x_scale * w_scale[c]` (the int32 bias is
 /// quantized with the product of the input and weight scales), QuantizeLinear and
-/// DequantizeLinear become identities. `path` only names the file in errors.
+/// DequantizeLinear become identities. Each `ConvInteger(QuantizeLinear(x, x_scale), w_int8)`
+/// becomes `Conv(x, w_int8 / x_scale)` (its output then approximates the integer
+/// accumulator, so the file's following Cast, per-channel Mul and bias Add keep their
+/// meaning; the Cast becomes an identity). `path` only names the file in errors.
 pub fn float_form(model: &ModelProto, path: &Path) -> Result<ModelProto, Int8Error> {
     let mut out = model.clone();
     let Some(graph) = model.graph.as_ref() else {
         return Ok(out);
     };
     let consts = constants(graph);
+    let producers: HashMap<&str, &NodeProto> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n)))
+        .collect();
+    let mut int32_outputs: HashSet<&str> = HashSet::new();
     let mut nodes = Vec::with_capacity(graph.node.len());
     let mut new_inits = Vec::new();
     for node in &graph.node {
@@ -371,6 +381,29 @@ pub fn float_form(model: &ModelProto, path: &Path) -> Result<ModelProto, Int8Err
                 nodes.push(conv);
                 new_inits.push(w);
                 new_inits.extend(b);
+            }
+            "ConvInteger" if node.domain.is_empty() => {
+                let (conv, w) = rewrite_conv_integer(node, &consts, &producers, path)?;
+                nodes.push(conv);
+                new_inits.push(w);
+                if let Some(o) = node.output.first() {
+                    int32_outputs.insert(o.as_str());
+                }
+            }
+            // The Cast of a rewritten ConvInteger's (now float) accumulator.
+            "Cast"
+                if node
+                    .input
+                    .first()
+                    .is_some_and(|i| int32_outputs.contains(i.as_str())) =>
+            {
+                nodes.push(NodeProto {
+                    input: vec![node.input[0].clone()],
+                    output: node.output.clone(),
+                    name: node.name.clone(),
+                    op_type: "Identity".into(),
+                    ..Default::default()
+                });
             }
             _ if is_quantized_op(node) => {
                 return Err(Int8Error::UnsupportedOp {
@@ -531,6 +564,148 @@ fn rewrite_conv(
         ..Default::default()
     };
     Ok((conv, w_f, b_f))
+}
+
+/// The scale of the `QuantizeLinear` that produced int8 tensor `t`, looking through
+/// scale-preserving ops (MaxPool, Identity) in between.
+fn input_scale<'a>(
+    t: &'a str,
+    producers: &HashMap<&str, &'a NodeProto>,
+    consts: &HashMap<&str, &TensorProto>,
+    node: &NodeProto,
+    path: &Path,
+) -> Result<f32, Int8Error> {
+    let mut cur = t;
+    for _ in 0..producers.len() + 1 {
+        let Some(p) = producers.get(cur) else { break };
+        match p.op_type.as_str() {
+            "MaxPool" | "Identity" => cur = p.input.first().map(String::as_str).unwrap_or(""),
+            "QuantizeLinear" => {
+                let s_name = p.input.get(1).map(String::as_str).unwrap_or("");
+                let s = consts
+                    .get(s_name)
+                    .ok_or_else(|| Int8Error::MissingInitializer {
+                        path: path.to_path_buf(),
+                        node: node_label(p),
+                        tensor: s_name.to_string(),
+                    })?;
+                let v = f32_values(s).map_err(|e| layout(path, node, &e))?;
+                if let Some(zp) = p.input.get(2).filter(|z| !z.is_empty()) {
+                    let z =
+                        consts
+                            .get(zp.as_str())
+                            .ok_or_else(|| Int8Error::MissingInitializer {
+                                path: path.to_path_buf(),
+                                node: node_label(p),
+                                tensor: zp.clone(),
+                            })?;
+                    if int_values(z)
+                        .map_err(|e| layout(path, node, &e))?
+                        .iter()
+                        .any(|&z| z != 0)
+                    {
+                        return Err(Int8Error::ZeroPoint {
+                            path: path.to_path_buf(),
+                            node: node_label(p),
+                            tensor: zp.clone(),
+                        });
+                    }
+                }
+                return match v[..] {
+                    [s] if s > 0.0 && s.is_finite() => Ok(s),
+                    _ => Err(layout(
+                        path,
+                        node,
+                        &format!("input scale {s_name:?} is not one positive value"),
+                    )),
+                };
+            }
+            _ => break,
+        }
+    }
+    Err(layout(
+        path,
+        node,
+        &format!("input {t:?} does not come from a QuantizeLinear (through MaxPool only)"),
+    ))
+}
+
+/// `ConvInteger(QuantizeLinear(x, x_scale), w_int8)` -> `Conv(x, w_int8 / x_scale)`: with
+/// symmetric zero points the accumulator is `sum(x_q * w_q)` and `x_q ~ x / x_scale`.
+fn rewrite_conv_integer(
+    node: &NodeProto,
+    consts: &HashMap<&str, &TensorProto>,
+    producers: &HashMap<&str, &NodeProto>,
+    path: &Path,
+) -> Result<(NodeProto, TensorProto), Int8Error> {
+    let input = |i: usize| node.input.get(i).map(String::as_str).unwrap_or("");
+    if node.input.len() < 2 || node.output.is_empty() {
+        return Err(layout(
+            path,
+            node,
+            "ConvInteger needs 2 to 4 inputs and one output",
+        ));
+    }
+    let bad = |what: String| layout(path, node, &what);
+    for i in [2, 3] {
+        if input(i).is_empty() {
+            continue;
+        }
+        let zp = consts
+            .get(input(i))
+            .ok_or_else(|| Int8Error::MissingInitializer {
+                path: path.to_path_buf(),
+                node: node_label(node),
+                tensor: input(i).to_string(),
+            })?;
+        if int_values(zp).map_err(bad)?.iter().any(|&z| z != 0) {
+            return Err(Int8Error::ZeroPoint {
+                path: path.to_path_buf(),
+                node: node_label(node),
+                tensor: input(i).to_string(),
+            });
+        }
+    }
+    let x_scale = input_scale(input(0), producers, consts, node, path)?;
+    let w = consts
+        .get(input(1))
+        .ok_or_else(|| Int8Error::MissingInitializer {
+            path: path.to_path_buf(),
+            node: node_label(node),
+            tensor: input(1).to_string(),
+        })?;
+    if w.dims.len() < 3 || w.data_type != DataType::Int8 as i32 {
+        return Err(bad(format!(
+            "weight {:?} must be int8 with at least 3 dims (type {}, dims {:?})",
+            input(1),
+            w.data_type,
+            w.dims
+        )));
+    }
+    let w_int = int_values(w).map_err(bad)?;
+    if w_int.len() as i64 != w.dims.iter().product::<i64>() {
+        return Err(bad(format!(
+            "weight {:?} holds {} values for dims {:?}",
+            input(1),
+            w_int.len(),
+            w.dims
+        )));
+    }
+    let weights: Vec<f32> = w_int
+        .iter()
+        .map(|&q| (q as f64 / x_scale as f64) as f32)
+        .collect();
+    let out_name = &node.output[0];
+    let w_f = f32_tensor(format!("{out_name}::weight_f32"), w.dims.clone(), &weights);
+    let conv = NodeProto {
+        input: vec![node.input[0].clone(), w_f.name.clone()],
+        output: vec![out_name.clone()],
+        name: node.name.clone(),
+        op_type: "Conv".into(),
+        attribute: node.attribute.clone(),
+        ..Default::default()
+    };
+    Ok((conv, w_f))
 }
 
 /// Ops that compute a convolution or matmul without one of tract-linalg's matmul kernels.
@@ -958,7 +1133,13 @@ mod tests {
             op_type: op.into(),
             ..Default::default()
         };
-        for op in ["QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger"] {
+        for op in [
+            "QLinearConv",
+            "QLinearMatMul",
+            "QGemm",
+            "ConvInteger",
+            "MatMulInteger",
+        ] {
             assert!(is_quantized_op(&n(op)), "{op}");
         }
         for op in ["Conv", "QuantizeLinear", "DequantizeLinear", "Relu", "Gemm"] {

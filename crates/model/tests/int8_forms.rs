@@ -88,6 +88,23 @@ fn integer_form_runs_every_convolution_as_an_integer_matmul() {
     let report = int.form_report().expect("report");
     assert_eq!(report.built, Built::Integer);
     assert_eq!(report.qlinear_convs, 4);
+    let file = {
+        use prost::Message;
+        tract_onnx::pb::ModelProto::decode(std::fs::read(&f.int8).expect("read").as_slice())
+            .expect("decode")
+    };
+    let ops = |op: &str| {
+        file.graph
+            .iter()
+            .flat_map(|g| &g.node)
+            .filter(|n| n.op_type == op)
+            .count()
+    };
+    assert_eq!(
+        (ops("QLinearConv"), ops("ConvInteger")),
+        (3, 1),
+        "the test net covers both integer conv kinds"
+    );
     let plan = &report.integer.as_ref().expect("integer candidate").plan;
     eprintln!("integer form kernels here: {:?}", plan.kernels);
     assert!(
@@ -97,7 +114,7 @@ fn integer_form_runs_every_convolution_as_an_integer_matmul() {
     );
     assert_eq!(
         plan.integer_matmuls, report.qlinear_convs,
-        "one i32-accumulating matmul per QLinearConv: {plan:?}"
+        "one i32-accumulating matmul per QLinearConv and ConvInteger: {plan:?}"
     );
     assert!(plan.kernels.iter().any(|k| k.integer));
 
@@ -278,14 +295,52 @@ fn float_form_refusals_name_the_file_the_node_and_the_fix() {
         let s = g
             .initializer
             .iter_mut()
-            .find(|t| t.name == "proj.ws")
-            .expect("proj.ws");
+            .find(|t| t.name == "c3.ws")
+            .expect("c3.ws");
         s.raw_data.truncate(8);
         s.dims = vec![2];
     });
     assert!(
         matches!(err, ModelError::Int8(model::int8::Int8Error::Layout { .. })),
         "{err}"
+    );
+
+    // ConvInteger with an asymmetric weight zero point.
+    let err = mutate_and_load(&f, |g| {
+        g.initializer.push(tract_onnx::pb::TensorProto {
+            name: "bad_zp".into(),
+            data_type: tract_onnx::pb::tensor_proto::DataType::Int8 as i32,
+            raw_data: vec![3],
+            ..Default::default()
+        });
+        let n = g
+            .node
+            .iter_mut()
+            .find(|n| n.op_type == "ConvInteger")
+            .expect("ConvInteger");
+        n.input[3] = "bad_zp".into();
+    });
+    assert!(
+        matches!(&err, ModelError::Int8(model::int8::Int8Error::ZeroPoint { tensor, .. }) if tensor == "bad_zp"),
+        "{err}"
+    );
+
+    // ConvInteger whose input scale cannot be found (its QuantizeLinear became a Relu).
+    let err = mutate_and_load(&f, |g| {
+        let n = g
+            .node
+            .iter_mut()
+            .find(|n| n.op_type == "QuantizeLinear" && n.output[0] == "p1_q")
+            .expect("p1 quantize");
+        n.op_type = "Relu".into();
+        n.input.truncate(1);
+    });
+    let msg = err.to_string();
+    assert!(
+        matches!(err, ModelError::Int8(model::int8::Int8Error::Layout { .. }))
+            && msg.contains("proj_i32")
+            && msg.contains("QuantizeLinear"),
+        "{msg}"
     );
 
     // An integer op the rewrite does not know.

@@ -1,4 +1,4 @@
-//! Activation statistics and the three calibrators that turn them into a clip threshold.
+//! Activation statistics and the calibrators that turn them into a clip threshold.
 //!
 //! Activations are quantized symmetrically, so only `|x|` matters: one histogram of
 //! magnitudes per tensor, built in a single pass. The range is not known before the first
@@ -23,6 +23,13 @@ pub enum Calibrator {
     /// The threshold minimising the KL divergence between the magnitude distribution and
     /// its 128-level quantized version (TensorRT's entropy calibration).
     Entropy,
+    /// [`Calibrator::Entropy`] on the histogram without its exact zeros: post-Relu tensors
+    /// hold a spike of zeros (quantized exactly, whatever the threshold) that otherwise
+    /// dominates the KL search and makes it clip hard.
+    EntropyNoZeros,
+    /// The threshold minimising the expected squared quantization error (rounding below
+    /// it, clipping above it) over the histogram, exact zeros costing nothing.
+    Mse,
 }
 
 impl Calibrator {
@@ -32,6 +39,8 @@ impl Calibrator {
             Calibrator::MinMax => "minmax".into(),
             Calibrator::Percentile(p) => format!("percentile-{p}"),
             Calibrator::Entropy => "entropy".into(),
+            Calibrator::EntropyNoZeros => "entropy-nozeros".into(),
+            Calibrator::Mse => "mse".into(),
         }
     }
 }
@@ -43,6 +52,8 @@ pub struct Histogram {
     range: f32,
     max: f32,
     count: u64,
+    /// Exact zeros among `count` (all in bin 0).
+    zeros: u64,
 }
 
 impl Histogram {
@@ -54,6 +65,7 @@ impl Histogram {
             range: 0.0,
             max: 0.0,
             count: 0,
+            zeros: 0,
         }
     }
 
@@ -78,6 +90,7 @@ impl Histogram {
             .filter(|v| v.is_finite())
             .fold(0f32, |m, v| m.max(v.abs()));
         self.max = self.max.max(batch_max);
+        self.zeros += values.iter().filter(|v| **v == 0.0).count() as u64;
         if self.range == 0.0 {
             if batch_max == 0.0 {
                 // All zeros so far: count them in bin 0 without fixing a range.
@@ -116,8 +129,50 @@ impl Histogram {
         match calibrator {
             Calibrator::MinMax => self.max,
             Calibrator::Percentile(p) => self.percentile(p).min(self.max),
-            Calibrator::Entropy => self.entropy_threshold().min(self.max),
+            Calibrator::Entropy => self.entropy_threshold(&self.bins).min(self.max),
+            Calibrator::EntropyNoZeros => {
+                let mut bins = self.bins.clone();
+                bins[0] -= self.zeros.min(bins[0]);
+                self.entropy_threshold(&bins).min(self.max)
+            }
+            Calibrator::Mse => self.mse_threshold().min(self.max),
         }
+    }
+
+    /// Expected squared error of symmetric int8 quantization with clip threshold `t`, from
+    /// bin centres: values beyond `t` cost their distance to it, values below a uniform
+    /// rounding error of `step^2 / 12`; exact zeros cost nothing.
+    fn squared_error(&self, t: f64) -> f64 {
+        let w = f64::from(self.width());
+        let step = t / (LEVELS - 1) as f64;
+        let round = step * step / 12.0;
+        self.bins
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                let n = if i == 0 { b - self.zeros.min(b) } else { b } as f64;
+                let c = (i as f64 + 0.5) * w;
+                if c > t {
+                    n * ((c - t) * (c - t) + round)
+                } else {
+                    n * round
+                }
+            })
+            .sum()
+    }
+
+    /// Upper bin edge minimising [`Histogram::squared_error`].
+    fn mse_threshold(&self) -> f32 {
+        let last = self.bins.iter().rposition(|&b| b > 0).unwrap_or(0) + 1;
+        let w = f64::from(self.width());
+        let mut best = (f64::INFINITY, last);
+        for i in 1..=last {
+            let e = self.squared_error(i as f64 * w);
+            if e < best.0 {
+                best = (e, i);
+            }
+        }
+        best.1 as f32 * self.width()
     }
 
     /// Upper edge of the bin where the cumulative count reaches `p` percent.
@@ -137,9 +192,9 @@ impl Histogram {
     /// `P` is the first `i` bins with everything beyond folded into the last one; `Q`
     /// spreads `P` over 128 levels (each level's mass shared evenly among its non-empty
     /// bins). The threshold is the upper edge of the `i` minimising KL(P || Q).
-    fn entropy_threshold(&self) -> f32 {
-        let n = self.bins.len();
-        let last = self.bins.iter().rposition(|&b| b > 0).unwrap_or(0) + 1;
+    fn entropy_threshold(&self, bins: &[u64]) -> f32 {
+        let n = bins.len();
+        let last = bins.iter().rposition(|&b| b > 0).unwrap_or(0) + 1;
         if last <= LEVELS {
             return last as f32 * self.width();
         }
@@ -147,20 +202,20 @@ impl Histogram {
         let mut p = vec![0f64; n];
         let mut q = vec![0f64; n];
         for i in LEVELS..=last {
-            let outliers: u64 = self.bins[i..].iter().sum();
+            let outliers: u64 = bins[i..].iter().sum();
             p[..i]
                 .iter_mut()
-                .zip(&self.bins[..i])
+                .zip(&bins[..i])
                 .for_each(|(d, &b)| *d = b as f64);
             p[i - 1] += outliers as f64;
             // Quantize the first i bins (without outliers) into LEVELS levels.
             for level in 0..LEVELS {
                 let start = level * i / LEVELS;
                 let end = ((level + 1) * i / LEVELS).max(start + 1);
-                let mass: u64 = self.bins[start..end].iter().sum();
-                let nonzero = self.bins[start..end].iter().filter(|&&b| b > 0).count();
+                let mass: u64 = bins[start..end].iter().sum();
+                let nonzero = bins[start..end].iter().filter(|&&b| b > 0).count();
                 for j in start..end {
-                    q[j] = if self.bins[j] > 0 {
+                    q[j] = if bins[j] > 0 {
                         mass as f64 / nonzero as f64
                     } else {
                         0.0
@@ -260,6 +315,51 @@ mod tests {
     }
 
     #[test]
+    fn mse_clips_a_heavy_tail_keeps_a_uniform_and_ignores_zeros() {
+        // Exponential magnitudes (max about ln(200000) = 12.2): the int8 MSE optimum for a
+        // Laplace distribution of unit scale is near 9.9, inside the range.
+        let v: Vec<f32> = uniforms(200_000, 3)
+            .iter()
+            .map(|u| (-u.ln()) as f32)
+            .collect();
+        let mut h = Histogram::new(DEFAULT_BINS);
+        h.add(&v);
+        let t = h.threshold(Calibrator::Mse);
+        assert!(
+            t < 0.9 * h.max() && t > 7.0,
+            "mse threshold {t} of max {}",
+            h.max()
+        );
+        // A spike of exact zeros (post-Relu) does not move it.
+        let mut hz = h.clone();
+        hz.add(&vec![0.0; 400_000]);
+        assert_eq!(hz.threshold(Calibrator::Mse), t);
+
+        let u: Vec<f32> = uniforms(200_000, 5).iter().map(|u| *u as f32).collect();
+        let mut hu = Histogram::new(DEFAULT_BINS);
+        hu.add(&u);
+        let tu = hu.threshold(Calibrator::Mse);
+        assert!(tu > 0.95 * hu.max(), "uniform clipped at {tu}");
+    }
+
+    #[test]
+    fn entropy_without_zeros_clips_less_on_a_zero_spike() {
+        // Half exact zeros, half exponential magnitudes: the plain KL search is pulled
+        // towards the spike; without zeros it keeps more of the tail.
+        let mut v: Vec<f32> = uniforms(100_000, 9)
+            .iter()
+            .map(|u| (-u.ln()) as f32)
+            .collect();
+        v.extend(vec![0.0; 100_000]);
+        let mut h = Histogram::new(DEFAULT_BINS);
+        h.add(&v);
+        let with = h.threshold(Calibrator::Entropy);
+        let without = h.threshold(Calibrator::EntropyNoZeros);
+        assert!(without > with, "{without} <= {with}");
+        assert!(without <= h.max());
+    }
+
+    #[test]
     fn all_zero_tensor_has_zero_threshold() {
         let mut h = Histogram::new(DEFAULT_BINS);
         h.add(&[0.0; 10]);
@@ -267,6 +367,8 @@ mod tests {
             Calibrator::MinMax,
             Calibrator::Percentile(99.99),
             Calibrator::Entropy,
+            Calibrator::EntropyNoZeros,
+            Calibrator::Mse,
         ] {
             assert_eq!(h.threshold(c), 0.0);
         }

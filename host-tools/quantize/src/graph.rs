@@ -77,13 +77,18 @@ pub struct ConvInfo {
     pub channels: usize,
     /// Key of the calibrated tensor feeding it.
     pub input: String,
-    /// Key of the calibrated tensor it produces (its Relu output when fused).
+    /// Key of the calibrated tensor it produces (its Relu output when fused); empty when
+    /// the output stays float (a conv feeding a residual Add, written as `ConvInteger`).
     pub output: String,
     /// SQNR of the int8 per-channel weights against the float ones, dB.
     pub weight_sqnr_db: f64,
     /// Biases that did not fit int32 (should be 0).
     pub bias_saturated: usize,
 }
+
+/// Per-conv, per-output-channel amounts subtracted from the float bias before quantizing
+/// it (bias correction), keyed by conv node name.
+pub type BiasCorrection = BTreeMap<String, Vec<f32>>;
 
 fn io_err(e: impl std::fmt::Display) -> QuantizeError {
     QuantizeError::Decode(e.to_string())
@@ -98,7 +103,7 @@ pub fn float_data(t: &TensorProto) -> Result<Vec<f32>, QuantizeError> {
         )));
     }
     if !t.raw_data.is_empty() {
-        if t.raw_data.len() % 4 != 0 {
+        if !t.raw_data.len().is_multiple_of(4) {
             return Err(QuantizeError::Invalid(format!(
                 "initializer `{}`: raw data of {} bytes",
                 t.name,
@@ -260,7 +265,18 @@ impl FloatModel {
         scales: &BTreeMap<String, f32>,
         form: Form,
     ) -> Result<(ModelProto, Vec<ConvInfo>), QuantizeError> {
+        self.rewrite_corrected(scales, form, None)
+    }
+
+    /// [`FloatModel::rewrite`] with each conv's bias reduced by `correction[conv][c]`.
+    pub fn rewrite_corrected(
+        &self,
+        scales: &BTreeMap<String, f32>,
+        form: Form,
+        correction: Option<&BiasCorrection>,
+    ) -> Result<(ModelProto, Vec<ConvInfo>), QuantizeError> {
         let mut r = Rewriter::new(self, Some(scales), form);
+        r.correction = correction;
         r.run()?;
         let convs = std::mem::take(&mut r.convs);
         Ok((r.finish(), convs))
@@ -282,6 +298,26 @@ struct Rewriter<'a> {
     dq_inputs: HashSet<String>,
     requested: Vec<String>,
     convs: Vec<ConvInfo>,
+    correction: Option<&'a BiasCorrection>,
+}
+
+/// A conv's quantized operands, shared by both output kinds.
+struct Prepared {
+    /// Int8 input tensor.
+    x: String,
+    /// Calibration key of the input's scale.
+    x_key: String,
+    x_scale: f32,
+    channels: usize,
+    /// Int8 weight initializer.
+    wq: String,
+    w_scales: Vec<f32>,
+    /// Float bias (zeros when the conv has none).
+    bias: Vec<f32>,
+    /// Bias quantized to int32 with `x_scale * w_scale[c]`.
+    qb: Vec<i32>,
+    /// Biases that did not fit int32.
+    saturated: usize,
 }
 
 /// A float initializer: a scalar when `scalar`, else 1-D.
@@ -330,6 +366,7 @@ impl<'a> Rewriter<'a> {
             dq_inputs: HashSet::new(),
             requested: Vec::new(),
             convs: Vec::new(),
+            correction: None,
         }
     }
 
@@ -445,6 +482,17 @@ impl<'a> Rewriter<'a> {
                         }
                         None => out.clone(),
                     };
+                    // A conv whose output only feeds residual Adds keeps a float output
+                    // (ConvInteger + per-channel rescale): those pre-add outputs are
+                    // heavy-tailed and quantizing them cost the most accuracy.
+                    let float_out = relu.is_none()
+                        && !outputs.contains(&*out)
+                        && !users.is_empty()
+                        && users.iter().all(|u| graph.node[*u].op_type == "Add");
+                    if float_out {
+                        self.conv_float_out(n, &out)?;
+                        continue;
+                    }
                     self.conv(n, &out, &key)?;
                     if relu.is_some() {
                         // Relu in float between DequantizeLinear and QuantizeLinear: standard
@@ -493,23 +541,45 @@ impl<'a> Rewriter<'a> {
         Ok(())
     }
 
-    fn conv(&mut self, n: &NodeProto, out: &str, key: &str) -> Result<(), QuantizeError> {
+    /// Int8 input, per-channel int8 weights and float bias of a conv; records its
+    /// [`ConvInfo`] with `output` as the output key.
+    fn prepare(&mut self, n: &NodeProto, output: &str) -> Result<Prepared, QuantizeError> {
         let graph = self.model.graph();
+        let weight = n
+            .input
+            .get(1)
+            .and_then(|w| self.model.init.get(w))
+            .ok_or_else(|| {
+                QuantizeError::Invalid(format!("conv `{}`: weights are not an initializer", n.name))
+            })?;
         let x = self.need_int8(&n.input[0])?;
         let x_key = self.int8[&n.input[0]].clone();
-        let w = &graph.initializer[self.model.init[&n.input[1]]];
+        let w = &graph.initializer[*weight];
         let kernel = float_data(w)?;
-        let channels = w.dims[0] as usize;
+        let channels = w.dims.first().copied().unwrap_or(0).max(0) as usize;
         let bias = match n.input.get(2).filter(|b| !b.is_empty()) {
-            Some(b) => float_data(&graph.initializer[self.model.init[b]])?,
+            Some(b) => {
+                let i = self.model.init.get(b).ok_or_else(|| {
+                    QuantizeError::Invalid(format!("conv `{}`: bias is not an initializer", n.name))
+                })?;
+                float_data(&graph.initializer[*i])?
+            }
             None => vec![0.0; channels],
+        };
+        let bias: Vec<f32> = match self.correction.and_then(|c| c.get(&n.name)) {
+            Some(d) if d.len() == bias.len() => bias.iter().zip(d).map(|(b, d)| b - d).collect(),
+            Some(d) => {
+                return Err(QuantizeError::Invalid(format!(
+                    "bias correction of `{}` has {} values for {} channels",
+                    n.name,
+                    d.len(),
+                    bias.len()
+                )))
+            }
+            None => bias,
         };
         let qw = quantize_weights(&kernel, channels);
         let x_scale = self.scale(&x_key)?;
-        let (qb, saturated) = quantize_bias(&bias, x_scale, &qw.scales);
-        if saturated > 0 {
-            log::warn!("{}: {saturated} biases saturated int32", n.name);
-        }
         let per = kernel.len() / channels.max(1);
         let deq: Vec<f32> = qw
             .values
@@ -519,22 +589,15 @@ impl<'a> Rewriter<'a> {
             .collect();
         let mut sq = Sqnr::default();
         sq.add(&kernel, &deq);
+        let (qb, saturated) = quantize_bias(&bias, x_scale, &qw.scales);
         self.convs.push(ConvInfo {
             name: n.name.clone(),
             channels,
             input: x_key.clone(),
-            output: key.to_string(),
+            output: output.to_string(),
             weight_sqnr_db: sq.db(),
-            bias_saturated: saturated,
+            bias_saturated: if output.is_empty() { 0 } else { saturated },
         });
-        if self.scales.is_none() {
-            // Discovery pass: only the requested keys matter.
-            self.scale(key)?;
-            self.int8.insert(out.to_string(), key.to_string());
-            return Ok(());
-        }
-        let (xs, zp) = self.qparams(&x_key)?;
-        let (ys, _) = self.qparams(key)?;
         let wq = self.add_init(TensorProto {
             name: format!("{}.weight_q8", n.name),
             dims: w.dims.clone(),
@@ -542,21 +605,164 @@ impl<'a> Rewriter<'a> {
             raw_data: qw.values.iter().map(|v| *v as u8).collect(),
             ..Default::default()
         });
-        let ws = self.add_init(float_init(
-            &format!("{}.weight_scale", n.name),
-            &qw.scales,
-            false,
-        ));
-        let wzp = self.add_init(TensorProto {
+        Ok(Prepared {
+            x,
+            x_key,
+            x_scale,
+            channels,
+            wq,
+            w_scales: qw.scales,
+            bias,
+            qb,
+            saturated,
+        })
+    }
+
+    /// A conv feeding only residual Adds: `ConvInteger(x_q8, w_q8) -> int32`, `Cast` to
+    /// float, `Mul` by `x_scale * w_scale[c]`, `Add` of the float bias. The matmul stays
+    /// integer; only the output is not requantized. The simulation runs the same float conv
+    /// on the dequantized input and weights.
+    fn conv_float_out(&mut self, n: &NodeProto, out: &str) -> Result<(), QuantizeError> {
+        let p = self.prepare(n, "")?;
+        self.float.insert(out.to_string());
+        if self.scales.is_none() {
+            return Ok(());
+        }
+        let (xs, zp) = self.qparams(&p.x_key)?;
+        let c = p.channels as i64;
+        let out_scale: Vec<f32> = p.w_scales.iter().map(|s| p.x_scale * s).collect();
+        let b = self.add_init(TensorProto {
+            dims: vec![1, c, 1, 1],
+            ..float_init(&format!("{}.out_bias", n.name), &p.bias, false)
+        });
+        match self.form {
+            Form::Integer => {
+                let ms = self.add_init(TensorProto {
+                    dims: vec![1, c, 1, 1],
+                    ..float_init(&format!("{}.out_scale", n.name), &out_scale, false)
+                });
+                let acc = format!("{out}_i32");
+                let mut ci = node("ConvInteger", &n.name, &[&p.x, &p.wq, &zp, &zp], &acc);
+                ci.attribute = n.attribute.clone();
+                self.nodes.push(ci);
+                let accf = format!("{out}_i32f");
+                let mut cast = node("Cast", &format!("{}_cast", n.name), &[&acc], &accf);
+                cast.attribute = vec![AttributeProto {
+                    name: "to".into(),
+                    r#type: AttributeType::Int as i32,
+                    i: DataType::Float as i64,
+                    ..Default::default()
+                }];
+                self.nodes.push(cast);
+                let scaled = format!("{out}_scaled");
+                self.nodes.push(node(
+                    "Mul",
+                    &format!("{}_rescale", n.name),
+                    &[&accf, &ms],
+                    &scaled,
+                ));
+                self.nodes.push(node(
+                    "Add",
+                    &format!("{}_bias", n.name),
+                    &[&scaled, &b],
+                    out,
+                ));
+            }
+            Form::Simulated => {
+                let xf = self.sim_input(&p.x, &xs, &zp);
+                let ws = self.add_init(float_init(
+                    &format!("{}.weight_scale", n.name),
+                    &p.w_scales,
+                    false,
+                ));
+                let wf = self.sim_weights(n, &p.wq, &ws, p.channels);
+                let conv_out = format!("{out}_conv");
+                let mut cv = node("Conv", &n.name, &[&xf, &wf], &conv_out);
+                cv.attribute = n.attribute.clone();
+                self.nodes.push(cv);
+                self.nodes.push(node(
+                    "Add",
+                    &format!("{}_bias", n.name),
+                    &[&conv_out, &b],
+                    out,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The dequantized conv input of the simulation, emitted once per tensor.
+    fn sim_input(&mut self, x: &str, xs: &str, zp: &str) -> String {
+        let xf = format!("{x}_dq");
+        if self.dq_inputs.insert(xf.clone()) {
+            self.nodes.push(node(
+                "DequantizeLinear",
+                &format!("{x}_dequant"),
+                &[x, xs, zp],
+                &xf,
+            ));
+        }
+        xf
+    }
+
+    /// The per-channel weight zero points of a conv (all 0: symmetric weights).
+    fn weight_zero_point(&mut self, n: &NodeProto, channels: usize) -> String {
+        self.add_init(TensorProto {
             name: format!("{}.weight_zero_point", n.name),
             dims: vec![channels as i64],
             data_type: DataType::Int8 as i32,
             raw_data: vec![0; channels],
             ..Default::default()
-        });
+        })
+    }
+
+    /// The dequantized weights of the simulation.
+    fn sim_weights(&mut self, n: &NodeProto, wq: &str, ws: &str, channels: usize) -> String {
+        let wzp = self.weight_zero_point(n, channels);
+        let wf = format!("{}.weight_dq", n.name);
+        let mut d = node(
+            "DequantizeLinear",
+            &format!("{}.weight_dequant", n.name),
+            &[wq, ws, &wzp],
+            &wf,
+        );
+        d.attribute = vec![axis0()];
+        self.nodes.push(d);
+        wf
+    }
+
+    fn conv(&mut self, n: &NodeProto, out: &str, key: &str) -> Result<(), QuantizeError> {
+        let p = self.prepare(n, key)?;
+        if p.saturated > 0 {
+            log::warn!("{}: {} biases saturated int32", n.name, p.saturated);
+        }
+        if self.scales.is_none() {
+            // Discovery pass: only the requested keys matter.
+            self.scale(key)?;
+            self.int8.insert(out.to_string(), key.to_string());
+            return Ok(());
+        }
+        let Prepared {
+            x,
+            x_key,
+            x_scale,
+            channels,
+            wq,
+            w_scales,
+            qb,
+            ..
+        } = p;
+        let (xs, zp) = self.qparams(&x_key)?;
+        let (ys, _) = self.qparams(key)?;
+        let ws = self.add_init(float_init(
+            &format!("{}.weight_scale", n.name),
+            &w_scales,
+            false,
+        ));
         let y = format!("{out}{Q8}");
         match self.form {
             Form::Integer => {
+                let wzp = self.weight_zero_point(n, channels);
                 let b = self.add_init(TensorProto {
                     name: format!("{}.bias_q32", n.name),
                     dims: vec![channels as i64],
@@ -574,27 +780,11 @@ impl<'a> Rewriter<'a> {
                 self.nodes.push(c);
             }
             Form::Simulated => {
-                let xf = format!("{x}_dq");
-                if self.dq_inputs.insert(xf.clone()) {
-                    self.nodes.push(node(
-                        "DequantizeLinear",
-                        &format!("{x}_dequant"),
-                        &[&x, &xs, &zp],
-                        &xf,
-                    ));
-                }
-                let wf = format!("{}.weight_dq", n.name);
-                let mut d = node(
-                    "DequantizeLinear",
-                    &format!("{}.weight_dequant", n.name),
-                    &[&wq, &ws, &wzp],
-                    &wf,
-                );
-                d.attribute = vec![axis0()];
-                self.nodes.push(d);
+                let xf = self.sim_input(&x, &xs, &zp);
+                let wf = self.sim_weights(n, &wq, &ws, channels);
                 let bf: Vec<f32> = qb
                     .iter()
-                    .zip(&qw.scales)
+                    .zip(&w_scales)
                     .map(|(b, s)| (f64::from(*b) * f64::from(x_scale) * f64::from(*s)) as f32)
                     .collect();
                 let b = self.add_init(float_init(&format!("{}.bias_dq", n.name), &bf, false));

@@ -210,8 +210,8 @@ fn simulated_int8_follows_float_and_integer_form_follows_simulation() {
     let stats = quantize::collect_stats(&model, &inputs(64, 11), 512).unwrap();
     assert_eq!(
         stats.tensors,
-        ["image", "c1_relu", "a_relu", "b"],
-        "calibrated tensors"
+        ["image", "c1_relu", "a_relu"],
+        "calibrated tensors (b feeds the residual Add: its output stays float)"
     );
     let scales = stats.scales(Calibrator::MinMax);
     let (int_proto, convs) = model.rewrite(&scales, Form::Integer).unwrap();
@@ -252,19 +252,14 @@ fn simulated_int8_follows_float_and_integer_form_follows_simulation() {
     assert_eq!(int_mm, 3, "{ops:#?}");
 
     let rows = quantize::layer_report(&model, &stats, &scales, &sim_proto, &test[..4]).unwrap();
-    assert_eq!(rows.len(), 4 + 2);
+    assert_eq!(rows.len(), 3 + 2);
     assert!(rows.iter().all(|r| r.network_sqnr_db > 15.0), "{rows:#?}");
 }
 
 #[test]
 fn file_holds_int8_weights_once_and_only_qoperator_ops() {
     let model = FloatModel::from_bytes(&tiny_model(None)).unwrap();
-    let scales: BTreeMap<String, f32> = model
-        .calibration_tensors()
-        .unwrap()
-        .into_iter()
-        .map(|t| (t, 0.05))
-        .collect();
+    let scales = fixed_scales(&model);
     let (p, _) = model.rewrite(&scales, Form::Integer).unwrap();
     let g = p.graph.unwrap();
     let allowed = [
@@ -278,8 +273,35 @@ fn file_holds_int8_weights_once_and_only_qoperator_ops() {
         "Flatten",
         "Gemm",
         "Softmax",
+        "ConvInteger",
+        "Cast",
+        "Mul",
     ];
     assert!(g.node.iter().all(|n| allowed.contains(&n.op_type.as_str())));
+    let ops = |op: &str| g.node.iter().filter(|n| n.op_type == op).count();
+    // `b` feeds the residual Add: integer matmul, float output; the others stay QLinearConv.
+    assert_eq!((ops("QLinearConv"), ops("ConvInteger")), (2, 1));
+    let ci = g.node.iter().find(|n| n.op_type == "ConvInteger").unwrap();
+    assert_eq!(ci.name, "b");
+    assert_eq!(ci.input[1], "b.weight_q8");
+    for (t, want) in [("b.out_scale", 8usize), ("b.out_bias", 8)] {
+        let t = g.initializer.iter().find(|i| i.name == t).unwrap();
+        assert_eq!(t.dims, [1, want as i64, 1, 1]);
+        assert_eq!(t.data_type, DataType::Float as i32);
+    }
+    // The rescale is x_scale * w_scale[c].
+    let out_scale = float_init(&g, "b.out_scale");
+    let w = float_init(model.proto().graph.as_ref().unwrap(), "b.weight");
+    for (c, s) in out_scale.iter().enumerate() {
+        let max = w[c * 72..(c + 1) * 72]
+            .iter()
+            .fold(0f32, |m, v| m.max(v.abs()));
+        let want = 0.05 * max / 127.0;
+        assert!(
+            (s - want).abs() <= 1e-6 * want,
+            "channel {c}: {s} vs {want}"
+        );
+    }
     for name in ["c1", "a", "b"] {
         let w: Vec<_> = g
             .initializer
@@ -293,12 +315,14 @@ fn file_holds_int8_weights_once_and_only_qoperator_ops() {
                 .any(|t| t.data_type == DataType::Float as i32 && t.dims.len() == 4),
             "float copy of {name}'s weights"
         );
-        let b = g
-            .initializer
-            .iter()
-            .find(|t| t.name == format!("{name}.bias_q32"))
-            .unwrap();
-        assert_eq!(b.data_type, DataType::Int32 as i32);
+        if name != "b" {
+            let b = g
+                .initializer
+                .iter()
+                .find(|t| t.name == format!("{name}.bias_q32"))
+                .unwrap();
+            assert_eq!(b.data_type, DataType::Int32 as i32);
+        }
     }
     // Outputs stay float and keep their names; the head stays float.
     assert_eq!(g.output[0].name, "probs");
@@ -309,6 +333,22 @@ fn file_holds_int8_weights_once_and_only_qoperator_ops() {
         matches!(again, Err(QuantizeError::NotFloat(_))),
         "{again:?}"
     );
+}
+
+/// Scale 0.05 for every calibrated tensor.
+fn fixed_scales(model: &FloatModel) -> BTreeMap<String, f32> {
+    model
+        .calibration_tensors()
+        .unwrap()
+        .into_iter()
+        .map(|t| (t, 0.05))
+        .collect()
+}
+
+/// The float values of initializer `name` of `g`.
+fn float_init(g: &GraphProto, name: &str) -> Vec<f32> {
+    let t = g.initializer.iter().find(|t| t.name == name).unwrap();
+    quantize::graph::float_data(t).unwrap()
 }
 
 fn p_bytes(g: &GraphProto) -> Vec<u8> {
@@ -375,4 +415,89 @@ fn empty_and_unreadable_calibration_sets() {
     assert_eq!(imgs.tensors.len(), 9);
     assert_eq!(imgs.tensors[0].len(), 3 * 8 * 8);
     assert_eq!(imgs.skipped.len(), 1);
+}
+
+#[test]
+fn bias_correction_is_the_weight_rounding_times_the_input_mean() {
+    let model = FloatModel::from_bytes(&tiny_model(None)).unwrap();
+    let images = inputs(16, 5);
+    let corr = quantize::bias_correction(&model, &images).unwrap();
+    assert_eq!(corr.len(), 3);
+    assert_eq!(corr["b"].len(), 8);
+    // c1 reads the image: check against the formula computed here.
+    let w = float_init(model.proto().graph.as_ref().unwrap(), "c1.weight");
+    let q = quantize::math::quantize_weights(&w, 8);
+    let hw = (SIDE * SIDE) as usize;
+    let mean: Vec<f64> = (0..3)
+        .map(|i| {
+            images
+                .iter()
+                .map(|x| {
+                    x[i * hw..(i + 1) * hw]
+                        .iter()
+                        .map(|v| f64::from(*v))
+                        .sum::<f64>()
+                })
+                .sum::<f64>()
+                / (hw * images.len()) as f64
+        })
+        .collect();
+    for (c, got) in corr["c1"].iter().enumerate() {
+        let d: f64 = mean
+            .iter()
+            .enumerate()
+            .flat_map(|(i, m)| {
+                let q = &q;
+                let w = &w;
+                (0..9).map(move |j| {
+                    let k = c * 27 + i * 9 + j;
+                    (f64::from(q.values[k]) * f64::from(q.scales[c]) - f64::from(w[k])) * m
+                })
+            })
+            .sum();
+        let got = f64::from(*got);
+        assert!(
+            (got - d).abs() <= 1e-6 + 1e-4 * d.abs(),
+            "channel {c}: {got} vs {d}"
+        );
+    }
+    assert!(corr["c1"].iter().any(|d| *d != 0.0));
+    // The correction lands in the written int32 bias.
+    let scales = fixed_scales(&model);
+    let (p, _) = model
+        .rewrite_corrected(&scales, Form::Integer, Some(&corr))
+        .unwrap();
+    let (p0, _) = model.rewrite(&scales, Form::Integer).unwrap();
+    let bias = |p: &ModelProto| -> Vec<i32> {
+        let t = p
+            .graph
+            .as_ref()
+            .unwrap()
+            .initializer
+            .iter()
+            .find(|t| t.name == "c1.bias_q32")
+            .unwrap()
+            .raw_data
+            .clone();
+        t.chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    let (b1, b0) = (bias(&p), bias(&p0));
+    for c in 0..8 {
+        let step = 0.05 * q.scales[c];
+        let want = (corr["c1"][c] / step).round() as i32;
+        assert!(
+            ((b0[c] - b1[c]) - want).abs() <= 1,
+            "channel {c}: bias moved by {} steps, expected {want}",
+            b0[c] - b1[c]
+        );
+    }
+    // A correction of the wrong length is refused.
+    let mut bad = corr.clone();
+    bad.insert("a".into(), vec![0.0; 3]);
+    assert!(matches!(
+        model.rewrite_corrected(&scales, Form::Integer, Some(&bad)),
+        Err(QuantizeError::Invalid(_))
+    ));
 }

@@ -263,6 +263,34 @@ impl Graph {
         )
     }
 
+    /// A conv with an int8 input and a float output, as `renalscan quantize` writes the
+    /// convs feeding a residual Add: `ConvInteger(xq, w_int8, 0, 0) -> int32`, `Cast` to
+    /// float, `Mul` by `x_scale * w_scale[c]`, `Add` of the float bias (both `[1, C, 1, 1]`).
+    /// Returns the float output `name`.
+    pub fn conv_integer(&mut self, name: &str, c: &ConvW, xq: &str, x_scale: &str) -> String {
+        let (wq, ws) = c.quantized();
+        let xs = x_scale_value(self, x_scale);
+        let zp8 = self.zero_point();
+        let w = self.i8(&format!("{name}.wq"), &c.dims(), &wq);
+        let acc = self.node(
+            "ConvInteger",
+            &[xq, &w, &zp8, &zp8],
+            c.attrs(),
+            &format!("{name}_i32"),
+        );
+        let accf = self.node(
+            "Cast",
+            &[&acc],
+            vec![int("to", DataType::Float as i64)],
+            &format!("{name}_i32f"),
+        );
+        let scale: Vec<f32> = ws.iter().map(|s| xs * s).collect();
+        let sn = self.f32(&format!("{name}.out_scale"), &[1, c.out_ch, 1, 1], &scale);
+        let bn = self.f32(&format!("{name}.out_bias"), &[1, c.out_ch, 1, 1], &c.b);
+        let scaled = self.node("Mul", &[&accf, &sn], vec![], &format!("{name}_scaled"));
+        self.node("Add", &[&scaled, &bn], vec![], name)
+    }
+
     /// QuantizeLinear to int8 with zero point 0; returns `(quantized, scale name)`.
     pub fn quantize(&mut self, x: &str, scale: f32) -> (String, String) {
         let s = self.f32(&format!("{x}.qs"), &[], &[scale]);
@@ -373,7 +401,8 @@ impl TinyNet {
 
     /// The QOperator model: s8 symmetric activations with scale `max|x| / 127` from
     /// `ranges` (max |x| per [`CALIBRATED`] tensor), s8 symmetric per-channel weights, int32
-    /// bias, float head: the file contract of `renalscan quantize`.
+    /// bias, float head: the file contract of `renalscan quantize`. Three QLinearConv and one
+    /// ConvInteger (the projection, whose output stays float; its range is not used).
     pub fn qoperator_model(&self, ranges: &[f32; 7]) -> ModelProto {
         let s = |i: usize| ranges[i].max(1e-6) / 127.0;
         let mut g = Graph::default();
@@ -389,8 +418,8 @@ impl TinyNet {
         let (r2q, r2s) = g.quantize("r2", s(4));
         let c3q = g.qconv("c3", &self.c3, &r2q, &r2s, s(5));
         g.dequantize(&c3q, "c3.ys", "c3");
-        let pq = g.qconv("proj", &self.proj, &p1q, &p1s, s(6));
-        g.dequantize(&pq, "proj.ys", "proj");
+        // The projection feeds the residual Add: integer matmul, float output.
+        g.conv_integer("proj", &self.proj, &p1q, &p1s);
         g.node("Add", &["c3", "proj"], vec![], "sum");
         g.node("Relu", &["sum"], vec![], "features");
         self.head(&mut g, "features");

@@ -21,6 +21,10 @@ pub enum CalibratorArg {
     Percentile,
     /// KL-divergence threshold (TensorRT style).
     Entropy,
+    /// KL-divergence threshold on the histogram without its exact zeros.
+    EntropyNozeros,
+    /// Threshold minimising the expected squared quantization error.
+    Mse,
 }
 
 /// Arguments of `quantize`.
@@ -67,6 +71,10 @@ pub struct Args {
     /// on x86); 0 skips the check.
     #[arg(long, default_value_t = 2)]
     pub check_integer: usize,
+    /// Calibration images for bias correction (each conv's expected output shift from
+    /// weight rounding, subtracted from its bias); 0 turns it off.
+    #[arg(long, default_value_t = 0)]
+    pub bias_correction: usize,
     /// Histogram bins per tensor.
     #[arg(long, default_value_t = quantize::DEFAULT_BINS)]
     pub bins: usize,
@@ -127,6 +135,8 @@ struct IntegerCheck {
     images: usize,
     max_abs_dp_vs_simulation: f64,
     qlinearconv_nodes: usize,
+    /// `ConvInteger` nodes (convs feeding a residual Add, float output).
+    convinteger_nodes: usize,
     integer_matmuls: usize,
     kernels: Vec<String>,
     seconds_per_image: f64,
@@ -141,6 +151,8 @@ struct Report {
     calibration_skipped: Vec<String>,
     calibration_s: f64,
     chosen: String,
+    /// Calibration images the bias correction was measured on (0: none).
+    bias_correction_images: usize,
     selection_rule: &'static str,
     candidates: Vec<Candidate>,
     integer_check: Option<IntegerCheck>,
@@ -214,10 +226,14 @@ pub fn run(args: Args) -> Result<()> {
             Calibrator::MinMax,
             Calibrator::Percentile(args.percentile),
             Calibrator::Entropy,
+            Calibrator::EntropyNoZeros,
+            Calibrator::Mse,
         ],
         CalibratorArg::Minmax => vec![Calibrator::MinMax],
         CalibratorArg::Percentile => vec![Calibrator::Percentile(args.percentile)],
         CalibratorArg::Entropy => vec![Calibrator::Entropy],
+        CalibratorArg::EntropyNozeros => vec![Calibrator::EntropyNoZeros],
+        CalibratorArg::Mse => vec![Calibrator::Mse],
     };
     let mut cand_reports = Vec::new();
     let chosen = if candidates.len() == 1 {
@@ -281,8 +297,28 @@ pub fn run(args: Args) -> Result<()> {
     };
 
     let scales = stats.scales(chosen);
-    let (int_proto, convs) = model.rewrite(&scales, Form::Integer)?;
-    let (sim_proto, _) = model.rewrite(&scales, Form::Simulated)?;
+    let correction = if args.bias_correction > 0 {
+        let n = args.bias_correction.min(calib.tensors.len());
+        let c = quantize::bias_correction(&model, &calib.tensors[..n])?;
+        let largest = c
+            .iter()
+            .flat_map(|(k, v)| v.iter().map(move |d| (d.abs(), k)))
+            .fold(
+                (0f32, None),
+                |m, (d, k)| if d > m.0 { (d, Some(k)) } else { m },
+            );
+        log::info!(
+            "bias correction on {n} calibration images: largest per-channel shift {:.4} ({})",
+            largest.0,
+            largest.1.map_or("-", String::as_str)
+        );
+        Some(c)
+    } else {
+        None
+    };
+    let (int_proto, convs) =
+        model.rewrite_corrected(&scales, Form::Integer, correction.as_ref())?;
+    let (sim_proto, _) = model.rewrite_corrected(&scales, Form::Simulated, correction.as_ref())?;
     let encoded = quantize::encode(&int_proto);
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -346,6 +382,7 @@ pub fn run(args: Args) -> Result<()> {
                 .collect(),
             calibration_s,
             chosen: chosen.name(),
+            bias_correction_images: args.bias_correction.min(calib.tensors.len()),
             selection_rule: "lowest mean |p_abnormal(int8 simulated) - p_abnormal(float)| on validation images, then fewest decision flips",
             candidates: cand_reports,
             integer_check,
@@ -381,12 +418,23 @@ fn check_integer(
         .collect();
     kernels.sort();
     kernels.dedup();
-    let qconv = int_proto.graph.as_ref().map_or(0, |g| {
-        g.node.iter().filter(|n| n.op_type == "QLinearConv").count()
-    });
+    let count = |op: &str| {
+        int_proto
+            .graph
+            .as_ref()
+            .map_or(0, |g| g.node.iter().filter(|n| n.op_type == op).count())
+    };
+    let qconv = count("QLinearConv");
+    let conv_integer = count("ConvInteger");
     log::info!(
-        "integer form: {qconv} QLinearConv nodes, {integer_matmuls} integer matmuls in tract's optimised graph (kernels {kernels:?})"
+        "integer form: {qconv} QLinearConv + {conv_integer} ConvInteger nodes, {integer_matmuls} integer matmuls in tract's optimised graph (kernels {kernels:?})"
     );
+    if integer_matmuls < qconv + conv_integer {
+        log::warn!(
+            "only {integer_matmuls} integer matmuls for {} integer convolutions: tract runs some in float",
+            qconv + conv_integer
+        );
+    }
     let n = args.check_integer.min(images.len());
     let t = Instant::now();
     let q = quantize::predict(int_proto, shape, probs, &images[..n], "integer form")?;
@@ -402,6 +450,7 @@ fn check_integer(
         images: n,
         max_abs_dp_vs_simulation: max,
         qlinearconv_nodes: qconv,
+        convinteger_nodes: conv_integer,
         integer_matmuls,
         kernels,
         seconds_per_image,
@@ -476,7 +525,7 @@ fn write_report(dir: &Path, r: &Report) -> Result<()> {
     let json = serde_json::to_string_pretty(r)?;
     std::fs::write(dir.join("quantize.json"), json)?;
     let mut md = format!(
-        "# int8 quantization of {}\n\n- output: {} ({:.2} MB)\n- calibration: {} images in {:.1} s ({} skipped)\n- chosen calibrator: **{}** ({})\n\n",
+        "# int8 quantization of {}\n\n- output: {} ({:.2} MB)\n- calibration: {} images in {:.1} s ({} skipped)\n- chosen calibrator: **{}** ({})\n- bias correction: {}\n\n",
         r.model,
         r.out,
         r.out_bytes as f64 / 1e6,
@@ -484,7 +533,12 @@ fn write_report(dir: &Path, r: &Report) -> Result<()> {
         r.calibration_s,
         r.calibration_skipped.len(),
         r.chosen,
-        r.selection_rule
+        r.selection_rule,
+        if r.bias_correction_images > 0 {
+            format!("measured on {} calibration images", r.bias_correction_images)
+        } else {
+            "off".into()
+        }
     );
     if !r.candidates.is_empty() {
         md.push_str("| calibrator | images | mean abs dp_abnormal | max abs dp | flips | agreement |\n|---|---:|---:|---:|---:|---:|\n");
@@ -510,8 +564,8 @@ fn write_report(dir: &Path, r: &Report) -> Result<()> {
     }
     if let Some(c) = &r.integer_check {
         md.push_str(&format!(
-            "## Integer form in tract\n\n{} QLinearConv nodes, {} integer matmuls in the optimised graph ({}); on {} images the integer form differs from the simulation by max |dp| {:.2e} ({:.1} s/image).\n\n",
-            c.qlinearconv_nodes, c.integer_matmuls, c.kernels.join(", "), c.images, c.max_abs_dp_vs_simulation, c.seconds_per_image
+            "## Integer form in tract\n\n{} QLinearConv + {} ConvInteger nodes, {} integer matmuls in the optimised graph ({}); on {} images the integer form differs from the simulation by max |dp| {:.2e} ({:.1} s/image).\n\n",
+            c.qlinearconv_nodes, c.convinteger_nodes, c.integer_matmuls, c.kernels.join(", "), c.images, c.max_abs_dp_vs_simulation, c.seconds_per_image
         ));
     }
     md.push_str("## Per-layer SQNR (calibration images, simulated int8 vs float)\n\n");
