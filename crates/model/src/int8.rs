@@ -1,7 +1,8 @@
 //! One int8 model file, two ways to run it: the form tract runs fastest on this CPU.
 //!
 //! The quantizer writes ONNX in QOperator form (QuantizeLinear, QLinearConv with int8
-//! weights, DequantizeLinear). tract can run such a file as is, with integer matmul
+//! weights, DequantizeLinear; ConvInteger plus a float rescale for convs whose output stays
+//! float). tract can run such a file as is, with integer matmul
 //! kernels (the *integer form*), or we can rewrite it at load into a plain float graph whose
 //! convolution weights are the dequantized int8 weights (the *float form*). Which is faster
 //! depends on the kernels tract has for the CPU: on aarch64 with dot-product instructions
@@ -985,7 +986,7 @@ pub(crate) fn load(
         one(
             Built::Plain,
             false,
-            "no QLinearConv in the file: a float model",
+            "no QLinearConv or ConvInteger in the file: a float model",
         )?
     } else {
         match opts.form {
