@@ -52,7 +52,7 @@ fn flags<A: clap::Args + clap::FromArgMatches>(name: &'static str, argv: &[OsStr
 
 /// `OsString` argv from mixed strings and paths.
 macro_rules! argv {
-    ($($a:expr),* $(,)?) => { vec![$(OsString::from($a)),*] };
+    ($($a:expr),* $(,)?) => { [$(OsString::from($a)),*] };
 }
 
 /// One step: skipped when `done` exists, else run and timed.
@@ -127,7 +127,7 @@ pub fn run(args: Args) -> Result<()> {
         &run.join("model.onnx"),
         fresh,
         || {
-            let mut a = argv!["--data", &data, "--out", &run, "--seed", "1"];
+            let mut a = argv!["--data", &data, "--out", &run, "--seed", "1"].to_vec();
             if run.exists() {
                 a.push("--resume".into());
             }
