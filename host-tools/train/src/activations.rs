@@ -7,7 +7,7 @@
 //! precision; f16 keeps 11 bits (0.05%) at the same 392 KiB per view, half of f32.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use usimage::{Normalization, Preprocessor, PREPROCESS_VERSION};
 
 use crate::augment::{self, AugParams, AUG_VERSION};
-use crate::extract::{self, ExtractError, SIZE};
+use crate::extract::{self, io, ExtractError, SIZE};
 
 /// Channels of the layer-3 map.
 pub const CHANNELS: usize = resnet50::STAGE_CHANNELS[2];
@@ -33,13 +33,6 @@ pub const OUTPUT: &str = "layer3";
 
 const MAGIC: &[u8; 8] = b"RSACT001";
 const RECORD: usize = 32 + 2 * LEN;
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExtractError + '_ {
-    move |source| ExtractError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
 
 /// Cache key of `view` of the image with content hash `image`: view 0 (the original) does
 /// not depend on the augmentation seed, the others do, and on [`AUG_VERSION`].
@@ -144,17 +137,7 @@ impl ActivationCache {
             return Ok(());
         }
         if self.writer.is_none() {
-            let fresh = !self.path.is_file();
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-                .map_err(io(&self.path))?;
-            let mut w = BufWriter::with_capacity(1 << 20, f);
-            if fresh {
-                w.write_all(MAGIC).map_err(io(&self.path))?;
-            }
-            self.writer = Some(w);
+            self.writer = Some(extract::append_writer(&self.path, MAGIC, 1 << 20)?);
         }
         if let Some(w) = self.writer.as_mut() {
             let mut rec = Vec::with_capacity(RECORD);
@@ -345,6 +328,7 @@ pub fn extract(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     #[test]
     fn round_trip_keys_and_torn_tail() {

@@ -58,7 +58,7 @@ pub enum ExtractError {
     Cache(String),
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExtractError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExtractError + '_ {
     move |source| ExtractError::Io {
         path: path.display().to_string(),
         source,
@@ -253,6 +253,26 @@ pub fn check_failures<T>(
 
 const MAGIC: &[u8; 8] = b"RSFEAT01";
 
+/// Opens an append-only cache file for appending, writing `magic` first when the file is
+/// new; the writer is buffered by `capacity` bytes.
+pub(crate) fn append_writer(
+    path: &Path,
+    magic: &[u8; 8],
+    capacity: usize,
+) -> Result<BufWriter<File>, ExtractError> {
+    let fresh = !path.is_file();
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io(path))?;
+    let mut w = BufWriter::with_capacity(capacity, f);
+    if fresh {
+        w.write_all(magic).map_err(io(path))?;
+    }
+    Ok(w)
+}
+
 /// Checks an append-only cache file (8-byte `magic`, then fixed-size records) and cuts off a
 /// torn last record (killed mid-write) so appends stay aligned. Returns the record count.
 pub(crate) fn record_file(path: &Path, magic: &[u8; 8], rec: usize) -> Result<u64, ExtractError> {
@@ -330,17 +350,7 @@ impl FeatureCache {
             return Ok(());
         }
         if self.writer.is_none() {
-            let fresh = !self.path.is_file();
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-                .map_err(io(&self.path))?;
-            let mut w = BufWriter::new(f);
-            if fresh {
-                w.write_all(MAGIC).map_err(io(&self.path))?;
-            }
-            self.writer = Some(w);
+            self.writer = Some(append_writer(&self.path, MAGIC, 8 << 10)?);
         }
         if let Some(w) = self.writer.as_mut() {
             let mut rec = Vec::with_capacity(32 + 4 * FEATURES);
