@@ -22,8 +22,12 @@ pub struct FrameRecord {
     pub width: u32,
     /// Source frame height.
     pub height: u32,
-    /// Scan-area box `[x0, y0, x1, y1]` (exclusive ends); all zero when none was found.
+    /// Scan-area box `[x0, y0, x1, y1]` (exclusive ends): the echo area the model input is
+    /// cropped to; all zero when none was found.
     pub bbox: [u32; 4],
+    /// The scanner's image region `[x0, y0, x1, y1]` (see `ScanArea::image_area`): what a
+    /// DICOM ultrasound region describes; reported, never cropped to.
+    pub image_area: [u32; 4],
     /// Sector, linear or none.
     pub kind: ScanKind,
     /// Panes found (split screens).
@@ -118,6 +122,7 @@ pub fn preprocess_file(
             width: frame.width(),
             height: frame.height(),
             bbox: info.crop,
+            image_area: info.area.image_area,
             kind: info.area.kind,
             panes: info.area.pane_count,
             no_anatomy: info.area.no_anatomy,
@@ -151,6 +156,11 @@ mod tests {
         assert_eq!(n, 2);
         assert_eq!(records[1].frame, 1);
         assert_eq!(records[0].kind, ScanKind::Linear);
+        let [x0, y0, x1, y1] = records[0].image_area;
+        assert!(
+            x0 <= 80 && y0 <= 30 && x1 >= 240 && y1 >= 220,
+            "{records:?}"
+        );
         // De-identification: the synthetic object's PatientName reaches no output.
         assert!(!format!("{records:?}").contains("Synthetic"));
         let bytes = std::fs::read(&records[0].output).unwrap();

@@ -37,6 +37,16 @@ const SECTOR_TOP_RATIO: f32 = 0.7;
 const MIN_TEXTURED_FRACTION: f32 = 0.25;
 /// ... or a mean grey below this (probe in air, frozen black screen).
 const MIN_MEAN_GREY: f32 = 6.0;
+/// Image region: a flat image background drawn at another grey than the screen's is at most
+/// this bright (scanners draw "no echo" near black; UI panels are greyer).
+const IMAGE_BLACK_MAX: u8 = 16;
+/// Image region: blocks around the main pane sampled for its background grey.
+const RING_BLOCKS: usize = 3;
+/// Image region growth: a row or column strip is screen background when at least this
+/// fraction of its blocks is (text and ticks are sparse; bands and panels are not).
+const STRIP_BG_FRACTION: f32 = 0.5;
+/// ... and when no run of flat non-background blocks (a UI panel) covers this fraction.
+const BAND_RUN_FRACTION: f32 = 0.25;
 
 /// Shape of the image area.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -53,8 +63,19 @@ pub enum ScanKind {
 /// The detected image area of one frame.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ScanArea {
-    /// Box of the main pane `[x0, y0, x1, y1]` in frame pixels, `x1`/`y1` exclusive.
+    /// Box of the main pane `[x0, y0, x1, y1]` in frame pixels, `x1`/`y1` exclusive: the
+    /// echo-bearing fan or rectangle. The model input is cropped to it (and blanked outside
+    /// the mask); all zero when no pane was found.
     pub bbox: [u32; 4],
+    /// The scanner's image region `[x0, y0, x1, y1]` (exclusive ends): the rectangle the
+    /// scanner draws the image in, i.e. the main pane plus the screen background around it
+    /// up to UI bands or the frame edge; what DICOM's Sequence of Ultrasound Regions
+    /// describes. It may contain burned-in text, so it is reported, never cropped to.
+    /// Found from pixels alone: the extent of a flat image background drawn at another grey
+    /// than the screen's, or else the pane box grown over the screen background. Contains
+    /// `bbox` when a pane was found; can exist without one (an image region with no echoes,
+    /// e.g. probe in air: `bbox` zero); all zero when neither is found.
+    pub image_area: [u32; 4],
     /// Sector or linear.
     pub kind: ScanKind,
     /// Boxes of every pane found (split screens), left to right; the first `pane_count`
@@ -114,6 +135,8 @@ pub struct Detector {
     pane: Vec<u8>,
     dark_cols: Vec<u32>,
     bg: u8,
+    frame_w: u32,
+    frame_h: u32,
     pane_boxes: [[u32; 4]; MAX_PANES],
     pane_count: usize,
 }
@@ -185,6 +208,7 @@ impl Detector {
         let comps = &comps[..found];
         let mut area = ScanArea {
             bbox: [0; 4],
+            image_area: [0; 4],
             kind: ScanKind::None,
             panes: [[0; 4]; MAX_PANES],
             pane_count: 0,
@@ -195,9 +219,11 @@ impl Detector {
         self.mask.clear();
         self.mask.resize(n, 0);
         let Some(best) = comps.first().copied() else {
+            area.image_area = self.image_area(None);
             return area;
         };
         if (best.score as f32) < MIN_AREA_FRACTION * n as f32 {
+            area.image_area = self.image_area(None);
             return area;
         }
         // Group components into panes: pieces stacked vertically (an image split by an
@@ -313,7 +339,255 @@ impl Detector {
         area.echo_fraction = tex as f32 / inside_f;
         area.no_anatomy =
             (tex as f32) < MIN_TEXTURED_FRACTION * inside_f || area.mean_grey < MIN_MEAN_GREY;
+        let ia = self.image_area(Some(main));
+        area.image_area = if ia == [0; 4] {
+            main_px
+        } else {
+            [
+                ia[0].min(main_px[0]),
+                ia[1].min(main_px[1]),
+                ia[2].max(main_px[2]),
+                ia[3].max(main_px[3]),
+            ]
+        };
         area
+    }
+
+    /// Grey of block `i` when all its pixels have one grey and none is colour.
+    fn flat_level(&self, i: usize) -> Option<u8> {
+        (self.colour[i] == 0 && self.lo[i] == self.hi[i]).then_some(self.lo[i])
+    }
+
+    /// The scanner's image region in pixels (see [`ScanArea::image_area`]), around the main
+    /// pane's grid box `main`, or without a pane (`None`). Two cases:
+    /// - the pane sits on a flat dark grey other than the screen background (SonoSite draws
+    ///   its image rectangle at 0 on a screen at 1, Philips its empty sector at 1 on 0):
+    ///   the region is the connected extent of that grey together with the pane and the
+    ///   opened foreground it touches (thin text and ticks are not in it, so it cannot leak
+    ///   along them); without a pane, the largest such extent, if large enough;
+    /// - the pane sits on the screen background: its box grows strip by strip while the
+    ///   strip is mostly background with no long flat panel, stopping at UI bands,
+    ///   separator lines, colour bars or the frame edge.
+    fn image_area(&mut self, main: Option<[usize; 4]>) -> [u32; 4] {
+        let (gw, gh) = (self.gw, self.gh);
+        let n = gw * gh;
+        let bg = self.bg;
+        let mut hist = [0u32; 256];
+        let level = match main {
+            Some(b) => {
+                let (x0, y0) = (
+                    b[0].saturating_sub(RING_BLOCKS),
+                    b[1].saturating_sub(RING_BLOCKS),
+                );
+                let (x1, y1) = ((b[2] + RING_BLOCKS).min(gw), (b[3] + RING_BLOCKS).min(gh));
+                for y in y0..y1 {
+                    for x in x0..x1 {
+                        let i = y * gw + x;
+                        if self.mask[i] == 0 {
+                            if let Some(v) = self.flat_level(i) {
+                                hist[usize::from(v)] += 1;
+                            }
+                        }
+                    }
+                }
+                let v = (0..256)
+                    .max_by_key(|&v| (hist[v], std::cmp::Reverse(v)))
+                    .unwrap_or(0);
+                if hist[v] == 0 {
+                    bg
+                } else {
+                    v as u8
+                }
+            }
+            None => {
+                for i in 0..n {
+                    if let Some(v) = self.flat_level(i) {
+                        hist[usize::from(v)] += 1;
+                    }
+                }
+                hist[usize::from(bg)] = 0;
+                let v = (0..=usize::from(IMAGE_BLACK_MAX))
+                    .max_by_key(|&v| (hist[v], std::cmp::Reverse(v)))
+                    .unwrap_or(0);
+                if (hist[v] as f32) < MIN_AREA_FRACTION * n as f32 {
+                    return [0; 4];
+                }
+                v as u8
+            }
+        };
+        let grid = if level != bg && level <= IMAGE_BLACK_MAX {
+            self.level_extent(level, main)
+        } else {
+            main.map(|b| self.grow(b))
+        };
+        match grid {
+            Some(b) => {
+                let s = self.block;
+                [
+                    b[0] as u32 * s,
+                    b[1] as u32 * s,
+                    (b[2] as u32 * s).min(self.frame_w),
+                    (b[3] as u32 * s).min(self.frame_h),
+                ]
+            }
+            None => [0; 4],
+        }
+    }
+
+    /// Grid box of the blocks connected to the seeds that are flat at `level`, opened
+    /// foreground or pane mask. Seeds: the mask inside `main`; without a pane, every block
+    /// flat at `level`, keeping the largest extent (at least [`MIN_AREA_FRACTION`] of the
+    /// grid). Reuses `labels` and `stack`.
+    fn level_extent(&mut self, level: u8, main: Option<[usize; 4]>) -> Option<[usize; 4]> {
+        let (gw, gh) = (self.gw, self.gh);
+        let n = gw * gh;
+        let (lo, hi, colour) = (&self.lo, &self.hi, &self.colour);
+        let (opened, mask) = (&self.opened, &self.mask);
+        let flat_at = |i: usize| colour[i] == 0 && lo[i] == level && hi[i] == level;
+        let member = |i: usize| flat_at(i) || opened[i] != 0 || mask[i] != 0;
+        let labels = &mut self.labels;
+        labels.clear();
+        labels.resize(n, 0);
+        let stack = &mut self.stack;
+        let mut union: Option<[usize; 4]> = None;
+        let mut best: Option<(usize, [usize; 4])> = None;
+        for start in 0..n {
+            if labels[start] != 0 {
+                continue;
+            }
+            let seed = match main {
+                Some(b) => {
+                    let (x, y) = (start % gw, start / gw);
+                    mask[start] != 0 && x >= b[0] && x < b[2] && y >= b[1] && y < b[3]
+                }
+                None => flat_at(start),
+            };
+            if !seed {
+                continue;
+            }
+            labels[start] = 1;
+            stack.clear();
+            stack.push(start as u32);
+            let mut bbox = [usize::MAX, usize::MAX, 0, 0];
+            let mut size = 0usize;
+            while let Some(i) = stack.pop() {
+                let i = i as usize;
+                let (x, y) = (i % gw, i / gw);
+                size += 1;
+                bbox = [
+                    bbox[0].min(x),
+                    bbox[1].min(y),
+                    bbox[2].max(x + 1),
+                    bbox[3].max(y + 1),
+                ];
+                let mut visit = |j: usize| {
+                    if labels[j] == 0 && member(j) {
+                        labels[j] = 1;
+                        stack.push(j as u32);
+                    }
+                };
+                if x > 0 {
+                    visit(i - 1);
+                }
+                if x + 1 < gw {
+                    visit(i + 1);
+                }
+                if y > 0 {
+                    visit(i - gw);
+                }
+                if y + 1 < gh {
+                    visit(i + gw);
+                }
+            }
+            union = Some(union.map_or(bbox, |u| {
+                [
+                    u[0].min(bbox[0]),
+                    u[1].min(bbox[1]),
+                    u[2].max(bbox[2]),
+                    u[3].max(bbox[3]),
+                ]
+            }));
+            if best.is_none_or(|(s, _)| size > s) {
+                best = Some((size, bbox));
+            }
+        }
+        match main {
+            Some(_) => union,
+            None => best
+                .filter(|&(size, _)| size as f32 >= MIN_AREA_FRACTION * n as f32)
+                .map(|(_, b)| b),
+        }
+    }
+
+    /// Grows grid box `b` one block strip at a time on each side while the strip beyond it
+    /// is screen background ([`Detector::background_strip`]). The first strip may be the
+    /// pane's own edge (a fade-out the block grid cuts through): it is stepped over when the
+    /// strip after it is background.
+    fn grow(&self, mut b: [usize; 4]) -> [usize; 4] {
+        let (gw, gh) = (self.gw, self.gh);
+        let mut open = [true; 4];
+        let mut first = true;
+        while open.iter().any(|&o| o) {
+            for side in 0..4 {
+                if !open[side] {
+                    continue;
+                }
+                // Strip `d` blocks beyond side `side` (1 = adjacent), if inside the grid.
+                let strip = |d: usize| -> bool {
+                    match side {
+                        0 => b[0] >= d && self.background_strip(true, b[0] - d, b[1], b[3]),
+                        1 => b[1] >= d && self.background_strip(false, b[1] - d, b[0], b[2]),
+                        2 => {
+                            b[2] + d <= gw && self.background_strip(true, b[2] + d - 1, b[1], b[3])
+                        }
+                        _ => {
+                            b[3] + d <= gh && self.background_strip(false, b[3] + d - 1, b[0], b[2])
+                        }
+                    }
+                };
+                let step = if strip(1) {
+                    1
+                } else if first && strip(2) {
+                    2
+                } else {
+                    open[side] = false;
+                    continue;
+                };
+                if side < 2 {
+                    b[side] -= step;
+                } else {
+                    b[side] += step;
+                }
+            }
+            first = false;
+        }
+        b
+    }
+
+    /// Whether grid column (`column`) or row `at`, blocks `from..to` along it, is screen
+    /// background with at most sparse overlay: mostly background blocks, and no run of flat
+    /// non-background or colour blocks (a panel, band or colour bar) a quarter of its length.
+    fn background_strip(&self, column: bool, at: usize, from: usize, to: usize) -> bool {
+        let (gw, bg) = (self.gw, self.bg);
+        let len = to.saturating_sub(from);
+        if len == 0 {
+            return false;
+        }
+        let (mut background, mut run, mut longest) = (0usize, 0usize, 0usize);
+        for k in from..to {
+            let i = if column { k * gw + at } else { at * gw + k };
+            let (lo, hi, colour) = (self.lo[i], self.hi[i], self.colour[i]);
+            let is_bg = colour == 0
+                && lo.abs_diff(bg) < FOREGROUND_DELTA
+                && hi.abs_diff(bg) < FOREGROUND_DELTA;
+            background += usize::from(is_bg);
+            // Flat at another grey, or colour only (then lo > hi).
+            let panel = !is_bg && ((colour == 0 && lo == hi) || lo > hi);
+            run = if panel { run + 1 } else { 0 };
+            longest = longest.max(run);
+        }
+        background as f32 >= STRIP_BG_FRACTION * len as f32
+            && (longest as f32) < BAND_RUN_FRACTION * len as f32
     }
 
     fn block_pixels(&self, gx: usize, gy: usize, frame: &GreyFrame) -> u64 {
@@ -329,6 +603,7 @@ impl Detector {
         let long = w.max(h) as u32;
         // At least 2x2 pixels: texture is a difference between pixels.
         self.block = long.div_ceil(GRID_LONG).max(2);
+        (self.frame_w, self.frame_h) = (frame.width(), frame.height());
         let b = self.block as usize;
         let (gw, gh) = (w.div_ceil(b), h.div_ceil(b));
         self.gw = gw;
@@ -832,7 +1107,7 @@ fn running(row: &[u8], out: &mut [u8], r: usize, min: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::synthetic::{screen, FanShape};
+    use crate::synthetic::{paint_panel, screen, FanShape};
 
     fn sector() -> FanShape {
         FanShape::Sector {
@@ -929,6 +1204,82 @@ mod tests {
         let f = GreyFrame::from_rgb(480, 360, &rgb).unwrap();
         let a = detect_scan_area(&f);
         assert!(iou(a.bbox, [300, 100, 460, 300]) >= 0.9, "{a:?}");
+    }
+
+    /// `image_area` matches `truth` (IoU >= 0.9) and contains a found `bbox`.
+    fn assert_image_area(a: &ScanArea, truth: [u32; 4]) {
+        let v = iou(a.image_area, truth);
+        println!("image area {:?} vs {truth:?}: IoU {v:.3}", a.image_area);
+        assert!(v >= 0.9, "{:?} vs {truth:?}: IoU {v:.3}", a.image_area);
+        let (o, i) = (a.image_area, a.bbox);
+        let contains = o[0] <= i[0] && o[1] <= i[1] && o[2] >= i[2] && o[3] >= i[3];
+        assert!(i == [0; 4] || contains, "{a:?}");
+    }
+
+    /// Image region on the screen background: a grey header band and a side panel (with
+    /// text) around a black display rectangle; the sector's box grows to the panels and the
+    /// frame edge, past the text and ticks on the black. (Panel edges lie on the 4-px block
+    /// grid: a band whose edge cuts blocks scores as texture and can join the pane, a limit
+    /// of the pane detector, not of the image region.)
+    #[test]
+    fn image_region_between_ui_panels_is_found() {
+        let shape = FanShape::Sector {
+            apex_x: 340.0,
+            apex_y: 40.0,
+            half_angle: 0.6,
+            r0: 40.0,
+            r1: 500.0,
+        };
+        let mut text = Vec::new();
+        let mut f = screen(800, 600, shape, 7, &mut text);
+        paint_panel(&mut f, [0, 0, 800, 52], 48, 200, 1);
+        paint_panel(&mut f, [680, 52, 800, 400], 48, 200, 2);
+        let display = [0, 52, 680, 600];
+        let a = detect_scan_area(&f);
+        assert_eq!(a.kind, ScanKind::Sector, "{a:?}");
+        assert!(iou(a.bbox, shape.bbox(800, 600)) >= 0.9, "{a:?}");
+        assert_image_area(&a, display);
+    }
+
+    /// Image region drawn at its own black (0) on a screen one grey level up (1), as SonoSite
+    /// does: the region is the extent of that black around the fan, not the whole screen.
+    #[test]
+    fn image_region_at_its_own_black_is_found() {
+        let mut f = screen(640, 480, sector(), 11, &mut Vec::new());
+        let display = [40, 10, 620, 460];
+        let w = f.width();
+        for (i, p) in f.grey_mut().iter_mut().enumerate() {
+            let (x, y) = (i as u32 % w, i as u32 / w);
+            let inside = x >= display[0] && x < display[2] && y >= display[1] && y < display[3];
+            if !inside && *p == 0 {
+                *p = 1;
+            }
+        }
+        let a = detect_scan_area(&f);
+        assert_eq!(a.kind, ScanKind::Sector, "{a:?}");
+        assert_image_area(&a, display);
+    }
+
+    /// An image region without echoes (a sector drawn at grey 1 on a black screen, probe in
+    /// air) has an image area but no pane.
+    #[test]
+    fn empty_image_region_is_reported_without_a_pane() {
+        let mut f = screen(640, 480, sector(), 3, &mut Vec::new());
+        let (w, h) = (f.width(), f.height());
+        for y in 0..h {
+            for x in 0..w {
+                if sector().contains(x as f32 + 0.5, y as f32 + 0.5) {
+                    f.grey_mut()[(y * w + x) as usize] = 1;
+                }
+            }
+        }
+        let a = detect_scan_area(&f);
+        assert_eq!(a.kind, ScanKind::None, "{a:?}");
+        assert_eq!(a.bbox, [0; 4]);
+        assert_image_area(&a, sector().bbox(w, h));
+        // A black frame has neither.
+        let black = GreyFrame::from_grey(320, 240, vec![0; 320 * 240]).unwrap();
+        assert_eq!(detect_scan_area(&black).image_area, [0; 4]);
     }
 
     #[test]

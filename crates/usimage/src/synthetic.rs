@@ -172,6 +172,42 @@ pub fn screen(
     GreyFrame::from_grey(w, h, px).unwrap_or_default()
 }
 
+/// Paints a flat user-interface panel (a header band, a side panel) of grey `grey` over
+/// `rect` of `frame`, with one line of glyph strokes of grey `text` near its top-left: the
+/// screen around a scanner's image region, for image-region tests.
+pub fn paint_panel(frame: &mut GreyFrame, rect: [u32; 4], grey: u8, text: u8, seed: u32) {
+    let mut rng = Rng::new(seed);
+    let w = frame.width();
+    let (x1, y1) = (rect[2].min(w), rect[3].min(frame.height()));
+    let px = frame.grey_mut();
+    for y in rect[1]..y1 {
+        px[(y * w + rect[0]) as usize..(y * w + x1) as usize].fill(grey);
+    }
+    // Glyphs: 3 strokes of 2 px in 9 x 12 cells, a 6 px margin, at most 8 characters.
+    let (gw, gh) = (9u32, 12u32);
+    let (tx, ty) = (rect[0] + 6, rect[1] + 6);
+    for c in 0..8 {
+        let gx = tx + c * (gw + 3);
+        if gx + gw + 6 > x1 || ty + gh + 6 > y1 {
+            break;
+        }
+        for _ in 0..3 {
+            let off = rng.below(gw.min(gh) - 2);
+            let horizontal = rng.below(2) == 0;
+            for k in 0..(if horizontal { gw } else { gh }) {
+                for t in 0..2 {
+                    let (x, y) = if horizontal {
+                        (gx + k, ty + off + t)
+                    } else {
+                        (gx + off + t, ty + k)
+                    };
+                    px[(y * w + x) as usize] = text;
+                }
+            }
+        }
+    }
+}
+
 /// Encodes a small uncompressed DICOM image (explicit VR little endian) with the given
 /// photometric interpretation, samples per pixel, frames and optional ultrasound region.
 /// Pixel data is taken as is (`rows * cols * spp * frames` bytes for 8-bit data); empty

@@ -43,12 +43,13 @@ pub fn run(args: Args) -> Result<()> {
                 }
             } else {
                 println!(
-                    "{} #{}: {}x{} box {:?} {:?} panes {}{} {:.1} ms -> {}",
+                    "{} #{}: {}x{} box {:?} image area {:?} {:?} panes {}{} {:.1} ms -> {}",
                     r.source,
                     r.frame,
                     r.width,
                     r.height,
                     r.bbox,
+                    r.image_area,
                     r.kind,
                     r.panes,
                     if r.no_anatomy { " NO ANATOMY" } else { "" },
