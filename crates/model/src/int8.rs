@@ -357,10 +357,21 @@ pub fn float_form(model: &ModelProto, path: &Path) -> Result<ModelProto, Int8Err
         .flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n)))
         .collect();
     let mut int32_outputs: HashSet<&str> = HashSet::new();
+    let mut folded: HashSet<String> = HashSet::new();
     let mut nodes = Vec::with_capacity(graph.node.len());
     let mut new_inits = Vec::new();
     for node in &graph.node {
         match node.op_type.as_str() {
+            // Int8-stored weights of a conv the quantizer kept float: fold to float now.
+            "DequantizeLinear"
+                if node.domain.is_empty()
+                    && node
+                        .input
+                        .first()
+                        .is_some_and(|i| consts.contains_key(i.as_str())) =>
+            {
+                new_inits.push(dequantize_constant(node, &consts, path)?);
+            }
             "QuantizeLinear" | "DequantizeLinear" if node.domain.is_empty() => {
                 let (Some(input), Some(output)) = (node.input.first(), node.output.first()) else {
                     return Err(layout(
@@ -384,13 +395,32 @@ pub fn float_form(model: &ModelProto, path: &Path) -> Result<ModelProto, Int8Err
                 new_inits.extend(b);
             }
             "ConvInteger" if node.domain.is_empty() => {
-                let (conv, w) = rewrite_conv_integer(node, &consts, &producers, path)?;
-                nodes.push(conv);
-                new_inits.push(w);
-                if let Some(o) = node.output.first() {
+                let (mut conv, mut w) = rewrite_conv_integer(node, &consts, &producers, path)?;
+                if let Some(f) = rescale_chain(graph, node, &consts) {
+                    // The file's `Cast -> Mul(scale) -> Add(bias)` folded into the conv: the
+                    // same graph as the float model's conv with its bias.
+                    let mut v = f32_values(&w).map_err(|e| layout(path, node, &e))?;
+                    let per = v.len() / f.scale.len();
+                    for (ch, s) in v.chunks_exact_mut(per).zip(&f.scale) {
+                        ch.iter_mut().for_each(|x| *x *= s);
+                    }
+                    w = f32_tensor(w.name.clone(), w.dims.clone(), &v);
+                    let b = f32_tensor(
+                        format!("{}::bias_f32", f.output),
+                        vec![f.bias.len() as i64],
+                        &f.bias,
+                    );
+                    conv.input.push(b.name.clone());
+                    conv.output = vec![f.output.clone()];
+                    new_inits.push(b);
+                    folded.extend(f.nodes);
+                } else if let Some(o) = node.output.first() {
                     int32_outputs.insert(o.as_str());
                 }
+                nodes.push(conv);
+                new_inits.push(w);
             }
+            _ if folded.contains(&node_label(node)) => {}
             // The Cast of a rewritten ConvInteger's (now float) accumulator.
             "Cast"
                 if node
@@ -446,6 +476,84 @@ pub fn float_form(model: &ModelProto, path: &Path) -> Result<ModelProto, Int8Err
     Ok(out)
 }
 
+/// Input `i` of `node`, which must be a constant (initializer or `Constant`).
+fn constant_input<'a>(
+    node: &NodeProto,
+    i: usize,
+    consts: &HashMap<&str, &'a TensorProto>,
+    path: &Path,
+) -> Result<&'a TensorProto, Int8Error> {
+    let name = node.input.get(i).map(String::as_str).unwrap_or("");
+    consts
+        .get(name)
+        .copied()
+        .ok_or_else(|| Int8Error::MissingInitializer {
+            path: path.to_path_buf(),
+            node: node_label(node),
+            tensor: name.to_string(),
+        })
+}
+
+/// `DequantizeLinear(q, scale, zero_point)` of constants, as a float initializer named
+/// after the node's output (per-tensor or per-axis scale, ONNX `axis` default 1).
+fn dequantize_constant(
+    node: &NodeProto,
+    consts: &HashMap<&str, &TensorProto>,
+    path: &Path,
+) -> Result<TensorProto, Int8Error> {
+    let input = |i: usize| node.input.get(i).map(String::as_str).unwrap_or("");
+    let constant = |i: usize| constant_input(node, i, consts, path);
+    let bad = |what: String| layout(path, node, &what);
+    let out = node
+        .output
+        .first()
+        .ok_or_else(|| bad("DequantizeLinear without output".into()))?;
+    let q = constant(0)?;
+    let values = int_values(q).map_err(bad)?;
+    let scale = f32_values(constant(1)?).map_err(bad)?;
+    let zero: Vec<i64> = if input(2).is_empty() {
+        vec![0]
+    } else {
+        int_values(constant(2)?).map_err(bad)?
+    };
+    let rank = q.dims.len() as i64;
+    let axis = node
+        .attribute
+        .iter()
+        .find(|a| a.name == "axis")
+        .map_or(1, |a| a.i);
+    let axis = if axis < 0 { axis + rank } else { axis };
+    // Elements per step of the axis, and the axis length.
+    let (inner, len) = if scale.len() == 1 {
+        (values.len().max(1), 1)
+    } else if (0..rank).contains(&axis) {
+        let a = axis as usize;
+        (
+            q.dims[a + 1..].iter().product::<i64>().max(1) as usize,
+            q.dims[a] as usize,
+        )
+    } else {
+        return Err(bad(format!("axis {axis} outside rank {rank}")));
+    };
+    if scale.len() != len || (zero.len() != 1 && zero.len() != len) {
+        return Err(bad(format!(
+            "{} scales and {} zero points for an axis of {len}",
+            scale.len(),
+            zero.len()
+        )));
+    }
+    let data: Vec<f32> = values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let c = (i / inner) % len;
+            let z = zero[if zero.len() == 1 { 0 } else { c }];
+            (v - z) as f32 * scale[c]
+        })
+        .collect();
+    Ok(f32_tensor(out.clone(), q.dims.clone(), &data))
+}
+
 fn layout(path: &Path, node: &NodeProto, what: &str) -> Int8Error {
     Int8Error::Layout {
         path: path.to_path_buf(),
@@ -467,16 +575,7 @@ fn rewrite_conv(
             "QLinearConv needs 8 or 9 inputs and one output",
         ));
     }
-    let constant = |i: usize| -> Result<&TensorProto, Int8Error> {
-        consts
-            .get(input(i))
-            .copied()
-            .ok_or_else(|| Int8Error::MissingInitializer {
-                path: path.to_path_buf(),
-                node: node_label(node),
-                tensor: input(i).to_string(),
-            })
-    };
+    let constant = |i: usize| constant_input(node, i, consts, path);
     let bad = |what: String| layout(path, node, &what);
     let x_scale = f32_values(constant(1)?).map_err(bad)?;
     let [x_scale] = x_scale[..] else {
@@ -590,28 +689,9 @@ fn input_scale<'a>(
                         node: node_label(p),
                         tensor: s_name.to_string(),
                     })?;
+                // The activation zero point does not matter here: the accumulator counts
+                // `x_q - x_zero_point`, which is `x / x_scale` for any zero point.
                 let v = f32_values(s).map_err(|e| layout(path, node, &e))?;
-                if let Some(zp) = p.input.get(2).filter(|z| !z.is_empty()) {
-                    let z =
-                        consts
-                            .get(zp.as_str())
-                            .ok_or_else(|| Int8Error::MissingInitializer {
-                                path: path.to_path_buf(),
-                                node: node_label(p),
-                                tensor: zp.clone(),
-                            })?;
-                    if int_values(z)
-                        .map_err(|e| layout(path, node, &e))?
-                        .iter()
-                        .any(|&z| z != 0)
-                    {
-                        return Err(Int8Error::ZeroPoint {
-                            path: path.to_path_buf(),
-                            node: node_label(p),
-                            tensor: zp.clone(),
-                        });
-                    }
-                }
                 return match v[..] {
                     [s] if s > 0.0 && s.is_finite() => Ok(s),
                     _ => Err(layout(
@@ -631,8 +711,9 @@ fn input_scale<'a>(
     ))
 }
 
-/// `ConvInteger(QuantizeLinear(x, x_scale), w_int8)` -> `Conv(x, w_int8 / x_scale)`: with
-/// symmetric zero points the accumulator is `sum(x_q * w_q)` and `x_q ~ x / x_scale`.
+/// `ConvInteger(QuantizeLinear(x, x_scale, x_zp), w_int8)` -> `Conv(x, w_int8 / x_scale)`:
+/// with symmetric weights the accumulator is `sum((x_q - x_zp) * w_q)` and
+/// `x_q - x_zp ~ x / x_scale`.
 fn rewrite_conv_integer(
     node: &NodeProto,
     consts: &HashMap<&str, &TensorProto>,
@@ -648,22 +729,21 @@ fn rewrite_conv_integer(
         ));
     }
     let bad = |what: String| layout(path, node, &what);
-    for i in [2, 3] {
-        if input(i).is_empty() {
-            continue;
-        }
+    // Input 2, the activation zero point, may be any value (see `input_scale`); input 3,
+    // the weights', must be 0.
+    if !input(3).is_empty() {
         let zp = consts
-            .get(input(i))
+            .get(input(3))
             .ok_or_else(|| Int8Error::MissingInitializer {
                 path: path.to_path_buf(),
                 node: node_label(node),
-                tensor: input(i).to_string(),
+                tensor: input(3).to_string(),
             })?;
         if int_values(zp).map_err(bad)?.iter().any(|&z| z != 0) {
             return Err(Int8Error::ZeroPoint {
                 path: path.to_path_buf(),
                 node: node_label(node),
-                tensor: input(i).to_string(),
+                tensor: input(3).to_string(),
             });
         }
     }
@@ -707,6 +787,53 @@ fn rewrite_conv_integer(
         ..Default::default()
     };
     Ok((conv, w_f))
+}
+
+/// A `ConvInteger`'s `Cast -> Mul(per-channel scale) -> Add(per-channel bias)` chain, as
+/// `renalscan quantize` writes it for convs feeding residual Adds.
+struct RescaleChain {
+    scale: Vec<f32>,
+    bias: Vec<f32>,
+    /// The Add's output, which the folded conv produces.
+    output: String,
+    /// Labels of the Cast, Mul and Add.
+    nodes: [String; 3],
+}
+
+/// Finds the rescale chain after `conv` when each link has exactly one consumer and constant
+/// per-channel operands; otherwise `None` and the chain is kept as it is.
+fn rescale_chain(
+    graph: &pb::GraphProto,
+    conv: &NodeProto,
+    consts: &HashMap<&str, &TensorProto>,
+) -> Option<RescaleChain> {
+    let only_user = |t: &str, op: &str| -> Option<&NodeProto> {
+        let mut users = graph.node.iter().filter(|n| n.input.iter().any(|i| i == t));
+        let u = users.next()?;
+        (users.next().is_none() && u.op_type == op && !graph.output.iter().any(|o| o.name == t))
+            .then_some(u)
+    };
+    let other_const = |n: &NodeProto, t: &str| -> Option<Vec<f32>> {
+        let [a, b] = &n.input[..] else { return None };
+        let c = if a == t { b } else { a };
+        f32_values(consts.get(c.as_str())?).ok()
+    };
+    let channels = consts
+        .get(conv.input.get(1)?.as_str())?
+        .dims
+        .first()
+        .copied()? as usize;
+    let cast = only_user(conv.output.first()?, "Cast")?;
+    let mul = only_user(cast.output.first()?, "Mul")?;
+    let scale = other_const(mul, cast.output.first()?)?;
+    let add = only_user(mul.output.first()?, "Add")?;
+    let bias = other_const(add, mul.output.first()?)?;
+    (scale.len() == channels && bias.len() == channels).then(|| RescaleChain {
+        scale,
+        bias,
+        output: add.output[0].clone(),
+        nodes: [node_label(cast), node_label(mul), node_label(add)],
+    })
 }
 
 /// Ops that compute a convolution or matmul without one of tract-linalg's matmul kernels.
@@ -1126,6 +1253,86 @@ mod tests {
         std::fs::write(&file, d.to_text().replace("form=integer", "form=fast")).expect("write");
         assert!(CachedDecision::read(&file, &d.key).is_none());
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn float_form_folds_dequantized_constant_weights_per_channel() {
+        let q = TensorProto {
+            name: "w_q8".into(),
+            dims: vec![2, 1, 1, 2],
+            data_type: DataType::Int8 as i32,
+            raw_data: [3i8, -4, 127, -128].iter().map(|v| *v as u8).collect(),
+            ..Default::default()
+        };
+        let scale = f32_tensor("w_scale".into(), vec![2], &[0.5, 0.25]);
+        let dq = NodeProto {
+            op_type: "DequantizeLinear".into(),
+            name: "w_dequant".into(),
+            input: vec!["w_q8".into(), "w_scale".into()],
+            output: vec!["w".into()],
+            attribute: vec![pb::AttributeProto {
+                name: "axis".into(),
+                r#type: pb::attribute_proto::AttributeType::Int as i32,
+                i: 0,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let conv = NodeProto {
+            op_type: "Conv".into(),
+            name: "c".into(),
+            input: vec!["x".into(), "w".into()],
+            output: vec!["y".into()],
+            ..Default::default()
+        };
+        let model = ModelProto {
+            graph: Some(pb::GraphProto {
+                node: vec![dq, conv],
+                initializer: vec![q, scale],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let out = float_form(&model, Path::new("m.onnx")).expect("float form");
+        let g = out.graph.expect("graph");
+        assert_eq!(g.node.len(), 1, "the DequantizeLinear became a constant");
+        assert_eq!(g.node[0].op_type, "Conv");
+        let w = g.initializer.iter().find(|t| t.name == "w").expect("w");
+        assert_eq!(w.dims, vec![2, 1, 1, 2]);
+        assert_eq!(f32_values(w).expect("f32"), vec![1.5, -2.0, 31.75, -32.0]);
+        assert!(g.initializer.iter().all(|t| t.name != "w_q8"));
+
+        // A scale count that fits no axis is a layout error naming the node.
+        let mut bad = model_with_scale_len(3);
+        let e = float_form(&bad, Path::new("m.onnx")).expect_err("refused");
+        assert!(e.to_string().contains("w_dequant"), "{e}");
+        bad.graph = None;
+        assert!(float_form(&bad, Path::new("m.onnx")).is_ok());
+    }
+
+    fn model_with_scale_len(n: usize) -> ModelProto {
+        let q = TensorProto {
+            name: "w_q8".into(),
+            dims: vec![2, 2],
+            data_type: DataType::Int8 as i32,
+            raw_data: vec![1, 2, 3, 4],
+            ..Default::default()
+        };
+        let scale = f32_tensor("w_scale".into(), vec![n as i64], &vec![1.0; n]);
+        ModelProto {
+            graph: Some(pb::GraphProto {
+                node: vec![NodeProto {
+                    op_type: "DequantizeLinear".into(),
+                    name: "w_dequant".into(),
+                    input: vec!["w_q8".into(), "w_scale".into()],
+                    output: vec!["w".into()],
+                    ..Default::default()
+                }],
+                initializer: vec![q, scale],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
     }
 
     #[test]

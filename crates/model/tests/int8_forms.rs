@@ -150,6 +150,22 @@ fn both_forms_agree_with_the_float_model() {
     );
     assert!(dp_i <= 0.02 && df_i <= 0.04, "integer form: {dp_i} {df_i}");
     assert!(dp_f <= 0.01 && df_f <= 0.02, "float form: {dp_f} {df_f}");
+    // The float form is the float model's graph again: no integer op, and the ConvInteger's
+    // Cast -> Mul -> Add rescale folded into its conv.
+    let bytes = std::fs::read(&f.int8).expect("read int8 file");
+    let proto = <tract_onnx::pb::ModelProto as prost::Message>::decode(&bytes[..]).expect("decode");
+    let float = model::int8::float_form(&proto, &f.int8).expect("float form");
+    let ops: Vec<&str> = float
+        .graph
+        .iter()
+        .flat_map(|g| &g.node)
+        .map(|n| n.op_type.as_str())
+        .filter(|op| !matches!(*op, "Identity"))
+        .collect();
+    for gone in ["QLinearConv", "ConvInteger", "Cast", "Mul"] {
+        assert!(!ops.contains(&gone), "{gone} left in {ops:?}");
+    }
+    assert_eq!(ops.iter().filter(|o| **o == "Conv").count(), 4, "{ops:?}");
     // The integer form really quantizes activations: it is not the float form in disguise.
     let (dp_if, df_if) = disagreement(&int, &fl);
     assert!(

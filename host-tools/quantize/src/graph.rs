@@ -47,8 +47,12 @@ const QUANT_OPS: [&str; 7] = [
 pub const OPSET: i64 = 13;
 /// Suffix of int8 tensors.
 pub const Q8: &str = "_q8";
+/// The empty set of float-kept activations.
+static NO_KEYS: BTreeSet<String> = BTreeSet::new();
 /// Name of the shared int8 zero point initializer.
 const ZERO_POINT: &str = "q8.zero_point";
+/// Name of the shared zero point of full-range post-ReLU activations.
+const RELU_ZERO_POINT: &str = "q8.zero_point_relu";
 
 /// Which graph to build from the same quantization parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,11 +65,25 @@ pub enum Form {
     Simulated,
 }
 
+/// How activations are encoded in int8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum ActEncoding {
+    /// Every activation symmetric, zero point 0: post-ReLU tensors use only 0..127.
+    #[default]
+    Symmetric,
+    /// Post-ReLU (non-negative) tensors use all 256 levels, zero point -128 (half the step,
+    /// about 6 dB more SQNR); signed tensors (the model input) stay symmetric.
+    ReluFullRange,
+}
+
 /// A validated float model.
 #[derive(Debug, Clone)]
 pub struct FloatModel {
     proto: ModelProto,
     init: HashMap<String, usize>,
+    encoding: ActEncoding,
+    /// Tensors produced by `Relu` (non-negative).
+    relu_outputs: HashSet<String>,
 }
 
 /// What the rewrite did to one convolution, for the report.
@@ -196,7 +214,41 @@ impl FloatModel {
                 )));
             }
         }
-        Ok(Self { proto, init })
+        let relu_outputs = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type == "Relu")
+            .flat_map(|n| n.output.iter().cloned())
+            .collect();
+        Ok(Self {
+            proto,
+            init,
+            encoding: ActEncoding::default(),
+            relu_outputs,
+        })
+    }
+
+    /// Chooses how activations are encoded by the rewrites that follow.
+    pub fn set_encoding(&mut self, encoding: ActEncoding) {
+        self.encoding = encoding;
+    }
+
+    /// The activation encoding in use.
+    pub fn encoding(&self) -> ActEncoding {
+        self.encoding
+    }
+
+    /// Scale and zero point of activation `key` in the file, from its symmetric scale
+    /// (`threshold / 127`, what [`crate::Stats::scales`] gives).
+    pub fn act_qparams(&self, key: &str, symmetric_scale: f32) -> (f32, i8) {
+        if self.encoding == ActEncoding::ReluFullRange && self.relu_outputs.contains(key) {
+            (
+                crate::math::relu_scale(symmetric_scale * crate::math::ACT_MAX),
+                crate::math::RELU_ZERO_POINT,
+            )
+        } else {
+            (symmetric_scale, 0)
+        }
     }
 
     fn graph(&self) -> &GraphProto {
@@ -275,8 +327,31 @@ impl FloatModel {
         form: Form,
         correction: Option<&BiasCorrection>,
     ) -> Result<(ModelProto, Vec<ConvInfo>), QuantizeError> {
+        self.rewrite_mixed(scales, form, correction, &BTreeSet::new())
+    }
+
+    /// [`FloatModel::rewrite_corrected`] keeping the activations named in `float_keys`
+    /// (calibration keys) unquantized: their producing conv keeps an integer matmul with a
+    /// float output (as for residual branches) and the convs reading them compute in float
+    /// on int8-stored weights dequantized at load. The file stays as small; only those
+    /// activations lose their rounding error.
+    pub fn rewrite_mixed(
+        &self,
+        scales: &BTreeMap<String, f32>,
+        form: Form,
+        correction: Option<&BiasCorrection>,
+        float_keys: &BTreeSet<String>,
+    ) -> Result<(ModelProto, Vec<ConvInfo>), QuantizeError> {
+        let known = self.calibration_tensors()?;
+        if let Some(k) = float_keys.iter().find(|k| !known.contains(k)) {
+            return Err(QuantizeError::Invalid(format!(
+                "`{k}` is not a quantized activation of this model (known: {})",
+                known.join(", ")
+            )));
+        }
         let mut r = Rewriter::new(self, Some(scales), form);
         r.correction = correction;
+        r.float_keys = float_keys;
         r.run()?;
         let convs = std::mem::take(&mut r.convs);
         Ok((r.finish(), convs))
@@ -299,6 +374,18 @@ struct Rewriter<'a> {
     requested: Vec<String>,
     convs: Vec<ConvInfo>,
     correction: Option<&'a BiasCorrection>,
+    /// Activations kept float (see [`FloatModel::rewrite_mixed`]).
+    float_keys: &'a BTreeSet<String>,
+    /// Float tensors standing for a float-kept activation (its MaxPool), and that key.
+    float_alias: HashMap<String, String>,
+}
+
+/// A conv's int8 weights: initializer name, per-channel scales, channel count, SQNR.
+struct Weights {
+    wq: String,
+    scales: Vec<f32>,
+    channels: usize,
+    sqnr_db: f64,
 }
 
 /// A conv's quantized operands, shared by both output kinds.
@@ -367,6 +454,8 @@ impl<'a> Rewriter<'a> {
             requested: Vec::new(),
             convs: Vec::new(),
             correction: None,
+            float_keys: &NO_KEYS,
+            float_alias: HashMap::new(),
         }
     }
 
@@ -378,6 +467,7 @@ impl<'a> Rewriter<'a> {
         name
     }
 
+    /// The file's scale of activation `key` (see [`FloatModel::act_qparams`]).
     fn scale(&mut self, key: &str) -> Result<f32, QuantizeError> {
         if !self.requested.iter().any(|k| k == key) {
             self.requested.push(key.to_string());
@@ -388,20 +478,36 @@ impl<'a> Rewriter<'a> {
                 .get(key)
                 .copied()
                 .filter(|v| *v > 0.0 && v.is_finite())
+                .map(|v| self.model.act_qparams(key, v).0)
                 .ok_or_else(|| QuantizeError::MissingScale(key.to_string())),
         }
+    }
+
+    /// The shared int8 zero point 0 (weights, symmetric activations).
+    fn zero(&mut self) -> String {
+        self.add_init(TensorProto {
+            name: ZERO_POINT.into(),
+            data_type: DataType::Int8 as i32,
+            raw_data: vec![0],
+            ..Default::default()
+        })
     }
 
     /// Scale and zero point initializers of a calibration key.
     fn qparams(&mut self, key: &str) -> Result<(String, String), QuantizeError> {
         let s = self.scale(key)?;
         let scale = self.add_init(float_init(&format!("{key}.scale"), &[s], true));
-        let zp = self.add_init(TensorProto {
-            name: ZERO_POINT.into(),
-            data_type: DataType::Int8 as i32,
-            raw_data: vec![0],
-            ..Default::default()
-        });
+        let (_, z) = self.model.act_qparams(key, 1.0);
+        let zp = if z == 0 {
+            self.zero()
+        } else {
+            self.add_init(TensorProto {
+                name: RELU_ZERO_POINT.into(),
+                data_type: DataType::Int8 as i32,
+                raw_data: vec![z as u8],
+                ..Default::default()
+            })
+        };
         Ok((scale, zp))
     }
 
@@ -489,15 +595,40 @@ impl<'a> Rewriter<'a> {
                         && !outputs.contains(&*out)
                         && !users.is_empty()
                         && users.iter().all(|u| graph.node[*u].op_type == "Add");
+                    let input = n.input.first().map(String::as_str).unwrap_or_default();
+                    let input_key = self
+                        .int8
+                        .get(input)
+                        .or_else(|| self.float_alias.get(input))
+                        .map_or(input, String::as_str);
+                    if self.scales.is_some() && self.float_keys.contains(input_key) {
+                        // Reads a float-kept activation: float compute, int8-stored weights.
+                        self.conv_float(n, &out)?;
+                        if relu.is_some() {
+                            self.nodes.push(node("Relu", &key, &[&out], &key));
+                            self.float.insert(key.clone());
+                        }
+                        continue;
+                    }
                     if float_out {
                         self.conv_float_out(n, &out)?;
+                        continue;
+                    }
+                    if self.scales.is_some() && self.float_keys.contains(&key) {
+                        // Produces a float-kept activation: integer matmul, float output,
+                        // float Relu.
+                        self.conv_float_out(n, &out)?;
+                        if relu.is_some() {
+                            self.nodes.push(node("Relu", &key, &[&out], &key));
+                            self.float.insert(key.clone());
+                        }
                         continue;
                     }
                     self.conv(n, &out, &key)?;
                     if relu.is_some() {
                         // Relu in float between DequantizeLinear and QuantizeLinear: standard
-                        // opset 13 (int8 Relu needs 14); exact, since zero point 0 maps 0 to 0,
-                        // and tract folds the chain into an int8 operation.
+                        // opset 13 (int8 Relu needs 14); exact, since the zero point maps back
+                        // to 0, and tract folds the chain into an int8 operation.
                         let pre = self.need_float(&out)?;
                         self.nodes.push(node("Relu", &key, &[&pre], &key));
                         self.float.insert(key.clone());
@@ -520,6 +651,15 @@ impl<'a> Rewriter<'a> {
                     m.output = vec![format!("{out}{Q8}")];
                     self.nodes.push(m);
                     self.int8.insert(out.clone(), key);
+                }
+                "MaxPool" if self.float_keys.contains(&n.input[0]) => {
+                    // Pooling a float-kept activation: float, and its output counts as the
+                    // same activation for the convs reading it.
+                    let mut m = n.clone();
+                    m.input = vec![self.need_float(&n.input[0])?];
+                    self.nodes.push(m);
+                    self.float.insert(out.clone());
+                    self.float_alias.insert(out.clone(), n.input[0].clone());
                 }
                 _ => {
                     let mut m = n.clone();
@@ -544,6 +684,35 @@ impl<'a> Rewriter<'a> {
     /// Int8 input, per-channel int8 weights and float bias of a conv; records its
     /// [`ConvInfo`] with `output` as the output key.
     fn prepare(&mut self, n: &NodeProto, output: &str) -> Result<Prepared, QuantizeError> {
+        let x = self.need_int8(&n.input[0])?;
+        let x_key = self.int8[&n.input[0]].clone();
+        let w = self.weights(n)?;
+        let bias = self.float_bias(n, w.channels)?;
+        let x_scale = self.scale(&x_key)?;
+        let (qb, saturated) = quantize_bias(&bias, x_scale, &w.scales);
+        self.convs.push(ConvInfo {
+            name: n.name.clone(),
+            channels: w.channels,
+            input: x_key.clone(),
+            output: output.to_string(),
+            weight_sqnr_db: w.sqnr_db,
+            bias_saturated: if output.is_empty() { 0 } else { saturated },
+        });
+        Ok(Prepared {
+            x,
+            x_key,
+            x_scale,
+            channels: w.channels,
+            wq: w.wq,
+            w_scales: w.scales,
+            bias,
+            qb,
+            saturated,
+        })
+    }
+
+    /// A conv's per-channel int8 weights, written once as `<conv>.weight_q8`.
+    fn weights(&mut self, n: &NodeProto) -> Result<Weights, QuantizeError> {
         let graph = self.model.graph();
         let weight = n
             .input
@@ -552,34 +721,10 @@ impl<'a> Rewriter<'a> {
             .ok_or_else(|| {
                 QuantizeError::Invalid(format!("conv `{}`: weights are not an initializer", n.name))
             })?;
-        let x = self.need_int8(&n.input[0])?;
-        let x_key = self.int8[&n.input[0]].clone();
         let w = &graph.initializer[*weight];
         let kernel = float_data(w)?;
         let channels = w.dims.first().copied().unwrap_or(0).max(0) as usize;
-        let bias = match n.input.get(2).filter(|b| !b.is_empty()) {
-            Some(b) => {
-                let i = self.model.init.get(b).ok_or_else(|| {
-                    QuantizeError::Invalid(format!("conv `{}`: bias is not an initializer", n.name))
-                })?;
-                float_data(&graph.initializer[*i])?
-            }
-            None => vec![0.0; channels],
-        };
-        let bias: Vec<f32> = match self.correction.and_then(|c| c.get(&n.name)) {
-            Some(d) if d.len() == bias.len() => bias.iter().zip(d).map(|(b, d)| b - d).collect(),
-            Some(d) => {
-                return Err(QuantizeError::Invalid(format!(
-                    "bias correction of `{}` has {} values for {} channels",
-                    n.name,
-                    d.len(),
-                    bias.len()
-                )))
-            }
-            None => bias,
-        };
         let qw = quantize_weights(&kernel, channels);
-        let x_scale = self.scale(&x_key)?;
         let per = kernel.len() / channels.max(1);
         let deq: Vec<f32> = qw
             .values
@@ -589,15 +734,6 @@ impl<'a> Rewriter<'a> {
             .collect();
         let mut sq = Sqnr::default();
         sq.add(&kernel, &deq);
-        let (qb, saturated) = quantize_bias(&bias, x_scale, &qw.scales);
-        self.convs.push(ConvInfo {
-            name: n.name.clone(),
-            channels,
-            input: x_key.clone(),
-            output: output.to_string(),
-            weight_sqnr_db: sq.db(),
-            bias_saturated: if output.is_empty() { 0 } else { saturated },
-        });
         let wq = self.add_init(TensorProto {
             name: format!("{}.weight_q8", n.name),
             dims: w.dims.clone(),
@@ -605,17 +741,37 @@ impl<'a> Rewriter<'a> {
             raw_data: qw.values.iter().map(|v| *v as u8).collect(),
             ..Default::default()
         });
-        Ok(Prepared {
-            x,
-            x_key,
-            x_scale,
-            channels,
+        Ok(Weights {
             wq,
-            w_scales: qw.scales,
-            bias,
-            qb,
-            saturated,
+            scales: qw.scales,
+            channels,
+            sqnr_db: sq.db(),
         })
+    }
+
+    /// A conv's float bias (zeros when it has none), less its bias correction if any.
+    fn float_bias(&self, n: &NodeProto, channels: usize) -> Result<Vec<f32>, QuantizeError> {
+        let bias = match n.input.get(2).filter(|b| !b.is_empty()) {
+            Some(b) => {
+                let i = self.model.init.get(b).ok_or_else(|| {
+                    QuantizeError::Invalid(format!("conv `{}`: bias is not an initializer", n.name))
+                })?;
+                float_data(&self.model.graph().initializer[*i])?
+            }
+            None => vec![0.0; channels],
+        };
+        match self.correction.and_then(|c| c.get(&n.name)) {
+            Some(d) if d.len() == bias.len() => {
+                Ok(bias.iter().zip(d).map(|(b, d)| b - d).collect())
+            }
+            Some(d) => Err(QuantizeError::Invalid(format!(
+                "bias correction of `{}` has {} values for {} channels",
+                n.name,
+                d.len(),
+                bias.len()
+            ))),
+            None => Ok(bias),
+        }
     }
 
     /// A conv feeding only residual Adds: `ConvInteger(x_q8, w_q8) -> int32`, `Cast` to
@@ -642,7 +798,8 @@ impl<'a> Rewriter<'a> {
                     ..float_init(&format!("{}.out_scale", n.name), &out_scale, false)
                 });
                 let acc = format!("{out}_i32");
-                let mut ci = node("ConvInteger", &n.name, &[&p.x, &p.wq, &zp, &zp], &acc);
+                let w0 = self.zero();
+                let mut ci = node("ConvInteger", &n.name, &[&p.x, &p.wq, &zp, &w0], &acc);
                 ci.attribute = n.attribute.clone();
                 self.nodes.push(ci);
                 let accf = format!("{out}_i32f");
@@ -688,6 +845,36 @@ impl<'a> Rewriter<'a> {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// A conv reading a float-kept activation: `Conv(x, DequantizeLinear(w_q8), bias)` in
+    /// float, the same in both forms. Its output (and fused Relu) is float; consumers
+    /// quantize it where they need int8.
+    fn conv_float(&mut self, n: &NodeProto, out: &str) -> Result<(), QuantizeError> {
+        let x = self.need_float(&n.input[0])?;
+        let w = self.weights(n)?;
+        self.convs.push(ConvInfo {
+            name: n.name.clone(),
+            channels: w.channels,
+            input: String::new(),
+            output: String::new(),
+            weight_sqnr_db: w.sqnr_db,
+            bias_saturated: 0,
+        });
+        let ws = self.add_init(float_init(
+            &format!("{}.weight_scale", n.name),
+            &w.scales,
+            false,
+        ));
+        let wf = self.sim_weights(n, &w.wq, &ws, w.channels);
+        // The float bias, with the bias correction of the int8 weights' rounding.
+        let bias = self.float_bias(n, w.channels)?;
+        let b = self.add_init(float_init(&format!("{}.bias_f32", n.name), &bias, false));
+        let mut c = node("Conv", &n.name, &[&x, &wf, &b], out);
+        c.attribute = n.attribute.clone();
+        self.nodes.push(c);
+        self.float.insert(out.to_string());
         Ok(())
     }
 
@@ -753,7 +940,7 @@ impl<'a> Rewriter<'a> {
             ..
         } = p;
         let (xs, zp) = self.qparams(&x_key)?;
-        let (ys, _) = self.qparams(key)?;
+        let (ys, yzp) = self.qparams(key)?;
         let ws = self.add_init(float_init(
             &format!("{}.weight_scale", n.name),
             &w_scales,
@@ -773,7 +960,7 @@ impl<'a> Rewriter<'a> {
                 let mut c = node(
                     "QLinearConv",
                     &n.name,
-                    &[&x, &xs, &zp, &wq, &ws, &wzp, &ys, &zp, &b],
+                    &[&x, &xs, &zp, &wq, &ws, &wzp, &ys, &yzp, &b],
                     &y,
                 );
                 c.attribute = n.attribute.clone();
@@ -795,7 +982,7 @@ impl<'a> Rewriter<'a> {
                 self.nodes.push(node(
                     "QuantizeLinear",
                     &format!("{out}_quant"),
-                    &[&cf, &ys, &zp],
+                    &[&cf, &ys, &yzp],
                     &y,
                 ));
             }

@@ -26,7 +26,7 @@ use usimage::{Normalization, Preprocessor, UsFile};
 pub use calib::{Calibrator, Histogram, DEFAULT_BINS};
 pub use engine::Engine;
 pub use error::QuantizeError;
-pub use graph::{BiasCorrection, ConvInfo, FloatModel, Form, Q8};
+pub use graph::{ActEncoding, BiasCorrection, ConvInfo, FloatModel, Form, Q8};
 pub use tract_onnx::pb::ModelProto;
 
 /// Serialises a model to ONNX bytes.
@@ -313,6 +313,9 @@ pub struct LayerRow {
     /// SQNR of the simulated int8 network's tensor against float, dB: error accumulated
     /// through all layers up to here.
     pub network_sqnr_db: f64,
+    /// Kept float (`--float-layers`): not rounded; `local_sqnr_db` is what rounding would
+    /// have cost.
+    pub kept_float: bool,
 }
 
 /// Per-layer SQNR on `images`: each calibrated tensor of the simulated int8 network against
@@ -328,7 +331,30 @@ pub fn layer_report(
     let outs = model.output_names();
     let mut fnames = hidden(model, &stats.tensors);
     fnames.extend(outs.iter().cloned());
-    let mut snames: Vec<String> = stats.tensors.iter().map(|t| format!("{t}{Q8}")).collect();
+    // A tensor kept float (see `FloatModel::rewrite_mixed`) is read under its own name.
+    let produced: std::collections::HashSet<&str> = sim
+        .graph
+        .iter()
+        .flat_map(|g| &g.node)
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .chain(
+            sim.graph
+                .iter()
+                .flat_map(|g| &g.input)
+                .map(|i| i.name.as_str()),
+        )
+        .collect();
+    let kept_float: Vec<bool> = stats
+        .tensors
+        .iter()
+        .map(|t| !produced.contains(format!("{t}{Q8}").as_str()) && produced.contains(t.as_str()))
+        .collect();
+    let mut snames: Vec<String> = stats
+        .tensors
+        .iter()
+        .zip(&kept_float)
+        .map(|(t, f)| if *f { t.clone() } else { format!("{t}{Q8}") })
+        .collect();
     snames.extend(outs.iter().cloned());
     let fe = Engine::new(model.proto(), &shape, &fnames)?;
     let se = Engine::new(sim, &shape, &snames)?;
@@ -342,12 +368,18 @@ pub fn layer_report(
         let s = se.run(x)?;
         for (i, (fv, sv)) in f.iter().zip(&s).enumerate() {
             if i < k {
-                let sc = scales.get(&stats.tensors[i]).copied().unwrap_or(1.0);
-                let lq: Vec<f32> = fv.iter().map(|v| math::fake_quant(*v, sc)).collect();
+                let t = &stats.tensors[i];
+                let (sc, zp) = model.act_qparams(t, scales.get(t).copied().unwrap_or(1.0));
+                let lq: Vec<f32> = fv.iter().map(|v| math::fake_quant_zp(*v, sc, zp)).collect();
                 local[i].add(fv, &lq);
-                let deq: Vec<f32> = sv.iter().map(|q| q * sc).collect();
+                let (unit, z) = if kept_float[i] {
+                    (1.0, 0.0)
+                } else {
+                    (sc, f32::from(zp))
+                };
+                let deq: Vec<f32> = sv.iter().map(|q| (q - z) * unit).collect();
                 net[i].add(fv, &deq);
-                let t = 127.0 * sc;
+                let t = (math::ACT_MAX - f32::from(zp)) * sc;
                 clipped[i].0 += fv.iter().filter(|v| v.abs() > t).count() as u64;
                 clipped[i].1 += fv.len() as u64;
             } else {
@@ -361,15 +393,16 @@ pub fn layer_report(
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            let sc = scales.get(t).copied().unwrap_or(1.0);
+            let (sc, zp) = model.act_qparams(t, scales.get(t).copied().unwrap_or(1.0));
             LayerRow {
                 tensor: t.clone(),
                 scale: sc,
                 max_abs: stats.hists[i].max(),
-                threshold: 127.0 * sc,
+                threshold: (math::ACT_MAX - f32::from(zp)) * sc,
                 clipped_pct: 100.0 * clipped[i].0 as f64 / clipped[i].1.max(1) as f64,
                 local_sqnr_db: local[i].db(),
                 network_sqnr_db: net[i].db(),
+                kept_float: kept_float[i],
             }
         })
         .collect();
@@ -381,6 +414,7 @@ pub fn layer_report(
         clipped_pct: 0.0,
         local_sqnr_db: f64::NAN,
         network_sqnr_db: net[k + j].db(),
+        kept_float: true,
     }));
     Ok(rows)
 }
@@ -392,8 +426,13 @@ pub fn layer_table_markdown(rows: &[LayerRow]) -> String {
          |---|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
+        let float = if r.kept_float && r.scale > 0.0 {
+            " (kept float)"
+        } else {
+            ""
+        };
         s.push_str(&format!(
-            "| {} | {:.5} | {:.3} | {:.3} | {:.4} | {:.1} | {:.1} |\n",
+            "| {}{float} | {:.5} | {:.3} | {:.3} | {:.4} | {:.1} | {:.1} |\n",
             r.tensor,
             r.scale,
             r.max_abs,

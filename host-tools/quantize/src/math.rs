@@ -30,6 +30,27 @@ pub fn fake_quant(x: f32, scale: f32) -> f32 {
     f32::from(quantize_act(x, scale)) * scale
 }
 
+/// Zero point of a non-negative (post-ReLU) activation in the full-range encoding: 0 maps to
+/// -128, so all 256 int8 levels cover `[0, threshold]`.
+pub const RELU_ZERO_POINT: i8 = -128;
+
+/// Scale of the full-range encoding of a non-negative tensor whose clip threshold is
+/// `threshold` (the magnitude that maps to 127): half the symmetric step.
+pub fn relu_scale(threshold: f32) -> f32 {
+    if threshold > 0.0 && threshold.is_finite() {
+        threshold / (ACT_MAX - ACT_MIN)
+    } else {
+        1.0
+    }
+}
+
+/// Quantize then dequantize with a zero point: `(saturate(round(x / s) + zp) - zp) * s`.
+pub fn fake_quant_zp(x: f32, scale: f32, zero_point: i8) -> f32 {
+    let z = f32::from(zero_point);
+    let q = ((x / scale).round_ties_even() + z).clamp(ACT_MIN, ACT_MAX);
+    (q - z) * scale
+}
+
 /// Per-output-channel symmetric int8 weights.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChannelWeights {

@@ -1,7 +1,7 @@
 //! The rewrite on a tiny synthetic model (conv-relu-maxpool-conv-add-relu-pool-gemm-softmax):
 //! float vs simulated int8 vs tract's integer form, file layout, and the typed errors.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use prost::Message;
@@ -333,6 +333,150 @@ fn file_holds_int8_weights_once_and_only_qoperator_ops() {
         matches!(again, Err(QuantizeError::NotFloat(_))),
         "{again:?}"
     );
+}
+
+/// Keeping `a_relu` float: `a` becomes an integer matmul with a float output and Relu, `b`
+/// (which reads it) a float conv on int8-stored weights; integer form and simulation agree,
+/// and the float-kept tensor is never rounded.
+#[test]
+fn float_kept_activation_is_not_rounded_and_weights_stay_int8() {
+    let model = FloatModel::from_bytes(&tiny_model(None)).unwrap();
+    let stats = quantize::collect_stats(&model, &inputs(64, 11), 512).unwrap();
+    let scales = stats.scales(Calibrator::MinMax);
+    let keep: BTreeSet<String> = ["a_relu".to_string()].into();
+    let (int_proto, convs) = model
+        .rewrite_mixed(&scales, Form::Integer, None, &keep)
+        .unwrap();
+    let (sim_proto, _) = model
+        .rewrite_mixed(&scales, Form::Simulated, None, &keep)
+        .unwrap();
+    assert_eq!(convs.len(), 3);
+    let g = int_proto.graph.as_ref().unwrap();
+    let ops = |op: &str| g.node.iter().filter(|n| n.op_type == op).count();
+    assert_eq!(
+        (ops("QLinearConv"), ops("ConvInteger"), ops("Conv")),
+        (1, 1, 1)
+    );
+    let conv = g.node.iter().find(|n| n.op_type == "Conv").unwrap();
+    assert_eq!(conv.name, "b");
+    let dq = g
+        .node
+        .iter()
+        .find(|n| n.output.first() == Some(&conv.input[1]))
+        .unwrap();
+    assert_eq!(
+        (dq.op_type.as_str(), dq.input[0].as_str()),
+        ("DequantizeLinear", "b.weight_q8")
+    );
+    assert!(
+        g.node.iter().all(|n| n.output[0] != "a_relu_q8"),
+        "a_relu was quantized"
+    );
+    let float_weights: Vec<&str> = g
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == DataType::Float as i32 && t.name.ends_with(".weight"))
+        .filter(|t| t.name != "head.weight")
+        .map(|t| t.name.as_str())
+        .collect();
+    assert!(
+        float_weights.is_empty(),
+        "float conv weights {float_weights:?}"
+    );
+
+    assert_int8_follows(&model, &sim_proto, &int_proto);
+
+    let e = model
+        .rewrite_mixed(&scales, Form::Integer, None, &["nope".to_string()].into())
+        .unwrap_err();
+    assert!(e.to_string().contains("`nope`"), "{e}");
+}
+
+/// Full-range post-ReLU encoding: zero point -128 and half the step on the ReLU outputs,
+/// the input stays symmetric; the int8 MaxPool (padded borders included) stays exact, and
+/// the integer form follows the simulation.
+#[test]
+fn relu_full_range_halves_the_step_and_keeps_pooling_exact() {
+    let mut model = FloatModel::from_bytes(&tiny_model(None)).unwrap();
+    let stats = quantize::collect_stats(&model, &inputs(64, 11), 512).unwrap();
+    let scales = stats.scales(Calibrator::MinMax);
+    model.set_encoding(quantize::ActEncoding::ReluFullRange);
+    assert_eq!(model.act_qparams("image", 0.5), (0.5, 0));
+    let (s, z) = model.act_qparams("c1_relu", 0.5);
+    assert_eq!(z, -128);
+    assert!((s - 0.5 * 127.0 / 255.0).abs() < 1e-7, "{s}");
+
+    let (int_proto, _) = model.rewrite(&scales, Form::Integer).unwrap();
+    let (sim_proto, _) = model.rewrite(&scales, Form::Simulated).unwrap();
+    let g = int_proto.graph.as_ref().unwrap();
+    let zp = g
+        .initializer
+        .iter()
+        .find(|t| t.name == "q8.zero_point_relu")
+        .unwrap();
+    assert_eq!(zp.raw_data, [0x80]);
+    let qc = g.node.iter().find(|n| n.op_type == "QLinearConv").unwrap();
+    assert_eq!(qc.name, "c1");
+    assert_eq!(
+        (qc.input[2].as_str(), qc.input[7].as_str()),
+        ("q8.zero_point", "q8.zero_point_relu"),
+        "input symmetric, ReLU output full range"
+    );
+
+    // tract's int8 MaxPool (3x3, stride 2, pad 1) on the full-range codes is the max over
+    // the window's real cells: padding never wins (code -128 is real 0, a ReLU's minimum).
+    let e = quantize::Engine::new(
+        &sim_proto,
+        &shape(),
+        &["c1_relu_q8".to_string(), "pool_q8".to_string()],
+    )
+    .unwrap();
+    let (side, half) = (SIDE as usize, SIDE as usize / 2);
+    let mut border_hits = 0;
+    for x in &inputs(4, 5) {
+        let o = e.run(x).unwrap();
+        let (c1, pool) = (&o[0], &o[1]);
+        for c in 0..8 {
+            for oy in 0..half {
+                for ox in 0..half {
+                    let mut m = f32::NEG_INFINITY;
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let (y, x) = ((2 * oy + ky) as i64 - 1, (2 * ox + kx) as i64 - 1);
+                            if (0..SIDE).contains(&y) && (0..SIDE).contains(&x) {
+                                m = m.max(c1[c * side * side + y as usize * side + x as usize]);
+                            }
+                        }
+                    }
+                    let got = pool[c * half * half + oy * half + ox];
+                    assert_eq!(got, m, "channel {c} at ({oy}, {ox})");
+                    border_hits += usize::from((oy == 0 || ox == 0) && m == -128.0);
+                }
+            }
+        }
+    }
+    assert!(border_hits > 0, "no all-zero border window was exercised");
+
+    assert_int8_follows(&model, &sim_proto, &int_proto);
+}
+
+/// On test inputs, the integer form follows the simulation (max |dp| < 5e-3) and the
+/// simulation the float model (< 0.03).
+fn assert_int8_follows(model: &FloatModel, sim: &ModelProto, int: &ModelProto) {
+    let outs = ["probs".to_string()];
+    let fe = quantize::Engine::new(model.proto(), &shape(), &outs).unwrap();
+    let se = quantize::Engine::new(sim, &shape(), &outs).unwrap();
+    let ie = quantize::Engine::new(int, &shape(), &outs).unwrap();
+    let (mut int_vs_sim, mut sim_vs_float) = (0f32, 0f32);
+    for x in &inputs(8, 99) {
+        let (f, s, i) = (fe.run(x).unwrap(), se.run(x).unwrap(), ie.run(x).unwrap());
+        for k in 0..3 {
+            int_vs_sim = int_vs_sim.max((i[0][k] - s[0][k]).abs());
+            sim_vs_float = sim_vs_float.max((f[0][k] - s[0][k]).abs());
+        }
+    }
+    assert!(int_vs_sim < 5e-3, "integer vs sim max |dp| {int_vs_sim}");
+    assert!(sim_vs_float < 0.03, "sim vs float max |dp| {sim_vs_float}");
 }
 
 /// Scale 0.05 for every calibrated tensor.

@@ -232,8 +232,8 @@ impl Graph {
         self.node("Conv", &[x, &w, &b], c.attrs(), name)
     }
 
-    /// A QLinearConv node: int8 input `xq` with scale `x_scale`, output scale `y_scale`, both
-    /// zero point 0; returns the int8 output name `<name>_q`.
+    /// A QLinearConv node: int8 input `xq` with scale `x_scale` and zero point 0, output
+    /// scale `y_scale`, zero point 0; returns the int8 output name `<name>_q`.
     pub fn qconv(
         &mut self,
         name: &str,
@@ -242,6 +242,20 @@ impl Graph {
         x_scale: &str,
         y_scale: f32,
     ) -> String {
+        let zp8 = self.zero_point();
+        self.qconv_zp(name, c, (xq, x_scale, &zp8), y_scale)
+    }
+
+    /// [`Graph::qconv`] with the input's zero point given: `x` is (int8 tensor, scale, zero
+    /// point) names.
+    pub fn qconv_zp(
+        &mut self,
+        name: &str,
+        c: &ConvW,
+        x: (&str, &str, &str),
+        y_scale: f32,
+    ) -> String {
+        let (xq, x_scale, x_zp) = x;
         let (wq, ws) = c.quantized();
         let xs = x_scale_value(self, x_scale);
         let bq: Vec<i32> =
@@ -257,24 +271,25 @@ impl Graph {
         let b = self.i32(&format!("{name}.bq"), &[c.out_ch], &bq);
         self.node(
             "QLinearConv",
-            &[xq, x_scale, &zp8, &w, &wsn, &wzp, &ys, &zp8, &b],
+            &[xq, x_scale, x_zp, &w, &wsn, &wzp, &ys, &zp8, &b],
             c.attrs(),
             &format!("{name}_q"),
         )
     }
 
     /// A conv with an int8 input and a float output, as `renalscan quantize` writes the
-    /// convs feeding a residual Add: `ConvInteger(xq, w_int8, 0, 0) -> int32`, `Cast` to
+    /// convs feeding a residual Add: `ConvInteger(xq, w_int8, x_zp, 0) -> int32`, `Cast` to
     /// float, `Mul` by `x_scale * w_scale[c]`, `Add` of the float bias (both `[1, C, 1, 1]`).
-    /// Returns the float output `name`.
-    pub fn conv_integer(&mut self, name: &str, c: &ConvW, xq: &str, x_scale: &str) -> String {
+    /// `x` is (int8 tensor, scale, zero point) names. Returns the float output `name`.
+    pub fn conv_integer(&mut self, name: &str, c: &ConvW, x: (&str, &str, &str)) -> String {
+        let (xq, x_scale, x_zp) = x;
         let (wq, ws) = c.quantized();
         let xs = x_scale_value(self, x_scale);
         let zp8 = self.zero_point();
         let w = self.i8(&format!("{name}.wq"), &c.dims(), &wq);
         let acc = self.node(
             "ConvInteger",
-            &[xq, &w, &zp8, &zp8],
+            &[xq, &w, x_zp, &zp8],
             c.attrs(),
             &format!("{name}_i32"),
         );
@@ -289,6 +304,23 @@ impl Graph {
         let bn = self.f32(&format!("{name}.out_bias"), &[1, c.out_ch, 1, 1], &c.b);
         let scaled = self.node("Mul", &[&accf, &sn], vec![], &format!("{name}_scaled"));
         self.node("Add", &[&scaled, &bn], vec![], name)
+    }
+
+    /// QuantizeLinear of a non-negative (post-ReLU) tensor over all 256 levels, as
+    /// `renalscan quantize` writes them: scale `range / 255`, zero point -128; returns
+    /// `(quantized, scale name, zero point name)`.
+    pub fn quantize_relu(&mut self, x: &str, range: f32) -> (String, String, String) {
+        let s = self.f32(&format!("{x}.qs"), &[], &[range / 255.0]);
+        if !self.inits.iter().any(|t| t.name == "zp_relu") {
+            self.i8("zp_relu", &[], &[-128]);
+        }
+        let q = self.node(
+            "QuantizeLinear",
+            &[x, &s, "zp_relu"],
+            vec![],
+            &format!("{x}_q"),
+        );
+        (q, s, "zp_relu".into())
     }
 
     /// QuantizeLinear to int8 with zero point 0; returns `(quantized, scale name)`.
@@ -399,27 +431,30 @@ impl TinyNet {
         g.model(("image", &INPUT_SHAPE), &outputs)
     }
 
-    /// The QOperator model: s8 symmetric activations with scale `max|x| / 127` from
-    /// `ranges` (max |x| per [`CALIBRATED`] tensor), s8 symmetric per-channel weights, int32
-    /// bias, float head: the file contract of `renalscan quantize`. Three QLinearConv and one
-    /// ConvInteger (the projection, whose output stays float; its range is not used).
+    /// The QOperator model: s8 activations from `ranges` (max |x| per [`CALIBRATED`]
+    /// tensor): signed ones symmetric (scale `max|x| / 127`, zero point 0), post-ReLU ones
+    /// over all 256 levels (scale `max / 255`, zero point -128); s8 symmetric per-channel
+    /// weights, int32 bias, float head: the file contract of `renalscan quantize`. Three
+    /// QLinearConv and one ConvInteger (the projection, whose output stays float; its range
+    /// is not used).
     pub fn qoperator_model(&self, ranges: &[f32; 7]) -> ModelProto {
         let s = |i: usize| ranges[i].max(1e-6) / 127.0;
+        let r = |i: usize| ranges[i].max(1e-6);
         let mut g = Graph::default();
         let (xq, xs) = g.quantize("image", s(0));
         let c1q = g.qconv("c1", &self.c1, &xq, &xs, s(1));
         g.dequantize(&c1q, "c1.ys", "c1");
         g.node("Relu", &["c1"], vec![], "r1");
         Self::pool(&mut g, "r1", "p1");
-        let (p1q, p1s) = g.quantize("p1", s(2));
-        let c2q = g.qconv("c2", &self.c2, &p1q, &p1s, s(3));
+        let (p1q, p1s, p1z) = g.quantize_relu("p1", r(2));
+        let c2q = g.qconv_zp("c2", &self.c2, (&p1q, &p1s, &p1z), s(3));
         g.dequantize(&c2q, "c2.ys", "c2");
         g.node("Relu", &["c2"], vec![], "r2");
-        let (r2q, r2s) = g.quantize("r2", s(4));
-        let c3q = g.qconv("c3", &self.c3, &r2q, &r2s, s(5));
+        let (r2q, r2s, r2z) = g.quantize_relu("r2", r(4));
+        let c3q = g.qconv_zp("c3", &self.c3, (&r2q, &r2s, &r2z), s(5));
         g.dequantize(&c3q, "c3.ys", "c3");
         // The projection feeds the residual Add: integer matmul, float output.
-        g.conv_integer("proj", &self.proj, &p1q, &p1s);
+        g.conv_integer("proj", &self.proj, (&p1q, &p1s, &p1z));
         g.node("Add", &["c3", "proj"], vec![], "sum");
         g.node("Relu", &["sum"], vec![], "features");
         self.head(&mut g, "features");
