@@ -2,10 +2,12 @@
 //! float simulation).
 //!
 //! Every tensor of the rewritten graph lives in one of two domains: float (original name) or
-//! int8 (`<name>_q8`, symmetric, zero point 0, scale from calibration). Convolutions consume
-//! and produce int8; MaxPool follows its input; everything else (residual Add, the head)
-//! runs in float, fed through `DequantizeLinear`. Conversions are inserted lazily, once per
-//! tensor, only where a consumer needs the other domain.
+//! int8 (`<name>_q8`, scale from calibration; zero point 0, or -128 for post-ReLU tensors in
+//! the full-range [`ActEncoding`]). Convolutions consume and produce int8 (those feeding a
+//! residual Add, or a float-kept activation, produce float); MaxPool follows its input;
+//! everything else (residual Add, the head) runs in float, fed through `DequantizeLinear`.
+//! Conversions are inserted lazily, once per tensor, only where a consumer needs the other
+//! domain.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 

@@ -1,12 +1,13 @@
 //! Static post-training int8 quantization of renalscan ONNX models.
 //!
 //! The float model is rewritten into the ONNX QOperator form tract runs with integer
-//! kernels: s8 symmetric per-output-channel weights stored once, s8 symmetric activations
-//! (zero point 0) whose ranges come from calibration images preprocessed by usimage exactly
-//! as on the device, int32 biases. The residual additions and the head stay float. The file
+//! kernels: s8 symmetric per-output-channel weights stored once, s8 activations (the input
+//! symmetric, post-ReLU tensors over the full range with zero point -128 unless asked
+//! otherwise) whose ranges come from calibration images preprocessed by usimage exactly as
+//! on the device, int32 biases. The residual additions and the head stay float. The file
 //! format is specified in this crate's README.
 //!
-//! tract's integer kernel is very slow on x86 (see DESIGN), so calibrator choice and
+//! tract's integer kernel is very slow on AVX2-only x86 (see DESIGN), so calibrator choice and
 //! accuracy use [`Form::Simulated`]: the same quantization in float kernels.
 
 pub mod calib;
