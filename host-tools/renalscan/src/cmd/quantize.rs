@@ -150,6 +150,9 @@ struct TestReport {
     agreement: Agreement,
     /// Images whose decision flips, with both scores: how far from the threshold they sit.
     flipped: Vec<Flip>,
+    /// Every test image's label and both scores (written as `scores.csv`).
+    #[serde(skip)]
+    scores: Vec<(String, usize, f64, f64)>,
 }
 
 #[derive(serde::Serialize)]
@@ -579,6 +582,13 @@ fn test_report(
         threshold,
         agreement: a,
         flipped,
+        scores: imgs
+            .paths
+            .iter()
+            .zip(&labels)
+            .zip(f.iter().zip(&q))
+            .map(|((p, l), (f, q))| (p.display().to_string(), *l, p_abnormal(f), p_abnormal(q)))
+            .collect(),
     })
 }
 
@@ -586,6 +596,19 @@ fn write_report(dir: &Path, r: &Report) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let json = serde_json::to_string_pretty(r)?;
     std::fs::write(dir.join("quantize.json"), json)?;
+    if let Some(t) = &r.test {
+        let mut csv = String::from("path,label,p_abnormal_float,p_abnormal_int8\n");
+        for (p, l, f, q) in &t.scores {
+            // RFC 4180 quoting: a path may hold commas or quotes.
+            let p = if p.contains([',', '"', '\n']) {
+                format!("\"{}\"", p.replace('"', "\"\""))
+            } else {
+                p.clone()
+            };
+            csv.push_str(&format!("{p},{l},{f:.6},{q:.6}\n"));
+        }
+        std::fs::write(dir.join("scores.csv"), csv)?;
+    }
     let mut md = format!(
         "# int8 quantization of {}\n\n- output: {} ({:.2} MB)\n- calibration: {} images in {:.1} s ({} skipped)\n- chosen calibrator: **{}** ({})\n- bias correction: {}\n\n",
         r.model,
