@@ -400,7 +400,7 @@ pub fn float_form(model: &ModelProto, path: &Path) -> Result<ModelProto, Int8Err
                     // The file's `Cast -> Mul(scale) -> Add(bias)` folded into the conv: the
                     // same graph as the float model's conv with its bias.
                     let mut v = f32_values(&w).map_err(|e| layout(path, node, &e))?;
-                    let per = v.len() / f.scale.len();
+                    let per = (v.len() / f.scale.len()).max(1);
                     for (ch, s) in v.chunks_exact_mut(per).zip(&f.scale) {
                         ch.iter_mut().for_each(|x| *x *= s);
                     }
@@ -535,7 +535,7 @@ fn dequantize_constant(
     } else {
         return Err(bad(format!("axis {axis} outside rank {rank}")));
     };
-    if scale.len() != len || (zero.len() != 1 && zero.len() != len) {
+    if len == 0 || scale.len() != len || (zero.len() != 1 && zero.len() != len) {
         return Err(bad(format!(
             "{} scales and {} zero points for an axis of {len}",
             scale.len(),
@@ -828,7 +828,7 @@ fn rescale_chain(
     let scale = other_const(mul, cast.output.first()?)?;
     let add = only_user(mul.output.first()?, "Add")?;
     let bias = other_const(add, mul.output.first()?)?;
-    (scale.len() == channels && bias.len() == channels).then(|| RescaleChain {
+    (channels > 0 && scale.len() == channels && bias.len() == channels).then(|| RescaleChain {
         scale,
         bias,
         output: add.output[0].clone(),
@@ -1306,6 +1306,12 @@ mod tests {
         let mut bad = model_with_scale_len(3);
         let e = float_form(&bad, Path::new("m.onnx")).expect_err("refused");
         assert!(e.to_string().contains("w_dequant"), "{e}");
+        // A zero-length axis with values behind it is refused, not a division by zero.
+        let mut empty_axis = model_with_scale_len(0);
+        if let Some(g) = empty_axis.graph.as_mut() {
+            g.initializer[0].dims = vec![2, 0];
+        }
+        assert!(float_form(&empty_axis, Path::new("m.onnx")).is_err());
         bad.graph = None;
         assert!(float_form(&bad, Path::new("m.onnx")).is_ok());
     }
