@@ -682,13 +682,7 @@ fn input_scale<'a>(
             "MaxPool" | "Identity" => cur = p.input.first().map(String::as_str).unwrap_or(""),
             "QuantizeLinear" => {
                 let s_name = p.input.get(1).map(String::as_str).unwrap_or("");
-                let s = consts
-                    .get(s_name)
-                    .ok_or_else(|| Int8Error::MissingInitializer {
-                        path: path.to_path_buf(),
-                        node: node_label(p),
-                        tensor: s_name.to_string(),
-                    })?;
+                let s = constant_input(p, 1, consts, path)?;
                 // The activation zero point does not matter here: the accumulator counts
                 // `x_q - x_zero_point`, which is `x / x_scale` for any zero point.
                 let v = f32_values(s).map_err(|e| layout(path, node, &e))?;
@@ -732,13 +726,7 @@ fn rewrite_conv_integer(
     // Input 2, the activation zero point, may be any value (see `input_scale`); input 3,
     // the weights', must be 0.
     if !input(3).is_empty() {
-        let zp = consts
-            .get(input(3))
-            .ok_or_else(|| Int8Error::MissingInitializer {
-                path: path.to_path_buf(),
-                node: node_label(node),
-                tensor: input(3).to_string(),
-            })?;
+        let zp = constant_input(node, 3, consts, path)?;
         if int_values(zp).map_err(bad)?.iter().any(|&z| z != 0) {
             return Err(Int8Error::ZeroPoint {
                 path: path.to_path_buf(),
@@ -748,13 +736,7 @@ fn rewrite_conv_integer(
         }
     }
     let x_scale = input_scale(input(0), producers, consts, node, path)?;
-    let w = consts
-        .get(input(1))
-        .ok_or_else(|| Int8Error::MissingInitializer {
-            path: path.to_path_buf(),
-            node: node_label(node),
-            tensor: input(1).to_string(),
-        })?;
+    let w = constant_input(node, 1, consts, path)?;
     if w.dims.len() < 3 || w.data_type != DataType::Int8 as i32 {
         return Err(bad(format!(
             "weight {:?} must be int8 with at least 3 dims (type {}, dims {:?})",

@@ -235,11 +235,6 @@ impl FloatModel {
         self.encoding = encoding;
     }
 
-    /// The activation encoding in use.
-    pub fn encoding(&self) -> ActEncoding {
-        self.encoding
-    }
-
     /// Scale and zero point of activation `key` in the file, from its symmetric scale
     /// (`threshold / 127`, what [`crate::Stats::scales`] gives).
     pub fn act_qparams(&self, key: &str, symmetric_scale: f32) -> (f32, i8) {
