@@ -251,11 +251,11 @@ fn kl_divergence(p: &[f64], q: &[f64]) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// Deterministic pseudo-random uniforms in (0, 1).
-    fn uniforms(n: usize, mut seed: u64) -> Vec<f64> {
+    /// Deterministic pseudo-random uniforms in (0, 1) (xorshift), shared by the crate's tests.
+    pub(crate) fn uniforms(n: usize, mut seed: u64) -> Vec<f64> {
         (0..n)
             .map(|_| {
                 seed ^= seed << 13;

@@ -18,6 +18,9 @@ fn tract_err_dbg(e: TractError) -> QuantizeError {
     QuantizeError::Tract(format!("{e:#}"))
 }
 
+/// An output's shape and values.
+pub type Shaped = (Vec<usize>, Vec<f32>);
+
 /// An optimised tract plan for batch-1 inputs.
 pub struct Engine {
     plan: Arc<TypedRunnableModel>,
@@ -98,6 +101,15 @@ impl Engine {
 
     /// Runs one input; every output converted to f32 (int8 tensors as their integer values).
     pub fn run(&self, input: &[f32]) -> Result<Vec<Vec<f32>>, QuantizeError> {
+        Ok(self
+            .run_shaped(input)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    /// [`Engine::run`] with each output's shape.
+    pub fn run_shaped(&self, input: &[f32]) -> Result<Vec<Shaped>, QuantizeError> {
         let t = tract_ndarray::ArrayD::from_shape_vec(self.shape.clone(), input.to_vec())
             .map_err(tract_err)?;
         let out = self
@@ -108,7 +120,7 @@ impl Engine {
             .map(|v| {
                 let f = v.cast_to::<f32>().map_err(tract_err_dbg)?;
                 let view = f.to_plain_array_view::<f32>().map_err(tract_err_dbg)?;
-                Ok(view.iter().copied().collect())
+                Ok((view.shape().to_vec(), view.iter().copied().collect()))
             })
             .collect()
     }

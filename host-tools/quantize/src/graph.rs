@@ -18,6 +18,7 @@ use tract_onnx::pb::{
 };
 
 use crate::error::QuantizeError;
+use crate::gptq::RoundedWeights;
 use crate::math::{quantize_bias, quantize_weights, Sqnr};
 
 /// Operators accepted in the float input model.
@@ -110,8 +111,31 @@ pub struct ConvInfo {
 /// it (bias correction), keyed by conv node name.
 pub type BiasCorrection = BTreeMap<String, Vec<f32>>;
 
+/// Everything that departs from the plain rewrite (nearest rounding, float biases, every
+/// activation int8).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Adjustments<'a> {
+    /// Bias correction of the weight rounding.
+    pub correction: Option<&'a BiasCorrection>,
+    /// Weights rounded by [`crate::gptq`] instead of to nearest.
+    pub rounded: Option<&'a RoundedWeights>,
+    /// Activations (calibration keys) kept float; see [`FloatModel::rewrite_mixed`].
+    pub float_keys: Option<&'a BTreeSet<String>>,
+}
+
 fn io_err(e: impl std::fmt::Display) -> QuantizeError {
     QuantizeError::Decode(e.to_string())
+}
+
+/// Indices of the nodes of `graph` that read tensor `t`.
+pub(crate) fn readers(graph: &GraphProto, t: &str) -> Vec<usize> {
+    graph
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.input.iter().any(|i| i == t))
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Float contents of an initializer.
@@ -235,6 +259,11 @@ impl FloatModel {
         self.encoding = encoding;
     }
 
+    /// How activations are encoded (see [`FloatModel::set_encoding`]).
+    pub fn encoding(&self) -> ActEncoding {
+        self.encoding
+    }
+
     /// Scale and zero point of activation `key` in the file, from its symmetric scale
     /// (`threshold / 127`, what [`crate::Stats::scales`] gives).
     pub fn act_qparams(&self, key: &str, symmetric_scale: f32) -> (f32, i8) {
@@ -339,6 +368,25 @@ impl FloatModel {
         correction: Option<&BiasCorrection>,
         float_keys: &BTreeSet<String>,
     ) -> Result<(ModelProto, Vec<ConvInfo>), QuantizeError> {
+        self.rewrite_with(
+            scales,
+            form,
+            Adjustments {
+                correction,
+                rounded: None,
+                float_keys: Some(float_keys),
+            },
+        )
+    }
+
+    /// The rewrite with every [`Adjustments`] option.
+    pub fn rewrite_with(
+        &self,
+        scales: &BTreeMap<String, f32>,
+        form: Form,
+        adj: Adjustments<'_>,
+    ) -> Result<(ModelProto, Vec<ConvInfo>), QuantizeError> {
+        let float_keys = adj.float_keys.unwrap_or(&NO_KEYS);
         let known = self.calibration_tensors()?;
         if let Some(k) = float_keys.iter().find(|k| !known.contains(k)) {
             return Err(QuantizeError::Invalid(format!(
@@ -347,7 +395,8 @@ impl FloatModel {
             )));
         }
         let mut r = Rewriter::new(self, Some(scales), form);
-        r.correction = correction;
+        r.correction = adj.correction;
+        r.rounded = adj.rounded;
         r.float_keys = float_keys;
         r.run()?;
         let convs = std::mem::take(&mut r.convs);
@@ -371,6 +420,7 @@ struct Rewriter<'a> {
     requested: Vec<String>,
     convs: Vec<ConvInfo>,
     correction: Option<&'a BiasCorrection>,
+    rounded: Option<&'a RoundedWeights>,
     /// Activations kept float (see [`FloatModel::rewrite_mixed`]).
     float_keys: &'a BTreeSet<String>,
     /// Float tensors standing for a float-kept activation (its MaxPool), and that key.
@@ -451,6 +501,7 @@ impl<'a> Rewriter<'a> {
             requested: Vec::new(),
             convs: Vec::new(),
             correction: None,
+            rounded: None,
             float_keys: &NO_KEYS,
             float_alias: HashMap::new(),
         }
@@ -546,14 +597,7 @@ impl<'a> Rewriter<'a> {
     }
 
     fn consumers(&self, t: &str) -> Vec<usize> {
-        self.model
-            .graph()
-            .node
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.input.iter().any(|i| i == t))
-            .map(|(i, _)| i)
-            .collect()
+        readers(self.model.graph(), t)
     }
 
     fn run(&mut self) -> Result<(), QuantizeError> {
@@ -721,7 +765,16 @@ impl<'a> Rewriter<'a> {
         let w = &graph.initializer[*weight];
         let kernel = float_data(w)?;
         let channels = w.dims.first().copied().unwrap_or(0).max(0) as usize;
-        let qw = quantize_weights(&kernel, channels);
+        let qw = match self.rounded.and_then(|r| r.get(&n.name)) {
+            Some(r) if r.values.len() == kernel.len() && r.scales.len() == channels => r.clone(),
+            Some(_) => {
+                return Err(QuantizeError::Invalid(format!(
+                    "conv `{}`: rounded weights do not match its kernel",
+                    n.name
+                )))
+            }
+            None => quantize_weights(&kernel, channels),
+        };
         let per = kernel.len() / channels.max(1);
         let deq: Vec<f32> = qw
             .values

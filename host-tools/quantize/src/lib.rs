@@ -12,7 +12,9 @@
 
 pub mod calib;
 pub mod engine;
+pub mod equalize;
 pub mod error;
+pub mod gptq;
 pub mod graph;
 pub mod math;
 
@@ -27,7 +29,8 @@ use usimage::{Normalization, Preprocessor, UsFile};
 pub use calib::{Calibrator, Histogram, DEFAULT_BINS};
 pub use engine::Engine;
 pub use error::QuantizeError;
-pub use graph::{ActEncoding, BiasCorrection, ConvInfo, FloatModel, Form, Q8};
+pub use gptq::{GptqOptions, RoundedWeights};
+pub use graph::{ActEncoding, Adjustments, BiasCorrection, ConvInfo, FloatModel, Form, Q8};
 pub use tract_onnx::pb::ModelProto;
 
 /// Serialises a model to ONNX bytes.
@@ -45,9 +48,14 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Starts a progress log for `total` items.
+    /// Starts a progress log for `total` images.
     pub fn new(label: &str, total: usize) -> Self {
-        log::info!("{label}: {total} images");
+        Self::counted(label, total, "images")
+    }
+
+    /// Starts a progress log for `total` items called `unit`.
+    pub fn counted(label: &str, total: usize, unit: &str) -> Self {
+        log::info!("{label}: {total} {unit}");
         let now = Instant::now();
         Self {
             label: label.into(),
@@ -446,8 +454,8 @@ pub fn layer_table_markdown(rows: &[LayerRow]) -> String {
     s
 }
 
-/// Bias correction of the weight rounding: for each conv, the expected output shift that
-/// its int8 weights cause, `delta[c] = sum_{i,kh,kw} (w_q - w)[c,i,kh,kw] * E[x_i]`, with
+/// Bias correction of the weight rounding (nearest, or `rounded` where given): for each conv,
+/// the expected output shift that its int8 weights cause, `delta[c] = sum_{i,kh,kw} (w_q - w)[c,i,kh,kw] * E[x_i]`, with
 /// `E[x_i]` the float model's mean of input channel `i` over `images` (borders ignored).
 /// It is subtracted from the bias by [`FloatModel::rewrite_corrected`]. Measured on the float
 /// network, so corrections do not compound along the network (an empirical per-layer mean
@@ -455,6 +463,7 @@ pub fn layer_table_markdown(rows: &[LayerRow]) -> String {
 pub fn bias_correction(
     model: &FloatModel,
     images: &[Vec<f32>],
+    rounded: Option<&RoundedWeights>,
 ) -> Result<BiasCorrection, QuantizeError> {
     if images.is_empty() {
         return Err(QuantizeError::EmptySet("bias correction".into()));
@@ -520,7 +529,10 @@ pub fn bias_correction(
         let cin = w.dims.get(1).copied().unwrap_or(0).max(0) as usize;
         let per = kernel.len() / m.max(1);
         let khw = per / cin.max(1);
-        let qw = math::quantize_weights(&kernel, m);
+        let qw = match rounded.and_then(|r| r.get(&c.name)) {
+            Some(r) if r.values.len() == kernel.len() && r.scales.len() == m => r.clone(),
+            _ => math::quantize_weights(&kernel, m),
+        };
         let groups = mean.len() / cin.max(1);
         let per_group = m / groups.max(1);
         let delta: Vec<f32> = (0..m)

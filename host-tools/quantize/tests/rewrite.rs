@@ -565,7 +565,7 @@ fn empty_and_unreadable_calibration_sets() {
 fn bias_correction_is_the_weight_rounding_times_the_input_mean() {
     let model = FloatModel::from_bytes(&tiny_model(None)).unwrap();
     let images = inputs(16, 5);
-    let corr = quantize::bias_correction(&model, &images).unwrap();
+    let corr = quantize::bias_correction(&model, &images, None).unwrap();
     assert_eq!(corr.len(), 3);
     assert_eq!(corr["b"].len(), 8);
     // c1 reads the image: check against the formula computed here.
@@ -644,4 +644,134 @@ fn bias_correction_is_the_weight_rounding_times_the_input_mean() {
         model.rewrite_corrected(&scales, Form::Integer, Some(&bad)),
         Err(QuantizeError::Invalid(_))
     ));
+}
+
+/// Per-channel largest value of `tensor` over `images`.
+fn channel_max(model: &FloatModel, tensor: &str, images: &[Vec<f32>]) -> Vec<f32> {
+    let e = quantize::Engine::new(model.proto(), &shape(), &[tensor.to_string()]).unwrap();
+    let mut m = Vec::new();
+    for x in images {
+        let (sh, v) = e.run_shaped(x).unwrap().remove(0);
+        let c = sh[1];
+        m.resize(c, 0f32);
+        for (r, ch) in m.iter_mut().zip(v.chunks_exact(v.len() / c)) {
+            *r = ch.iter().fold(*r, |a, b| a.max(b.abs()));
+        }
+    }
+    m
+}
+
+/// Equalization rescales only `a -> a_relu -> b` (the pooled `c1_relu` also feeds the
+/// residual Add, where a channel scale would not cancel), keeps the float function and
+/// evens out `a_relu`'s channel ranges.
+#[test]
+fn equalization_keeps_the_float_function_and_evens_channel_ranges() {
+    let model = FloatModel::from_bytes(&tiny_model(None)).unwrap();
+    let calib = inputs(32, 21);
+    let (eq, report) = quantize::equalize::equalize(&model, &calib, 1.0, 1e3).unwrap();
+    assert_eq!(
+        report.iter().map(|r| r.tensor.as_str()).collect::<Vec<_>>(),
+        ["a_relu"]
+    );
+    let before = channel_max(&model, "a_relu", &calib);
+    let after = channel_max(&eq, "a_relu", &calib);
+    let spread = |v: &[f32]| {
+        let live: Vec<f32> = v.iter().copied().filter(|x| *x > 0.0).collect();
+        live.iter().fold(0f32, |a, b| a.max(*b)) / live.iter().fold(f32::INFINITY, |a, b| a.min(*b))
+    };
+    assert!(spread(&before) > 1.5, "test model already even: {before:?}");
+    assert!(spread(&after) < 1.01, "after full equalization: {after:?}");
+    assert!((report[0].spread_after - 1.0).abs() < 1e-3, "{report:?}");
+
+    let outs = ["probs".to_string(), "features".to_string()];
+    let fe = quantize::Engine::new(model.proto(), &shape(), &outs).unwrap();
+    let ee = quantize::Engine::new(eq.proto(), &shape(), &outs).unwrap();
+    for x in inputs(8, 77) {
+        let (f, e) = (fe.run(&x).unwrap(), ee.run(&x).unwrap());
+        for (a, b) in f.iter().flatten().zip(e.iter().flatten()) {
+            assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{a} vs {b}");
+        }
+    }
+    // c1 and its weights are untouched; b's input columns carry the inverse scale.
+    let w = |m: &FloatModel, name: &str| float_init(m.proto().graph.as_ref().unwrap(), name);
+    assert_eq!(w(&model, "c1.weight"), w(&eq, "c1.weight"));
+    assert_ne!(w(&model, "b.weight"), w(&eq, "b.weight"));
+}
+
+/// GPTQ-rounded weights are what the file stores, on the nearest rounding's scales, and with
+/// every activation kept float they leave the features no further from float than nearest
+/// rounding does.
+#[test]
+fn gptq_weights_land_in_the_file_and_do_not_lose_to_nearest() {
+    let model = FloatModel::from_bytes(&tiny_model(None)).unwrap();
+    let calib = inputs(64, 11);
+    let rounded = quantize::gptq::gptq(&model, &calib, &quantize::GptqOptions::default()).unwrap();
+    assert_eq!(
+        rounded.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["a", "b", "c1"]
+    );
+    let stats = quantize::collect_stats(&model, &calib, 512).unwrap();
+    let scales = stats.scales(Calibrator::MinMax);
+    let all: BTreeSet<String> = model.calibration_tensors().unwrap().into_iter().collect();
+    let keep: BTreeSet<String> = all.into_iter().filter(|t| t != "image").collect();
+    let adj = |r| quantize::Adjustments {
+        correction: None,
+        rounded: r,
+        float_keys: Some(&keep),
+    };
+    let (int_g, _) = model
+        .rewrite_with(&scales, Form::Integer, adj(Some(&rounded)))
+        .unwrap();
+    let g = int_g.graph.as_ref().unwrap();
+    let mut differs = false;
+    for (name, r) in &rounded {
+        let t = g
+            .initializer
+            .iter()
+            .find(|t| t.name == format!("{name}.weight_q8"))
+            .unwrap();
+        let stored: Vec<i8> = t.raw_data.iter().map(|b| *b as i8).collect();
+        assert_eq!(stored, r.values, "{name}");
+        let w = float_init(
+            model.proto().graph.as_ref().unwrap(),
+            &format!("{name}.weight"),
+        );
+        let nearest = quantize::math::quantize_weights(&w, r.scales.len());
+        assert_eq!(nearest.scales, r.scales, "{name}");
+        differs |= nearest.values != r.values;
+    }
+    assert!(differs, "gptq rounded every weight to nearest");
+
+    let features = |r| {
+        let (sim, _) = model
+            .rewrite_with(&scales, Form::Simulated, adj(r))
+            .unwrap();
+        let outs = ["features".to_string()];
+        let fe = quantize::Engine::new(model.proto(), &shape(), &outs).unwrap();
+        let se = quantize::Engine::new(&sim, &shape(), &outs).unwrap();
+        let mut s = quantize::math::Sqnr::default();
+        for x in inputs(32, 123) {
+            s.add(&fe.run(&x).unwrap()[0], &se.run(&x).unwrap()[0]);
+        }
+        s.db()
+    };
+    let (near, gptq) = (features(None), features(Some(&rounded)));
+    assert!(
+        gptq > near - 0.5,
+        "features SQNR gptq {gptq:.1} dB vs nearest {near:.1} dB"
+    );
+    let e = model
+        .rewrite_with(
+            &scales,
+            Form::Integer,
+            adj(Some(
+                &[(
+                    "a".to_string(),
+                    quantize::math::quantize_weights(&[1.0; 4], 2),
+                )]
+                .into(),
+            )),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("`a`"), "{e}");
 }

@@ -85,6 +85,26 @@ pub struct Args {
     /// phantom validation split it cut mean |dp| from 0.0228 to 0.0195 and flips 10 -> 6.
     #[arg(long, default_value_t = 100)]
     pub bias_correction: usize,
+    /// Calibration images for GPTQ weight rounding (each conv's weights rounded against its
+    /// input statistics so that its output, not its weights, is closest to float); 0 rounds
+    /// every weight to nearest.
+    #[arg(long, default_value_t = 128)]
+    pub gptq: usize,
+    /// GPTQ damping: fraction of the mean input second moment added to the diagonal.
+    #[arg(long, default_value_t = 0.01)]
+    pub gptq_damp: f64,
+    /// GPTQ rounds columns in order of decreasing input energy instead of weight order.
+    #[arg(long)]
+    pub gptq_act_order: bool,
+    /// Activation range equalization strength in [0, 1] (0: off): before calibration, each
+    /// `Conv -> Relu -> Conv` activation's weak channels are scaled up by `(max / range)^a`
+    /// and the reading conv's weights down by as much, so that one int8 scale fits all
+    /// channels. The float function is unchanged.
+    #[arg(long, default_value_t = 0.0)]
+    pub equalize: f32,
+    /// Largest channel scale equalization applies.
+    #[arg(long, default_value_t = 16.0)]
+    pub equalize_max: f32,
     /// Histogram bins per tensor.
     #[arg(long, default_value_t = quantize::DEFAULT_BINS)]
     pub bins: usize,
@@ -185,6 +205,10 @@ struct Report {
     chosen: String,
     /// Calibration images the bias correction was measured on (0: none).
     bias_correction_images: usize,
+    /// Calibration images GPTQ weight rounding used (0: nearest rounding).
+    gptq_images: usize,
+    /// Activations equalized before calibration.
+    equalized: Vec<quantize::equalize::Equalized>,
     selection_rule: &'static str,
     candidates: Vec<Candidate>,
     integer_check: Option<IntegerCheck>,
@@ -249,6 +273,25 @@ pub fn run(args: Args) -> Result<()> {
         args.calib.display()
     );
 
+    // The float reference every comparison is made against, before any rescaling.
+    let reference = model.clone();
+    let mut equalized = Vec::new();
+    if !(0.0..=1.0).contains(&args.equalize) {
+        bail!("--equalize must be in [0, 1], not {}", args.equalize);
+    }
+    if args.equalize > 0.0 {
+        let (m, rep) =
+            quantize::equalize::equalize(&model, &calib.tensors, args.equalize, args.equalize_max)?;
+        log::info!(
+            "equalized {} activations (strength {}, channel scales up to {})",
+            rep.len(),
+            args.equalize,
+            rep.iter().map(|e| e.max_scale).fold(1.0, f32::max)
+        );
+        model = m;
+        equalized = rep;
+    }
+
     let t0 = Instant::now();
     let stats = quantize::collect_stats(&model, &calib.tensors, args.bins)?;
     let calibration_s = t0.elapsed().as_secs_f64();
@@ -258,6 +301,48 @@ pub fn run(args: Args) -> Result<()> {
         stats.images
     );
 
+    // Weight rounding and bias correction do not depend on activation scales: computed
+    // first, so that calibrators are compared on the weights that ship.
+    let rounded = if args.gptq > 0 {
+        let n = args.gptq.min(calib.tensors.len());
+        let t = Instant::now();
+        let r = quantize::gptq::gptq(
+            &model,
+            &calib.tensors[..n],
+            &quantize::GptqOptions {
+                damp: args.gptq_damp,
+                act_order: args.gptq_act_order,
+                ..Default::default()
+            },
+        )?;
+        log::info!(
+            "gptq: {} convolutions rounded against {n} calibration images in {:.1} s",
+            r.len(),
+            t.elapsed().as_secs_f64()
+        );
+        Some(r)
+    } else {
+        None
+    };
+    let correction = if args.bias_correction > 0 {
+        let n = args.bias_correction.min(calib.tensors.len());
+        let c = quantize::bias_correction(&model, &calib.tensors[..n], rounded.as_ref())?;
+        let largest = c
+            .iter()
+            .flat_map(|(k, v)| v.iter().map(move |d| (d.abs(), k)))
+            .fold(
+                (0f32, None),
+                |m, (d, k)| if d > m.0 { (d, Some(k)) } else { m },
+            );
+        log::info!(
+            "bias correction on {n} calibration images: largest per-channel shift {:.4} ({})",
+            largest.0,
+            largest.1.map_or("-", String::as_str)
+        );
+        Some(c)
+    } else {
+        None
+    };
     let candidates: Vec<Calibrator> = match args.calibrator {
         CalibratorArg::Auto => vec![
             Calibrator::MinMax,
@@ -287,7 +372,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         let val = quantize::load_images(&val_paths, side, args.max_failed_pct, "validation")?;
         let float = quantize::predict(
-            model.proto(),
+            reference.proto(),
             &shape,
             &probs,
             &val.tensors,
@@ -295,7 +380,15 @@ pub fn run(args: Args) -> Result<()> {
         )?;
         let mut best: Option<(Calibrator, Agreement)> = None;
         for c in &candidates {
-            let (sim, _) = model.rewrite(&stats.scales(*c), Form::Simulated)?;
+            let (sim, _) = model.rewrite_with(
+                &stats.scales(*c),
+                Form::Simulated,
+                quantize::Adjustments {
+                    correction: correction.as_ref(),
+                    rounded: rounded.as_ref(),
+                    float_keys: None,
+                },
+            )?;
             let q = quantize::predict(
                 &sim,
                 &shape,
@@ -334,25 +427,6 @@ pub fn run(args: Args) -> Result<()> {
     };
 
     let scales = stats.scales(chosen);
-    let correction = if args.bias_correction > 0 {
-        let n = args.bias_correction.min(calib.tensors.len());
-        let c = quantize::bias_correction(&model, &calib.tensors[..n])?;
-        let largest = c
-            .iter()
-            .flat_map(|(k, v)| v.iter().map(move |d| (d.abs(), k)))
-            .fold(
-                (0f32, None),
-                |m, (d, k)| if d > m.0 { (d, Some(k)) } else { m },
-            );
-        log::info!(
-            "bias correction on {n} calibration images: largest per-channel shift {:.4} ({})",
-            largest.0,
-            largest.1.map_or("-", String::as_str)
-        );
-        Some(c)
-    } else {
-        None
-    };
     let float_keys: BTreeSet<String> = args.float_layers.iter().cloned().collect();
     if !float_keys.is_empty() {
         log::info!(
@@ -360,10 +434,13 @@ pub fn run(args: Args) -> Result<()> {
             float_keys.iter().cloned().collect::<Vec<_>>().join(", ")
         );
     }
-    let (int_proto, convs) =
-        model.rewrite_mixed(&scales, Form::Integer, correction.as_ref(), &float_keys)?;
-    let (sim_proto, _) =
-        model.rewrite_mixed(&scales, Form::Simulated, correction.as_ref(), &float_keys)?;
+    let adj = quantize::Adjustments {
+        correction: correction.as_ref(),
+        rounded: rounded.as_ref(),
+        float_keys: Some(&float_keys),
+    };
+    let (int_proto, convs) = model.rewrite_with(&scales, Form::Integer, adj)?;
+    let (sim_proto, _) = model.rewrite_with(&scales, Form::Simulated, adj)?;
     let encoded = quantize::encode(&int_proto);
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -409,7 +486,7 @@ pub fn run(args: Args) -> Result<()> {
 
     let test = match &args.test {
         Some(t) => Some(test_report(
-            t, &args, &model, &sim_proto, &shape, &probs, side, threshold,
+            t, &args, &reference, &sim_proto, &shape, &probs, side, threshold,
         )?),
         None => None,
     };
@@ -428,6 +505,8 @@ pub fn run(args: Args) -> Result<()> {
             calibration_s,
             chosen: chosen.name(),
             bias_correction_images: args.bias_correction.min(calib.tensors.len()),
+            gptq_images: args.gptq.min(calib.tensors.len()),
+            equalized,
             selection_rule: "lowest mean |p_abnormal(int8 simulated) - p_abnormal(float)| on validation images, then fewest decision flips",
             candidates: cand_reports,
             integer_check,
@@ -610,7 +689,7 @@ fn write_report(dir: &Path, r: &Report) -> Result<()> {
         std::fs::write(dir.join("scores.csv"), csv)?;
     }
     let mut md = format!(
-        "# int8 quantization of {}\n\n- output: {} ({:.2} MB)\n- calibration: {} images in {:.1} s ({} skipped)\n- chosen calibrator: **{}** ({})\n- bias correction: {}\n\n",
+        "# int8 quantization of {}\n\n- output: {} ({:.2} MB)\n- calibration: {} images in {:.1} s ({} skipped)\n- chosen calibrator: **{}** ({})\n- bias correction: {}\n- weight rounding: {}\n\n",
         r.model,
         r.out,
         r.out_bytes as f64 / 1e6,
@@ -623,6 +702,11 @@ fn write_report(dir: &Path, r: &Report) -> Result<()> {
             format!("measured on {} calibration images", r.bias_correction_images)
         } else {
             "off".into()
+        },
+        if r.gptq_images > 0 {
+            format!("GPTQ on {} calibration images", r.gptq_images)
+        } else {
+            "nearest".into()
         }
     );
     if !r.candidates.is_empty() {
