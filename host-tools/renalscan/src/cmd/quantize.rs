@@ -87,7 +87,8 @@ pub struct Args {
     pub bias_correction: usize,
     /// Calibration images for GPTQ weight rounding (each conv's weights rounded against its
     /// input statistics so that its output, not its weights, is closest to float); 0 rounds
-    /// every weight to nearest.
+    /// every weight to nearest. With every activation float, it cut the int8 weights' mean
+    /// |dp| on the phantom validation split from 0.0116 to 0.0030.
     #[arg(long, default_value_t = 128)]
     pub gptq: usize,
     /// GPTQ damping: fraction of the mean input second moment added to the diagonal.
@@ -99,8 +100,9 @@ pub struct Args {
     /// Activation range equalization strength in [0, 1] (0: off): before calibration, each
     /// `Conv -> Relu -> Conv` activation's weak channels are scaled up by `(max / range)^a`
     /// and the reading conv's weights down by as much, so that one int8 scale fits all
-    /// channels. The float function is unchanged.
-    #[arg(long, default_value_t = 0.0)]
+    /// channels. The float function is unchanged. 0.7 had the lowest mean |dp| on the phantom
+    /// validation split (0.0086; 0.3: 0.0110, 0.5: 0.0110, 0.85: 0.0094, off: 0.0161).
+    #[arg(long, default_value_t = 0.7)]
     pub equalize: f32,
     /// Largest channel scale equalization applies.
     #[arg(long, default_value_t = 16.0)]
@@ -207,6 +209,8 @@ struct Report {
     bias_correction_images: usize,
     /// Calibration images GPTQ weight rounding used (0: nearest rounding).
     gptq_images: usize,
+    /// Equalization strength (0: off).
+    equalize_strength: f32,
     /// Activations equalized before calibration.
     equalized: Vec<quantize::equalize::Equalized>,
     selection_rule: &'static str,
@@ -506,6 +510,7 @@ pub fn run(args: Args) -> Result<()> {
             chosen: chosen.name(),
             bias_correction_images: args.bias_correction.min(calib.tensors.len()),
             gptq_images: args.gptq.min(calib.tensors.len()),
+            equalize_strength: args.equalize,
             equalized,
             selection_rule: "lowest mean |p_abnormal(int8 simulated) - p_abnormal(float)| on validation images, then fewest decision flips",
             candidates: cand_reports,
@@ -689,7 +694,7 @@ fn write_report(dir: &Path, r: &Report) -> Result<()> {
         std::fs::write(dir.join("scores.csv"), csv)?;
     }
     let mut md = format!(
-        "# int8 quantization of {}\n\n- output: {} ({:.2} MB)\n- calibration: {} images in {:.1} s ({} skipped)\n- chosen calibrator: **{}** ({})\n- bias correction: {}\n- weight rounding: {}\n\n",
+        "# int8 quantization of {}\n\n- output: {} ({:.2} MB)\n- calibration: {} images in {:.1} s ({} skipped)\n- chosen calibrator: **{}** ({})\n- bias correction: {}\n- weight rounding: {}\n- equalization: {}\n\n",
         r.model,
         r.out,
         r.out_bytes as f64 / 1e6,
@@ -707,6 +712,15 @@ fn write_report(dir: &Path, r: &Report) -> Result<()> {
             format!("GPTQ on {} calibration images", r.gptq_images)
         } else {
             "nearest".into()
+        },
+        if r.equalized.is_empty() {
+            "off".into()
+        } else {
+            format!(
+                "strength {} on {} activations",
+                r.equalize_strength,
+                r.equalized.len()
+            )
         }
     );
     if !r.candidates.is_empty() {
