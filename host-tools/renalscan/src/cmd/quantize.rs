@@ -226,6 +226,9 @@ fn p_abnormal(p: &[f32]) -> f64 {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if !(0.0..=1.0).contains(&args.equalize) {
+        bail!("--equalize must be in [0, 1], not {}", args.equalize);
+    }
     let bytes =
         std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
     let mut model = FloatModel::from_bytes(&bytes)
@@ -280,9 +283,6 @@ pub fn run(args: Args) -> Result<()> {
     // The float reference every comparison is made against, before any rescaling.
     let reference = model.clone();
     let mut equalized = Vec::new();
-    if !(0.0..=1.0).contains(&args.equalize) {
-        bail!("--equalize must be in [0, 1], not {}", args.equalize);
-    }
     if args.equalize > 0.0 {
         let (m, rep) =
             quantize::equalize::equalize(&model, &calib.tensors, args.equalize, args.equalize_max)?;
