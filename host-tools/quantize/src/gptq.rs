@@ -307,6 +307,16 @@ pub fn round_kernel(
             h.len()
         )));
     }
+    if let Some(bad) = h.iter().find(|v| !v.is_finite()) {
+        return Err(QuantizeError::Invalid(format!(
+            "gptq: input statistics hold a non-finite value ({bad}): a calibration image made the float model overflow"
+        )));
+    }
+    if kernel.iter().any(|v| !v.is_finite()) {
+        return Err(QuantizeError::Invalid(
+            "gptq: the float weights hold a non-finite value".into(),
+        ));
+    }
     let scales: Vec<f64> = kernel
         .chunks_exact(k)
         .map(|c| {
@@ -687,6 +697,17 @@ mod tests {
             moved < m * k / 4,
             "{moved} weights moved by more than one level"
         );
+    }
+
+    #[test]
+    fn non_finite_statistics_or_weights_are_refused() {
+        let mut h = vec![1.0, 0.0, 0.0, f64::NAN];
+        let e = round_kernel(&[0.5, -0.5], 1, &mut h, &GptqOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("non-finite"), "{e}");
+        let mut h = vec![1.0, 0.0, 0.0, 1.0];
+        let e =
+            round_kernel(&[f32::INFINITY, 0.5], 1, &mut h, &GptqOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("weights"), "{e}");
     }
 
     #[test]
