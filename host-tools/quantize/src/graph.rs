@@ -18,8 +18,8 @@ use tract_onnx::pb::{
 };
 
 use crate::error::QuantizeError;
-use crate::gptq::RoundedWeights;
-use crate::math::{quantize_bias, quantize_weights, Sqnr};
+use crate::gptq::{conv_weights, RoundedWeights};
+use crate::math::{quantize_bias, Sqnr};
 
 /// Operators accepted in the float input model.
 pub const INPUT_OPS: [&str; 10] = [
@@ -765,16 +765,7 @@ impl<'a> Rewriter<'a> {
         let w = &graph.initializer[*weight];
         let kernel = float_data(w)?;
         let channels = w.dims.first().copied().unwrap_or(0).max(0) as usize;
-        let qw = match self.rounded.and_then(|r| r.get(&n.name)) {
-            Some(r) if r.values.len() == kernel.len() && r.scales.len() == channels => r.clone(),
-            Some(_) => {
-                return Err(QuantizeError::Invalid(format!(
-                    "conv `{}`: rounded weights do not match its kernel",
-                    n.name
-                )))
-            }
-            None => quantize_weights(&kernel, channels),
-        };
+        let qw = conv_weights(self.rounded, &n.name, &kernel, channels)?;
         let per = kernel.len() / channels.max(1);
         let deq: Vec<f32> = qw
             .values

@@ -454,8 +454,9 @@ pub fn layer_table_markdown(rows: &[LayerRow]) -> String {
     s
 }
 
-/// Bias correction of the weight rounding (nearest, or `rounded` where given): for each conv,
-/// the expected output shift that its int8 weights cause, `delta[c] = sum_{i,kh,kw} (w_q - w)[c,i,kh,kw] * E[x_i]`, with
+/// Bias correction of the weight rounding (nearest, or `rounded` where given): for each
+/// conv, the expected output shift that its int8 weights cause,
+/// `delta[c] = sum_{i,kh,kw} (w_q - w)[c,i,kh,kw] * E[x_i]`, with
 /// `E[x_i]` the float model's mean of input channel `i` over `images` (borders ignored).
 /// It is subtracted from the bias by [`FloatModel::rewrite_corrected`]. Measured on the float
 /// network, so corrections do not compound along the network (an empirical per-layer mean
@@ -529,10 +530,7 @@ pub fn bias_correction(
         let cin = w.dims.get(1).copied().unwrap_or(0).max(0) as usize;
         let per = kernel.len() / m.max(1);
         let khw = per / cin.max(1);
-        let qw = match rounded.and_then(|r| r.get(&c.name)) {
-            Some(r) if r.values.len() == kernel.len() && r.scales.len() == m => r.clone(),
-            _ => math::quantize_weights(&kernel, m),
-        };
+        let qw = gptq::conv_weights(rounded, &c.name, &kernel, m)?;
         let groups = mean.len() / cin.max(1);
         let per_group = m / groups.max(1);
         let delta: Vec<f32> = (0..m)

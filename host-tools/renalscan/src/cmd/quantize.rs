@@ -280,10 +280,10 @@ pub fn run(args: Args) -> Result<()> {
         args.calib.display()
     );
 
-    // The float reference every comparison is made against, before any rescaling.
-    let reference = model.clone();
+    // `model` stays the float reference every comparison is made against; `qmodel` is what
+    // gets quantized (the equalized model, or the same one).
     let mut equalized = Vec::new();
-    if args.equalize > 0.0 {
+    let equalized_model = if args.equalize > 0.0 {
         let (m, rep) =
             quantize::equalize::equalize(&model, &calib.tensors, args.equalize, args.equalize_max)?;
         log::info!(
@@ -292,12 +292,15 @@ pub fn run(args: Args) -> Result<()> {
             args.equalize,
             rep.iter().map(|e| e.max_scale).fold(1.0, f32::max)
         );
-        model = m;
         equalized = rep;
-    }
+        Some(m)
+    } else {
+        None
+    };
+    let qmodel = equalized_model.as_ref().unwrap_or(&model);
 
     let t0 = Instant::now();
-    let stats = quantize::collect_stats(&model, &calib.tensors, args.bins)?;
+    let stats = quantize::collect_stats(qmodel, &calib.tensors, args.bins)?;
     let calibration_s = t0.elapsed().as_secs_f64();
     log::info!(
         "calibration statistics of {} tensors over {} images in {calibration_s:.1} s",
@@ -311,7 +314,7 @@ pub fn run(args: Args) -> Result<()> {
         let n = args.gptq.min(calib.tensors.len());
         let t = Instant::now();
         let r = quantize::gptq::gptq(
-            &model,
+            qmodel,
             &calib.tensors[..n],
             &quantize::GptqOptions {
                 damp: args.gptq_damp,
@@ -330,7 +333,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let correction = if args.bias_correction > 0 {
         let n = args.bias_correction.min(calib.tensors.len());
-        let c = quantize::bias_correction(&model, &calib.tensors[..n], rounded.as_ref())?;
+        let c = quantize::bias_correction(qmodel, &calib.tensors[..n], rounded.as_ref())?;
         let largest = c
             .iter()
             .flat_map(|(k, v)| v.iter().map(move |d| (d.abs(), k)))
@@ -376,7 +379,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         let val = quantize::load_images(&val_paths, side, args.max_failed_pct, "validation")?;
         let float = quantize::predict(
-            reference.proto(),
+            model.proto(),
             &shape,
             &probs,
             &val.tensors,
@@ -384,7 +387,7 @@ pub fn run(args: Args) -> Result<()> {
         )?;
         let mut best: Option<(Calibrator, Agreement)> = None;
         for c in &candidates {
-            let (sim, _) = model.rewrite_with(
+            let (sim, _) = qmodel.rewrite_with(
                 &stats.scales(*c),
                 Form::Simulated,
                 quantize::Adjustments {
@@ -443,8 +446,8 @@ pub fn run(args: Args) -> Result<()> {
         rounded: rounded.as_ref(),
         float_keys: Some(&float_keys),
     };
-    let (int_proto, convs) = model.rewrite_with(&scales, Form::Integer, adj)?;
-    let (sim_proto, _) = model.rewrite_with(&scales, Form::Simulated, adj)?;
+    let (int_proto, convs) = qmodel.rewrite_with(&scales, Form::Integer, adj)?;
+    let (sim_proto, _) = qmodel.rewrite_with(&scales, Form::Simulated, adj)?;
     let encoded = quantize::encode(&int_proto);
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -472,7 +475,7 @@ pub fn run(args: Args) -> Result<()> {
     };
 
     let n = args.sqnr_n.min(calib.tensors.len());
-    let layers = quantize::layer_report(&model, &stats, &scales, &sim_proto, &calib.tensors[..n])?;
+    let layers = quantize::layer_report(qmodel, &stats, &scales, &sim_proto, &calib.tensors[..n])?;
     let mut worst: Vec<&LayerRow> = layers.iter().filter(|r| r.scale > 0.0).collect();
     worst.sort_by(|a, b| a.network_sqnr_db.total_cmp(&b.network_sqnr_db));
     for r in worst.iter().take(5) {
@@ -490,7 +493,7 @@ pub fn run(args: Args) -> Result<()> {
 
     let test = match &args.test {
         Some(t) => Some(test_report(
-            t, &args, &reference, &sim_proto, &shape, &probs, side, threshold,
+            t, &args, &model, &sim_proto, &shape, &probs, side, threshold,
         )?),
         None => None,
     };
