@@ -67,40 +67,9 @@ pub struct Hello {
     pub model_version: heapless::String<MODEL_VERSION_LEN>,
 }
 
-/// Most likely finding. Order is part of the wire format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Class {
-    Normal,
-    Stone,
-    Cyst,
-    Hyperechogenicity,
-    SpaceOccupyingLesion,
-    Hydronephrosis,
-}
-
-impl Class {
-    /// All classes in wire order.
-    pub const ALL: [Class; 6] = [
-        Class::Normal,
-        Class::Stone,
-        Class::Cyst,
-        Class::Hyperechogenicity,
-        Class::SpaceOccupyingLesion,
-        Class::Hydronephrosis,
-    ];
-
-    /// Short lower-case name, for displays and logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Class::Normal => "normal",
-            Class::Stone => "stone",
-            Class::Cyst => "cyst",
-            Class::Hyperechogenicity => "hyperechogenicity",
-            Class::SpaceOccupyingLesion => "sol",
-            Class::Hydronephrosis => "hydronephrosis",
-        }
-    }
-}
+/// Most likely finding: the project's screening classes ([`contract::Class`]); their order
+/// is part of the wire format (postcard encodes the variant index).
+pub use contract::Class;
 
 /// Bits of [`ResultMsg::flags`].
 pub mod flags {

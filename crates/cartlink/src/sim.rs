@@ -112,7 +112,7 @@ pub fn format_event(e: &Event, json: bool, verbose: bool) -> Option<String> {
                 r.seq,
                 r.timestamp_ms,
                 r.p_abnormal,
-                r.class.name(),
+                r.class.label(),
                 r.confidence,
                 f
             )

@@ -13,9 +13,6 @@
 //!          qemu-aarch64-static -L /usr/aarch64-linux-gnu <target>/aarch64-unknown-linux-gnu/\
 //!            release/examples/int8_forms --float F --int8 I --compare x86.bin
 
-#[path = "../tests/support/qop.rs"]
-mod qop;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -80,7 +77,7 @@ fn run() -> Result<bool, String> {
         "tract's int8 kernel for a ResNet conv here: {}",
         model::int8::native_int8_kernel().unwrap_or_else(|| "none".into())
     );
-    let mut rng = qop::Rng::new(2024);
+    let mut rng = testkit::Rng::new(2024);
     let image: Vec<f32> = (0..SHAPE.iter().product::<usize>())
         .map(|_| rng.uniform() * 60.0)
         .collect();

@@ -7,13 +7,12 @@
 //!
 //! `cargo run --release -p model --example qlinearconv_repro -- [OUT_DIR] [RUNS]`
 
-#[path = "../tests/support/qop.rs"]
-mod qop;
-
 use std::path::PathBuf;
 use std::time::Instant;
 
-use qop::{ConvW, Graph, Rng};
+use onnx_graph::Graph;
+use testkit::qop::{ConvW, QuantOps};
+use testkit::{finish, write_model, Rng};
 use tract_onnx::pb::{tensor_proto::DataType, type_proto, ModelProto};
 use tract_onnx::prelude::*;
 
@@ -71,18 +70,18 @@ fn main() -> TractResult<()> {
     let conv = ConvW::random(&mut Rng::new(1), C, C, 3, 1, 1);
     let shape = [1, C, HW, HW];
 
-    let mut g = Graph::default();
-    g.conv("y", &conv, "x");
-    let float = g.model(("x", &shape), &[("y", &shape)]);
+    let mut g = Graph::new();
+    g.conv_w("y", &conv, "x");
+    let float = finish(g, ("x", &shape), &[("y", &shape)]);
 
-    let mut g = Graph::default();
+    let mut g = Graph::new();
     g.f32("x_scale", &[], &[0.05]);
     g.qconv("y", &conv, "x", "x_scale", 0.1);
-    let int8 = with_elem_type(g.model(("x", &shape), &[("y_q", &shape)]), DataType::Int8);
+    let int8 = with_elem_type(finish(g, ("x", &shape), &[("y_q", &shape)]), DataType::Int8);
 
     let (fp, qp) = (out.join("conv.onnx"), out.join("qlinearconv.onnx"));
-    qop::write(&float, &fp);
-    qop::write(&int8, &qp);
+    write_model(&float, &fp);
+    write_model(&int8, &qp);
     println!(
         "one convolution 64->64, 3x3, 56x56 (m=64 k=576 n=3136, {:.0} MMAC), median of {runs}:",
         (C * C * 9 * HW * HW) as f64 / 1e6

@@ -194,10 +194,21 @@ impl HeadWeights {
             path: path.to_path_buf(),
             source,
         })?;
-        let model = ModelProto::decode(bytes.as_slice()).map_err(|e| CamError::Decode {
+        Self::from_onnx_bytes(&bytes, path, output)
+    }
+
+    /// Reads the head feeding `output` from model bytes in memory (a verified bundle's);
+    /// `path` only names the model in errors.
+    pub fn from_onnx_bytes(bytes: &[u8], path: &Path, output: &str) -> Result<Self, CamError> {
+        let model = ModelProto::decode(bytes).map_err(|e| CamError::Decode {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
+        Self::from_proto(&model, path, output)
+    }
+
+    /// Reads the head feeding `output` from a decoded model; `path` only names it in errors.
+    pub fn from_proto(model: &ModelProto, path: &Path, output: &str) -> Result<Self, CamError> {
         let no_head = |reason: String| CamError::NoHead {
             path: path.to_path_buf(),
             output: output.to_string(),
@@ -749,10 +760,7 @@ impl<'a> Graph<'a> {
 mod tests {
     use super::*;
     use crate::{output, softmax, Network};
-    use tract_onnx::pb::{
-        attribute_proto::AttributeType, type_proto, AttributeProto, OperatorSetIdProto,
-        TensorShapeProto, TypeProto, ValueInfoProto,
-    };
+    use onnx_graph::{attr, tensor, value_info_fixed, Graph, ModelMeta};
 
     /// Deterministic values in [-1, 1).
     fn noise(n: usize, seed: u32) -> Vec<f32> {
@@ -837,109 +845,29 @@ mod tests {
         assert_eq!(abnormal_coefficients(&[1.0, 0.0, 0.0], 0), [-1.0, 0.5, 0.5]);
     }
 
-    fn vi(name: &str, dims: &[i64]) -> ValueInfoProto {
-        use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
-        ValueInfoProto {
-            name: name.into(),
-            r#type: Some(TypeProto {
-                denotation: String::new(),
-                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                    elem_type: DataType::Float as i32,
-                    shape: Some(TensorShapeProto {
-                        dim: dims
-                            .iter()
-                            .map(|&d| Dimension {
-                                denotation: String::new(),
-                                value: Some(dimension::Value::DimValue(d)),
-                            })
-                            .collect(),
-                    }),
-                })),
-            }),
-            doc_string: String::new(),
-        }
-    }
-
-    fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<AttributeProto>) -> NodeProto {
-        NodeProto {
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.into()],
-            name: format!("{op}_{output}"),
-            op_type: op.into(),
-            attribute: attrs,
-            ..Default::default()
-        }
-    }
-
-    fn int_attr(name: &str, v: i64) -> AttributeProto {
-        AttributeProto {
-            name: name.into(),
-            r#type: AttributeType::Int as i32,
-            i: v,
-            ..Default::default()
-        }
-    }
-
-    fn float_attr(name: &str, v: f32) -> AttributeProto {
-        AttributeProto {
-            name: name.into(),
-            r#type: AttributeType::Float as i32,
-            f: v,
-            ..Default::default()
-        }
-    }
-
-    fn f32_tensor(name: &str, dims: &[usize], v: &[f32]) -> TensorProto {
-        TensorProto {
-            name: name.into(),
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: DataType::Float as i32,
-            raw_data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            ..Default::default()
-        }
-    }
-
     /// Writes a model `features -> GAP -> Flatten -> <head> -> Softmax -> probs` and returns
-    /// its path; `head` appends nodes from `flat` to `logits` and their initializers.
-    fn write_model(
-        name: &str,
-        c: usize,
-        hw: usize,
-        head: impl FnOnce(&mut Vec<NodeProto>, &mut Vec<TensorProto>),
-    ) -> PathBuf {
-        let mut nodes = vec![
-            node("GlobalAveragePool", &["features"], "pooled", vec![]),
-            node("Flatten", &["pooled"], "flat", vec![int_attr("axis", 1)]),
-        ];
-        let mut inits = Vec::new();
-        head(&mut nodes, &mut inits);
-        nodes.push(node(
+    /// its path; `head` adds nodes from `flat` to `logits` and their initializers.
+    fn write_model(name: &str, c: usize, hw: usize, head: impl FnOnce(&mut Graph)) -> PathBuf {
+        let mut g = Graph::new();
+        g.node("GlobalAveragePool", "pooled", &["features"], vec![]);
+        g.node("Flatten", "flat", &["pooled"], vec![attr::int("axis", 1)]);
+        head(&mut g);
+        g.node_to(
             "Softmax",
+            "softmax",
             &["logits"],
+            vec![attr::int("axis", 1)],
             PROBS,
-            vec![int_attr("axis", 1)],
-        ));
-        let graph = GraphProto {
-            name: "head".into(),
-            node: nodes,
-            initializer: inits,
-            input: vec![vi("features", &[1, c as i64, hw as i64, hw as i64])],
-            output: vec![vi(PROBS, &[1, 5])],
-            ..Default::default()
-        };
-        let model = ModelProto {
-            ir_version: 8,
-            opset_import: vec![OperatorSetIdProto {
-                domain: String::new(),
-                version: 13,
-            }],
-            graph: Some(graph),
-            ..Default::default()
-        };
+        );
+        let model = g.into_model(
+            vec![value_info_fixed("features", &[1, c, hw, hw])],
+            vec![value_info_fixed(PROBS, &[1, 5])],
+            ModelMeta::default(),
+        );
         let dir = std::env::temp_dir().join(format!("model-cam-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join(name);
-        std::fs::write(&p, model.encode_to_vec()).unwrap();
+        std::fs::write(&p, onnx_graph::encode(&model)).unwrap();
         p
     }
 
@@ -969,19 +897,19 @@ mod tests {
         let (c, hw, k) = (16, 3, 5);
         let w = noise(k * c, 4);
         let b = noise(k, 5);
-        let p = write_model("gemm.onnx", c, hw, |nodes, inits| {
-            inits.push(f32_tensor("W", &[k, c], &w));
-            inits.push(f32_tensor("B", &[k], &b));
-            nodes.push(node(
+        let p = write_model("gemm.onnx", c, hw, |g| {
+            g.f32("W", &[k, c], &w);
+            g.f32("B", &[k], &b);
+            g.node(
                 "Gemm",
-                &["flat", "W", "B"],
                 "logits",
+                &["flat", "W", "B"],
                 vec![
-                    int_attr("transB", 1),
-                    float_attr("alpha", 0.5),
-                    float_attr("beta", 2.0),
+                    attr::int("transB", 1),
+                    attr::float("alpha", 0.5),
+                    attr::float("beta", 2.0),
                 ],
-            ));
+            );
         });
         let head = assert_identity_with_tract(&p, c, hw);
         assert_eq!(head.weights_of(1).unwrap()[0], 0.5 * w[c]);
@@ -998,26 +926,21 @@ mod tests {
             .map(|v| (v * 127.0).round())
             .collect();
         let scale: Vec<f32> = (0..k).map(|i| 0.01 * (i + 1) as f32).collect();
-        let p = write_model("int8.onnx", c, hw, |nodes, inits| {
-            inits.push(TensorProto {
-                name: "Wq".into(),
-                dims: vec![c as i64, k as i64],
-                data_type: DataType::Int8 as i32,
-                raw_data: q.iter().map(|&v| v as i8 as u8).collect(),
-                ..Default::default()
-            });
-            inits.push(f32_tensor("Ws", &[k], &scale));
-            inits.push(f32_tensor("Bias", &[k], &noise(k, 7)));
-            inits.push(f32_tensor("T", &[], &[2.5]));
-            nodes.push(node(
+        let p = write_model("int8.onnx", c, hw, |g| {
+            let qi: Vec<i8> = q.iter().map(|&v| v as i8).collect();
+            g.init(tensor::i8("Wq", &[c, k], &qi));
+            g.f32("Ws", &[k], &scale);
+            g.f32("Bias", &[k], &noise(k, 7));
+            g.f32("T", &[], &[2.5]);
+            g.node(
                 "DequantizeLinear",
-                &["Wq", "Ws"],
                 "W",
-                vec![int_attr("axis", 1)],
-            ));
-            nodes.push(node("MatMul", &["flat", "W"], "mm", vec![]));
-            nodes.push(node("Add", &["mm", "Bias"], "biased", vec![]));
-            nodes.push(node("Div", &["biased", "T"], "logits", vec![]));
+                &["Wq", "Ws"],
+                vec![attr::int("axis", 1)],
+            );
+            g.node("MatMul", "mm", &["flat", "W"], vec![]);
+            g.node("Add", "biased", &["mm", "Bias"], vec![]);
+            g.node("Div", "logits", &["biased", "T"], vec![]);
         });
         let head = assert_identity_with_tract(&p, c, hw);
         // Dequantized per class, divided by the temperature.
@@ -1027,17 +950,17 @@ mod tests {
 
     #[test]
     fn a_model_without_a_linear_head_is_a_typed_error_naming_the_file() {
-        let p = write_model("nohead.onnx", 4, 2, |nodes, _| {
-            nodes.push(node("Relu", &["flat"], "logits", vec![]));
+        let p = write_model("nohead.onnx", 4, 2, |g| {
+            g.node("Relu", "logits", &["flat"], vec![]);
         });
         let err = HeadWeights::from_onnx(&p).unwrap_err();
         assert!(matches!(err, CamError::NoHead { .. }), "{err}");
         assert!(err.to_string().contains("nohead.onnx"), "{err}");
         // A linear layer not on a pooled input does not give CAMs either.
-        let q = write_model("notpooled.onnx", 4, 2, |nodes, inits| {
-            inits.push(f32_tensor("W", &[4, 5], &noise(20, 8)));
-            nodes.push(node("Relu", &["flat"], "r", vec![]));
-            nodes.push(node("Gemm", &["r", "W"], "logits", vec![]));
+        let q = write_model("notpooled.onnx", 4, 2, |g| {
+            g.f32("W", &[4, 5], &noise(20, 8));
+            g.node("Relu", "r", &["flat"], vec![]);
+            g.node("Gemm", "logits", &["r", "W"], vec![]);
         });
         let err = HeadWeights::from_onnx(&q).unwrap_err();
         assert!(err.to_string().contains("Relu"), "{err}");

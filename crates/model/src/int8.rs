@@ -100,6 +100,13 @@ pub struct LoadOptions {
     /// A small file remembering Auto's timed choice for this model file on this CPU, so that
     /// only the first start after a model update pays for building and timing both forms.
     pub decision_cache: Option<PathBuf>,
+    /// A stable identity of the model bytes (a bundle's pinned sha256) that keys the decision
+    /// cache when the model is loaded from memory. Without it, a model loaded from memory is
+    /// timed at every start; one loaded from a file is keyed by path, size and mtime.
+    pub model_id: Option<String>,
+    /// Also read the linear head feeding this output (class-activation maps) from the same
+    /// decoded model, so a device never parses the file a second time.
+    pub cam_head: Option<String>,
 }
 
 impl Default for LoadOptions {
@@ -108,6 +115,8 @@ impl Default for LoadOptions {
             form: Form::Auto,
             time_known_slow: false,
             decision_cache: None,
+            model_id: None,
+            cam_head: None,
         }
     }
 }
@@ -329,13 +338,7 @@ fn f32_values(t: &TensorProto) -> Result<Vec<f32>, String> {
 }
 
 fn f32_tensor(name: String, dims: Vec<i64>, data: &[f32]) -> TensorProto {
-    TensorProto {
-        name,
-        dims,
-        data_type: DataType::Float as i32,
-        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ..Default::default()
-    }
+    onnx_graph::tensor::f32_dims(&name, &dims, data)
 }
 
 /// Rewrites a QOperator model into the float form: each QLinearConv becomes a Conv with
@@ -924,9 +927,8 @@ fn integer_outlook() -> Outlook {
     }
 }
 
-/// What identifies a timed decision: the model file (path, size, modification time), the
-/// architecture and the int8 kernel tract picks here.
-fn decision_key(path: &Path, kernel: &str) -> Option<String> {
+/// What identifies a file loaded by path: path, size and modification time.
+pub(crate) fn file_identity(path: &Path) -> Option<String> {
     let meta = std::fs::metadata(path).ok()?;
     let mtime = meta
         .modified()
@@ -934,12 +936,13 @@ fn decision_key(path: &Path, kernel: &str) -> Option<String> {
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?
         .as_nanos();
-    Some(format!(
-        "{}|{}|{mtime}|{}|{kernel}",
-        path.display(),
-        meta.len(),
-        std::env::consts::ARCH
-    ))
+    Some(format!("{}|{}|{mtime}", path.display(), meta.len()))
+}
+
+/// What identifies a timed decision: the model, the architecture and the int8 kernel tract
+/// picks here.
+fn decision_key(model: &str, kernel: &str) -> String {
+    format!("{model}|{}|{kernel}", std::env::consts::ARCH)
 }
 
 /// A remembered Auto decision: the form and the two first-run timings (ms) behind it.
@@ -1004,16 +1007,21 @@ pub(crate) struct Decoded {
     pub read: Duration,
 }
 
-pub(crate) fn decode(path: &Path) -> Result<Decoded, crate::ModelError> {
+/// Where model bytes came from: the file named in messages, the directory of external
+/// tensor data (files loaded by path only) and the identity that keys the decision cache.
+pub(crate) struct Origin<'a> {
+    pub path: &'a Path,
+    pub dir: Option<&'a Path>,
+    pub identity: Option<String>,
+}
+
+pub(crate) fn decode(bytes: &[u8], path: &Path) -> Result<Decoded, crate::ModelError> {
     use prost::Message;
     let t0 = Instant::now();
-    let load_err = |reason: String| crate::ModelError::Load {
+    let proto = ModelProto::decode(bytes).map_err(|e| crate::ModelError::Load {
         path: path.to_path_buf(),
-        reason,
-    };
-    let bytes = std::fs::read(path).map_err(|e| load_err(e.to_string()))?;
-    let proto = ModelProto::decode(bytes.as_slice())
-        .map_err(|e| load_err(format!("not an ONNX protobuf: {e}")))?;
+        reason: format!("not an ONNX protobuf: {e}"),
+    })?;
     Ok(Decoded {
         proto,
         read: t0.elapsed(),
@@ -1028,7 +1036,7 @@ pub(crate) struct BuiltNet {
 
 fn build(
     proto: &ModelProto,
-    path: &Path,
+    origin: &Origin,
     shape: &[usize],
     rewrite: bool,
     read: Duration,
@@ -1036,12 +1044,12 @@ fn build(
     let t0 = Instant::now();
     let rewritten;
     let proto = if rewrite {
-        rewritten = float_form(proto, path)?;
+        rewritten = float_form(proto, origin.path)?;
         &rewritten
     } else {
         proto
     };
-    let (net, plan) = crate::Network::from_proto(proto, path, shape, read)?;
+    let (net, plan) = crate::Network::from_proto(proto, origin, shape, read)?;
     Ok(BuiltNet {
         net,
         candidate: Candidate {
@@ -1068,16 +1076,21 @@ struct Choice {
     float: Option<Candidate>,
 }
 
-/// Loads `path` for `shape` in the form `opts` asks for (see [`crate::Network::load_with`]).
+/// Loads model bytes for `shape` in the form `opts` asks for (see
+/// [`crate::Network::from_bytes`]).
 pub(crate) fn load(
-    path: &Path,
+    bytes: &[u8],
+    origin: &Origin,
     shape: &[usize],
     opts: &LoadOptions,
 ) -> Result<crate::Network, crate::ModelError> {
-    let Decoded { proto, read } = decode(path)?;
+    let Decoded { proto, read } = decode(bytes, origin.path)?;
+    let head = opts.cam_head.as_deref().map(|output| {
+        crate::cam::HeadWeights::from_proto(&proto, origin.path, output).map_err(|e| e.to_string())
+    });
     let qconvs = qlinear_conv_count(&proto);
     let one = |built, rewrite, reason: &str| -> Result<Choice, crate::ModelError> {
-        let b = build(&proto, path, shape, rewrite, read)?;
+        let b = build(&proto, origin, shape, rewrite, read)?;
         let (integer, float) = match built {
             Built::Integer => (Some(b.candidate), None),
             Built::Float => (None, Some(b.candidate)),
@@ -1101,7 +1114,7 @@ pub(crate) fn load(
         match opts.form {
             Form::Integer => one(Built::Integer, false, "asked for")?,
             Form::Float => one(Built::Float, true, "asked for")?,
-            Form::Auto => auto(&proto, path, shape, read, opts)?,
+            Form::Auto => auto(&proto, origin, shape, read, opts)?,
         }
     };
     let report = FormReport {
@@ -1112,9 +1125,10 @@ pub(crate) fn load(
         integer: choice.integer,
         float: choice.float,
     };
-    log::info!("{}: {report}", path.display());
+    log::info!("{}: {report}", origin.path.display());
     let mut net = choice.net;
     net.form = Some(report);
+    net.head = head;
     Ok(net)
 }
 
@@ -1122,14 +1136,14 @@ pub(crate) fn load(
 /// of both forms on one run each, or the remembered result of that timing.
 fn auto(
     proto: &ModelProto,
-    path: &Path,
+    origin: &Origin,
     shape: &[usize],
     read: Duration,
     opts: &LoadOptions,
 ) -> Result<Choice, crate::ModelError> {
     let why = match integer_outlook() {
         Outlook::KnownSlow(why) if !opts.time_known_slow => {
-            let float = build(proto, path, shape, true, read)?;
+            let float = build(proto, origin, shape, true, read)?;
             return Ok(Choice {
                 net: float.net,
                 built: Built::Float,
@@ -1140,13 +1154,15 @@ fn auto(
         }
         Outlook::KnownSlow(why) | Outlook::Measure(why) => why,
     };
-    let key = native_int8_kernel().and_then(|k| decision_key(path, &k));
+    let key = native_int8_kernel()
+        .zip(origin.identity.as_deref())
+        .map(|(k, id)| decision_key(id, &k));
     let cache = opts.decision_cache.as_deref().zip(key);
     if let Some(d) = cache
         .as_ref()
         .and_then(|(file, key)| CachedDecision::read(file, key))
     {
-        let b = build(proto, path, shape, d.built == Built::Float, read)?;
+        let b = build(proto, origin, shape, d.built == Built::Float, read)?;
         let reason = format!(
             "{why}; remembered choice (integer {:.0} ms, float {:.0} ms when timed; delete {} \
              to re-time)",
@@ -1171,8 +1187,8 @@ fn auto(
             float,
         });
     }
-    let mut float = build(proto, path, shape, true, read)?;
-    let mut int = build(proto, path, shape, false, read)?;
+    let mut float = build(proto, origin, shape, true, read)?;
+    let mut int = build(proto, origin, shape, false, read)?;
     // One run each: the first run pays allocation and packing, equally for both, and is what
     // a start-up can afford.
     let tf = time_one_run(&float.net)?;

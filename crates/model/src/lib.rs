@@ -3,12 +3,12 @@
 //! The host evaluates with this crate and the device infers with it, so what `renalscan
 //! eval` measures is exactly what the cart runs. Models are optimised once at load for a
 //! fixed input shape (batch 1 on the device), which lets tract pick its fastest kernels.
+//! [`int8`] chooses how a quantized model runs on this CPU; [`cam`] explains a decision as a
+//! class-activation map. Networks are built from bytes ([`Network::from_bytes`]), so a
+//! device runs exactly the bytes its bundle check verified (crate `bundle`).
 
-pub mod bundle;
 pub mod cam;
-pub mod card;
 pub mod int8;
-pub mod manifest;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,9 @@ pub struct Network {
     timings: LoadTimings,
     /// Which form of a quantized model runs, and why.
     form: Option<int8::FormReport>,
+    /// The linear head read from the same bytes, when asked for
+    /// ([`int8::LoadOptions::cam_head`]); the reason when it could not be read.
+    head: Option<Result<cam::HeadWeights, String>>,
 }
 
 impl Network {
@@ -97,7 +100,33 @@ impl Network {
         input_shape: &[usize],
         opts: &int8::LoadOptions,
     ) -> Result<Self, ModelError> {
-        int8::load(path, input_shape, opts)
+        let bytes = std::fs::read(path).map_err(|e| ModelError::Load {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let origin = int8::Origin {
+            path,
+            dir: path.parent(),
+            identity: opts.model_id.clone().or_else(|| int8::file_identity(path)),
+        };
+        int8::load(&bytes, &origin, input_shape, opts)
+    }
+
+    /// Builds the network from model bytes already in memory (a verified bundle's), in the
+    /// form `opts` asks for; `origin` only names the model in messages. External tensor data
+    /// is not supported: a bundle pins one file.
+    pub fn from_bytes(
+        bytes: &[u8],
+        origin: &Path,
+        input_shape: &[usize],
+        opts: &int8::LoadOptions,
+    ) -> Result<Self, ModelError> {
+        let origin = int8::Origin {
+            path: origin,
+            dir: None,
+            identity: opts.model_id.clone(),
+        };
+        int8::load(bytes, &origin, input_shape, opts)
     }
 
     /// Which form of a quantized model runs, why, and what each candidate cost.
@@ -105,19 +134,29 @@ impl Network {
         self.form.as_ref()
     }
 
+    /// The head for class-activation maps, read from the very bytes the network was built
+    /// from; `None` unless [`int8::LoadOptions::cam_head`] asked for it, `Err` with the reason
+    /// when the model has no linear head on pooled features.
+    pub fn head(&self) -> Option<Result<&cam::HeadWeights, &str>> {
+        self.head
+            .as_ref()
+            .map(|h| h.as_ref().map_err(String::as_str))
+    }
+
     /// Parses a decoded ONNX model and optimises it; also returns the plan's matmul kernels.
     pub(crate) fn from_proto(
         proto: &tract_onnx::pb::ModelProto,
-        path: &Path,
+        origin: &int8::Origin,
         input_shape: &[usize],
         read: Duration,
     ) -> Result<(Self, int8::PlanSummary), ModelError> {
         let t0 = Instant::now();
+        let path = origin.path;
         let load_err = |reason: String| ModelError::Load {
             path: path.to_path_buf(),
             reason,
         };
-        let dir = path.parent().and_then(Path::to_str);
+        let dir = origin.dir.and_then(Path::to_str);
         // Recorded intermediate shapes are hints only, and onnxruntime-written files record a
         // symbolic batch that contradicts the fixed input shape we optimise for.
         let parsed = tract_onnx::onnx()
@@ -172,6 +211,7 @@ impl Network {
                 output_names,
                 timings,
                 form: None,
+                head: None,
             },
             plan_summary,
         ))

@@ -1,13 +1,12 @@
 //! The int8 loader on a QOperator model built and calibrated here (fast, always runs), and on
 //! the real ResNet-50 files when `RENALSCAN_INT8_MODEL` and `RENALSCAN_FLOAT_MODEL` name them.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
 use model::int8::{Built, Form, LoadOptions};
 use model::{output, ModelError, Network};
-use support::qop::{self, TinyNet, CALIBRATED, INPUT_SHAPE};
+use testkit::qop::{self, TinyNet, CALIBRATED, INPUT_SHAPE};
+use testkit::write_model;
 
 struct Files {
     _dir: tempfile::TempDir,
@@ -21,7 +20,7 @@ fn files() -> Files {
     let dir = tempfile::tempdir().expect("temp dir");
     let net = TinyNet::new(7);
     let calib = dir.path().join("calib.onnx");
-    qop::write(&net.float_model(true), &calib);
+    write_model(&net.float_model(true), &calib);
     let cal = Network::load(&calib, &INPUT_SHAPE).expect("calibration model loads");
     let mut ranges = [0f32; 7];
     for seed in 1..=8 {
@@ -38,8 +37,8 @@ fn files() -> Files {
     }
     let float = dir.path().join("float.onnx");
     let int8 = dir.path().join("int8.onnx");
-    qop::write(&net.float_model(false), &float);
-    qop::write(&net.qoperator_model(&ranges), &int8);
+    write_model(&net.float_model(false), &float);
+    write_model(&net.qoperator_model(&ranges), &int8);
     Files {
         _dir: dir,
         float,
@@ -323,12 +322,8 @@ fn float_form_refusals_name_the_file_the_node_and_the_fix() {
 
     // ConvInteger with an asymmetric weight zero point.
     let err = mutate_and_load(&f, |g| {
-        g.initializer.push(tract_onnx::pb::TensorProto {
-            name: "bad_zp".into(),
-            data_type: tract_onnx::pb::tensor_proto::DataType::Int8 as i32,
-            raw_data: vec![3],
-            ..Default::default()
-        });
+        g.initializer
+            .push(onnx_graph::tensor::i8("bad_zp", &[], &[3]));
         let n = g
             .node
             .iter_mut()

@@ -33,7 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 14 + row as u32 * th + (th - h) / 2,
             );
             imageops::overlay(&mut sheet, &small, x0 as i64, y0 as i64);
-            let label = format!("{} {}", c.as_str(), p.name);
+            let label = format!("{} {}", c.label(), p.name);
             text(
                 &mut sheet,
                 (col as u32 * tw + 4) as i32,

@@ -13,7 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let img = render_one(*c, sev, profile, seed, i as u64);
         save_png(
             &img,
-            &out.join(format!("{}-{}.png", profile.name, c.as_str())),
+            &out.join(format!("{}-{}.png", profile.name, c.label())),
         )?;
     }
     Ok(())

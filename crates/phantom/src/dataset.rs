@@ -179,7 +179,7 @@ pub fn manifest_line(s: &ImageSpec) -> String {
     format!(
         "{},{},{:.3},{},{},{}",
         s.rel_path(),
-        s.class.as_str(),
+        s.class.label(),
         s.severity,
         s.patient_id,
         s.profile.name,
@@ -196,7 +196,7 @@ pub fn write_dataset(
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<PathBuf, Error> {
     for c in Class::ALL {
-        let d = out.join(c.as_str());
+        let d = out.join(c.label());
         std::fs::create_dir_all(&d).map_err(io_err(&d))?;
     }
     let renderer = Renderer::new();

@@ -30,7 +30,7 @@ pub struct ImageSpec {
 impl ImageSpec {
     /// Relative output path: `<class>/<index>.png`.
     pub fn rel_path(&self) -> String {
-        format!("{}/{:06}.png", self.class.as_str(), self.index)
+        format!("{}/{:06}.png", self.class.label(), self.index)
     }
 
     pub fn patient(&self) -> Patient {

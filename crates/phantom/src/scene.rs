@@ -13,62 +13,8 @@ use crate::formation::{Tissue, TissueMap};
 use crate::profile::Profile;
 use crate::rng::{fractal, noise, Rand};
 
-/// Image label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Class {
-    Normal,
-    Stone,
-    Cyst,
-    Hyperechogenicity,
-    Sol,
-    Hydronephrosis,
-}
-
-impl Class {
-    pub const ALL: [Class; 6] = [
-        Class::Normal,
-        Class::Stone,
-        Class::Cyst,
-        Class::Hyperechogenicity,
-        Class::Sol,
-        Class::Hydronephrosis,
-    ];
-    pub const ABNORMAL: [Class; 5] = [
-        Class::Stone,
-        Class::Cyst,
-        Class::Hyperechogenicity,
-        Class::Sol,
-        Class::Hydronephrosis,
-    ];
-
-    /// Folder and manifest name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Class::Normal => "normal",
-            Class::Stone => "stone",
-            Class::Cyst => "cyst",
-            Class::Hyperechogenicity => "hyperechogenicity",
-            Class::Sol => "sol",
-            Class::Hydronephrosis => "hydronephrosis",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Class> {
-        Class::ALL
-            .into_iter()
-            .find(|c| c.as_str().eq_ignore_ascii_case(s))
-    }
-
-    pub fn is_abnormal(self) -> bool {
-        self != Class::Normal
-    }
-}
-
-impl std::fmt::Display for Class {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Image label: the project's screening classes.
+pub use contract::Class;
 
 /// Hydronephrosis grade (SFU 1-4) for a severity in (0, 1].
 pub fn hydronephrosis_grade(severity: f32) -> u8 {
@@ -901,7 +847,7 @@ mod tests {
     #[test]
     fn class_names_round_trip() {
         for c in Class::ALL {
-            assert_eq!(Class::parse(c.as_str()), Some(c));
+            assert_eq!(Class::from_label(c.label()), Some(c));
         }
         assert_eq!(hydronephrosis_grade(0.01), 1);
         assert_eq!(hydronephrosis_grade(0.3), 2);

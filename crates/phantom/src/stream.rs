@@ -291,7 +291,7 @@ pub fn write_sweep(
             f.index,
             f.time_s,
             f.state.as_str(),
-            f.class.as_str(),
+            f.class.label(),
             f.severity,
             f.patient_id,
             u8::from(f.lesion_visible)

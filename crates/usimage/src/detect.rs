@@ -49,7 +49,7 @@ const STRIP_BG_FRACTION: f32 = 0.5;
 const BAND_RUN_FRACTION: f32 = 0.25;
 
 /// Shape of the image area.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ScanKind {
     /// Curvilinear or phased array: a fan narrower at the top.
@@ -57,11 +57,12 @@ pub enum ScanKind {
     /// Linear array: a rectangle (or nearly).
     Linear,
     /// No image area found.
+    #[default]
     None,
 }
 
-/// The detected image area of one frame.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The detected image area of one frame (the default: nothing found).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct ScanArea {
     /// Box of the main pane `[x0, y0, x1, y1]` in frame pixels, `x1`/`y1` exclusive: the
     /// echo-bearing fan or rectangle. The model input is cropped to it (and blanked outside

@@ -27,7 +27,7 @@ pub enum PreprocessError {
 }
 
 /// What happened to one frame.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct FrameInfo {
     /// The detected scan area (box, kind, panes, anatomy flag).
     pub area: ScanArea,

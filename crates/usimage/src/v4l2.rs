@@ -20,6 +20,27 @@ pub enum PixelFormat {
     Mjpeg,
 }
 
+impl PixelFormat {
+    /// Parses a fourcc name as configs spell it (`GREY`, `YUYV`, `MJPG`/`MJPEG`, any case).
+    pub fn from_fourcc(s: &str) -> Option<PixelFormat> {
+        match s.to_ascii_uppercase().as_str() {
+            "GREY" | "GRAY" | "Y8" => Some(PixelFormat::Grey),
+            "YUYV" | "YUY2" => Some(PixelFormat::Yuyv),
+            "MJPG" | "MJPEG" => Some(PixelFormat::Mjpeg),
+            _ => None,
+        }
+    }
+
+    /// The fourcc bytes V4L2 uses for it.
+    pub fn fourcc(self) -> [u8; 4] {
+        match self {
+            PixelFormat::Grey => *b"GREY",
+            PixelFormat::Yuyv => *b"YUYV",
+            PixelFormat::Mjpeg => *b"MJPG",
+        }
+    }
+}
+
 /// Decodes one capture buffer into `out`. `stride` is the bytes per line the driver reports
 /// (`bytesperline`); 0 means tightly packed. Ignored for MJPEG.
 pub fn decode_buffer(

@@ -10,10 +10,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, Mode, ModelForm, SourceKind};
 use crate::infer::Classifier;
-use crate::runtime::{self, RunOptions, Sinks};
-use crate::sink::cartlink::CartSink;
-use crate::sink::journal::JournalSink;
-use crate::sink::stdout::StdoutSink;
+use crate::runtime::{self, RunOptions};
+use crate::sink::build;
 use crate::stats::{peak_rss_kib, rss_kib, Stage};
 
 /// renalscan edge runtime: classifies probe frames on the cart and records every decision.
@@ -27,7 +25,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Cmd {
-    /// Screen: source -> gate -> model -> aggregation -> journal, stdout, cart link.
+    /// Screen: source -> gate -> model -> aggregation -> sinks (journal, snapshots, stdout,
+    /// cart link).
     Run(RunArgs),
     /// Verify the bundle and time every stage on a built-in frame.
     Selftest(SelftestArgs),
@@ -247,31 +246,6 @@ pub fn open_model(cfg: &Config) -> anyhow::Result<Classifier> {
     })
 }
 
-/// Builds the sinks a config asks for.
-pub fn make_sinks(cfg: &Config, classifier: &Classifier, stdout: bool) -> anyhow::Result<Sinks> {
-    let info = classifier.info();
-    let cart = if cfg.cartlink.enabled {
-        Some(CartSink::spawn(
-            &cfg.cartlink,
-            &info.name,
-            &info.version,
-            &info.labels,
-        )?)
-    } else {
-        None
-    };
-    let journal: Option<Box<dyn runtime::JournalSinkApi>> = if cfg.journal.enabled {
-        Some(Box::new(JournalSink::open(&cfg.journal)?))
-    } else {
-        None
-    };
-    Ok(Sinks {
-        stdout: (stdout && cfg.output.stdout).then(StdoutSink::new),
-        journal,
-        cart,
-    })
-}
-
 fn signal_flag() -> anyhow::Result<Arc<AtomicBool>> {
     let term = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -326,8 +300,8 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
         classifier.info().threshold,
         classifier.info().load_time.as_secs_f64() * 1e3
     );
-    let sinks = make_sinks(&cfg, &classifier, true)?;
-    runtime::run(&cfg, classifier, sinks, term, &RunOptions::default())?;
+    let outputs = build::from_config(&cfg, &classifier, true)?;
+    runtime::run(&cfg, classifier, outputs, term, &RunOptions::default())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -467,14 +441,13 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         classifier.info().trust
     );
     let rss_loaded = rss_kib().unwrap_or(0);
-    let sinks = make_sinks(&cfg, &classifier, false)?;
+    let outputs = build::from_config(&cfg, &classifier, false)?;
     let term = signal_flag()?;
     let opts = RunOptions {
-        quiet: true,
         rss_every: 100,
         status_tx: None,
     };
-    let s = runtime::run(&cfg, classifier, sinks, term, &opts)?;
+    let s = runtime::run(&cfg, classifier, outputs, term, &opts)?;
     let processed = s.counters.processed.max(1) as f64;
     // Cost of everything but the model, per frame taken from the source, against the cost
     // of one inference. Both as thread CPU time (robust to other load on the machine) and as
@@ -485,7 +458,6 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         Stage::Preprocess,
         Stage::Aggregate,
         Stage::Sinks,
-        Stage::Snapshot,
     ];
     let total = |f: &dyn Fn(Stage) -> f64| -> f64 { overhead_stages.iter().map(|&st| f(st)).sum() };
     let cpu_sum = |st: Stage| s.timers.cpu(st).run_mean_ms() * s.timers.cpu(st).run_count() as f64;

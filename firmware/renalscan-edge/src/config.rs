@@ -420,7 +420,7 @@ impl Config {
         );
         for f in &self.source.v4l.formats {
             anyhow::ensure!(
-                crate::source::v4l::parse_fourcc(f).is_some(),
+                usimage::v4l2::PixelFormat::from_fourcc(f).is_some(),
                 "source.v4l.formats: {f:?} is not one of GREY, YUYV, MJPG"
             );
         }

@@ -1,12 +1,16 @@
-//! The model: a bundle loaded and verified once at start, then one inference per usable
-//! frame. Everything the device must agree on with training (labels, input size,
-//! normalisation, preprocessing version, operating threshold) comes from the manifest.
+//! The model: a bundle verified once at start, its network built from the very bytes that
+//! were verified, then one inference per usable frame. Everything the device must agree on
+//! with training (labels, input size, normalisation, preprocessing version, operating
+//! threshold) comes from the signed manifest (`contract::Manifest`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use model::bundle::{Bundle, TrustedKeys};
+use anyhow::Context;
+use bundle::{Bundle, TrustedKeys};
+use contract::manifest::{ChannelOrder as ManifestOrder, Manifest};
+use contract::Taxonomy;
+use model::cam::HeadWeights;
 use model::int8::{Form, LoadOptions};
 use model::Network;
 use usimage::{ChannelOrder, Normalization};
@@ -14,17 +18,30 @@ use usimage::{ChannelOrder, Normalization};
 use crate::aggregate::MAX_CLASSES;
 use crate::config::ModelForm;
 
+/// The output the screening probabilities come from (and the CAM head feeds).
+pub const PROBS: &str = "probs";
+/// The last feature map, for class-activation maps.
+pub const FEATURES: &str = "features";
+
 /// What the runtime needs to know about the model.
 #[derive(Debug, Clone)]
 pub struct ModelInfo {
     pub name: String,
     pub version: String,
     pub labels: Vec<String>,
+    pub taxonomy: Taxonomy,
     pub threshold: f32,
     pub input_size: u32,
     pub normalization: Normalization,
     pub normal_index: usize,
-    pub model_path: PathBuf,
+    /// Where the verified model was read from (messages only).
+    pub model_origin: PathBuf,
+    /// The signed manifest, as verified.
+    pub manifest: Manifest,
+    /// Key id of the signer.
+    pub signer: String,
+    /// sha256 of the signed manifest bytes: the bundle's identity.
+    pub bundle_sha256: String,
     /// Precision and the key that signed the bundle (verified at load).
     pub trust: String,
     pub load_time: Duration,
@@ -40,21 +57,26 @@ pub struct Classified {
     pub confidence: f32,
 }
 
+impl Classified {
+    /// The probabilities, one per label.
+    pub fn probs(&self) -> &[f32] {
+        &self.probs[..self.classes]
+    }
+}
+
 /// The loaded network and its manifest facts.
 pub struct Classifier {
     net: Network,
     info: ModelInfo,
     probs_output: usize,
     features_output: Option<usize>,
-    /// Keep the last `features` map (for class-activation snapshots).
-    keep_features: bool,
     features: Vec<f32>,
     features_shape: Vec<usize>,
 }
 
 impl Classifier {
     /// Opens a bundle directory, verifies it against the trusted keys (signature, hashes,
-    /// preprocessing version), then loads and optimises the model once.
+    /// preprocessing version), then builds the network from the verified bytes.
     /// `decision_cache` remembers which form of an int8 model runs faster on this CPU, so
     /// only the first start after a model update times both.
     pub fn open(
@@ -70,6 +92,18 @@ impl Classifier {
         )?;
         let keys = TrustedKeys::from_path(keys_path)?;
         let b = Bundle::open(bundle, &keys)?;
+        Self::from_bundle(b, form, decision_cache, t0)
+    }
+
+    /// Builds the classifier from a verified bundle: the network comes from the bytes the
+    /// bundle check hashed, never from the file again, so a file swapped after the check is
+    /// not what runs. `t0` is when loading began (for the load time).
+    pub fn from_bundle(
+        mut b: Bundle,
+        form: ModelForm,
+        decision_cache: Option<&Path>,
+        t0: Instant,
+    ) -> anyhow::Result<Self> {
         let mut info = check_manifest(&b)?;
         let shape = [1, 3, info.input_size as usize, info.input_size as usize];
         let opts = LoadOptions {
@@ -79,10 +113,14 @@ impl Classifier {
                 ModelForm::Float => Form::Float,
             },
             decision_cache: decision_cache.map(Path::to_path_buf),
+            model_id: Some(b.manifest().model.sha256.clone()),
+            cam_head: Some(PROBS.into()),
             ..LoadOptions::default()
         };
-        let net = Network::load_with(&info.model_path, &shape, &opts)
-            .with_context(|| format!("cannot load the model of bundle {}", bundle.display()))?;
+        let bytes = b.take_model_bytes();
+        let net = Network::from_bytes(&bytes, &info.model_origin, &shape, &opts)
+            .with_context(|| format!("cannot load the model of bundle {}", b.dir().display()))?;
+        drop(bytes);
         if let Some(r) = net.form_report() {
             log::info!("int8 model runs as {r}");
             info.trust = format!("{}, {}", info.trust, r.built);
@@ -95,22 +133,21 @@ impl Classifier {
         let probs_output = net
             .output_names()
             .iter()
-            .position(|n| n == "probs")
+            .position(|n| n == PROBS)
             .with_context(|| {
                 format!(
-                    "model {} has no `probs` output (outputs: {:?})",
-                    info.model_path.display(),
+                    "model {} has no `{PROBS}` output (outputs: {:?})",
+                    info.model_origin.display(),
                     net.output_names()
                 )
             })?;
         info.load_time = t0.elapsed();
-        let features_output = net.output_names().iter().position(|n| n == "features");
+        let features_output = net.output_names().iter().position(|n| n == FEATURES);
         let mut c = Self {
             net,
             info,
             probs_output,
             features_output,
-            keep_features: false,
             features: Vec::new(),
             features_shape: Vec::new(),
         };
@@ -136,29 +173,36 @@ impl Classifier {
         3 * (self.info.input_size as usize).pow(2)
     }
 
-    /// Keep each frame's `features` output for [`Classifier::last_features`]; false when the
-    /// model has none.
-    pub fn keep_features(&mut self, keep: bool) -> bool {
-        self.keep_features = keep && self.features_output.is_some();
-        self.keep_features
+    /// The head for class-activation maps, or why there is none (no `features` output, or no
+    /// linear head on pooled features).
+    pub fn cam_head(&self) -> Result<&HeadWeights, String> {
+        if self.features_output.is_none() {
+            return Err(format!(
+                "model {} has no `{FEATURES}` output",
+                self.info.model_origin.display()
+            ));
+        }
+        match self.net.head() {
+            Some(Ok(h)) => Ok(h),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("the head was not read at load".into()),
+        }
     }
 
-    /// The `features` map of the last frame and its shape (when kept).
+    /// The `features` map of the last frame and its shape (models that have one).
     pub fn last_features(&self) -> Option<(&[f32], &[usize])> {
-        (self.keep_features && !self.features.is_empty())
+        (!self.features.is_empty())
             .then_some((self.features.as_slice(), self.features_shape.as_slice()))
     }
 
     /// Runs the model on one preprocessed tensor.
     pub fn classify(&mut self, tensor: &[f32]) -> anyhow::Result<Classified> {
         let outputs = self.net.run(tensor)?;
-        if let (true, Some(i)) = (self.keep_features, self.features_output) {
-            if let Some(f) = outputs.get(i) {
-                self.features.clear();
-                self.features.extend_from_slice(&f.data);
-                self.features_shape.clear();
-                self.features_shape.extend_from_slice(&f.shape);
-            }
+        if let Some(f) = self.features_output.and_then(|i| outputs.get(i)) {
+            self.features.clear();
+            self.features.extend_from_slice(&f.data);
+            self.features_shape.clear();
+            self.features_shape.extend_from_slice(&f.shape);
         }
         let probs = &outputs
             .get(self.probs_output)
@@ -176,11 +220,10 @@ impl Classifier {
         let mut p = [0.0; MAX_CLASSES];
         p[..probs.len()].copy_from_slice(probs);
         let class = model::top_k(probs, 1)[0];
-        let normal = self.info.normal_index.min(probs.len() - 1);
         Ok(Classified {
             probs: p,
             classes: probs.len(),
-            p_abnormal: (1.0 - probs[normal]).clamp(0.0, 1.0),
+            p_abnormal: self.info.taxonomy.p_abnormal(probs),
             class,
             confidence: probs[class],
         })
@@ -206,55 +249,38 @@ fn release_freed_memory() {
     }
 }
 
+/// The runtime's view of a verified manifest. The manifest type has already checked the
+/// labels, shape, threshold and normalisation; here they become the pipeline's types.
 fn check_manifest(b: &Bundle) -> anyhow::Result<ModelInfo> {
     let m = b.manifest();
-    let shape = &m.input.shape;
-    if shape.len() != 4 || shape[1] != 3 || shape[2] != shape[3] || shape[2] == 0 {
-        bail!("bundle input shape {shape:?} is not [N, 3, S, S]");
-    }
-    let normal_index = m
-        .labels
-        .iter()
-        .position(|l| l == "normal")
-        .context("bundle labels have no \"normal\" class")?;
+    let taxonomy = m.taxonomy()?;
     anyhow::ensure!(
-        m.labels.len() <= MAX_CLASSES,
+        taxonomy.len() <= MAX_CLASSES,
         "bundle has {} labels, at most {MAX_CLASSES} are supported",
-        m.labels.len()
-    );
-    let t = m.operating_point.threshold;
-    anyhow::ensure!(
-        (0.0..=1.0).contains(&t),
-        "bundle threshold {t} is not a probability"
+        taxonomy.len()
     );
     let n = &m.input.normalization;
-    let order = match n.order.to_ascii_lowercase().as_str() {
-        "bgr" => ChannelOrder::Bgr,
-        "rgb" => ChannelOrder::Rgb,
-        o => bail!("bundle normalization order {o:?} is neither bgr nor rgb"),
-    };
-    let three = |v: &[f64], what: &str| -> anyhow::Result<[f32; 3]> {
-        anyhow::ensure!(v.len() == 3, "bundle normalization {what} needs 3 values");
-        Ok([v[0] as f32, v[1] as f32, v[2] as f32])
-    };
-    let std = three(&n.std, "std")?;
-    anyhow::ensure!(
-        std.iter().all(|s| *s > 0.0),
-        "bundle normalization std must be positive"
-    );
+    let f = |v: [f64; 3]| v.map(|x| x as f32);
     Ok(ModelInfo {
         name: m.model.name.clone(),
         version: m.model.version.clone(),
-        labels: m.labels.clone(),
-        threshold: t as f32,
-        input_size: shape[2] as u32,
+        labels: taxonomy.labels().to_vec(),
+        normal_index: taxonomy.normal_index(),
+        taxonomy,
+        threshold: m.operating_point.threshold as f32,
+        input_size: m.input_size() as u32,
         normalization: Normalization {
-            order,
-            mean: three(&n.mean, "mean")?,
-            std,
+            order: match n.order {
+                ManifestOrder::Bgr => ChannelOrder::Bgr,
+                ManifestOrder::Rgb => ChannelOrder::Rgb,
+            },
+            mean: f(n.mean),
+            std: f(n.std),
         },
-        normal_index,
-        model_path: b.model_path(),
+        model_origin: b.model_origin(),
+        manifest: m.clone(),
+        signer: b.signer().key_id().to_string(),
+        bundle_sha256: b.manifest_sha256().to_string(),
         trust: format!(
             "{}, signed by {} ({})",
             m.model.precision.as_str(),

@@ -3,9 +3,10 @@
 //!
 //! Data flows one way: [`source`] (V4L2 probe, replay, phantom) -> capture thread ->
 //! latest-frame [`source::Slot`] -> [`gate`] -> usimage preprocessing -> [`infer`] (tract,
-//! the bundle's model) -> [`aggregate`] (window + hysteresis) -> [`sink`]s (journal, stdout,
-//! cart link, [`snapshot`] PNGs of decisive frames). [`runtime`] wires a run, with systemd
-//! readiness and watchdog ([`watchdog`]); the binary adds the CLI.
+//! the bundle's model) -> [`aggregate`] (window + hysteresis) -> [`sink`]s, one list behind
+//! one trait (journal first, [`snapshot`] PNGs of decisive frames, stdout, cart link).
+//! [`runtime`] turns the loop, with systemd readiness and watchdog ([`watchdog`]); the
+//! binary adds the CLI.
 
 pub mod aggregate;
 pub mod cli;

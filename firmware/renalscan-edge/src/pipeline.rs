@@ -1,21 +1,19 @@
 //! The per-frame path: gate -> preprocess -> infer -> aggregate, with per-stage timing.
 //! Single-threaded and allocation-free per frame after warm-up (buffers are reused); the
-//! capture thread feeds it and the runtime passes its decisions to the sinks.
+//! capture thread feeds it and the runtime passes its decisions, with a [`FrameView`] of
+//! the frame they were made on, to the sinks.
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use cartlink::Command;
-use model::cam::HeadWeights;
 use usimage::{FrameInfo, Preprocessor};
 
 use crate::aggregate::{Aggregator, Params, Sample, Trigger};
-use crate::config::SnapshotConfig;
 use crate::config::{AggregateConfig, GateConfig, Mode, PipelineConfig};
 use crate::events::{unix_ms, Decision, DecisionKind, JournalState};
 use crate::gate::{after_detection, Gate, GateReason};
 use crate::infer::{Classified, Classifier};
-use crate::snapshot::{scan_mask, Snapshot, SnapshotWriter};
+use crate::sink::FrameView;
 use crate::source::Frame;
 use crate::stats::{Span, Stage, Timers};
 
@@ -34,30 +32,6 @@ pub struct Counters {
     pub decisions: u64,
     /// Preprocessing or inference failures.
     pub errors: u64,
-}
-
-/// Snapshot PNGs of decisive frames: the model input and its class-activation map.
-pub struct Snapshots {
-    writer: SnapshotWriter,
-    head: HeadWeights,
-    pub written: u64,
-    pub failed: u64,
-}
-
-impl Snapshots {
-    /// Opens the snapshot directory and reads the model's head (for the maps) once.
-    pub fn open(cfg: &SnapshotConfig, classifier: &Classifier) -> anyhow::Result<Self> {
-        let model = &classifier.info().model_path;
-        let head = HeadWeights::from_onnx(model)
-            .with_context(|| format!("snapshots need the head of {}", model.display()))?;
-        let writer = SnapshotWriter::new(&cfg.dir, cfg.keep)?;
-        Ok(Self {
-            writer,
-            head,
-            written: 0,
-            failed: 0,
-        })
-    }
 }
 
 /// Gate, preprocessing, model and aggregation for one stream of frames.
@@ -83,7 +57,8 @@ pub struct Pipeline {
     model_tag: String,
     /// The last inference failed (status: fault).
     pub faulted: bool,
-    snapshots: Option<Snapshots>,
+    /// The last classified frame's detection and classification (for [`Pipeline::view`]).
+    last: Option<(FrameInfo, Classified)>,
 }
 
 impl Pipeline {
@@ -125,24 +100,26 @@ impl Pipeline {
             started: Instant::now(),
             model_tag: format!("{}@{}", info.name, info.version),
             faulted: false,
-            snapshots: None,
+            last: None,
         }
     }
 
-    /// Writes snapshots of decisive frames (first decision, changes, captures, freezes).
-    /// Fails when the model has no `features` output to draw the map from.
-    pub fn set_snapshots(&mut self, s: Snapshots) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.classifier.keep_features(true),
-            "snapshots need the model's `features` output, which this model lacks"
-        );
-        self.snapshots = Some(s);
-        Ok(())
-    }
-
-    /// Snapshots written and failed so far.
-    pub fn snapshot_counts(&self) -> Option<(u64, u64)> {
-        self.snapshots.as_ref().map(|s| (s.written, s.failed))
+    /// The frame behind the decisions the last [`Pipeline::process`] emitted: pass `frame`,
+    /// the frame that was processed. `None` when that frame was not classified.
+    pub fn view<'a>(&'a self, frame: &'a Frame) -> Option<FrameView<'a>> {
+        let (info, c) = self.last.as_ref()?;
+        Some(FrameView::new(
+            frame,
+            info,
+            &self.tensor,
+            self.pre.last_grey(),
+            self.pre.size(),
+            self.pre.detector(),
+            c,
+            self.classifier.last_features(),
+            self.classifier.cam_head().ok(),
+            self.classifier.info().normal_index,
+        ))
     }
 
     pub fn classifier(&self) -> &Classifier {
@@ -180,6 +157,7 @@ impl Pipeline {
     /// Runs one frame through the stages; decisions are appended to `out`.
     pub fn process(&mut self, frame: &Frame, out: &mut Vec<Decision>) {
         self.counters.processed += 1;
+        self.last = None;
         self.timers
             .record_both(Stage::Capture, frame.capture_time, frame.capture_cpu);
         let capture = std::mem::take(&mut self.capture_pending);
@@ -288,63 +266,7 @@ impl Pipeline {
             }
         }
         self.timers.record_span(Stage::Aggregate, t);
-        if self.snapshots.is_some() {
-            let t = Span::start();
-            for d in out.iter_mut() {
-                if d.kind != DecisionKind::Update {
-                    self.snapshot(d, &info, &c);
-                }
-            }
-            self.timers.record_span(Stage::Snapshot, t);
-        }
-    }
-
-    /// Renders and writes the snapshot of the current frame for `d`; failures are logged
-    /// and counted, never fatal.
-    fn snapshot(&mut self, d: &mut Decision, info: &FrameInfo, c: &Classified) {
-        let Some(snaps) = self.snapshots.as_mut() else {
-            return;
-        };
-        let Some((features, shape)) = self.classifier.last_features() else {
-            return;
-        };
-        let normal = self.classifier.info().normal_index;
-        let r = snaps
-            .head
-            .abnormal_map(features, shape, &c.probs[..c.classes], normal)
-            .map_err(anyhow::Error::from)
-            .and_then(|m| {
-                let size = self.pre.size();
-                let mask = scan_mask(self.pre.detector(), info, size);
-                let map = m.normalised();
-                let label = if d.abnormal {
-                    d.class.as_str()
-                } else {
-                    "normal"
-                };
-                let s = Snapshot {
-                    grey: self.pre.last_grey(),
-                    size,
-                    mask: &mask,
-                    map: &map,
-                    map_w: m.width,
-                    map_h: m.height,
-                    label,
-                };
-                Ok(snaps.writer.write(&s, std::time::SystemTime::now())?)
-            });
-        match r {
-            Ok(p) => {
-                snaps.written += 1;
-                d.snapshot = Some(p.display().to_string());
-            }
-            Err(e) => {
-                snaps.failed += 1;
-                if snaps.failed <= 5 || snaps.failed.is_multiple_of(100) {
-                    log::warn!("snapshot not written ({} so far): {e:#}", snaps.failed);
-                }
-            }
-        }
+        self.last = Some((info, c));
     }
 
     fn gated(&mut self, reason: Option<GateReason>) {

@@ -1,26 +1,27 @@
-//! Wires a run together: source + capture thread -> slot -> pipeline -> sinks, the cart
-//! link's commands, periodic status, signals, and an orderly shutdown that flushes the
-//! journal and lets the cart link deliver what is pending.
+//! One run: source and capture thread -> slot -> pipeline -> sinks, commands from the
+//! command sources, periodic status, systemd readiness and watchdog, and an orderly shutdown
+//! in which every sink flushes what it holds (the journal first).
+//!
+//! [`Runtime`] knows no sink by type: outputs are the [`SinkSet`] built from the config
+//! (`sink::build`), inputs besides frames are [`CommandSource`]s.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cartlink::device::DeviceStatus;
-use cartlink::{JournalHealth, State};
-use serde::Serialize;
 
 use crate::config::{Config, SourceKind};
-use crate::events::{gated_map, Decision};
+use crate::events::{gated_map, Decision, DeviceState, FrameCounts, SourceCounts, StatusReport};
 use crate::infer::Classifier;
-use crate::pipeline::{Counters, Pipeline, Snapshots};
-use crate::sink::cartlink::{CartCounters, CartSink};
-use crate::sink::stdout::StdoutSink;
+use crate::pipeline::{Counters, Pipeline};
+use crate::sink::build::Outputs;
+use crate::sink::{CommandSource, SinkSet, StatusKind};
 use crate::source::phantom::PhantomSource;
 use crate::source::replay::Replay;
 use crate::source::v4l::V4lSource;
-use crate::source::{capture_loop, Backoff, CaptureCounters, Slot, Source};
+use crate::source::{capture_loop, Backoff, CaptureCounters, Frame, Slot, Source};
 use crate::stats::{rss_kib, Span, Stage};
 use crate::watchdog::{Notifier, Watchdog};
 
@@ -45,66 +46,12 @@ pub fn make_source(cfg: &Config) -> anyhow::Result<Box<dyn Source>> {
     })
 }
 
-/// The status record (stdout, log; the cart gets its subset).
-#[derive(Debug, Clone, Serialize)]
-pub struct StatusReport {
-    pub state: &'static str,
-    pub uptime_s: f32,
-    /// Frames processed per second over the last interval.
-    pub fps: f32,
-    /// Inferences per second over the last interval.
-    pub infer_fps: f32,
-    pub frames: FrameCounts,
-    pub source: SourceCounts,
-    pub latency_ms: serde_json::Map<String, serde_json::Value>,
-    /// Mean thread CPU time per stage over the run (contention-free cost).
-    pub cpu_ms: serde_json::Map<String, serde_json::Value>,
-    pub journal: serde_json::Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cart: Option<CartCounters>,
-    /// Snapshots written and failed, when enabled.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub snapshots: Option<serde_json::Value>,
-    pub rss_kib: u64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct FrameCounts {
-    pub captured: u64,
-    pub processed: u64,
-    /// Replaced in the slot before the pipeline took them.
-    pub dropped: u64,
-    pub corrupt: u64,
-    pub idle: u64,
-    pub gated: serde_json::Map<String, serde_json::Value>,
-    pub skipped: u64,
-    pub inferred: u64,
-    pub errors: u64,
-    pub decisions: u64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct SourceCounts {
-    pub up: bool,
-    pub lost: u64,
-    pub reopens: u64,
-    pub open_failures: u64,
-}
-
-/// Journal health as the status and the cart see it; the journal sink fills it in.
-pub trait JournalView {
-    fn health(&self) -> JournalHealth;
-    fn report(&self) -> serde_json::Value;
-}
-
 /// Options of one run beyond the config file.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Print decisions and status on stdout (the bench turns this off).
-    pub quiet: bool,
     /// Sample the RSS every this many processed frames (bench).
     pub rss_every: u64,
-    /// Receives every periodic status (in-process tests, embedding).
+    /// Receives every periodic and the final status (in-process tests, embedding).
     pub status_tx: Option<std::sync::mpsc::Sender<StatusReport>>,
 }
 
@@ -121,317 +68,356 @@ pub struct RunSummary {
     pub rss: Vec<(u64, u64)>,
 }
 
-/// Sinks the runtime drives.
-pub struct Sinks {
-    pub stdout: Option<StdoutSink>,
-    pub journal: Option<Box<dyn JournalSinkApi>>,
-    pub cart: Option<CartSink>,
-}
-
-/// The journal sink's interface to the runtime.
-pub trait JournalSinkApi: JournalView + Send {
-    /// Appends the decision and records the outcome in `d.journal`.
-    fn record(&mut self, d: &mut Decision);
-    /// Periodic retry of held records.
-    fn tick(&mut self);
-    /// Flush what is held (shutdown).
-    fn shutdown(&mut self);
-}
-
-impl Sinks {
-    fn decision(&mut self, d: &mut Decision) {
-        if let Some(j) = self.journal.as_mut() {
-            j.record(d);
-        }
-        if let Some(s) = self.stdout.as_mut() {
-            s.emit("decision", d);
-        }
-        if let Some(c) = self.cart.as_mut() {
-            c.decision(d);
-        }
-    }
-}
-
-/// Runs until the source ends, `max_frames`, or `term` is set (signal).
+/// Runs until the source ends, `pipeline.max_frames`, or `term` is set (signal).
 pub fn run(
     cfg: &Config,
     classifier: Classifier,
-    mut sinks: Sinks,
+    outputs: Outputs,
     term: Arc<AtomicBool>,
     opts: &RunOptions,
 ) -> anyhow::Result<RunSummary> {
-    let source = make_source(cfg)?;
-    let desc = source.describe();
-    let slot = Arc::new(Slot::new());
-    let counters = Arc::new(CaptureCounters::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let backoff = Backoff::new(
-        Duration::from_millis(cfg.source.reopen.initial_ms),
-        Duration::from_millis(cfg.source.reopen.max_ms),
-    );
-    let capture = {
-        let (slot, counters, stop) = (slot.clone(), counters.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("capture".into())
-            .spawn(move || capture_loop(source, slot, counters, stop, backoff))?
-    };
-    let mut autostart = cfg.pipeline.autostart;
-    if sinks.cart.is_some() && !autostart {
-        log::info!("waiting for the cart's StartScreening");
-    }
-    if sinks.cart.is_none() && !autostart {
-        log::warn!("pipeline.autostart = false without a cart link: screening starts anyway");
-        autostart = true;
-    }
-    let mut pcfg = cfg.pipeline.clone();
-    pcfg.autostart = autostart;
-    let mut pipeline = Pipeline::new(classifier, &pcfg, &cfg.gate, &cfg.aggregate);
-    if cfg.snapshot.enabled {
-        let snaps = Snapshots::open(&cfg.snapshot, pipeline.classifier())?;
-        pipeline.set_snapshots(snaps)?;
-    }
-    log::info!("running: {desc}, mode {:?}", cfg.pipeline.mode);
-    let mut watchdog = Watchdog::new(Notifier::from_env());
-    if let Err(e) = watchdog.notifier().ready(&format!(
-        "screening aid ready: {} from {desc}",
-        pipeline.classifier().info().name
-    )) {
-        log::warn!("{e}");
-    }
-
-    let started = Instant::now();
-    let status_every = Duration::from_secs_f32(cfg.output.status_every_s);
-    let retry_every = Duration::from_secs_f32(cfg.journal.retry_every_s.max(0.05));
-    let mut last_status = Instant::now();
-    let mut last_retry = Instant::now();
-    let mut last_counts = (0u64, 0u64);
-    let mut decisions = Vec::with_capacity(4);
-    let mut rss = Vec::new();
-    let mut reopens_seen = 0u64;
-    let mut recent_gated = 0u64;
-    let mut recent_used = 0u64;
-    let mut status_dirty = true;
-
-    loop {
-        // Pings only while this loop turns: a stage that hangs stops them and systemd
-        // restarts the runtime.
-        watchdog.tick(Instant::now());
-        if term.load(Ordering::Relaxed) {
-            log::info!("signal received: shutting down");
-            break;
-        }
-        if let Some(c) = sinks.cart.as_ref() {
-            while let Ok(cmd) = c.commands.try_recv() {
-                pipeline.command(cmd);
-                status_dirty = true;
-            }
-        }
-        let reopens = counters.reopens.load(Ordering::Relaxed);
-        if reopens != reopens_seen {
-            reopens_seen = reopens;
-            pipeline.source_reopened();
-        }
-        match slot.take(Duration::from_millis(20)) {
-            Some(frame) => {
-                let gated_before: u64 = pipeline.counters.gated.iter().sum();
-                decisions.clear();
-                pipeline.process(&frame, &mut decisions);
-                let t = Span::start();
-                for d in decisions.iter_mut() {
-                    sinks.decision(d);
-                }
-                pipeline.timers.record_span(Stage::Sinks, t);
-                pipeline
-                    .timers
-                    .record(Stage::Total, frame.captured_at.elapsed());
-                let gated_now: u64 = pipeline.counters.gated.iter().sum();
-                if gated_now > gated_before {
-                    recent_gated += 1;
-                } else {
-                    recent_used += 1;
-                }
-                slot.recycle(frame);
-                let n = pipeline.counters.processed;
-                if opts.rss_every > 0 && n.is_multiple_of(opts.rss_every) {
-                    rss.push((n, rss_kib().unwrap_or(0)));
-                }
-                if cfg.pipeline.max_frames > 0 && n >= cfg.pipeline.max_frames {
-                    log::info!("{n} frames processed: stopping (pipeline.max_frames)");
-                    break;
-                }
-            }
-            None => {
-                if slot.is_finished() {
-                    break;
-                }
-            }
-        }
-        if last_retry.elapsed() >= retry_every {
-            last_retry = Instant::now();
-            if let Some(j) = sinks.journal.as_mut() {
-                j.tick();
-            }
-        }
-        if status_dirty || last_status.elapsed() >= status_every {
-            let dt = last_status.elapsed().as_secs_f32().max(1e-3);
-            let state = if !pipeline.screening() {
-                State::Idle
-            } else if pipeline.faulted {
-                State::Fault
-            } else if !counters.up.load(Ordering::Relaxed) || (recent_used == 0 && recent_gated > 0)
-            {
-                State::NoSignal
-            } else {
-                State::Screening
-            };
-            let report = status_report(
-                &pipeline,
-                &counters,
-                &slot,
-                &sinks,
-                state,
-                started,
-                dt,
-                last_counts,
-            );
-            if let Some(c) = sinks.cart.as_ref() {
-                c.set_status(DeviceStatus {
-                    state,
-                    fps: report.fps,
-                    latency_ms: pipeline.timers.get(Stage::Total).latency().mean,
-                    frames_dropped: (slot.dropped() + counters.corrupt.load(Ordering::Relaxed))
-                        .min(u64::from(u32::MAX)) as u32,
-                    journal: sinks
-                        .journal
-                        .as_ref()
-                        .map_or(JournalHealth::Disabled, |j| j.health()),
-                });
-            }
-            if last_status.elapsed() >= status_every {
-                log_status(&report);
-                let _ = watchdog.notifier().status(&format!(
-                    "{} {:.1} fps, {} decisions, dropped {}, journal {}",
-                    report.state,
-                    report.fps,
-                    report.frames.decisions,
-                    report.frames.dropped,
-                    report.journal["health"].as_str().unwrap_or("?")
-                ));
-                if !opts.quiet {
-                    if let Some(s) = sinks.stdout.as_mut() {
-                        s.emit("status", &report);
-                    }
-                }
-                if let Some(tx) = &opts.status_tx {
-                    let _ = tx.send(report.clone());
-                }
-                last_counts = (pipeline.counters.processed, pipeline.counters.inferred);
-                last_status = Instant::now();
-                recent_gated = 0;
-                recent_used = 0;
-            }
-            status_dirty = false;
-        }
-    }
-
-    let _ = watchdog.notifier().stopping();
-    stop.store(true, Ordering::Relaxed);
-    slot.close();
-    if capture.join().is_err() {
-        log::error!("capture thread panicked");
-    }
-    if let Some(j) = sinks.journal.as_mut() {
-        j.shutdown();
-    }
-    let dt = last_status.elapsed().as_secs_f32().max(1e-3);
-    let report = status_report(
-        &pipeline,
-        &counters,
-        &slot,
-        &sinks,
-        State::Idle,
-        started,
-        dt,
-        last_counts,
-    );
-    log_status(&report);
-    if !opts.quiet {
-        if let Some(s) = sinks.stdout.as_mut() {
-            s.emit("final", &report);
-        }
-    }
-    if let Some(tx) = &opts.status_tx {
-        let _ = tx.send(report.clone());
-    }
-    if let Some(c) = sinks.cart.as_mut() {
-        c.set_status(DeviceStatus {
-            state: State::Idle,
-            ..DeviceStatus::default()
-        });
-        c.shutdown();
-    }
-    Ok(RunSummary {
-        counters: pipeline.counters,
-        timers: pipeline.timers.clone(),
-        dropped: slot.dropped(),
-        corrupt: counters.corrupt.load(Ordering::Relaxed),
-        captured: counters.captured.load(Ordering::Relaxed),
-        wall: started.elapsed(),
-        rss,
-    })
+    Runtime::start(cfg, classifier, outputs, opts)?.run(&term)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn status_report(
-    p: &Pipeline,
-    cap: &CaptureCounters,
-    slot: &Slot,
-    sinks: &Sinks,
-    state: State,
+/// The capture thread and its hand-over slot.
+struct Capture {
+    slot: Arc<Slot>,
+    counters: Arc<CaptureCounters>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Capture {
+    fn start(cfg: &Config, source: Box<dyn Source>) -> anyhow::Result<Self> {
+        let slot = Arc::new(Slot::new());
+        let counters = Arc::new(CaptureCounters::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let backoff = Backoff::new(
+            Duration::from_millis(cfg.source.reopen.initial_ms),
+            Duration::from_millis(cfg.source.reopen.max_ms),
+        );
+        let thread = {
+            let (slot, counters, stop) = (slot.clone(), counters.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("capture".into())
+                .spawn(move || capture_loop(source, slot, counters, stop, backoff))?
+        };
+        Ok(Self {
+            slot,
+            counters,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.slot.close();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                log::error!("capture thread panicked");
+            }
+        }
+    }
+
+    fn load(&self, c: &std::sync::atomic::AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// When the status is due, and what the last interval saw.
+struct StatusClock {
     started: Instant,
-    dt: f32,
-    last: (u64, u64),
-) -> StatusReport {
-    let c = &p.counters;
-    StatusReport {
-        state: match state {
-            State::Idle => "idle",
-            State::Screening => "screening",
-            State::NoSignal => "no_signal",
-            State::Fault => "fault",
-        },
-        uptime_s: started.elapsed().as_secs_f32(),
-        fps: c.processed.saturating_sub(last.0) as f32 / dt,
-        infer_fps: c.inferred.saturating_sub(last.1) as f32 / dt,
-        frames: FrameCounts {
-            captured: cap.captured.load(Ordering::Relaxed),
-            processed: c.processed,
-            dropped: slot.dropped(),
-            corrupt: cap.corrupt.load(Ordering::Relaxed),
-            idle: c.idle,
-            gated: gated_map(&c.gated),
-            skipped: c.skipped,
-            inferred: c.inferred,
-            errors: c.errors,
-            decisions: c.decisions,
-        },
-        source: SourceCounts {
-            up: cap.up.load(Ordering::Relaxed),
-            lost: cap.lost.load(Ordering::Relaxed),
-            reopens: cap.reopens.load(Ordering::Relaxed),
-            open_failures: cap.open_failures.load(Ordering::Relaxed),
-        },
-        latency_ms: p.timers.report(),
-        cpu_ms: p.timers.cpu_report(),
-        journal: sinks
-            .journal
-            .as_ref()
-            .map_or(serde_json::json!({"health": "disabled"}), |j| j.report()),
-        cart: sinks.cart.as_ref().map(|c| c.counters()),
-        snapshots: p
-            .snapshot_counts()
-            .map(|(w, f)| serde_json::json!({"written": w, "failed": f})),
-        rss_kib: rss_kib().unwrap_or(0),
+    every: Duration,
+    last: Instant,
+    /// (processed, inferred) at the last periodic status.
+    last_counts: (u64, u64),
+    recent_gated: u64,
+    recent_used: u64,
+    /// Something changed (a command): tell the sinks now.
+    dirty: bool,
+}
+
+/// Whether the loop goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// A run in progress.
+pub struct Runtime<'o> {
+    opts: &'o RunOptions,
+    pipeline: Pipeline,
+    sinks: SinkSet,
+    commands: Vec<Box<dyn CommandSource>>,
+    capture: Capture,
+    watchdog: Watchdog,
+    clock: StatusClock,
+    max_frames: u64,
+    reopens_seen: u64,
+    decisions: Vec<Decision>,
+    rss: Vec<(u64, u64)>,
+}
+
+impl<'o> Runtime<'o> {
+    /// Starts the capture thread and tells systemd the runtime is ready.
+    pub fn start(
+        cfg: &Config,
+        classifier: Classifier,
+        outputs: Outputs,
+        opts: &'o RunOptions,
+    ) -> anyhow::Result<Self> {
+        let source = make_source(cfg)?;
+        let desc = source.describe();
+        let capture = Capture::start(cfg, source)?;
+        let mut pcfg = cfg.pipeline.clone();
+        if !pcfg.autostart && outputs.commands.is_empty() {
+            log::warn!(
+                "pipeline.autostart = false without a command source: screening starts anyway"
+            );
+            pcfg.autostart = true;
+        } else if !pcfg.autostart {
+            log::info!("waiting for a StartScreening command");
+        }
+        let pipeline = Pipeline::new(classifier, &pcfg, &cfg.gate, &cfg.aggregate);
+        let sinks = SinkSet::new(outputs.sinks);
+        log::info!(
+            "running: {desc}, mode {:?}, sinks {:?}",
+            cfg.pipeline.mode,
+            sinks.names()
+        );
+        let watchdog = Watchdog::new(Notifier::from_env());
+        if let Err(e) = watchdog.notifier().ready(&format!(
+            "screening aid ready: {} from {desc}",
+            pipeline.classifier().info().name
+        )) {
+            log::warn!("{e}");
+        }
+        let now = Instant::now();
+        Ok(Self {
+            opts,
+            pipeline,
+            sinks,
+            commands: outputs.commands,
+            capture,
+            watchdog,
+            clock: StatusClock {
+                started: now,
+                every: Duration::from_secs_f32(cfg.output.status_every_s),
+                last: now,
+                last_counts: (0, 0),
+                recent_gated: 0,
+                recent_used: 0,
+                dirty: true,
+            },
+            max_frames: cfg.pipeline.max_frames,
+            reopens_seen: 0,
+            decisions: Vec::with_capacity(4),
+            rss: Vec::new(),
+        })
+    }
+
+    /// Turns the loop until the source ends, the frame limit, or `term`; then shuts down.
+    pub fn run(mut self, term: &AtomicBool) -> anyhow::Result<RunSummary> {
+        loop {
+            // Pings only while this loop turns: a stage that hangs stops them and systemd
+            // restarts the runtime.
+            self.watchdog.tick(Instant::now());
+            if term.load(Ordering::Relaxed) {
+                log::info!("signal received: shutting down");
+                break;
+            }
+            self.poll_commands();
+            if self.next_frame() == Flow::Stop {
+                break;
+            }
+            self.sinks.tick(Instant::now());
+            self.status_if_due();
+        }
+        Ok(self.finish())
+    }
+
+    fn poll_commands(&mut self) {
+        for source in &mut self.commands {
+            while let Some(cmd) = source.poll() {
+                log::info!("command from {}: {cmd:?}", source.name());
+                self.pipeline.command(cmd);
+                self.clock.dirty = true;
+            }
+        }
+        let reopens = self.capture.load(&self.capture.counters.reopens);
+        if reopens != self.reopens_seen {
+            self.reopens_seen = reopens;
+            self.pipeline.source_reopened();
+        }
+    }
+
+    /// Takes the next frame from the slot (waiting briefly) and processes it.
+    fn next_frame(&mut self) -> Flow {
+        let Some(frame) = self.capture.slot.take(Duration::from_millis(20)) else {
+            return if self.capture.slot.is_finished() {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            };
+        };
+        let gated_before: u64 = self.pipeline.counters.gated.iter().sum();
+        self.decisions.clear();
+        self.pipeline.process(&frame, &mut self.decisions);
+        let t = Span::start();
+        self.deliver(&frame);
+        self.pipeline.timers.record_span(Stage::Sinks, t);
+        self.pipeline
+            .timers
+            .record(Stage::Total, frame.captured_at.elapsed());
+        let gated_now: u64 = self.pipeline.counters.gated.iter().sum();
+        if gated_now > gated_before {
+            self.clock.recent_gated += 1;
+        } else {
+            self.clock.recent_used += 1;
+        }
+        self.capture.slot.recycle(frame);
+        let n = self.pipeline.counters.processed;
+        if self.opts.rss_every > 0 && n.is_multiple_of(self.opts.rss_every) {
+            self.rss.push((n, rss_kib().unwrap_or(0)));
+        }
+        if self.max_frames > 0 && n >= self.max_frames {
+            log::info!("{n} frames processed: stopping (pipeline.max_frames)");
+            return Flow::Stop;
+        }
+        Flow::Continue
+    }
+
+    /// Hands this frame's decisions to the sinks, in order.
+    fn deliver(&mut self, frame: &Frame) {
+        if self.decisions.is_empty() {
+            return;
+        }
+        match self.pipeline.view(frame) {
+            Some(view) => {
+                for d in &mut self.decisions {
+                    self.sinks.decision(d, &view);
+                }
+            }
+            None => log::error!(
+                "{} decisions without a classified frame were not delivered (a bug)",
+                self.decisions.len()
+            ),
+        }
+    }
+
+    fn state(&self) -> DeviceState {
+        let up = self.capture.counters.up.load(Ordering::Relaxed);
+        if !self.pipeline.screening() {
+            DeviceState::Idle
+        } else if self.pipeline.faulted {
+            DeviceState::Fault
+        } else if !up || (self.clock.recent_used == 0 && self.clock.recent_gated > 0) {
+            DeviceState::NoSignal
+        } else {
+            DeviceState::Screening
+        }
+    }
+
+    /// On a change, the status goes to the sinks at once; periodically also to the log,
+    /// systemd and `status_tx`.
+    fn status_if_due(&mut self) {
+        let periodic = self.clock.last.elapsed() >= self.clock.every;
+        if !self.clock.dirty && !periodic {
+            return;
+        }
+        let report = self.report(self.state());
+        let kind = if periodic {
+            StatusKind::Periodic
+        } else {
+            StatusKind::Change
+        };
+        self.sinks.status(&report, kind);
+        self.clock.dirty = false;
+        if !periodic {
+            return;
+        }
+        log_status(&report);
+        let _ = self.watchdog.notifier().status(&format!(
+            "{:?} {:.1} fps, {} decisions, dropped {}, journal {}",
+            report.state,
+            report.fps,
+            report.frames.decisions,
+            report.frames.dropped,
+            report.journal["health"].as_str().unwrap_or("?")
+        ));
+        if let Some(tx) = &self.opts.status_tx {
+            let _ = tx.send(report);
+        }
+        let c = &self.pipeline.counters;
+        self.clock.last_counts = (c.processed, c.inferred);
+        self.clock.last = Instant::now();
+        self.clock.recent_gated = 0;
+        self.clock.recent_used = 0;
+    }
+
+    /// The status record now.
+    fn report(&self, state: DeviceState) -> StatusReport {
+        let (p, cap, clock) = (&self.pipeline, &self.capture, &self.clock);
+        let c = &p.counters;
+        let dt = clock.last.elapsed().as_secs_f32().max(1e-3);
+        let mut reports = self.sinks.reports();
+        StatusReport {
+            state,
+            uptime_s: clock.started.elapsed().as_secs_f32(),
+            fps: c.processed.saturating_sub(clock.last_counts.0) as f32 / dt,
+            infer_fps: c.inferred.saturating_sub(clock.last_counts.1) as f32 / dt,
+            frames: FrameCounts {
+                captured: cap.load(&cap.counters.captured),
+                processed: c.processed,
+                dropped: cap.slot.dropped(),
+                corrupt: cap.load(&cap.counters.corrupt),
+                idle: c.idle,
+                gated: gated_map(&c.gated),
+                skipped: c.skipped,
+                inferred: c.inferred,
+                errors: c.errors,
+                decisions: c.decisions,
+            },
+            source: SourceCounts {
+                up: cap.counters.up.load(Ordering::Relaxed),
+                lost: cap.load(&cap.counters.lost),
+                reopens: cap.load(&cap.counters.reopens),
+                open_failures: cap.load(&cap.counters.open_failures),
+            },
+            latency_ms: p.timers.report(),
+            cpu_ms: p.timers.cpu_report(),
+            journal: reports
+                .remove("journal")
+                .unwrap_or_else(|| serde_json::json!({"health": "disabled"})),
+            sinks: self.sinks.health(),
+            reports,
+            rss_kib: rss_kib().unwrap_or(0),
+        }
+    }
+
+    /// Stops capture, lets every sink flush (the journal first), reports a last time.
+    fn finish(mut self) -> RunSummary {
+        let _ = self.watchdog.notifier().stopping();
+        self.capture.stop();
+        self.sinks.shutdown();
+        let report = self.report(DeviceState::Idle);
+        log_status(&report);
+        self.sinks.status(&report, StatusKind::Final);
+        if let Some(tx) = &self.opts.status_tx {
+            let _ = tx.send(report);
+        }
+        let cap = &self.capture;
+        RunSummary {
+            counters: self.pipeline.counters,
+            timers: self.pipeline.timers.clone(),
+            dropped: cap.slot.dropped(),
+            corrupt: cap.load(&cap.counters.corrupt),
+            captured: cap.load(&cap.counters.captured),
+            wall: self.clock.started.elapsed(),
+            rss: self.rss,
+        }
     }
 }
 
@@ -444,7 +430,7 @@ fn log_status(r: &StatusReport) {
             .unwrap_or(0.0)
     };
     log::info!(
-        "status {} fps {:.1} infer {:.1}/s | ms capture {:.1} gate {:.2} pre {:.1} infer {:.1} agg {:.3} sinks {:.2} total {:.1} | dropped {} corrupt {} decisions {} | journal {} | rss {} MiB",
+        "status {:?} fps {:.1} infer {:.1}/s | ms capture {:.1} gate {:.2} pre {:.1} infer {:.1} agg {:.3} sinks {:.2} total {:.1} | dropped {} corrupt {} decisions {} | journal {} | rss {} MiB",
         r.state,
         r.fps,
         r.infer_fps,

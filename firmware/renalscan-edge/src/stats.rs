@@ -18,22 +18,20 @@ pub enum Stage {
     Preprocess,
     Infer,
     Aggregate,
+    /// Every sink, snapshots and the journal's fsync included.
     Sinks,
-    /// Rendering and writing a snapshot PNG (decisive frames only).
-    Snapshot,
     /// From the end of capture to the end of the sinks (queueing included).
     Total,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 8] = [
+    pub const ALL: [Stage; 7] = [
         Stage::Capture,
         Stage::Gate,
         Stage::Preprocess,
         Stage::Infer,
         Stage::Aggregate,
         Stage::Sinks,
-        Stage::Snapshot,
         Stage::Total,
     ];
 
@@ -45,7 +43,6 @@ impl Stage {
             Stage::Infer => "infer",
             Stage::Aggregate => "aggregate",
             Stage::Sinks => "sinks",
-            Stage::Snapshot => "snapshot",
             Stage::Total => "total",
         }
     }

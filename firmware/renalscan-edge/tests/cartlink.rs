@@ -247,7 +247,7 @@ fn run_against_cart(noise_ppm: Option<u64>) {
     // Classes on the wire match what was printed.
     for r in &run.results {
         let d = &printed[r.seq as usize];
-        assert_eq!(r.class.name(), d["class"].as_str().unwrap(), "{d}");
+        assert_eq!(r.class.label(), d["class"].as_str().unwrap(), "{d}");
         assert_eq!(r.flags & flags::ABNORMAL != 0, d["abnormal"] == true, "{d}");
     }
     if let Some(h) = hits {

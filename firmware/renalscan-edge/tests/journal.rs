@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use journal::{Fault, FaultSwitch, Journal};
 use renalscan_edge::config::{Config, SourceKind};
+use renalscan_edge::events::StatusReport;
 use renalscan_edge::infer::Classifier;
-use renalscan_edge::runtime::{self, RunOptions, Sinks, StatusReport};
+use renalscan_edge::runtime::{self, RunOptions};
+use renalscan_edge::sink::build::Outputs;
 use renalscan_edge::sink::journal::JournalSink;
 
 fn steady_config(frames: &std::path::Path, journal: &std::path::Path) -> Config {
@@ -43,22 +45,17 @@ fn run_with_fault(fault: Fault) {
     let cfg = steady_config(&frames, &jdir);
     let classifier = Classifier::open(&bundle, Some(&keys), Default::default(), None).unwrap();
     let switch = FaultSwitch::new();
-    let sink = JournalSink::open_with(&cfg.journal, switch.clone()).unwrap();
-    let sinks = Sinks {
-        stdout: None,
-        journal: Some(Box::new(sink)),
-        cart: None,
-    };
+    let mut outputs = Outputs::default();
+    outputs.push(JournalSink::open_with(&cfg.journal, switch.clone()).unwrap());
     let term = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel::<StatusReport>();
     let opts = RunOptions {
-        quiet: true,
         rss_every: 0,
         status_tx: Some(tx),
     };
     let t = {
         let term = term.clone();
-        std::thread::spawn(move || runtime::run(&cfg, classifier, sinks, term, &opts))
+        std::thread::spawn(move || runtime::run(&cfg, classifier, outputs, term, &opts))
     };
     let next = |pred: &dyn Fn(&StatusReport) -> bool, what: &str| -> StatusReport {
         let end = Instant::now() + Duration::from_secs(30);

@@ -345,11 +345,11 @@ fn bad_bundles_refuse_to_start_with_a_clear_message() {
         .to_string();
     let m = m.replace(
         &sha_line,
-        &format!("sha256 = \"{}\"", model::bundle::sha256_hex(b"not a model")),
+        &format!("sha256 = \"{}\"", bundle::sha256_hex(b"not a model")),
     );
     std::fs::write(garbage.join("manifest.toml"), m).unwrap();
-    let key = model::bundle::SecretKey::generate("garbage").unwrap();
-    model::bundle::sign_bundle(&garbage, &key).unwrap();
+    let key = bundle::SecretKey::generate("garbage").unwrap();
+    bundle::sign_bundle(&garbage, &key).unwrap();
     std::fs::write(gk.join("garbage.pub"), key.public().to_file_text()).unwrap();
     refuses(&garbage, Some(&gk), "cannot load the model");
 }

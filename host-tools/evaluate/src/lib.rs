@@ -8,6 +8,6 @@ pub mod report;
 
 pub use metrics::{
     argmax, auc, confidences, delong, ece, evaluate, roc, sens_spec, threshold_for_sensitivity,
-    AucCi, Evaluation, MetricsError, Overall, Prediction, TypeMetrics, CLASSES,
+    AucCi, Evaluation, MetricsError, Overall, Prediction, TypeMetrics,
 };
 pub use report::{write_report, ReportError};

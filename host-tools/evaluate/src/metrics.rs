@@ -3,17 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use contract::Taxonomy;
 use serde::Serialize;
-
-/// Class names in model output order; index 0 is the negative (normal) class.
-pub const CLASSES: [&str; 6] = [
-    "normal",
-    "stone",
-    "cyst",
-    "hyperechogenicity",
-    "sol",
-    "hydronephrosis",
-];
 
 /// z for a two-sided 95% interval.
 const Z95: f64 = 1.959_963_984_540_054;
@@ -48,16 +39,16 @@ pub enum MetricsError {
 /// One scored image: its true class and the model's class probabilities.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
-    /// Index into [`CLASSES`].
+    /// Output index of the true class, in the model's taxonomy.
     pub label: usize,
     /// Softmax output, one per class.
     pub probs: Vec<f32>,
 }
 
 impl Prediction {
-    /// The screening score p(abnormal) = 1 - p(normal).
-    pub fn p_abnormal(&self) -> f64 {
-        1.0 - f64::from(self.probs[0])
+    /// The screening score p(abnormal), as the model's taxonomy defines it.
+    pub fn p_abnormal(&self, t: &Taxonomy) -> f64 {
+        t.p_abnormal_f64(&self.probs)
     }
 
     /// Index of the most probable class.
@@ -299,6 +290,8 @@ pub struct TypeMetrics {
 pub struct Evaluation {
     /// Class names, in matrix order.
     pub classes: Vec<String>,
+    /// Index of the normal class in `classes`.
+    pub normal_index: usize,
     /// Normal vs abnormal.
     pub overall: Overall,
     /// Per abnormality type vs normal.
@@ -312,13 +305,61 @@ pub struct Evaluation {
     pub roc: BTreeMap<String, Vec<(f64, f64)>>,
 }
 
+impl From<&Overall> for contract::manifest::OverallMetrics {
+    fn from(o: &Overall) -> Self {
+        Self {
+            n: Some(o.n),
+            n_normal: Some(o.n_normal),
+            n_abnormal: Some(o.n_abnormal),
+            auc: o.auc,
+            auc_ci: Some(o.auc_ci),
+            accuracy: o.accuracy,
+            sensitivity: o.sensitivity,
+            specificity: o.specificity,
+            threshold: Some(o.threshold),
+            accuracy_6class: Some(o.accuracy_6class),
+            ece: Some(o.ece),
+        }
+    }
+}
+
+impl From<&TypeMetrics> for contract::manifest::TypeMetrics {
+    fn from(t: &TypeMetrics) -> Self {
+        Self {
+            n: Some(t.n),
+            accuracy: t.accuracy,
+            auc: t.auc,
+            auc_ci: Some(t.auc_ci),
+            sensitivity: Some(t.sensitivity),
+        }
+    }
+}
+
+impl Evaluation {
+    /// Labels of the abnormal classes, in output order.
+    pub fn abnormal_classes(&self) -> impl Iterator<Item = &str> {
+        self.classes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != self.normal_index)
+            .map(|(_, l)| l.as_str())
+    }
+}
+
 fn ci(a: &AucCi) -> [f64; 2] {
     [a.lo, a.hi]
 }
 
-/// Scores `preds` at `threshold` on p(abnormal).
-pub fn evaluate(preds: &[Prediction], threshold: f64) -> Result<Evaluation, MetricsError> {
-    let k = CLASSES.len();
+/// Scores `preds` (labels and probabilities in `t`'s output order) at `threshold` on
+/// p(abnormal).
+pub fn evaluate(
+    t: &Taxonomy,
+    preds: &[Prediction],
+    threshold: f64,
+) -> Result<Evaluation, MetricsError> {
+    let k = t.len();
+    let normal = t.normal_index();
+    let score = |p: &Prediction| p.p_abnormal(t);
     for (index, p) in preds.iter().enumerate() {
         if p.probs.len() != k || p.label >= k {
             return Err(MetricsError::Shape {
@@ -331,13 +372,13 @@ pub fn evaluate(preds: &[Prediction], threshold: f64) -> Result<Evaluation, Metr
     }
     let neg: Vec<f64> = preds
         .iter()
-        .filter(|p| p.label == 0)
-        .map(Prediction::p_abnormal)
+        .filter(|p| p.label == normal)
+        .map(score)
         .collect();
     let pos: Vec<f64> = preds
         .iter()
-        .filter(|p| p.label != 0)
-        .map(Prediction::p_abnormal)
+        .filter(|p| p.label != normal)
+        .map(score)
         .collect();
     if neg.is_empty() || pos.is_empty() {
         return Err(MetricsError::OneClass {
@@ -358,12 +399,8 @@ pub fn evaluate(preds: &[Prediction], threshold: f64) -> Result<Evaluation, Metr
     let mut roc_curves = BTreeMap::new();
     roc_curves.insert("overall".to_string(), roc(&pos, &neg));
     let mut per_type = BTreeMap::new();
-    for (t, name) in CLASSES.iter().enumerate().skip(1) {
-        let tp: Vec<f64> = preds
-            .iter()
-            .filter(|p| p.label == t)
-            .map(Prediction::p_abnormal)
-            .collect();
+    for (c, name) in t.labels().iter().enumerate().filter(|(c, _)| *c != normal) {
+        let tp: Vec<f64> = preds.iter().filter(|p| p.label == c).map(score).collect();
         if tp.is_empty() {
             continue;
         }
@@ -372,7 +409,7 @@ pub fn evaluate(preds: &[Prediction], threshold: f64) -> Result<Evaluation, Metr
         let ok = tp.iter().filter(|&&x| x >= threshold).count()
             + neg.iter().filter(|&&x| x < threshold).count();
         per_type.insert(
-            (*name).to_string(),
+            name.clone(),
             TypeMetrics {
                 n: tp.len(),
                 accuracy: ok as f64 / (tp.len() + neg.len()) as f64,
@@ -381,10 +418,11 @@ pub fn evaluate(preds: &[Prediction], threshold: f64) -> Result<Evaluation, Metr
                 sensitivity: s,
             },
         );
-        roc_curves.insert((*name).to_string(), roc(&tp, &neg));
+        roc_curves.insert(name.clone(), roc(&tp, &neg));
     }
     Ok(Evaluation {
-        classes: CLASSES.iter().map(|s| s.to_string()).collect(),
+        classes: t.labels().to_vec(),
+        normal_index: normal,
         overall: Overall {
             n: preds.len(),
             n_normal: neg.len(),
@@ -472,7 +510,7 @@ mod tests {
             pred(2, 0.2, 2),
             pred(2, 0.8, 0), // missed cyst
         ];
-        let e = evaluate(&preds, 0.5).unwrap();
+        let e = evaluate(&Taxonomy::standard(), &preds, 0.5).unwrap();
         assert_eq!(e.overall.n_normal, 2);
         assert!(close(e.overall.sensitivity, 2.0 / 3.0));
         assert!(close(e.overall.specificity, 0.5));
@@ -491,7 +529,7 @@ mod tests {
     fn one_class_is_an_error() {
         let preds = vec![pred(1, 0.1, 1)];
         assert!(matches!(
-            evaluate(&preds, 0.5),
+            evaluate(&Taxonomy::standard(), &preds, 0.5),
             Err(MetricsError::OneClass { normal: 0, .. })
         ));
     }

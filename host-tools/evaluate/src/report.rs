@@ -10,7 +10,7 @@ use std::path::Path;
 use base64::Engine as _;
 use plotters::prelude::*;
 
-use crate::metrics::{Evaluation, CLASSES};
+use crate::metrics::Evaluation;
 
 /// Errors writing a report.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,14 @@ pub enum ReportError {
     Json(#[from] serde_json::Error),
 }
 
-/// Curve colours by class index (overall is black); named in the legends.
+/// The colour of a class's curve: by its screening class, so a type has one colour in every
+/// report whatever the model's output order (overall is black); named in the legends.
+fn colour(label: &str) -> (RGBColor, &'static str) {
+    contract::Class::from_label(label)
+        .and_then(|c| COLOURS.get(c.index()).copied())
+        .unwrap_or(COLOURS[0])
+}
+
 const COLOURS: [(RGBColor, &str); 6] = [
     (RGBColor(0, 0, 0), "black"),
     (RGBColor(230, 97, 1), "orange"),
@@ -110,12 +117,12 @@ fn unit_plot(
 /// ROC curves: overall (black, thick) and each type vs normal.
 pub fn roc_png(e: &Evaluation) -> Result<Vec<u8>, ReportError> {
     unit_plot("ROC curves", |chart| {
-        for (i, name) in CLASSES.iter().enumerate().skip(1) {
-            if let Some(pts) = e.roc.get(*name) {
+        for name in e.abnormal_classes() {
+            if let Some(pts) = e.roc.get(name) {
                 chart
                     .draw_series(LineSeries::new(
                         pts.iter().copied(),
-                        COLOURS[i].0.stroke_width(2),
+                        colour(name).0.stroke_width(2),
                     ))
                     .map_err(|e| e.to_string())?;
             }
@@ -191,8 +198,8 @@ fn tables(e: &Evaluation) -> (String, String, String) {
         per_type,
         "| type (vs normal) | n | accuracy | AUC | 95% CI | sensitivity | ROC colour |\n|---|---|---|---|---|---|---|"
     );
-    for (i, name) in CLASSES.iter().enumerate().skip(1) {
-        if let Some(t) = e.per_type.get(*name) {
+    for name in e.abnormal_classes() {
+        if let Some(t) = e.per_type.get(name) {
             let _ = writeln!(
                 per_type,
                 "| {name} | {} | {}% | {:.3} | {:.3}-{:.3} | {}% | {} |",
@@ -202,22 +209,22 @@ fn tables(e: &Evaluation) -> (String, String, String) {
                 t.auc_ci[0],
                 t.auc_ci[1],
                 pct(t.sensitivity),
-                COLOURS[i].1
+                colour(name).1
             );
         }
     }
     let mut conf = String::new();
     let _ = write!(conf, "| true \\ predicted |");
-    for c in CLASSES {
+    for c in &e.classes {
         let _ = write!(conf, " {c} |");
     }
     let _ = write!(conf, "\n|---|");
-    for _ in CLASSES {
+    for _ in &e.classes {
         let _ = write!(conf, "---|");
     }
     let _ = writeln!(conf);
-    for (i, row) in e.confusion.iter().enumerate() {
-        let _ = write!(conf, "| {} |", CLASSES[i]);
+    for (row, name) in e.confusion.iter().zip(&e.classes) {
+        let _ = write!(conf, "| {name} |");
         for v in row {
             let _ = write!(conf, " {v} |");
         }
@@ -327,7 +334,7 @@ mod tests {
             probs[0] += if label == 0 { 0.0 } else { noise * 0.3 };
             preds.push(Prediction { label, probs });
         }
-        let e = evaluate(&preds, 0.5).unwrap();
+        let e = evaluate(&contract::Taxonomy::standard(), &preds, 0.5).unwrap();
         let dir = tempfile::tempdir().unwrap();
         write_report(dir.path(), &e, "test <data>").unwrap();
         for f in [

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use onnx_graph::tensor;
 use prost::Message;
 use tract_onnx::pb::{
     attribute_proto::AttributeType, tensor_proto::DataType, type_proto, AttributeProto, GraphProto,
@@ -456,32 +457,16 @@ struct Prepared {
 
 /// A float initializer: a scalar when `scalar`, else 1-D.
 fn float_init(name: &str, v: &[f32], scalar: bool) -> TensorProto {
-    TensorProto {
-        name: name.into(),
-        dims: if scalar { vec![] } else { vec![v.len() as i64] },
-        data_type: DataType::Float as i32,
-        raw_data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ..Default::default()
-    }
+    let dims: &[usize] = if scalar { &[] } else { &[v.len()] };
+    tensor::f32(name, dims, v)
 }
 
 fn node(op: &str, name: &str, inputs: &[&str], output: &str) -> NodeProto {
-    NodeProto {
-        op_type: op.into(),
-        name: name.into(),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        ..Default::default()
-    }
+    onnx_graph::node(op, name, inputs, vec![], output)
 }
 
 fn axis0() -> AttributeProto {
-    AttributeProto {
-        name: "axis".into(),
-        r#type: AttributeType::Int as i32,
-        i: 0,
-        ..Default::default()
-    }
+    onnx_graph::attr::int("axis", 0)
 }
 
 impl<'a> Rewriter<'a> {
@@ -533,12 +518,7 @@ impl<'a> Rewriter<'a> {
 
     /// The shared int8 zero point 0 (weights, symmetric activations).
     fn zero(&mut self) -> String {
-        self.add_init(TensorProto {
-            name: ZERO_POINT.into(),
-            data_type: DataType::Int8 as i32,
-            raw_data: vec![0],
-            ..Default::default()
-        })
+        self.add_init(tensor::i8(ZERO_POINT, &[], &[0]))
     }
 
     /// Scale and zero point initializers of a calibration key.
@@ -549,12 +529,7 @@ impl<'a> Rewriter<'a> {
         let zp = if z == 0 {
             self.zero()
         } else {
-            self.add_init(TensorProto {
-                name: RELU_ZERO_POINT.into(),
-                data_type: DataType::Int8 as i32,
-                raw_data: vec![z as u8],
-                ..Default::default()
-            })
+            self.add_init(tensor::i8(RELU_ZERO_POINT, &[], &[z]))
         };
         Ok((scale, zp))
     }
@@ -776,11 +751,8 @@ impl<'a> Rewriter<'a> {
         let mut sq = Sqnr::default();
         sq.add(&kernel, &deq);
         let wq = self.add_init(TensorProto {
-            name: format!("{}.weight_q8", n.name),
             dims: w.dims.clone(),
-            data_type: DataType::Int8 as i32,
-            raw_data: qw.values.iter().map(|v| *v as u8).collect(),
-            ..Default::default()
+            ..tensor::i8(&format!("{}.weight_q8", n.name), &[], &qw.values)
         });
         Ok(Weights {
             wq,
@@ -935,13 +907,11 @@ impl<'a> Rewriter<'a> {
 
     /// The per-channel weight zero points of a conv (all 0: symmetric weights).
     fn weight_zero_point(&mut self, n: &NodeProto, channels: usize) -> String {
-        self.add_init(TensorProto {
-            name: format!("{}.weight_zero_point", n.name),
-            dims: vec![channels as i64],
-            data_type: DataType::Int8 as i32,
-            raw_data: vec![0; channels],
-            ..Default::default()
-        })
+        self.add_init(tensor::i8(
+            &format!("{}.weight_zero_point", n.name),
+            &[channels],
+            &vec![0; channels],
+        ))
     }
 
     /// The dequantized weights of the simulation.
@@ -991,13 +961,11 @@ impl<'a> Rewriter<'a> {
         match self.form {
             Form::Integer => {
                 let wzp = self.weight_zero_point(n, channels);
-                let b = self.add_init(TensorProto {
-                    name: format!("{}.bias_q32", n.name),
-                    dims: vec![channels as i64],
-                    data_type: DataType::Int32 as i32,
-                    raw_data: qb.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                    ..Default::default()
-                });
+                let b = self.add_init(tensor::i32(
+                    &format!("{}.bias_q32", n.name),
+                    &[channels],
+                    &qb,
+                ));
                 let mut c = node(
                     "QLinearConv",
                     &n.name,

@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use contract::Taxonomy;
 use serde::Serialize;
 use usimage::{Normalization, Preprocessor, UsFile};
 
@@ -264,8 +265,8 @@ pub fn predict(
         .collect()
 }
 
-/// How closely quantized class probabilities follow the float ones. The screening score is
-/// p(abnormal) = 1 - p(class 0).
+/// How closely quantized class probabilities follow the float ones, on the screening score
+/// p(abnormal) of the model's taxonomy.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct Agreement {
     /// Images compared.
@@ -281,11 +282,16 @@ pub struct Agreement {
 }
 
 /// Compares two sets of probability rows at the operating `threshold` on p(abnormal).
-pub fn agreement(float: &[Vec<f32>], quant: &[Vec<f32>], threshold: f64) -> Agreement {
+pub fn agreement(
+    taxonomy: &Taxonomy,
+    float: &[Vec<f32>],
+    quant: &[Vec<f32>],
+    threshold: f64,
+) -> Agreement {
     let (mut sum, mut max, mut flips) = (0.0, 0.0f64, 0);
     for (f, q) in float.iter().zip(quant) {
-        let pf = 1.0 - f64::from(f[0]);
-        let pq = 1.0 - f64::from(q[0]);
+        let pf = taxonomy.p_abnormal_f64(f);
+        let pq = taxonomy.p_abnormal_f64(q);
         sum += (pf - pq).abs();
         for (a, b) in f.iter().zip(q) {
             max = max.max(f64::from((a - b).abs()));

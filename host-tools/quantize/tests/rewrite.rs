@@ -4,204 +4,98 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use prost::Message;
+use onnx_graph::pb::{tensor_proto::DataType, GraphProto, ModelProto, NodeProto};
+use onnx_graph::{attr, value_info, Dim, Graph, ModelMeta};
 use quantize::{engine, Calibrator, FloatModel, Form, QuantizeError};
-use tract_onnx::pb::{
-    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension,
-    tensor_shape_proto::Dimension, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
-    OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
-};
+use testkit::Rng;
 
-const SIDE: i64 = 8;
+const SIDE: usize = 8;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    fn vec(&mut self, n: usize, amp: f32) -> Vec<f32> {
-        (0..n).map(|_| self.next() * amp).collect()
-    }
-}
-
-fn init(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
-    TensorProto {
-        name: name.into(),
-        dims: dims.to_vec(),
-        data_type: DataType::Float as i32,
-        raw_data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ..Default::default()
-    }
-}
-
-fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Ints as i32,
-        ints: v.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Int as i32,
-        i: v,
-        ..Default::default()
-    }
-}
-
-fn n(op: &str, name: &str, inputs: &[&str], attribute: Vec<AttributeProto>) -> NodeProto {
-    NodeProto {
-        op_type: op.into(),
-        name: name.into(),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![name.into()],
-        attribute,
-        ..Default::default()
-    }
-}
-
-fn value_info(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
-    ValueInfoProto {
-        name: name.into(),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: DataType::Float as i32,
-                shape: Some(TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|d| Dimension {
-                            denotation: String::new(),
-                            value: Some(match d {
-                                Some(v) => dimension::Value::DimValue(*v),
-                                None => dimension::Value::DimParam("N".into()),
-                            }),
-                        })
-                        .collect(),
-                }),
-            })),
-            ..Default::default()
-        }),
-        doc_string: String::new(),
-    }
-}
-
-fn conv(
-    g: &mut GraphProto,
-    rng: &mut Rng,
-    name: &str,
-    x: &str,
-    cin: i64,
-    cout: i64,
-    k: i64,
-) -> String {
-    let w = format!("{name}.weight");
-    let b = format!("{name}.bias");
+fn conv(g: &mut Graph, rng: &mut Rng, name: &str, x: &str, cin: usize, cout: usize, k: usize) {
     let amp = (1.0 / (cin * k * k) as f32).sqrt() * 1.7;
-    g.initializer.push(init(
-        &w,
-        &[cout, cin, k, k],
-        &rng.vec((cout * cin * k * k) as usize, amp),
-    ));
-    g.initializer
-        .push(init(&b, &[cout], &rng.vec(cout as usize, 0.1)));
-    let p = k / 2;
-    g.node.push(n(
-        "Conv",
-        name,
-        &[x, &w, &b],
-        vec![
-            ints("kernel_shape", &[k, k]),
-            ints("strides", &[1, 1]),
-            ints("pads", &[p, p, p, p]),
-            ints("dilations", &[1, 1]),
-            int("group", 1),
-        ],
-    ));
-    name.into()
+    let w = rng.vec(cout * cin * k * k, amp);
+    let b = rng.vec(cout, 0.1);
+    g.conv(name, x, [cout, cin, k, k], &w, &b, 1, (k / 2) as i64);
+}
+
+fn n(
+    op: &str,
+    name: &str,
+    inputs: &[&str],
+    attrs: Vec<onnx_graph::pb::AttributeProto>,
+) -> NodeProto {
+    onnx_graph::node(op, name, inputs, attrs, name)
+}
+
+fn batch_dims(dims: &[usize]) -> Vec<Dim> {
+    std::iter::once(Dim::Symbolic("N".into()))
+        .chain(dims.iter().map(|&d| Dim::Fixed(d as i64)))
+        .collect()
 }
 
 /// conv(3->8) relu maxpool | conv(8->8) relu conv(8->8) + shortcut, relu = features |
 /// GAP flatten gemm(8->3) softmax = probs.
 fn tiny_model(extra: Option<NodeProto>) -> Vec<u8> {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut g = GraphProto {
-        name: "tiny".into(),
-        ..Default::default()
-    };
+    let mut rng = Rng::from_state(0x9e37_79b9_7f4a_7c15);
+    let mut g = Graph::new();
     conv(&mut g, &mut rng, "c1", "image", 3, 8, 3);
-    g.node.push(n("Relu", "c1_relu", &["c1"], vec![]));
-    g.node.push(n(
+    g.node("Relu", "c1_relu", &["c1"], vec![]);
+    g.node(
         "MaxPool",
         "pool",
         &["c1_relu"],
         vec![
-            ints("kernel_shape", &[3, 3]),
-            ints("strides", &[2, 2]),
-            ints("pads", &[1, 1, 1, 1]),
+            attr::ints("kernel_shape", &[3, 3]),
+            attr::ints("strides", &[2, 2]),
+            attr::ints("pads", &[1, 1, 1, 1]),
         ],
-    ));
+    );
     conv(&mut g, &mut rng, "a", "pool", 8, 8, 1);
-    g.node.push(n("Relu", "a_relu", &["a"], vec![]));
+    g.node("Relu", "a_relu", &["a"], vec![]);
     conv(&mut g, &mut rng, "b", "a_relu", 8, 8, 3);
-    g.node.push(n("Add", "add", &["b", "pool"], vec![]));
-    let mut features = n("Relu", "add_relu", &["add"], vec![]);
-    features.output = vec!["features".into()];
-    g.node.push(features);
-    g.node
-        .push(n("GlobalAveragePool", "gap", &["features"], vec![]));
-    g.node
-        .push(n("Flatten", "flat", &["gap"], vec![int("axis", 1)]));
-    g.initializer
-        .push(init("head.weight", &[8, 3], &rng.vec(24, 0.8)));
-    g.initializer
-        .push(init("head.bias", &[3], &[0.1, -0.2, 0.05]));
-    g.node.push(n(
+    g.node("Add", "add", &["b", "pool"], vec![]);
+    g.node_to("Relu", "add_relu", &["add"], vec![], "features");
+    g.node("GlobalAveragePool", "gap", &["features"], vec![]);
+    g.node("Flatten", "flat", &["gap"], vec![attr::int("axis", 1)]);
+    g.f32("head.weight", &[8, 3], &rng.vec(24, 0.8));
+    g.f32("head.bias", &[3], &[0.1, -0.2, 0.05]);
+    g.node(
         "Gemm",
         "head",
         &["flat", "head.weight", "head.bias"],
         vec![],
-    ));
-    let mut sm = n("Softmax", "softmax", &["head"], vec![int("axis", 1)]);
-    sm.output = vec!["probs".into()];
-    g.node.push(sm);
+    );
+    g.node_to(
+        "Softmax",
+        "softmax",
+        &["head"],
+        vec![attr::int("axis", 1)],
+        "probs",
+    );
     if let Some(x) = extra {
-        g.node.push(x);
+        g.nodes.push(x);
     }
-    g.input = vec![value_info(
-        "image",
-        &[None, Some(3), Some(SIDE), Some(SIDE)],
-    )];
-    g.output = vec![
-        value_info("probs", &[None, Some(3)]),
-        value_info("features", &[None, Some(8), Some(SIDE / 2), Some(SIDE / 2)]),
-    ];
-    ModelProto {
-        ir_version: 8,
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        graph: Some(g),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    let model = g.into_model(
+        vec![value_info("image", &batch_dims(&[3, SIDE, SIDE]))],
+        vec![
+            value_info("probs", &batch_dims(&[3])),
+            value_info("features", &batch_dims(&[8, SIDE / 2, SIDE / 2])),
+        ],
+        ModelMeta {
+            graph: "tiny".into(),
+            ..Default::default()
+        },
+    );
+    onnx_graph::encode(&model)
 }
 
 fn inputs(count: usize, seed: u64) -> Vec<Vec<f32>> {
-    let mut rng = Rng(seed);
-    (0..count)
-        .map(|_| rng.vec((3 * SIDE * SIDE) as usize, 2.0))
-        .collect()
+    let mut rng = Rng::from_state(seed);
+    (0..count).map(|_| rng.vec(3 * SIDE * SIDE, 2.0)).collect()
 }
 
 fn shape() -> [usize; 4] {
-    [1, 3, SIDE as usize, SIDE as usize]
+    [1, 3, SIDE, SIDE]
 }
 
 #[test]
@@ -431,7 +325,7 @@ fn relu_full_range_halves_the_step_and_keeps_pooling_exact() {
         &["c1_relu_q8".to_string(), "pool_q8".to_string()],
     )
     .unwrap();
-    let (side, half) = (SIDE as usize, SIDE as usize / 2);
+    let (side, half) = (SIDE, SIDE / 2);
     let mut border_hits = 0;
     for x in &inputs(4, 5) {
         let o = e.run(x).unwrap();
@@ -443,7 +337,7 @@ fn relu_full_range_halves_the_step_and_keeps_pooling_exact() {
                     for ky in 0..3 {
                         for kx in 0..3 {
                             let (y, x) = ((2 * oy + ky) as i64 - 1, (2 * ox + kx) as i64 - 1);
-                            if (0..SIDE).contains(&y) && (0..SIDE).contains(&x) {
+                            if (0..SIDE as i64).contains(&y) && (0..SIDE as i64).contains(&x) {
                                 m = m.max(c1[c * side * side + y as usize * side + x as usize]);
                             }
                         }
@@ -496,12 +390,7 @@ fn float_init(g: &GraphProto, name: &str) -> Vec<f32> {
 }
 
 fn p_bytes(g: &GraphProto) -> Vec<u8> {
-    ModelProto {
-        ir_version: 8,
-        graph: Some(g.clone()),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    onnx_graph::encode(&onnx_graph::model(g.clone(), ModelMeta::default()))
 }
 
 #[test]
@@ -571,7 +460,7 @@ fn bias_correction_is_the_weight_rounding_times_the_input_mean() {
     // c1 reads the image: check against the formula computed here.
     let w = float_init(model.proto().graph.as_ref().unwrap(), "c1.weight");
     let q = quantize::math::quantize_weights(&w, 8);
-    let hw = (SIDE * SIDE) as usize;
+    let hw = SIDE * SIDE;
     let mean: Vec<f64> = (0..3)
         .map(|i| {
             images

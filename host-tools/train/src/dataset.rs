@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use evaluate::CLASSES;
+use contract::{Class, LABELS};
 
 /// Errors reading a dataset.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +74,7 @@ impl Split {
 pub struct Sample {
     /// Image file (absolute or relative to the working directory).
     pub path: PathBuf,
-    /// Index into [`CLASSES`].
+    /// Index into [`contract::LABELS`] (the standard class order).
     pub label: usize,
     /// Severity if the manifest gives one.
     pub severity: Option<f32>,
@@ -84,30 +84,10 @@ pub struct Sample {
     pub split: Option<Split>,
 }
 
-/// Maps the common spellings of the six classes to their index.
+/// Maps the common spellings of the six classes to their index (see
+/// [`contract::Class::from_alias`]).
 pub fn parse_label(s: &str) -> Option<usize> {
-    let k: String = s
-        .trim()
-        .to_ascii_lowercase()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect();
-    let i = match k.as_str() {
-        "normal" | "healthy" | "nl" | "neg" | "negative" => 0,
-        "stone" | "stones" | "calculus" | "calculi" | "nephrolithiasis" | "urolithiasis"
-        | "renalstone" | "kidneystone" => 1,
-        "cyst" | "cysts" | "renalcyst" | "cystic" => 2,
-        "hyperechogenicity"
-        | "hyperechoic"
-        | "hyperechogenic"
-        | "echogenic"
-        | "increasedechogenicity"
-        | "hyperecho" => 3,
-        "sol" | "spaceoccupyinglesion" | "mass" | "tumor" | "tumour" | "lesion" | "sols" => 4,
-        "hydronephrosis" | "hydro" | "hn" | "pelviectasis" | "pelvicaliectasis" => 5,
-        _ => return None,
-    };
-    Some(i)
+    Class::from_alias(s).map(Class::index)
 }
 
 const IMAGE_EXT: [&str; 8] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"];
@@ -303,11 +283,11 @@ impl Rng {
 pub fn assign_splits(samples: &mut [Sample], val: f64, test: f64, seed: u64) {
     // Patients in first-seen order, with their label counts.
     let mut order: Vec<&str> = Vec::new();
-    let mut counts: HashMap<&str, [usize; CLASSES.len()]> = HashMap::new();
+    let mut counts: HashMap<&str, [usize; LABELS.len()]> = HashMap::new();
     for s in samples.iter().filter(|s| s.split.is_none()) {
         let c = counts.entry(&s.patient).or_insert_with(|| {
             order.push(&s.patient);
-            [0; CLASSES.len()]
+            [0; LABELS.len()]
         });
         c[s.label] += 1;
     }
@@ -358,7 +338,7 @@ pub fn write_split_csv(samples: &[Sample], out: &Path) -> Result<(), DatasetErro
             s,
             "{},{},{},{},{}",
             path.display(),
-            CLASSES[x.label],
+            LABELS[x.label],
             x.severity.map(|v| v.to_string()).unwrap_or_default(),
             x.patient,
             x.split.map_or("", Split::name)
@@ -368,11 +348,11 @@ pub fn write_split_csv(samples: &[Sample], out: &Path) -> Result<(), DatasetErro
 }
 
 /// Per split and class: image counts (for logs and the manifest).
-pub fn summary(samples: &[Sample]) -> BTreeMap<&'static str, [usize; CLASSES.len()]> {
+pub fn summary(samples: &[Sample]) -> BTreeMap<&'static str, [usize; LABELS.len()]> {
     let mut m = BTreeMap::new();
     for s in samples {
         let k = s.split.map_or("unassigned", Split::name);
-        m.entry(k).or_insert([0; CLASSES.len()])[s.label] += 1;
+        m.entry(k).or_insert([0; LABELS.len()])[s.label] += 1;
     }
     m
 }

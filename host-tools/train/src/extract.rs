@@ -97,8 +97,10 @@ pub fn preprocess_bytes(
 /// spatial axes (N x C x H x W -> C).
 #[derive(Debug, Clone)]
 pub struct Job<'a> {
-    /// ONNX model.
-    pub model: &'a Path,
+    /// ONNX model bytes (read, or verified, once by the caller).
+    pub model: &'a [u8],
+    /// Where they came from, for messages.
+    pub origin: &'a Path,
     /// Output to read.
     pub output: &'a str,
     /// Global-average-pool a 4-D output.
@@ -173,7 +175,12 @@ pub fn run(
                         continue;
                     }
                     if net.is_none() {
-                        net = Some(Network::load(job.model, &[1, 3, SIZE, SIZE])?);
+                        net = Some(Network::from_bytes(
+                            job.model,
+                            job.origin,
+                            &[1, 3, SIZE, SIZE],
+                            &model::int8::LoadOptions::default(),
+                        )?);
                     }
                     let Some(n) = net.as_ref() else {
                         continue;
@@ -181,7 +188,7 @@ pub fn run(
                     let outs = n.run(&input)?;
                     let o =
                         model::output(&outs, job.output).ok_or_else(|| ExtractError::NoOutput {
-                            model: job.model.display().to_string(),
+                            model: job.origin.display().to_string(),
                             output: job.output.to_string(),
                         })?;
                     let v = if job.pool && o.shape.len() == 4 {
@@ -384,8 +391,10 @@ pub fn features(
     cache: &mut FeatureCache,
     threads: usize,
 ) -> Result<(FeatureResults, usize), ExtractError> {
+    let bytes = fs::read(backbone).map_err(io(backbone))?;
     let job = Job {
-        model: backbone,
+        model: &bytes,
+        origin: backbone,
         output: resnet50::onnx::FEATURES,
         pool: true,
         threads,

@@ -18,7 +18,6 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, relu};
-use evaluate::CLASSES;
 use serde::{Deserialize, Serialize};
 
 use crate::activations::{ActivationCache, CHANNELS, LEN, SIDE};
@@ -26,7 +25,7 @@ use crate::dataset::Rng;
 use crate::extract::{self, ExtractError};
 use crate::head::{self, Epoch, Features, LinearHead};
 
-const K: usize = CLASSES.len();
+const K: usize = contract::LABELS.len();
 const WEIGHTS_MAGIC: &[u8; 8] = b"RSL4W001";
 
 /// Errors of stage 2.

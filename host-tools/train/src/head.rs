@@ -6,11 +6,11 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
-use evaluate::{auc, ece, CLASSES};
+use evaluate::{auc, ece};
 
 use crate::dataset::Rng;
 
-const K: usize = CLASSES.len();
+const K: usize = contract::LABELS.len();
 
 /// Errors of head training.
 #[derive(Debug, thiserror::Error)]
@@ -218,13 +218,14 @@ fn tensor_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, HeadError> {
         .map_err(|e| HeadError::Tensor(format!("{e:?}")))
 }
 
-/// Validation AUC (p_abnormal = 1 - p_normal) and mean NLL of `head` at temperature `t`.
+/// Validation AUC of p(abnormal) and mean NLL of `head` at temperature `t`.
 pub fn auc_nll(head: &LinearHead, f: &Features, t: f32) -> (f64, f64) {
+    let taxonomy = contract::Taxonomy::standard();
     let (mut pos, mut neg, mut nll) = (Vec::new(), Vec::new(), 0.0);
     for (i, &y) in f.y.iter().enumerate() {
         let p = softmax_t(&head.logits(&f.x[i * f.dim..(i + 1) * f.dim]), t);
-        let s = 1.0 - f64::from(p[0]);
-        if y == 0 {
+        let s = taxonomy.p_abnormal_f64(&p);
+        if y == taxonomy.normal_index() {
             neg.push(s);
         } else {
             pos.push(s);

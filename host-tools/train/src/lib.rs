@@ -21,7 +21,7 @@ pub use extract::FeatureCache;
 pub use finetune::FinetuneConfig;
 pub use head::{HeadConfig, LinearHead};
 pub use pipeline::{
-    export, train_stage1, train_stage2, RunSummary, Stage2Options, Stage2Summary, TrainError,
-    TrainOptions,
+    draft_manifest, export, train_stage1, train_stage2, RunSummary, Stage, Stage2Options,
+    Stage2Summary, TrainError, TrainOptions,
 };
 pub use random::randomise;

@@ -7,7 +7,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use evaluate::{evaluate, threshold_for_sensitivity, Prediction, CLASSES};
+use contract::manifest::{self, Manifest};
+use contract::Taxonomy;
+use evaluate::{evaluate, threshold_for_sensitivity, Prediction};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use usimage::{Normalization, PREPROCESS_VERSION};
@@ -51,6 +53,9 @@ pub enum TrainError {
     /// Serialising the manifest.
     #[error("manifest: {0}")]
     Toml(#[from] toml::ser::Error),
+    /// The manifest type refused what was built.
+    #[error(transparent)]
+    Manifest(#[from] contract::ManifestError),
     /// Stage 2.
     #[error(transparent)]
     Finetune(#[from] finetune::FinetuneError),
@@ -145,7 +150,7 @@ fn prepare(
     dataset::write_split_csv(&samples, &opt.out.join("split.csv"))?;
     let mut counts = BTreeMap::new();
     for (split, c) in dataset::summary(&samples) {
-        let m: BTreeMap<String, usize> = CLASSES
+        let m: BTreeMap<String, usize> = contract::LABELS
             .iter()
             .zip(c)
             .map(|(n, v)| ((*n).to_string(), v))
@@ -192,13 +197,14 @@ fn calibrate_and_export(
         .zip(&va.y)
         .map(|(probs, &label)| Prediction { label, probs })
         .collect();
+    let taxonomy = Taxonomy::standard();
     let pos: Vec<f64> = val_preds
         .iter()
-        .filter(|p| p.label != 0)
-        .map(Prediction::p_abnormal)
+        .filter(|p| p.label != taxonomy.normal_index())
+        .map(|p| p.p_abnormal(&taxonomy))
         .collect();
     let threshold = threshold_for_sensitivity(&pos, opt.target_sensitivity);
-    let val_eval = evaluate(&val_preds, threshold)?;
+    let val_eval = evaluate(&taxonomy, &val_preds, threshold)?;
     let _ = writeln!(
         log_text,
         "best epoch {best_epoch}; temperature {t:.4}; val ECE {ece_before:.4} -> {ece_after:.4}; \
@@ -249,7 +255,7 @@ fn write_run_files(
 ) -> Result<(), TrainError> {
     write(
         &opt.out.join("manifest.toml"),
-        toml::to_string(manifest)?.as_bytes(),
+        manifest.to_toml()?.as_bytes(),
     )?;
     write(
         &opt.out.join("metrics.json"),
@@ -356,7 +362,7 @@ pub fn train_stage1(
         history: trained.history,
         head: trained.head,
     };
-    let manifest = Manifest::new(opt, &summary, &c.onnx_sha, &backbone_sha, Stage::One);
+    let manifest = draft_manifest(opt, &summary, &c.onnx_sha, &backbone_sha, Stage::One)?;
     let _ = writeln!(log_text, "total {:.1} s", summary.total_s);
     write_run_files(opt, &manifest, &summary, &log_text)?;
     Ok(summary)
@@ -560,7 +566,7 @@ pub fn train_stage2(
         epochs_run: ft.history.len(),
         stage1_val_auc: s1.validation.auc,
     };
-    let manifest = Manifest::new(base, &stage2, &c.onnx_sha, &backbone_sha, Stage::Two(info));
+    let manifest = draft_manifest(base, &stage2, &c.onnx_sha, &backbone_sha, Stage::Two(info))?;
     let summary = Stage2Summary {
         stage1: s1,
         stage2,
@@ -593,7 +599,7 @@ pub fn export(
             "renalscan screening model: {backbone_name} backbone (BatchNorm folded) + renal head \
              (6 classes: {}; temperature folded in). Input: usimage preprocessing v{PREPROCESS_VERSION}, \
              Caffe BGR. Not for diagnosis.",
-            CLASSES.join(", ")
+            contract::LABELS.join(", ")
         ),
     )?;
     let tmp = out.with_extension("onnx.partial");
@@ -607,117 +613,7 @@ pub fn export(
     Ok(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)))
 }
 
-/// The manifest draft beside `model.onnx` (the bundle step signs it).
-#[derive(Debug, Serialize)]
-pub struct Manifest {
-    /// Model identity.
-    pub model: ModelInfo,
-    /// Output classes in order.
-    pub labels: Vec<String>,
-    /// Input tensor and preprocessing.
-    pub input: InputInfo,
-    /// Output tensors.
-    pub outputs: BTreeMap<String, String>,
-    /// Screening decision.
-    pub operating_point: OperatingPoint,
-    /// Probability calibration.
-    pub calibration: Calibration,
-    /// Backbone provenance.
-    pub backbone: BackboneInfo,
-    /// Training data and settings.
-    pub training: TrainingInfo,
-    /// Validation figures at the operating point.
-    pub validation: evaluate::Overall,
-    /// Intended use.
-    pub intended_use: IntendedUse,
-}
-
-/// `[model]`.
-#[derive(Debug, Serialize)]
-pub struct ModelInfo {
-    /// Name.
-    pub name: String,
-    /// Version.
-    pub version: String,
-    /// Unix seconds.
-    pub created_unix: u64,
-    /// ONNX file name.
-    pub file: String,
-    /// Its sha256.
-    pub sha256: String,
-}
-
-/// `[input]`.
-#[derive(Debug, Serialize)]
-pub struct InputInfo {
-    /// Tensor name.
-    pub name: String,
-    /// `[N, 3, 224, 224]` (N dynamic).
-    pub shape: Vec<usize>,
-    /// usimage algorithm version the model was trained with.
-    pub usimage_preprocess_version: u32,
-    /// Grey frames become three equal channels.
-    pub grey_to_three_channels: bool,
-    /// Channel order, mean, std.
-    pub normalization: Normalization,
-}
-
-/// `[operating_point]`.
-#[derive(Debug, Serialize)]
-pub struct OperatingPoint {
-    /// How the score is computed.
-    pub score: String,
-    /// Abnormal when score >= threshold.
-    pub threshold: f64,
-    /// Validation sensitivity it was chosen for.
-    pub target_sensitivity: f64,
-}
-
-/// `[calibration]`.
-#[derive(Debug, Serialize)]
-pub struct Calibration {
-    /// "temperature".
-    pub method: String,
-    /// Fitted temperature.
-    pub temperature: f32,
-    /// True: `probs` already include it; do not apply again.
-    pub folded_into_model: bool,
-    /// Validation ECE before.
-    pub val_ece_before: f64,
-    /// After.
-    pub val_ece_after: f64,
-}
-
-/// `[backbone]`.
-#[derive(Debug, Serialize)]
-pub struct BackboneInfo {
-    /// Description.
-    pub name: String,
-    /// sha256 of the backbone ONNX features were extracted with.
-    pub onnx_sha256: String,
-}
-
-/// `[training]`.
-#[derive(Debug, Serialize)]
-pub struct TrainingInfo {
-    /// Stage description.
-    pub stage: String,
-    /// Seed.
-    pub seed: u64,
-    /// Epoch kept.
-    pub best_epoch: usize,
-    /// Images per split and class.
-    pub counts: BTreeMap<String, BTreeMap<String, usize>>,
-    /// Head settings.
-    pub head: HeadConfig,
-    /// How splits were made.
-    pub split: String,
-    /// Stage 2 settings (absent for stage 1).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub finetune: Option<FinetuneInfo>,
-}
-
-/// `[training.finetune]`: what stage 2 did on top of stage 1.
+/// What stage 2 did on top of stage 1, for `[training.finetune]`.
 #[derive(Debug, Clone, Serialize)]
 pub struct FinetuneInfo {
     /// Hyper-parameters.
@@ -739,180 +635,125 @@ pub enum Stage {
     Two(FinetuneInfo),
 }
 
-/// `[intended_use]`.
-#[derive(Debug, Serialize)]
-pub struct IntendedUse {
-    /// Purpose.
-    pub purpose: String,
-    /// The warning.
-    pub warning: String,
+/// A serialisable value as a TOML table (hyper-parameters recorded in the manifest).
+fn as_table(v: &impl Serialize) -> Result<toml::Table, TrainError> {
+    Ok(toml::Table::try_from(v)?)
 }
 
-impl Manifest {
-    fn new(
-        opt: &TrainOptions,
-        s: &RunSummary,
-        onnx_sha: &str,
-        backbone_sha: &str,
-        stage: Stage,
-    ) -> Self {
-        let (stage, finetune) = match stage {
-            Stage::One => (
-                "1: frozen backbone, head (dropout, linear) on cached pooled features".to_string(),
-                None,
-            ),
-            Stage::Two(f) => (
-                "2: layer4 (BatchNorm frozen, folded) + head fine-tuned on cached, augmented \
-                 layer-3 activations, head initialised from stage 1"
-                    .to_string(),
-                Some(f),
-            ),
-        };
-        let mut outputs = BTreeMap::new();
-        outputs.insert(
-            "probs".into(),
-            "N x 6 class probabilities (softmax, calibrated)".into(),
-        );
-        outputs.insert(
-            "features".into(),
-            "N x 2048 x 7 x 7 last feature map (class-activation maps)".into(),
-        );
-        Self {
-            model: ModelInfo {
-                name: "renalscan-resnet50".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                created_unix: SystemTime::now()
+/// The temperature as the shortest decimal of its f32 value (the manifest shows 2.2299, not
+/// 2.2299001216888428).
+fn f32_as_f64(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(f64::from(v))
+}
+
+/// The manifest draft beside `model.onnx`: the type the bundle step completes and signs and
+/// the device reads (`contract::Manifest`). Public so that tests build the exact draft a
+/// training run writes.
+pub fn draft_manifest(
+    opt: &TrainOptions,
+    s: &RunSummary,
+    onnx_sha: &str,
+    backbone_sha: &str,
+    stage: Stage,
+) -> Result<Manifest, TrainError> {
+    let (stage, finetune) = match stage {
+        Stage::One => (
+            "1: frozen backbone, head (dropout, linear) on cached pooled features".to_string(),
+            None,
+        ),
+        Stage::Two(f) => (
+            "2: layer4 (BatchNorm frozen, folded) + head fine-tuned on cached, augmented \
+             layer-3 activations, head initialised from stage 1"
+                .to_string(),
+            Some(manifest::Finetune {
+                config: as_table(&f.config)?,
+                augmentation: f.augmentation,
+                epochs_run: f.epochs_run,
+                stage1_val_auc: f.stage1_val_auc,
+            }),
+        ),
+    };
+    let taxonomy = Taxonomy::standard();
+    let mut outputs = BTreeMap::new();
+    outputs.insert(
+        "probs".into(),
+        format!(
+            "N x {} class probabilities (softmax, calibrated)",
+            taxonomy.len()
+        ),
+    );
+    outputs.insert(
+        "features".into(),
+        "N x 2048 x 7 x 7 last feature map (class-activation maps)".into(),
+    );
+    let n = Normalization::caffe_bgr();
+    Ok(Manifest {
+        model: manifest::ModelInfo {
+            name: "renalscan-resnet50".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            created_unix: Some(
+                SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
-                file: "model.onnx".into(),
-                sha256: onnx_sha.into(),
+            ),
+            file: "model.onnx".into(),
+            sha256: onnx_sha.into(),
+            precision: manifest::Precision::Float32,
+            quantization: None,
+        },
+        labels: taxonomy.labels().to_vec(),
+        input: manifest::InputInfo {
+            name: resnet50::onnx::INPUT.into(),
+            shape: vec![1, 3, SIZE, SIZE],
+            usimage_preprocess_version: PREPROCESS_VERSION,
+            grey_to_three_channels: true,
+            normalization: manifest::Normalization {
+                order: match n.order {
+                    usimage::ChannelOrder::Bgr => manifest::ChannelOrder::Bgr,
+                    usimage::ChannelOrder::Rgb => manifest::ChannelOrder::Rgb,
+                },
+                mean: n.mean.map(f32_as_f64),
+                std: n.std.map(f32_as_f64),
             },
-            labels: CLASSES.iter().map(|s| s.to_string()).collect(),
-            input: InputInfo {
-                name: resnet50::onnx::INPUT.into(),
-                shape: vec![1, 3, SIZE, SIZE],
-                usimage_preprocess_version: PREPROCESS_VERSION,
-                grey_to_three_channels: true,
-                normalization: Normalization::caffe_bgr(),
-            },
-            outputs,
-            operating_point: OperatingPoint {
-                score: "p_abnormal = 1 - probs[normal]".into(),
-                threshold: s.threshold,
-                target_sensitivity: opt.target_sensitivity,
-            },
-            calibration: Calibration {
-                method: "temperature".into(),
-                temperature: s.temperature,
-                folded_into_model: true,
-                val_ece_before: s.val_ece_before,
-                val_ece_after: s.val_ece_after,
-            },
-            backbone: BackboneInfo {
-                name: opt.backbone_name.clone(),
-                onnx_sha256: backbone_sha.into(),
-            },
-            training: TrainingInfo {
-                stage,
-                seed: opt.head.seed,
-                best_epoch: s.best_epoch,
-                counts: s.counts.clone(),
-                head: opt.head.clone(),
-                split: format!(
-                    "by patient, stratified by class, val {} / test {} of patients",
-                    opt.val_fraction, opt.test_fraction
-                ),
-                finetune,
-            },
-            validation: s.validation.clone(),
-            intended_use: IntendedUse {
-                purpose: "Research and integration testing of pediatric renal ultrasound \
-                          screening (normal vs abnormal, likely abnormality type)."
-                    .into(),
-                warning: "Not for diagnosis.".into(),
-            },
-        }
-    }
-}
-
-/// What `eval` needs from a manifest.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ManifestView {
-    /// Operating threshold on p(abnormal).
-    pub threshold: f64,
-    /// usimage preprocessing version the model expects.
-    pub preprocess_version: u32,
-    /// Output labels.
-    pub labels: Vec<String>,
-}
-
-/// Errors reading a manifest.
-#[derive(Debug, thiserror::Error)]
-pub enum ManifestError {
-    /// File system.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Not TOML.
-    #[error("{path}: {source}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// Why.
-        source: toml::de::Error,
-    },
-    /// A required key is missing.
-    #[error("{path}: missing or invalid `{key}`")]
-    Key {
-        /// The file.
-        path: String,
-        /// The key.
-        key: &'static str,
-    },
-}
-
-/// Reads the fields `eval` relies on from a `manifest.toml`.
-pub fn read_manifest(path: &Path) -> Result<ManifestView, ManifestError> {
-    let p = path.display().to_string();
-    let text = fs::read_to_string(path).map_err(|source| ManifestError::Io {
-        path: p.clone(),
-        source,
-    })?;
-    let v: toml::Table = text.parse().map_err(|source| ManifestError::Parse {
-        path: p.clone(),
-        source,
-    })?;
-    let key = |key| ManifestError::Key {
-        path: p.clone(),
-        key,
-    };
-    let threshold = v
-        .get("operating_point")
-        .and_then(|o| o.get("threshold"))
-        .and_then(|t| t.as_float())
-        .ok_or_else(|| key("operating_point.threshold"))?;
-    let preprocess_version = v
-        .get("input")
-        .and_then(|o| o.get("usimage_preprocess_version"))
-        .and_then(|t| t.as_integer())
-        .and_then(|t| u32::try_from(t).ok())
-        .ok_or_else(|| key("input.usimage_preprocess_version"))?;
-    let labels = v
-        .get("labels")
-        .and_then(|l| l.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-        .ok_or_else(|| key("labels"))?;
-    Ok(ManifestView {
-        threshold,
-        preprocess_version,
-        labels,
+        },
+        outputs,
+        operating_point: manifest::OperatingPoint {
+            score: Some("p_abnormal = 1 - probs[normal]".into()),
+            threshold: s.threshold,
+            target_sensitivity: opt.target_sensitivity,
+        },
+        calibration: manifest::Calibration {
+            method: Some("temperature".into()),
+            temperature: f32_as_f64(s.temperature),
+            folded_into_model: Some(true),
+            val_ece_before: Some(s.val_ece_before),
+            val_ece_after: Some(s.val_ece_after),
+        },
+        backbone: Some(manifest::Backbone {
+            name: opt.backbone_name.clone(),
+            onnx_sha256: backbone_sha.into(),
+        }),
+        training: manifest::Training {
+            stage: Some(stage),
+            seed: Some(opt.head.seed),
+            best_epoch: Some(s.best_epoch),
+            split: Some(format!(
+                "by patient, stratified by class, val {} / test {} of patients",
+                opt.val_fraction, opt.test_fraction
+            )),
+            counts: s.counts.clone(),
+            head: Some(as_table(&opt.head)?),
+            finetune,
+            data: None,
+        },
+        validation: (&s.validation).into(),
+        evaluation: BTreeMap::new(),
+        intended_use: manifest::IntendedUse {
+            purpose: "Research and integration testing of pediatric renal ultrasound \
+                      screening (normal vs abnormal, likely abnormality type)."
+                .into(),
+            warning: manifest::WARNING.into(),
+        },
+        card: None,
     })
 }

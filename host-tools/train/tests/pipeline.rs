@@ -45,9 +45,13 @@ fn stage1_trains_exports_and_evaluates() {
     ] {
         assert!(opt.out.join(f).is_file(), "{f}");
     }
-    let m = train::pipeline::read_manifest(&opt.out.join("manifest.toml")).unwrap();
-    assert_eq!(m.threshold, s.threshold);
-    assert_eq!(m.preprocess_version, usimage::PREPROCESS_VERSION);
+    let m = contract::Manifest::draft_from_file(&opt.out.join("manifest.toml")).unwrap();
+    assert_eq!(m.operating_point.threshold, s.threshold);
+    assert_eq!(
+        m.input.usimage_preprocess_version,
+        usimage::PREPROCESS_VERSION
+    );
+    assert!(m.taxonomy().unwrap().is_standard());
 
     // A second run hits the feature cache for every image.
     let again = train::train_stage1(&opt, &weights, &backbone).expect("cached rerun");
@@ -63,8 +67,10 @@ fn stage1_trains_exports_and_evaluates() {
     assert!(!test.is_empty());
     let paths: Vec<PathBuf> = test.iter().map(|x| x.path.clone()).collect();
     let onnx = opt.out.join("model.onnx");
+    let bytes = std::fs::read(&onnx).unwrap();
     let job = Job {
-        model: &onnx,
+        model: &bytes,
+        origin: &onnx,
         output: "probs",
         pool: false,
         threads: 2,
@@ -79,7 +85,8 @@ fn stage1_trains_exports_and_evaluates() {
             probs: p.expect("test image scores"),
         })
         .collect();
-    let e = evaluate::evaluate(&preds, m.threshold).unwrap();
+    let e =
+        evaluate::evaluate(&m.taxonomy().unwrap(), &preds, m.operating_point.threshold).unwrap();
     assert!(e.overall.auc.is_finite());
     evaluate::write_report(&dir.path().join("report"), &e, "pipeline test").unwrap();
     assert!(dir.path().join("report/report.html").is_file());

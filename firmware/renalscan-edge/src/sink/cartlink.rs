@@ -1,7 +1,8 @@
-//! The serial link to the cart controller, on its own thread: the cart's commands drive
-//! the pipeline, every decision goes out as a Result and is re-sent until acknowledged
-//! (cartlink's `device::Link`), and Status carries fps, latency, drops and journal health.
-//! A serial port that fails is reopened with backoff; screening goes on meanwhile.
+//! The serial link to the cart controller, on its own thread, split in two: [`CartSink`]
+//! sends every decision as a Result, re-sent until acknowledged (cartlink's `device::Link`),
+//! and a Status with fps, latency, drops and journal health; [`CartCommands`] is where the
+//! cart's buttons (start, stop, capture) reach the runtime. A serial port that fails is
+//! reopened with backoff; screening goes on meanwhile.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -11,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use cartlink::device::{Classification, DeviceStatus, Identity, Link, LinkConfig};
 use cartlink::serial::{self, millis_since, receive_link, transmit_link};
-use cartlink::{flags, Class, Command};
+use cartlink::{flags, Class, Command, JournalHealth, State};
 
+use super::{CommandSource, FrameView, Receipt, Sink, SinkError, StatusKind};
 use crate::config::CartlinkConfig;
-use crate::events::{Decision, DecisionKind, JournalState};
+use crate::events::{Decision, DeviceState, JournalState, SinkState, StatusReport};
 use crate::source::{sleep_unless, Backoff};
 
 /// Results kept until acknowledged (cartlink's bounded buffer).
@@ -36,23 +38,33 @@ pub struct CartCounters {
     pub reopens: u32,
 }
 
-/// The pipeline's end of the link.
+/// The runtime's sending end of the link.
 pub struct CartSink {
     results: Sender<Classification>,
-    pub commands: Receiver<Command>,
     status: Arc<Mutex<DeviceStatus>>,
     counters: Arc<Mutex<CartCounters>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-/// The wire class of a manifest label. A label without one is refused when the link starts
-/// (sending some other class would show the cart a finding the model did not make).
+/// The cart's commands, as a command source of the runtime.
+pub struct CartCommands {
+    commands: Receiver<Command>,
+}
+
+impl CommandSource for CartCommands {
+    fn name(&self) -> &'static str {
+        "cart"
+    }
+
+    fn poll(&mut self) -> Option<Command> {
+        self.commands.try_recv().ok()
+    }
+}
+
+/// The wire class of a label (the contract's classes are the wire's).
 pub fn wire_class(label: &str) -> Option<Class> {
-    Class::ALL.iter().copied().find(|c| {
-        c.name() == label
-            || (label == "space-occupying lesion" && *c == Class::SpaceOccupyingLesion)
-    })
+    Class::from_label(label)
 }
 
 impl CartSink {
@@ -63,12 +75,12 @@ impl CartSink {
         model_name: &str,
         model_version: &str,
         labels: &[String],
-    ) -> anyhow::Result<Self> {
+    ) -> anyhow::Result<(Self, CartCommands)> {
         for l in labels {
             anyhow::ensure!(
                 wire_class(l).is_some(),
-                "label {l:?} has no cart-link class (cartlink knows normal, stone, cyst, \
-                 hyperechogenicity, sol, hydronephrosis)"
+                "label {l:?} has no cart-link class (cartlink knows {})",
+                contract::LABELS.join(", ")
             );
         }
         let (rtx, rrx) = mpsc::channel();
@@ -89,23 +101,25 @@ impl CartSink {
         let thread = std::thread::Builder::new()
             .name("cartlink".into())
             .spawn(move || worker.run())?;
-        Ok(Self {
-            results: rtx,
-            commands: crx,
-            status,
-            counters,
-            stop,
-            thread: Some(thread),
-        })
+        Ok((
+            Self {
+                results: rtx,
+                status,
+                counters,
+                stop,
+                thread: Some(thread),
+            },
+            CartCommands { commands: crx },
+        ))
     }
 
     /// Queues a decision as a Result.
-    pub fn decision(&mut self, d: &Decision) {
+    pub fn send(&mut self, d: &Decision) {
         let mut f = 0;
         if d.abnormal {
             f |= flags::ABNORMAL;
         }
-        if matches!(d.kind, DecisionKind::Capture | DecisionKind::Freeze) {
+        if d.kind.is_single_frame() {
             f |= flags::CAPTURE;
         }
         if d.low_quality {
@@ -140,7 +154,7 @@ impl CartSink {
     }
 
     /// Stops the thread after it had a moment to deliver what is pending.
-    pub fn shutdown(&mut self) {
+    fn stop_link(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
@@ -150,9 +164,79 @@ impl CartSink {
     }
 }
 
+/// The cart's view of a status: its state, speed, drops and the journal's health.
+pub fn device_status(s: &StatusReport) -> DeviceStatus {
+    let mean = |stage: &str| {
+        s.latency_ms
+            .get(stage)
+            .and_then(|v| v.get("mean"))
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0) as f32
+    };
+    DeviceStatus {
+        state: match s.state {
+            DeviceState::Idle => State::Idle,
+            DeviceState::Screening => State::Screening,
+            DeviceState::NoSignal => State::NoSignal,
+            DeviceState::Fault => State::Fault,
+        },
+        fps: s.fps,
+        latency_ms: mean("total"),
+        frames_dropped: (s.frames.dropped + s.frames.corrupt).min(u64::from(u32::MAX)) as u32,
+        journal: match s.sinks.get("journal").map(|h| h.state) {
+            None => JournalHealth::Disabled,
+            Some(SinkState::Ok) => JournalHealth::Ok,
+            Some(SinkState::Degraded) => JournalHealth::Degraded,
+            Some(SinkState::Failed) => JournalHealth::Failed,
+        },
+    }
+}
+
+impl Sink for CartSink {
+    fn name(&self) -> &'static str {
+        "cart"
+    }
+
+    fn decision(&mut self, d: &Decision, _frame: &FrameView<'_>) -> Result<Receipt, SinkError> {
+        self.send(d);
+        Ok(Receipt::None)
+    }
+
+    fn status(&mut self, s: &StatusReport, kind: StatusKind) -> Result<(), SinkError> {
+        if kind != StatusKind::Final {
+            self.set_status(device_status(s));
+        }
+        Ok(())
+    }
+
+    /// A closed port or a silent cart is degraded: screening and the journal go on.
+    fn state(&self) -> SinkState {
+        let c = self.counters();
+        if c.port_open && c.peer_alive {
+            SinkState::Ok
+        } else {
+            SinkState::Degraded
+        }
+    }
+
+    fn report(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(self.counters()).ok()
+    }
+
+    /// Tells the cart the device is idle, then lets the link deliver what is pending.
+    fn shutdown(&mut self) -> Result<(), SinkError> {
+        self.set_status(DeviceStatus {
+            state: State::Idle,
+            ..DeviceStatus::default()
+        });
+        self.stop_link();
+        Ok(())
+    }
+}
+
 impl Drop for CartSink {
     fn drop(&mut self) {
-        self.shutdown();
+        self.stop_link();
     }
 }
 

@@ -1,17 +1,18 @@
-//! Every decision goes to the crash-safe journal before it is printed or sent, so what the
-//! operator and the cart see says whether it is on disk. A full or read-only disk does not
-//! stop screening: the journal holds records in memory (bounded), the runtime raises a
-//! loud alarm (error log every status period, health in status and on the cart) and the
-//! held records are flushed, in order, when writes succeed again.
+//! The journal: the first sink and the record of truth. Every decision is appended to the
+//! crash-safe journal before any other sink sees it; its [`Receipt`] (committed under a
+//! sequence number, held, or lost) travels with the decision, so what the operator and the
+//! cart see says whether it is on disk. A full or read-only disk does not stop screening: the
+//! journal holds records in memory (bounded), raises a loud alarm (error log every ten
+//! seconds, health in the status and on the cart) and flushes the held records, in order,
+//! when writes succeed again.
 
 use std::time::{Duration, Instant};
 
-use cartlink::JournalHealth;
 use journal::{FaultSwitch, Health, JournalConfig, Outcome, ResilientJournal};
 
+use super::{FrameView, Receipt, Sink, SinkError};
 use crate::config::JournalSection;
-use crate::events::{Decision, JournalState};
-use crate::runtime::{JournalSinkApi, JournalView};
+use crate::events::{Decision, JournalRecord, JournalState, SinkState};
 
 /// How often the alarm is repeated in the log while degraded.
 const ALARM_EVERY: Duration = Duration::from_secs(10);
@@ -25,6 +26,8 @@ pub struct JournalSink {
     refused: u64,
     last_seq: Option<u64>,
     last_alarm: Option<Instant>,
+    retry_every: Duration,
+    last_tick: Instant,
 }
 
 impl JournalSink {
@@ -41,7 +44,8 @@ impl JournalSink {
         jc.max_total_bytes = Some(cfg.max_total_bytes);
         jc.max_segments = Some(cfg.max_segments);
         jc.hold_capacity = cfg.hold_capacity;
-        jc.retry_interval = Duration::from_secs_f32(cfg.retry_every_s.max(0.05));
+        let retry_every = Duration::from_secs_f32(cfg.retry_every_s.max(0.05));
+        jc.retry_interval = retry_every;
         let (j, recovery) = ResilientJournal::open_with(jc, faults).map_err(|e| {
             anyhow::anyhow!("cannot open the journal in {}: {e}", cfg.dir.display())
         })?;
@@ -82,6 +86,8 @@ impl JournalSink {
             refused: 0,
             last_seq: None,
             last_alarm: None,
+            retry_every,
+            last_tick: Instant::now(),
         })
     }
 
@@ -98,42 +104,11 @@ impl JournalSink {
     }
 }
 
-impl JournalView for JournalSink {
-    fn health(&self) -> JournalHealth {
-        match self.j.health() {
-            Health::Ok => JournalHealth::Ok,
-            // Not writing: everything since the fault is only in memory.
-            Health::Degraded { .. } => JournalHealth::Failed,
-            // Writing again, but records were refused during the fault.
-            Health::Lost { .. } => JournalHealth::Degraded,
-        }
-    }
-
-    fn report(&self) -> serde_json::Value {
-        let h = self.j.health();
-        let (state, detail) = match &h {
-            Health::Ok => ("ok", String::new()),
-            Health::Degraded { detail, .. } => ("degraded", detail.clone()),
-            Health::Lost { .. } => ("lost", h.to_string()),
-        };
-        serde_json::json!({
-            "health": state,
-            "summary": h.to_string(),
-            "detail": detail,
-            "held": self.j.held(),
-            "committed": self.committed,
-            "held_total": self.held_records,
-            "refused": self.refused,
-            "last_seq": self.last_seq,
-            "dir": self.dir,
-        })
-    }
-}
-
-impl JournalSinkApi for JournalSink {
-    fn record(&mut self, d: &mut Decision) {
-        let bytes = d.record_bytes();
-        d.journal = match self.j.record(&bytes) {
+impl JournalSink {
+    /// Appends one record; the journal's outcome as the decision will carry it.
+    pub fn append(&mut self, record: &JournalRecord) -> JournalState {
+        let bytes = record.to_bytes();
+        let state = match self.j.record(&bytes) {
             Outcome::Committed(seq) => {
                 self.committed += 1;
                 self.last_seq = Some(seq);
@@ -160,20 +135,68 @@ impl JournalSinkApi for JournalSink {
             }
         };
         self.alarm();
+        state
+    }
+}
+
+impl Sink for JournalSink {
+    fn name(&self) -> &'static str {
+        "journal"
     }
 
-    fn tick(&mut self) {
+    fn decision(&mut self, d: &Decision, _frame: &FrameView<'_>) -> Result<Receipt, SinkError> {
+        Ok(Receipt::Journal(
+            self.append(&JournalRecord::Decision(d.clone())),
+        ))
+    }
+
+    fn tick(&mut self, _now: Instant) -> Result<(), SinkError> {
+        if self.last_tick.elapsed() < self.retry_every {
+            return Ok(());
+        }
+        self.last_tick = Instant::now();
         if self.j.held() > 0 || self.j.health() != Health::Ok {
-            match self.j.retry_flush() {
-                Ok(n) if n > 0 => log::warn!("journal: {n} held records written"),
-                Ok(_) => {}
-                Err(_) => {}
+            if let Ok(n) = self.j.retry_flush() {
+                if n > 0 {
+                    log::warn!("journal: {n} held records written");
+                }
             }
         }
         self.alarm();
+        Ok(())
     }
 
-    fn shutdown(&mut self) {
+    /// Not writing (everything since the fault only in memory): failed; writing again after
+    /// records were refused: degraded.
+    fn state(&self) -> SinkState {
+        match self.j.health() {
+            Health::Ok => SinkState::Ok,
+            Health::Degraded { .. } => SinkState::Failed,
+            Health::Lost { .. } => SinkState::Degraded,
+        }
+    }
+
+    fn report(&self) -> Option<serde_json::Value> {
+        let h = self.j.health();
+        let (state, detail) = match &h {
+            Health::Ok => ("ok", String::new()),
+            Health::Degraded { detail, .. } => ("degraded", detail.clone()),
+            Health::Lost { .. } => ("lost", h.to_string()),
+        };
+        Some(serde_json::json!({
+            "health": state,
+            "summary": h.to_string(),
+            "detail": detail,
+            "held": self.j.held(),
+            "committed": self.committed,
+            "held_total": self.held_records,
+            "refused": self.refused,
+            "last_seq": self.last_seq,
+            "dir": self.dir,
+        }))
+    }
+
+    fn shutdown(&mut self) -> Result<(), SinkError> {
         if self.j.held() > 0 {
             match self.j.retry_flush() {
                 Ok(n) => log::info!("journal: {n} held records written at shutdown"),
@@ -188,5 +211,6 @@ impl JournalSinkApi for JournalSink {
             self.committed,
             self.last_seq
         );
+        Ok(())
     }
 }

@@ -27,7 +27,7 @@ impl PhantomSource {
         };
         let mut cfg = SweepConfig::new(c.seed, profile);
         if !c.class.is_empty() {
-            cfg.class = Some(Class::parse(&c.class).ok_or_else(|| {
+            cfg.class = Some(Class::from_label(&c.class).ok_or_else(|| {
                 anyhow::anyhow!(
                     "source.phantom.class {:?} is not one of normal, stone, cyst, \
                      hyperechogenicity, sol, hydronephrosis",

@@ -24,21 +24,12 @@ use crate::config::V4lConfig;
 
 /// Parses a fourcc name from the config (`GREY`, `YUYV`, `MJPG`/`MJPEG`).
 pub fn parse_fourcc(s: &str) -> Option<PixelFormat> {
-    match s.to_ascii_uppercase().as_str() {
-        "GREY" | "GRAY" | "Y8" => Some(PixelFormat::Grey),
-        "YUYV" | "YUY2" => Some(PixelFormat::Yuyv),
-        "MJPG" | "MJPEG" => Some(PixelFormat::Mjpeg),
-        _ => None,
-    }
+    PixelFormat::from_fourcc(s)
 }
 
 /// The fourcc bytes of a format we accept.
 pub fn fourcc_of(f: PixelFormat) -> [u8; 4] {
-    match f {
-        PixelFormat::Grey => *b"GREY",
-        PixelFormat::Yuyv => *b"YUYV",
-        PixelFormat::Mjpeg => *b"MJPG",
-    }
+    f.fourcc()
 }
 
 fn format_of(fcc: &[u8; 4]) -> Option<PixelFormat> {

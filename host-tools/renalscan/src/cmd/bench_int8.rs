@@ -372,9 +372,14 @@ pub fn run(args: Args) -> Result<()> {
     let bundle_ms = match (&args.bundle, &args.trusted) {
         (Some(dir), Some(trusted)) => {
             let t = Instant::now();
-            let keys = model::bundle::TrustedKeys::from_path(trusted)?;
-            let bundle = model::bundle::Bundle::open(dir, &keys)?;
-            let net = Network::load(&bundle.model_path(), &SHAPE)?;
+            let keys = bundle::TrustedKeys::from_path(trusted)?;
+            let b = bundle::Bundle::open(dir, &keys)?;
+            let net = Network::from_bytes(
+                b.model_bytes(),
+                &b.model_origin(),
+                &SHAPE,
+                &LoadOptions::default(),
+            )?;
             let total = ms(t.elapsed());
             println!(
                 "  bundle load + verify + optimise ({}): {total:.0} ms (budget <= 2000 ms: {})",

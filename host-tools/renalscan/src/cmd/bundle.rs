@@ -1,8 +1,10 @@
 //! `renalscan keygen`, `bundle` and `verify`: signed model bundles.
 //!
-//! The checks live in `model::bundle` so the device runs the very same code; this module only
-//! assembles a bundle from a training run's draft and reports. `bundle` never signs something
-//! `verify` would refuse: it re-opens the finished bundle with the signing key's public half.
+//! The checks and the assembly live in the `bundle` crate, so the device verifies with the
+//! very same code and tests sign exactly as releases are signed; this module reads the
+//! command line, the eval metrics and the quantizer's report, and reports. `bundle` never
+//! signs something `verify` would refuse: it re-opens the finished bundle with the signing
+//! key's public half.
 
 use std::fs;
 use std::io::Write as _;
@@ -10,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use model::bundle::{
-    self, Bundle, PublicKey, SecretKey, TrustedKeys, CARD_FILE, MANIFEST_FILE, MODEL_FILE,
-    PUBLIC_KEY_EXT,
+use bundle::assemble::{self, QuantReport, Release};
+use bundle::{
+    Bundle, PublicKey, SecretKey, TrustedKeys, CARD_FILE, MANIFEST_FILE, MODEL_FILE, PUBLIC_KEY_EXT,
 };
-use model::manifest::{Evaluation, Manifest, Precision};
+use contract::manifest::{DataKind, Evaluation, Manifest, Precision};
 use tract_onnx::prelude::Framework as _;
 
 /// Arguments of `keygen`.
@@ -115,7 +117,9 @@ fn write_new(path: &Path, text: &str, mode: u32) -> Result<()> {
 }
 
 pub fn keygen(args: KeygenArgs) -> Result<()> {
-    if !model::manifest::is_plain_file_name(&args.name) || args.name.contains(char::is_whitespace) {
+    if !contract::manifest::is_plain_file_name(&args.name)
+        || args.name.contains(char::is_whitespace)
+    {
         bail!("--name {:?} must be a plain file stem", args.name);
     }
     fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
@@ -177,7 +181,7 @@ fn detect_precision(path: &Path) -> Result<Precision> {
 }
 
 /// `overall` and `per_type` of an `eval` metrics.json, with a note on which images they are.
-fn read_metrics(path: &Path, manifest: &toml::Table) -> Result<Evaluation> {
+fn read_metrics(path: &Path, manifest: &Manifest) -> Result<Evaluation> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
@@ -201,17 +205,7 @@ fn read_metrics(path: &Path, manifest: &toml::Table) -> Result<Evaluation> {
         per_type: serde_json::from_value(per_type)
             .with_context(|| format!("{}: `per_type`", path.display()))?,
     };
-    let test_total: Option<usize> = manifest
-        .get("training")
-        .and_then(|t| t.get("counts"))
-        .and_then(|c| c.get("test"))
-        .and_then(|t| t.as_table())
-        .map(|t| {
-            t.values()
-                .filter_map(|n| n.as_integer())
-                .map(|n| usize::try_from(n).unwrap_or(0))
-                .sum()
-        });
+    let test_total = manifest.split_totals().get("test").copied();
     let mut note = match (e.overall.n, test_total) {
         (Some(n), Some(t)) if n == t => format!(
             "the run's held-out test split ({n} images of patients unseen in training and \
@@ -224,11 +218,8 @@ fn read_metrics(path: &Path, manifest: &toml::Table) -> Result<Evaluation> {
         (Some(n), None) => format!("{n} images from `renalscan eval`"),
         (None, _) => "images from `renalscan eval`".to_string(),
     };
-    let op = manifest
-        .get("operating_point")
-        .and_then(|o| o.get("threshold"))
-        .and_then(|t| t.as_float());
-    if let (Some(t), Some(op)) = (e.overall.threshold, op) {
+    let op = manifest.operating_point.threshold;
+    if let Some(t) = e.overall.threshold {
         if (t - op).abs() > 1e-9 {
             note.push_str(&format!(
                 "; scored at threshold {t:.4}, not the operating threshold {op:.4}"
@@ -238,20 +229,6 @@ fn read_metrics(path: &Path, manifest: &toml::Table) -> Result<Evaluation> {
     }
     e.data = Some(note);
     Ok(e)
-}
-
-fn table_mut<'a>(t: &'a mut toml::Table, key: &str) -> &'a mut toml::Table {
-    let entry = t
-        .entry(key.to_string())
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    if !entry.is_table() {
-        *entry = toml::Value::Table(toml::Table::new());
-    }
-    match entry {
-        toml::Value::Table(t) => t,
-        // Replaced by a table just above.
-        _ => unreachable!("entry is a table"),
-    }
 }
 
 /// JSON scalar (or array of scalars) as TOML; objects and nulls are left to the report.
@@ -272,169 +249,75 @@ fn json_scalar(v: &serde_json::Value) -> Option<toml::Value> {
     }
 }
 
-/// The draft completed for this model: `[model]`, data source, metrics, quantization.
-fn complete_manifest(
+/// The quantizer's report: its top-level scalars and its hash.
+fn read_quant_report(path: &Path) -> Result<QuantReport> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let values = v
+        .as_object()
+        .map(|obj| {
+            obj.iter()
+                .filter_map(|(k, v)| json_scalar(v).map(|t| (k.clone(), t)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(QuantReport {
+        values,
+        sha256: bundle::sha256_hex(text.as_bytes()),
+    })
+}
+
+/// What the command line adds to the draft.
+fn release(
     args: &BundleArgs,
-    draft: &mut toml::Table,
+    draft: &Manifest,
     model_sha: &str,
     precision: Precision,
-) -> Result<()> {
-    let draft_sha = draft
-        .get("model")
-        .and_then(|m| m.get("sha256"))
-        .and_then(|s| s.as_str())
-        .map(str::to_string);
-    {
-        let m = table_mut(draft, "model");
-        if let Some(p) = m.get("precision").and_then(|p| p.as_str()) {
-            if p != precision.as_str() {
-                log::warn!(
-                    "the draft says precision {p}, the model is {}; using {}",
-                    precision.as_str(),
-                    precision.as_str()
-                );
-            }
-        }
-        m.insert("file".into(), MODEL_FILE.into());
-        m.insert("sha256".into(), model_sha.into());
-        m.insert("precision".into(), precision.as_str().into());
-    }
-    match (precision, draft_sha.as_deref()) {
-        (_, Some(d)) if d == model_sha => {}
-        (Precision::Float32, Some(d)) => bail!(
-            "{} describes a model with sha256 {d}, but {} has sha256 {model_sha}: its \
-             threshold and metrics belong to another model; use the draft written beside \
-             this model",
-            args.manifest.display(),
-            args.model.display()
-        ),
-        (Precision::Int8, d) => {
-            // Quantized from the draft's float model: threshold, calibration and validation
-            // figures are the float model's; say so.
-            let q = table_mut(table_mut(draft, "model"), "quantization");
-            if let Some(d) = d {
-                q.insert("float_model_sha256".into(), d.into());
-            }
-            q.insert(
-                "operating_point_from".into(),
-                "the float model's validation split".into(),
-            );
-        }
-        (Precision::Float32, None) => {}
-    }
-    if let Some(path) = &args.quant_report {
-        let text =
-            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        let q = table_mut(table_mut(draft, "model"), "quantization");
-        if let Some(obj) = v.as_object() {
-            for (k, v) in obj {
-                if let Some(t) = json_scalar(v) {
-                    q.insert(k.clone(), t);
-                }
-            }
-        }
-        q.insert(
-            "report_sha256".into(),
-            bundle::sha256_hex(text.as_bytes()).into(),
-        );
-    }
-    {
-        let data = table_mut(table_mut(draft, "training"), "data");
-        if let Some(kind) = args.data_source {
-            if let Some(old) = data.get("source").and_then(|s| s.as_str()) {
-                log::warn!("--data-source overrides the draft's training.data.source = {old}");
-            }
-            let kind = match kind {
-                DataSourceArg::Synthetic => "synthetic",
-                DataSourceArg::Clinical => "clinical",
-                DataSourceArg::Mixed => "mixed",
-            };
-            data.insert("source".into(), kind.into());
-        }
-        if let Some(d) = &args.data_description {
-            data.insert("description".into(), d.clone().into());
-        }
-        if !data.contains_key("source") {
-            bail!(
-                "{} does not say where the training images came from; pass --data-source \
-                 synthetic|clinical|mixed (and --data-description): the model card must \
-                 state it",
-                args.manifest.display()
-            );
-        }
-    }
+) -> Result<Release> {
+    let mut evaluations = Vec::new();
     for (path, key) in [
         (&args.metrics_float, Precision::Float32),
         (&args.metrics_int8, Precision::Int8),
     ] {
         if let Some(path) = path {
-            let e = read_metrics(path, draft)?;
-            let value = toml::Value::try_from(&e).context("metrics as TOML")?;
-            table_mut(draft, "evaluation").insert(key.as_str().into(), value);
+            evaluations.push((key, read_metrics(path, draft)?));
         }
     }
-    Ok(())
+    Ok(Release {
+        model_sha256: model_sha.to_string(),
+        precision,
+        data_source: args.data_source.map(|k| match k {
+            DataSourceArg::Synthetic => DataKind::Synthetic,
+            DataSourceArg::Clinical => DataKind::Clinical,
+            DataSourceArg::Mixed => DataKind::Mixed,
+        }),
+        data_description: args.data_description.clone(),
+        quant_report: args
+            .quant_report
+            .as_deref()
+            .map(read_quant_report)
+            .transpose()?,
+        evaluations,
+    })
 }
 
 pub fn make(args: BundleArgs) -> Result<()> {
     let t = Instant::now();
     let key = SecretKey::from_file(&args.key)?;
-    let draft_text = fs::read_to_string(&args.manifest)
-        .with_context(|| format!("reading {}", args.manifest.display()))?;
-    let mut table: toml::Table = draft_text
-        .parse()
-        .with_context(|| format!("parsing {}", args.manifest.display()))?;
-    if args.out.exists()
-        && fs::read_dir(&args.out)
-            .with_context(|| format!("reading {}", args.out.display()))?
-            .next()
-            .is_some()
-    {
-        bail!(
-            "{} exists and is not empty; give a new directory",
-            args.out.display()
-        );
-    }
-    let model_sha = bundle::sha256_file(&args.model)?;
+    let draft = Manifest::draft_from_file(&args.manifest)?;
+    let model =
+        fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
+    let model_sha = bundle::sha256_hex(&model);
     let precision = match args.precision {
         Some(PrecisionArg::Float32) => Precision::Float32,
         Some(PrecisionArg::Int8) => Precision::Int8,
         None => detect_precision(&args.model)?,
     };
-    complete_manifest(&args, &mut table, &model_sha, precision)?;
-    // Everything the card shows must parse before anything is written.
-    let manifest_path = args.out.join(MANIFEST_FILE);
-    let manifest = Manifest::parse(&toml::to_string(&table)?, &manifest_path)?;
-
-    fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let model_dst = args.out.join(MODEL_FILE);
-    fs::copy(&args.model, &model_dst).with_context(|| {
-        format!(
-            "copying {} to {}",
-            args.model.display(),
-            model_dst.display()
-        )
-    })?;
-    let card = model::card::render(&manifest, key.public().key_id());
-    let card_path = args.out.join(CARD_FILE);
-    fs::write(&card_path, &card).with_context(|| format!("writing {}", card_path.display()))?;
-    let mut pin = toml::Table::new();
-    pin.insert("file".into(), CARD_FILE.into());
-    pin.insert("sha256".into(), bundle::sha256_hex(card.as_bytes()).into());
-    table.insert("card".into(), toml::Value::Table(pin));
-    let text = format!(
-        "# renalscan model bundle manifest, signed by manifest.sig: any edit breaks the \
-         signature.\n{}",
-        toml::to_string(&table)?
-    );
-    fs::write(&manifest_path, text)
-        .with_context(|| format!("writing {}", manifest_path.display()))?;
-    let signer = bundle::sign_bundle(&args.out, &key)?;
-    // Never hand out a bundle the device would refuse.
-    let b = Bundle::open(&args.out, &TrustedKeys::new(vec![signer]))
-        .context("the bundle just written does not verify")?;
+    let r = release(&args, &draft, &model_sha, precision)?;
+    let manifest = assemble::complete(draft, &r, &args.manifest)?;
+    let b: Bundle = assemble::write(&args.out, &model, manifest, &key)
+        .with_context(|| format!("writing bundle {}", args.out.display()))?;
     println!(
         "bundle   {}\nmodel    {} {} ({}), sha256 {}\nsigner   {} ({})\nfiles    {}, {}, {}, \
          {}\ndone in  {:.1} s",
@@ -460,7 +343,7 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
     let b = Bundle::open(&args.bundle, &keys)?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
     let m = b.manifest();
-    let size = fs::metadata(b.model_path()).map(|m| m.len()).unwrap_or(0);
+    let size = b.model_bytes().len();
     println!(
         "bundle      {} OK\nsigner      {} ({})\nmodel       {} {} ({}), {} {:.1} MB, sha256 {} OK",
         args.bundle.display(),
@@ -500,65 +383,69 @@ mod tests {
             metrics_float: None,
             metrics_int8: None,
             quant_report: None,
-            data_source: None,
+            data_source: Some(DataSourceArg::Synthetic),
             data_description: None,
             precision: None,
         }
     }
 
-    const DRAFT: &str = r#"labels = ["normal", "stone"]
-[model]
-name = "m"
-version = "1"
-file = "model.onnx"
-sha256 = "aaaa"
-[training.counts.test]
-normal = 3
-stone = 2
-[operating_point]
-threshold = 0.3
-"#;
-
-    #[test]
-    fn float_draft_for_another_model_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut t: toml::Table = DRAFT.parse().unwrap();
-        let mut a = args(dir.path());
-        a.data_source = Some(DataSourceArg::Synthetic);
-        let err = complete_manifest(&a, &mut t, "bbbb", Precision::Float32).unwrap_err();
-        assert!(err.to_string().contains("another model"), "{err}");
+    fn draft() -> Manifest {
+        let text = contract::manifest::sample_text(&"aa".repeat(32), usimage::PREPROCESS_VERSION)
+            .replace(
+                "[training.data]\nsource = \"synthetic\"\ndescription = \"physics phantom\"\n",
+                "",
+            );
+        Manifest::parse_draft(&text, Path::new("draft.toml")).unwrap()
     }
 
     #[test]
-    fn int8_inherits_the_float_draft_and_data_source_is_required() {
+    fn metrics_and_quant_report_reach_the_release() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = args(dir.path());
-        let mut t: toml::Table = DRAFT.parse().unwrap();
-        let err = complete_manifest(&a, &mut t, "bbbb", Precision::Int8).unwrap_err();
-        assert!(err.to_string().contains("--data-source"), "{err}");
-
-        a.data_source = Some(DataSourceArg::Synthetic);
         let metrics = dir.path().join("metrics.json");
         fs::write(
             &metrics,
-            r#"{"overall": {"n": 5, "auc": 0.9, "auc_ci": [0.8, 1.0], "accuracy": 0.8,
+            r#"{"overall": {"n": 85, "auc": 0.9, "auc_ci": [0.8, 1.0], "accuracy": 0.8,
                 "sensitivity": 1.0, "specificity": 0.5, "threshold": 0.3},
                 "per_type": {"stone": {"n": 2, "accuracy": 0.8, "auc": 0.9}}}"#,
         )
         .unwrap();
         a.metrics_int8 = Some(metrics);
-        let mut t: toml::Table = DRAFT.parse().unwrap();
-        complete_manifest(&a, &mut t, "bbbb", Precision::Int8).unwrap();
-        let m = &t["model"];
-        assert_eq!(m["sha256"].as_str(), Some("bbbb"));
-        assert_eq!(m["precision"].as_str(), Some("int8"));
+        let report = dir.path().join("q.json");
+        fs::write(
+            &report,
+            r#"{"calibrator": "minmax", "gptq_images": 128, "nested": {"x": 1}}"#,
+        )
+        .unwrap();
+        a.quant_report = Some(report);
+        let r = release(&a, &draft(), &"bb".repeat(32), Precision::Int8).unwrap();
+        let m = assemble::complete(draft(), &r, Path::new("draft.toml")).unwrap();
+        assert_eq!(m.model.sha256, "bb".repeat(32));
+        assert_eq!(m.model.precision, Precision::Int8);
+        let q = m.model.quantization.as_ref().unwrap();
         assert_eq!(
-            m["quantization"]["float_model_sha256"].as_str(),
-            Some("aaaa")
+            q["float_model_sha256"].as_str(),
+            Some("aa".repeat(32).as_str())
         );
-        assert_eq!(t["training"]["data"]["source"].as_str(), Some("synthetic"));
-        let e = &t["evaluation"]["int8"];
-        assert_eq!(e["overall"]["auc"].as_float(), Some(0.9));
-        assert!(e["data"].as_str().unwrap().contains("held-out test split"));
+        assert_eq!(q["calibrator"].as_str(), Some("minmax"));
+        assert_eq!(q["gptq_images"].as_integer(), Some(128));
+        assert!(!q.contains_key("nested"));
+        assert_eq!(
+            m.training.data.as_ref().unwrap().source,
+            DataKind::Synthetic
+        );
+        let e = &m.evaluation["int8"];
+        assert_eq!(e.overall.auc, 0.9);
+        assert!(
+            e.data.as_ref().unwrap().contains("held-out test split"),
+            "{:?}",
+            e.data
+        );
+        // Scored at another threshold: said so.
+        assert!(e
+            .data
+            .as_ref()
+            .unwrap()
+            .contains("not the operating threshold"));
     }
 }

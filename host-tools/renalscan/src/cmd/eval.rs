@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use evaluate::{Prediction, CLASSES};
+use contract::manifest::Manifest;
+use contract::Class;
+use evaluate::Prediction;
 use train::extract::{self, Job};
 use train::Split;
 
@@ -34,18 +36,31 @@ pub struct Args {
     pub pubkey: Option<PathBuf>,
 }
 
-pub fn run(args: Args) -> Result<()> {
-    let onnx = if let Some(pubkey) = &args.pubkey {
-        let keys = model::bundle::TrustedKeys::from_path(pubkey)?;
-        let bundle = model::bundle::Bundle::open(&args.model, &keys)
+/// The model to score: bytes read (or verified) once, and its manifest.
+struct Scored {
+    origin: PathBuf,
+    bytes: Vec<u8>,
+    manifest: Manifest,
+}
+
+/// A signed bundle, verified; or `model.onnx` with the manifest (draft) beside it.
+fn open_model(args: &Args) -> Result<Scored> {
+    if let Some(pubkey) = &args.pubkey {
+        let keys = bundle::TrustedKeys::from_path(pubkey)?;
+        let mut b = bundle::Bundle::open(&args.model, &keys)
             .with_context(|| format!("verifying bundle {}", args.model.display()))?;
         log::info!(
             "bundle {} verified, signed by {}",
             args.model.display(),
-            bundle.signer().key_id()
+            b.signer().key_id()
         );
-        bundle.model_path()
-    } else if args.model.is_dir() {
+        return Ok(Scored {
+            origin: b.model_origin(),
+            bytes: b.take_model_bytes(),
+            manifest: b.manifest().clone(),
+        });
+    }
+    let onnx = if args.model.is_dir() {
         args.model.join("model.onnx")
     } else {
         args.model.clone()
@@ -57,23 +72,33 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let manifest_path = onnx.with_file_name("manifest.toml");
-    let manifest = train::pipeline::read_manifest(&manifest_path)
+    let manifest = Manifest::draft_from_file(&manifest_path)
         .with_context(|| format!("reading the manifest beside {}", onnx.display()))?;
-    if manifest.preprocess_version != usimage::PREPROCESS_VERSION {
+    let bytes = std::fs::read(&onnx).with_context(|| format!("reading {}", onnx.display()))?;
+    Ok(Scored {
+        origin: onnx,
+        bytes,
+        manifest,
+    })
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let Scored {
+        origin: onnx,
+        bytes,
+        manifest,
+    } = open_model(&args)?;
+    let found = manifest.input.usimage_preprocess_version;
+    if found != usimage::PREPROCESS_VERSION {
         bail!(
-            "model expects usimage preprocessing v{}, this build implements v{}",
-            manifest.preprocess_version,
+            "model expects usimage preprocessing v{found}, this build implements v{}",
             usimage::PREPROCESS_VERSION
         );
     }
-    if manifest.labels != CLASSES {
-        bail!(
-            "model labels {:?} differ from {:?}",
-            manifest.labels,
-            CLASSES
-        );
-    }
-    let threshold = args.threshold.unwrap_or(manifest.threshold);
+    let taxonomy = manifest
+        .taxonomy()
+        .with_context(|| format!("the labels of {}", onnx.display()))?;
+    let threshold = args.threshold.unwrap_or(manifest.operating_point.threshold);
     let mut samples = train::load(&args.data)?;
     if samples.iter().any(|s| s.split.is_some()) {
         samples.retain(|s| s.split == Some(Split::Test));
@@ -88,7 +113,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
     let job = Job {
-        model: &onnx,
+        model: &bytes,
+        origin: &onnx,
         output: "probs",
         pool: false,
         threads: args.threads,
@@ -98,17 +124,29 @@ pub fn run(args: Args) -> Result<()> {
     let results = extract::run(&paths, &job, &|_| None, &mut |_, _| Ok(()))?;
     let secs = t.elapsed().as_secs_f64();
     let skipped = extract::check_failures(&paths, &results, args.max_failed_pct)?;
+    // Dataset labels are classes; the model's outputs follow its own taxonomy.
+    let mut unknown = 0usize;
     let preds: Vec<Prediction> = samples
         .iter()
         .zip(results)
         .filter_map(|(s, r)| {
-            r.ok().map(|probs| Prediction {
-                label: s.label,
-                probs,
+            let label = Class::from_index(s.label).and_then(|c| taxonomy.index_of(c));
+            if label.is_none() {
+                unknown += 1;
+            }
+            Some(Prediction {
+                label: label?,
+                probs: r.ok()?,
             })
         })
         .collect();
-    let e = evaluate::evaluate(&preds, threshold)?;
+    if unknown > 0 {
+        bail!(
+            "{unknown} images are of classes the model does not output (its labels: {})",
+            taxonomy.labels().join(", ")
+        );
+    }
+    let e = evaluate::evaluate(&taxonomy, &preds, threshold)?;
     let context = format!(
         "Model `{}`, data `{}`: {} images scored ({} skipped) in {:.1} s with tract; threshold {:.4} \
          on p(abnormal) = 1 - p(normal) ({}).",

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use contract::manifest::Manifest;
+use contract::{Class, Taxonomy};
 use quantize::{Agreement, Calibrator, FloatModel, Form, LayerRow};
 use train::{Sample, Split};
 
@@ -221,10 +223,6 @@ struct Report {
     layers: Vec<LayerRow>,
 }
 
-fn p_abnormal(p: &[f32]) -> f64 {
-    1.0 - f64::from(p[0])
-}
-
 pub fn run(args: Args) -> Result<()> {
     if !(0.0..=1.0).contains(&args.equalize) {
         bail!("--equalize must be in [0, 1], not {}", args.equalize);
@@ -246,19 +244,29 @@ pub fn run(args: Args) -> Result<()> {
         .copied()
         .context("input is not N x C x H x W")? as u32;
     let probs = probs_output(&model)?;
-    let threshold = match args.threshold {
-        Some(t) => t,
-        None => {
-            let m = args.model.with_file_name("manifest.toml");
-            train::pipeline::read_manifest(&m)
-                .with_context(|| {
-                    format!(
-                        "reading the operating threshold from {} (or give --threshold)",
-                        m.display()
-                    )
-                })?
-                .threshold
-        }
+    let manifest_path = args.model.with_file_name("manifest.toml");
+    let draft = if manifest_path.is_file() {
+        Some(
+            Manifest::draft_from_file(&manifest_path)
+                .with_context(|| format!("reading the manifest beside {}", args.model.display()))?,
+        )
+    } else {
+        None
+    };
+    let threshold = match (args.threshold, &draft) {
+        (Some(t), _) => t,
+        (None, Some(m)) => m.operating_point.threshold,
+        (None, None) => bail!(
+            "no manifest.toml beside {} to read the operating threshold from: give \
+             --threshold",
+            args.model.display()
+        ),
+    };
+    let taxonomy = match &draft {
+        Some(m) => m
+            .taxonomy()
+            .with_context(|| format!("labels of {}", manifest_path.display()))?,
+        None => Taxonomy::standard(),
     };
 
     // Calibration set: a seeded subset; the rest may serve as validation.
@@ -403,7 +411,7 @@ pub fn run(args: Args) -> Result<()> {
                 &val.tensors,
                 &format!("validation {}", c.name()),
             )?;
-            let a = quantize::agreement(&float, &q, threshold);
+            let a = quantize::agreement(&taxonomy, &float, &q, threshold);
             log::info!(
                 "{}: mean |dp_abnormal| {:.5}, max |dp| {:.4}, {} decision flips of {}",
                 c.name(),
@@ -493,7 +501,7 @@ pub fn run(args: Args) -> Result<()> {
 
     let test = match &args.test {
         Some(t) => Some(test_report(
-            t, &args, &model, &sim_proto, &shape, &probs, side, threshold,
+            t, &args, &model, &sim_proto, &shape, &probs, side, &taxonomy, threshold,
         )?),
         None => None,
     };
@@ -598,8 +606,11 @@ fn test_report(
     shape: &[usize],
     probs: &str,
     side: u32,
+    taxonomy: &Taxonomy,
     threshold: f64,
 ) -> Result<TestReport> {
+    let p_abnormal = |p: &[f32]| taxonomy.p_abnormal_f64(p);
+    let normal = Class::Normal.index();
     let samples = rows(data, Split::Test)?;
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
     let imgs = quantize::load_images(&paths, side, args.max_failed_pct, "test")?;
@@ -623,7 +634,7 @@ fn test_report(
     let auc = |p: &[Vec<f32>]| {
         let (mut pos, mut neg) = (Vec::new(), Vec::new());
         for (row, &l) in p.iter().zip(&labels) {
-            if l == 0 {
+            if l == normal {
                 neg.push(p_abnormal(row))
             } else {
                 pos.push(p_abnormal(row))
@@ -632,7 +643,7 @@ fn test_report(
         evaluate::auc(&pos, &neg)
     };
     let (af, aq) = (auc(&f), auc(&q));
-    let a = quantize::agreement(&f, &q, threshold);
+    let a = quantize::agreement(taxonomy, &f, &q, threshold);
     let flipped: Vec<Flip> = imgs
         .paths
         .iter()
@@ -662,7 +673,7 @@ fn test_report(
     );
     Ok(TestReport {
         n: a.n,
-        n_normal: labels.iter().filter(|&&l| l == 0).count(),
+        n_normal: labels.iter().filter(|&&l| l == normal).count(),
         auc_float: af,
         auc_int8: aq,
         auc_drop: af - aq,

@@ -57,7 +57,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.stream {
         let profile = Profile::by_name(&args.profile)?;
         let class = match &args.class {
-            Some(c) => Some(Class::parse(c).with_context(|| format!("unknown class {c:?}"))?),
+            Some(c) => Some(Class::from_label(c).with_context(|| format!("unknown class {c:?}"))?),
             None => None,
         };
         let cfg = SweepConfig {

@@ -1,174 +1,50 @@
-//! Small ONNX graphs in float and QOperator form, written with tract-onnx's protobuf types,
-//! for the int8 tests and examples (`#[path]`-included by the examples).
+//! A tiny residual network in float and QOperator int8 form, written with the project's
+//! ONNX builder: the file contract of `renalscan quantize` in miniature, for the int8 loader's
+//! tests and examples.
 
-#![allow(dead_code)]
+use onnx_graph::pb::{tensor_proto::DataType, AttributeProto, ModelProto};
+use onnx_graph::{attr, Graph};
 
-use prost::Message;
-use tract_onnx::pb::{
-    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension,
-    tensor_shape_proto::Dimension, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
-    OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
-};
+use crate::{finish, Rng};
 
-/// Deterministic uniform numbers in [-1, 1) (xorshift), so tests need no `rand`.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    pub fn uniform(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform() * scale).collect()
-    }
-}
-
-/// A graph under construction.
-#[derive(Default)]
-pub struct Graph {
-    pub nodes: Vec<NodeProto>,
-    pub inits: Vec<TensorProto>,
-}
-
-pub fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Ints as i32,
-        ints: v.to_vec(),
-        ..Default::default()
-    }
-}
-
-pub fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Int as i32,
-        i: v,
-        ..Default::default()
-    }
-}
-
-/// Conv attributes: square kernel `k`, stride `s`, symmetric padding `p`.
-pub fn conv_attrs(k: i64, s: i64, p: i64) -> Vec<AttributeProto> {
-    vec![
-        ints("kernel_shape", &[k, k]),
-        ints("strides", &[s, s]),
-        ints("pads", &[p, p, p, p]),
-        ints("dilations", &[1, 1]),
-        int("group", 1),
-    ]
-}
-
-impl Graph {
-    pub fn f32(&mut self, name: &str, dims: &[usize], data: &[f32]) -> String {
-        self.raw(
-            name,
-            dims,
-            DataType::Float,
-            data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        )
-    }
-    pub fn i8(&mut self, name: &str, dims: &[usize], data: &[i8]) -> String {
-        self.raw(
-            name,
-            dims,
-            DataType::Int8,
-            data.iter().map(|&v| v as u8).collect(),
-        )
-    }
-    pub fn i32(&mut self, name: &str, dims: &[usize], data: &[i32]) -> String {
-        self.raw(
-            name,
-            dims,
-            DataType::Int32,
-            data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        )
-    }
-    fn raw(&mut self, name: &str, dims: &[usize], dt: DataType, raw_data: Vec<u8>) -> String {
-        self.inits.push(TensorProto {
-            name: name.into(),
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: dt as i32,
-            raw_data,
-            ..Default::default()
-        });
-        name.into()
-    }
-    pub fn node(
-        &mut self,
-        op: &str,
-        inputs: &[&str],
-        attrs: Vec<AttributeProto>,
-        out: &str,
-    ) -> String {
-        self.nodes.push(NodeProto {
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![out.into()],
-            name: out.into(),
-            op_type: op.into(),
-            attribute: attrs,
-            ..Default::default()
-        });
-        out.into()
-    }
-
-    /// The finished model: one float input, float outputs of the given shapes.
-    pub fn model(self, input: (&str, &[usize]), outputs: &[(&str, &[usize])]) -> ModelProto {
-        ModelProto {
-            ir_version: 8,
-            opset_import: vec![OperatorSetIdProto {
-                domain: String::new(),
-                version: 13,
-            }],
-            producer_name: "renalscan-tests".into(),
-            graph: Some(GraphProto {
-                name: "g".into(),
-                node: self.nodes,
-                initializer: self.inits,
-                input: vec![value_info(input.0, input.1)],
-                output: outputs.iter().map(|(n, d)| value_info(n, d)).collect(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-}
-
-fn value_info(name: &str, dims: &[usize]) -> ValueInfoProto {
-    ValueInfoProto {
-        name: name.into(),
-        r#type: Some(TypeProto {
-            denotation: String::new(),
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: DataType::Float as i32,
-                shape: Some(TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|&d| Dimension {
-                            denotation: String::new(),
-                            value: Some(dimension::Value::DimValue(d as i64)),
-                        })
-                        .collect(),
-                }),
-            })),
-        }),
-        doc_string: String::new(),
-    }
+/// Quantized-graph building blocks on top of [`Graph`].
+pub trait QuantOps {
+    /// The shared int8 zero point 0.
+    fn zero_point(&mut self) -> String;
+    /// A float Conv node.
+    fn conv_w(&mut self, name: &str, c: &ConvW, x: &str) -> String;
+    /// A QLinearConv node: int8 input `xq` with scale `x_scale` and zero point 0, output
+    /// scale `y_scale`, zero point 0; returns the int8 output name `<name>_q`.
+    fn qconv(&mut self, name: &str, c: &ConvW, xq: &str, x_scale: &str, y_scale: f32) -> String;
+    /// [`QuantOps::qconv`] with the input's zero point given: `x` is (int8 tensor, scale,
+    /// zero point) names.
+    fn qconv_zp(&mut self, name: &str, c: &ConvW, x: (&str, &str, &str), y_scale: f32) -> String;
+    /// ConvInteger with a float output, as the quantizer writes residual-feeding convs.
+    fn conv_integer(&mut self, name: &str, c: &ConvW, x: (&str, &str, &str)) -> String;
+    /// QuantizeLinear of a post-ReLU tensor over all 256 levels.
+    fn quantize_relu(&mut self, x: &str, range: f32) -> (String, String, String);
+    /// QuantizeLinear to int8 with zero point 0.
+    fn quantize(&mut self, x: &str, scale: f32) -> (String, String);
+    /// DequantizeLinear with zero point 0.
+    fn dequantize(&mut self, xq: &str, scale: &str, out: &str) -> String;
 }
 
 /// A float convolution layer: OIHW weights and bias.
+#[derive(Debug, Clone)]
 pub struct ConvW {
+    /// Output channels.
     pub out_ch: usize,
+    /// Input channels.
     pub in_ch: usize,
+    /// Square kernel side.
     pub k: usize,
+    /// Stride.
     pub stride: usize,
+    /// Symmetric padding.
     pub pad: usize,
+    /// Weights, OIHW row-major.
     pub w: Vec<f32>,
+    /// Bias per output channel.
     pub b: Vec<f32>,
 }
 
@@ -196,7 +72,7 @@ impl ConvW {
         [self.out_ch, self.in_ch, self.k, self.k]
     }
     pub fn attrs(&self) -> Vec<AttributeProto> {
-        conv_attrs(self.k as i64, self.stride as i64, self.pad as i64)
+        attr::conv(self.k as i64, self.stride as i64, self.pad as i64)
     }
     /// Symmetric per-output-channel int8 weights and their scales.
     pub fn quantized(&self) -> (Vec<i8>, Vec<f32>) {
@@ -216,45 +92,32 @@ impl ConvW {
     }
 }
 
-impl Graph {
+impl QuantOps for Graph {
     /// The shared int8 zero point 0.
-    pub fn zero_point(&mut self) -> String {
-        if !self.inits.iter().any(|t| t.name == "zp") {
+    fn zero_point(&mut self) -> String {
+        if !self.initializers.iter().any(|t| t.name == "zp") {
             self.i8("zp", &[], &[0]);
         }
         "zp".into()
     }
 
     /// A float Conv node.
-    pub fn conv(&mut self, name: &str, c: &ConvW, x: &str) -> String {
+    fn conv_w(&mut self, name: &str, c: &ConvW, x: &str) -> String {
         let w = self.f32(&format!("{name}.w"), &c.dims(), &c.w);
         let b = self.f32(&format!("{name}.b"), &[c.out_ch], &c.b);
-        self.node("Conv", &[x, &w, &b], c.attrs(), name)
+        self.node_to("Conv", name, &[x, &w, &b], c.attrs(), name)
     }
 
     /// A QLinearConv node: int8 input `xq` with scale `x_scale` and zero point 0, output
     /// scale `y_scale`, zero point 0; returns the int8 output name `<name>_q`.
-    pub fn qconv(
-        &mut self,
-        name: &str,
-        c: &ConvW,
-        xq: &str,
-        x_scale: &str,
-        y_scale: f32,
-    ) -> String {
+    fn qconv(&mut self, name: &str, c: &ConvW, xq: &str, x_scale: &str, y_scale: f32) -> String {
         let zp8 = self.zero_point();
         self.qconv_zp(name, c, (xq, x_scale, &zp8), y_scale)
     }
 
-    /// [`Graph::qconv`] with the input's zero point given: `x` is (int8 tensor, scale, zero
+    /// [`QuantOps::qconv`] with the input's zero point given: `x` is (int8 tensor, scale, zero
     /// point) names.
-    pub fn qconv_zp(
-        &mut self,
-        name: &str,
-        c: &ConvW,
-        x: (&str, &str, &str),
-        y_scale: f32,
-    ) -> String {
+    fn qconv_zp(&mut self, name: &str, c: &ConvW, x: (&str, &str, &str), y_scale: f32) -> String {
         let (xq, x_scale, x_zp) = x;
         let (wq, ws) = c.quantized();
         let xs = x_scale_value(self, x_scale);
@@ -269,8 +132,9 @@ impl Graph {
         let wzp = self.i8(&format!("{name}.wzp"), &[c.out_ch], &vec![0; c.out_ch]);
         let ys = self.f32(&format!("{name}.ys"), &[], &[y_scale]);
         let b = self.i32(&format!("{name}.bq"), &[c.out_ch], &bq);
-        self.node(
+        self.node_to(
             "QLinearConv",
+            &format!("{name}_q"),
             &[xq, x_scale, x_zp, &w, &wsn, &wzp, &ys, &zp8, &b],
             c.attrs(),
             &format!("{name}_q"),
@@ -281,41 +145,50 @@ impl Graph {
     /// convs feeding a residual Add: `ConvInteger(xq, w_int8, x_zp, 0) -> int32`, `Cast` to
     /// float, `Mul` by `x_scale * w_scale[c]`, `Add` of the float bias (both `[1, C, 1, 1]`).
     /// `x` is (int8 tensor, scale, zero point) names. Returns the float output `name`.
-    pub fn conv_integer(&mut self, name: &str, c: &ConvW, x: (&str, &str, &str)) -> String {
+    fn conv_integer(&mut self, name: &str, c: &ConvW, x: (&str, &str, &str)) -> String {
         let (xq, x_scale, x_zp) = x;
         let (wq, ws) = c.quantized();
         let xs = x_scale_value(self, x_scale);
         let zp8 = self.zero_point();
         let w = self.i8(&format!("{name}.wq"), &c.dims(), &wq);
-        let acc = self.node(
+        let acc = self.node_to(
             "ConvInteger",
+            &format!("{name}_i32"),
             &[xq, &w, x_zp, &zp8],
             c.attrs(),
             &format!("{name}_i32"),
         );
-        let accf = self.node(
+        let accf = self.node_to(
             "Cast",
+            &format!("{name}_i32f"),
             &[&acc],
-            vec![int("to", DataType::Float as i64)],
+            vec![attr::int("to", DataType::Float as i64)],
             &format!("{name}_i32f"),
         );
         let scale: Vec<f32> = ws.iter().map(|s| xs * s).collect();
         let sn = self.f32(&format!("{name}.out_scale"), &[1, c.out_ch, 1, 1], &scale);
         let bn = self.f32(&format!("{name}.out_bias"), &[1, c.out_ch, 1, 1], &c.b);
-        let scaled = self.node("Mul", &[&accf, &sn], vec![], &format!("{name}_scaled"));
-        self.node("Add", &[&scaled, &bn], vec![], name)
+        let scaled = self.node_to(
+            "Mul",
+            &format!("{name}_scaled"),
+            &[&accf, &sn],
+            vec![],
+            &format!("{name}_scaled"),
+        );
+        self.node_to("Add", name, &[&scaled, &bn], vec![], name)
     }
 
     /// QuantizeLinear of a non-negative (post-ReLU) tensor over all 256 levels, as
     /// `renalscan quantize` writes them: scale `range / 255`, zero point -128; returns
     /// `(quantized, scale name, zero point name)`.
-    pub fn quantize_relu(&mut self, x: &str, range: f32) -> (String, String, String) {
+    fn quantize_relu(&mut self, x: &str, range: f32) -> (String, String, String) {
         let s = self.f32(&format!("{x}.qs"), &[], &[range / 255.0]);
-        if !self.inits.iter().any(|t| t.name == "zp_relu") {
+        if !self.initializers.iter().any(|t| t.name == "zp_relu") {
             self.i8("zp_relu", &[], &[-128]);
         }
-        let q = self.node(
+        let q = self.node_to(
             "QuantizeLinear",
+            &format!("{x}_q"),
             &[x, &s, "zp_relu"],
             vec![],
             &format!("{x}_q"),
@@ -324,22 +197,28 @@ impl Graph {
     }
 
     /// QuantizeLinear to int8 with zero point 0; returns `(quantized, scale name)`.
-    pub fn quantize(&mut self, x: &str, scale: f32) -> (String, String) {
+    fn quantize(&mut self, x: &str, scale: f32) -> (String, String) {
         let s = self.f32(&format!("{x}.qs"), &[], &[scale]);
         let zp = self.zero_point();
-        let q = self.node("QuantizeLinear", &[x, &s, &zp], vec![], &format!("{x}_q"));
+        let q = self.node_to(
+            "QuantizeLinear",
+            &format!("{x}_q"),
+            &[x, &s, &zp],
+            vec![],
+            &format!("{x}_q"),
+        );
         (q, s)
     }
 
     /// DequantizeLinear of `xq` (scale tensor `scale`, zero point 0) into `out`.
-    pub fn dequantize(&mut self, xq: &str, scale: &str, out: &str) -> String {
+    fn dequantize(&mut self, xq: &str, scale: &str, out: &str) -> String {
         let zp = self.zero_point();
-        self.node("DequantizeLinear", &[xq, scale, &zp], vec![], out)
+        self.node_to("DequantizeLinear", out, &[xq, scale, &zp], vec![], out)
     }
 }
 
 fn x_scale_value(g: &Graph, name: &str) -> f32 {
-    g.inits
+    g.initializers
         .iter()
         .find(|t| t.name == name)
         .map(|t| f32::from_le_bytes([t.raw_data[0], t.raw_data[1], t.raw_data[2], t.raw_data[3]]))
@@ -381,19 +260,35 @@ impl TinyNet {
     }
 
     fn head(&self, g: &mut Graph, features: &str) {
-        g.node("GlobalAveragePool", &[features], vec![], "gap");
-        g.node("Flatten", &["gap"], vec![int("axis", 1)], "flat");
+        g.node_to("GlobalAveragePool", "gap", &[features], vec![], "gap");
+        g.node_to(
+            "Flatten",
+            "flat",
+            &["gap"],
+            vec![attr::int("axis", 1)],
+            "flat",
+        );
         let w = g.f32("fc.w", &[FEAT, CLASSES], &self.fc_w);
         let b = g.f32("fc.b", &[CLASSES], &self.fc_b);
-        g.node("Gemm", &["flat", &w, &b], vec![], "logits");
-        g.node("Softmax", &["logits"], vec![int("axis", 1)], "probs");
+        g.node_to("Gemm", "logits", &["flat", &w, &b], vec![], "logits");
+        g.node_to(
+            "Softmax",
+            "probs",
+            &["logits"],
+            vec![attr::int("axis", 1)],
+            "probs",
+        );
     }
 
     fn pool(g: &mut Graph, x: &str, out: &str) -> String {
-        g.node(
+        g.node_to(
             "MaxPool",
+            out,
             &[x],
-            vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+            vec![
+                attr::ints("kernel_shape", &[2, 2]),
+                attr::ints("strides", &[2, 2]),
+            ],
             out,
         )
     }
@@ -401,16 +296,16 @@ impl TinyNet {
     /// The float model; `calibration` adds the [`CALIBRATED`] tensors (except the input) as
     /// outputs so a run yields their ranges.
     pub fn float_model(&self, calibration: bool) -> ModelProto {
-        let mut g = Graph::default();
-        g.conv("c1", &self.c1, "image");
-        g.node("Relu", &["c1"], vec![], "r1");
+        let mut g = Graph::new();
+        g.conv_w("c1", &self.c1, "image");
+        g.node_to("Relu", "r1", &["c1"], vec![], "r1");
         Self::pool(&mut g, "r1", "p1");
-        g.conv("c2", &self.c2, "p1");
-        g.node("Relu", &["c2"], vec![], "r2");
-        g.conv("c3", &self.c3, "r2");
-        g.conv("proj", &self.proj, "p1");
-        g.node("Add", &["c3", "proj"], vec![], "sum");
-        g.node("Relu", &["sum"], vec![], "features");
+        g.conv_w("c2", &self.c2, "p1");
+        g.node_to("Relu", "r2", &["c2"], vec![], "r2");
+        g.conv_w("c3", &self.c3, "r2");
+        g.conv_w("proj", &self.proj, "p1");
+        g.node_to("Add", "sum", &["c3", "proj"], vec![], "sum");
+        g.node_to("Relu", "features", &["sum"], vec![], "features");
         self.head(&mut g, "features");
         let mut outputs: Vec<(&str, &[usize])> =
             vec![("probs", &[1, CLASSES]), ("features", &FEATURES_SHAPE)];
@@ -428,7 +323,7 @@ impl TinyNet {
                 outputs.push((n, s));
             }
         }
-        g.model(("image", &INPUT_SHAPE), &outputs)
+        finish(g, ("image", &INPUT_SHAPE), &outputs)
     }
 
     /// The QOperator model: s8 activations from `ranges` (max |x| per [`CALIBRATED`]
@@ -440,25 +335,26 @@ impl TinyNet {
     pub fn qoperator_model(&self, ranges: &[f32; 7]) -> ModelProto {
         let s = |i: usize| ranges[i].max(1e-6) / 127.0;
         let r = |i: usize| ranges[i].max(1e-6);
-        let mut g = Graph::default();
+        let mut g = Graph::new();
         let (xq, xs) = g.quantize("image", s(0));
         let c1q = g.qconv("c1", &self.c1, &xq, &xs, s(1));
         g.dequantize(&c1q, "c1.ys", "c1");
-        g.node("Relu", &["c1"], vec![], "r1");
+        g.node_to("Relu", "r1", &["c1"], vec![], "r1");
         Self::pool(&mut g, "r1", "p1");
         let (p1q, p1s, p1z) = g.quantize_relu("p1", r(2));
         let c2q = g.qconv_zp("c2", &self.c2, (&p1q, &p1s, &p1z), s(3));
         g.dequantize(&c2q, "c2.ys", "c2");
-        g.node("Relu", &["c2"], vec![], "r2");
+        g.node_to("Relu", "r2", &["c2"], vec![], "r2");
         let (r2q, r2s, r2z) = g.quantize_relu("r2", r(4));
         let c3q = g.qconv_zp("c3", &self.c3, (&r2q, &r2s, &r2z), s(5));
         g.dequantize(&c3q, "c3.ys", "c3");
         // The projection feeds the residual Add: integer matmul, float output.
         g.conv_integer("proj", &self.proj, (&p1q, &p1s, &p1z));
-        g.node("Add", &["c3", "proj"], vec![], "sum");
-        g.node("Relu", &["sum"], vec![], "features");
+        g.node_to("Add", "sum", &["c3", "proj"], vec![], "sum");
+        g.node_to("Relu", "features", &["sum"], vec![], "features");
         self.head(&mut g, "features");
-        g.model(
+        finish(
+            g,
             ("image", &INPUT_SHAPE),
             &[("probs", &[1, CLASSES]), ("features", &FEATURES_SHAPE)],
         )
@@ -474,8 +370,4 @@ pub fn test_image(seed: u64) -> Vec<f32> {
             ((x as f32 * 0.4).sin() + (y as f32 * 0.3).cos()) * 0.8 + rng.uniform() * 0.3
         })
         .collect()
-}
-
-pub fn write(model: &ModelProto, path: &std::path::Path) {
-    std::fs::write(path, model.encode_to_vec()).expect("write test model");
 }

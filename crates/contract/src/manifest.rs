@@ -1,20 +1,25 @@
-//! The typed `manifest.toml` of a model bundle.
+//! The bundle manifest (`manifest.toml`): one type for its whole life.
 //!
-//! The trainer writes a draft beside `model.onnx`; `renalscan bundle` completes it (model hash
-//! and precision, data source, test metrics, card hash) and signs it. The device reads the
-//! same struct, so every figure a clinician sees in the model card is the one that was signed.
-//! Unknown tables and keys are ignored so that older runtimes accept newer manifests; missing
-//! required keys are all reported at once, so a half-written manifest is fixed in one go.
+//! `renalscan train` writes a draft of it beside `model.onnx`; `renalscan bundle` completes it
+//! (model hash and precision, data source, test metrics, card hash) and signs it; the device
+//! reads it back after checking the signature. Because all three use [`Manifest`], a field the
+//! trainer writes is a field the device can read, and every figure a clinician sees in the
+//! model card is one that was signed.
+//!
+//! Unknown tables and keys are ignored, so older runtimes accept newer manifests. A complete
+//! manifest ([`Manifest::parse`]) must have every key of [`REQUIRED_FIELDS`]; all the missing
+//! ones are reported at once, so a half-written manifest is fixed in one go. A draft
+//! ([`Manifest::parse_draft`]) may lack what only the bundle step knows.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::BundleError;
+use crate::taxonomy::{Taxonomy, TaxonomyError};
 
-/// Keys a bundle manifest must have (dotted TOML paths). Checked before typed parsing so that
-/// the error lists all of them instead of serde's first.
+/// Keys a complete manifest must have (dotted TOML paths). Checked before typed parsing so
+/// that the error lists all of them instead of serde's first.
 pub const REQUIRED_FIELDS: &[&str] = &[
     "labels",
     "model.name",
@@ -43,19 +48,72 @@ pub const REQUIRED_FIELDS: &[&str] = &[
 /// The words the intended-use warning must contain (case-insensitive).
 pub const WARNING_TEXT: &str = "not for diagnosis";
 
-/// A parsed, complete bundle manifest.
+/// The warning `renalscan train` writes.
+pub const WARNING: &str = "Not for diagnosis.";
+
+/// Why manifest text was refused. Each message names the file and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// Required keys are absent.
+    #[error(
+        "{path}: missing required fields: {}; complete the draft (or regenerate it with \
+         `renalscan train`) and rebuild the bundle",
+        fields.join(", ")
+    )]
+    MissingFields {
+        /// The manifest.
+        path: PathBuf,
+        /// Dotted TOML paths.
+        fields: Vec<String>,
+    },
+    /// Not TOML, wrong types, or values that break the manifest's rules.
+    #[error("{path}: {reason}")]
+    Parse {
+        /// The manifest.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The labels are not a screening model's.
+    #[error("{path}: {source}")]
+    Labels {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong with them.
+        source: TaxonomyError,
+    },
+    /// Reading or writing the file.
+    #[error("cannot read or write {path}: {source}")]
+    Io {
+        /// The manifest.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The manifest could not be written as TOML.
+    #[error("cannot write the manifest as TOML: {0}")]
+    Serialize(String),
+}
+
+/// A bundle manifest (complete, or a trainer's draft).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// Output classes in the model's order; `labels[0]` is "normal".
+    /// Output classes in the model's order (see [`Manifest::taxonomy`]).
     pub labels: Vec<String>,
     /// Model identity and file.
     pub model: ModelInfo,
     /// Input tensor and the preprocessing it expects.
     pub input: InputInfo,
+    /// Output tensors by name, with what they hold.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, String>,
     /// Screening decision rule.
     pub operating_point: OperatingPoint,
     /// Probability calibration.
     pub calibration: Calibration,
+    /// The pretrained network the features came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backbone: Option<Backbone>,
     /// Training data and settings.
     pub training: Training,
     /// Validation-set figures at the operating point (the split the threshold was chosen on).
@@ -105,7 +163,7 @@ pub struct ModelInfo {
     pub file: String,
     /// Lower-case hex sha256 of that file.
     pub sha256: String,
-    /// Drafts from the trainer predate this key and are float.
+    /// Drafts from the trainer are float.
     #[serde(default)]
     pub precision: Precision,
     /// Quantization details for int8 models (scheme, calibrator, float layers, ...).
@@ -129,15 +187,36 @@ pub struct InputInfo {
     pub normalization: Normalization,
 }
 
-/// `[input.normalization]`.
+/// Channel order of the input tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOrder {
+    /// Red, green, blue.
+    Rgb,
+    /// Blue, green, red (Caffe / Keras ResNet-50 v1).
+    Bgr,
+}
+
+impl ChannelOrder {
+    /// The manifest spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelOrder::Rgb => "rgb",
+            ChannelOrder::Bgr => "bgr",
+        }
+    }
+}
+
+/// `[input.normalization]`: `(value - mean[c]) / std[c]` on the 0-255 scale, in the output
+/// channel order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Normalization {
-    /// Channel order, e.g. "bgr".
-    pub order: String,
-    /// Per-channel mean subtracted (0-255 scale).
-    pub mean: Vec<f64>,
-    /// Per-channel divisor.
-    pub std: Vec<f64>,
+    /// Channel order.
+    pub order: ChannelOrder,
+    /// Per-channel mean subtracted.
+    pub mean: [f64; 3],
+    /// Per-channel divisor (positive).
+    pub std: [f64; 3],
 }
 
 /// `[operating_point]`.
@@ -171,6 +250,15 @@ pub struct Calibration {
     pub val_ece_after: Option<f64>,
 }
 
+/// `[backbone]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Backbone {
+    /// Description (architecture, weights source).
+    pub name: String,
+    /// sha256 of the backbone ONNX the features were extracted with.
+    pub onnx_sha256: String,
+}
+
 /// `[training]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Training {
@@ -180,13 +268,37 @@ pub struct Training {
     /// Seed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Epoch kept (early stopping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_epoch: Option<usize>,
     /// How the splits were made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<String>,
     /// Images per split (`train`, `val`, `test`) and class.
     pub counts: BTreeMap<String, BTreeMap<String, usize>>,
-    /// Where the images came from.
-    pub data: DataSource,
+    /// Head hyper-parameters as the trainer ran them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<toml::Table>,
+    /// What stage 2 did on top of stage 1 (absent for stage 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<Finetune>,
+    /// Where the images came from: required in a complete manifest, the trainer's draft may
+    /// leave it to `renalscan bundle --data-source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataSource>,
+}
+
+/// `[training.finetune]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finetune {
+    /// Hyper-parameters.
+    pub config: toml::Table,
+    /// The augmentation and its version.
+    pub augmentation: String,
+    /// Epochs run (including any before a resume).
+    pub epochs_run: usize,
+    /// Validation AUC of the stage-1 model it started from.
+    pub stage1_val_auc: f64,
 }
 
 /// Kind of training images: the card must say plainly when they are not from patients.
@@ -199,6 +311,17 @@ pub enum DataKind {
     Clinical,
     /// Both.
     Mixed,
+}
+
+impl DataKind {
+    /// The manifest spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataKind::Synthetic => "synthetic",
+            DataKind::Clinical => "clinical",
+            DataKind::Mixed => "mixed",
+        }
+    }
 }
 
 /// `[training.data]`.
@@ -323,54 +446,79 @@ pub fn is_plain_file_name(name: &str) -> bool {
 }
 
 impl Manifest {
-    /// Parses manifest text; `path` only names the file in errors.
+    /// Parses a complete manifest; `path` only names the file in errors.
     ///
-    /// Fails with [`BundleError::MissingFields`] listing every absent required key, or
-    /// [`BundleError::Parse`] for bad TOML, wrong types, file names that leave the bundle, a
-    /// malformed sha256, or a warning that does not say "Not for diagnosis".
-    pub fn parse(text: &str, path: &Path) -> Result<Manifest, BundleError> {
-        let parse_err = |reason: String| BundleError::Parse {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let table: toml::Table = text.parse().map_err(|e| parse_err(format!("{e}")))?;
+    /// Fails with [`ManifestError::MissingFields`] listing every absent required key, or
+    /// [`ManifestError::Parse`] for bad TOML, wrong types, file names that leave the bundle,
+    /// a malformed sha256, or a warning that does not say "Not for diagnosis", or
+    /// [`ManifestError::Labels`] when the labels are not a screening model's.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let table = parse_table(text, path)?;
         let missing = missing_fields(&table);
         if !missing.is_empty() {
-            return Err(BundleError::MissingFields {
+            return Err(ManifestError::MissingFields {
                 path: path.to_path_buf(),
                 fields: missing,
             });
         }
-        let m: Manifest = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
-        m.check().map_err(parse_err)?;
+        let m = typed(table, path)?;
+        m.check(path)?;
         Ok(m)
     }
 
-    /// Reads and parses a manifest file.
-    pub fn from_file(path: &Path) -> Result<Manifest, BundleError> {
-        let text = std::fs::read_to_string(path).map_err(|source| BundleError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Manifest::parse(&text, path)
+    /// Parses a trainer's draft: typed like a complete manifest, but what only the bundle
+    /// step adds (data source, card) may be absent.
+    pub fn parse_draft(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let m = typed(parse_table(text, path)?, path)?;
+        m.check(path)?;
+        Ok(m)
+    }
+
+    /// Reads and parses a complete manifest file.
+    pub fn from_file(path: &Path) -> Result<Manifest, ManifestError> {
+        Manifest::parse(&read(path)?, path)
+    }
+
+    /// Reads and parses a draft (or complete) manifest file.
+    pub fn draft_from_file(path: &Path) -> Result<Manifest, ManifestError> {
+        Manifest::parse_draft(&read(path)?, path)
+    }
+
+    /// The TOML text of this manifest.
+    pub fn to_toml(&self) -> Result<String, ManifestError> {
+        toml::to_string(self).map_err(|e| ManifestError::Serialize(e.to_string()))
+    }
+
+    /// The labels as a checked taxonomy (normal class located).
+    pub fn taxonomy(&self) -> Result<Taxonomy, TaxonomyError> {
+        Taxonomy::from_labels(&self.labels)
+    }
+
+    /// True when every field a device needs is present (see [`REQUIRED_FIELDS`]).
+    pub fn is_complete(&self) -> bool {
+        self.training.data.is_some()
     }
 
     /// Consistency rules serde cannot express.
-    fn check(&self) -> Result<(), String> {
+    fn check(&self, path: &Path) -> Result<(), ManifestError> {
+        let err = |reason: String| ManifestError::Parse {
+            path: path.to_path_buf(),
+            reason,
+        };
         let mut pins = vec![("model", &self.model.file, &self.model.sha256)];
         if let Some(card) = &self.card {
             pins.push(("card", &card.file, &card.sha256));
         }
         for (table, file, sha) in pins {
             if !is_plain_file_name(file) {
-                return Err(format!(
+                return Err(err(format!(
                     "[{table}] file = {file:?} must be a file name inside the bundle"
-                ));
+                )));
             }
             if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(format!("[{table}] sha256 = {sha:?} is not 64 hex digits"));
+                return Err(err(format!(
+                    "[{table}] sha256 = {sha:?} is not 64 hex digits"
+                )));
             }
         }
         if !self
@@ -379,13 +527,33 @@ impl Manifest {
             .to_lowercase()
             .contains(WARNING_TEXT)
         {
-            return Err(format!(
+            return Err(err(format!(
                 "[intended_use] warning = {:?} must say \"Not for diagnosis\"",
                 self.intended_use.warning
-            ));
+            )));
         }
-        if self.labels.is_empty() {
-            return Err("labels is empty".into());
+        self.taxonomy().map_err(|source| ManifestError::Labels {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let t = self.operating_point.threshold;
+        if !(0.0..=1.0).contains(&t) {
+            return Err(err(format!(
+                "[operating_point] threshold = {t} is not a probability"
+            )));
+        }
+        let s = &self.input.shape;
+        if s.len() != 4 || s[1] != 3 || s[2] != s[3] || s[2] == 0 {
+            return Err(err(format!(
+                "[input] shape = {s:?} is not [N, 3, S, S] with S > 0"
+            )));
+        }
+        let n = &self.input.normalization;
+        if !n.std.iter().all(|v| *v > 0.0 && v.is_finite()) || !n.mean.iter().all(|v| v.is_finite())
+        {
+            return Err(err(
+                "[input.normalization] mean must be finite and std positive".into(),
+            ));
         }
         Ok(())
     }
@@ -398,16 +566,41 @@ impl Manifest {
             .map(|(split, per_class)| (split.clone(), per_class.values().sum()))
             .collect()
     }
+
+    /// Side of the square model input (224).
+    pub fn input_size(&self) -> usize {
+        self.input.shape.get(2).copied().unwrap_or(0)
+    }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
+fn read(path: &Path) -> Result<String, ManifestError> {
+    std::fs::read_to_string(path).map_err(|source| ManifestError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
 
-    /// A complete manifest as `renalscan bundle` writes it, for tests here and in `bundle`.
-    pub(crate) fn sample(model_sha: &str) -> String {
-        format!(
-            r#"labels = ["normal", "stone", "cyst", "hyperechogenicity", "sol", "hydronephrosis"]
+fn parse_table(text: &str, path: &Path) -> Result<toml::Table, ManifestError> {
+    text.parse().map_err(|e| ManifestError::Parse {
+        path: path.to_path_buf(),
+        reason: format!("{e}"),
+    })
+}
+
+fn typed(table: toml::Table, path: &Path) -> Result<Manifest, ManifestError> {
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| ManifestError::Parse {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+/// A complete manifest's text, as `renalscan bundle` writes it, for tests of every crate that
+/// reads manifests (here, `bundle`, the device).
+pub fn sample_text(model_sha: &str, preprocess_version: u32) -> String {
+    format!(
+        r#"labels = ["normal", "stone", "cyst", "hyperechogenicity", "sol", "hydronephrosis"]
 
 [model]
 name = "renalscan-resnet50"
@@ -419,7 +612,7 @@ precision = "float32"
 [input]
 name = "image"
 shape = [1, 3, 224, 224]
-usimage_preprocess_version = {pv}
+usimage_preprocess_version = {preprocess_version}
 
 [input.normalization]
 order = "bgr"
@@ -458,49 +651,79 @@ warning = "Not for diagnosis."
 
 [some_future_table]
 anything = [1, 2, 3]
-"#,
-            pv = usimage::PREPROCESS_VERSION
-        )
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> String {
+        sample_text(&"ab".repeat(32), 3)
     }
 
     #[test]
     fn parses_and_tolerates_unknown_tables() {
-        let m = Manifest::parse(&sample(&"ab".repeat(32)), Path::new("m.toml")).unwrap();
+        let m = Manifest::parse(&sample(), Path::new("m.toml")).unwrap();
         assert_eq!(m.model.precision, Precision::Float32);
-        assert_eq!(m.training.data.source, DataKind::Synthetic);
-        assert_eq!(m.split_totals()["train"], 416);
         assert_eq!(
-            m.input.usimage_preprocess_version,
-            usimage::PREPROCESS_VERSION
+            m.training.data.as_ref().unwrap().source,
+            DataKind::Synthetic
         );
+        assert_eq!(m.split_totals()["train"], 416);
+        assert_eq!(m.input.normalization.order, ChannelOrder::Bgr);
+        assert_eq!(m.input_size(), 224);
+        assert!(m.is_complete());
     }
 
     #[test]
-    fn lists_every_missing_field() {
-        let text = sample(&"ab".repeat(32))
+    fn round_trips_through_its_own_text() {
+        let m = Manifest::parse(&sample(), Path::new("m.toml")).unwrap();
+        let again = Manifest::parse(&m.to_toml().unwrap(), Path::new("again.toml")).unwrap();
+        assert_eq!(m, again);
+    }
+
+    #[test]
+    fn lists_every_missing_field_but_a_draft_may_lack_the_data_source() {
+        let text = sample()
             .replace("temperature = 2.2299\n", "")
             .replace("source = \"synthetic\"\n", "");
         match Manifest::parse(&text, Path::new("m.toml")) {
-            Err(BundleError::MissingFields { fields, .. }) => assert_eq!(
+            Err(ManifestError::MissingFields { fields, .. }) => assert_eq!(
                 fields,
                 vec!["calibration.temperature", "training.data.source"]
             ),
             other => panic!("expected MissingFields, got {other:?}"),
         }
+        let draft = sample().replace(
+            "[training.data]\nsource = \"synthetic\"\ndescription = \"physics phantom\"\n",
+            "",
+        );
+        let m = Manifest::parse_draft(&draft, Path::new("d.toml")).unwrap();
+        assert!(!m.is_complete());
+        assert!(Manifest::parse(&draft, Path::new("d.toml")).is_err());
     }
 
     #[test]
-    fn refuses_paths_leaving_the_bundle_and_missing_warning() {
-        let sha = "ab".repeat(32);
-        let escape = sample(&sha).replace("file = \"model.onnx\"", "file = \"../x.onnx\"");
+    fn refuses_paths_leaving_the_bundle_bad_labels_and_missing_warning() {
+        let escape = sample().replace("file = \"model.onnx\"", "file = \"../x.onnx\"");
         assert!(matches!(
             Manifest::parse(&escape, Path::new("m.toml")),
-            Err(BundleError::Parse { .. })
+            Err(ManifestError::Parse { .. })
         ));
-        let no_warning = sample(&sha).replace("Not for diagnosis.", "Use freely.");
+        let no_warning = sample().replace("Not for diagnosis.", "Use freely.");
         let err = Manifest::parse(&no_warning, Path::new("m.toml")).unwrap_err();
         assert!(err.to_string().contains("Not for diagnosis"), "{err}");
-        let short_sha = sample("abc");
-        assert!(Manifest::parse(&short_sha, Path::new("m.toml")).is_err());
+        assert!(Manifest::parse(&sample_text("abc", 3), Path::new("m.toml")).is_err());
+        let no_normal = sample().replace("\"normal\", ", "");
+        assert!(matches!(
+            Manifest::parse(&no_normal, Path::new("m.toml")),
+            Err(ManifestError::Labels { .. })
+        ));
+        let threshold = sample().replace("threshold = 0.3138", "threshold = 1.5");
+        assert!(Manifest::parse(&threshold, Path::new("m.toml")).is_err());
+        let order = sample().replace("order = \"bgr\"", "order = \"bgra\"");
+        assert!(Manifest::parse(&order, Path::new("m.toml")).is_err());
     }
 }

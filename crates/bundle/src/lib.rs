@@ -3,14 +3,21 @@
 //! A bundle is a directory holding `model.onnx` (or the file the manifest names),
 //! `manifest.toml`, `manifest.sig` and usually `MODEL_CARD.md`. The manifest pins the sha256
 //! of the model and of the card; `manifest.sig` is an ed25519 signature over the exact
-//! manifest bytes. So one signature check plus one streamed hash proves that every byte the
-//! device runs was released by a trusted key. The host (`renalscan verify`) and the device
-//! call the same [`Bundle::open`], so a bundle that verifies on the workstation verifies on
-//! the cart.
+//! manifest bytes. So one signature check plus one hash proves that every byte the device
+//! runs was released by a trusted key. The host (`renalscan verify`) and the device call the
+//! same [`Bundle::open`], so a bundle that verifies on the workstation verifies on the cart.
+//!
+//! [`Bundle::open`] reads the model once, hashes those bytes and keeps them: the network is
+//! built from [`Bundle::model_bytes`], never from the file again, so what runs is what was
+//! verified even if the file is replaced a moment later.
 //!
 //! Keys and signatures are small TOML files (hex bytes plus a key id), readable in a terminal
 //! and diffable. The key id is derived from the public key, so a renamed file cannot pose as
-//! another key.
+//! another key. [`assemble`] completes a trainer's draft and writes a signed bundle;
+//! [`card`] renders the model card from the manifest.
+
+pub mod assemble;
+pub mod card;
 
 use std::fmt;
 use std::fs;
@@ -22,7 +29,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::manifest::Manifest;
+use contract::manifest::{Manifest, ManifestError};
 
 /// The manifest's file name inside a bundle.
 pub const MANIFEST_FILE: &str = "manifest.toml";
@@ -101,24 +108,15 @@ pub enum BundleError {
         /// Version this code implements.
         supported: u32,
     },
-    /// Required manifest keys are absent.
-    #[error(
-        "{path}: missing required fields: {}; complete the draft (or regenerate it with \
-         `renalscan train`) and rebuild the bundle",
-        fields.join(", ")
-    )]
-    MissingFields {
-        /// The manifest.
-        path: PathBuf,
-        /// Dotted TOML paths.
-        fields: Vec<String>,
-    },
-    /// Not TOML, wrong types, or values that break the bundle's rules.
+    /// The manifest is incomplete or breaks the manifest's rules.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// A draft (or output directory) a release cannot be made from.
     #[error("{path}: {reason}")]
-    Parse {
-        /// The file.
+    Draft {
+        /// The draft or directory.
         path: PathBuf,
-        /// What was wrong.
+        /// Why, and what to do.
         reason: String,
     },
     /// A key file is malformed or inconsistent.
@@ -142,7 +140,7 @@ pub enum BundleError {
     Random(String),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
     move |source| BundleError::Io {
         path: path.to_path_buf(),
         source,
@@ -474,24 +472,39 @@ pub fn signature_file_text(manifest_bytes: &[u8], key: &SecretKey) -> String {
     )
 }
 
-/// Checks that the manifest's pinned files (model, card) hash to what it says.
-fn check_pins(dir: &Path, manifest: &Manifest) -> Result<(), BundleError> {
-    let mut pins = vec![(&manifest.model.file, &manifest.model.sha256)];
+fn check_pin(path: PathBuf, expected: &str, actual: String) -> Result<(), BundleError> {
+    if actual.eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(BundleError::HashMismatch {
+            file: path,
+            expected: expected.to_string(),
+            actual,
+        })
+    }
+}
+
+/// Reads the model once and checks its hash, and the card's: the returned bytes are the
+/// ones that matched.
+fn read_pinned(dir: &Path, manifest: &Manifest) -> Result<Vec<u8>, BundleError> {
+    let path = dir.join(&manifest.model.file);
+    let model = fs::read(&path).map_err(io_err(&path))?;
+    check_pin(path, &manifest.model.sha256, sha256_hex(&model))?;
     if let Some(card) = &manifest.card {
-        pins.push((&card.file, &card.sha256));
-    }
-    for (file, expected) in pins {
-        let path = dir.join(file);
+        let path = dir.join(&card.file);
         let actual = sha256_file(&path)?;
-        if !actual.eq_ignore_ascii_case(expected) {
-            return Err(BundleError::HashMismatch {
-                file: path,
-                expected: expected.clone(),
-                actual,
-            });
-        }
+        check_pin(path, &card.sha256, actual)?;
     }
-    Ok(())
+    Ok(model)
+}
+
+fn utf8<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a str, BundleError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        BundleError::Manifest(ManifestError::Parse {
+            path: path.to_path_buf(),
+            reason: format!("not UTF-8: {e}"),
+        })
+    })
 }
 
 /// Signs the bundle directory `dir`: checks that `manifest.toml` is complete and that the
@@ -502,12 +515,8 @@ fn check_pins(dir: &Path, manifest: &Manifest) -> Result<(), BundleError> {
 pub fn sign_bundle(dir: &Path, key: &SecretKey) -> Result<PublicKey, BundleError> {
     let manifest_path = dir.join(MANIFEST_FILE);
     let bytes = fs::read(&manifest_path).map_err(io_err(&manifest_path))?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| BundleError::Parse {
-        path: manifest_path.clone(),
-        reason: format!("not UTF-8: {e}"),
-    })?;
-    let manifest = Manifest::parse(text, &manifest_path)?;
-    check_pins(dir, &manifest)?;
+    let manifest = Manifest::parse(utf8(&bytes, &manifest_path)?, &manifest_path)?;
+    read_pinned(dir, &manifest)?;
     let sig_path = dir.join(SIGNATURE_FILE);
     fs::write(&sig_path, signature_file_text(&bytes, key)).map_err(io_err(&sig_path))?;
     let public = key.public();
@@ -521,12 +530,26 @@ pub fn sign_bundle(dir: &Path, key: &SecretKey) -> Result<PublicKey, BundleError
 }
 
 /// A verified bundle: signature, signer, manifest, preprocessing version and hashes all
-/// checked. Holding one means the files were intact when it was opened.
-#[derive(Debug, Clone)]
+/// checked, with the model bytes that passed the check.
+#[derive(Clone)]
 pub struct Bundle {
     dir: PathBuf,
     manifest: Manifest,
+    manifest_sha256: String,
     signer: PublicKey,
+    model: Vec<u8>,
+}
+
+impl fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bundle")
+            .field("dir", &self.dir)
+            .field("model", &self.manifest.model.name)
+            .field("version", &self.manifest.model.version)
+            .field("signer", &self.signer)
+            .field("model_bytes", &self.model.len())
+            .finish()
+    }
 }
 
 impl Bundle {
@@ -602,11 +625,7 @@ impl Bundle {
                     manifest_path.display()
                 ))
             })?;
-        let text = std::str::from_utf8(&manifest_bytes).map_err(|e| BundleError::Parse {
-            path: manifest_path.clone(),
-            reason: format!("not UTF-8: {e}"),
-        })?;
-        let manifest = Manifest::parse(text, &manifest_path)?;
+        let manifest = Manifest::parse(utf8(&manifest_bytes, &manifest_path)?, &manifest_path)?;
         let found = manifest.input.usimage_preprocess_version;
         if found != supported_preprocess {
             return Err(BundleError::UnsupportedPreprocess {
@@ -616,7 +635,7 @@ impl Bundle {
             });
         }
         let signature_ms = t.elapsed().as_secs_f64() * 1e3;
-        check_pins(path, &manifest)?;
+        let model = read_pinned(path, &manifest)?;
         log::info!(
             "bundle {} verified: {} {} ({}), signed by {} ({}); signature {:.1} ms, total {:.0} ms",
             path.display(),
@@ -631,7 +650,9 @@ impl Bundle {
         Ok(Bundle {
             dir: path.to_path_buf(),
             manifest,
+            manifest_sha256: sha256_hex(&manifest_bytes),
             signer,
+            model,
         })
     }
 
@@ -645,9 +666,27 @@ impl Bundle {
         &self.dir
     }
 
-    /// The model file the manifest pins.
-    pub fn model_path(&self) -> PathBuf {
+    /// Where the model was read from (for messages: build the network from
+    /// [`Bundle::model_bytes`]).
+    pub fn model_origin(&self) -> PathBuf {
         self.dir.join(&self.manifest.model.file)
+    }
+
+    /// The model bytes whose hash matched the signed manifest.
+    pub fn model_bytes(&self) -> &[u8] {
+        &self.model
+    }
+
+    /// Hands the verified model bytes over (the bundle keeps an empty buffer), so a device
+    /// does not hold the file twice in memory while it builds the network.
+    pub fn take_model_bytes(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.model)
+    }
+
+    /// sha256 of the exact manifest bytes the signature covers: the bundle's identity in
+    /// decision records.
+    pub fn manifest_sha256(&self) -> &str {
+        &self.manifest_sha256
     }
 
     /// The model card, when the manifest pins one.
@@ -664,7 +703,11 @@ impl Bundle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::tests::sample;
+    use contract::manifest::sample_text;
+
+    fn sample(sha: &str) -> String {
+        sample_text(sha, usimage::PREPROCESS_VERSION)
+    }
 
     const MODEL_BYTES: &[u8] = b"not really onnx, but pinned by hash all the same";
 
@@ -696,8 +739,20 @@ mod tests {
         let b = Bundle::open(dir.path(), &keys).unwrap();
         assert_eq!(b.signer().key_id(), key.public().key_id());
         assert_eq!(b.manifest().model.name, "renalscan-resnet50");
-        assert_eq!(fs::read(b.model_path()).unwrap(), MODEL_BYTES);
+        assert_eq!(b.model_bytes(), MODEL_BYTES);
+        assert_eq!(b.model_origin(), dir.path().join(MODEL_FILE));
         assert_eq!(b.card_path(), None);
+    }
+
+    #[test]
+    fn the_bytes_kept_are_the_verified_ones() {
+        let (dir, _key, keys) = setup(|s| s);
+        let mut b = Bundle::open(dir.path(), &keys).unwrap();
+        fs::write(dir.path().join(MODEL_FILE), b"swapped after the check").unwrap();
+        assert_eq!(b.model_bytes(), MODEL_BYTES);
+        assert_eq!(b.take_model_bytes(), MODEL_BYTES);
+        assert!(b.model_bytes().is_empty());
+        assert_eq!(b.manifest_sha256().len(), 64);
     }
 
     #[test]
@@ -820,7 +875,7 @@ mod tests {
     fn removed_required_field_is_listed() {
         let (dir, key, keys) = setup(|s| s.replace("target_sensitivity = 0.95\n", ""));
         match Bundle::open(dir.path(), &keys) {
-            Err(BundleError::MissingFields { fields, .. }) => {
+            Err(BundleError::Manifest(ManifestError::MissingFields { fields, .. })) => {
                 assert_eq!(fields, vec!["operating_point.target_sensitivity"])
             }
             other => panic!("expected MissingFields, got {other:?}"),
@@ -828,7 +883,7 @@ mod tests {
         // The signing side refuses the same manifest.
         assert!(matches!(
             sign_bundle(dir.path(), &key),
-            Err(BundleError::MissingFields { .. })
+            Err(BundleError::Manifest(ManifestError::MissingFields { .. }))
         ));
     }
 

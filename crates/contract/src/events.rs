@@ -1,0 +1,351 @@
+//! What the device emits, in the form every consumer reads: the journal (the record of
+//! truth), stdout JSON lines, the cart, and host tools reading journals back.
+//!
+//! Decisions are journalled as their JSON ([`Decision::record_bytes`]); other records carry a
+//! `"record"` tag ([`JournalRecord`]), so a journal written before a record kind existed still
+//! reads as decisions.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a decision was emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    /// First decision of a window (screening started, or after a reset).
+    First,
+    /// The aggregated decision flipped (hysteresis crossed).
+    Change,
+    /// Periodic repeat of the current aggregated decision.
+    Update,
+    /// Answer to a capture command (one frame).
+    Capture,
+    /// Classify-on-freeze: the frozen image, once.
+    Freeze,
+}
+
+impl DecisionKind {
+    /// True for decisions about one frame (capture, freeze) rather than a window.
+    pub fn is_single_frame(self) -> bool {
+        matches!(self, DecisionKind::Capture | DecisionKind::Freeze)
+    }
+}
+
+/// Where a decision stands in the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum JournalState {
+    /// No journal configured.
+    #[default]
+    Off,
+    /// Synced to disk under this sequence number.
+    Committed {
+        /// The journal's sequence number: the decision's identity from here on.
+        seq: u64,
+    },
+    /// The disk refused it; held in memory and retried.
+    Held,
+    /// Neither written nor held (hold buffer full or journal failed).
+    Lost {
+        /// Why, and what the operator should do.
+        reason: String,
+    },
+}
+
+impl JournalState {
+    /// The journal sequence number, once committed.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            JournalState::Committed { seq } => Some(*seq),
+            _ => None,
+        }
+    }
+}
+
+/// One screening decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Per-run decision counter.
+    pub seq: u64,
+    /// Why it was emitted.
+    pub kind: DecisionKind,
+    /// p(abnormal) at or above the threshold.
+    pub abnormal: bool,
+    /// The screening score.
+    pub p_abnormal: f32,
+    /// Label of the most likely class (see [`crate::Class::label`]).
+    pub class: String,
+    /// Probability of `class`.
+    pub confidence: f32,
+    /// Frames behind it (1 for capture and freeze).
+    pub frames: usize,
+    /// Source index of the last frame.
+    pub frame_index: u64,
+    /// Operating threshold on p(abnormal).
+    pub threshold: f32,
+    /// The image was blank, frozen or without anatomy (capture of a poor frame).
+    pub low_quality: bool,
+    /// Wall clock, Unix milliseconds (1970-based on carts without a clock battery).
+    pub unix_ms: u64,
+    /// Milliseconds since the runtime started.
+    pub uptime_ms: u64,
+    /// `name@version` of the model.
+    pub model: String,
+    /// Snapshot PNG of the decisive frame, when one was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Journal outcome (filled in by the journal sink, not part of the journalled record).
+    #[serde(default, skip_serializing_if = "is_off")]
+    pub journal: JournalState,
+}
+
+fn is_off(j: &JournalState) -> bool {
+    *j == JournalState::Off
+}
+
+impl Decision {
+    /// The journalled form: the decision without its journal outcome or snapshot (sinks
+    /// after the journal add those, and name their files by the journal's sequence number).
+    pub fn record_bytes(&self) -> Vec<u8> {
+        let mut d = self.clone();
+        d.journal = JournalState::Off;
+        d.snapshot = None;
+        // Serialising plain fields into a Vec cannot fail.
+        serde_json::to_vec(&d).unwrap_or_default()
+    }
+}
+
+/// A clinician's judgement of a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MarkKind {
+    /// The clinician agrees with the decision.
+    Agree,
+    /// The clinician disagrees.
+    Disagree,
+}
+
+/// A clinician's mark on a journalled decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    /// Agree or disagree.
+    pub kind: MarkKind,
+    /// Journal sequence number of the decision it judges.
+    pub decision_seq: u64,
+    /// Wall clock, Unix milliseconds.
+    pub unix_ms: u64,
+    /// Where it was entered (`view`, `cart`, `cli`).
+    pub from: String,
+}
+
+/// One journal record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum JournalRecord {
+    /// A screening decision.
+    Decision(Decision),
+    /// A clinician's mark.
+    Mark(Mark),
+}
+
+impl JournalRecord {
+    /// Parses a journal payload; untagged records are decisions (the original format).
+    pub fn from_bytes(bytes: &[u8]) -> Result<JournalRecord, serde_json::Error> {
+        let v: serde_json::Value = serde_json::from_slice(bytes)?;
+        if v.get("record").is_none() {
+            return serde_json::from_value(v).map(JournalRecord::Decision);
+        }
+        serde_json::from_value(v)
+    }
+
+    /// The payload to journal: decisions untagged (see [`Decision::record_bytes`]), other
+    /// records tagged.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            JournalRecord::Decision(d) => d.record_bytes(),
+            other => serde_json::to_vec(other).unwrap_or_default(),
+        }
+    }
+}
+
+/// What the device is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceState {
+    /// Not screening (waiting for a start).
+    Idle,
+    /// Classifying usable frames.
+    Screening,
+    /// Screening, but no usable frames arrive (probe lifted, unplugged).
+    NoSignal,
+    /// Inference fails.
+    Fault,
+}
+
+/// Health of one sink, as the status reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkState {
+    /// Working.
+    Ok,
+    /// Working with losses or delays (held records, a peer not answering).
+    Degraded,
+    /// Not working; screening goes on without it.
+    Failed,
+}
+
+/// One sink's line in the status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkHealth {
+    /// Working, degraded or failed.
+    pub state: SinkState,
+    /// Errors since start.
+    pub errors: u64,
+    /// The latest error, for the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl SinkHealth {
+    /// A healthy sink.
+    pub fn ok() -> Self {
+        Self {
+            state: SinkState::Ok,
+            errors: 0,
+            last_error: None,
+        }
+    }
+}
+
+/// Frame counters of the status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameCounts {
+    /// Frames the source delivered.
+    pub captured: u64,
+    /// Frames taken from the slot.
+    pub processed: u64,
+    /// Replaced in the slot before the pipeline took them.
+    pub dropped: u64,
+    /// Source frames that could not be decoded.
+    pub corrupt: u64,
+    /// Taken while not screening.
+    pub idle: u64,
+    /// Not classified, by gate reason.
+    pub gated: BTreeMap<String, u64>,
+    /// Usable frames not classified (every-Nth, live frames in freeze mode).
+    pub skipped: u64,
+    /// Inferences run.
+    pub inferred: u64,
+    /// Preprocessing or inference failures.
+    pub errors: u64,
+    /// Decisions emitted.
+    pub decisions: u64,
+}
+
+/// Source counters of the status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceCounts {
+    /// Delivering frames now.
+    pub up: bool,
+    /// Times the source was lost.
+    pub lost: u64,
+    /// Times it was reopened.
+    pub reopens: u64,
+    /// Failed open attempts.
+    pub open_failures: u64,
+}
+
+/// The periodic status record (stdout, log, the cart's subset).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// What the device is doing.
+    pub state: DeviceState,
+    /// Seconds since start.
+    pub uptime_s: f32,
+    /// Frames processed per second over the last interval.
+    pub fps: f32,
+    /// Inferences per second over the last interval.
+    pub infer_fps: f32,
+    /// Frame counters.
+    pub frames: FrameCounts,
+    /// Source counters.
+    pub source: SourceCounts,
+    /// Latency per stage (mean, p50, p95, max), milliseconds.
+    pub latency_ms: serde_json::Map<String, serde_json::Value>,
+    /// Mean thread CPU time per stage over the run (contention-free cost).
+    pub cpu_ms: serde_json::Map<String, serde_json::Value>,
+    /// The journal's report (`{"health": "disabled"}` without one).
+    pub journal: serde_json::Value,
+    /// Health of every sink, by name.
+    pub sinks: BTreeMap<String, SinkHealth>,
+    /// Each other sink's own report under its name (`cart`, `snapshots`, ...).
+    #[serde(flatten)]
+    pub reports: BTreeMap<String, serde_json::Value>,
+    /// Resident memory, KiB.
+    pub rss_kib: u64,
+}
+
+/// Current time as Unix milliseconds (0 if the clock is before 1970).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision() -> Decision {
+        Decision {
+            seq: 3,
+            kind: DecisionKind::Change,
+            abnormal: true,
+            p_abnormal: 0.9,
+            class: "cyst".into(),
+            confidence: 0.8,
+            frames: 5,
+            frame_index: 42,
+            threshold: 0.5,
+            low_quality: false,
+            unix_ms: 1,
+            uptime_ms: 2,
+            model: "m@1".into(),
+            snapshot: Some("s.png".into()),
+            journal: JournalState::Committed { seq: 9 },
+        }
+    }
+
+    #[test]
+    fn decision_records_are_untagged_and_read_back() {
+        let d = decision();
+        let bytes = d.record_bytes();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(
+            !text.contains("record") && !text.contains("journal"),
+            "{text}"
+        );
+        let back = JournalRecord::from_bytes(&bytes).unwrap();
+        let mut expected = d.clone();
+        expected.journal = JournalState::Off;
+        expected.snapshot = None;
+        assert_eq!(back, JournalRecord::Decision(expected));
+    }
+
+    #[test]
+    fn marks_are_tagged() {
+        let m = JournalRecord::Mark(Mark {
+            kind: MarkKind::Disagree,
+            decision_seq: 9,
+            unix_ms: 5,
+            from: "view".into(),
+        });
+        let bytes = m.to_bytes();
+        assert!(String::from_utf8_lossy(&bytes).contains("\"record\":\"mark\""));
+        assert_eq!(JournalRecord::from_bytes(&bytes).unwrap(), m);
+        assert!(JournalRecord::from_bytes(b"{\"record\":\"nonsense\"}").is_err());
+        assert!(JournalRecord::from_bytes(b"not json").is_err());
+    }
+}

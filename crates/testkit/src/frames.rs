@@ -1,0 +1,70 @@
+//! Synthetic probe frames: a sector scan with speckle and burned-in text around it, its
+//! tissue brightness scaled by a gain, so a test controls what [`crate::tiny`] answers.
+
+use std::path::Path;
+
+use usimage::synthetic::{screen, FanShape};
+use usimage::{GreyFrame, Normalization, Preprocessor};
+
+/// Dark tissue (normal for the tiny model).
+pub const DARK: f32 = 0.6;
+/// Bright tissue (abnormal).
+pub const BRIGHT: f32 = 1.8;
+
+/// A synthetic scan (sector with speckle, text around it) with the tissue scaled by `gain`.
+pub fn frame(seed: u32, gain: f32) -> GreyFrame {
+    let shape = FanShape::Sector {
+        apex_x: 320.0,
+        apex_y: -40.0,
+        half_angle: 0.6,
+        r0: 80.0,
+        r1: 460.0,
+    };
+    let mut boxes = Vec::new();
+    let f = screen(640, 480, shape, seed, &mut boxes);
+    let (w, h) = (f.width(), f.height());
+    let px: Vec<u8> = f
+        .grey()
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let (x, y) = ((i as u32 % w) as f32 + 0.5, (i as u32 / w) as f32 + 0.5);
+            if shape.contains(x, y) {
+                (f32::from(v) * gain).clamp(1.0, 255.0) as u8
+            } else {
+                v
+            }
+        })
+        .collect();
+    GreyFrame::from_grey(w, h, px).expect("synthetic frame")
+}
+
+/// Mean of the model's first input channel for a frame (what the tiny model looks at).
+pub fn channel0_mean(f: &GreyFrame) -> f32 {
+    let mut pre = Preprocessor::new(224, Normalization::caffe_bgr());
+    let mut t = vec![0.0; pre.output_len()];
+    let info = pre.process(f, &mut t).expect("preprocess");
+    assert!(!info.area.no_anatomy, "synthetic frame has no anatomy");
+    let plane = 224 * 224;
+    t[..plane].iter().sum::<f32>() / plane as f32
+}
+
+/// (k, c) placing the tiny model's split halfway between dark and bright frames.
+pub fn split() -> (f32, f32) {
+    let d = channel0_mean(&frame(1, DARK));
+    let b = channel0_mean(&frame(1, BRIGHT));
+    assert!(b > d + 2.0, "bright {b} vs dark {d}");
+    (8.0 / (b - d), (b + d) / 2.0)
+}
+
+/// Writes replay frames: `pattern[i]` true = bright (abnormal), false = dark (normal).
+pub fn write_frames(dir: &Path, pattern: &[bool]) {
+    std::fs::create_dir_all(dir).expect("frames dir");
+    for (i, &bright) in pattern.iter().enumerate() {
+        let f = frame(i as u32 + 1, if bright { BRIGHT } else { DARK });
+        image::GrayImage::from_raw(f.width(), f.height(), f.grey().to_vec())
+            .expect("frame buffer")
+            .save(dir.join(format!("frame_{i:05}.png")))
+            .expect("write frame");
+    }
+}

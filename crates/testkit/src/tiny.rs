@@ -1,0 +1,45 @@
+//! A classifier with the real model's interface (`image` 1x3x224x224 -> `probs` 1x6 and
+//! `features` 1x3x7x7) whose answer is the scan's brightness: p(cyst) = sigmoid(k (m - c))
+//! where m is the mean of the first input channel; every other abnormal class is negligible.
+//! Bright frames are abnormal (cyst), dark ones normal, split at `c`.
+
+use onnx_graph::{attr, Graph};
+
+use crate::finish;
+
+/// Model input side.
+pub const SIZE: usize = 224;
+
+/// The model's bytes for slope `k` and split `c` (see the module docs).
+pub fn classifier(k: f32, c: f32) -> Vec<u8> {
+    classifier_with_bias(k, c, [0.0, -20.0, -k * c, -20.0, -20.0, -20.0])
+}
+
+/// The same network with other logit biases: `[0, -20, 20, ...]` says cyst for every frame,
+/// a model clearly different from [`classifier`] (tests of which bytes run).
+pub fn classifier_with_bias(k: f32, _c: f32, bias: [f32; 6]) -> Vec<u8> {
+    let mut w = vec![0.0f32; 3 * 6];
+    w[2] = k; // row 0 (channel 0) -> column 2 (cyst)
+    let mut g = Graph::new();
+    g.node_to(
+        "AveragePool",
+        "features",
+        &["image"],
+        vec![
+            attr::ints("kernel_shape", &[32, 32]),
+            attr::ints("strides", &[32, 32]),
+        ],
+        "features",
+    );
+    g.node("GlobalAveragePool", "pooled", &["features"], vec![]);
+    g.node("Flatten", "flat", &["pooled"], vec![attr::int("axis", 1)]);
+    let wn = g.f32("w", &[3, 6], &w);
+    let bn = g.f32("b", &[6], &bias);
+    g.node("Gemm", "logits", &["flat", &wn, &bn], vec![]);
+    g.node("Softmax", "probs", &["logits"], vec![attr::int("axis", 1)]);
+    onnx_graph::encode(&finish(
+        g,
+        ("image", &[1, 3, SIZE, SIZE]),
+        &[("probs", &[1, 6]), ("features", &[1, 3, 7, 7])],
+    ))
+}

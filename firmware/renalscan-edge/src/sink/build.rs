@@ -1,0 +1,48 @@
+//! The sink list and the command sources a config asks for, in delivery order: the journal
+//! first (the record of truth), then snapshots, stdout, the cart link.
+
+use super::cartlink::CartSink;
+use super::journal::JournalSink;
+use super::snapshots::SnapshotSink;
+use super::stdout::StdoutSink;
+use super::{CommandSource, Sink};
+use crate::config::Config;
+use crate::infer::Classifier;
+
+/// What a run writes to and listens to.
+#[derive(Default)]
+pub struct Outputs {
+    /// In delivery order.
+    pub sinks: Vec<Box<dyn Sink>>,
+    /// Polled every loop turn.
+    pub commands: Vec<Box<dyn CommandSource>>,
+}
+
+impl Outputs {
+    /// Adds a sink at the end of the list.
+    pub fn push(&mut self, sink: impl Sink + 'static) {
+        self.sinks.push(Box::new(sink));
+    }
+}
+
+/// Builds the outputs of `cfg`. `stdout` false leaves stdout out (the bench).
+pub fn from_config(cfg: &Config, classifier: &Classifier, stdout: bool) -> anyhow::Result<Outputs> {
+    let mut out = Outputs::default();
+    if cfg.journal.enabled {
+        out.push(JournalSink::open(&cfg.journal)?);
+    }
+    if cfg.snapshot.enabled {
+        out.push(SnapshotSink::open(&cfg.snapshot, classifier)?);
+    }
+    if stdout && cfg.output.stdout {
+        out.push(StdoutSink::new());
+    }
+    if cfg.cartlink.enabled {
+        let info = classifier.info();
+        let (sink, commands) =
+            CartSink::spawn(&cfg.cartlink, &info.name, &info.version, &info.labels)?;
+        out.push(sink);
+        out.commands.push(Box::new(commands));
+    }
+    Ok(out)
+}
