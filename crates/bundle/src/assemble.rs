@@ -189,12 +189,11 @@ pub fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use contract::manifest::sample_text;
 
     const MODEL: &[u8] = b"a model";
 
     fn draft() -> Manifest {
-        let text = sample_text(&sha256_hex(MODEL), usimage::PREPROCESS_VERSION).replace(
+        let text = testkit::manifests::sample(&sha256_hex(MODEL)).replace(
             "[training.data]\nsource = \"synthetic\"\ndescription = \"physics phantom\"\n",
             "",
         );

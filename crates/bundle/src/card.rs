@@ -327,11 +327,11 @@ fn type_table(s: &mut String, evals: &std::collections::BTreeMap<String, Evaluat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use contract::manifest::{sample_text, Precision, TypeMetrics};
+    use contract::manifest::{Precision, TypeMetrics};
     use std::path::Path;
 
     fn sample(sha: &str) -> String {
-        sample_text(sha, usimage::PREPROCESS_VERSION)
+        testkit::manifests::sample(sha)
     }
 
     fn eval(auc: f64, acc: f64, sens: f64, spec: f64, cyst_auc: f64) -> Evaluation {

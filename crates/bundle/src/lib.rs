@@ -703,10 +703,9 @@ impl Bundle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use contract::manifest::sample_text;
 
     fn sample(sha: &str) -> String {
-        sample_text(sha, usimage::PREPROCESS_VERSION)
+        testkit::manifests::sample(sha)
     }
 
     const MODEL_BYTES: &[u8] = b"not really onnx, but pinned by hash all the same";

@@ -596,71 +596,12 @@ fn typed(table: toml::Table, path: &Path) -> Result<Manifest, ManifestError> {
         })
 }
 
-/// A complete manifest's text, as `renalscan bundle` writes it, for tests of every crate that
-/// reads manifests (here, `bundle`, the device).
-pub fn sample_text(model_sha: &str, preprocess_version: u32) -> String {
-    format!(
-        r#"labels = ["normal", "stone", "cyst", "hyperechogenicity", "sol", "hydronephrosis"]
-
-[model]
-name = "renalscan-resnet50"
-version = "0.1.0"
-file = "model.onnx"
-sha256 = "{model_sha}"
-precision = "float32"
-
-[input]
-name = "image"
-shape = [1, 3, 224, 224]
-usimage_preprocess_version = {preprocess_version}
-
-[input.normalization]
-order = "bgr"
-mean = [103.939, 116.779, 123.68]
-std = [1.0, 1.0, 1.0]
-
-[operating_point]
-threshold = 0.3138
-target_sensitivity = 0.95
-
-[calibration]
-method = "temperature"
-temperature = 2.2299
-
-[training.counts.train]
-normal = 236
-stone = 180
-
-[training.counts.test]
-normal = 46
-stone = 39
-
-[training.data]
-source = "synthetic"
-description = "physics phantom"
-
-[validation]
-auc = 0.9420
-accuracy = 0.8795
-sensitivity = 0.9545
-specificity = 0.6042
-
-[intended_use]
-purpose = "Screening aid."
-warning = "Not for diagnosis."
-
-[some_future_table]
-anything = [1, 2, 3]
-"#
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn sample() -> String {
-        sample_text(&"ab".repeat(32), 3)
+        testkit::manifests::sample(&"ab".repeat(32))
     }
 
     #[test]
@@ -715,7 +656,7 @@ mod tests {
         let no_warning = sample().replace("Not for diagnosis.", "Use freely.");
         let err = Manifest::parse(&no_warning, Path::new("m.toml")).unwrap_err();
         assert!(err.to_string().contains("Not for diagnosis"), "{err}");
-        assert!(Manifest::parse(&sample_text("abc", 3), Path::new("m.toml")).is_err());
+        assert!(Manifest::parse(&testkit::manifests::sample("abc"), Path::new("m.toml")).is_err());
         let no_normal = sample().replace("\"normal\", ", "");
         assert!(matches!(
             Manifest::parse(&no_normal, Path::new("m.toml")),

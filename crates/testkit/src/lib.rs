@@ -7,9 +7,11 @@
 //! - [`tiny`]: a classifier with the real model's interface whose answer is the brightness of
 //!   the scan, so a test decides what the model says by the frames it feeds.
 //! - [`frames`]: synthetic probe frames (sector scan with speckle and burned-in text).
+//! - [`manifests`]: the complete manifest text tests start from.
 //! - [`signed`]: signed bundles around any model, with the test manifest and trusted keys.
 
 pub mod frames;
+pub mod manifests;
 pub mod qop;
 pub mod signed;
 pub mod tiny;

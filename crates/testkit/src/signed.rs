@@ -3,59 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use contract::LABELS;
-
-/// The complete manifest of a test bundle for a model with sha256 `model_sha`, as text (so a
-/// test can edit it before signing).
+/// The complete manifest of a test bundle for a model with sha256 `model_sha` and this
+/// operating threshold, as text (so a test can edit it before signing).
 pub fn manifest_text(model_sha: &str, threshold: f32) -> String {
-    let labels: Vec<String> = LABELS.iter().map(|l| format!("{l:?}")).collect();
-    format!(
-        r#"labels = [{labels}]
-
-[model]
-name = "tiny-test"
-version = "0.0.1"
-file = "model.onnx"
-sha256 = "{model_sha}"
-
-[input]
-name = "image"
-shape = [1, 3, 224, 224]
-usimage_preprocess_version = {pv}
-
-[input.normalization]
-order = "bgr"
-mean = [103.939, 116.779, 123.68]
-std = [1.0, 1.0, 1.0]
-
-[operating_point]
-threshold = {threshold}
-target_sensitivity = 0.95
-
-[calibration]
-temperature = 1.0
-
-[training.counts.train]
-normal = 1
-cyst = 1
-
-[training.data]
-source = "synthetic"
-description = "test fixture: a brightness rule, not a trained model"
-
-[validation]
-auc = 0.5
-accuracy = 0.5
-sensitivity = 0.5
-specificity = 0.5
-
-[intended_use]
-purpose = "Tests."
-warning = "Not for diagnosis."
-"#,
-        labels = labels.join(", "),
-        pv = usimage::PREPROCESS_VERSION
-    )
+    crate::manifests::sample(model_sha)
+        .replace("threshold = 0.3138", &format!("threshold = {threshold}"))
 }
 
 /// Writes a signed bundle holding `model` into `dir` (model.onnx, manifest.toml,

@@ -12,12 +12,13 @@ pub const SIZE: usize = 224;
 
 /// The model's bytes for slope `k` and split `c` (see the module docs).
 pub fn classifier(k: f32, c: f32) -> Vec<u8> {
-    classifier_with_bias(k, c, [0.0, -20.0, -k * c, -20.0, -20.0, -20.0])
+    classifier_with_bias(k, [0.0, -20.0, -k * c, -20.0, -20.0, -20.0])
 }
 
-/// The same network with other logit biases: `[0, -20, 20, ...]` says cyst for every frame,
-/// a model clearly different from [`classifier`] (tests of which bytes run).
-pub fn classifier_with_bias(k: f32, _c: f32, bias: [f32; 6]) -> Vec<u8> {
+/// The same network with slope `k` and explicit logit biases: `k = 0` with `[0, -20, 20, ...]`
+/// says cyst for every frame, a model clearly different from [`classifier`] (tests of which
+/// bytes run).
+pub fn classifier_with_bias(k: f32, bias: [f32; 6]) -> Vec<u8> {
     let mut w = vec![0.0f32; 3 * 6];
     w[2] = k; // row 0 (channel 0) -> column 2 (cyst)
     let mut g = Graph::new();

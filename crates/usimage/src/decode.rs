@@ -6,7 +6,7 @@ use std::path::Path;
 use image::{DynamicImage, ImageReader, Limits};
 
 use crate::dicom::{is_dicom, DicomImage, UsRegion};
-use crate::error::DecodeError;
+use crate::error::{guarded, DecodeError};
 use crate::frame::{check_dims, GreyFrame, MAX_PIXELS, MAX_SIDE};
 
 /// A decoded source file: a still image or a DICOM object with one or more frames.
@@ -134,18 +134,6 @@ pub(crate) fn check_plausible(w: u32, h: u32, bytes: usize) -> Result<(), Decode
         });
     }
     Ok(())
-}
-
-/// Runs a third-party decoder, turning a panic (a bug in it) into a typed error: input must
-/// never bring the process down.
-pub(crate) fn guarded<T>(
-    what: &'static str,
-    f: impl FnOnce() -> Result<T, DecodeError>,
-) -> Result<T, DecodeError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
-        log::error!("{what} decoder panicked; input refused");
-        Err(DecodeError::DecoderPanic(what))
-    })
 }
 
 /// Baseline and progressive JPEG (grey, RGB/YCbCr, CMYK) to grey.

@@ -110,7 +110,7 @@ impl DicomImage {
             return Err(DecodeError::UnknownFormat);
         };
         check_lengths(body)?;
-        let obj: DefaultDicomObject = crate::decode::guarded("DICOM", || {
+        let obj: DefaultDicomObject = crate::error::guarded("DICOM", || {
             OpenFileOptions::new()
                 .read_preamble(ReadPreamble::Never)
                 .from_reader(body)
@@ -177,7 +177,7 @@ impl DicomImage {
             .transfer_syntax()
             .trim_end_matches('\0')
             .to_string();
-        let decoded = crate::decode::guarded("DICOM pixel data", || {
+        let decoded = crate::error::guarded("DICOM pixel data", || {
             obj.decode_pixel_data()
                 .map_err(|e| {
                     let msg = e.to_string();

@@ -91,3 +91,15 @@ pub enum DecodeError {
     #[error("V4L2 buffer invalid: {0}")]
     V4l2(String),
 }
+
+/// Runs a third-party decoder, turning a panic (a bug in it) into a typed error: input must
+/// never bring the process down.
+pub(crate) fn guarded<T>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, DecodeError>,
+) -> Result<T, DecodeError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        log::error!("{what} decoder panicked; input refused");
+        Err(DecodeError::DecoderPanic(what))
+    })
+}

@@ -105,7 +105,7 @@ pub fn decode_buffer(
             Ok(())
         }
         PixelFormat::Mjpeg => {
-            let f = crate::decode::guarded("JPEG", || crate::decode::decode_jpeg(buf))?;
+            let f = crate::error::guarded("JPEG", || crate::decode::decode_jpeg(buf))?;
             if f.width() != width || f.height() != height {
                 return Err(DecodeError::V4l2(format!(
                     "MJPEG frame is {}x{}, the device announced {width}x{height}",

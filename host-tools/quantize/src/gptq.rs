@@ -9,37 +9,14 @@
 //! `||(W - Q) X||` instead of `||W - Q||`. Scales stay per channel, `max |w| / 127`, so the
 //! file format, the integer kernels and the loader do not change.
 
-use std::collections::BTreeMap;
-
 use tract_onnx::pb::{GraphProto, NodeProto};
 use tract_onnx::prelude::tract_ndarray::{linalg::general_mat_mul, s, Array2, ArrayView2};
 
 use crate::engine::Engine;
 use crate::error::QuantizeError;
 use crate::graph::{float_data, FloatModel};
-use crate::math::{ChannelWeights, WEIGHT_QMAX};
+use crate::math::{ChannelWeights, RoundedWeights, WEIGHT_QMAX};
 use crate::Progress;
-
-/// Rounded weights per conv node name, used by the rewrite instead of nearest rounding.
-pub type RoundedWeights = BTreeMap<String, ChannelWeights>;
-
-/// The int8 weights of conv `name`: GPTQ's where `rounded` has them, else nearest rounding.
-/// Rounded weights that do not fit the kernel are an error, so the rewrite and the bias
-/// correction always see the same integers.
-pub fn conv_weights(
-    rounded: Option<&RoundedWeights>,
-    name: &str,
-    kernel: &[f32],
-    channels: usize,
-) -> Result<ChannelWeights, QuantizeError> {
-    match rounded.and_then(|r| r.get(name)) {
-        Some(r) if r.values.len() == kernel.len() && r.scales.len() == channels => Ok(r.clone()),
-        Some(_) => Err(QuantizeError::Invalid(format!(
-            "conv `{name}`: rounded weights do not match its kernel"
-        ))),
-        None => Ok(crate::math::quantize_weights(kernel, channels)),
-    }
-}
 
 /// Settings of [`gptq`].
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -19,8 +19,7 @@ use tract_onnx::pb::{
 };
 
 use crate::error::QuantizeError;
-use crate::gptq::{conv_weights, RoundedWeights};
-use crate::math::{quantize_bias, Sqnr};
+use crate::math::{conv_weights, quantize_bias, RoundedWeights, Sqnr};
 
 /// Operators accepted in the float input model.
 pub const INPUT_OPS: [&str; 10] = [

@@ -30,8 +30,9 @@ use usimage::{Normalization, Preprocessor, UsFile};
 pub use calib::{Calibrator, Histogram, DEFAULT_BINS};
 pub use engine::Engine;
 pub use error::QuantizeError;
-pub use gptq::{GptqOptions, RoundedWeights};
+pub use gptq::GptqOptions;
 pub use graph::{ActEncoding, Adjustments, BiasCorrection, ConvInfo, FloatModel, Form, Q8};
+pub use math::RoundedWeights;
 pub use tract_onnx::pb::ModelProto;
 
 /// Serialises a model to ONNX bytes.
@@ -536,7 +537,7 @@ pub fn bias_correction(
         let cin = w.dims.get(1).copied().unwrap_or(0).max(0) as usize;
         let per = kernel.len() / m.max(1);
         let khw = per / cin.max(1);
-        let qw = gptq::conv_weights(rounded, &c.name, &kernel, m)?;
+        let qw = math::conv_weights(rounded, &c.name, &kernel, m)?;
         let groups = mean.len() / cin.max(1);
         let per_group = m / groups.max(1);
         let delta: Vec<f32> = (0..m)

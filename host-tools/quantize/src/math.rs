@@ -121,6 +121,27 @@ impl Sqnr {
     }
 }
 
+/// Rounded weights per conv node name, used by the rewrite instead of nearest rounding.
+pub type RoundedWeights = std::collections::BTreeMap<String, ChannelWeights>;
+
+/// The int8 weights of conv `name`: GPTQ's where `rounded` has them, else nearest rounding.
+/// Rounded weights that do not fit the kernel are an error, so the rewrite and the bias
+/// correction always see the same integers.
+pub fn conv_weights(
+    rounded: Option<&RoundedWeights>,
+    name: &str,
+    kernel: &[f32],
+    channels: usize,
+) -> Result<ChannelWeights, crate::error::QuantizeError> {
+    match rounded.and_then(|r| r.get(name)) {
+        Some(r) if r.values.len() == kernel.len() && r.scales.len() == channels => Ok(r.clone()),
+        Some(_) => Err(crate::error::QuantizeError::Invalid(format!(
+            "conv `{name}`: rounded weights do not match its kernel"
+        ))),
+        None => Ok(quantize_weights(kernel, channels)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -246,6 +246,15 @@ fn calibrate_and_export(
     })
 }
 
+/// Writes the draft `manifest.toml` of a run directory (atomically: a reader never sees half
+/// a manifest).
+pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), TrainError> {
+    let path = dir.join("manifest.toml");
+    let tmp = path.with_extension("toml.partial");
+    write(&tmp, manifest.to_toml()?.as_bytes())?;
+    fs::rename(&tmp, &path).map_err(io(&path))
+}
+
 /// Writes `manifest.toml`, `metrics.json` and `train.log`.
 fn write_run_files(
     opt: &TrainOptions,
@@ -635,9 +644,23 @@ pub enum Stage {
     Two(FinetuneInfo),
 }
 
-/// A serialisable value as a TOML table (hyper-parameters recorded in the manifest).
+/// A serialisable value as a TOML table (hyper-parameters recorded in the manifest). Floats
+/// that are exactly an f32 are written as that f32's shortest decimal (0.01, not
+/// 0.009999999776482582): the settings are f32, the TOML writer widens them.
 fn as_table(v: &impl Serialize) -> Result<toml::Table, TrainError> {
-    Ok(toml::Table::try_from(v)?)
+    fn tidy(v: &mut toml::Value) {
+        match v {
+            toml::Value::Float(x) if f64::from(*x as f32) == *x => {
+                *x = f32_as_f64(*x as f32);
+            }
+            toml::Value::Table(t) => t.iter_mut().for_each(|(_, v)| tidy(v)),
+            toml::Value::Array(a) => a.iter_mut().for_each(tidy),
+            _ => {}
+        }
+    }
+    let mut t = toml::Table::try_from(v)?;
+    t.iter_mut().for_each(|(_, v)| tidy(v));
+    Ok(t)
 }
 
 /// The temperature as the shortest decimal of its f32 value (the manifest shows 2.2299, not

@@ -1,6 +1,7 @@
 //! Test fixtures: a tiny ONNX model with the real model's interface, bundles, and replay
 //! frames whose brightness decides what the tiny model says.
-#![allow(dead_code)]
+// Each test binary uses a part of this module.
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -390,11 +390,10 @@ mod tests {
     }
 
     fn draft() -> Manifest {
-        let text = contract::manifest::sample_text(&"aa".repeat(32), usimage::PREPROCESS_VERSION)
-            .replace(
-                "[training.data]\nsource = \"synthetic\"\ndescription = \"physics phantom\"\n",
-                "",
-            );
+        let text = testkit::manifests::sample(&"aa".repeat(32)).replace(
+            "[training.data]\nsource = \"synthetic\"\ndescription = \"physics phantom\"\n",
+            "",
+        );
         Manifest::parse_draft(&text, Path::new("draft.toml")).unwrap()
     }
 
