@@ -9,6 +9,7 @@ APT_PACKAGES=(
   gcc-aarch64-linux-gnu  # cross linker/compiler for the cart's aarch64 board
   libc6-dev-arm64-cross
   qemu-user-static       # runs aarch64 test binaries here
+  libopenjp2-tools       # opj_compress: builds the JPEG 2000 DICOM files of the usimage tests
 )
 RUST_TARGETS=(aarch64-unknown-linux-gnu thumbv7em-none-eabihf)
 

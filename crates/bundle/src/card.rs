@@ -7,7 +7,9 @@
 
 use std::fmt::Write as _;
 
-use contract::manifest::{DataKind, DataSource, Evaluation, Manifest, OverallMetrics};
+use contract::manifest::{
+    DataKind, DataSource, Evaluation, Manifest, OverallMetrics, ViewGateMetrics,
+};
 
 fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
@@ -239,6 +241,8 @@ pub fn render(m: &Manifest, signer_key_id: &str) -> String {
         pct(m.validation.specificity)
     );
 
+    view_gate(&mut s, m);
+
     s.push_str("## Calibration\n\n");
     let c = &m.calibration;
     let _ = write!(
@@ -269,6 +273,8 @@ pub fn render(m: &Manifest, signer_key_id: &str) -> String {
          elastography, no 3D); one frame at a time, no cine context.\n\
          - Five abnormality types only; anything else (tumours of other organs, \
          congenital anomalies outside these classes, poor views) may be called normal.\n\
+         - The view gate refuses what it recognises as not a kidney or as unlike its \
+         training kidneys; a view it has never seen that happens to resemble them passes.\n\
          - Single images per patient in the figures; confidence intervals are wide on small \
          test sets.\n\
          - Works only with the preprocessing version above; other probes or screen layouts \
@@ -291,6 +297,52 @@ pub fn render(m: &Manifest, signer_key_id: &str) -> String {
         m.model.file, m.model.sha256, signer_key_id
     );
     s
+}
+
+/// `## View gate`: what the model refuses to classify, and how well it did so.
+fn view_gate(s: &mut String, m: &Manifest) {
+    s.push_str("## View gate\n\n");
+    let Some(g) = &m.view_gate else {
+        s.push_str(
+            "- **None.** This model classifies every frame that shows anatomy, kidney or \
+             not: a liver, a bladder or another scanner's image gets a normal/abnormal answer \
+             that means nothing. Use it only where the operator guarantees a kidney view.\n\n",
+        );
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "- A frame with no kidney in view gets no screening answer (the device shows why). \
+         Two signals, either is enough: p(kidney) from output `{}` below **{:.4}**, or the \
+         out-of-distribution score from output `{}` above **{:.3}** (unlike the training \
+         kidneys; a typical one scores about 1).\n- Thresholds: {}\n- Non-kidney examples: \
+         {}\n",
+        g.kidney_output, g.kidney_threshold, g.ood_output, g.ood_threshold, g.rule, g.negatives
+    );
+    s.push_str(
+        "| images | kidneys | kidneys let through | non-kidney views | gated | by p(kidney) | by OOD |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    let rate = |x: f64| if x.is_finite() { pct(x) } else { "-".into() };
+    let row = |s: &mut String, name: &str, v: &ViewGateMetrics| {
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {} | {} | {} | {} |",
+            v.n_kidney,
+            rate(v.kidney_pass),
+            v.n_other,
+            rate(v.other_gated),
+            rate(v.other_gated_learned),
+            rate(v.other_gated_ood)
+        );
+    };
+    row(s, "validation", &g.validation);
+    for (precision, e) in &m.evaluation {
+        if let Some(v) = &e.view_gate {
+            row(s, &format!("test ({precision})"), v);
+        }
+    }
+    s.push('\n');
 }
 
 fn type_table(s: &mut String, evals: &std::collections::BTreeMap<String, Evaluation>) {
@@ -362,6 +414,7 @@ mod tests {
                 ece: None,
             },
             per_type,
+            view_gate: None,
         }
     }
 
@@ -407,6 +460,42 @@ mod tests {
             "no Doppler",
             "by key `0123456789abcdef`",
             sha.as_str(),
+            "## View gate\n\n- **None.**",
+        ] {
+            assert!(card.contains(text), "missing {text:?}\n{card}");
+        }
+    }
+
+    #[test]
+    fn the_view_gate_and_its_test_figures_are_shown() {
+        let mut m = Manifest::parse(&sample(&"cd".repeat(32)), Path::new("m.toml")).unwrap();
+        let figures = |k: f64, o: f64| ViewGateMetrics {
+            n_kidney: 200,
+            n_other: 80,
+            kidney_pass: k,
+            other_gated: o,
+            other_gated_learned: o - 0.01,
+            other_gated_ood: 0.5,
+        };
+        m.view_gate = Some(contract::manifest::ViewGate {
+            kidney_output: "kidney".into(),
+            kidney_threshold: 0.12,
+            ood_output: "ood".into(),
+            ood_threshold: 3.25,
+            rule: "cost rule".into(),
+            negatives: "phantom views".into(),
+            validation: figures(0.99, 0.975),
+        });
+        let mut e = eval(0.96, 0.9, 0.97, 0.6, 0.95);
+        e.view_gate = Some(figures(0.985, 0.9625));
+        m.evaluation.insert("int8".into(), e);
+        let card = render(&m, "k");
+        for text in [
+            "p(kidney) from output `kidney` below **0.1200**",
+            "output `ood` above **3.250**",
+            "| validation | 200 | 99.0% | 80 | 97.5% | 96.5% | 50.0% |",
+            "| test (int8) | 200 | 98.5% | 80 | 96.2% | 95.2% | 50.0% |",
+            "Non-kidney examples: phantom views",
         ] {
             assert!(card.contains(text), "missing {text:?}\n{card}");
         }

@@ -233,6 +233,9 @@ pub struct FrameCounts {
     pub idle: u64,
     /// Not classified, by gate reason.
     pub gated: BTreeMap<String, u64>,
+    /// `no_kidney` refusals by the view gate's signal that fired (`learned`, `ood`, `both`).
+    #[serde(default)]
+    pub no_kidney_by: BTreeMap<String, u64>,
     /// Usable frames not classified (every-Nth, live frames in freeze mode).
     pub skipped: u64,
     /// Inferences run.

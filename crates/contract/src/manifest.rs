@@ -114,6 +114,9 @@ pub struct Manifest {
     /// The pretrained network the features came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backbone: Option<Backbone>,
+    /// Is it a kidney at all? Frames the gate refuses get no decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_gate: Option<ViewGate>,
     /// Training data and settings.
     pub training: Training,
     /// Validation-set figures at the operating point (the split the threshold was chosen on).
@@ -259,6 +262,47 @@ pub struct Backbone {
     pub onnx_sha256: String,
 }
 
+/// `[view_gate]`: two signals, either of which says "no kidney in view".
+///
+/// A learned head (a separate logistic output, not a seventh class, so p(abnormal) and its
+/// threshold keep their meaning among kidneys) recognises the non-kidney scenes it was shown;
+/// an out-of-distribution score on the pooled backbone features (Mahalanobis distance to the
+/// training kidneys, principal subspace plus residual) catches what nobody showed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewGate {
+    /// Model output holding p(kidney).
+    pub kidney_output: String,
+    /// No kidney when p(kidney) is below this.
+    pub kidney_threshold: f64,
+    /// Model output holding the out-of-distribution score (about 1 for a typical kidney).
+    pub ood_output: String,
+    /// Unlike the training kidneys when the score is above this.
+    pub ood_threshold: f64,
+    /// How each threshold was chosen.
+    pub rule: String,
+    /// What the non-kidney examples were.
+    pub negatives: String,
+    /// Figures on the validation split at these thresholds.
+    pub validation: ViewGateMetrics,
+}
+
+/// How the view gate did on held-out images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewGateMetrics {
+    /// Kidney images.
+    pub n_kidney: usize,
+    /// Non-kidney images.
+    pub n_other: usize,
+    /// Kidney images let through (neither signal fired).
+    pub kidney_pass: f64,
+    /// Non-kidney images gated (either signal fired).
+    pub other_gated: f64,
+    /// Non-kidney images the learned head alone gated.
+    pub other_gated_learned: f64,
+    /// Non-kidney images the OOD score alone gated.
+    pub other_gated_ood: f64,
+}
+
 /// `[training]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Training {
@@ -397,6 +441,9 @@ pub struct Evaluation {
     /// Per abnormality type.
     #[serde(default)]
     pub per_type: BTreeMap<String, TypeMetrics>,
+    /// The view gate on these images' kidney and non-kidney views (models with a gate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_gate: Option<ViewGateMetrics>,
 }
 
 /// `[intended_use]`.
@@ -541,6 +588,20 @@ impl Manifest {
             return Err(err(format!(
                 "[operating_point] threshold = {t} is not a probability"
             )));
+        }
+        if let Some(g) = &self.view_gate {
+            let ok = (0.0..=1.0).contains(&g.kidney_threshold)
+                && g.ood_threshold.is_finite()
+                && g.ood_threshold > 0.0
+                && !g.kidney_output.is_empty()
+                && !g.ood_output.is_empty();
+            if !ok {
+                return Err(err(format!(
+                    "[view_gate] kidney_threshold {} must be in [0, 1], ood_threshold {} \
+                     positive, outputs named",
+                    g.kidney_threshold, g.ood_threshold
+                )));
+            }
         }
         let s = &self.input.shape;
         if s.len() != 4 || s[1] != 3 || s[2] != s[3] || s[2] == 0 {

@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         seed,
         mix,
         profile,
+        other_views: 0,
     });
     let (auc, per) = histogram_auc(&specs, 32);
     println!("n={n} seed={seed}: histogram-logistic AUC {auc:.3}");

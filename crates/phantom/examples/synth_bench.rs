@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         seed: 1,
         mix: Mix::Paper,
         profile,
+        other_views: 0,
     });
     println!("threads: {}", rayon::current_num_threads());
 

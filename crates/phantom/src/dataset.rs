@@ -9,9 +9,10 @@ use image::ImageEncoder;
 use rayon::prelude::*;
 
 use crate::profile::Profile;
-use crate::render::{ImageSpec, Renderer};
+use crate::render::{ImageSpec, Renderer, NO_KIDNEY};
 use crate::rng::{derive, Rand};
 use crate::scene::{draw_severity, Class};
+use crate::views::Anatomy;
 use crate::Error;
 
 /// Class proportions.
@@ -56,15 +57,25 @@ impl ProfileChoice {
 /// What to generate.
 #[derive(Clone, Copy, Debug)]
 pub struct PlanConfig {
+    /// Kidney images.
     pub n: usize,
     pub seed: u64,
     pub mix: Mix,
     pub profile: ProfileChoice,
+    /// Images that show no kidney (liver, spleen, bladder, bowel, ribs over lung, lifted
+    /// probe, planes beside the kidney), appended after the kidney images so those keep their
+    /// exact pixels for a seed.
+    pub other_views: usize,
 }
+
+/// The share of no-kidney views `renalscan synth` adds by default: enough for the view gate
+/// to learn from, few enough to leave the kidney set as it was.
+pub const DEFAULT_OTHER_FRACTION: f64 = 0.4;
 
 const TAG_PATIENTS: u64 = 0x5041_5449;
 const TAG_PATIENT: u64 = 0x5041_5431;
 const TAG_IMAGE: u64 = 0x494D_4147;
+const TAG_OTHER: u64 = 0x4F54_4852;
 
 /// Images per class for `n` images.
 pub fn class_counts(n: usize, mix: Mix) -> [(Class, usize); 6] {
@@ -115,18 +126,7 @@ pub fn plan(cfg: &PlanConfig) -> Vec<ImageSpec> {
         } else {
             0.0
         };
-        let profile = match cfg.profile {
-            ProfileChoice::One(p) => p,
-            ProfileChoice::Mixed => {
-                let all = Profile::builtin();
-                let u = pr.f();
-                if u < 0.5 {
-                    &all[0]
-                } else {
-                    &all[1 + ((u - 0.5) * 2.0 * (all.len() - 1) as f32) as usize % (all.len() - 1)]
-                }
-            }
-        };
+        let profile = profile_for(cfg.profile, &mut pr);
         for _ in 0..k {
             let index = specs.len() as u64;
             specs.push(ImageSpec {
@@ -137,10 +137,61 @@ pub fn plan(cfg: &PlanConfig) -> Vec<ImageSpec> {
                 patient_seed: pseed,
                 seed: derive(cfg.seed, TAG_IMAGE, index),
                 profile,
+                anatomy: Anatomy::Kidney,
             });
         }
     }
+    plan_other_views(cfg, &mut specs);
     specs
+}
+
+/// The patient's scanner: the chosen one, or, mixed, half the default and the rest shared.
+fn profile_for(choice: ProfileChoice, pr: &mut Rand) -> &'static Profile {
+    match choice {
+        ProfileChoice::One(p) => p,
+        ProfileChoice::Mixed => {
+            let all = Profile::builtin();
+            let u = pr.f();
+            if u < 0.5 {
+                &all[0]
+            } else {
+                &all[1 + ((u - 0.5) * 2.0 * (all.len() - 1) as f32) as usize % (all.len() - 1)]
+            }
+        }
+    }
+}
+
+/// Appends `cfg.other_views` no-kidney images: patients of 2-4 views each, the anatomies in
+/// turn so every kind is present, each patient on one scanner.
+fn plan_other_views(cfg: &PlanConfig, specs: &mut Vec<ImageSpec>) {
+    let mut rng = Rand::new(derive(cfg.seed, TAG_OTHER, cfg.other_views as u64));
+    let first_pid = specs.iter().map(|s| s.patient_id).max().unwrap_or(0) + 1;
+    let mut left = cfg.other_views;
+    let mut turn = 0usize;
+    let mut pid = first_pid;
+    while left > 0 {
+        let k = (rng.int(2, 4) as usize).min(left);
+        let pseed = derive(cfg.seed, TAG_OTHER ^ TAG_PATIENT, u64::from(pid));
+        let mut pr = Rand::new(pseed ^ 0xA5A5);
+        let profile = profile_for(cfg.profile, &mut pr);
+        for _ in 0..k {
+            let index = specs.len() as u64;
+            let anatomy = Anatomy::OTHER[turn % Anatomy::OTHER.len()];
+            turn += 1;
+            specs.push(ImageSpec {
+                index,
+                class: Class::Normal,
+                severity: 0.0,
+                patient_id: pid,
+                patient_seed: pseed,
+                seed: derive(cfg.seed, TAG_IMAGE, index),
+                profile,
+                anatomy,
+            });
+        }
+        left -= k;
+        pid += 1;
+    }
 }
 
 /// Encode a screen grab as PNG (fast compression: speckle barely compresses anyway).
@@ -171,19 +222,21 @@ pub fn save_png(img: &image::RgbImage, path: &Path) -> Result<(), Error> {
     w.flush().map_err(io_err(path))
 }
 
-/// The manifest header; columns are those the trainer's CSV ingestion reads.
-pub const MANIFEST_HEADER: &str = "path,label,severity,patient_id,profile,seed";
+/// The manifest header; columns are those the trainer's CSV ingestion reads (`view` names
+/// the anatomy of `no_kidney` images).
+pub const MANIFEST_HEADER: &str = "path,label,severity,patient_id,profile,seed,view";
 
 /// One manifest line for a spec.
 pub fn manifest_line(s: &ImageSpec) -> String {
     format!(
-        "{},{},{:.3},{},{},{}",
+        "{},{},{:.3},{},{},{},{}",
         s.rel_path(),
-        s.class.label(),
+        s.label(),
         s.severity,
         s.patient_id,
         s.profile.name,
-        s.seed
+        s.seed,
+        s.anatomy.label()
     )
 }
 
@@ -195,8 +248,12 @@ pub fn write_dataset(
     specs: &[ImageSpec],
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<PathBuf, Error> {
-    for c in Class::ALL {
-        let d = out.join(c.label());
+    for label in Class::ALL
+        .iter()
+        .map(|c| c.label())
+        .chain(std::iter::once(NO_KIDNEY))
+    {
+        let d = out.join(label);
         std::fs::create_dir_all(&d).map_err(io_err(&d))?;
     }
     let renderer = Renderer::new();
@@ -231,6 +288,7 @@ mod tests {
             seed: 11,
             mix,
             profile: ProfileChoice::One(Profile::default_profile()),
+            other_views: 0,
         }
     }
 
@@ -273,6 +331,25 @@ mod tests {
         // Prefix is mixed.
         let first: std::collections::HashSet<_> = a[..40].iter().map(|s| s.class).collect();
         assert!(first.len() >= 3);
+    }
+
+    #[test]
+    fn other_views_are_appended_without_touching_the_kidney_images() {
+        let kidneys = plan(&cfg(60, Mix::Paper));
+        let with = plan(&PlanConfig {
+            other_views: 21,
+            ..cfg(60, Mix::Paper)
+        });
+        assert_eq!(&with[..60], &kidneys[..]);
+        let others = &with[60..];
+        assert_eq!(others.len(), 21);
+        let kinds: std::collections::HashSet<_> = others.iter().map(|s| s.anatomy).collect();
+        assert_eq!(kinds.len(), Anatomy::OTHER.len());
+        assert!(others.iter().all(|s| s.label() == NO_KIDNEY));
+        let kidney_pids: std::collections::HashSet<_> =
+            kidneys.iter().map(|s| s.patient_id).collect();
+        assert!(others.iter().all(|s| !kidney_pids.contains(&s.patient_id)));
+        assert!(manifest_line(&others[0]).ends_with(others[0].anatomy.label()));
     }
 
     #[test]

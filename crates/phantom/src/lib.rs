@@ -10,6 +10,8 @@
 //! - [`plan`] + [`write_dataset`]: a labelled set on disk (`<class>/<index>.png`, manifest).
 //! - [`Renderer::render`] for one [`ImageSpec`], or [`render_one`] for a quick image.
 //! - [`ProbeSweep`]: an iterator of frames (scanning / lifted / frozen) for the edge runtime.
+//! - [`views`]: what else a probe shows (liver, spleen, bladder, bowel, ribs over lung, gel
+//!   or air, planes beside the kidney), labelled `no_kidney`, for the view gate.
 //!
 //! Determinism: every image depends only on its spec (seeds derived from the global seed and
 //! its index), the RNG is ChaCha8 and transcendental functions come from the pure-Rust
@@ -24,15 +26,17 @@ pub mod scene;
 pub mod screen;
 pub mod stats;
 pub mod stream;
+pub mod views;
 
 pub use dataset::{
     class_counts, encode_png, plan, save_png, write_dataset, Mix, PlanConfig, ProfileChoice,
     MANIFEST_HEADER,
 };
 pub use profile::{Geometry, Profile};
-pub use render::{render_map, render_one, ImageSpec, Renderer};
+pub use render::{render_map, render_one, render_other, ImageSpec, Renderer, NO_KIDNEY};
 pub use scene::{hydronephrosis_grade, Class};
 pub use stream::{write_sweep, ProbeState, ProbeSweep, SweepConfig, SweepFrame, FRAMES_HEADER};
+pub use views::Anatomy;
 
 use std::path::PathBuf;
 

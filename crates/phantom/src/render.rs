@@ -10,6 +10,7 @@ use crate::profile::Profile;
 use crate::rng::{derive, Rand};
 use crate::scene::{Class, Patient, Scene, View};
 use crate::screen::{self, Overlay};
+use crate::views::{other_view, Anatomy};
 
 /// Everything needed to reproduce one labelled image, on any machine, in any order.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,12 +26,26 @@ pub struct ImageSpec {
     /// Seed of this image's view, machine settings and speckle.
     pub seed: u64,
     pub profile: &'static Profile,
+    /// What is in view; for anything but a kidney, `class` is meaningless (normal).
+    pub anatomy: Anatomy,
 }
 
+/// Folder and manifest label of images that show no kidney.
+pub const NO_KIDNEY: &str = "no_kidney";
+
 impl ImageSpec {
-    /// Relative output path: `<class>/<index>.png`.
+    /// Relative output path: `<class>/<index>.png`, or `no_kidney/<index>.png`.
     pub fn rel_path(&self) -> String {
-        format!("{}/{:06}.png", self.class.label(), self.index)
+        format!("{}/{:06}.png", self.label(), self.index)
+    }
+
+    /// The manifest label: the class for a kidney view, else [`NO_KIDNEY`].
+    pub fn label(&self) -> &'static str {
+        if self.anatomy.is_kidney() {
+            self.class.label()
+        } else {
+            NO_KIDNEY
+        }
     }
 
     pub fn patient(&self) -> Patient {
@@ -86,9 +101,27 @@ impl Renderer {
         let patient = spec.patient();
         let mut rng = Rand::new(spec.seed);
         let view = View::draw(&mut rng);
+        let ts = 1_600_000_000 + derive(spec.patient_seed, 9, 0) % 150_000_000 + spec.index * 7;
+        if !spec.anatomy.is_kidney() {
+            // Its own stream, so kidney images keep their exact pixels.
+            let mut vr = Rand::new(derive(spec.seed, 0x5649_4557, 0));
+            let other = other_view(spec.anatomy, &patient, &view, spec.profile, &mut vr);
+            let mut speckle = Speckle::new(spec.profile.beams * spec.profile.samples, &mut rng);
+            let frame = self.scan(
+                spec.profile,
+                other.map.as_ref(),
+                &view,
+                (other.depth_cm, other.focus_cm),
+                &patient,
+                &mut speckle,
+                &mut rng,
+                ts,
+                spec.index as u32,
+            );
+            return compose(spec.profile, &frame);
+        }
         let scene = Scene::new(&patient, &view, spec.profile);
         let mut speckle = Speckle::new(spec.profile.beams * spec.profile.samples, &mut rng);
-        let ts = 1_600_000_000 + derive(spec.patient_seed, 9, 0) % 150_000_000 + spec.index * 7;
         let frame = self.scan(
             spec.profile,
             &scene,
@@ -207,6 +240,28 @@ pub fn render_one(
         patient_seed: derive(seed, 1, 0),
         seed: derive(seed, 2, index),
         profile,
+        anatomy: Anatomy::Kidney,
+    };
+    Renderer::new().render(&spec)
+}
+
+/// Render a single view of something other than a kidney (same body, furniture and image
+/// formation as [`render_one`]).
+pub fn render_other(
+    anatomy: Anatomy,
+    profile: &'static Profile,
+    seed: u64,
+    index: u64,
+) -> RgbImage {
+    let spec = ImageSpec {
+        index,
+        class: Class::Normal,
+        severity: 0.0,
+        patient_id: (seed % 1_000_000) as u32,
+        patient_seed: derive(seed, 1, 0),
+        seed: derive(seed, 2, index),
+        profile,
+        anatomy,
     };
     Renderer::new().render(&spec)
 }

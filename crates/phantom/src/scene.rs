@@ -28,16 +28,16 @@ pub fn draw_severity(rng: &mut Rand) -> f32 {
 }
 
 #[derive(Clone, Debug)]
-struct Ellipse {
-    x: f32,
-    z: f32,
-    rx: f32,
-    rz: f32,
+pub(crate) struct Ellipse {
+    pub(crate) x: f32,
+    pub(crate) z: f32,
+    pub(crate) rx: f32,
+    pub(crate) rz: f32,
 }
 
 impl Ellipse {
     /// Squared normalised distance (1 on the boundary).
-    fn d2(&self, x: f32, z: f32) -> f32 {
+    pub(crate) fn d2(&self, x: f32, z: f32) -> f32 {
         let dx = (x - self.x) / self.rx;
         let dz = (z - self.z) / self.rz;
         dx * dx + dz * dz
@@ -301,6 +301,10 @@ pub struct Scene {
     cyst: Option<Ellipse>,
     mass: Option<Mass>,
     severity: f32,
+    /// False for views that miss the kidney (`crate::views`): no kidney, no lesion.
+    kidney_present: bool,
+    /// Echogenic perirenal fat where an oblique plane passes beside the kidney.
+    perirenal: Option<Ellipse>,
 }
 
 impl Scene {
@@ -383,6 +387,8 @@ impl Scene {
             cyst: None,
             mass: None,
             severity: p.severity,
+            kidney_present: true,
+            perirenal: None,
         };
         let top = zc - b;
         for &(dx, dz, r, wall) in &p.vessels {
@@ -666,7 +672,42 @@ impl Scene {
         Tissue::new(m.db + m.hetero * n, 0.75)
     }
 
-    fn body(&self, x: f32, z: f32) -> Tissue {
+    /// The same view with the kidney out of the plane (`crate::views`): liver and what lies
+    /// behind it, or, with `perirenal`, the fat pad beside the kidney's pole and the back
+    /// muscles pulled up into view.
+    pub(crate) fn without_kidney(mut self, perirenal: bool) -> Self {
+        self.kidney_present = false;
+        self.lesion_visible = false;
+        self.stone = None;
+        self.cyst = None;
+        self.mass = None;
+        if perirenal {
+            self.perirenal = Some(Ellipse {
+                x: self.xc,
+                z: self.zc,
+                rx: self.a * 0.9,
+                rz: self.b * 1.1,
+            });
+            self.back_z = self.zc + 0.4 * self.b;
+        } else {
+            // Liver all the way down to the diaphragm region.
+            self.back_z = self.depth_cm + 5.0;
+        }
+        self
+    }
+
+    /// Depth of the body wall's end (fascia under the muscle), cm.
+    pub(crate) fn wall_end(&self) -> f32 {
+        self.wall_end
+    }
+
+    /// The speckle-independent seed of this view's textures.
+    pub(crate) fn texture_seed(&self) -> u32 {
+        self.seed
+    }
+
+    /// Skin, subcutaneous fat and muscle at `(x, z)` (any view has a body wall).
+    pub(crate) fn body(&self, x: f32, z: f32) -> Tissue {
         let seed = self.seed;
         if z < self.skin {
             let spec = if z < 0.04 { -8.0 } else { Tissue::NO_SPEC };
@@ -792,6 +833,15 @@ impl TissueMap for Scene {
         }
         if z < self.wall_end + 0.15 {
             return self.body(x, z);
+        }
+        if !self.kidney_present {
+            if let Some(f) = &self.perirenal {
+                if f.d2(x, z) < 1.0 {
+                    let n = fractal(x, z, 0.2, self.seed ^ 51);
+                    return Tissue::new(5.0 + 4.0 * n, 0.7);
+                }
+            }
+            return self.deep(x, z, dir);
         }
         if let Some((sx, sz, r, spec, atten)) = self.stone {
             let (dx, dz) = (x - sx, z - sz);

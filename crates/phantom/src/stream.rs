@@ -9,6 +9,7 @@ use crate::profile::Profile;
 use crate::render::{compose, Renderer, ScanFrame};
 use crate::rng::{derive, Rand};
 use crate::scene::{Air, Class, Patient, Scene, View};
+use crate::views::{other_view, Anatomy};
 
 /// What the probe is doing in a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +43,8 @@ pub struct SweepConfig {
     pub fps: f32,
     /// Stop after this many frames; `None` runs forever.
     pub frames: Option<u64>,
+    /// What the probe sweeps over (a kidney by default).
+    pub anatomy: Anatomy,
 }
 
 impl SweepConfig {
@@ -53,6 +56,7 @@ impl SweepConfig {
             severity: None,
             fps: 20.0,
             frames: None,
+            anatomy: Anatomy::Kidney,
         }
     }
 }
@@ -71,6 +75,9 @@ pub struct SweepFrame {
     /// false for normal patients and lifted frames). Per-frame truth for temporal
     /// aggregation.
     pub lesion_visible: bool,
+    /// What the sweep shows (lifted frames of a kidney sweep still say kidney: `state` says
+    /// the probe is off).
+    pub anatomy: Anatomy,
 }
 
 /// Iterator over sweep frames. Deterministic for a seed.
@@ -215,7 +222,24 @@ impl Iterator for ProbeSweep {
                 let view = self.view_at(t);
                 self.speckle.evolve(&mut self.rng, 0.8);
                 let mut rng = Rand::new(derive(self.cfg.seed, 0x4652, self.index));
-                let f = if self.state == ProbeState::Scanning {
+                let f = if self.state == ProbeState::Scanning && !self.cfg.anatomy.is_kidney() {
+                    // The same anatomy all sweep long (a fixed stream), seen as the view moves.
+                    let mut vr = Rand::new(derive(self.cfg.seed, 0x5649, 0));
+                    let other =
+                        other_view(self.cfg.anatomy, &self.patient, &view, profile, &mut vr);
+                    let f = self.renderer.scan(
+                        profile,
+                        other.map.as_ref(),
+                        &view,
+                        (other.depth_cm, other.focus_cm),
+                        &self.patient,
+                        &mut self.speckle,
+                        &mut rng,
+                        ts,
+                        self.index as u32,
+                    );
+                    (f, false)
+                } else if self.state == ProbeState::Scanning {
                     let scene = Scene::new(&self.patient, &view, profile);
                     let f = self.renderer.scan(
                         profile,
@@ -259,6 +283,7 @@ impl Iterator for ProbeSweep {
             severity: self.patient.severity,
             patient_id: self.patient.id,
             lesion_visible,
+            anatomy: self.cfg.anatomy,
         };
         self.index += 1;
         Some(out)
@@ -266,7 +291,8 @@ impl Iterator for ProbeSweep {
 }
 
 /// Header of the sweep's `frames.csv`.
-pub const FRAMES_HEADER: &str = "path,index,time_s,state,label,severity,patient_id,lesion_visible";
+pub const FRAMES_HEADER: &str =
+    "path,index,time_s,state,label,severity,patient_id,lesion_visible,view";
 
 /// Write a sweep's frames as `<out>/frame_<index>.png` plus `frames.csv` (ground truth per
 /// frame), for replay by the edge runtime's folder source. `progress(done, total)`.
@@ -286,15 +312,20 @@ pub fn write_sweep(
     for f in ProbeSweep::new(cfg) {
         let name = format!("frame_{:06}.png", f.index);
         crate::save_png(&f.image, &out.join(&name))?;
+        let label = if f.anatomy.is_kidney() {
+            f.class.label()
+        } else {
+            crate::NO_KIDNEY
+        };
         csv.push_str(&format!(
-            "{name},{},{:.3},{},{},{:.3},{},{}\n",
+            "{name},{},{:.3},{},{label},{:.3},{},{},{}\n",
             f.index,
             f.time_s,
             f.state.as_str(),
-            f.class.label(),
             f.severity,
             f.patient_id,
-            u8::from(f.lesion_visible)
+            u8::from(f.lesion_visible),
+            f.anatomy.label()
         ));
         progress(f.index + 1, total);
     }

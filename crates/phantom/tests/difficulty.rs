@@ -10,6 +10,7 @@ fn histogram_logistic_auc_is_at_most_0_80() {
         seed: 2024,
         mix: Mix::Paper,
         profile: ProfileChoice::One(Profile::default_profile()),
+        other_views: 0,
     });
     let (auc, per) = histogram_auc(&specs, 32);
     eprintln!("histogram-logistic AUC {auc:.3}; per class {per:?}");

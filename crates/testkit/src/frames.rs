@@ -10,6 +10,8 @@ use usimage::{GreyFrame, Normalization, Preprocessor};
 pub const DARK: f32 = 0.6;
 /// Bright tissue (abnormal).
 pub const BRIGHT: f32 = 1.8;
+/// Glare: brighter than any kidney the tiny gated model knows (its view gate refuses it).
+pub const GLARE: f32 = 4.0;
 
 /// A synthetic scan (sector with speckle, text around it) with the tissue scaled by `gain`.
 pub fn frame(seed: u32, gain: f32) -> GreyFrame {
@@ -57,11 +59,36 @@ pub fn split() -> (f32, f32) {
     (8.0 / (b - d), (b + d) / 2.0)
 }
 
+/// View-gate parameters for [`crate::tiny::classifier_with_gate`]: dark and bright frames
+/// are kidneys (p(kidney) near 1, OOD score about 1), glare frames are not (p(kidney) near
+/// 0, OOD score about 9 or more). Thresholds 0.5 and 4 separate them.
+pub fn gate() -> crate::tiny::GateParams {
+    let d = channel0_mean(&frame(1, DARK));
+    let b = channel0_mean(&frame(1, BRIGHT));
+    let g = channel0_mean(&frame(1, GLARE));
+    assert!(g > b + 2.0, "glare {g} vs bright {b}");
+    crate::tiny::GateParams {
+        gk: 8.0 / (g - b),
+        gc: (b + g) / 2.0,
+        mu: (b + d) / 2.0,
+        s: (b - d) / 2.0,
+    }
+}
+
 /// Writes replay frames: `pattern[i]` true = bright (abnormal), false = dark (normal).
 pub fn write_frames(dir: &Path, pattern: &[bool]) {
+    let gains: Vec<f32> = pattern
+        .iter()
+        .map(|&b| if b { BRIGHT } else { DARK })
+        .collect();
+    write_frames_gain(dir, &gains);
+}
+
+/// Writes replay frames with these tissue gains ([`DARK`], [`BRIGHT`], [`GLARE`], ...).
+pub fn write_frames_gain(dir: &Path, gains: &[f32]) {
     std::fs::create_dir_all(dir).expect("frames dir");
-    for (i, &bright) in pattern.iter().enumerate() {
-        let f = frame(i as u32 + 1, if bright { BRIGHT } else { DARK });
+    for (i, &gain) in gains.iter().enumerate() {
+        let f = frame(i as u32 + 1, gain);
         image::GrayImage::from_raw(f.width(), f.height(), f.grey().to_vec())
             .expect("frame buffer")
             .save(dir.join(format!("frame_{i:05}.png")))

@@ -1,11 +1,16 @@
 //! Writes small valid inputs of every supported kind (PNG/JPEG/BMP/TIFF, DICOM of each
-//! photometric interpretation) into a directory: the fuzzing seed corpus.
+//! photometric interpretation, segmented and 16-bit palettes, JPEG 2000 lossless and lossy)
+//! into a directory: the fuzzing seed corpus. The JPEG 2000 seeds need `opj_compress`
+//! (scripts/setup.sh installs it).
 //!
 //! `cargo run --release -p usimage --example make_seeds -- fuzz/corpus/decode_detect`
 
 use std::io::Cursor;
 
-use usimage::synthetic::{dicom_bytes, screen, FanShape};
+use dicom_dictionary_std::{tags, uids};
+use usimage::synthetic::{
+    dicom_bytes, dicom_bytes_ts, netpbm, opj_compress, palette_dicom, screen, FanShape,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args().nth(1).ok_or("usage: make_seeds DIR")?;
@@ -64,6 +69,87 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some([2, 2, 46, 34]),
         );
         std::fs::write(format!("{dir}/{name}.dcm"), bytes)?;
+    }
+    // Segmented palette: linear, discrete and indirect segments.
+    let seg = [
+        tags::SEGMENTED_RED_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        tags::SEGMENTED_GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        tags::SEGMENTED_BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+    ];
+    let d = [256, 0, 16];
+    let bytes = palette_dicom(
+        w as u16,
+        h as u16,
+        8,
+        g.clone(),
+        [
+            (d, seg[0], vec![0, 1, 0, 1, 127, 65_535, 2, 2, 0, 0]),
+            (d, seg[1], vec![0, 2, 0, 9000, 1, 254, 30_000]),
+            (d, seg[2], vec![0, 1, 65_535, 1, 255, 0]),
+        ],
+    );
+    std::fs::write(format!("{dir}/palette-segmented.dcm"), bytes)?;
+    // 16-bit indices into a 4096-entry table starting at 100.
+    let idx: Vec<u8> = g
+        .iter()
+        .flat_map(|&v| (100 + u16::from(v) * 16).to_le_bytes())
+        .collect();
+    let ramp: Vec<u16> = (0..4096u32).map(|k| (k * 16) as u16).collect();
+    let d = [4096, 100, 16];
+    let bytes = palette_dicom(
+        w as u16,
+        h as u16,
+        16,
+        idx,
+        [
+            (d, tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA, ramp.clone()),
+            (d, tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA, ramp),
+            (d, tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA, vec![0; 4096]),
+        ],
+    );
+    std::fs::write(format!("{dir}/palette16.dcm"), bytes)?;
+    // JPEG 2000: lossless grey, lossy grey, lossless colour.
+    let (w16, h16) = (w as u16, h as u16);
+    for (name, pi, spp, px, ext, args, ts) in [
+        (
+            "j2k-lossless",
+            "MONOCHROME2",
+            1u16,
+            &g,
+            "pgm",
+            &[][..],
+            uids::JPEG2000_LOSSLESS,
+        ),
+        (
+            "j2k-lossy",
+            "MONOCHROME2",
+            1,
+            &g,
+            "pgm",
+            &["-I", "-r", "8"][..],
+            uids::JPEG2000,
+        ),
+        (
+            "j2k-colour",
+            "YBR_RCT",
+            3,
+            &rgb,
+            "ppm",
+            &[][..],
+            uids::JPEG2000_LOSSLESS,
+        ),
+    ] {
+        let code = opj_compress(&netpbm(w16, h16, spp as u8, px), ext, args)?;
+        let bytes = dicom_bytes_ts(w16, h16, pi, spp, 1, code, Some([2, 2, 46, 34]), ts);
+        std::fs::write(format!("{dir}/{name}.dcm"), bytes)?;
+    }
+    // Every seed must decode: a seed the decoder refuses only exercises its error paths.
+    for e in std::fs::read_dir(&dir)? {
+        let p = e?.path();
+        let bytes = std::fs::read(&p)?;
+        usimage::UsFile::from_bytes(&bytes)
+            .and_then(|f| f.frame(0))
+            .map_err(|e| format!("seed {} does not decode: {e}", p.display()))?;
     }
     Ok(())
 }

@@ -246,6 +246,23 @@ pub fn dicom_bytes_ts(
     region: Option<[u32; 4]>,
     ts: &str,
 ) -> Vec<u8> {
+    let obj = dicom_object(cols, rows, photometric, spp, frames, pixels, region, ts);
+    part10(obj, ts)
+}
+
+/// The data set [`dicom_bytes_ts`] writes, for tests that change it before writing (other
+/// palettes, bit depths, fragments) with [`part10`].
+#[allow(clippy::too_many_arguments)]
+pub fn dicom_object(
+    cols: u16,
+    rows: u16,
+    photometric: &str,
+    spp: u16,
+    frames: u32,
+    pixels: Vec<u8>,
+    region: Option<[u32; 4]>,
+    ts: &str,
+) -> InMemDicomObject {
     let mut obj = InMemDicomObject::new_empty();
     obj.put(DataElement::new(
         tags::SOP_CLASS_UID,
@@ -421,6 +438,149 @@ pub fn dicom_bytes_ts(
         let seq = dicom_core::value::PixelFragmentSequence::new(Vec::<u32>::new(), vec![pixels]);
         obj.put(DataElement::new(tags::PIXEL_DATA, VR::OB, seq));
     }
+    obj
+}
+
+/// A small MONOCHROME2 file as a scanner export holds it: its own SOP Instance UID and
+/// PatientID (left out when empty), `frames` frames of a gradient that shifts per frame.
+pub fn study_file(sop_instance_uid: &str, patient_id: &str, frames: u32) -> Vec<u8> {
+    let (cols, rows) = (64u16, 48u16);
+    let pixels: Vec<u8> = (0..frames)
+        .flat_map(|f| {
+            (0..u32::from(rows)).flat_map(move |y| {
+                (0..u32::from(cols)).map(move |x| ((x * 3 + y * 2 + f * 17) % 251) as u8)
+            })
+        })
+        .collect();
+    let ts = uids::EXPLICIT_VR_LITTLE_ENDIAN;
+    let mut obj = dicom_object(cols, rows, "MONOCHROME2", 1, frames, pixels, None, ts);
+    obj.put(DataElement::new(
+        tags::SOP_INSTANCE_UID,
+        VR::UI,
+        sop_instance_uid,
+    ));
+    if !patient_id.is_empty() {
+        obj.put(DataElement::new(tags::PATIENT_ID, VR::LO, patient_id));
+    }
+    part10(obj, ts)
+}
+
+/// A `w` x `h` palette colour object (8- or 16-bit indices) with its lookup tables given per
+/// channel as (descriptor, data tag, words): plain or segmented tables, any entry size.
+pub fn palette_dicom(
+    w: u16,
+    h: u16,
+    bits: u16,
+    pixels: Vec<u8>,
+    tables: [([u16; 3], dicom_core::Tag, Vec<u16>); 3],
+) -> Vec<u8> {
+    let ts = uids::EXPLICIT_VR_LITTLE_ENDIAN;
+    let mut obj = dicom_object(w, h, "PALETTE COLOR", 1, 1, pixels, None, ts);
+    for t in [
+        tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+    ] {
+        obj.remove_element(t);
+    }
+    if bits == 16 {
+        for (tag, v) in [
+            (tags::BITS_ALLOCATED, 16u16),
+            (tags::BITS_STORED, 16),
+            (tags::HIGH_BIT, 15),
+        ] {
+            obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(v)));
+        }
+    }
+    let desc = [
+        tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+        tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+        tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+    ];
+    for (d, (descriptor, tag, words)) in desc.into_iter().zip(tables) {
+        obj.put(DataElement::new(
+            d,
+            VR::US,
+            PrimitiveValue::U16(descriptor.into_iter().collect()),
+        ));
+        obj.put(DataElement::new(
+            tag,
+            VR::OW,
+            PrimitiveValue::U16(words.into()),
+        ));
+    }
+    part10(obj, ts)
+}
+
+/// A binary PGM (`channels` 1) or PPM (3) of 8-bit pixels: what `opj_compress` reads.
+pub fn netpbm(w: u16, h: u16, channels: u8, px: &[u8]) -> Vec<u8> {
+    let mut f = format!("P{}\n{w} {h}\n255\n", if channels == 1 { 5 } else { 6 }).into_bytes();
+    f.extend_from_slice(px);
+    f
+}
+
+/// Encodes a PGM/PPM (`ext` names which) as a JPEG 2000 codestream with `opj_compress`
+/// (Debian libopenjp2-tools, installed by scripts/setup.sh): a real encoder, for test files.
+/// `args` go to it (`-I -r 8` for lossy).
+pub fn opj_compress(pgm_or_ppm: &[u8], ext: &str, args: &[&str]) -> Result<Vec<u8>, String> {
+    let dir = std::env::temp_dir().join(format!(
+        "usimage-j2k-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let input = dir.join(format!("in.{ext}"));
+    let output = dir.join("out.j2k");
+    std::fs::write(&input, pgm_or_ppm).map_err(|e| format!("{}: {e}", input.display()))?;
+    let run = std::process::Command::new("opj_compress")
+        .arg("-i")
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .args(args)
+        .output();
+    let result = match run {
+        Err(e) => Err(format!(
+            "opj_compress (Debian libopenjp2-tools) is needed: run scripts/setup.sh ({e})"
+        )),
+        Ok(o) if !o.status.success() => Err(format!(
+            "opj_compress failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        )),
+        Ok(_) => std::fs::read(&output).map_err(|e| format!("{}: {e}", output.display())),
+    };
+    std::fs::remove_dir_all(&dir).ok();
+    result
+}
+
+/// Replaces the pixel data by encapsulated fragments (one codestream per frame, say) with a
+/// basic offset table when `offsets`.
+pub fn set_fragments(obj: &mut InMemDicomObject, fragments: Vec<Vec<u8>>, offsets: bool) {
+    let mut table = Vec::new();
+    let mut at = 0u32;
+    let fragments: Vec<Vec<u8>> = fragments
+        .into_iter()
+        .map(|mut f| {
+            if f.len() % 2 == 1 {
+                f.push(0);
+            }
+            table.push(at);
+            at += 8 + f.len() as u32;
+            f
+        })
+        .collect();
+    if !offsets {
+        table.clear();
+    }
+    let seq = dicom_core::value::PixelFragmentSequence::new(table, fragments);
+    obj.put(DataElement::new(tags::PIXEL_DATA, VR::OB, seq));
+}
+
+/// A data set as a Part 10 file in transfer syntax `ts` (empty on a write error).
+pub fn part10(obj: InMemDicomObject, ts: &str) -> Vec<u8> {
     let meta = FileMetaTableBuilder::new()
         .transfer_syntax(ts)
         .media_storage_sop_class_uid(uids::ULTRASOUND_MULTI_FRAME_IMAGE_STORAGE)

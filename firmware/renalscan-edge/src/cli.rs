@@ -1,4 +1,4 @@
-//! Command line: `run`, `selftest`, `probes`, `bench`.
+//! Command line: `run`, `selftest`, `probes`, `bench`, `check`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -35,6 +35,9 @@ pub enum Cmd {
     /// Replay frames as fast as the pipeline takes them; report per-stage latency, the
     /// overhead beyond inference and RSS over the run.
     Bench(BenchArgs),
+    /// What the device makes of files (images, DICOM, cines), frame by frame: gated and why
+    /// (blank, no scan area, no anatomy, no kidney) or the single-frame answer.
+    Check(CheckArgs),
 }
 
 /// Model bundle arguments shared by the subcommands.
@@ -75,6 +78,10 @@ pub struct SourceArgs {
     /// Phantom patient class (normal, stone, cyst, hyperechogenicity, sol, hydronephrosis).
     #[arg(long)]
     pub class: Option<String>,
+    /// What the phantom probe sweeps over: kidney, or liver, spleen, bladder, bowel,
+    /// rib_lung, lifted, off_axis (no kidney in view: the bundle's view gate refuses them).
+    #[arg(long)]
+    pub view: Option<String>,
 }
 
 #[derive(Args)]
@@ -131,6 +138,24 @@ pub struct SelftestArgs {
 }
 
 #[derive(Args)]
+pub struct CheckArgs {
+    /// TOML configuration; its model section is used unless overridden.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Files, or folders of them.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Every Nth frame of a cine.
+    #[arg(long, default_value_t = 1)]
+    pub every: u32,
+    /// One JSON object per frame instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
 pub struct ProbesArgs {
     /// One JSON object per device.
     #[arg(long)]
@@ -168,6 +193,7 @@ pub fn main() -> ExitCode {
         Cmd::Selftest(a) => cmd_selftest(a),
         Cmd::Probes(a) => cmd_probes(a),
         Cmd::Bench(a) => cmd_bench(a),
+        Cmd::Check(a) => cmd_check(a),
     };
     match r {
         Ok(code) => code,
@@ -222,6 +248,9 @@ fn apply_source(cfg: &mut Config, s: &SourceArgs) {
     }
     if let Some(c) = &s.class {
         cfg.source.phantom.class = c.clone();
+    }
+    if let Some(v) = &s.view {
+        cfg.source.phantom.view = v.clone();
     }
 }
 
@@ -334,6 +363,80 @@ fn cmd_selftest(a: SelftestArgs) -> anyhow::Result<ExitCode> {
         println!("selftest    ok");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_check(a: CheckArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(a.every >= 1, "--every must be at least 1");
+    let mut cfg = load_config(a.config.as_deref())?;
+    apply_model(&mut cfg, &a.model);
+    let mut classifier = open_model(&cfg)?;
+    if !classifier.has_view_gate() {
+        log::warn!("this bundle has no view gate: no frame can be refused as no_kidney");
+    }
+    let files = crate::check::expand(&a.files);
+    anyhow::ensure!(
+        !files.is_empty(),
+        "no image or DICOM files in {:?}",
+        a.files
+    );
+    let mut tally: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut errors = 0usize;
+    for f in &files {
+        for v in crate::check::check_file(&mut classifier, f, a.every) {
+            let key = match (v.outcome, v.reason, &v.class) {
+                ("gated", Some(r), _) => format!("gated {r}"),
+                ("classified", _, Some(c)) => format!(
+                    "classified {}",
+                    if v.abnormal == Some(true) {
+                        c.as_str()
+                    } else {
+                        "normal"
+                    }
+                ),
+                _ => {
+                    errors += 1;
+                    "error".into()
+                }
+            };
+            *tally.entry(key).or_default() += 1;
+            if a.json {
+                println!("{}", serde_json::to_string(&v)?);
+            } else {
+                let scores = match (v.p_kidney, v.ood) {
+                    (Some(k), Some(o)) => format!("  p(kidney) {k:.3} ood {o:.2}"),
+                    _ => String::new(),
+                };
+                let what = match (v.outcome, v.reason, v.signal) {
+                    ("gated", Some(r), Some(s)) => format!("gated: {r} ({s})"),
+                    ("gated", Some(r), None) => format!("gated: {r}"),
+                    ("classified", ..) => format!(
+                        "{} ({}), p(abnormal) {:.3}",
+                        if v.abnormal == Some(true) {
+                            "ABNORMAL"
+                        } else {
+                            "normal"
+                        },
+                        v.class.as_deref().unwrap_or("?"),
+                        v.p_abnormal.unwrap_or(f32::NAN)
+                    ),
+                    _ => format!("error: {}", v.error.as_deref().unwrap_or("?")),
+                };
+                println!("{} #{}: {what}{scores}", v.file, v.frame);
+            }
+        }
+    }
+    if !a.json {
+        let total: usize = tally.values().sum();
+        println!("{} frames of {} files:", total, files.len());
+        for (k, n) in &tally {
+            println!("  {k:<28} {n}");
+        }
+    }
+    Ok(if errors > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn cmd_probes(a: ProbesArgs) -> anyhow::Result<ExitCode> {

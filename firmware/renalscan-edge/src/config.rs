@@ -147,6 +147,9 @@ pub struct PhantomConfig {
     /// Patient condition (`normal`, `stone`, ...); empty = drawn from the seed.
     pub class: String,
     pub severity: Option<f32>,
+    /// What the probe sweeps over: `kidney` (empty), or a view without one (`liver`,
+    /// `spleen`, `bladder`, `bowel`, `rib_lung`, `lifted`, `off_axis`) to see the view gate.
+    pub view: String,
     /// Frames per second; 0 = as fast as the pipeline consumes them.
     pub fps: f32,
     /// Stop after this many frames.
@@ -160,6 +163,7 @@ impl Default for PhantomConfig {
             profile: String::new(),
             class: String::new(),
             severity: None,
+            view: String::new(),
             fps: 10.0,
             frames: None,
         }

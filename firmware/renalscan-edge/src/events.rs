@@ -11,9 +11,18 @@ pub use contract::events::{
 use crate::gate::GateReason;
 
 /// Counters by gate reason, keyed by the reason's name.
-pub fn gated_map(counts: &[u64; 4]) -> BTreeMap<String, u64> {
+pub fn gated_map(counts: &[u64; 5]) -> BTreeMap<String, u64> {
     GateReason::ALL
         .iter()
         .map(|r| (r.name().to_string(), counts[r.index()]))
+        .collect()
+}
+
+/// The view gate's refusals by the signal that fired.
+pub fn no_kidney_map(counts: &[u64; 3]) -> BTreeMap<String, u64> {
+    ["learned", "ood", "both"]
+        .iter()
+        .zip(counts)
+        .map(|(k, v)| ((*k).to_string(), *v))
         .collect()
 }

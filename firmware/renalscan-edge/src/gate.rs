@@ -3,7 +3,9 @@
 //! Before preprocessing (cheap): blank frames (probe unplugged from the scanner, black
 //! screen) and frozen frames (identical to the previous one: the operator pressed freeze).
 //! After usimage's scan-area detection: no scan area, or a scan area without echoes (probe
-//! lifted off the skin). Gated frames are counted by reason, never classified (except on a
+//! lifted off the skin). After inference, the bundle's view gate (`infer::ViewCheck`): a
+//! learned "not a kidney" head and an out-of-distribution score, either of which refuses the
+//! frame as `no_kidney`. Gated frames are counted by reason, never decided on (except on a
 //! Capture command, flagged low quality).
 
 use serde::Serialize;
@@ -19,14 +21,17 @@ pub enum GateReason {
     Frozen,
     NoScanArea,
     NoAnatomy,
+    /// The bundle's view gate: anatomy, but not a kidney (or unlike any training kidney).
+    NoKidney,
 }
 
 impl GateReason {
-    pub const ALL: [GateReason; 4] = [
+    pub const ALL: [GateReason; 5] = [
         GateReason::Blank,
         GateReason::Frozen,
         GateReason::NoScanArea,
         GateReason::NoAnatomy,
+        GateReason::NoKidney,
     ];
 
     pub fn index(self) -> usize {
@@ -39,6 +44,7 @@ impl GateReason {
             GateReason::Frozen => "frozen",
             GateReason::NoScanArea => "no_scan_area",
             GateReason::NoAnatomy => "no_anatomy",
+            GateReason::NoKidney => "no_kidney",
         }
     }
 }

@@ -55,6 +55,47 @@ pub struct Classified {
     pub p_abnormal: f32,
     pub class: usize,
     pub confidence: f32,
+    /// The view gate's verdict, when the bundle has one.
+    pub view: Option<ViewCheck>,
+}
+
+/// Is it a kidney? Both signals of the bundle's view gate for one frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ViewCheck {
+    /// The learned head's p(kidney).
+    pub p_kidney: f32,
+    /// The out-of-distribution score (about 1 for a typical training kidney).
+    pub ood: f32,
+    /// p(kidney) is below the signed threshold.
+    pub learned_fired: bool,
+    /// The OOD score is above the signed threshold.
+    pub ood_fired: bool,
+}
+
+impl ViewCheck {
+    /// Either signal says no kidney.
+    pub fn no_kidney(&self) -> bool {
+        self.learned_fired || self.ood_fired
+    }
+
+    /// Which signal fired: `learned`, `ood` or `both` (`None` when neither did).
+    pub fn signal(&self) -> Option<&'static str> {
+        match (self.learned_fired, self.ood_fired) {
+            (true, true) => Some("both"),
+            (true, false) => Some("learned"),
+            (false, true) => Some("ood"),
+            (false, false) => None,
+        }
+    }
+}
+
+/// The bundle's view gate as the runtime applies it.
+#[derive(Debug, Clone, PartialEq)]
+struct GateOutputs {
+    kidney: usize,
+    ood: usize,
+    kidney_threshold: f32,
+    ood_threshold: f32,
 }
 
 impl Classified {
@@ -70,6 +111,7 @@ pub struct Classifier {
     info: ModelInfo,
     probs_output: usize,
     features_output: Option<usize>,
+    gate: Option<GateOutputs>,
     features: Vec<f32>,
     features_shape: Vec<usize>,
 }
@@ -143,11 +185,44 @@ impl Classifier {
             })?;
         info.load_time = t0.elapsed();
         let features_output = net.output_names().iter().position(|n| n == FEATURES);
+        let gate = match &info.manifest.view_gate {
+            None => {
+                log::warn!(
+                    "bundle {} {} has no view gate: every frame with anatomy is classified, \
+                     kidney or not",
+                    info.name,
+                    info.version
+                );
+                None
+            }
+            Some(g) => {
+                let find = |name: &str| {
+                    net.output_names()
+                        .iter()
+                        .position(|n| n == name)
+                        .with_context(|| {
+                            format!(
+                                "the manifest's view gate reads output `{name}`, which model {} \
+                                 lacks (outputs: {:?})",
+                                info.model_origin.display(),
+                                net.output_names()
+                            )
+                        })
+                };
+                Some(GateOutputs {
+                    kidney: find(&g.kidney_output)?,
+                    ood: find(&g.ood_output)?,
+                    kidney_threshold: g.kidney_threshold as f32,
+                    ood_threshold: g.ood_threshold as f32,
+                })
+            }
+        };
         let mut c = Self {
             net,
             info,
             probs_output,
             features_output,
+            gate,
             features: Vec::new(),
             features_shape: Vec::new(),
         };
@@ -166,6 +241,11 @@ impl Classifier {
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// True when the bundle carries a view gate.
+    pub fn has_view_gate(&self) -> bool {
+        self.gate.is_some()
     }
 
     /// Floats of one input tensor.
@@ -220,12 +300,34 @@ impl Classifier {
         let mut p = [0.0; MAX_CLASSES];
         p[..probs.len()].copy_from_slice(probs);
         let class = model::top_k(probs, 1)[0];
+        let view = match &self.gate {
+            None => None,
+            Some(g) => {
+                let scalar = |i: usize, what: &str| -> anyhow::Result<f32> {
+                    let v = outputs
+                        .get(i)
+                        .and_then(|o| o.data.first().copied())
+                        .with_context(|| format!("model returned no `{what}` value"))?;
+                    anyhow::ensure!(v.is_finite(), "model's `{what}` output is not finite");
+                    Ok(v)
+                };
+                let p_kidney = scalar(g.kidney, "kidney")?;
+                let ood = scalar(g.ood, "ood")?;
+                Some(ViewCheck {
+                    p_kidney,
+                    ood,
+                    learned_fired: p_kidney < g.kidney_threshold,
+                    ood_fired: ood > g.ood_threshold,
+                })
+            }
+        };
         Ok(Classified {
             probs: p,
             classes: probs.len(),
             p_abnormal: self.info.taxonomy.p_abnormal(probs),
             class,
             confidence: probs[class],
+            view,
         })
     }
 }

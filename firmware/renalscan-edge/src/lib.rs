@@ -9,6 +9,7 @@
 //! binary adds the CLI.
 
 pub mod aggregate;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod events;

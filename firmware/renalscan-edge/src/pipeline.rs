@@ -25,7 +25,9 @@ pub struct Counters {
     /// Frames taken while not screening (idle).
     pub idle: u64,
     /// Frames not classified, by [`GateReason`].
-    pub gated: [u64; 4],
+    pub gated: [u64; 5],
+    /// Frames the view gate refused, by the signal that fired: learned, ood, both.
+    pub no_kidney_by: [u64; 3],
     /// Usable frames skipped by `infer_every` (or live frames in freeze mode).
     pub skipped: u64,
     pub inferred: u64,
@@ -204,7 +206,6 @@ impl Pipeline {
             self.gated(reason);
             return;
         }
-        self.gated_run = 0;
         self.usable += 1;
         let single = capture || freeze_shot;
         if !single && !(self.usable - 1).is_multiple_of(u64::from(self.infer_every)) {
@@ -228,6 +229,24 @@ impl Pipeline {
         self.faulted = false;
         self.counters.inferred += 1;
         self.timers.record_span(Stage::Infer, t);
+
+        // The bundle's view gate: anatomy, but is it a kidney?
+        if let Some(signal) = c.view.as_ref().and_then(|v| v.signal()) {
+            let i = match signal {
+                "learned" => 0,
+                "ood" => 1,
+                _ => 2,
+            };
+            self.counters.no_kidney_by[i] += 1;
+            reason = reason.or(Some(GateReason::NoKidney));
+            if !capture {
+                self.gated(reason);
+                return;
+            }
+        }
+        if reason.is_none() {
+            self.gated_run = 0;
+        }
 
         // Aggregation and decision.
         let t = Span::start();

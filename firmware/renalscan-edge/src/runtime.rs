@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::config::{Config, SourceKind};
-use crate::events::{gated_map, Decision, DeviceState, FrameCounts, SourceCounts, StatusReport};
+use crate::events::{
+    gated_map, no_kidney_map, Decision, DeviceState, FrameCounts, SourceCounts, StatusReport,
+};
 use crate::infer::Classifier;
 use crate::pipeline::{Counters, Pipeline};
 use crate::sink::build::Outputs;
@@ -375,6 +377,7 @@ impl<'o> Runtime<'o> {
                 corrupt: cap.load(&cap.counters.corrupt),
                 idle: c.idle,
                 gated: gated_map(&c.gated),
+                no_kidney_by: no_kidney_map(&c.no_kidney_by),
                 skipped: c.skipped,
                 inferred: c.inferred,
                 errors: c.errors,

@@ -303,6 +303,10 @@ pub struct Evaluation {
     /// ROC points `(fpr, tpr)`: "overall" and one per type.
     #[serde(skip)]
     pub roc: BTreeMap<String, Vec<(f64, f64)>>,
+    /// The view gate on these images (kidney views passed, non-kidney views gated), when the
+    /// model has one; the screening figures above count every kidney view.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub view_gate: Option<contract::manifest::ViewGateMetrics>,
 }
 
 impl From<&Overall> for contract::manifest::OverallMetrics {
@@ -440,6 +444,7 @@ pub fn evaluate(
         confusion,
         reliability: reliability(&conf, &correct, 10),
         roc: roc_curves,
+        view_gate: None,
     })
 }
 

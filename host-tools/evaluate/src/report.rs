@@ -233,6 +233,40 @@ fn tables(e: &Evaluation) -> (String, String, String) {
     (overall, per_type, conf)
 }
 
+/// The view gate's figures, or a sentence saying why there are none.
+fn gate_table(e: &Evaluation) -> String {
+    let Some(g) = &e.view_gate else {
+        return "The model has no view gate, or the data no images for it.".into();
+    };
+    let mut t = String::from("| figure | value |\n|---|---|\n");
+    let rate = |x: f64| {
+        if x.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{}%", pct(x))
+        }
+    };
+    let _ = writeln!(
+        t,
+        "| kidney views passed | {} of {} |",
+        rate(g.kidney_pass),
+        g.n_kidney
+    );
+    let _ = writeln!(
+        t,
+        "| non-kidney views gated | {} of {} |",
+        rate(g.other_gated),
+        g.n_other
+    );
+    let _ = writeln!(
+        t,
+        "| ... by the learned head | {} |",
+        rate(g.other_gated_learned)
+    );
+    let _ = writeln!(t, "| ... by the OOD score | {} |", rate(g.other_gated_ood));
+    t
+}
+
 fn md_table_to_html(md: &str) -> String {
     let mut h = String::from("<table>\n");
     for (i, line) in md.lines().enumerate() {
@@ -285,9 +319,11 @@ pub fn write_report(dir: &Path, e: &Evaluation, context: &str) -> Result<(), Rep
         serde_json::to_string_pretty(e)?.as_bytes(),
     )?;
     let (overall, per_type, conf) = tables(e);
+    let gate = gate_table(e);
     let md = format!(
         "# renalscan evaluation\n\n{context}\n\n## Normal vs abnormal\n\n{overall}\n\
          ## Each abnormality type vs normal\n\n{per_type}\n## Confusion matrix (argmax)\n\n{conf}\n\
+         ## View gate (is it a kidney?)\n\n{gate}\n\
          ## ROC curves\n\n![ROC](roc.png)\n\n{ROC_LEGEND}\n\n## Calibration\n\n\
          ![calibration](calibration.png)\n\n{CAL_LEGEND}\n\n\
          Not for diagnosis: a screening aid evaluated here on the data given.\n"
@@ -300,6 +336,7 @@ pub fn write_report(dir: &Path, e: &Evaluation, context: &str) -> Result<(), Rep
          table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px}}</style>\
          </head><body>\n<h1>renalscan evaluation</h1>\n<p>{}</p>\n<h2>Normal vs abnormal</h2>\n{}\
          <h2>Each abnormality type vs normal</h2>\n{}<h2>Confusion matrix (argmax)</h2>\n{}\
+         <h2>View gate (is it a kidney?)</h2>\n{}\
          <h2>ROC curves</h2>\n<img alt=\"ROC\" src=\"data:image/png;base64,{}\">\n<p>{}</p>\n\
          <h2>Calibration</h2>\n<img alt=\"calibration\" src=\"data:image/png;base64,{}\">\n<p>{}</p>\n\
          <p><b>Not for diagnosis</b>: a screening aid evaluated here on the data given.</p>\n\
@@ -308,6 +345,11 @@ pub fn write_report(dir: &Path, e: &Evaluation, context: &str) -> Result<(), Rep
         md_table_to_html(&overall),
         md_table_to_html(&per_type),
         md_table_to_html(&conf),
+        if gate.starts_with('|') {
+            md_table_to_html(&gate)
+        } else {
+            format!("<p>{}</p>\n", html_escape(&gate))
+        },
         b64(&roc),
         ROC_LEGEND,
         b64(&cal),

@@ -21,8 +21,9 @@ use tract_onnx::pb::{
 use crate::error::QuantizeError;
 use crate::math::{conv_weights, quantize_bias, RoundedWeights, Sqnr};
 
-/// Operators accepted in the float input model.
-pub const INPUT_OPS: [&str; 10] = [
+/// Operators accepted in the float input model: the network, its head and the view gate's
+/// outputs (which stay float, like the head).
+pub const INPUT_OPS: [&str; 14] = [
     "Conv",
     "Relu",
     "MaxPool",
@@ -33,6 +34,10 @@ pub const INPUT_OPS: [&str; 10] = [
     "Gemm",
     "MatMul",
     "Softmax",
+    "Sigmoid",
+    "Sub",
+    "Mul",
+    "ReduceSumSquare",
 ];
 
 /// Operators that mean the input is already quantized.

@@ -20,12 +20,11 @@ pub mod math;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use contract::Taxonomy;
 use serde::Serialize;
-use usimage::{Normalization, Preprocessor, UsFile};
+use usimage::{FrameRef, Normalization, Preprocessor};
 
 pub use calib::{Calibrator, Histogram, DEFAULT_BINS};
 pub use engine::Engine;
@@ -94,19 +93,19 @@ impl Progress {
 /// Preprocessed model inputs of a set of image files.
 #[derive(Debug, Default)]
 pub struct Images {
-    /// Files that were read, in order.
-    pub paths: Vec<PathBuf>,
+    /// Frames that were read, in order.
+    pub paths: Vec<FrameRef>,
     /// Their model inputs (3 x side x side, usimage's Caffe BGR normalisation).
     pub tensors: Vec<Vec<f32>>,
-    /// Files skipped and why.
-    pub skipped: Vec<(PathBuf, String)>,
+    /// Frames skipped and why.
+    pub skipped: Vec<(FrameRef, String)>,
 }
 
-/// Reads and preprocesses `paths` (first frame of each file) through usimage, the path the
+/// Reads and preprocesses `paths` (one frame of a file each) through usimage, the path the
 /// device runs. Unreadable files are skipped and listed; more than `max_failed_pct` percent
 /// of them is an error, as is an empty set.
 pub fn load_images(
-    paths: &[PathBuf],
+    paths: &[FrameRef],
     side: u32,
     max_failed_pct: f64,
     what: &str,
@@ -117,20 +116,21 @@ pub fn load_images(
     let mut pre = Preprocessor::new(side, Normalization::caffe_bgr());
     let mut out = Images::default();
     for p in paths {
-        let r = std::fs::read(p).map_err(|e| e.to_string()).and_then(|b| {
-            let file = UsFile::from_bytes(&b).map_err(|e| e.to_string())?;
-            let frame = file.frame(0).map_err(|e| e.to_string())?;
-            let mut t = vec![0f32; pre.output_len()];
-            pre.process(&frame, &mut t).map_err(|e| e.to_string())?;
-            Ok(t)
-        });
+        let r = std::fs::read(p.path())
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                let frame = p.decode(&b).map_err(|e| e.to_string())?;
+                let mut t = vec![0f32; pre.output_len()];
+                pre.process(&frame, &mut t).map_err(|e| e.to_string())?;
+                Ok(t)
+            });
         match r {
             Ok(t) => {
                 out.paths.push(p.clone());
                 out.tensors.push(t);
             }
             Err(e) => {
-                log::warn!("{what}: skipped {}: {e}", p.display());
+                log::warn!("{what}: skipped {p}: {e}");
                 out.skipped.push((p.clone(), e));
             }
         }
@@ -146,7 +146,7 @@ pub fn load_images(
                 .skipped
                 .iter()
                 .take(20)
-                .map(|(p, e)| format!("  {}: {e}", p.display()))
+                .map(|(p, e)| format!("  {p}: {e}"))
                 .collect::<Vec<_>>()
                 .join("\n"),
         });

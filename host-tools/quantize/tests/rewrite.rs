@@ -2,12 +2,12 @@
 //! float vs simulated int8 vs tract's integer form, file layout, and the typed errors.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
 use onnx_graph::pb::{tensor_proto::DataType, GraphProto, ModelProto, NodeProto};
 use onnx_graph::{attr, value_info, Dim, Graph, ModelMeta};
 use quantize::{engine, Calibrator, FloatModel, Form, QuantizeError};
 use testkit::Rng;
+use usimage::FrameRef;
 
 const SIDE: usize = 8;
 
@@ -395,10 +395,10 @@ fn p_bytes(g: &GraphProto) -> Vec<u8> {
 
 #[test]
 fn unsupported_op_is_named() {
-    let bad = n("Sigmoid", "squash", &["probs"], vec![]);
+    let bad = n("Tanh", "squash", &["probs"], vec![]);
     let err = FloatModel::from_bytes(&tiny_model(Some(bad))).unwrap_err();
     assert!(
-        matches!(&err, QuantizeError::UnsupportedOp { op, node } if op == "Sigmoid" && node == "squash"),
+        matches!(&err, QuantizeError::UnsupportedOp { op, node } if op == "Tanh" && node == "squash"),
         "{err}"
     );
     assert!(matches!(
@@ -421,7 +421,10 @@ fn empty_and_unreadable_calibration_sets() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.png");
     std::fs::write(&garbage, b"not an image").unwrap();
-    let paths: Vec<PathBuf> = vec![garbage, dir.path().join("missing.png")];
+    let paths = vec![
+        FrameRef::first(garbage),
+        FrameRef::first(dir.path().join("missing.png")),
+    ];
     match quantize::load_images(&paths, 8, 10.0, "calibration") {
         Err(QuantizeError::Unreadable {
             failed,
@@ -442,8 +445,8 @@ fn empty_and_unreadable_calibration_sets() {
     image::GrayImage::from_fn(64, 48, |x, y| image::Luma([((x * 7 + y * 3) % 256) as u8]))
         .save(&good)
         .unwrap();
-    let mut paths = vec![good; 9];
-    paths.push(dir.path().join("missing.png"));
+    let mut paths = vec![FrameRef::first(good); 9];
+    paths.push(FrameRef::first(dir.path().join("missing.png")));
     let imgs = quantize::load_images(&paths, 8, 20.0, "calibration").unwrap();
     assert_eq!(imgs.tensors.len(), 9);
     assert_eq!(imgs.tensors[0].len(), 3 * 8 * 8);

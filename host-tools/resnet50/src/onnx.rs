@@ -18,6 +18,10 @@ pub const INPUT: &str = "image";
 pub const FEATURES: &str = "features";
 /// Symbolic batch dimension.
 pub const BATCH: &str = "N";
+/// The view gate's p(kidney) output, `N x 1`.
+pub const KIDNEY: &str = "kidney";
+/// The view gate's out-of-distribution score output, `N x 1`.
+pub const OOD: &str = "ood";
 
 /// Why an export failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +35,9 @@ pub enum OnnxError {
     /// An output name collides with an internal tensor name.
     #[error("output name {0:?} is reserved")]
     ReservedName(String),
+    /// The view gate's parameters do not fit the backbone.
+    #[error("view gate: {0}")]
+    Gate(String),
 }
 
 /// The classifier on top of the pooled features.
@@ -42,6 +49,33 @@ pub struct Head {
     pub dense: Dense,
     /// Append a softmax (the output is then probabilities).
     pub softmax: bool,
+    /// The view gate's two outputs, from the same pooled features.
+    pub gate: Option<GateHead>,
+}
+
+/// The view gate as the graph computes it from the pooled features `f` (`N x C`):
+/// `kidney = sigmoid(relu(f * kidney_w1 + kidney_b1) . kidney_w2 + kidney_b2)` and, with
+/// `c = f - mean` and
+/// `p = c * components` (`C x k`), `ood = (sum((p * inv_sd)^2) + (|c|^2 - |p|^2) *
+/// residual_inv_var) / C`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateHead {
+    /// `C x H` first-layer weights of the learned head, row-major.
+    pub kidney_w1: Vec<f32>,
+    /// `H` first-layer biases.
+    pub kidney_b1: Vec<f32>,
+    /// `H` output weights.
+    pub kidney_w2: Vec<f32>,
+    /// Output bias.
+    pub kidney_b2: f32,
+    /// `C` feature means of the training kidneys.
+    pub mean: Vec<f32>,
+    /// `C x k` principal directions, row-major.
+    pub components: Vec<f32>,
+    /// `k` inverse standard deviations along them.
+    pub inv_sd: Vec<f32>,
+    /// Inverse mean variance outside them.
+    pub residual_inv_var: f32,
 }
 
 impl Head {
@@ -51,6 +85,7 @@ impl Head {
             output: "logits".into(),
             dense: net.fc.clone(),
             softmax: false,
+            gate: None,
         }
     }
 }
@@ -85,9 +120,12 @@ pub fn export_onnx(net: &ResNet50, head: &Head, doc: &str) -> Result<Vec<u8>, On
     } else {
         g.node_to("Gemm", "head", &[&flat, &w, &bias], vec![], &head.output);
     }
+    if let Some(gate) = &head.gate {
+        gate_nodes(&mut g, gate, &flat)?;
+    }
 
     let final_side = INPUT_SIZE as i64 / 32;
-    let outputs = vec![
+    let mut outputs = vec![
         value_info(
             &head.output,
             &[batch(), Dim::Fixed(head.dense.outputs as i64)],
@@ -102,6 +140,11 @@ pub fn export_onnx(net: &ResNet50, head: &Head, doc: &str) -> Result<Vec<u8>, On
             ],
         ),
     ];
+    if head.gate.is_some() {
+        for name in [KIDNEY, OOD] {
+            outputs.push(value_info(name, &[batch(), Dim::Fixed(1)]));
+        }
+    }
     Ok(finish(
         g,
         outputs,
@@ -146,6 +189,61 @@ pub fn export_trunk_onnx(
         doc,
         &format!("Keras ResNet-50 v1 up to stage {stages} of 4, BatchNorm folded"),
     ))
+}
+
+/// The view gate's nodes on the flattened pooled features `flat` (see [`GateHead`]).
+fn gate_nodes(g: &mut Graph, gate: &GateHead, flat: &str) -> Result<(), OnnxError> {
+    let c = FEATURE_CHANNELS;
+    let k = gate.inv_sd.len();
+    let h = gate.kidney_b1.len();
+    if gate.kidney_w1.len() != c * h
+        || gate.kidney_w2.len() != h
+        || h == 0
+        || gate.mean.len() != c
+        || k == 0
+        || gate.components.len() != c * k
+    {
+        return Err(OnnxError::Gate(format!(
+            "{} + {} head weights for {c} x {h}, {} means, {} components for {c} channels \
+             and {k} directions",
+            gate.kidney_w1.len(),
+            gate.kidney_w2.len(),
+            gate.mean.len(),
+            gate.components.len()
+        )));
+    }
+    let sum_sq = |g: &mut Graph, name: &str, x: &str| {
+        g.node(
+            "ReduceSumSquare",
+            name,
+            &[x],
+            vec![attr::ints("axes", &[1]), attr::int("keepdims", 1)],
+        )
+    };
+    let w1 = g.f32("gate.kidney.w1", &[c, h], &gate.kidney_w1);
+    let b1 = g.f32("gate.kidney.b1", &[h], &gate.kidney_b1);
+    let hidden = g.node("Gemm", "gate_kidney_hidden", &[flat, &w1, &b1], vec![]);
+    let hidden = g.node("Relu", "gate_kidney_relu", &[&hidden], vec![]);
+    let w2 = g.f32("gate.kidney.w2", &[h, 1], &gate.kidney_w2);
+    let b2 = g.f32("gate.kidney.b2", &[1], &[gate.kidney_b2]);
+    let logit = g.node("Gemm", "gate_kidney_logit", &[&hidden, &w2, &b2], vec![]);
+    g.node_to("Sigmoid", "gate_kidney", &[&logit], vec![], KIDNEY);
+    let mean = g.f32("gate.ood.mean", &[c], &gate.mean);
+    let centered = g.node("Sub", "gate_ood_centered", &[flat, &mean], vec![]);
+    let comp = g.f32("gate.ood.components", &[c, k], &gate.components);
+    let proj = g.node("MatMul", "gate_ood_proj", &[&centered, &comp], vec![]);
+    let inv_sd = g.f32("gate.ood.inv_sd", &[k], &gate.inv_sd);
+    let z = g.node("Mul", "gate_ood_z", &[&proj, &inv_sd], vec![]);
+    let zz = sum_sq(g, "gate_ood_inside", &z);
+    let total = sum_sq(g, "gate_ood_total", &centered);
+    let pp = sum_sq(g, "gate_ood_proj_energy", &proj);
+    let resid = g.node("Sub", "gate_ood_residual", &[&total, &pp], vec![]);
+    let riv = g.f32("gate.ood.residual_inv_var", &[1], &[gate.residual_inv_var]);
+    let scaled = g.node("Mul", "gate_ood_residual_scaled", &[&resid, &riv], vec![]);
+    let sum = g.node("Add", "gate_ood_sum", &[&zz, &scaled], vec![]);
+    let per_dim = g.f32("gate.ood.per_dim", &[1], &[1.0 / c as f32]);
+    g.node_to("Mul", "gate_ood", &[&sum, &per_dim], vec![], OOD);
+    Ok(())
 }
 
 fn batch() -> Dim {

@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use half::f16;
 use model::Network;
 use sha2::{Digest, Sha256};
-use usimage::{Normalization, Preprocessor, PREPROCESS_VERSION};
+use usimage::{FrameRef, Normalization, Preprocessor, PREPROCESS_VERSION};
 
 use crate::augment::{self, AugParams, AUG_VERSION};
 use crate::extract::{self, io, ExtractError, SIZE};
@@ -191,8 +191,8 @@ pub fn to_f16(v: &[f32]) -> Vec<u16> {
 /// One image to extract: its file and how many augmented views besides the original.
 #[derive(Debug, Clone)]
 pub struct Item {
-    /// Image file.
-    pub path: PathBuf,
+    /// Image file and frame.
+    pub frame: FrameRef,
     /// Augmented views (0: the original only).
     pub views: u32,
 }
@@ -238,14 +238,14 @@ pub fn extract(
                     let Some(item) = items.get(i) else {
                         return Ok(());
                     };
-                    let bytes = match fs::read(&item.path) {
+                    let bytes = match fs::read(item.frame.path()) {
                         Ok(b) => b,
                         Err(e) => {
                             let _ = tx.send(Msg::Image(i, Err(e.to_string())));
                             continue;
                         }
                     };
-                    let hash: [u8; 32] = Sha256::digest(&bytes).into();
+                    let hash = item.frame.content_key(&bytes);
                     let mut decoded = false;
                     let mut failed = None;
                     for view in 0..=item.views {
@@ -254,7 +254,8 @@ pub fn extract(
                             continue;
                         }
                         if !decoded {
-                            if let Err(e) = extract::preprocess_bytes(&bytes, &mut pre, &mut input)
+                            if let Err(e) =
+                                extract::preprocess_bytes(&bytes, &item.frame, &mut pre, &mut input)
                             {
                                 failed = Some(e);
                                 break;

@@ -6,6 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use contract::{Class, LABELS};
+use usimage::FrameRef;
 
 /// Errors reading a dataset.
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +27,8 @@ pub enum DatasetError {
         /// Its first line.
         header: String,
     },
-    /// Rows whose label is not one of the six classes.
-    #[error("unknown labels (expected one of normal, stone, cyst, hyperechogenicity, sol, hydronephrosis):\n{0}")]
+    /// Rows whose label is not one of the six classes or `no_kidney`.
+    #[error("unknown labels (expected one of normal, stone, cyst, hyperechogenicity, sol, hydronephrosis, or no_kidney for views without a kidney):\n{0}")]
     Labels(String),
     /// Rows that cannot be parsed.
     #[error("malformed rows:\n{0}")]
@@ -59,7 +60,7 @@ impl Split {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
             "train" | "training" => Some(Split::Train),
             "val" | "valid" | "validation" | "dev" => Some(Split::Val),
@@ -69,12 +70,28 @@ impl Split {
     }
 }
 
+/// Label index of images that show no kidney: after the six classes.
+pub const NO_KIDNEY: usize = LABELS.len();
+
+/// The data set's labels: the six classes, then `no_kidney` (views for the view gate).
+pub const DATA_LABELS: [&str; LABELS.len() + 1] = [
+    LABELS[0],
+    LABELS[1],
+    LABELS[2],
+    LABELS[3],
+    LABELS[4],
+    LABELS[5],
+    "no_kidney",
+];
+
 /// One labelled image.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
     /// Image file (absolute or relative to the working directory).
     pub path: PathBuf,
-    /// Index into [`contract::LABELS`] (the standard class order).
+    /// Frame within it (0 for still images; a cine's frames are samples of their own).
+    pub frame: u32,
+    /// Index into [`DATA_LABELS`]: a class ([`contract::LABELS`] order), or [`NO_KIDNEY`].
     pub label: usize,
     /// Severity if the manifest gives one.
     pub severity: Option<f32>,
@@ -84,10 +101,37 @@ pub struct Sample {
     pub split: Option<Split>,
 }
 
+impl Sample {
+    /// The frame this sample is.
+    pub fn frame_ref(&self) -> FrameRef {
+        FrameRef {
+            path: self.path.clone(),
+            frame: self.frame,
+        }
+    }
+
+    /// True unless the image shows no kidney.
+    pub fn is_kidney(&self) -> bool {
+        self.label != NO_KIDNEY
+    }
+}
+
 /// Maps the common spellings of the six classes to their index (see
-/// [`contract::Class::from_alias`]).
+/// [`contract::Class::from_alias`]), and those of "no kidney in view" to [`NO_KIDNEY`].
 pub fn parse_label(s: &str) -> Option<usize> {
-    Class::from_alias(s).map(Class::index)
+    if let Some(c) = Class::from_alias(s) {
+        return Some(c.index());
+    }
+    let k: String = s
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    matches!(
+        k.as_str(),
+        "nokidney" | "notkidney" | "nonkidney" | "notarenal" | "nonrenal" | "other" | "noview"
+    )
+    .then_some(NO_KIDNEY)
 }
 
 const IMAGE_EXT: [&str; 8] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"];
@@ -105,7 +149,7 @@ pub fn load(data: &Path) -> Result<Vec<Sample>, DatasetError> {
     load_folders(data)
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DatasetError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DatasetError + '_ {
     move |source| DatasetError::Io {
         path: path.display().to_string(),
         source,
@@ -141,6 +185,7 @@ fn load_folders(root: &Path) -> Result<Vec<Sample>, DatasetError> {
             out.push(Sample {
                 patient: path.display().to_string(),
                 path,
+                frame: 0,
                 label,
                 severity: None,
                 split: None,
@@ -160,21 +205,56 @@ fn load_folders(root: &Path) -> Result<Vec<Sample>, DatasetError> {
     Ok(out)
 }
 
+/// A simple CSV (no quoting) held as text: header columns lower-cased, rows with their
+/// 1-based line numbers, blank lines skipped. Shared by the manifest and labels readers.
+pub(crate) struct CsvTable {
+    text: String,
+    cols: Vec<String>,
+}
+
+impl CsvTable {
+    pub(crate) fn read(csv: &Path) -> Result<Self, DatasetError> {
+        let text = fs::read_to_string(csv).map_err(io(csv))?;
+        let cols = text
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .split(',')
+            .map(|c| c.trim().to_ascii_lowercase())
+            .collect();
+        Ok(Self { text, cols })
+    }
+
+    /// The header line as written.
+    pub(crate) fn header(&self) -> &str {
+        self.text
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+    }
+
+    /// Index of the first column named any of `names`.
+    pub(crate) fn col(&self, names: &[&str]) -> Option<usize> {
+        self.cols.iter().position(|c| names.contains(&c.as_str()))
+    }
+
+    /// Data rows as (0-based line index, line).
+    pub(crate) fn rows(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .skip(1)
+    }
+}
+
 /// Reads a CSV manifest (`path,label[,severity][,patient_id][,split]`, any column order;
 /// simple comma-separated values without quoting). Paths are relative to the CSV's folder.
 pub fn load_csv(csv: &Path) -> Result<Vec<Sample>, DatasetError> {
-    let text = fs::read_to_string(csv).map_err(io(csv))?;
+    let table = CsvTable::read(csv)?;
     let base = csv.parent().unwrap_or(Path::new("."));
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty());
-    let header = lines.next().map(|(_, l)| l).unwrap_or("");
-    let cols: Vec<String> = header
-        .split(',')
-        .map(|c| c.trim().to_ascii_lowercase())
-        .collect();
-    let col = |names: &[&str]| cols.iter().position(|c| names.contains(&c.as_str()));
+    let (header, lines) = (table.header(), table.rows());
+    let col = |names: &[&str]| table.col(names);
     let (Some(pc), Some(lc)) = (
         col(&["path", "file", "image", "filename"]),
         col(&["label", "class", "diagnosis"]),
@@ -187,6 +267,7 @@ pub fn load_csv(csv: &Path) -> Result<Vec<Sample>, DatasetError> {
     let sc = col(&["severity"]);
     let ic = col(&["patient_id", "patient", "patientid", "subject"]);
     let xc = col(&["split", "set", "fold"]);
+    let fc = col(&["frame", "frame_index"]);
     let mut out = Vec::new();
     let (mut bad_labels, mut bad_rows) = (String::new(), String::new());
     for (n, line) in lines {
@@ -211,6 +292,19 @@ pub fn load_csv(csv: &Path) -> Result<Vec<Sample>, DatasetError> {
             },
             None => None,
         };
+        let frame = match get(fc).map(str::parse::<u32>) {
+            None => 0,
+            Some(Ok(f)) => f,
+            Some(Err(_)) => {
+                let _ = writeln!(
+                    bad_rows,
+                    "  line {}: frame `{}`",
+                    n + 1,
+                    get(fc).unwrap_or("")
+                );
+                continue;
+            }
+        };
         let path = Path::new(rel);
         let path = if path.is_absolute() {
             path.to_path_buf()
@@ -220,6 +314,7 @@ pub fn load_csv(csv: &Path) -> Result<Vec<Sample>, DatasetError> {
         out.push(Sample {
             patient: get(ic).map_or_else(|| path.display().to_string(), str::to_string),
             path,
+            frame,
             label,
             severity: get(sc).and_then(|s| s.parse().ok()),
             split,
@@ -283,11 +378,11 @@ impl Rng {
 pub fn assign_splits(samples: &mut [Sample], val: f64, test: f64, seed: u64) {
     // Patients in first-seen order, with their label counts.
     let mut order: Vec<&str> = Vec::new();
-    let mut counts: HashMap<&str, [usize; LABELS.len()]> = HashMap::new();
+    let mut counts: HashMap<&str, [usize; DATA_LABELS.len()]> = HashMap::new();
     for s in samples.iter().filter(|s| s.split.is_none()) {
         let c = counts.entry(&s.patient).or_insert_with(|| {
             order.push(&s.patient);
-            [0; LABELS.len()]
+            [0; DATA_LABELS.len()]
         });
         c[s.label] += 1;
     }
@@ -328,17 +423,34 @@ pub fn assign_splits(samples: &mut [Sample], val: f64, test: f64, seed: u64) {
     }
 }
 
-/// Writes `path,label,severity,patient_id,split` for the samples (absolute paths), so
+/// Patients whose images sit in more than one split (only possible through a manifest's
+/// `split` column): their images are not independent, so validation and test figures on them
+/// are optimistic. Sorted by patient.
+pub fn patients_across_splits(samples: &[Sample]) -> Vec<(String, Vec<Split>)> {
+    let mut m: BTreeMap<&str, std::collections::BTreeSet<Split>> = BTreeMap::new();
+    for s in samples {
+        if let Some(x) = s.split {
+            m.entry(&s.patient).or_default().insert(x);
+        }
+    }
+    m.into_iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(p, v)| (p.to_string(), v.into_iter().collect()))
+        .collect()
+}
+
+/// Writes `path,frame,label,severity,patient_id,split` for the samples (absolute paths), so
 /// `renalscan eval --data <run>/split.csv` scores exactly the held-out test patients.
 pub fn write_split_csv(samples: &[Sample], out: &Path) -> Result<(), DatasetError> {
-    let mut s = String::from("path,label,severity,patient_id,split\n");
+    let mut s = String::from("path,frame,label,severity,patient_id,split\n");
     for x in samples {
         let path = fs::canonicalize(&x.path).unwrap_or_else(|_| x.path.clone());
         let _ = writeln!(
             s,
-            "{},{},{},{},{}",
+            "{},{},{},{},{},{}",
             path.display(),
-            LABELS[x.label],
+            x.frame,
+            DATA_LABELS[x.label],
             x.severity.map(|v| v.to_string()).unwrap_or_default(),
             x.patient,
             x.split.map_or("", Split::name)
@@ -347,12 +459,12 @@ pub fn write_split_csv(samples: &[Sample], out: &Path) -> Result<(), DatasetErro
     fs::write(out, s).map_err(io(out))
 }
 
-/// Per split and class: image counts (for logs and the manifest).
-pub fn summary(samples: &[Sample]) -> BTreeMap<&'static str, [usize; LABELS.len()]> {
+/// Per split and label ([`DATA_LABELS`]): image counts (for logs and the manifest).
+pub fn summary(samples: &[Sample]) -> BTreeMap<&'static str, [usize; DATA_LABELS.len()]> {
     let mut m = BTreeMap::new();
     for s in samples {
         let k = s.split.map_or("unassigned", Split::name);
-        m.entry(k).or_insert([0; LABELS.len()])[s.label] += 1;
+        m.entry(k).or_insert([0; DATA_LABELS.len()])[s.label] += 1;
     }
     m
 }
@@ -369,6 +481,8 @@ mod tests {
         assert_eq!(parse_label("hyper-echogenicity"), Some(3));
         assert_eq!(parse_label("HN"), Some(5));
         assert_eq!(parse_label("banana"), None);
+        assert_eq!(parse_label("no_kidney"), Some(NO_KIDNEY));
+        assert_eq!(parse_label("Non-kidney"), Some(NO_KIDNEY));
     }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -408,12 +522,36 @@ mod tests {
     }
 
     #[test]
+    fn patients_split_by_the_manifest_are_found() {
+        let sample = |patient: &str, split| Sample {
+            path: PathBuf::from("x.png"),
+            frame: 0,
+            label: 0,
+            severity: None,
+            patient: patient.into(),
+            split,
+        };
+        let v = vec![
+            sample("a", Some(Split::Train)),
+            sample("a", Some(Split::Val)),
+            sample("b", Some(Split::Train)),
+            sample("b", Some(Split::Train)),
+            sample("c", None),
+        ];
+        assert_eq!(
+            patients_across_splits(&v),
+            vec![("a".to_string(), vec![Split::Train, Split::Val])]
+        );
+    }
+
+    #[test]
     fn splits_keep_patients_together_and_stratify() {
         let mut samples = Vec::new();
         for p in 0..120 {
             for _ in 0..3 {
                 samples.push(Sample {
                     path: PathBuf::from(format!("{p}.png")),
+                    frame: 0,
                     label: p % 6,
                     severity: None,
                     patient: p.to_string(),
@@ -429,8 +567,12 @@ mod tests {
             assert_eq!(*by_patient.entry(&s.patient).or_insert(split), split);
         }
         let sum = summary(&a);
-        assert_eq!(sum["test"], [9; 6], "3 of 20 patients x 3 images per class");
-        assert_eq!(sum["val"], [9; 6]);
+        assert_eq!(
+            sum["test"],
+            [9, 9, 9, 9, 9, 9, 0],
+            "3 of 20 patients x 3 images per class"
+        );
+        assert_eq!(sum["val"], [9, 9, 9, 9, 9, 9, 0]);
         let mut b = samples;
         assign_splits(&mut b, 0.15, 0.15, 3);
         assert_eq!(a, b, "same seed, same split");

@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use indicatif::{ProgressBar, ProgressStyle};
 use model::Network;
 use sha2::{Digest, Sha256};
-use usimage::{Normalization, Preprocessor, UsFile, PREPROCESS_VERSION};
+use usimage::{FrameRef, Normalization, Preprocessor, PREPROCESS_VERSION};
 
 /// Model input side.
 pub const SIZE: usize = resnet50::INPUT_SIZE;
@@ -80,16 +80,16 @@ pub fn file_sha256(path: &Path) -> Result<String, ExtractError> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// Decodes the first frame of an image file and writes the model input (the same usimage path
-/// the device runs).
+/// Decodes frame `frame` of an image file's bytes and writes the model input (the same
+/// usimage path the device runs).
 pub fn preprocess_bytes(
     bytes: &[u8],
+    frame: &FrameRef,
     pre: &mut Preprocessor,
     out: &mut [f32],
 ) -> Result<(), String> {
-    let file = UsFile::from_bytes(bytes).map_err(|e| e.to_string())?;
-    let frame = file.frame(0).map_err(|e| e.to_string())?;
-    pre.process(&frame, out).map_err(|e| e.to_string())?;
+    let grey = frame.decode(bytes).map_err(|e| e.to_string())?;
+    pre.process(&grey, out).map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -101,8 +101,8 @@ pub struct Job<'a> {
     pub model: &'a [u8],
     /// Where they came from, for messages.
     pub origin: &'a Path,
-    /// Output to read.
-    pub output: &'a str,
+    /// Outputs to read, concatenated in this order per image.
+    pub outputs: &'a [&'a str],
     /// Global-average-pool a 4-D output.
     pub pool: bool,
     /// Worker threads (each loads its own copy of the model: tract runs one image per core
@@ -134,7 +134,7 @@ pub type Sink<'a> = dyn FnMut(&[u8; 32], &[f32]) -> Result<(), ExtractError> + '
 /// image could not be read. `skip(hash)` returning a value short-cuts inference (cache hit);
 /// `on_result` sees every freshly computed output (to append it to a cache).
 pub fn run(
-    paths: &[PathBuf],
+    paths: &[FrameRef],
     job: &Job<'_>,
     skip: &(dyn Fn(&[u8; 32]) -> Option<Vec<f32>> + Sync),
     on_result: &mut Sink<'_>,
@@ -155,22 +155,22 @@ pub fn run(
                 let mut input = vec![0f32; 3 * SIZE * SIZE];
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(path) = paths.get(i) else {
+                    let Some(frame) = paths.get(i) else {
                         return Ok(());
                     };
-                    let bytes = match fs::read(path) {
+                    let bytes = match fs::read(frame.path()) {
                         Ok(b) => b,
                         Err(e) => {
                             let _ = tx.send((i, [0; 32], Err(e.to_string())));
                             continue;
                         }
                     };
-                    let hash: [u8; 32] = Sha256::digest(&bytes).into();
+                    let hash = frame.content_key(&bytes);
                     if let Some(v) = skip(&hash) {
                         let _ = tx.send((i, hash, Ok(v)));
                         continue;
                     }
-                    if let Err(e) = preprocess_bytes(&bytes, &mut pre, &mut input) {
+                    if let Err(e) = preprocess_bytes(&bytes, frame, &mut pre, &mut input) {
                         let _ = tx.send((i, hash, Err(e)));
                         continue;
                     }
@@ -186,19 +186,22 @@ pub fn run(
                         continue;
                     };
                     let outs = n.run(&input)?;
-                    let o =
-                        model::output(&outs, job.output).ok_or_else(|| ExtractError::NoOutput {
-                            model: job.origin.display().to_string(),
-                            output: job.output.to_string(),
-                        })?;
-                    let v = if job.pool && o.shape.len() == 4 {
-                        let (c, hw) = (o.shape[1], o.shape[2] * o.shape[3]);
-                        (0..c)
-                            .map(|k| o.data[k * hw..(k + 1) * hw].iter().sum::<f32>() / hw as f32)
-                            .collect()
-                    } else {
-                        o.data.clone()
-                    };
+                    let mut v = Vec::new();
+                    for name in job.outputs {
+                        let o =
+                            model::output(&outs, name).ok_or_else(|| ExtractError::NoOutput {
+                                model: job.origin.display().to_string(),
+                                output: name.to_string(),
+                            })?;
+                        if job.pool && o.shape.len() == 4 {
+                            let (c, hw) = (o.shape[1], o.shape[2] * o.shape[3]);
+                            v.extend((0..c).map(|k| {
+                                o.data[k * hw..(k + 1) * hw].iter().sum::<f32>() / hw as f32
+                            }));
+                        } else {
+                            v.extend_from_slice(&o.data);
+                        }
+                    }
                     if tx.send((i, hash, Ok(v))).is_err() {
                         return Ok(());
                     }
@@ -230,14 +233,14 @@ pub fn run(
 
 /// Fails if more than `max_pct` percent of `results` are errors; otherwise logs them.
 pub fn check_failures<T>(
-    paths: &[PathBuf],
+    paths: &[FrameRef],
     results: &[Result<T, String>],
     max_pct: f64,
 ) -> Result<usize, ExtractError> {
     let failed: Vec<String> = paths
         .iter()
         .zip(results)
-        .filter_map(|(p, r)| r.as_ref().err().map(|e| format!("  {}: {e}", p.display())))
+        .filter_map(|(p, r)| r.as_ref().err().map(|e| format!("  {p}: {e}")))
         .collect();
     for f in &failed {
         log::warn!("skipped{f}");
@@ -386,7 +389,7 @@ pub type FeatureResults = Vec<Result<Vec<f32>, String>>;
 /// Pooled backbone features of `paths` (cached), 2048 floats each, or why an image failed;
 /// plus how many were computed rather than read from the cache.
 pub fn features(
-    paths: &[PathBuf],
+    paths: &[FrameRef],
     backbone: &Path,
     cache: &mut FeatureCache,
     threads: usize,
@@ -395,7 +398,7 @@ pub fn features(
     let job = Job {
         model: &bytes,
         origin: backbone,
-        output: resnet50::onnx::FEATURES,
+        outputs: &[resnet50::onnx::FEATURES],
         pool: true,
         threads,
         label: "features",
@@ -451,7 +454,7 @@ mod tests {
 
     #[test]
     fn failures_over_threshold_are_fatal() {
-        let paths: Vec<PathBuf> = (0..10).map(|i| PathBuf::from(format!("{i}"))).collect();
+        let paths: Vec<FrameRef> = (0..10).map(|i| FrameRef::first(format!("{i}"))).collect();
         let mut r: Vec<Result<(), String>> = vec![Ok(()); 10];
         r[3] = Err("bad".into());
         assert_eq!(check_failures(&paths, &r, 10.0).unwrap(), 1);

@@ -12,9 +12,12 @@ pub mod augment;
 pub mod dataset;
 pub mod extract;
 pub mod finetune;
+pub mod gate;
 pub mod head;
+pub mod negatives;
 pub mod pipeline;
 pub mod random;
+pub mod studies;
 
 pub use dataset::{assign_splits, load, parse_label, Sample, Split};
 pub use extract::FeatureCache;

@@ -12,14 +12,16 @@ use contract::Taxonomy;
 use evaluate::{evaluate, threshold_for_sensitivity, Prediction};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use usimage::{Normalization, PREPROCESS_VERSION};
+use usimage::{FrameRef, Normalization, PREPROCESS_VERSION};
 
 use crate::activations::{self, ActivationCache, Item};
 use crate::augment;
 use crate::dataset::{self, Split};
 use crate::extract::{self, FeatureCache, FEATURES, SIZE};
 use crate::finetune::{self, FinetuneConfig, Layer4Weights};
+use crate::gate;
 use crate::head::{self, Features, HeadConfig, LinearHead};
+use crate::negatives;
 
 /// Errors of a training run.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +61,9 @@ pub enum TrainError {
     /// Stage 2.
     #[error(transparent)]
     Finetune(#[from] finetune::FinetuneError),
+    /// The view gate.
+    #[error(transparent)]
+    Gate(#[from] gate::GateError),
     /// Serialising JSON.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
@@ -87,6 +92,9 @@ pub struct TrainOptions {
     pub head: HeadConfig,
     /// Describes the backbone in the manifest (e.g. "ImageNet ResNet-50 v1").
     pub backbone_name: String,
+    /// Fit the view gate (is it a kidney at all?) and ship it in the model. Data without
+    /// `no_kidney` images gets phantom non-kidney views as negatives.
+    pub view_gate: bool,
 }
 
 /// What a run produced (also logged and written to `metrics.json`).
@@ -121,6 +129,8 @@ pub struct RunSummary {
     /// The trained head before temperature scaling (stage 2 starts from stage 1's).
     #[serde(skip)]
     pub head: LinearHead,
+    /// The view gate as the manifest records it (absent with `view_gate` off).
+    pub view_gate: Option<manifest::ViewGate>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -132,6 +142,68 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     fs::write(path, bytes).map_err(io(path))
+}
+
+/// Fits the view gate on pooled features and logs how it does on validation; returns the
+/// gate to export and its manifest table.
+fn fit_gate(
+    train: &gate::Labelled,
+    val: &gate::Labelled,
+    samples: &[&dataset::Sample],
+    log_text: &mut String,
+) -> Result<(resnet50::GateHead, manifest::ViewGate), TrainError> {
+    let t = Instant::now();
+    let g = gate::ViewGate::fit(train, val, FEATURES)?;
+    let m = &g.metrics;
+    let line = format!(
+        "view gate ({:.1} s): p(kidney) < {:.4} or OOD score > {:.3}; validation: {:.1}% of \
+         {} kidneys pass, {:.1}% of {} non-kidney views gated (learned {:.1}%, OOD {:.1}%)",
+        t.elapsed().as_secs_f64(),
+        g.kidney_threshold,
+        g.ood_threshold,
+        100.0 * m.kidney_pass,
+        m.n_kidney,
+        100.0 * m.other_gated,
+        m.n_other,
+        100.0 * m.other_gated_learned,
+        100.0 * m.other_gated_ood,
+    );
+    log::info!("{line}");
+    let _ = writeln!(log_text, "{line}");
+    Ok((g.export(), g.manifest(&negatives::describe(samples))))
+}
+
+/// Stage 2's view gate: the fine-tuned network's pooled features of the train and
+/// validation images (kidneys and non-kidney views), computed with tract from the exported
+/// model, then [`fit_gate`].
+fn stage2_gate(
+    opt: &TrainOptions,
+    samples: &[&dataset::Sample],
+    log_text: &mut String,
+) -> Result<(resnet50::GateHead, manifest::ViewGate), TrainError> {
+    let onnx = opt.out.join("model.onnx");
+    let bytes = fs::read(&onnx).map_err(io(&onnx))?;
+    let paths: Vec<FrameRef> = samples.iter().map(|s| s.frame_ref()).collect();
+    let job = extract::Job {
+        model: &bytes,
+        origin: &onnx,
+        outputs: &[resnet50::onnx::FEATURES],
+        pool: true,
+        threads: opt.threads,
+        label: "view gate features",
+    };
+    let feats = extract::run(&paths, &job, &|_| None, &mut |_, _| Ok(()))?;
+    let (mut tr, mut va) = (gate::Labelled::default(), gate::Labelled::default());
+    for (s, f) in samples.iter().zip(&feats) {
+        let Ok(f) = f else { continue };
+        let dst = if s.split == Some(Split::Train) {
+            &mut tr
+        } else {
+            &mut va
+        };
+        dst.push(f, s.is_kidney());
+    }
+    fit_gate(&tr, &va, samples, log_text)
 }
 
 /// Loads the data, splits it by patient, writes `split.csv` and `config.json`.
@@ -147,10 +219,42 @@ fn prepare(
         opt.test_fraction,
         opt.head.seed,
     );
+    let across = dataset::patients_across_splits(&samples);
+    if !across.is_empty() {
+        let list: Vec<String> = across
+            .iter()
+            .take(5)
+            .map(|(p, s)| {
+                let s: Vec<&str> = s.iter().map(|s| s.name()).collect();
+                format!("{p} ({})", s.join(", "))
+            })
+            .collect();
+        log::warn!(
+            "{}: {} patients have images in more than one split (from its split column), e.g. \
+             {}: validation and test figures on them are optimistic",
+            opt.data.display(),
+            across.len(),
+            list.join("; ")
+        );
+    }
+    if opt.view_gate {
+        let others = samples.iter().filter(|s| !s.is_kidney()).count();
+        if others < negatives::MIN_OTHERS {
+            let kidneys = samples.len() - others;
+            let n = negatives::count_for(kidneys);
+            log::warn!(
+                "{}: {others} images labelled no_kidney; the view gate learns from {n} phantom \
+                 non-kidney views instead (label some of your own frames no_kidney to \
+                 replace them)",
+                opt.data.display()
+            );
+            samples.extend(negatives::phantom(&opt.cache_dir, n, opt.head.seed)?);
+        }
+    }
     dataset::write_split_csv(&samples, &opt.out.join("split.csv"))?;
     let mut counts = BTreeMap::new();
     for (split, c) in dataset::summary(&samples) {
-        let m: BTreeMap<String, usize> = contract::LABELS
+        let m: BTreeMap<String, usize> = dataset::DATA_LABELS
             .iter()
             .zip(c)
             .map(|(n, v)| ((*n).to_string(), v))
@@ -186,6 +290,7 @@ fn calibrate_and_export(
     va: &Features,
     best_epoch: usize,
     weights: &resnet50::ResNet50,
+    gate: Option<&resnet50::GateHead>,
     log_text: &mut String,
 ) -> Result<Calibrated, TrainError> {
     let t = head::fit_temperature(head, va);
@@ -233,6 +338,7 @@ fn calibrate_and_export(
     let onnx_sha = export(
         weights,
         &calibrated,
+        gate,
         &opt.out.join("model.onnx"),
         &opt.backbone_name,
     )?;
@@ -288,7 +394,7 @@ pub fn train_stage1(
         .iter()
         .filter(|s| matches!(s.split, Some(Split::Train | Split::Val)))
         .collect();
-    let paths: Vec<PathBuf> = used.iter().map(|s| s.path.clone()).collect();
+    let paths: Vec<FrameRef> = used.iter().map(|s| s.frame_ref()).collect();
     let backbone_sha = extract::file_sha256(backbone_onnx)?;
     let mut cache = FeatureCache::open(&opt.cache_dir, &backbone_sha)?;
     let te = Instant::now();
@@ -309,13 +415,15 @@ pub fn train_stage1(
             ..Features::default()
         },
     );
+    let (mut gate_tr, mut gate_va) = (gate::Labelled::default(), gate::Labelled::default());
     for (s, f) in used.iter().zip(&feats) {
         let Ok(f) = f else { continue };
-        let dst = if s.split == Some(Split::Train) {
-            &mut tr
-        } else {
-            &mut va
-        };
+        let train = s.split == Some(Split::Train);
+        if train { &mut gate_tr } else { &mut gate_va }.push(f, s.is_kidney());
+        if !s.is_kidney() {
+            continue;
+        }
+        let dst = if train { &mut tr } else { &mut va };
         dst.x.extend_from_slice(f);
         dst.y.push(s.label);
     }
@@ -325,6 +433,12 @@ pub fn train_stage1(
     if va.is_empty() {
         return Err(TrainError::EmptySplit("validation"));
     }
+    let mut log_text = String::new();
+    let view_gate = if opt.view_gate {
+        Some(fit_gate(&gate_tr, &gate_va, &used, &mut log_text)?)
+    } else {
+        None
+    };
 
     let th = Instant::now();
     let bar = ProgressBar::new(opt.head.max_epochs as u64);
@@ -334,7 +448,6 @@ pub fn train_stage1(
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let mut log_text = String::new();
     let trained = head::train_head(&tr, &va, &opt.head, |e| {
         bar.inc(1);
         bar.set_message(format!("val AUC {:.4}", e.val_auc));
@@ -353,6 +466,7 @@ pub fn train_stage1(
         &va,
         trained.best_epoch,
         weights,
+        view_gate.as_ref().map(|(g, _)| g),
         &mut log_text,
     )?;
     let summary = RunSummary {
@@ -370,6 +484,7 @@ pub fn train_stage1(
         validation: c.validation,
         history: trained.history,
         head: trained.head,
+        view_gate: view_gate.map(|(_, m)| m),
     };
     let manifest = draft_manifest(opt, &summary, &c.onnx_sha, &backbone_sha, Stage::One)?;
     let _ = writeln!(log_text, "total {:.1} s", summary.total_s);
@@ -445,14 +560,20 @@ pub fn train_stage2(
     log::info!("stage 1 into {}", s1_opt.out.display());
     let s1 = train_stage1(&s1_opt, weights, backbone_onnx)?;
 
-    let used: Vec<&dataset::Sample> = samples
+    // Layer4 trains on kidneys only; the view gate is refitted on the fine-tuned features.
+    let gate_samples: Vec<&dataset::Sample> = samples
         .iter()
         .filter(|s| matches!(s.split, Some(Split::Train | Split::Val)))
+        .collect();
+    let used: Vec<&dataset::Sample> = gate_samples
+        .iter()
+        .copied()
+        .filter(|s| s.is_kidney())
         .collect();
     let items: Vec<Item> = used
         .iter()
         .map(|s| Item {
-            path: s.path.clone(),
+            frame: s.frame_ref(),
             views: if s.split == Some(Split::Train) {
                 opt.finetune.views
             } else {
@@ -473,7 +594,7 @@ pub fn train_stage2(
     if let Some(r) = extract_images_per_s {
         log::info!("layer-3 activations: {computed} views in {extract_s:.1} s ({r:.2} views/s)");
     }
-    let paths: Vec<PathBuf> = items.iter().map(|i| i.path.clone()).collect();
+    let paths: Vec<FrameRef> = items.iter().map(|i| i.frame.clone()).collect();
     let skipped = extract::check_failures(&paths, &hashes, base.max_failed_pct)?;
     let mut data = finetune::Data::default();
     for (s, h) in used.iter().zip(&hashes) {
@@ -534,14 +655,28 @@ pub fn train_stage2(
         let _ = writeln!(log_text, "resumed after epoch {n}");
     }
     let exported = ft.weights.into_backbone(weights);
-    let c = calibrate_and_export(
+    let mut c = calibrate_and_export(
         base,
         &ft.weights.head,
         &ft.val,
         ft.best_epoch,
         &exported,
+        None,
         &mut log_text,
     )?;
+    let view_gate = if base.view_gate {
+        let (head, table) = stage2_gate(base, &gate_samples, &mut log_text)?;
+        c.onnx_sha = export(
+            &exported,
+            &ft.weights.head.scaled(c.temperature),
+            Some(&head),
+            &base.out.join("model.onnx"),
+            &base.backbone_name,
+        )?;
+        Some(table)
+    } else {
+        None
+    };
     let stage2 = RunSummary {
         counts,
         skipped,
@@ -557,6 +692,7 @@ pub fn train_stage2(
         validation: c.validation,
         history: ft.history.clone(),
         head: ft.weights.head.clone(),
+        view_gate,
     };
     let info = FinetuneInfo {
         config: opt.finetune.clone(),
@@ -589,11 +725,12 @@ pub fn train_stage2(
     Ok(summary)
 }
 
-/// Writes backbone + `head` (softmax) as ONNX with outputs `probs` and `features`; returns
-/// the file's sha256.
+/// Writes backbone + `head` (softmax) as ONNX with outputs `probs` and `features` (and the
+/// view gate's `kidney` and `ood`); returns the file's sha256.
 pub fn export(
     weights: &resnet50::ResNet50,
     head: &LinearHead,
+    gate: Option<&resnet50::GateHead>,
     out: &Path,
     backbone_name: &str,
 ) -> Result<String, TrainError> {
@@ -603,6 +740,7 @@ pub fn export(
             output: "probs".into(),
             dense: head.to_dense(),
             softmax: true,
+            gate: gate.cloned(),
         },
         &format!(
             "renalscan screening model: {backbone_name} backbone (BatchNorm folded) + renal head \
@@ -756,6 +894,7 @@ pub fn draft_manifest(
             name: opt.backbone_name.clone(),
             onnx_sha256: backbone_sha.into(),
         }),
+        view_gate: s.view_gate.clone(),
         training: manifest::Training {
             stage: Some(stage),
             seed: Some(opt.head.seed),

@@ -28,7 +28,7 @@ fn burn_and_tract_agree_on_exported_probs() {
     };
     let dir = tempfile::tempdir().unwrap();
     let onnx = dir.path().join("model.onnx");
-    train::export(&weights, &head, &onnx, "test").expect("export");
+    train::export(&weights, &head, None, &onnx, "test").expect("export");
     let tract = Network::load(&onnx, &[1, 3, S, S]).expect("tract loads the export");
     assert_eq!(tract.output_names(), ["probs", "features"]);
 

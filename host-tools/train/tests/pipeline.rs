@@ -3,8 +3,6 @@
 //!
 //! Needs the ImageNet weights, like `parity.rs`.
 
-use std::path::PathBuf;
-
 use evaluate::Prediction;
 use train::extract::{self, Job};
 use train::{HeadConfig, Split, TrainOptions};
@@ -32,6 +30,7 @@ fn stage1_trains_exports_and_evaluates() {
             ..HeadConfig::default()
         },
         backbone_name: "test".into(),
+        view_gate: true,
     };
     let s = train::train_stage1(&opt, &weights, &backbone).expect("stage 1");
     assert!(s.extract_images_per_s.is_some());
@@ -65,13 +64,13 @@ fn stage1_trains_exports_and_evaluates() {
         .filter(|x| x.split == Some(Split::Test))
         .collect();
     assert!(!test.is_empty());
-    let paths: Vec<PathBuf> = test.iter().map(|x| x.path.clone()).collect();
+    let paths: Vec<usimage::FrameRef> = test.iter().map(|x| x.frame_ref()).collect();
     let onnx = opt.out.join("model.onnx");
     let bytes = std::fs::read(&onnx).unwrap();
     let job = Job {
         model: &bytes,
         origin: &onnx,
-        output: "probs",
+        outputs: &["probs"],
         pool: false,
         threads: 2,
         label: "eval",

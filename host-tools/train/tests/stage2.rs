@@ -33,6 +33,7 @@ fn options(data: &Path, out: &Path, cache: &Path, epochs: usize, resume: bool) -
                 ..HeadConfig::default()
             },
             backbone_name: "test".into(),
+            view_gate: false,
         },
         finetune: FinetuneConfig {
             epochs,
@@ -87,8 +88,13 @@ fn stage2_trains_exports_resumes_and_refuses_changed_settings() {
         .unwrap();
     let mut pre = Preprocessor::new(S as u32, Normalization::caffe_bgr());
     let mut input = vec![0f32; 3 * S * S];
-    train::extract::preprocess_bytes(&std::fs::read(&first).unwrap(), &mut pre, &mut input)
-        .unwrap();
+    train::extract::preprocess_bytes(
+        &std::fs::read(&first).unwrap(),
+        &usimage::FrameRef::first(&first),
+        &mut pre,
+        &mut input,
+    )
+    .unwrap();
     let short = &train::extract::file_sha256(&backbone).unwrap()[..16];
     let l3 = Network::load(&cache.join(format!("layer3-{short}.onnx")), &[1, 3, S, S]).unwrap();
     let act = l3.run(&input).unwrap();

@@ -489,6 +489,7 @@ mod tests {
             p_abnormal: 0.1,
             class: 0,
             confidence: 0.9,
+            view: None,
         };
         let view = FrameView::new(&frame, &info, &[], &[], 0, &det, &c, None, None, 0);
         for _ in 0..2 {

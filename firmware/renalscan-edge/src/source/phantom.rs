@@ -1,7 +1,7 @@
 //! The phantom probe stream as a frame source: a simulated sweep over one child's kidney
 //! with the probe sometimes lifted and the image sometimes frozen, rendered in-process.
 
-use phantom::{Class, ProbeSweep, Profile, SweepConfig};
+use phantom::{Anatomy, Class, ProbeSweep, Profile, SweepConfig};
 use usimage::GreyFrame;
 
 use super::{FrameMeta, Pacer, Source, SourceError};
@@ -35,13 +35,23 @@ impl PhantomSource {
                 )
             })?);
         }
+        if !c.view.is_empty() {
+            cfg.anatomy = Anatomy::parse(&c.view).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "source.phantom.view {:?} is not one of kidney, liver, spleen, bladder, \
+                     bowel, rib_lung, lifted, off_axis",
+                    c.view
+                )
+            })?;
+        }
         cfg.severity = c.severity;
         cfg.frames = c.frames;
         if c.fps > 0.0 {
             cfg.fps = c.fps;
         }
         let desc = format!(
-            "phantom sweep seed {} profile {} class {} at {}",
+            "phantom sweep over {} seed {} profile {} class {} at {}",
+            cfg.anatomy.label(),
             c.seed,
             profile.name,
             if c.class.is_empty() {

@@ -204,6 +204,13 @@ fn read_metrics(path: &Path, manifest: &Manifest) -> Result<Evaluation> {
             .with_context(|| format!("{}: `overall`", path.display()))?,
         per_type: serde_json::from_value(per_type)
             .with_context(|| format!("{}: `per_type`", path.display()))?,
+        view_gate: match v.get_mut("view_gate").map(serde_json::Value::take) {
+            None | Some(serde_json::Value::Null) => None,
+            Some(g) => Some(
+                serde_json::from_value(g)
+                    .with_context(|| format!("{}: `view_gate`", path.display()))?,
+            ),
+        },
     };
     let test_total = manifest.split_totals().get("test").copied();
     let mut note = match (e.overall.n, test_total) {

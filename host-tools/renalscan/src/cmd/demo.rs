@@ -28,8 +28,14 @@ pub struct Args {
     /// Frames of each phantom probe sweep screened by the edge runtime.
     #[arg(long, default_value_t = 60)]
     pub frames: u64,
-    /// Patient conditions swept by the edge runtime, one sweep each.
-    #[arg(long, value_delimiter = ',', default_value = "normal,hydronephrosis")]
+    /// Sweeps screened by the edge runtime, one each: a patient condition (a kidney with
+    /// it), or a view without a kidney (liver, spleen, bladder, bowel, rib_lung, lifted,
+    /// off_axis) that the bundle's view gate must refuse.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "normal,hydronephrosis,liver"
+    )]
     pub sweeps: Vec<String>,
     /// The `renalscan-edge` binary [default: beside this executable].
     #[arg(long)]
@@ -280,9 +286,14 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let journal = w.join("journal");
-    for (i, class) in args.sweeps.iter().enumerate() {
+    for (i, sweep) in args.sweeps.iter().enumerate() {
+        let view = phantom::Anatomy::parse(sweep).filter(|a| !a.is_kidney());
+        let (what, flag) = match view {
+            Some(a) => (format!("over the {a} (no kidney in view)"), "--view"),
+            None => (format!("of a {sweep} kidney"), "--class"),
+        };
         println!(
-            "[9/9] renalscan-edge: phantom probe sweep of a {class} kidney, {} frames",
+            "[9/9] renalscan-edge: phantom probe sweep {what}, {} frames",
             args.frames
         );
         let t = Instant::now();
@@ -292,7 +303,7 @@ pub fn run(args: Args) -> Result<()> {
             .arg(&bundle)
             .arg("--trusted-keys")
             .arg(&public)
-            .args(["--phantom", "--fps", "0", "--class", class])
+            .args(["--phantom", "--fps", "0", flag, sweep])
             .arg("--seed")
             .arg((11 + i).to_string())
             .arg("--max-frames")
@@ -302,9 +313,9 @@ pub fn run(args: Args) -> Result<()> {
             .status()
             .with_context(|| format!("starting {}", edge.display()))?;
         if !status.success() {
-            bail!("renalscan-edge failed on the {class} sweep ({status})");
+            bail!("renalscan-edge failed on the {sweep} sweep ({status})");
         }
-        println!("[9/9] {class} sweep: {:.1} s", t.elapsed().as_secs_f64());
+        println!("[9/9] {sweep} sweep: {:.1} s", t.elapsed().as_secs_f64());
     }
     println!(
         "demo finished in {:.1} s: bundle {}, journal {}, reports {} and {}",

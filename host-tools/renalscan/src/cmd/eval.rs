@@ -111,11 +111,17 @@ pub fn run(args: Args) -> Result<()> {
     if samples.is_empty() {
         bail!("no test images in {}", args.data.display());
     }
-    let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
+    let paths: Vec<usimage::FrameRef> = samples.iter().map(|s| s.frame_ref()).collect();
+    // With a view gate, its two outputs come after the probabilities.
+    let gate = manifest.view_gate.clone();
+    let names: Vec<&str> = match &gate {
+        Some(g) => vec!["probs", &g.kidney_output, &g.ood_output],
+        None => vec!["probs"],
+    };
     let job = Job {
         model: &bytes,
         origin: &onnx,
-        output: "probs",
+        outputs: &names,
         pool: false,
         threads: args.threads,
         label: "eval",
@@ -124,29 +130,59 @@ pub fn run(args: Args) -> Result<()> {
     let results = extract::run(&paths, &job, &|_| None, &mut |_, _| Ok(()))?;
     let secs = t.elapsed().as_secs_f64();
     let skipped = extract::check_failures(&paths, &results, args.max_failed_pct)?;
-    // Dataset labels are classes; the model's outputs follow its own taxonomy.
+    let k = taxonomy.len();
+    // Dataset labels are classes (or no_kidney); the model's outputs follow its taxonomy.
     let mut unknown = 0usize;
-    let preds: Vec<Prediction> = samples
-        .iter()
-        .zip(results)
-        .filter_map(|(s, r)| {
-            let label = Class::from_index(s.label).and_then(|c| taxonomy.index_of(c));
-            if label.is_none() {
-                unknown += 1;
-            }
-            Some(Prediction {
-                label: label?,
-                probs: r.ok()?,
-            })
-        })
-        .collect();
+    let mut preds = Vec::new();
+    let mut gate_counts = [[0usize; 4]; 2]; // [kidney, other] x [n, gated, learned, ood]
+    for (s, r) in samples.iter().zip(results) {
+        let Ok(out) = r else { continue };
+        let (probs, rest) = out.split_at(k.min(out.len()));
+        if let (Some(g), [p_kidney, ood, ..]) = (&gate, rest) {
+            let learned = f64::from(*p_kidney) < g.kidney_threshold;
+            let odd = f64::from(*ood) > g.ood_threshold;
+            let c = &mut gate_counts[usize::from(!s.is_kidney())];
+            c[0] += 1;
+            c[1] += usize::from(learned || odd);
+            c[2] += usize::from(learned);
+            c[3] += usize::from(odd);
+        }
+        if !s.is_kidney() {
+            continue;
+        }
+        match Class::from_index(s.label).and_then(|c| taxonomy.index_of(c)) {
+            Some(label) => preds.push(Prediction {
+                label,
+                probs: probs.to_vec(),
+            }),
+            None => unknown += 1,
+        }
+    }
     if unknown > 0 {
         bail!(
             "{unknown} images are of classes the model does not output (its labels: {})",
             taxonomy.labels().join(", ")
         );
     }
-    let e = evaluate::evaluate(&taxonomy, &preds, threshold)?;
+    let mut e = evaluate::evaluate(&taxonomy, &preds, threshold)?;
+    if gate.is_some() {
+        let rate = |a: usize, b: usize| {
+            if b == 0 {
+                f64::NAN
+            } else {
+                a as f64 / b as f64
+            }
+        };
+        let [kid, other] = gate_counts;
+        e.view_gate = Some(contract::manifest::ViewGateMetrics {
+            n_kidney: kid[0],
+            n_other: other[0],
+            kidney_pass: rate(kid[0] - kid[1], kid[0]),
+            other_gated: rate(other[1], other[0]),
+            other_gated_learned: rate(other[2], other[0]),
+            other_gated_ood: rate(other[3], other[0]),
+        });
+    }
     let context = format!(
         "Model `{}`, data `{}`: {} images scored ({} skipped) in {:.1} s with tract; threshold {:.4} \
          on p(abnormal) = 1 - p(normal) ({}).",
@@ -189,6 +225,18 @@ pub fn run(args: Args) -> Result<()> {
             t.auc,
             t.auc_ci[0],
             t.auc_ci[1]
+        );
+    }
+    if let Some(g) = &e.view_gate {
+        println!(
+            "view gate: {:.1}% of {} kidney views pass, {:.1}% of {} non-kidney views gated \
+             (learned {:.1}%, OOD {:.1}%)",
+            100.0 * g.kidney_pass,
+            g.n_kidney,
+            100.0 * g.other_gated,
+            g.n_other,
+            100.0 * g.other_gated_learned,
+            100.0 * g.other_gated_ood
         );
     }
     println!("report: {}", args.out.join("report.html").display());

@@ -11,6 +11,7 @@ use contract::manifest::Manifest;
 use contract::{Class, Taxonomy};
 use quantize::{Agreement, Calibrator, FloatModel, Form, LayerRow};
 use train::{Sample, Split};
+use usimage::FrameRef;
 
 /// Calibrator selection on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -279,7 +280,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     train::dataset::Rng::new(args.seed).shuffle(&mut calib_rows);
     let rest = calib_rows.split_off(args.calib_n.min(calib_rows.len()));
-    let calib_paths: Vec<PathBuf> = calib_rows.iter().map(|s| s.path.clone()).collect();
+    let calib_paths: Vec<FrameRef> = calib_rows.iter().map(Sample::frame_ref).collect();
     let calib = quantize::load_images(&calib_paths, side, args.max_failed_pct, "calibration")?;
     log::info!(
         "calibration: {} images ({} skipped) from {}",
@@ -376,11 +377,14 @@ pub fn run(args: Args) -> Result<()> {
     let chosen = if candidates.len() == 1 {
         candidates[0]
     } else {
-        let val_rows = match &args.val {
+        // The calibrator is chosen on screening decisions: kidneys only (calibration itself
+        // sees every view, so no-kidney frames do not saturate).
+        let mut val_rows = match &args.val {
             Some(v) => rows(v, Split::Val)?,
             None => rest,
         };
-        let mut val_paths: Vec<PathBuf> = val_rows.iter().map(|s| s.path.clone()).collect();
+        val_rows.retain(Sample::is_kidney);
+        let mut val_paths: Vec<FrameRef> = val_rows.iter().map(Sample::frame_ref).collect();
         val_paths.truncate(args.val_n);
         if val_paths.is_empty() {
             bail!("--calibrator auto needs validation images: give --val or more calibration images than --calib-n");
@@ -515,7 +519,7 @@ pub fn run(args: Args) -> Result<()> {
             calibration_skipped: calib
                 .skipped
                 .iter()
-                .map(|(p, e)| format!("{}: {e}", p.display()))
+                .map(|(p, e)| format!("{p}: {e}"))
                 .collect(),
             calibration_s,
             chosen: chosen.name(),
@@ -611,17 +615,16 @@ fn test_report(
 ) -> Result<TestReport> {
     let p_abnormal = |p: &[f32]| taxonomy.p_abnormal_f64(p);
     let normal = Class::Normal.index();
-    let samples = rows(data, Split::Test)?;
-    let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
+    let mut samples = rows(data, Split::Test)?;
+    samples.retain(Sample::is_kidney);
+    let paths: Vec<FrameRef> = samples.iter().map(Sample::frame_ref).collect();
     let imgs = quantize::load_images(&paths, side, args.max_failed_pct, "test")?;
-    let label: BTreeMap<&Path, usize> = samples
-        .iter()
-        .map(|s| (s.path.as_path(), s.label))
-        .collect();
+    let label: BTreeMap<FrameRef, usize> =
+        samples.iter().map(|s| (s.frame_ref(), s.label)).collect();
     let labels: Vec<usize> = imgs
         .paths
         .iter()
-        .map(|p| label.get(p.as_path()).copied().unwrap_or(0))
+        .map(|p| label.get(p).copied().unwrap_or(0))
         .collect();
     let f = quantize::predict(model.proto(), shape, probs, &imgs.tensors, "test float")?;
     let q = quantize::predict(
@@ -649,7 +652,7 @@ fn test_report(
         .iter()
         .zip(f.iter().zip(&q))
         .map(|(p, (f, q))| Flip {
-            path: p.display().to_string(),
+            path: p.to_string(),
             p_float: p_abnormal(f),
             p_int8: p_abnormal(q),
         })
@@ -685,7 +688,7 @@ fn test_report(
             .iter()
             .zip(&labels)
             .zip(f.iter().zip(&q))
-            .map(|((p, l), (f, q))| (p.display().to_string(), *l, p_abnormal(f), p_abnormal(q)))
+            .map(|((p, l), (f, q))| (p.to_string(), *l, p_abnormal(f), p_abnormal(q)))
             .collect(),
     })
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use phantom::{Class, Mix, PlanConfig, Profile, ProfileChoice, SweepConfig};
+use phantom::{Anatomy, Class, Mix, PlanConfig, Profile, ProfileChoice, SweepConfig};
 
 /// Arguments of `renalscan synth`.
 #[derive(clap::Args)]
@@ -13,9 +13,14 @@ pub struct Args {
     /// Output folder: `<class>/<id>.png` + `manifest.csv` (or sweep frames + `frames.csv`).
     #[arg(long)]
     out: PathBuf,
-    /// Number of images (or frames with --stream).
+    /// Number of kidney images (or frames with --stream).
     #[arg(long, default_value_t = 1599)]
     n: usize,
+    /// Images that show no kidney (liver, spleen, bladder, bowel, ribs over lung, lifted
+    /// probe, planes beside the kidney), as a fraction of --n, added after the kidney images
+    /// (label `no_kidney`): what the view gate learns from.
+    #[arg(long, default_value_t = phantom::dataset::DEFAULT_OTHER_FRACTION, value_parser = fraction)]
+    other_views: f64,
     /// Seed: the same seed gives the same images on any machine.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -37,6 +42,28 @@ pub struct Args {
     /// Stream mode: frames per second.
     #[arg(long, default_value_t = 20.0)]
     fps: f32,
+    /// Stream mode: what the probe sweeps over: kidney, liver, spleen, bladder, bowel,
+    /// rib_lung, lifted or off_axis.
+    #[arg(long, default_value = "kidney", value_parser = anatomy)]
+    view: Anatomy,
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("{v} is not a fraction in [0, 1]")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn anatomy(s: &str) -> Result<Anatomy, String> {
+    Anatomy::parse(s).ok_or_else(|| {
+        let known: Vec<&str> = std::iter::once(Anatomy::Kidney)
+            .chain(Anatomy::OTHER)
+            .map(Anatomy::label)
+            .collect();
+        format!("unknown view {s:?} (known: {})", known.join(", "))
+    })
 }
 
 /// Log a progress line every `every` items, with rate and time left.
@@ -65,6 +92,7 @@ pub fn run(args: Args) -> Result<()> {
             severity: args.severity,
             fps: args.fps,
             frames: Some(args.n as u64),
+            anatomy: args.view,
             ..SweepConfig::new(args.seed, profile)
         };
         let csv = phantom::write_sweep(&args.out, cfg, &progress(start, every))?;
@@ -78,6 +106,7 @@ pub fn run(args: Args) -> Result<()> {
         seed: args.seed,
         mix,
         profile,
+        other_views: (args.n as f64 * args.other_views).round() as usize,
     });
     let report = progress(start, every);
     let manifest = phantom::write_dataset(&args.out, &specs, &|d, t| report(d as u64, t as u64))?;

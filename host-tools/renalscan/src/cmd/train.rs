@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use resnet50::ResNet50;
+use train::studies::{FrameChoice, Status};
 use train::{FinetuneConfig, HeadConfig, Stage2Options, TrainOptions};
 
 use super::weights::CacheArgs;
@@ -20,10 +21,21 @@ pub enum Finetune {
 /// Arguments of `train`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Dataset: `<root>/<class>/*`, a folder holding `manifest.csv`, or a CSV manifest
-    /// (path, label, optional severity, patient_id, split).
+    /// Dataset: `<root>/<class>/*`, a folder holding `manifest.csv`, a CSV manifest
+    /// (path, label, optional frame, severity, patient_id, split), or with `--labels` a folder
+    /// of DICOM files in any layout.
     #[arg(long)]
     pub data: PathBuf,
+    /// Labels of a DICOM folder given as `--data`: a CSV keyed by `path` (relative to the
+    /// folder) or `sop_instance_uid`, with `label` and optionally `split`, `frames` (as
+    /// `--cine-frames`, per file), `severity`, `patient_id`. Patients come from PatientID and
+    /// are only written as hashes; every file not used is listed in `<out>/dicom-ingest.csv`.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Frames of each cine used (DICOM folders): all, first, middle, every:N, or a list like
+    /// 0;12;40-59. Single-frame files always give their one frame.
+    #[arg(long, default_value = "all", value_parser = parse_frames)]
+    pub cine_frames: FrameChoice,
     /// Run directory: config, log, metrics, split.csv, model.onnx, manifest.toml.
     #[arg(long)]
     pub out: PathBuf,
@@ -83,11 +95,19 @@ pub struct Args {
     /// Ablation: replace the ImageNet weights by a seeded random initialisation.
     #[arg(long)]
     pub random_backbone: bool,
+    /// Do not fit the view gate (is it a kidney at all?). Without it the model classifies
+    /// whatever it is shown.
+    #[arg(long)]
+    pub no_view_gate: bool,
     /// ONNX export of the ImageNet backbone (written on first use).
     #[arg(long, default_value = "models/resnet50-imagenet.onnx")]
     pub backbone: PathBuf,
     #[command(flatten)]
     pub cache: CacheArgs,
+}
+
+fn parse_frames(s: &str) -> Result<FrameChoice, String> {
+    s.parse()
 }
 
 fn write_backbone(net: &ResNet50, out: &Path) -> Result<()> {
@@ -108,6 +128,19 @@ pub fn run(args: Args) -> Result<()> {
             args.out.display()
         );
     }
+    let data = match &args.labels {
+        Some(labels) => dicom_folder(&args, labels)?,
+        None => {
+            if dicom_only(&args.data) {
+                bail!(
+                    "{} holds DICOM files but no class folders or manifest.csv: give their \
+                     labels with --labels <csv> (keyed by path or sop_instance_uid)",
+                    args.data.display()
+                );
+            }
+            args.data.clone()
+        }
+    };
     let got = args.cache.ensure()?;
     let mut weights = ResNet50::load_tfjs(&got.model_json())?;
     let (backbone, name) = if args.random_backbone {
@@ -131,7 +164,7 @@ pub fn run(args: Args) -> Result<()> {
         )
     };
     let opt = TrainOptions {
-        data: args.data.clone(),
+        data,
         out: args.out.clone(),
         cache_dir: args.feature_cache.clone(),
         val_fraction: args.val_fraction,
@@ -146,6 +179,7 @@ pub fn run(args: Args) -> Result<()> {
             ..HeadConfig::default()
         },
         backbone_name: name,
+        view_gate: !args.no_view_gate,
     };
     if let Some(Finetune::Layer4) = args.finetune {
         return run_stage2(&args, opt, &weights, &backbone);
@@ -180,6 +214,70 @@ pub fn run(args: Args) -> Result<()> {
         args.out.join("split.csv").display()
     );
     Ok(())
+}
+
+/// Ingests a DICOM folder with its labels into `<out>/dicom-manifest.csv`, reporting what
+/// was left out; returns the manifest to train on.
+fn dicom_folder(args: &Args, labels: &Path) -> Result<PathBuf> {
+    if !args.data.is_dir() {
+        bail!(
+            "--labels is for a folder of DICOM files, and {} is not a folder",
+            args.data.display()
+        );
+    }
+    let (manifest, ing) = train::studies::prepare(&args.data, labels, &args.cine_frames, &args.out)
+        .with_context(|| {
+            format!(
+                "reading the DICOM folder {} with labels {}",
+                args.data.display(),
+                labels.display()
+            )
+        })?;
+    let left_out = ing
+        .entries
+        .iter()
+        .filter(|e| e.status != Status::Used)
+        .count();
+    println!(
+        "DICOM folder: {} frames from {} files; {} entries not used{}",
+        ing.samples.len(),
+        ing.count(Status::Used),
+        left_out,
+        if left_out > 0 {
+            format!(" (see {})", args.out.join("dicom-ingest.csv").display())
+        } else {
+            String::new()
+        }
+    );
+    Ok(manifest)
+}
+
+/// A folder whose files are DICOM with no class folders or manifest (cheap: file names only).
+fn dicom_only(dir: &Path) -> bool {
+    if !dir.is_dir() || dir.join("manifest.csv").is_file() {
+        return false;
+    }
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    let mut any_dicom = false;
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir()
+            && p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(train::parse_label)
+                .is_some()
+        {
+            return false;
+        }
+        let ext = p
+            .extension()
+            .and_then(|x| x.to_str())
+            .map(str::to_ascii_lowercase);
+        any_dicom |= matches!(ext.as_deref(), Some("dcm" | "dicom"));
+    }
+    any_dicom
 }
 
 fn run_stage2(args: &Args, base: TrainOptions, weights: &ResNet50, backbone: &Path) -> Result<()> {

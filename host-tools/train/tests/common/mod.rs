@@ -25,6 +25,7 @@ pub fn phantom(dir: &Path, n: usize, seed: u64) -> PathBuf {
         seed,
         mix: Mix::Balanced,
         profile: ProfileChoice::Mixed,
+        other_views: 0,
     });
     phantom::write_dataset(&data, &specs, &|_, _| {}).expect("phantom set");
     data
