@@ -76,7 +76,7 @@ fn train_draft_bundle_and_device_agree_on_every_field() {
     let run = dir.path().join("run");
     std::fs::create_dir_all(&run).unwrap();
     let (k, c) = testkit::frames::split();
-    let model = testkit::tiny::classifier(k, c);
+    let model = testkit::tiny::classifier_with_gate(k, c, testkit::frames::gate());
     std::fs::write(run.join("model.onnx"), &model).unwrap();
 
     // train: the draft, written as a run writes it.

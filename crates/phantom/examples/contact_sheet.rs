@@ -1,7 +1,8 @@
 //! Contact sheet: every class under two scanner profiles, labelled, as one small PNG.
 //! `cargo run --release -p phantom --example contact_sheet -- [out.png] [severity] [seed]`
-use image::{imageops, GrayImage, Luma, RgbImage};
-use phantom::screen::text;
+mod common;
+
+use image::{GrayImage, Luma};
 use phantom::{render_one, Class, Profile};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -16,42 +17,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Profile::by_name("peds-convex")?,
         Profile::by_name("peds-linear")?,
     ];
-    let (tw, th) = (256u32, 216u32);
-    let mut sheet = RgbImage::new(tw * 6, th * 2 + 14);
+    let mut sheet = common::sheet(
+        Class::ALL.len(),
+        profiles.len(),
+        &format!("PHANTOM CONTACT SHEET  SEVERITY {sev:.1}  SEED {seed}"),
+    );
     for (row, p) in profiles.iter().enumerate() {
         for (col, c) in Class::ALL.iter().enumerate() {
             let img = render_one(*c, sev, p, seed + 10 * row as u64 + col as u64, col as u64);
-            // Keep the whole screen grab (furniture included), scaled to the tile.
-            let scale = (tw as f32 / img.width() as f32).min(th as f32 / img.height() as f32);
-            let (w, h) = (
-                (img.width() as f32 * scale) as u32,
-                (img.height() as f32 * scale) as u32,
-            );
-            let small = imageops::resize(&img, w, h, imageops::FilterType::Triangle);
-            let (x0, y0) = (
-                col as u32 * tw + (tw - w) / 2,
-                14 + row as u32 * th + (th - h) / 2,
-            );
-            imageops::overlay(&mut sheet, &small, x0 as i64, y0 as i64);
-            let label = format!("{} {}", c.label(), p.name);
-            text(
+            common::place(
                 &mut sheet,
-                (col as u32 * tw + 4) as i32,
-                (14 + row as u32 * th + 2) as i32,
-                1,
-                image::Rgb([255, 210, 60]),
-                &label,
+                col,
+                row,
+                &img,
+                &format!("{} {}", c.label(), p.name),
             );
         }
     }
-    text(
-        &mut sheet,
-        4,
-        3,
-        1,
-        image::Rgb([255, 255, 255]),
-        &format!("PHANTOM CONTACT SHEET  SEVERITY {sev:.1}  SEED {seed}"),
-    );
     // Grey PNG keeps the sheet small; the tiles are grey apart from small coloured marks.
     let grey: GrayImage = GrayImage::from_fn(sheet.width(), sheet.height(), |x, y| {
         let p = sheet.get_pixel(x, y).0;

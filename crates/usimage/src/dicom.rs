@@ -983,6 +983,21 @@ fn check_lengths(body: &[u8]) -> Result<(), DecodeError> {
         if len > body.len() - pos {
             return Err(corrupt(at));
         }
+        // dicom-rs reads binary numbers whole and skips a remainder, so a length that is not
+        // a multiple of the value size would put its reading out of step with this walk.
+        let size = match &vr {
+            b"US" | b"SS" => 2,
+            b"UL" | b"SL" | b"FL" | b"AT" => 4,
+            b"FD" | b"SV" | b"UV" => 8,
+            _ => 1,
+        };
+        if !len.is_multiple_of(size) {
+            return Err(DecodeError::DicomParse(format!(
+                "element ({group:04X},{elem:04X}) at byte {at}: {len} bytes is not a whole \
+                 number of {} values ({size} bytes each)",
+                String::from_utf8_lossy(&vr)
+            )));
+        }
         let next_is_item = body.get(pos..pos + 4) == Some(&[0xFE, 0xFF, 0x00, 0xE0])
             || body.get(pos..pos + 4) == Some(&[0xFF, 0xFE, 0xE0, 0x00]);
         if &vr == b"SQ" || (len > 0 && next_is_item) {

@@ -49,3 +49,12 @@ fn dicom_stray_sequence_delimiter() {
         DecodeError::DicomParse(_)
     ));
 }
+
+#[test]
+fn dicom_binary_value_of_a_ragged_length() {
+    // SOP Instance UID mutated to VR UL with 10 bytes: dicom-rs read two ULs, skipped the
+    // rest, took the next element's VR bytes for an unknown VR and allocated a 1.7 GB length.
+    let e = check("dicom-ul-odd-length-oom.dcm");
+    assert!(matches!(e, DecodeError::DicomParse(_)), "{e}");
+    assert!(e.to_string().contains("(0008,0018)"), "{e}");
+}

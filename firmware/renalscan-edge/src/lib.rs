@@ -6,13 +6,15 @@
 //! the bundle's model) -> [`aggregate`] (window + hysteresis) -> [`sink`]s, one list behind
 //! one trait (journal first, [`snapshot`] PNGs of decisive frames, stdout, cart link).
 //! [`runtime`] turns the loop, with systemd readiness and watchdog ([`watchdog`]); the
-//! binary adds the CLI.
+//! binary adds the CLI. [`exam`] replays recorded sweeps through the same pipeline for
+//! exam-level evaluation on the workstation.
 
 pub mod aggregate;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod exam;
 pub mod gate;
 pub mod infer;
 pub mod pipeline;

@@ -128,6 +128,11 @@ impl Pipeline {
         &self.classifier
     }
 
+    /// Gives the model back (to start another stream with it without reloading).
+    pub fn into_classifier(self) -> Classifier {
+        self.classifier
+    }
+
     pub fn screening(&self) -> bool {
         self.screening
     }

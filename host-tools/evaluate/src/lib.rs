@@ -4,7 +4,9 @@
 //! the paper's table.
 
 pub mod metrics;
+pub mod plots;
 pub mod report;
+pub mod study;
 
 pub use metrics::{
     argmax, auc, confidences, delong, ece, evaluate, roc, sens_spec, threshold_for_sensitivity,

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use contract::Taxonomy;
 use serde::Serialize;
 
+use crate::study;
+
 /// z for a two-sided 95% interval.
 const Z95: f64 = 1.959_963_984_540_054;
 
@@ -303,6 +305,8 @@ pub struct Evaluation {
     /// ROC points `(fpr, tpr)`: "overall" and one per type.
     #[serde(skip)]
     pub roc: BTreeMap<String, Vec<(f64, f64)>>,
+    /// The reference study's table at the screening threshold and at the Youden point.
+    pub study: Vec<study::StudyPoint>,
     /// The view gate on these images (kidney views passed, non-kidney views gated), when the
     /// model has one; the screening figures above count every kidney view.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -403,11 +407,13 @@ pub fn evaluate(
     let mut roc_curves = BTreeMap::new();
     roc_curves.insert("overall".to_string(), roc(&pos, &neg));
     let mut per_type = BTreeMap::new();
+    let mut type_scores = Vec::new();
     for (c, name) in t.labels().iter().enumerate().filter(|(c, _)| *c != normal) {
         let tp: Vec<f64> = preds.iter().filter(|p| p.label == c).map(score).collect();
         if tp.is_empty() {
             continue;
         }
+        type_scores.push((name.clone(), tp.clone()));
         let at = delong(&tp, &neg);
         let (s, _) = sens_spec(&tp, &neg, threshold);
         let ok = tp.iter().filter(|&&x| x >= threshold).count()
@@ -444,8 +450,32 @@ pub fn evaluate(
         confusion,
         reliability: reliability(&conf, &correct, 10),
         roc: roc_curves,
+        study: vec![
+            study::point("screening threshold", threshold, &type_scores, &neg),
+            study::point(
+                "Youden point of these images",
+                study::youden(&pos, &neg),
+                &type_scores,
+                &neg,
+            ),
+        ],
         view_gate: None,
     })
+}
+
+/// A small made-up evaluation (60 images, every class) for the report and plot tests.
+#[cfg(test)]
+pub(crate) fn sample_evaluation() -> Evaluation {
+    let mut preds = Vec::new();
+    for i in 0..60 {
+        let label = i % 6;
+        let noise = (i as f32 * 0.37).fract() * 0.5;
+        let mut probs = vec![0.02; 6];
+        probs[label] = 0.5 + noise * 0.5;
+        probs[0] += if label == 0 { 0.0 } else { noise * 0.3 };
+        preds.push(Prediction { label, probs });
+    }
+    evaluate(&Taxonomy::standard(), &preds, 0.5).expect("sample evaluation")
 }
 
 #[cfg(test)]

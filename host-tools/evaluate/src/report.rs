@@ -1,16 +1,14 @@
-//! `report.md`, `report.html` (pictures inline) and `metrics.json`, plus ROC and calibration
-//! PNGs drawn with plotters. The plots carry no text (no font dependency): legends are in
-//! the documents beside them.
+//! `report.md`, `report.html` (pictures inline) and `metrics.json`, plus the ROC and
+//! calibration pictures (`plots`).
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Cursor;
 use std::path::Path;
 
-use base64::Engine as _;
-use plotters::prelude::*;
-
 use crate::metrics::Evaluation;
+use crate::plots::{calibration_png, colour, roc_png};
+use crate::study::PUBLISHED;
+use base64::Engine as _;
 
 /// Errors writing a report.
 #[derive(Debug, thiserror::Error)]
@@ -34,129 +32,6 @@ pub enum ReportError {
     /// JSON serialisation.
     #[error("cannot serialise metrics: {0}")]
     Json(#[from] serde_json::Error),
-}
-
-/// The colour of a class's curve: by its screening class, so a type has one colour in every
-/// report whatever the model's output order (overall is black); named in the legends.
-fn colour(label: &str) -> (RGBColor, &'static str) {
-    contract::Class::from_label(label)
-        .and_then(|c| COLOURS.get(c.index()).copied())
-        .unwrap_or(COLOURS[0])
-}
-
-const COLOURS: [(RGBColor, &str); 6] = [
-    (RGBColor(0, 0, 0), "black"),
-    (RGBColor(230, 97, 1), "orange"),
-    (RGBColor(44, 123, 182), "blue"),
-    (RGBColor(215, 25, 28), "red"),
-    (RGBColor(77, 175, 74), "green"),
-    (RGBColor(152, 78, 163), "purple"),
-];
-
-const SIDE: u32 = 480;
-
-fn png(what: &'static str, buf: Vec<u8>) -> Result<Vec<u8>, ReportError> {
-    let img = image::RgbImage::from_raw(SIDE, SIDE, buf).ok_or(ReportError::Plot {
-        what,
-        msg: "buffer size".into(),
-    })?;
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
-        .map_err(|e| ReportError::Plot {
-            what,
-            msg: e.to_string(),
-        })?;
-    Ok(out.into_inner())
-}
-
-/// Draws on a unit square with a light grid and the diagonal.
-fn unit_plot(
-    what: &'static str,
-    draw: impl FnOnce(
-        &mut ChartContext<
-            '_,
-            BitMapBackend<'_>,
-            Cartesian2d<
-                plotters::coord::types::RangedCoordf64,
-                plotters::coord::types::RangedCoordf64,
-            >,
-        >,
-    ) -> Result<(), String>,
-) -> Result<Vec<u8>, ReportError> {
-    let mut buf = vec![0u8; (SIDE * SIDE * 3) as usize];
-    let err = |msg: String| ReportError::Plot { what, msg };
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (SIDE, SIDE)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-        let mut chart = ChartBuilder::on(&root)
-            .margin(16)
-            .build_cartesian_2d(0f64..1f64, 0f64..1f64)
-            .map_err(|e| err(e.to_string()))?;
-        let grid = RGBColor(225, 225, 225);
-        for i in 0..=10 {
-            let v = f64::from(i) / 10.0;
-            chart
-                .draw_series(LineSeries::new([(v, 0.0), (v, 1.0)], grid))
-                .map_err(|e| err(e.to_string()))?;
-            chart
-                .draw_series(LineSeries::new([(0.0, v), (1.0, v)], grid))
-                .map_err(|e| err(e.to_string()))?;
-        }
-        chart
-            .draw_series(LineSeries::new(
-                [(0.0, 0.0), (1.0, 1.0)],
-                RGBColor(160, 160, 160),
-            ))
-            .map_err(|e| err(e.to_string()))?;
-        draw(&mut chart).map_err(err)?;
-        root.present().map_err(|e| err(e.to_string()))?;
-    }
-    png(what, buf)
-}
-
-/// ROC curves: overall (black, thick) and each type vs normal.
-pub fn roc_png(e: &Evaluation) -> Result<Vec<u8>, ReportError> {
-    unit_plot("ROC curves", |chart| {
-        for name in e.abnormal_classes() {
-            if let Some(pts) = e.roc.get(name) {
-                chart
-                    .draw_series(LineSeries::new(
-                        pts.iter().copied(),
-                        colour(name).0.stroke_width(2),
-                    ))
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-        if let Some(pts) = e.roc.get("overall") {
-            chart
-                .draw_series(LineSeries::new(pts.iter().copied(), BLACK.stroke_width(4)))
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    })
-}
-
-/// Reliability diagram: per bin, accuracy (y) at mean confidence (x); dot area ~ count.
-pub fn calibration_png(e: &Evaluation) -> Result<Vec<u8>, ReportError> {
-    let total = e.reliability.iter().map(|b| b.count).sum::<usize>().max(1) as f64;
-    unit_plot("calibration plot", |chart| {
-        let pts: Vec<(f64, f64)> = e
-            .reliability
-            .iter()
-            .filter(|b| b.count > 0)
-            .map(|b| (b.confidence, b.accuracy))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(pts, BLUE.stroke_width(2)))
-            .map_err(|e| e.to_string())?;
-        chart
-            .draw_series(e.reliability.iter().filter(|b| b.count > 0).map(|b| {
-                let r = (3.0 + 25.0 * (b.count as f64 / total).sqrt()) as i32;
-                Circle::new((b.confidence, b.accuracy), r, BLUE.mix(0.5).filled())
-            }))
-            .map_err(|e| e.to_string())?;
-        Ok(())
-    })
 }
 
 fn pct(x: f64) -> String {
@@ -297,11 +172,83 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
     })
 }
 
-const ROC_LEGEND: &str = "ROC curves (x: false-positive rate, y: sensitivity; grid every 0.1): \
-overall black (thick), stone orange, cyst blue, hyperechogenicity red, SOL green, \
-hydronephrosis purple; grey diagonal = chance.";
-const CAL_LEGEND: &str = "Calibration (x: top-label confidence, y: accuracy, 10 bins; dot area \
-grows with the bin's image count); grey diagonal = perfect calibration.";
+const ROC_LEGEND: &str = "The circle is the screening threshold's operating point on the \
+overall curve.";
+const CAL_LEGEND: &str = "Top-label confidence against the fraction correct, in 10 equal bins; \
+points under the diagonal are overconfident.";
+
+const STUDY_NOTE: &str = "In the study's terms (Tsai et al., JMIR Med Inform 2022): a type's \
+accuracy is the share of its images called abnormal, normal accuracy is the specificity, the \
+overall row is the binary accuracy and AUC. The published column comes from the authors' own \
+1,599 clinical images and is **not comparable** with figures on other data (phantom or another \
+clinic's). The Youden point is chosen on the images it is measured on, so it is optimistic; \
+the screening threshold is the one the device uses.";
+
+/// The study's table: one row per type, then normal and overall; columns: the published
+/// figure, then this model at each operating point, then AUCs.
+fn study_table(e: &Evaluation) -> String {
+    let mut t = String::from("| row | published accuracy (authors' data) |");
+    for p in &e.study {
+        let _ = write!(t, " {} ({:.3}) |", p.name, p.threshold);
+    }
+    t.push_str(" AUC here | published AUC (authors' data) |\n|---|---|");
+    for _ in &e.study {
+        t.push_str("---|");
+    }
+    t.push_str("---|---|\n");
+    let published = |row: &str| PUBLISHED.iter().find(|p| p.0 == row);
+    let cell = |x: f64| {
+        if x.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{}%", pct(x))
+        }
+    };
+    let auc = |x: Option<f64>| x.map_or("-".to_string(), |a| format!("{a:.3}"));
+    for name in e.abnormal_classes() {
+        let Some(tm) = e.per_type.get(name) else {
+            continue;
+        };
+        let p = published(name);
+        let _ = write!(
+            t,
+            "| {name} (n={}) | {} |",
+            tm.n,
+            p.map_or("-".into(), |p| format!("{:.1}%", p.1))
+        );
+        for sp in &e.study {
+            let v = sp
+                .per_type
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(f64::NAN, |x| x.1);
+            let _ = write!(t, " {} |", cell(v));
+        }
+        let _ = writeln!(t, " {:.3} | {} |", tm.auc, auc(p.and_then(|p| p.2)));
+    }
+    let acc = |row: &str| published(row).map_or("-".into(), |p| format!("{:.1}%", p.1));
+    let _ = write!(
+        t,
+        "| normal (n={}), specificity | {} |",
+        e.overall.n_normal,
+        acc("normal")
+    );
+    for sp in &e.study {
+        let _ = write!(t, " {} |", cell(sp.normal));
+    }
+    t.push_str(" - | - |\n");
+    let _ = write!(t, "| overall (n={}) | {} |", e.overall.n, acc("overall"));
+    for sp in &e.study {
+        let _ = write!(t, " {} |", cell(sp.accuracy));
+    }
+    let _ = writeln!(
+        t,
+        " {:.3} | {} |",
+        e.overall.auc,
+        auc(published("overall").and_then(|p| p.2))
+    );
+    t
+}
 
 /// Writes `report.md`, `report.html`, `metrics.json`, `roc.png` and `calibration.png` into
 /// `dir`. `context` is a short Markdown paragraph (model, data) placed under the title.
@@ -319,9 +266,11 @@ pub fn write_report(dir: &Path, e: &Evaluation, context: &str) -> Result<(), Rep
         serde_json::to_string_pretty(e)?.as_bytes(),
     )?;
     let (overall, per_type, conf) = tables(e);
+    let study = study_table(e);
     let gate = gate_table(e);
     let md = format!(
         "# renalscan evaluation\n\n{context}\n\n## Normal vs abnormal\n\n{overall}\n\
+         ## The study's table\n\n{study}\n{STUDY_NOTE}\n\n\
          ## Each abnormality type vs normal\n\n{per_type}\n## Confusion matrix (argmax)\n\n{conf}\n\
          ## View gate (is it a kidney?)\n\n{gate}\n\
          ## ROC curves\n\n![ROC](roc.png)\n\n{ROC_LEGEND}\n\n## Calibration\n\n\
@@ -335,6 +284,7 @@ pub fn write_report(dir: &Path, e: &Evaluation, context: &str) -> Result<(), Rep
          <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}\
          table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px}}</style>\
          </head><body>\n<h1>renalscan evaluation</h1>\n<p>{}</p>\n<h2>Normal vs abnormal</h2>\n{}\
+         <h2>The study's table</h2>\n{}<p>{}</p>\n\
          <h2>Each abnormality type vs normal</h2>\n{}<h2>Confusion matrix (argmax)</h2>\n{}\
          <h2>View gate (is it a kidney?)</h2>\n{}\
          <h2>ROC curves</h2>\n<img alt=\"ROC\" src=\"data:image/png;base64,{}\">\n<p>{}</p>\n\
@@ -343,6 +293,8 @@ pub fn write_report(dir: &Path, e: &Evaluation, context: &str) -> Result<(), Rep
          </body></html>\n",
         html_escape(context),
         md_table_to_html(&overall),
+        md_table_to_html(&study),
+        html_escape(STUDY_NOTE).replace("**not comparable**", "<b>not comparable</b>"),
         md_table_to_html(&per_type),
         md_table_to_html(&conf),
         if gate.starts_with('|') {
@@ -363,20 +315,10 @@ pub fn write_report(dir: &Path, e: &Evaluation, context: &str) -> Result<(), Rep
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{evaluate, Prediction};
 
     #[test]
     fn writes_all_files() {
-        let mut preds = Vec::new();
-        for i in 0..60 {
-            let label = i % 6;
-            let noise = (i as f32 * 0.37).fract() * 0.5;
-            let mut probs = vec![0.02; 6];
-            probs[label] = 0.5 + noise * 0.5;
-            probs[0] += if label == 0 { 0.0 } else { noise * 0.3 };
-            preds.push(Prediction { label, probs });
-        }
-        let e = evaluate(&contract::Taxonomy::standard(), &preds, 0.5).unwrap();
+        let e = crate::metrics::sample_evaluation();
         let dir = tempfile::tempdir().unwrap();
         write_report(dir.path(), &e, "test <data>").unwrap();
         for f in [
@@ -396,5 +338,15 @@ mod tests {
         let html = fs::read_to_string(dir.path().join("report.html")).unwrap();
         assert!(html.contains("data:image/png;base64,iVBOR"));
         assert!(html.contains("test &lt;data&gt;"));
+        assert!(html.contains("The study&#39;s table") || html.contains("The study's table"));
+        let md = fs::read_to_string(dir.path().join("report.md")).unwrap();
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| stone"))
+            .expect("stone row");
+        assert!(row.contains("93.2%") && row.contains("0.973"), "{row}");
+        assert!(md.contains("Youden point of these images"));
+        assert!(md.contains("not comparable"));
+        assert_eq!(json["study"].as_array().map(Vec::len), Some(2));
     }
 }

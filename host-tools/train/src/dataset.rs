@@ -376,24 +376,7 @@ impl Rng {
 /// stratified by the patient's most frequent label: `val` and `test` are fractions of each
 /// class's patients. Deterministic for a seed.
 pub fn assign_splits(samples: &mut [Sample], val: f64, test: f64, seed: u64) {
-    // Patients in first-seen order, with their label counts.
-    let mut order: Vec<&str> = Vec::new();
-    let mut counts: HashMap<&str, [usize; DATA_LABELS.len()]> = HashMap::new();
-    for s in samples.iter().filter(|s| s.split.is_none()) {
-        let c = counts.entry(&s.patient).or_insert_with(|| {
-            order.push(&s.patient);
-            [0; DATA_LABELS.len()]
-        });
-        c[s.label] += 1;
-    }
-    let mut by_class: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
-    for p in &order {
-        let c = &counts[p];
-        let major = (0..c.len())
-            .max_by_key(|&i| (c[i], usize::MAX - i))
-            .unwrap_or(0);
-        by_class.entry(major).or_default().push(p);
-    }
+    let by_class = patients_by_class(samples.iter().filter(|s| s.split.is_none()));
     let mut rng = Rng::new(seed);
     let mut assigned: HashMap<String, Split> = HashMap::new();
     for (_, mut pats) in by_class {
@@ -421,6 +404,31 @@ pub fn assign_splits(samples: &mut [Sample], val: f64, test: f64, seed: u64) {
     for s in samples.iter_mut().filter(|s| s.split.is_none()) {
         s.split = assigned.get(&s.patient).copied();
     }
+}
+
+/// Patients by their majority label (ties to the lower label), each list in first-seen
+/// order: what stratified patient-level splits and folds deal out.
+pub fn patients_by_class<'a>(
+    samples: impl Iterator<Item = &'a Sample>,
+) -> BTreeMap<usize, Vec<&'a str>> {
+    let mut order: Vec<&str> = Vec::new();
+    let mut counts: HashMap<&str, [usize; DATA_LABELS.len()]> = HashMap::new();
+    for s in samples {
+        let c = counts.entry(&s.patient).or_insert_with(|| {
+            order.push(&s.patient);
+            [0; DATA_LABELS.len()]
+        });
+        c[s.label] += 1;
+    }
+    let mut by_class: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+    for p in order {
+        let c = &counts[p];
+        let major = (0..c.len())
+            .max_by_key(|&i| (c[i], usize::MAX - i))
+            .unwrap_or(0);
+        by_class.entry(major).or_default().push(p);
+    }
+    by_class
 }
 
 /// Patients whose images sit in more than one split (only possible through a manifest's

@@ -68,6 +68,14 @@ pub struct Features {
 }
 
 impl Features {
+    /// No rows yet, `dim` wide.
+    pub fn with_dim(dim: usize) -> Self {
+        Self {
+            dim,
+            ..Self::default()
+        }
+    }
+
     /// Rows.
     pub fn len(&self) -> usize {
         self.y.len()

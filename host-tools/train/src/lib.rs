@@ -14,6 +14,7 @@ pub mod extract;
 pub mod finetune;
 pub mod gate;
 pub mod head;
+pub mod kfold;
 pub mod negatives;
 pub mod pipeline;
 pub mod random;

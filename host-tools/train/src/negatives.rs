@@ -69,7 +69,8 @@ pub fn phantom(cache: &Path, n: usize, seed: u64) -> Result<Vec<Sample>, TrainEr
     Ok(samples)
 }
 
-/// Where the non-kidney examples of `samples` came from, for the manifest.
+/// Where the non-kidney examples of `samples` (those the gate is fitted and thresholded on:
+/// the training and validation splits) came from, for the manifest.
 pub fn describe(samples: &[&Sample]) -> String {
     let others: Vec<&&Sample> = samples.iter().filter(|s| !s.is_kidney()).collect();
     let phantom = others
@@ -77,11 +78,16 @@ pub fn describe(samples: &[&Sample]) -> String {
         .filter(|s| s.patient.starts_with(PATIENT_PREFIX))
         .count();
     match (phantom, others.len() - phantom) {
-        (0, own) => format!("{own} no_kidney images of the data set"),
+        (0, own) => {
+            format!("{own} no_kidney images of the data set (training and validation splits)")
+        }
         (p, 0) => format!(
             "{p} phantom non-kidney views (liver, spleen, bladder, bowel, ribs over lung, \
              lifted probe, planes beside the kidney): the data set had none"
         ),
-        (p, own) => format!("{own} no_kidney images of the data set and {p} phantom views"),
+        (p, own) => format!(
+            "{own} no_kidney images of the data set and {p} phantom views (training and \
+             validation splits)"
+        ),
     }
 }

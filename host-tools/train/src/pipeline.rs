@@ -52,6 +52,9 @@ pub enum TrainError {
     /// A split is empty.
     #[error("the {0} split has no usable images (too little data, or all one class?)")]
     EmptySplit(&'static str),
+    /// Settings that cannot work with this data.
+    #[error("{0}")]
+    Config(String),
     /// Serialising the manifest.
     #[error("manifest: {0}")]
     Toml(#[from] toml::ser::Error),
@@ -405,16 +408,7 @@ pub fn train_stage1(
         log::info!("extraction: {computed} images in {extract_s:.1} s ({r:.2} images/s)");
     }
     let skipped = extract::check_failures(&paths, &feats, opt.max_failed_pct)?;
-    let (mut tr, mut va) = (
-        Features {
-            dim: FEATURES,
-            ..Features::default()
-        },
-        Features {
-            dim: FEATURES,
-            ..Features::default()
-        },
-    );
+    let (mut tr, mut va) = (Features::with_dim(FEATURES), Features::with_dim(FEATURES));
     let (mut gate_tr, mut gate_va) = (gate::Labelled::default(), gate::Labelled::default());
     for (s, f) in used.iter().zip(&feats) {
         let Ok(f) = f else { continue };

@@ -89,4 +89,24 @@ fn stage1_trains_exports_and_evaluates() {
     assert!(e.overall.auc.is_finite());
     evaluate::write_report(&dir.path().join("report"), &e, "pipeline test").unwrap();
     assert!(dir.path().join("report/report.html").is_file());
+
+    // Cross-validation of the same images (features all cached): every kidney image is
+    // tested exactly once, and the report lists every fold.
+    let cv_opt = TrainOptions {
+        out: dir.path().join("cv"),
+        ..opt.clone()
+    };
+    let cv = train::kfold::run(&cv_opt, 3, &backbone).expect("3-fold cross-validation");
+    assert_eq!(cv.folds.len(), 3);
+    assert_eq!(cv.folds.iter().map(|f| f.images[2]).sum::<usize>(), 96);
+    assert_eq!(cv.pooled_n[0] + cv.pooled_n[1], 96);
+    assert!(cv.pooled_auc.is_finite() && cv.auc.ci[0] <= cv.auc.ci[1]);
+    let report = std::fs::read_to_string(cv_opt.out.join("cv-report.md")).unwrap();
+    for i in 1..=3 {
+        assert!(report.contains(&format!("\n| {i} | ")), "fold {i} row");
+    }
+    assert!(
+        !cv_opt.out.join("model.onnx").exists(),
+        "cross-validation ships no model"
+    );
 }

@@ -16,8 +16,18 @@ pub struct Args {
     #[arg(long)]
     pub model: PathBuf,
     /// Test data: folder or CSV manifest. With a `split` column only `test` rows are used.
-    #[arg(long)]
-    pub data: PathBuf,
+    #[arg(long, required_unless_present = "sweeps")]
+    pub data: Option<PathBuf>,
+    /// Exam level instead: recorded sweeps (`renalscan synth --stream --sweeps-per-class`,
+    /// or a folder with `sweeps.csv` of `path,label` naming frame folders or cine DICOMs),
+    /// each replayed through renalscan-edge's pipeline (gates, model, view gate,
+    /// aggregation) with the signed bundle `--model` (needs `--pubkey`).
+    #[arg(long, requires = "pubkey", conflicts_with = "data")]
+    pub sweeps: Option<PathBuf>,
+    /// With --sweeps: the cart's renalscan-edge config (pipeline, gate and aggregation
+    /// settings); the device defaults otherwise.
+    #[arg(long, requires = "sweeps")]
+    pub edge_config: Option<PathBuf>,
     /// Report directory (report.md, report.html, metrics.json, PNGs).
     #[arg(long)]
     pub out: PathBuf,
@@ -83,6 +93,13 @@ fn open_model(args: &Args) -> Result<Scored> {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if let Some(sweeps) = &args.sweeps {
+        return super::exams::run(&args, sweeps);
+    }
+    let data = args
+        .data
+        .clone()
+        .context("--data (or --sweeps) is required")?;
     let Scored {
         origin: onnx,
         bytes,
@@ -99,17 +116,17 @@ pub fn run(args: Args) -> Result<()> {
         .taxonomy()
         .with_context(|| format!("the labels of {}", onnx.display()))?;
     let threshold = args.threshold.unwrap_or(manifest.operating_point.threshold);
-    let mut samples = train::load(&args.data)?;
+    let mut samples = train::load(&data)?;
     if samples.iter().any(|s| s.split.is_some()) {
         samples.retain(|s| s.split == Some(Split::Test));
         log::info!(
             "{}: split column present, {} test images",
-            args.data.display(),
+            data.display(),
             samples.len()
         );
     }
     if samples.is_empty() {
-        bail!("no test images in {}", args.data.display());
+        bail!("no test images in {}", data.display());
     }
     let paths: Vec<usimage::FrameRef> = samples.iter().map(|s| s.frame_ref()).collect();
     // With a view gate, its two outputs come after the probabilities.
@@ -134,16 +151,20 @@ pub fn run(args: Args) -> Result<()> {
     // Dataset labels are classes (or no_kidney); the model's outputs follow its taxonomy.
     let mut unknown = 0usize;
     let mut preds = Vec::new();
+    // The kidney views the gate lets through: what a clinician would be shown.
+    let mut passed = Vec::new();
     let mut gate_counts = [[0usize; 4]; 2]; // [kidney, other] x [n, gated, learned, ood]
     for (s, r) in samples.iter().zip(results) {
         let Ok(out) = r else { continue };
         let (probs, rest) = out.split_at(k.min(out.len()));
+        let mut refused = false;
         if let (Some(g), [p_kidney, ood, ..]) = (&gate, rest) {
             let learned = f64::from(*p_kidney) < g.kidney_threshold;
             let odd = f64::from(*ood) > g.ood_threshold;
+            refused = learned || odd;
             let c = &mut gate_counts[usize::from(!s.is_kidney())];
             c[0] += 1;
-            c[1] += usize::from(learned || odd);
+            c[1] += usize::from(refused);
             c[2] += usize::from(learned);
             c[3] += usize::from(odd);
         }
@@ -151,10 +172,16 @@ pub fn run(args: Args) -> Result<()> {
             continue;
         }
         match Class::from_index(s.label).and_then(|c| taxonomy.index_of(c)) {
-            Some(label) => preds.push(Prediction {
-                label,
-                probs: probs.to_vec(),
-            }),
+            Some(label) => {
+                let p = Prediction {
+                    label,
+                    probs: probs.to_vec(),
+                };
+                if !refused {
+                    passed.push(p.clone());
+                }
+                preds.push(p);
+            }
             None => unknown += 1,
         }
     }
@@ -187,7 +214,7 @@ pub fn run(args: Args) -> Result<()> {
         "Model `{}`, data `{}`: {} images scored ({} skipped) in {:.1} s with tract; threshold {:.4} \
          on p(abnormal) = 1 - p(normal) ({}).",
         onnx.display(),
-        args.data.display(),
+        data.display(),
         preds.len(),
         skipped,
         secs,
@@ -238,6 +265,22 @@ pub fn run(args: Args) -> Result<()> {
             100.0 * g.other_gated_learned,
             100.0 * g.other_gated_ood
         );
+        // Screening quality on what the gate lets through, beside the figure on every kidney
+        // view above: refusing kidneys must not buy its AUC by dropping the hard ones silently.
+        if passed.len() < preds.len() {
+            match evaluate::evaluate(&taxonomy, &passed, threshold) {
+                Ok(p) => println!(
+                    "kidney views the gate passes: {} of {}, AUC {:.4}, sensitivity {:.1}%, \
+                     specificity {:.1}%",
+                    passed.len(),
+                    preds.len(),
+                    p.overall.auc,
+                    100.0 * p.overall.sensitivity,
+                    100.0 * p.overall.specificity
+                ),
+                Err(e) => println!("kidney views the gate passes: {} ({e})", passed.len()),
+            }
+        }
     }
     println!("report: {}", args.out.join("report.html").display());
     Ok(())

@@ -6,6 +6,7 @@ pub mod bundle;
 pub mod cart_sim;
 pub mod demo;
 pub mod eval;
+pub mod exams;
 pub mod preprocess;
 pub mod quantize;
 pub mod synth;

@@ -46,6 +46,11 @@ pub struct Args {
     /// rib_lung, lifted or off_axis.
     #[arg(long, default_value = "kidney", value_parser = anatomy)]
     view: Anatomy,
+    /// Stream mode: a labelled set of sweeps instead of one, this many per class, each of
+    /// --n frames in `<out>/<class>-<i>/` with its `frames.csv`, listed in `<out>/sweeps.csv`
+    /// (for `renalscan eval --sweeps`).
+    #[arg(long, requires = "stream", conflicts_with_all = ["class", "severity"])]
+    sweeps_per_class: Option<usize>,
 }
 
 fn fraction(s: &str) -> Result<f64, String> {
@@ -81,6 +86,9 @@ fn progress(start: Instant, every: u64) -> impl Fn(u64, u64) + Sync {
 pub fn run(args: Args) -> Result<()> {
     let start = Instant::now();
     let every = (args.n as u64 / 20).clamp(10, 200);
+    if let (true, Some(per_class)) = (args.stream, args.sweeps_per_class) {
+        return sweep_set(&args, per_class, start);
+    }
     if args.stream {
         let profile = Profile::by_name(&args.profile)?;
         let class = match &args.class {
@@ -115,6 +123,75 @@ pub fn run(args: Args) -> Result<()> {
         specs.len(),
         start.elapsed().as_secs_f64(),
         manifest.display()
+    );
+    Ok(())
+}
+
+/// `--stream --sweeps-per-class N`: N sweeps of each class, drawn on two threads.
+fn sweep_set(args: &Args, per_class: usize, start: Instant) -> Result<()> {
+    anyhow::ensure!(per_class > 0, "--sweeps-per-class must be at least 1");
+    let profile = Profile::by_name(&args.profile)?;
+    let jobs: Vec<(Class, usize)> = Class::ALL
+        .iter()
+        .flat_map(|&c| (0..per_class).map(move |i| (c, i)))
+        .collect();
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let report = progress(start, 10);
+    let total = jobs.len() as u64;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let rows = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    loop {
+                        let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&(class, i)) = jobs.get(j) else {
+                            return Ok(());
+                        };
+                        // One seed per (set seed, class, sweep): any sweep can be redrawn alone.
+                        let seed = args
+                            .seed
+                            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                            .wrapping_add(((class.index() as u64) << 32) | i as u64);
+                        let name = format!("{}-{i:03}", class.label());
+                        let cfg = SweepConfig {
+                            class: Some(class),
+                            fps: args.fps,
+                            frames: Some(args.n as u64),
+                            ..SweepConfig::new(seed, profile)
+                        };
+                        phantom::write_sweep(&args.out.join(&name), cfg, &|_, _| {})?;
+                        rows.lock()
+                            .map_err(|_| anyhow::anyhow!("a sweep writer panicked"))?
+                            .push(format!("{name},{},{seed}", class.label()));
+                        let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        report(d, total);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a sweep writer panicked"))??;
+        }
+        Ok(())
+    })?;
+    let mut rows = rows
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a sweep writer panicked"))?;
+    rows.sort();
+    let csv = args.out.join("sweeps.csv");
+    std::fs::write(&csv, format!("path,label,seed\n{}\n", rows.join("\n")))
+        .with_context(|| format!("writing {}", csv.display()))?;
+    log::info!(
+        "{} sweeps of {} frames in {:.1} s: {}",
+        rows.len(),
+        args.n,
+        start.elapsed().as_secs_f64(),
+        csv.display()
     );
     Ok(())
 }

@@ -1,0 +1,138 @@
+//! Exam-level replay: a recorded sweep through the device's own [`Pipeline`] (gates,
+//! preprocessing, model, view gate, aggregation), every frame in order, and what the device
+//! would have shown for the exam.
+//!
+//! The device answers once per sweep, from its aggregated window, not once per image; this is
+//! how `renalscan eval --sweeps` judges that answer. No capture thread and no sinks: frames are
+//! read from the replay source and handed to the pipeline one by one, so the result does not
+//! depend on the machine's speed.
+
+use std::path::Path;
+use std::time::Instant;
+
+use cartlink::Command;
+
+use crate::config::Config;
+use crate::events::Decision;
+use crate::infer::Classifier;
+use crate::pipeline::{Counters, Pipeline};
+use crate::source::replay::Replay;
+use crate::source::{Frame, Source, SourceError};
+
+/// What the device made of one sweep.
+#[derive(Debug, Clone)]
+pub struct SweepOutcome {
+    /// Frames read.
+    pub frames: u64,
+    /// Frames that could not be decoded.
+    pub corrupt: u64,
+    /// Aggregated decisions (the first, then each flip), in order.
+    pub decisions: Vec<Decision>,
+    /// Pipeline counters (gated frames by reason, inferences).
+    pub counters: Counters,
+    /// Wall time spent in the pipeline, seconds.
+    pub seconds: f64,
+}
+
+impl SweepOutcome {
+    /// Source index of the frame that produced the first aggregated decision.
+    pub fn first_decision_frame(&self) -> Option<u64> {
+        self.decisions.first().map(|d| d.frame_index)
+    }
+
+    /// The aggregated decision standing when the sweep ended: what the screen shows when the
+    /// clinician lifts the probe. `None` when the device never decided (every frame gated).
+    pub fn final_decision(&self) -> Option<&Decision> {
+        self.decisions.last()
+    }
+
+    /// Whether any aggregated decision during the sweep said abnormal.
+    pub fn ever_abnormal(&self) -> bool {
+        self.decisions.iter().any(|d| d.abnormal)
+    }
+}
+
+/// Replays sweeps one after the other with one loaded model.
+pub struct ExamReplay {
+    cfg: Config,
+    classifier: Option<Classifier>,
+}
+
+impl ExamReplay {
+    /// `cfg` gives the pipeline, gate and aggregation settings (as on the device). Periodic
+    /// repeats of the standing decision are turned off: they depend on the wall clock, so
+    /// the same sweep would end on a different repeat on a faster machine. The decisions
+    /// left (first, and every flip) are a function of the frames alone.
+    pub fn new(mut cfg: Config, classifier: Classifier) -> Self {
+        cfg.aggregate.report_every_s = 0.0;
+        Self {
+            cfg,
+            classifier: Some(classifier),
+        }
+    }
+
+    /// The model in use.
+    pub fn classifier(&self) -> Option<&Classifier> {
+        self.classifier.as_ref()
+    }
+
+    /// Runs the sweep at `path` (a folder of frames in name order, or a cine DICOM) from a
+    /// fresh aggregation window, as if screening started with it.
+    pub fn run(&mut self, path: &Path) -> Result<SweepOutcome, SourceError> {
+        let classifier = self
+            .classifier
+            .take()
+            .ok_or_else(|| SourceError::Lost("the model was lost by an earlier sweep".into()))?;
+        let mut pipeline = Pipeline::new(
+            classifier,
+            &self.cfg.pipeline,
+            &self.cfg.gate,
+            &self.cfg.aggregate,
+        );
+        pipeline.command(Command::StartScreening);
+        let result = replay(&mut pipeline, path);
+        self.classifier = Some(pipeline.into_classifier());
+        result
+    }
+}
+
+fn replay(pipeline: &mut Pipeline, path: &Path) -> Result<SweepOutcome, SourceError> {
+    let t0 = Instant::now();
+    let mut src = Replay::new(path, 0.0, false);
+    src.open()?;
+    let mut frame = Frame::default();
+    let (mut frames, mut corrupt) = (0u64, 0u64);
+    let mut out = Vec::new();
+    let mut decisions = Vec::new();
+    loop {
+        let t = Instant::now();
+        match src.read(&mut frame.grey) {
+            Ok(meta) => {
+                frames += 1;
+                frame.meta = meta;
+                frame.captured_at = Instant::now();
+                frame.capture_time = t.elapsed();
+                out.clear();
+                pipeline.process(&frame, &mut out);
+                decisions.extend(out.drain(..).filter(|d| !d.kind.is_single_frame()));
+            }
+            Err(SourceError::Corrupt(e)) => {
+                corrupt += 1;
+                log::warn!("{}: corrupt frame skipped: {e}", path.display());
+            }
+            Err(SourceError::End) => break,
+            Err(e) => {
+                src.close();
+                return Err(e);
+            }
+        }
+    }
+    src.close();
+    Ok(SweepOutcome {
+        frames,
+        corrupt,
+        decisions,
+        counters: pipeline.counters,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}

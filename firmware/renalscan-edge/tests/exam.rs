@@ -1,0 +1,75 @@
+//! Exam-level replay: recorded sweeps through the device's pipeline, one model for all, and
+//! the call that stands when each sweep ends.
+
+mod common;
+
+use common::*;
+use renalscan_edge::config::Config;
+use renalscan_edge::exam::ExamReplay;
+use renalscan_edge::infer::Classifier;
+use testkit::frames::{write_frames, write_frames_gain, DARK};
+
+#[test]
+fn each_sweep_gets_the_call_standing_at_its_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = write_bundle(&tmp.path().join("bundle"), 0.5);
+    let normal = tmp.path().join("normal");
+    write_frames(&normal, &[false; 8]);
+    // Normal at first, abnormal for the second half: the window flips and the sweep ends
+    // abnormal.
+    let turns = tmp.path().join("turns");
+    let mut pattern = vec![false; 5];
+    pattern.extend([true; 7]);
+    write_frames(&turns, &pattern);
+    let mut cfg = Config::default();
+    cfg.aggregate.window = 3;
+    cfg.aggregate.min_frames = 2;
+    let classifier =
+        Classifier::open(&bundle, Some(&keys_of(&bundle)), Default::default(), None).unwrap();
+    let mut replay = ExamReplay::new(cfg, classifier);
+
+    let a = replay.run(&normal).expect("normal sweep");
+    assert_eq!(a.frames, 8);
+    assert_eq!(
+        a.first_decision_frame(),
+        Some(1),
+        "after min_frames = 2 frames"
+    );
+    assert!(!a.final_decision().unwrap().abnormal && !a.ever_abnormal());
+
+    // The same replay (same model) on the next sweep starts from an empty window.
+    let b = replay.run(&turns).expect("second sweep");
+    assert_eq!(b.first_decision_frame(), Some(1));
+    assert!(!b.decisions[0].abnormal);
+    assert!(b.final_decision().unwrap().abnormal, "{:?}", b.decisions);
+
+    // Running it again gives the same decisions: nothing depends on the clock.
+    let again = replay.run(&turns).unwrap();
+    let key = |o: &renalscan_edge::exam::SweepOutcome| {
+        o.decisions
+            .iter()
+            .map(|d| (d.frame_index, d.abnormal, d.p_abnormal.to_bits()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(key(&again), key(&b));
+}
+
+#[test]
+fn a_sweep_with_nothing_to_judge_has_no_call_and_a_missing_one_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = write_bundle(&tmp.path().join("bundle"), 0.5);
+    let blank = tmp.path().join("blank");
+    write_frames_gain(&blank, &[0.0; 6]);
+    let classifier =
+        Classifier::open(&bundle, Some(&keys_of(&bundle)), Default::default(), None).unwrap();
+    let mut replay = ExamReplay::new(Config::default(), classifier);
+    let o = replay.run(&blank).expect("blank sweep replays");
+    assert_eq!(o.frames, 6);
+    assert!(o.final_decision().is_none(), "{:?}", o.decisions);
+    assert_eq!(o.counters.inferred, 0);
+    assert!(replay.run(&tmp.path().join("absent")).is_err());
+    // The model survives the failed sweep.
+    let ok = tmp.path().join("ok");
+    write_frames_gain(&ok, &[DARK; 6]);
+    assert!(replay.run(&ok).is_ok());
+}

@@ -1,0 +1,491 @@
+//! `renalscan eval --sweeps`: the device's answer per exam, judged. Each recorded sweep runs
+//! through renalscan-edge's own pipeline ([`renalscan_edge::exam`]) with the signed bundle;
+//! the exam's call is the aggregated decision standing when the sweep ends.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use contract::Class;
+use renalscan_edge::config::{Config, ModelForm};
+use renalscan_edge::exam::{ExamReplay, SweepOutcome};
+use renalscan_edge::infer::Classifier;
+use serde::Serialize;
+
+use super::eval::Args;
+
+/// One sweep to judge.
+struct Sweep {
+    name: String,
+    path: PathBuf,
+    label: Class,
+    /// `time_s` per frame index, from a phantom sweep's `frames.csv`.
+    times: Vec<f64>,
+}
+
+/// One judged exam (a row of `exams.csv`).
+#[derive(Debug, Serialize)]
+struct Row {
+    sweep: String,
+    label: String,
+    frames: u64,
+    inferred: u64,
+    gated: u64,
+    /// Frames read before the first aggregated decision (inclusive).
+    first_decision_frame: Option<u64>,
+    /// Sweep time of that frame, seconds (phantom sweeps).
+    first_decision_s: Option<f64>,
+    /// The call standing at the end: `abnormal`, `normal`, or `none`.
+    call: &'static str,
+    class: Option<String>,
+    p_abnormal: Option<f32>,
+    ever_abnormal: bool,
+    decisions: usize,
+}
+
+/// Sweeps under `dir`: `sweeps.csv` (path,label) if present, else every subfolder with a
+/// phantom `frames.csv` (its label column).
+fn discover(dir: &Path) -> Result<Vec<Sweep>> {
+    let list = dir.join("sweeps.csv");
+    let mut out = Vec::new();
+    if list.is_file() {
+        let text = std::fs::read_to_string(&list)
+            .with_context(|| format!("reading {}", list.display()))?;
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .collect();
+        let col = |name: &str| {
+            header
+                .iter()
+                .position(|h| *h == name)
+                .with_context(|| format!("{}: no `{name}` column", list.display()))
+        };
+        let (pc, lc) = (col("path")?, col("label")?);
+        for (n, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+            let (Some(p), Some(l)) = (cells.get(pc), cells.get(lc)) else {
+                bail!("{} line {}: too few columns", list.display(), n + 2);
+            };
+            let label = Class::from_label(l).with_context(|| {
+                format!("{} line {}: unknown label {l:?}", list.display(), n + 2)
+            })?;
+            let path = dir.join(p);
+            out.push(Sweep {
+                name: (*p).to_string(),
+                times: frame_times(&path)?,
+                path,
+                label,
+            });
+        }
+    } else {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("frames.csv").is_file())
+            .collect();
+        dirs.sort();
+        for path in dirs {
+            let csv = path.join("frames.csv");
+            let text = std::fs::read_to_string(&csv)
+                .with_context(|| format!("reading {}", csv.display()))?;
+            let mut lines = text.lines();
+            let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+            let lc = header
+                .iter()
+                .position(|h| *h == "label")
+                .with_context(|| format!("{}: no label column", csv.display()))?;
+            let l = lines
+                .next()
+                .and_then(|r| r.split(',').nth(lc))
+                .with_context(|| format!("{}: no frames", csv.display()))?;
+            let label = Class::from_label(l).with_context(|| {
+                format!(
+                    "{}: label {l:?} is not a screening class (a sweep without a kidney has no \
+                     exam-level truth)",
+                    csv.display()
+                )
+            })?;
+            out.push(Sweep {
+                name: path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                times: frame_times(&path)?,
+                path,
+                label,
+            });
+        }
+    }
+    if out.is_empty() {
+        bail!(
+            "no sweeps in {}: expected sweeps.csv (path,label) or subfolders with frames.csv \
+             (renalscan synth --stream --sweeps-per-class N --out {})",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(out)
+}
+
+/// `time_s` by frame index from a sweep folder's `frames.csv` (empty when there is none).
+fn frame_times(path: &Path) -> Result<Vec<f64>> {
+    let csv = path.join("frames.csv");
+    if !csv.is_file() {
+        return Ok(Vec::new());
+    }
+    let text =
+        std::fs::read_to_string(&csv).with_context(|| format!("reading {}", csv.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+    let Some(tc) = header.iter().position(|h| *h == "time_s") else {
+        return Ok(Vec::new());
+    };
+    Ok(lines
+        .filter_map(|l| l.split(',').nth(tc).and_then(|v| v.parse().ok()))
+        .collect())
+}
+
+fn row(s: &Sweep, o: &SweepOutcome) -> Row {
+    let last = o.final_decision();
+    let first = o.first_decision_frame();
+    Row {
+        sweep: s.name.clone(),
+        label: s.label.label().to_string(),
+        frames: o.frames,
+        inferred: o.counters.inferred,
+        gated: o.counters.gated.iter().sum(),
+        first_decision_frame: first.map(|i| i + 1),
+        first_decision_s: first.and_then(|i| s.times.get(i as usize).copied()),
+        call: match last {
+            Some(d) if d.abnormal => "abnormal",
+            Some(_) => "normal",
+            None => "none",
+        },
+        class: last.map(|d| d.class.clone()),
+        p_abnormal: last.map(|d| d.p_abnormal),
+        ever_abnormal: o.ever_abnormal(),
+        decisions: o.decisions.len(),
+    }
+}
+
+/// Wilson 95% interval of k successes in n.
+fn wilson(k: usize, n: usize) -> [f64; 2] {
+    if n == 0 {
+        return [f64::NAN; 2];
+    }
+    let (k, n, z) = (k as f64, n as f64, 1.96f64);
+    let p = k / n;
+    let d = 1.0 + z * z / n;
+    let c = (p + z * z / (2.0 * n)) / d;
+    let h = z * ((p * (1.0 - p) + z * z / (4.0 * n)) / n).sqrt() / d;
+    [(c - h).max(0.0), (c + h).min(1.0)]
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len().is_multiple_of(2) {
+        (v[m - 1] + v[m]) / 2.0
+    } else {
+        v[m]
+    })
+}
+
+pub fn run(args: &Args, dir: &Path) -> Result<()> {
+    let keys = args
+        .pubkey
+        .as_deref()
+        .context("--sweeps needs --pubkey: the device only runs signed bundles")?;
+    let sweeps = discover(dir)?;
+    let cfg = match &args.edge_config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    // One model per worker; sweeps are handed out in order and the rows put back in order.
+    let workers = args.threads.clamp(1, sweeps.len());
+    let mut replays = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let classifier = Classifier::open(&args.model, Some(keys), ModelForm::Auto, None)
+            .with_context(|| format!("opening bundle {}", args.model.display()))?;
+        replays.push(ExamReplay::new(cfg.clone(), classifier));
+    }
+    let t0 = std::time::Instant::now();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<(usize, Result<Row, String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = replays
+            .iter_mut()
+            .map(|replay| {
+                let (sweeps, next, done) = (&sweeps, &next, &done);
+                scope.spawn(move || {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(s) = sweeps.get(i) else {
+                            return out;
+                        };
+                        let r = replay.run(&s.path).map(|o| (row(s, &o), o.seconds));
+                        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        match r {
+                            Ok((r, secs)) => {
+                                log::info!(
+                                    "[{n}/{}] {} ({}): {} after {} frames ({secs:.1} s)",
+                                    sweeps.len(),
+                                    s.name,
+                                    r.label,
+                                    r.call,
+                                    r.first_decision_frame.unwrap_or(0),
+                                );
+                                out.push((i, Ok(r)));
+                            }
+                            Err(e) => {
+                                log::error!("{}: {e}", s.path.display());
+                                out.push((i, Err(format!("{}: {e}", s.name))));
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let mut results = results;
+    results.sort_by_key(|(i, _)| *i);
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    for (_, r) in results {
+        match r {
+            Ok(r) => rows.push(r),
+            Err(e) => failed.push(e),
+        }
+    }
+    if rows.len() + failed.len() != sweeps.len() {
+        bail!(
+            "a replay worker stopped early: {} of {} sweeps judged",
+            rows.len() + failed.len(),
+            sweeps.len()
+        );
+    }
+    if rows.is_empty() {
+        bail!("no sweep could be replayed: {}", failed.join("; "));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let summary = summarise(&rows);
+    let report = report(args, dir, &rows, &summary, &failed, secs);
+    let write = |name: &str, text: String| {
+        let p = args.out.join(name);
+        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
+    };
+    let mut csv = String::from(
+        "sweep,label,frames,inferred,gated,first_decision_frame,first_decision_s,call,class,\
+         p_abnormal,ever_abnormal,decisions\n",
+    );
+    for r in &rows {
+        let opt = |v: Option<String>| v.unwrap_or_default();
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{},{},{},{},{},{},{}",
+            r.sweep,
+            r.label,
+            r.frames,
+            r.inferred,
+            r.gated,
+            opt(r.first_decision_frame.map(|v| v.to_string())),
+            opt(r.first_decision_s.map(|v| format!("{v:.3}"))),
+            r.call,
+            opt(r.class.clone()),
+            opt(r.p_abnormal.map(|v| format!("{v:.4}"))),
+            r.ever_abnormal,
+            r.decisions
+        );
+    }
+    write("exams.csv", csv)?;
+    write(
+        "exams.json",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "summary": summary,
+            "sweeps": rows,
+            "failed": failed,
+        }))?,
+    )?;
+    write("exams.md", report.clone())?;
+    print!("{report}");
+    println!("written: {}", args.out.join("exams.md").display());
+    Ok(())
+}
+
+/// Exam-level figures.
+#[derive(Debug, Serialize)]
+struct Summary {
+    n_normal: usize,
+    n_abnormal: usize,
+    /// Abnormal exams whose final call is abnormal (no decision counts as missed).
+    sensitivity: f64,
+    sensitivity_ci: [f64; 2],
+    /// Normal exams whose final call is normal (no decision counts as wrong).
+    specificity: f64,
+    specificity_ci: [f64; 2],
+    undecided: usize,
+    /// Abnormal exams with any abnormal decision during the sweep.
+    sensitivity_any: f64,
+    /// Normal exams never called abnormal during the sweep.
+    specificity_any: f64,
+    median_first_decision_frames: Option<f64>,
+    median_first_decision_s: Option<f64>,
+    /// Per label: exams, called abnormal, undecided.
+    per_label: BTreeMap<String, [usize; 3]>,
+}
+
+fn summarise(rows: &[Row]) -> Summary {
+    let normal = Class::Normal.label();
+    let (nor, abn): (Vec<&Row>, Vec<&Row>) = rows.iter().partition(|r| r.label == normal);
+    let tp = abn.iter().filter(|r| r.call == "abnormal").count();
+    let tn = nor.iter().filter(|r| r.call == "normal").count();
+    let frac = |k: usize, n: usize| {
+        if n == 0 {
+            f64::NAN
+        } else {
+            k as f64 / n as f64
+        }
+    };
+    let mut per_label: BTreeMap<String, [usize; 3]> = BTreeMap::new();
+    for r in rows {
+        let e = per_label.entry(r.label.clone()).or_default();
+        e[0] += 1;
+        e[1] += usize::from(r.call == "abnormal");
+        e[2] += usize::from(r.call == "none");
+    }
+    Summary {
+        n_normal: nor.len(),
+        n_abnormal: abn.len(),
+        sensitivity: frac(tp, abn.len()),
+        sensitivity_ci: wilson(tp, abn.len()),
+        specificity: frac(tn, nor.len()),
+        specificity_ci: wilson(tn, nor.len()),
+        undecided: rows.iter().filter(|r| r.call == "none").count(),
+        sensitivity_any: frac(abn.iter().filter(|r| r.ever_abnormal).count(), abn.len()),
+        specificity_any: frac(nor.iter().filter(|r| !r.ever_abnormal).count(), nor.len()),
+        median_first_decision_frames: median(
+            rows.iter()
+                .filter_map(|r| r.first_decision_frame.map(|v| v as f64))
+                .collect(),
+        ),
+        median_first_decision_s: median(rows.iter().filter_map(|r| r.first_decision_s).collect()),
+        per_label,
+    }
+}
+
+fn report(
+    args: &Args,
+    dir: &Path,
+    rows: &[Row],
+    s: &Summary,
+    failed: &[String],
+    secs: f64,
+) -> String {
+    let pct = |x: f64| format!("{:.1}%", 100.0 * x);
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "# Exam-level evaluation\n\nBundle `{}`, sweeps `{}`: {} exams ({} normal, {} abnormal) \
+         replayed frame by frame through renalscan-edge's pipeline in {:.0} s. The exam's \
+         call is the aggregated decision standing when the sweep ends; an exam the device never \
+         decided on counts as wrong.\n",
+        args.model.display(),
+        dir.display(),
+        rows.len(),
+        s.n_normal,
+        s.n_abnormal,
+        secs
+    );
+    let _ = writeln!(t, "| figure | value |\n|---|---|");
+    let _ = writeln!(
+        t,
+        "| sensitivity (abnormal exams called abnormal) | {} (95% CI {}-{}) |",
+        pct(s.sensitivity),
+        pct(s.sensitivity_ci[0]),
+        pct(s.sensitivity_ci[1])
+    );
+    let _ = writeln!(
+        t,
+        "| specificity (normal exams called normal) | {} (95% CI {}-{}) |",
+        pct(s.specificity),
+        pct(s.specificity_ci[0]),
+        pct(s.specificity_ci[1])
+    );
+    let _ = writeln!(t, "| exams without a decision | {} |", s.undecided);
+    let _ = writeln!(
+        t,
+        "| if any decision during the sweep counted | sensitivity {}, specificity {} |",
+        pct(s.sensitivity_any),
+        pct(s.specificity_any)
+    );
+    let _ = writeln!(
+        t,
+        "| time to first decision (median) | {} frames{} |",
+        s.median_first_decision_frames
+            .map_or("-".into(), |v| format!("{v:.0}")),
+        s.median_first_decision_s
+            .map_or(String::new(), |v| format!(", {v:.2} s of sweep time"))
+    );
+    let _ = writeln!(
+        t,
+        "\n| label | exams | called abnormal | no decision |\n|---|---|---|---|"
+    );
+    for (l, [n, a, u]) in &s.per_label {
+        let _ = writeln!(
+            t,
+            "| {l} | {n} | {a} ({}) | {u} |",
+            pct(*a as f64 / *n as f64)
+        );
+    }
+    if !failed.is_empty() {
+        let _ = writeln!(t, "\nNot replayed ({}):", failed.len());
+        for f in failed {
+            let _ = writeln!(t, "- {f}");
+        }
+    }
+    let _ = writeln!(
+        t,
+        "\nSweep time assumes every frame is processed (replay at pipeline pace); on a cart \
+         whose inference is slower than the probe's frame rate, frames in between are \
+         dropped and the first decision comes after `min_frames` inferences."
+    );
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wilson_interval_of_known_cases() {
+        let [lo, hi] = wilson(50, 50);
+        assert!(hi == 1.0 && (lo - 0.9287).abs() < 1e-3, "{lo}");
+        let [lo, hi] = wilson(45, 50);
+        assert!(
+            (lo - 0.7864).abs() < 1e-3 && (hi - 0.9565).abs() < 1e-3,
+            "{lo} {hi}"
+        );
+    }
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+    }
+}
