@@ -242,6 +242,7 @@ pub fn render(m: &Manifest, signer_key_id: &str) -> String {
     );
 
     view_gate(&mut s, m);
+    site_calibration(&mut s, m);
 
     s.push_str("## Calibration\n\n");
     let c = &m.calibration;
@@ -297,6 +298,36 @@ pub fn render(m: &Manifest, signer_key_id: &str) -> String {
         m.model.file, m.model.sha256, signer_key_id
     );
     s
+}
+
+/// `## Site calibration`: present only on a bundle recalibrated for one clinic.
+fn site_calibration(s: &mut String, m: &Manifest) {
+    let Some(c) = &m.site_calibration else {
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "## Site calibration\n\n- Recalibrated for **{}** on {} normal and {} abnormal \
+         images (`{}`): the model is the signed original's, its probabilities are rescaled by a \
+         temperature of {:.3} and the operating threshold is {:.4} (chosen for {} sensitivity \
+         on those images; the original had {:.4}).\n- Original bundle: manifest sha256 `{}`, \
+         signed by `{}`.\n- On the site's images (the figures after are in-sample):\n\n\
+         | | n | AUC | accuracy | sensitivity | specificity | threshold |\n\
+         |---|---|---|---|---|---|---|",
+        c.site,
+        c.n_normal,
+        c.n_abnormal,
+        c.data,
+        c.temperature,
+        m.operating_point.threshold,
+        pct(c.target_sensitivity),
+        c.from_threshold,
+        c.from_bundle_sha256,
+        c.from_signer
+    );
+    s.push_str(&overall_row("before (as signed)", &c.before));
+    s.push_str(&overall_row("after", &c.after));
+    s.push('\n');
 }
 
 /// `## View gate`: what the model refuses to classify, and how well it did so.

@@ -117,6 +117,9 @@ pub struct Manifest {
     /// Is it a kidney at all? Frames the gate refuses get no decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub view_gate: Option<ViewGate>,
+    /// A clinic's recalibration of this bundle on its own exams (`renalscan calibrate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_calibration: Option<SiteCalibration>,
     /// Training data and settings.
     pub training: Training,
     /// Validation-set figures at the operating point (the split the threshold was chosen on).
@@ -251,6 +254,62 @@ pub struct Calibration {
     /// And after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_ece_after: Option<f64>,
+}
+
+/// `[site_calibration]`: a signed bundle recalibrated on one clinic's labelled exams. Its
+/// scanner may make the model over- or under-confident, and the trained threshold then misses
+/// the sensitivity it was chosen for; the model itself is unchanged (same bytes, same hash).
+/// The device applies `temperature` to the model's probabilities and uses the manifest's
+/// (re-fitted) operating threshold; the original bundle and both sets of figures stay here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SiteCalibration {
+    /// Who recalibrated (a site name given by the clinic).
+    pub site: String,
+    /// Temperature on top of the trained one: p' = softmax(ln p / temperature), relative to
+    /// the model's own output (a recalibrated bundle recalibrated again multiplies them).
+    pub temperature: f64,
+    /// Sensitivity the new threshold was chosen for on the site's exams.
+    pub target_sensitivity: f64,
+    /// Exams it was fitted on.
+    pub n_normal: usize,
+    pub n_abnormal: usize,
+    /// Where they came from.
+    pub data: String,
+    /// The bundle it started from: its manifest sha256, signer and threshold.
+    pub from_bundle_sha256: String,
+    pub from_signer: String,
+    pub from_threshold: f64,
+    /// The site's exams through the original bundle as it was...
+    pub before: OverallMetrics,
+    /// ...and after recalibration (in-sample: the figures it was fitted on).
+    pub after: OverallMetrics,
+}
+
+impl SiteCalibration {
+    /// Applies the site temperature to a probability row in place.
+    pub fn apply(&self, probs: &mut [f32]) {
+        apply_temperature(probs, self.temperature as f32);
+    }
+}
+
+/// p' = softmax(ln p / t): temperature scaling of probabilities whose logits are gone (the
+/// trained temperature is folded into the model). `t` = 1 leaves them as they are.
+pub fn apply_temperature(probs: &mut [f32], t: f32) {
+    if t == 1.0 || probs.is_empty() || !(t.is_finite() && t > 0.0) {
+        return;
+    }
+    for p in probs.iter_mut() {
+        *p = p.max(1e-30).ln() / t;
+    }
+    let max = probs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for p in probs.iter_mut() {
+        *p = (*p - max).exp();
+        sum += *p;
+    }
+    for p in probs.iter_mut() {
+        *p /= sum;
+    }
 }
 
 /// `[backbone]`.
@@ -603,6 +662,14 @@ impl Manifest {
                 )));
             }
         }
+        if let Some(c) = &self.site_calibration {
+            if !(c.temperature.is_finite() && (0.05..=20.0).contains(&c.temperature)) {
+                return Err(err(format!(
+                    "[site_calibration] temperature = {} is outside 0.05..=20",
+                    c.temperature
+                )));
+            }
+        }
         let s = &self.input.shape;
         if s.len() != 4 || s[1] != 3 || s[2] != s[3] || s[2] == 0 {
             return Err(err(format!(
@@ -677,6 +744,26 @@ mod tests {
         assert_eq!(m.input.normalization.order, ChannelOrder::Bgr);
         assert_eq!(m.input_size(), 224);
         assert!(m.is_complete());
+    }
+
+    #[test]
+    fn site_temperature_sharpens_or_softens_and_keeps_the_order() {
+        let p = [0.7f32, 0.2, 0.1];
+        let mut soft = p;
+        apply_temperature(&mut soft, 2.0);
+        let mut sharp = p;
+        apply_temperature(&mut sharp, 0.5);
+        for q in [soft, sharp] {
+            assert!((q.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+            assert!(q[0] > q[1] && q[1] > q[2]);
+        }
+        assert!(soft[0] < 0.7 && sharp[0] > 0.7);
+        // t = 2: p' is proportional to sqrt(p).
+        let z: f32 = p.iter().map(|v| v.sqrt()).sum();
+        assert!((soft[0] - 0.7f32.sqrt() / z).abs() < 1e-6);
+        let mut same = p;
+        apply_temperature(&mut same, 1.0);
+        assert_eq!(same, p);
     }
 
     #[test]

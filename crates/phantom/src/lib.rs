@@ -45,6 +45,8 @@ use std::path::PathBuf;
 pub enum Error {
     #[error("unknown scanner profile {name:?} (known: {known}, or mixed)")]
     UnknownProfile { name: String, known: String },
+    #[error("scanner profile {}: {msg}", path.display())]
+    ProfileFile { path: PathBuf, msg: String },
     #[error("unknown mix {0:?} (expected paper or balanced)")]
     UnknownMix(String),
     #[error("cannot write {}", path.display())]

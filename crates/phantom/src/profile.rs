@@ -171,9 +171,231 @@ static BUILTIN: [Profile; 3] = [
     },
 ];
 
+/// A scanner described in a TOML file (`renalscan synth --profile-file`), so users and
+/// tests can render machines the code has never seen. Every key of [`Profile`] is required
+/// except `vendor`, `probe`, `ages` and `layout`; values are range-checked with the key named.
+///
+/// ```toml
+/// name = "site-x-convex"
+/// screen = [800, 600]
+/// scan_box = [120, 60, 680, 560]
+/// geometry = { kind = "convex", radius_cm = 3.0, sector_deg = 70.0 }
+/// depth_cm = [7.0, 13.0]
+/// freq_mhz = 4.5
+/// axial_fwhm_mm = 0.7
+/// lateral_fwhm_mm = 1.8
+/// focal_zone_cm = 2.0
+/// dynamic_range_db = 62.0
+/// gain_db = 0.0
+/// tgc_db_cm_mhz = 0.45
+/// noise_db = -63.0
+/// speckle_reduction = 1
+/// beams = 224
+/// samples = 384
+/// layout = "C"
+/// ```
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileFile {
+    name: String,
+    #[serde(default)]
+    vendor: Option<String>,
+    #[serde(default)]
+    probe: Option<String>,
+    screen: (u32, u32),
+    scan_box: (u32, u32, u32, u32),
+    geometry: GeometryFile,
+    depth_cm: (f32, f32),
+    freq_mhz: f32,
+    axial_fwhm_mm: f32,
+    lateral_fwhm_mm: f32,
+    focal_zone_cm: f32,
+    dynamic_range_db: f32,
+    gain_db: f32,
+    tgc_db_cm_mhz: f32,
+    noise_db: f32,
+    speckle_reduction: u8,
+    beams: usize,
+    samples: usize,
+    #[serde(default)]
+    ages: Option<(f32, f32)>,
+    #[serde(default)]
+    layout: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+enum GeometryFile {
+    Convex { radius_cm: f32, sector_deg: f32 },
+    Linear { width_cm: f32 },
+}
+
+impl Profile {
+    /// Reads a scanner description (see [`ProfileFile`]'s example). The profile lives for the
+    /// rest of the process, like the built-in ones: a CLI reads one or two.
+    pub fn from_file(path: &std::path::Path) -> Result<&'static Profile, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|msg| Error::ProfileFile {
+            path: path.to_path_buf(),
+            msg,
+        })
+    }
+
+    /// [`Profile::from_file`] on text; the error names the key and its allowed range.
+    pub fn from_toml(text: &str) -> Result<&'static Profile, String> {
+        let f: ProfileFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let check = |key: &str, v: f32, lo: f32, hi: f32| {
+            if v.is_finite() && (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{key} = {v} is outside {lo}..={hi}"))
+            }
+        };
+        let (w, h) = f.screen;
+        if !(160..=4096).contains(&w) || !(120..=4096).contains(&h) {
+            return Err(format!(
+                "screen = [{w}, {h}]: width 160..=4096, height 120..=4096"
+            ));
+        }
+        let (x0, y0, x1, y1) = f.scan_box;
+        if !(x0 < x1 && y0 < y1 && x1 <= w && y1 <= h && x1 - x0 >= 64 && y1 - y0 >= 64) {
+            return Err(format!(
+                "scan_box = [{x0}, {y0}, {x1}, {y1}] must lie inside the {w}x{h} screen, at least \
+                 64 px each way"
+            ));
+        }
+        let geometry = match f.geometry {
+            GeometryFile::Convex {
+                radius_cm,
+                sector_deg,
+            } => {
+                check("geometry.radius_cm", radius_cm, 0.5, 10.0)?;
+                check("geometry.sector_deg", sector_deg, 20.0, 120.0)?;
+                Geometry::Convex {
+                    radius_cm,
+                    sector_deg,
+                }
+            }
+            GeometryFile::Linear { width_cm } => {
+                check("geometry.width_cm", width_cm, 2.0, 10.0)?;
+                Geometry::Linear { width_cm }
+            }
+        };
+        let (d0, d1) = f.depth_cm;
+        check("depth_cm[0]", d0, 2.0, 30.0)?;
+        check("depth_cm[1]", d1, d0, 30.0)?;
+        check("freq_mhz", f.freq_mhz, 1.0, 20.0)?;
+        check("axial_fwhm_mm", f.axial_fwhm_mm, 0.1, 3.0)?;
+        check("lateral_fwhm_mm", f.lateral_fwhm_mm, 0.2, 6.0)?;
+        check("focal_zone_cm", f.focal_zone_cm, 0.3, 10.0)?;
+        check("dynamic_range_db", f.dynamic_range_db, 30.0, 100.0)?;
+        check("gain_db", f.gain_db, -20.0, 20.0)?;
+        check("tgc_db_cm_mhz", f.tgc_db_cm_mhz, 0.0, 1.5)?;
+        check("noise_db", f.noise_db, -100.0, -20.0)?;
+        if f.speckle_reduction > 6 {
+            return Err(format!(
+                "speckle_reduction = {} is outside 0..=6",
+                f.speckle_reduction
+            ));
+        }
+        if !(64..=1024).contains(&f.beams) || !(128..=2048).contains(&f.samples) {
+            return Err(format!(
+                "beams = {}, samples = {}: beams 64..=1024, samples 128..=2048",
+                f.beams, f.samples
+            ));
+        }
+        let ages = f.ages.unwrap_or((0.0, 16.0));
+        check("ages[0]", ages.0, 0.0, 18.0)?;
+        check("ages[1]", ages.1, ages.0, 18.0)?;
+        let layout = match f.layout.as_deref().unwrap_or("A") {
+            "A" | "a" => Layout::A,
+            "B" | "b" => Layout::B,
+            "C" | "c" => Layout::C,
+            other => return Err(format!("layout = {other:?}: one of \"A\", \"B\", \"C\"")),
+        };
+        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+        Ok(Box::leak(Box::new(Profile {
+            name: leak(f.name),
+            vendor: leak(f.vendor.unwrap_or_else(|| "UNKNOWN".into())),
+            probe: leak(f.probe.unwrap_or_else(|| "PROBE".into())),
+            screen: f.screen,
+            scan_box: f.scan_box,
+            geometry,
+            depth_cm: f.depth_cm,
+            freq_mhz: f.freq_mhz,
+            axial_fwhm_mm: f.axial_fwhm_mm,
+            lateral_fwhm_mm: f.lateral_fwhm_mm,
+            focal_zone_cm: f.focal_zone_cm,
+            dynamic_range_db: f.dynamic_range_db,
+            gain_db: f.gain_db,
+            tgc_db_cm_mhz: f.tgc_db_cm_mhz,
+            noise_db: f.noise_db,
+            speckle_reduction: f.speckle_reduction,
+            beams: f.beams,
+            samples: f.samples,
+            ages,
+            layout,
+        })))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FILE: &str = r#"
+name = "site-x-convex"
+vendor = "SITEX"
+screen = [800, 600]
+scan_box = [120, 60, 680, 560]
+geometry = { kind = "convex", radius_cm = 3.0, sector_deg = 70.0 }
+depth_cm = [7.0, 13.0]
+freq_mhz = 4.5
+axial_fwhm_mm = 0.7
+lateral_fwhm_mm = 1.8
+focal_zone_cm = 2.0
+dynamic_range_db = 62.0
+gain_db = 0.0
+tgc_db_cm_mhz = 0.45
+noise_db = -63.0
+speckle_reduction = 1
+beams = 224
+samples = 384
+layout = "C"
+"#;
+
+    #[test]
+    fn a_scanner_from_a_file_renders_at_its_own_size() {
+        let p = Profile::from_toml(FILE).unwrap();
+        assert_eq!(p.name, "site-x-convex");
+        assert_eq!(p.layout, Layout::C);
+        let img = crate::render_one(crate::Class::Cyst, 0.5, p, 3, 0);
+        assert_eq!(img.dimensions(), (800, 600));
+        // Not a copy of a built-in: its scan-conversion tables are its own.
+        let r = crate::Renderer::new();
+        let own = r.lut(p, 9.0);
+        let builtin = r.lut(&BUILTIN[0], 9.0);
+        assert!(!std::sync::Arc::ptr_eq(&own, &builtin));
+    }
+
+    #[test]
+    fn a_bad_scanner_file_names_the_key_and_the_range() {
+        let e = Profile::from_toml(&FILE.replace("freq_mhz = 4.5", "freq_mhz = 45.0")).unwrap_err();
+        assert!(e.contains("freq_mhz") && e.contains("1..=20"), "{e}");
+        let e = Profile::from_toml(&FILE.replace("[120, 60, 680, 560]", "[120, 60, 900, 560]"))
+            .unwrap_err();
+        assert!(e.contains("scan_box"), "{e}");
+        let e = Profile::from_toml(&FILE.replace("layout = \"C\"", "layout = \"Z\"")).unwrap_err();
+        assert!(e.contains("layout"), "{e}");
+        let e = Profile::from_toml(&format!("{FILE}\nbogus = 1")).unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+        let e =
+            Profile::from_toml(&FILE.replace("noise_db = -63.0", "noise_db = nan")).unwrap_err();
+        assert!(e.contains("noise_db"), "{e}");
+    }
 
     #[test]
     fn lookup() {

@@ -114,6 +114,8 @@ pub struct Classifier {
     gate: Option<GateOutputs>,
     features: Vec<f32>,
     features_shape: Vec<usize>,
+    /// The manifest's site calibration (`renalscan calibrate`), applied to every output.
+    site: Option<contract::manifest::SiteCalibration>,
 }
 
 impl Classifier {
@@ -172,6 +174,19 @@ impl Classifier {
     }
 
     fn with_network(net: Network, mut info: ModelInfo, t0: Instant) -> anyhow::Result<Self> {
+        let site = info.manifest.site_calibration.clone();
+        if let Some(c) = &site {
+            log::info!(
+                "site calibration {:?}: temperature {:.3}, threshold {:.4} (the signed original \
+                 had {:.4}), fitted on {} normal and {} abnormal exams",
+                c.site,
+                c.temperature,
+                info.threshold,
+                c.from_threshold,
+                c.n_normal,
+                c.n_abnormal
+            );
+        }
         let probs_output = net
             .output_names()
             .iter()
@@ -225,6 +240,7 @@ impl Classifier {
             gate,
             features: Vec::new(),
             features_shape: Vec::new(),
+            site,
         };
         // One warm-up run: checks the output width and moves tract's first-run costs
         // (buffer allocation) out of the first patient's frame.
@@ -299,6 +315,10 @@ impl Classifier {
         );
         let mut p = [0.0; MAX_CLASSES];
         p[..probs.len()].copy_from_slice(probs);
+        if let Some(site) = &self.site {
+            site.apply(&mut p[..probs.len()]);
+        }
+        let probs = &p[..probs.len()];
         let class = model::top_k(probs, 1)[0];
         let view = match &self.gate {
             None => None,

@@ -46,6 +46,9 @@ enum Command {
     /// Evaluate an exported model in tract: AUC with 95% CI, accuracy, sensitivity,
     /// specificity, per-type table, confusion matrix, ROC and calibration plots.
     Eval(cmd::eval::Args),
+    /// Recalibrate a signed bundle on a clinic's own labelled images: a temperature on the
+    /// model's probabilities and a new threshold, the original recorded; a draft to sign.
+    Calibrate(cmd::calibrate::Args),
     /// Benchmark the int8 model against float in tract and onnxruntime: file size, load time
     /// of each form, latency medians, the form the loader picks and output agreement.
     BenchInt8(cmd::bench_int8::Args),
@@ -76,6 +79,7 @@ fn main() -> Result<()> {
         Command::CartSim(a) => cmd::cart_sim::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Eval(a) => cmd::eval::run(a),
+        Command::Calibrate(a) => cmd::calibrate::run(a),
         Command::BenchInt8(a) => cmd::bench_int8::run(a),
         Command::Quantize(a) => cmd::quantize::run(a),
         Command::Keygen(a) => cmd::bundle::keygen(a),

@@ -889,6 +889,7 @@ pub fn draft_manifest(
             onnx_sha256: backbone_sha.into(),
         }),
         view_gate: s.view_gate.clone(),
+        site_calibration: None,
         training: manifest::Training {
             stage: Some(stage),
             seed: Some(opt.head.seed),

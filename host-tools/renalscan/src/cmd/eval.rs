@@ -155,7 +155,12 @@ pub fn run(args: Args) -> Result<()> {
     let mut passed = Vec::new();
     let mut gate_counts = [[0usize; 4]; 2]; // [kidney, other] x [n, gated, learned, ood]
     for (s, r) in samples.iter().zip(results) {
-        let Ok(out) = r else { continue };
+        let Ok(mut out) = r else { continue };
+        // A site-calibrated bundle: the device rescales the model's probabilities; so do we.
+        if let Some(site) = &manifest.site_calibration {
+            let n = k.min(out.len());
+            site.apply(&mut out[..n]);
+        }
         let (probs, rest) = out.split_at(k.min(out.len()));
         let mut refused = false;
         if let (Some(g), [p_kidney, ood, ..]) = (&gate, rest) {

@@ -3,6 +3,7 @@
 pub mod backbone;
 pub mod bench_int8;
 pub mod bundle;
+pub mod calibrate;
 pub mod cart_sim;
 pub mod demo;
 pub mod eval;

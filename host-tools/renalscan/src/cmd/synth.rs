@@ -30,6 +30,10 @@ pub struct Args {
     /// Scanner profile: peds-convex, peds-linear, general-convex, or mixed.
     #[arg(long, default_value = "peds-convex")]
     profile: String,
+    /// A scanner described in a TOML file instead of a built-in profile (every key, its
+    /// range and an example: `docs/phantom.md`).
+    #[arg(long, conflicts_with = "profile")]
+    profile_file: Option<PathBuf>,
     /// Write a probe sweep (smooth motion, lifted probe, freeze) instead of a data set.
     #[arg(long)]
     stream: bool,
@@ -90,7 +94,7 @@ pub fn run(args: Args) -> Result<()> {
         return sweep_set(&args, per_class, start);
     }
     if args.stream {
-        let profile = Profile::by_name(&args.profile)?;
+        let profile = one_profile(&args)?;
         let class = match &args.class {
             Some(c) => Some(Class::from_label(c).with_context(|| format!("unknown class {c:?}"))?),
             None => None,
@@ -108,7 +112,10 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     let mix: Mix = args.mix.parse()?;
-    let profile = ProfileChoice::parse(&args.profile)?;
+    let profile = match &args.profile_file {
+        Some(f) => ProfileChoice::One(Profile::from_file(f)?),
+        None => ProfileChoice::parse(&args.profile)?,
+    };
     let specs = phantom::plan(&PlanConfig {
         n: args.n,
         seed: args.seed,
@@ -130,7 +137,7 @@ pub fn run(args: Args) -> Result<()> {
 /// `--stream --sweeps-per-class N`: N sweeps of each class, drawn on two threads.
 fn sweep_set(args: &Args, per_class: usize, start: Instant) -> Result<()> {
     anyhow::ensure!(per_class > 0, "--sweeps-per-class must be at least 1");
-    let profile = Profile::by_name(&args.profile)?;
+    let profile = one_profile(args)?;
     let jobs: Vec<(Class, usize)> = Class::ALL
         .iter()
         .flat_map(|&c| (0..per_class).map(move |i| (c, i)))
@@ -194,4 +201,12 @@ fn sweep_set(args: &Args, per_class: usize, start: Instant) -> Result<()> {
         csv.display()
     );
     Ok(())
+}
+
+/// The scanner of a sweep: `--profile-file`, or a built-in `--profile` (not `mixed`).
+fn one_profile(args: &Args) -> Result<&'static Profile> {
+    Ok(match &args.profile_file {
+        Some(f) => Profile::from_file(f)?,
+        None => Profile::by_name(&args.profile)?,
+    })
 }
