@@ -40,6 +40,10 @@ pub struct Args {
     /// Percentage of unreadable images tolerated (skipped) before failing.
     #[arg(long, default_value_t = 5.0)]
     pub max_failed_pct: f64,
+    /// The manifest describing `--model` (labels, threshold, view gate) when it is not
+    /// beside it [default: `manifest.toml` in the model's folder].
+    #[arg(long, conflicts_with = "pubkey")]
+    pub manifest: Option<PathBuf>,
     /// Verify `--model` as a signed bundle first (signature, signer, hashes), trusting this
     /// public key file or directory of `*.pub` files.
     #[arg(long)]
@@ -81,9 +85,21 @@ fn open_model(args: &Args) -> Result<Scored> {
             onnx.display()
         );
     }
-    let manifest_path = onnx.with_file_name("manifest.toml");
+    let manifest_path = args
+        .manifest
+        .clone()
+        .unwrap_or_else(|| onnx.with_file_name("manifest.toml"));
+    if !manifest_path.is_file() {
+        bail!(
+            "no manifest for {}: {} does not exist; pass --manifest <the training run's \
+             manifest.toml> (renalscan train writes it beside model.onnx, renalscan quantize \
+             copies it beside its output)",
+            onnx.display(),
+            manifest_path.display()
+        );
+    }
     let manifest = Manifest::draft_from_file(&manifest_path)
-        .with_context(|| format!("reading the manifest beside {}", onnx.display()))?;
+        .with_context(|| format!("reading the manifest of {}", onnx.display()))?;
     let bytes = std::fs::read(&onnx).with_context(|| format!("reading {}", onnx.display()))?;
     Ok(Scored {
         origin: onnx,

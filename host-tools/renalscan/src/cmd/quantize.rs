@@ -472,6 +472,22 @@ pub fn run(args: Args) -> Result<()> {
         encoded.len() as f64 / 1e6,
         bytes.len() as f64 / 1e6
     );
+    // The next steps (`eval`, `bundle`) read the manifest beside the model: give the int8
+    // file the float model's draft, which is what describes it (labels, threshold, gate).
+    let beside = args.out.with_file_name("manifest.toml");
+    if manifest_path.is_file() && !beside.exists() {
+        std::fs::copy(&manifest_path, &beside).with_context(|| {
+            format!(
+                "copying {} beside {}",
+                manifest_path.display(),
+                args.out.display()
+            )
+        })?;
+        log::info!(
+            "{}: the float model's draft manifest, for eval and bundle",
+            beside.display()
+        );
+    }
 
     let integer_check = if args.check_integer > 0 {
         Some(check_integer(
