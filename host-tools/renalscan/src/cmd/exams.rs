@@ -16,6 +16,7 @@ use serde::Serialize;
 use super::eval::Args;
 
 /// One sweep to judge.
+#[derive(Debug)]
 struct Sweep {
     name: String,
     path: PathBuf,
@@ -480,6 +481,62 @@ mod tests {
             (lo - 0.7864).abs() < 1e-3 && (hi - 0.9565).abs() < 1e-3,
             "{lo} {hi}"
         );
+    }
+
+    fn sweep_dir(dir: &Path, name: &str, label: &str) {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("frames.csv"),
+            format!(
+                "path,index,time_s,state,label,severity,patient_id,lesion_visible,view\n\
+                 frame_000000.png,0,0.000,scanning,{label},0.5,1,1,kidney\n\
+                 frame_000001.png,1,0.050,scanning,{label},0.5,1,1,kidney\n"
+            ),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn sweeps_are_found_by_their_frames_csv_or_a_list() {
+        let tmp = tempfile::tempdir().unwrap();
+        sweep_dir(tmp.path(), "b-cyst", "cyst");
+        sweep_dir(tmp.path(), "a-normal", "normal");
+        std::fs::create_dir_all(tmp.path().join("not-a-sweep")).unwrap();
+        let found = discover(tmp.path()).unwrap();
+        let names: Vec<(&str, Class)> = found.iter().map(|s| (s.name.as_str(), s.label)).collect();
+        assert_eq!(
+            names,
+            [("a-normal", Class::Normal), ("b-cyst", Class::Cyst)]
+        );
+        assert_eq!(found[1].times, [0.0, 0.05]);
+        // A list overrides the folders and may name a cine DICOM; labels are checked.
+        std::fs::write(
+            tmp.path().join("sweeps.csv"),
+            "path,label\nexam1.dcm,stone\n",
+        )
+        .unwrap();
+        let listed = discover(tmp.path()).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].label, Class::Stone);
+        assert!(listed[0].times.is_empty());
+        std::fs::write(
+            tmp.path().join("sweeps.csv"),
+            "path,label\nexam1.dcm,kidneyish\n",
+        )
+        .unwrap();
+        let e = discover(tmp.path()).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("kidneyish"), "{e}");
+    }
+
+    #[test]
+    fn a_sweep_without_a_kidney_or_an_empty_folder_is_a_clear_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let e = discover(tmp.path()).unwrap_err().to_string();
+        assert!(e.contains("--sweeps-per-class"), "{e}");
+        sweep_dir(tmp.path(), "liver", "no_kidney");
+        let e = discover(tmp.path()).unwrap_err().to_string();
+        assert!(e.contains("not a screening class"), "{e}");
     }
 
     #[test]
