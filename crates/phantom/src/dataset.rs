@@ -41,6 +41,8 @@ pub enum ProfileChoice {
     One(&'static Profile),
     /// Each patient gets a profile at random (half the default, the rest shared).
     Mixed,
+    /// Each patient gets one of [`Profile::randomized`]'s scanners.
+    Randomized,
 }
 
 impl ProfileChoice {
@@ -48,6 +50,8 @@ impl ProfileChoice {
     pub fn parse(s: &str) -> Result<Self, Error> {
         if s.eq_ignore_ascii_case("mixed") {
             Ok(ProfileChoice::Mixed)
+        } else if s.eq_ignore_ascii_case("randomized") {
+            Ok(ProfileChoice::Randomized)
         } else {
             Profile::by_name(s).map(ProfileChoice::One)
         }
@@ -157,6 +161,10 @@ fn profile_for(choice: ProfileChoice, pr: &mut Rand) -> &'static Profile {
             } else {
                 &all[1 + ((u - 0.5) * 2.0 * (all.len() - 1) as f32) as usize % (all.len() - 1)]
             }
+        }
+        ProfileChoice::Randomized => {
+            let bank = Profile::randomized();
+            &bank[pr.int(0, bank.len() as u32 - 1) as usize]
         }
     }
 }

@@ -43,7 +43,7 @@ use std::path::PathBuf;
 /// Errors from the generator's input paths (names, files).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("unknown scanner profile {name:?} (known: {known}, or mixed)")]
+    #[error("unknown scanner profile {name:?} (known: {known}, mixed or randomized)")]
     UnknownProfile { name: String, known: String },
     #[error("scanner profile {}: {msg}", path.display())]
     ProfileFile { path: PathBuf, msg: String },

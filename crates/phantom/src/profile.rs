@@ -62,7 +62,74 @@ pub struct Profile {
     pub layout: Layout,
 }
 
+/// How many scanners [`Profile::randomized`] draws from.
+pub const RANDOMIZED: usize = 48;
+
 impl Profile {
+    /// Scanners drawn around the built-in ones for training that must not learn one machine:
+    /// centre frequency, axial and lateral resolution, focal zone, dynamic range, gain, TGC,
+    /// electronic noise, speckle reduction and screen layout vary over ranges real machines
+    /// span; screen, scan box, transducer geometry and line density stay the base's, so
+    /// scan-conversion tables are shared. A fixed bank of [`RANDOMIZED`] scanners, the same on
+    /// every machine, drawn once per process.
+    pub fn randomized() -> &'static [Profile] {
+        static BANK: std::sync::OnceLock<Vec<Profile>> = std::sync::OnceLock::new();
+        BANK.get_or_init(|| {
+            (0..RANDOMIZED)
+                .map(|i| {
+                    let base = &BUILTIN[i % BUILTIN.len()];
+                    let mut r =
+                        crate::rng::Rand::new(crate::rng::derive(0x5CA7_7E12, 0xB4, i as u64));
+                    let name: &'static str =
+                        Box::leak(format!("{}~{i:02}", base.name).into_boxed_str());
+                    Profile {
+                        name,
+                        freq_mhz: (base.freq_mhz * r.range(0.75, 1.3)).clamp(2.0, 12.0),
+                        axial_fwhm_mm: base.axial_fwhm_mm * r.range(0.75, 1.35),
+                        lateral_fwhm_mm: base.lateral_fwhm_mm * r.range(0.7, 1.5),
+                        focal_zone_cm: base.focal_zone_cm * r.range(0.7, 1.4),
+                        dynamic_range_db: r.range(50.0, 75.0),
+                        gain_db: base.gain_db + r.range(-4.0, 4.0),
+                        tgc_db_cm_mhz: r.range(0.32, 0.58),
+                        noise_db: r.range(-70.0, -56.0),
+                        speckle_reduction: r.int(0, 3) as u8,
+                        layout: [Layout::A, Layout::B, Layout::C][r.int(0, 2) as usize],
+                        ..base.clone()
+                    }
+                })
+                .collect()
+        })
+    }
+
+    /// The fields scan conversion depends on (screen, scan box, geometry, line density): two
+    /// profiles with the same key share their tables.
+    pub fn geometry_key(&self) -> u64 {
+        let g = match self.geometry {
+            Geometry::Convex {
+                radius_cm,
+                sector_deg,
+            } => (1u64, radius_cm.to_bits(), sector_deg.to_bits()),
+            Geometry::Linear { width_cm } => (2, width_cm.to_bits(), 0),
+        };
+        let (w, h) = self.screen;
+        let (x0, y0, x1, y1) = self.scan_box;
+        [
+            u64::from(w),
+            u64::from(h),
+            u64::from(x0),
+            u64::from(y0),
+            u64::from(x1),
+            u64::from(y1),
+            g.0,
+            u64::from(g.1),
+            u64::from(g.2),
+            self.beams as u64,
+            self.samples as u64,
+        ]
+        .iter()
+        .fold(0xCBF2_9CE4_8422_2325u64, |h, v| crate::rng::mix64(h ^ v))
+    }
+
     /// Built-in profiles, the first being the default.
     pub fn builtin() -> &'static [Profile] {
         &BUILTIN
@@ -395,6 +462,25 @@ layout = "C"
         let e =
             Profile::from_toml(&FILE.replace("noise_db = -63.0", "noise_db = nan")).unwrap_err();
         assert!(e.contains("noise_db"), "{e}");
+    }
+
+    #[test]
+    fn randomized_scanners_vary_but_are_fixed_and_share_scan_geometry() {
+        let bank = Profile::randomized();
+        assert_eq!(bank.len(), RANDOMIZED);
+        assert!(std::ptr::eq(bank, Profile::randomized()), "drawn once");
+        let freqs: std::collections::BTreeSet<u32> =
+            bank.iter().map(|p| (p.freq_mhz * 10.0) as u32).collect();
+        assert!(freqs.len() > 20, "{freqs:?}");
+        for (i, p) in bank.iter().enumerate() {
+            let base = &BUILTIN[i % BUILTIN.len()];
+            assert_eq!(p.geometry_key(), base.geometry_key(), "{}", p.name);
+            assert!((50.0..=75.0).contains(&p.dynamic_range_db));
+            assert!(p.speckle_reduction <= 3);
+        }
+        // The values are part of the data's definition: pin two.
+        assert_eq!(bank[0].name, "peds-convex~00");
+        assert_ne!(bank[0], BUILTIN[0]);
     }
 
     #[test]

@@ -72,9 +72,8 @@ pub struct ScanFrame {
 /// threads.
 #[derive(Default)]
 pub struct Renderer {
-    /// Keyed by the profile's address (profiles live for the process: built in, or read
-    /// from a file once) and the depth in mm.
-    luts: Mutex<HashMap<(usize, u32), Arc<ScanLut>>>,
+    /// Keyed by the profile's scan geometry ([`Profile::geometry_key`]) and the depth in mm.
+    luts: Mutex<HashMap<(u64, u32), Arc<ScanLut>>>,
 }
 
 impl Renderer {
@@ -83,11 +82,8 @@ impl Renderer {
     }
 
     /// Scan-conversion table for a profile at a depth (whole mm), built on first use.
-    pub fn lut(&self, profile: &'static Profile, depth_cm: f32) -> Arc<ScanLut> {
-        let key = (
-            std::ptr::from_ref(profile) as usize,
-            (depth_cm * 10.0).round() as u32,
-        );
+    pub fn lut(&self, profile: &Profile, depth_cm: f32) -> Arc<ScanLut> {
+        let key = (profile.geometry_key(), (depth_cm * 10.0).round() as u32);
         if let Ok(map) = self.luts.lock() {
             if let Some(l) = map.get(&key) {
                 return l.clone();

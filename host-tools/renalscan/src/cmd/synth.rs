@@ -27,7 +27,8 @@ pub struct Args {
     /// Class proportions: `paper` (330 normal : 1,269 abnormal) or `balanced`.
     #[arg(long, default_value = "paper")]
     mix: String,
-    /// Scanner profile: peds-convex, peds-linear, general-convex, or mixed.
+    /// Scanner profile: peds-convex, peds-linear, general-convex, mixed (the three), or
+    /// randomized (48 scanners drawn around them: physics, display and screen layout).
     #[arg(long, default_value = "peds-convex")]
     profile: String,
     /// A scanner described in a TOML file instead of a built-in profile (every key, its
