@@ -233,17 +233,8 @@ pub fn render_one(
     seed: u64,
     index: u64,
 ) -> RgbImage {
-    let spec = ImageSpec {
-        index,
-        class,
-        severity: if class.is_abnormal() { severity } else { 0.0 },
-        patient_id: (seed % 1_000_000) as u32,
-        patient_seed: derive(seed, 1, 0),
-        seed: derive(seed, 2, index),
-        profile,
-        anatomy: Anatomy::Kidney,
-    };
-    Renderer::new().render(&spec)
+    let severity = if class.is_abnormal() { severity } else { 0.0 };
+    render_single(class, severity, Anatomy::Kidney, profile, seed, index)
 }
 
 /// Render a single view of something other than a kidney (same body, furniture and image
@@ -254,17 +245,28 @@ pub fn render_other(
     seed: u64,
     index: u64,
 ) -> RgbImage {
-    let spec = ImageSpec {
+    render_single(Class::Normal, 0.0, anatomy, profile, seed, index)
+}
+
+/// One image of a one-image "data set": patient and image seeds derived from `seed`.
+fn render_single(
+    class: Class,
+    severity: f32,
+    anatomy: Anatomy,
+    profile: &'static Profile,
+    seed: u64,
+    index: u64,
+) -> RgbImage {
+    Renderer::new().render(&ImageSpec {
         index,
-        class: Class::Normal,
-        severity: 0.0,
+        class,
+        severity,
         patient_id: (seed % 1_000_000) as u32,
         patient_seed: derive(seed, 1, 0),
         seed: derive(seed, 2, index),
         profile,
         anatomy,
-    };
-    Renderer::new().render(&spec)
+    })
 }
 
 /// Scene for a spec (for tools that want the tissue map itself).

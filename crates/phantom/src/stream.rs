@@ -4,7 +4,7 @@
 
 use image::RgbImage;
 
-use crate::formation::Speckle;
+use crate::formation::{Speckle, TissueMap};
 use crate::profile::Profile;
 use crate::render::{compose, Renderer, ScanFrame};
 use crate::rng::{derive, Rand};
@@ -222,51 +222,37 @@ impl Iterator for ProbeSweep {
                 let view = self.view_at(t);
                 self.speckle.evolve(&mut self.rng, 0.8);
                 let mut rng = Rand::new(derive(self.cfg.seed, 0x4652, self.index));
-                let f = if self.state == ProbeState::Scanning && !self.cfg.anatomy.is_kidney() {
-                    // The same anatomy all sweep long (a fixed stream), seen as the view moves.
+                // What is under the probe: another organ (the same all sweep long, a fixed
+                // stream, seen as the view moves), the kidney scene, or air when lifted.
+                let other;
+                let scene;
+                let (map, depth_focus, visible): (&dyn TissueMap, (f32, f32), bool) = if self.state
+                    != ProbeState::Scanning
+                {
+                    (&Air, (self.depth, self.depth * 0.5), false)
+                } else if !self.cfg.anatomy.is_kidney() {
                     let mut vr = Rand::new(derive(self.cfg.seed, 0x5649, 0));
-                    let other =
-                        other_view(self.cfg.anatomy, &self.patient, &view, profile, &mut vr);
-                    let f = self.renderer.scan(
-                        profile,
-                        other.map.as_ref(),
-                        &view,
-                        (other.depth_cm, other.focus_cm),
-                        &self.patient,
-                        &mut self.speckle,
-                        &mut rng,
-                        ts,
-                        self.index as u32,
-                    );
-                    (f, false)
-                } else if self.state == ProbeState::Scanning {
-                    let scene = Scene::new(&self.patient, &view, profile);
-                    let f = self.renderer.scan(
-                        profile,
-                        &scene,
-                        &view,
-                        (self.depth, scene.focus_cm.min(self.depth * 0.8)),
-                        &self.patient,
-                        &mut self.speckle,
-                        &mut rng,
-                        ts,
-                        self.index as u32,
-                    );
-                    (f, scene.lesion_visible)
+                    other = other_view(self.cfg.anatomy, &self.patient, &view, profile, &mut vr);
+                    (other.map.as_ref(), (other.depth_cm, other.focus_cm), false)
                 } else {
-                    let f = self.renderer.scan(
+                    scene = Scene::new(&self.patient, &view, profile);
+                    let focus = scene.focus_cm.min(self.depth * 0.8);
+                    (&scene, (self.depth, focus), scene.lesion_visible)
+                };
+                let f = (
+                    self.renderer.scan(
                         profile,
-                        &Air,
+                        map,
                         &view,
-                        (self.depth, self.depth * 0.5),
+                        depth_focus,
                         &self.patient,
                         &mut self.speckle,
                         &mut rng,
                         ts,
                         self.index as u32,
-                    );
-                    (f, false)
-                };
+                    ),
+                    visible,
+                );
                 if self.state == ProbeState::Scanning {
                     self.last = Some(f.clone());
                 }

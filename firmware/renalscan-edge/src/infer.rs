@@ -114,8 +114,6 @@ pub struct Classifier {
     gate: Option<GateOutputs>,
     features: Vec<f32>,
     features_shape: Vec<usize>,
-    /// The manifest's site calibration (`renalscan calibrate`), applied to every output.
-    site: Option<contract::manifest::SiteCalibration>,
 }
 
 impl Classifier {
@@ -174,8 +172,7 @@ impl Classifier {
     }
 
     fn with_network(net: Network, mut info: ModelInfo, t0: Instant) -> anyhow::Result<Self> {
-        let site = info.manifest.site_calibration.clone();
-        if let Some(c) = &site {
+        if let Some(c) = &info.manifest.site_calibration {
             log::info!(
                 "site calibration {:?}: temperature {:.3}, threshold {:.4} (the signed original \
                  had {:.4}), fitted on {} normal and {} abnormal exams",
@@ -240,7 +237,6 @@ impl Classifier {
             gate,
             features: Vec::new(),
             features_shape: Vec::new(),
-            site,
         };
         // One warm-up run: checks the output width and moves tract's first-run costs
         // (buffer allocation) out of the first patient's frame.
@@ -315,7 +311,8 @@ impl Classifier {
         );
         let mut p = [0.0; MAX_CLASSES];
         p[..probs.len()].copy_from_slice(probs);
-        if let Some(site) = &self.site {
+        // A site-calibrated bundle (`renalscan calibrate`) rescales every output.
+        if let Some(site) = &self.info.manifest.site_calibration {
             site.apply(&mut p[..probs.len()]);
         }
         let probs = &p[..probs.len()];

@@ -204,7 +204,12 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("writing {}", model_path.display()))?;
     train::pipeline::write_manifest(&args.out, &m)?;
     let report = report(
-        &args, &e_before, &e_after, t, nll_before, nll_after, &original,
+        &args,
+        &e_before,
+        &e_after,
+        (t, target),
+        (nll_before, nll_after),
+        &original,
     );
     let md = args.out.join("calibration.md");
     std::fs::write(&md, &report).with_context(|| format!("writing {}", md.display()))?;
@@ -221,9 +226,8 @@ fn report(
     args: &Args,
     before: &Evaluation,
     after: &Evaluation,
-    t: f32,
-    nll_before: f64,
-    nll_after: f64,
+    (t, target): (f32, f64),
+    (nll_before, nll_after): (f64, f64),
     original: &contract::Manifest,
 ) -> String {
     let pct = |x: f64| format!("{:.1}%", 100.0 * x);
@@ -243,7 +247,7 @@ fn report(
         args.data.display(),
         b.n_normal,
         b.n_abnormal,
-        100.0 * args_target(original, args)
+        100.0 * target
     );
     let _ = writeln!(
         s,
@@ -262,11 +266,6 @@ fn report(
         );
     }
     s
-}
-
-fn args_target(original: &contract::Manifest, args: &Args) -> f64 {
-    args.target_sensitivity
-        .unwrap_or(original.operating_point.target_sensitivity)
 }
 
 #[cfg(test)]

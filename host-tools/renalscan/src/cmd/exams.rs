@@ -78,7 +78,7 @@ fn discover(dir: &Path) -> Result<Vec<Sweep>> {
             let path = dir.join(p);
             out.push(Sweep {
                 name: (*p).to_string(),
-                times: frame_times(&path)?,
+                times: frames_csv(&path)?.1,
                 path,
                 label,
             });
@@ -92,19 +92,9 @@ fn discover(dir: &Path) -> Result<Vec<Sweep>> {
         dirs.sort();
         for path in dirs {
             let csv = path.join("frames.csv");
-            let text = std::fs::read_to_string(&csv)
-                .with_context(|| format!("reading {}", csv.display()))?;
-            let mut lines = text.lines();
-            let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
-            let lc = header
-                .iter()
-                .position(|h| *h == "label")
-                .with_context(|| format!("{}: no label column", csv.display()))?;
-            let l = lines
-                .next()
-                .and_then(|r| r.split(',').nth(lc))
-                .with_context(|| format!("{}: no frames", csv.display()))?;
-            let label = Class::from_label(l).with_context(|| {
+            let (l, times) = frames_csv(&path)?;
+            let l = l.with_context(|| format!("{}: no frames", csv.display()))?;
+            let label = Class::from_label(&l).with_context(|| {
                 format!(
                     "{}: label {l:?} is not a screening class (a sweep without a kidney has no \
                      exam-level truth)",
@@ -116,7 +106,7 @@ fn discover(dir: &Path) -> Result<Vec<Sweep>> {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),
-                times: frame_times(&path)?,
+                times,
                 path,
                 label,
             });
@@ -133,22 +123,32 @@ fn discover(dir: &Path) -> Result<Vec<Sweep>> {
     Ok(out)
 }
 
-/// `time_s` by frame index from a sweep folder's `frames.csv` (empty when there is none).
-fn frame_times(path: &Path) -> Result<Vec<f64>> {
+/// From a sweep folder's `frames.csv` (phantom sweeps): the first frame's label and `time_s`
+/// by frame index. Nothing for a folder without one or a cine file.
+fn frames_csv(path: &Path) -> Result<(Option<String>, Vec<f64>)> {
     let csv = path.join("frames.csv");
     if !csv.is_file() {
-        return Ok(Vec::new());
+        return Ok((None, Vec::new()));
     }
     let text =
         std::fs::read_to_string(&csv).with_context(|| format!("reading {}", csv.display()))?;
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
-    let Some(tc) = header.iter().position(|h| *h == "time_s") else {
-        return Ok(Vec::new());
+    let col = |name: &str| header.iter().position(|h| *h == name);
+    let lc = col("label").with_context(|| format!("{}: no label column", csv.display()))?;
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let label = rows
+        .first()
+        .and_then(|r| r.get(lc))
+        .map(|l| (*l).to_string());
+    let times = match col("time_s") {
+        Some(tc) => rows
+            .iter()
+            .filter_map(|r| r.get(tc).and_then(|v| v.parse().ok()))
+            .collect(),
+        None => Vec::new(),
     };
-    Ok(lines
-        .filter_map(|l| l.split(',').nth(tc).and_then(|v| v.parse().ok()))
-        .collect())
+    Ok((label, times))
 }
 
 fn row(s: &Sweep, o: &SweepOutcome) -> Row {
