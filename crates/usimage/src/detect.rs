@@ -157,6 +157,35 @@ pub fn iou(a: [u32; 4], b: [u32; 4]) -> f32 {
     }
 }
 
+/// The image area of one detection, detached from the [`Detector`]'s buffers (a few KiB), so
+/// another thread can black out everything outside it later (the operator view masks its
+/// preview off the screening thread).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AreaMask {
+    block: u32,
+    gw: usize,
+    gh: usize,
+    mask: Vec<u8>,
+    panes: Vec<[u32; 4]>,
+}
+
+impl AreaMask {
+    /// Whether frame pixel `(x, y)` lies inside the image area (same rule as
+    /// [`Detector::inside`]).
+    #[inline]
+    pub fn inside(&self, x: u32, y: u32) -> bool {
+        if self.block == 0 {
+            return false;
+        }
+        let (gx, gy) = ((x / self.block) as usize, (y / self.block) as usize);
+        let in_pane = self
+            .panes
+            .iter()
+            .any(|b| x >= b[0] && x < b[2] && y >= b[1] && y < b[3]);
+        in_pane && gx < self.gw && gy < self.gh && self.mask[gy * self.gw + gx] != 0
+    }
+}
+
 /// One-off detection (allocates a [`Detector`]); per-frame loops should keep a `Detector`.
 pub fn detect_scan_area(frame: &GreyFrame) -> ScanArea {
     Detector::default().detect(frame)
@@ -176,6 +205,17 @@ impl Detector {
     /// Image-area mask of the last detection on the block grid (1 = inside any pane).
     pub fn mask(&self) -> &[u8] {
         &self.mask[..self.gw * self.gh]
+    }
+
+    /// The last detection's image area as an [`AreaMask`] (a copy).
+    pub fn area_mask(&self) -> AreaMask {
+        AreaMask {
+            block: self.block,
+            gw: self.gw,
+            gh: self.gh,
+            mask: self.mask[..self.gw * self.gh].to_vec(),
+            panes: self.pane_boxes[..self.pane_count].to_vec(),
+        }
     }
 
     /// Whether frame pixel `(x, y)` lies inside the last detection's image area.
@@ -1139,6 +1179,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_detached_area_mask_agrees_with_the_detector() {
+        let f = screen(640, 480, sector(), 11, &mut Vec::new());
+        let mut d = Detector::default();
+        d.detect(&f);
+        let m = d.area_mask();
+        let mut inside = 0;
+        for y in 0..480 {
+            for x in 0..640 {
+                assert_eq!(m.inside(x, y), d.inside(x, y), "({x}, {y})");
+                inside += usize::from(m.inside(x, y));
+            }
+        }
+        assert!(inside > 640 * 480 / 4, "{inside}");
+        assert!(!AreaMask::default().inside(0, 0));
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub mod v4l2;
 
 pub use batch::{preprocess_file, BatchError, FrameRecord};
 pub use decode::{decode_image, UsFile};
-pub use detect::{detect_scan_area, Detector, ScanArea, ScanKind};
+pub use detect::{detect_scan_area, AreaMask, Detector, ScanArea, ScanKind};
 pub use dicom::{read_header, DicomHeader, DicomImage, UsRegion};
 pub use error::DecodeError;
 pub use frame::{GreyFrame, MAX_PIXELS, MAX_SIDE};
