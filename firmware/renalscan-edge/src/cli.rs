@@ -120,6 +120,10 @@ pub struct RunArgs {
     /// Status period in seconds.
     #[arg(long)]
     pub status_every: Option<f32>,
+    /// Serve the operator view at this address (enables `[ui]`; 127.0.0.1:8080 is the
+    /// cart's own screen; any other address needs ui.tls_cert and ui.tls_key).
+    #[arg(long, value_name = "ADDR")]
+    pub ui: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -317,6 +321,10 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(s) = a.status_every {
         cfg.output.status_every_s = s;
+    }
+    if let Some(addr) = a.ui {
+        cfg.ui.enabled = true;
+        cfg.ui.listen = addr;
     }
     cfg.validate()?;
     let term = signal_flag()?;

@@ -19,6 +19,8 @@ pub struct Config {
     pub journal: JournalSection,
     pub cartlink: CartlinkConfig,
     pub snapshot: SnapshotConfig,
+    /// The operator view (`operator-view`): off by default.
+    pub ui: operator_view::ViewConfig,
 }
 
 /// Which model bundle to run and how.
@@ -422,6 +424,9 @@ impl Config {
             self.output.status_every_s > 0.0,
             "output.status_every_s must be positive"
         );
+        if self.ui.enabled {
+            self.ui.validate()?;
+        }
         for f in &self.source.v4l.formats {
             anyhow::ensure!(
                 usimage::v4l2::PixelFormat::from_fourcc(f).is_some(),

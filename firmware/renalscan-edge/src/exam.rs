@@ -10,8 +10,6 @@
 use std::path::Path;
 use std::time::Instant;
 
-use cartlink::Command;
-
 use crate::config::Config;
 use crate::events::Decision;
 use crate::infer::Classifier;
@@ -89,7 +87,7 @@ impl ExamReplay {
             &self.cfg.gate,
             &self.cfg.aggregate,
         );
-        pipeline.command(Command::StartScreening);
+        pipeline.command(crate::sink::Control::StartScreening);
         let result = replay(&mut pipeline, path);
         self.classifier = Some(pipeline.into_classifier());
         result

@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use cartlink::Command;
 use usimage::{FrameInfo, Preprocessor};
 
 use crate::aggregate::{Aggregator, Params, Sample, Trigger};
@@ -13,7 +12,7 @@ use crate::config::{AggregateConfig, GateConfig, Mode, PipelineConfig};
 use crate::events::{unix_ms, Decision, DecisionKind, JournalState};
 use crate::gate::{after_detection, Gate, GateReason};
 use crate::infer::{Classified, Classifier};
-use crate::sink::FrameView;
+use crate::sink::{Control, FrameView, LiveFrame, Outcome};
 use crate::source::Frame;
 use crate::stats::{Span, Stage, Timers};
 
@@ -61,6 +60,13 @@ pub struct Pipeline {
     pub faulted: bool,
     /// The last classified frame's detection and classification (for [`Pipeline::view`]).
     last: Option<(FrameInfo, Classified)>,
+    /// What became of the last frame, and its detection if it got that far.
+    outcome: Outcome,
+    last_info: Option<FrameInfo>,
+    /// The operator asked for a freeze: the next frame is classified once.
+    freeze_pending: bool,
+    /// Frozen by the operator until unfreeze.
+    frozen: bool,
 }
 
 impl Pipeline {
@@ -103,7 +109,30 @@ impl Pipeline {
             model_tag: format!("{}@{}", info.name, info.version),
             faulted: false,
             last: None,
+            outcome: Outcome::Idle,
+            last_info: None,
+            freeze_pending: false,
+            frozen: false,
         }
+    }
+
+    /// The last processed frame as the live view sees it: pass the frame that was processed.
+    pub fn live<'a>(&'a self, frame: &'a Frame) -> LiveFrame<'a> {
+        LiveFrame {
+            frame,
+            outcome: self.outcome,
+            info: self.last_info.as_ref(),
+            detector: self.pre.detector(),
+            view: self.view(frame),
+            window: self.agg.len(),
+            frozen: self.frozen,
+            threshold: self.agg.params().threshold,
+        }
+    }
+
+    /// Frozen by the operator.
+    pub fn frozen(&self) -> bool {
+        self.frozen
     }
 
     /// The frame behind the decisions the last [`Pipeline::process`] emitted: pass `frame`,
@@ -142,22 +171,39 @@ impl Pipeline {
         self.pre.last_grey()
     }
 
-    /// Applies a cart command.
-    pub fn command(&mut self, c: Command) {
+    /// Applies a command (cart, operator view). Marks are the runtime's, not the pipeline's.
+    pub fn command(&mut self, c: Control) {
         match c {
-            Command::StartScreening => {
+            Control::StartScreening => {
                 if !self.screening {
                     self.agg.reset();
                     self.last_emit = None;
                 }
                 self.screening = true;
             }
-            Command::StopScreening => {
+            Control::StopScreening => {
                 self.screening = false;
+                self.frozen = false;
+                self.freeze_pending = false;
                 self.agg.reset();
                 self.last_emit = None;
             }
-            Command::Capture => self.capture_pending = true,
+            Control::Capture => self.capture_pending = true,
+            Control::Freeze => {
+                if !self.frozen {
+                    self.freeze_pending = true;
+                }
+            }
+            Control::Unfreeze => {
+                if self.frozen || self.freeze_pending {
+                    self.frozen = false;
+                    self.freeze_pending = false;
+                    self.agg.reset();
+                    self.last_emit = None;
+                    self.gate.reset();
+                }
+            }
+            Control::Mark { .. } => {}
         }
     }
 
@@ -165,9 +211,18 @@ impl Pipeline {
     pub fn process(&mut self, frame: &Frame, out: &mut Vec<Decision>) {
         self.counters.processed += 1;
         self.last = None;
+        self.last_info = None;
+        self.outcome = Outcome::Idle;
         self.timers
             .record_both(Stage::Capture, frame.capture_time, frame.capture_cpu);
-        let capture = std::mem::take(&mut self.capture_pending);
+        if self.frozen {
+            // The operator froze the view: the frozen frame's decision stands.
+            self.counters.idle += 1;
+            self.outcome = Outcome::Frozen;
+            return;
+        }
+        let freeze = self.screening && std::mem::take(&mut self.freeze_pending);
+        let capture = std::mem::take(&mut self.capture_pending) || freeze;
         if !self.screening && !capture {
             self.counters.idle += 1;
             return;
@@ -192,6 +247,7 @@ impl Pipeline {
         // Live frames in freeze mode are only watched for the freeze.
         if self.mode == Mode::Freeze && !freeze_shot && !capture {
             self.counters.skipped += 1;
+            self.outcome = Outcome::Skipped;
             return;
         }
 
@@ -201,10 +257,12 @@ impl Pipeline {
             Ok(i) => i,
             Err(e) => {
                 self.counters.errors += 1;
+                self.outcome = Outcome::Failed;
                 log::error!("preprocessing failed: {e}");
                 return;
             }
         };
+        self.last_info = Some(info);
         self.timers.record_span(Stage::Preprocess, t);
         reason = reason.or(after_detection(&info));
         if reason.is_some() && !capture {
@@ -215,6 +273,7 @@ impl Pipeline {
         let single = capture || freeze_shot;
         if !single && !(self.usable - 1).is_multiple_of(u64::from(self.infer_every)) {
             self.counters.skipped += 1;
+            self.outcome = Outcome::Skipped;
             return;
         }
 
@@ -224,6 +283,7 @@ impl Pipeline {
             Ok(c) => c,
             Err(e) => {
                 self.counters.errors += 1;
+                self.outcome = Outcome::Failed;
                 if !self.faulted {
                     log::error!("inference failed: {e:#}");
                 }
@@ -246,6 +306,7 @@ impl Pipeline {
             reason = reason.or(Some(GateReason::NoKidney));
             if !capture {
                 self.gated(reason);
+                // Kept for the view: the map of a refused frame is not shown, its pixels are.
                 return;
             }
         }
@@ -256,12 +317,17 @@ impl Pipeline {
         // Aggregation and decision.
         let t = Span::start();
         if single {
-            let kind = if capture {
+            let kind = if capture && !freeze {
                 DecisionKind::Capture
             } else {
                 DecisionKind::Freeze
             };
             out.push(self.single(kind, &c, frame, reason.is_some()));
+            if freeze {
+                self.frozen = true;
+                self.agg.reset();
+                self.last_emit = None;
+            }
         }
         if self.mode == Mode::Continuous && reason.is_none() {
             let sample = Sample::new(c.p_abnormal, &c.probs[..c.classes]);
@@ -291,11 +357,16 @@ impl Pipeline {
         }
         self.timers.record_span(Stage::Aggregate, t);
         self.last = Some((info, c));
+        self.outcome = match reason {
+            Some(r) => Outcome::Gated(r),
+            None => Outcome::Classified,
+        };
     }
 
     fn gated(&mut self, reason: Option<GateReason>) {
         if let Some(r) = reason {
             self.counters.gated[r.index()] += 1;
+            self.outcome = Outcome::Gated(r);
         }
         self.gated_run = self.gated_run.saturating_add(1);
         if self.reset_after_gated > 0 && self.gated_run == self.reset_after_gated {

@@ -16,10 +16,11 @@ use crate::config::{Config, SourceKind};
 use crate::events::{
     gated_map, no_kidney_map, Decision, DeviceState, FrameCounts, SourceCounts, StatusReport,
 };
+use crate::events::{Mark, MarkKind};
 use crate::infer::Classifier;
 use crate::pipeline::{Counters, Pipeline};
 use crate::sink::build::Outputs;
-use crate::sink::{CommandSource, SinkSet, StatusKind};
+use crate::sink::{CommandSource, Control, SinkSet, StatusKind};
 use crate::source::phantom::PhantomSource;
 use crate::source::replay::Replay;
 use crate::source::v4l::V4lSource;
@@ -244,7 +245,30 @@ impl<'o> Runtime<'o> {
         for source in &mut self.commands {
             while let Some(cmd) = source.poll() {
                 log::info!("command from {}: {cmd:?}", source.name());
-                self.pipeline.command(cmd);
+                match cmd {
+                    Control::Mark {
+                        journal_seq,
+                        agree,
+                        from,
+                    } => {
+                        let m = Mark {
+                            kind: if agree {
+                                MarkKind::Agree
+                            } else {
+                                MarkKind::Disagree
+                            },
+                            decision_seq: journal_seq,
+                            unix_ms: crate::events::unix_ms(),
+                            from: from.to_string(),
+                        };
+                        let state = self.sinks.mark(&m);
+                        log::info!(
+                            "mark {:?} on decision {journal_seq}: journal {state:?}",
+                            m.kind
+                        );
+                    }
+                    other => self.pipeline.command(other),
+                }
                 self.clock.dirty = true;
             }
         }
@@ -269,6 +293,7 @@ impl<'o> Runtime<'o> {
         self.pipeline.process(&frame, &mut self.decisions);
         let t = Span::start();
         self.deliver(&frame);
+        self.sinks.frame(&self.pipeline.live(&frame));
         self.pipeline.timers.record_span(Stage::Sinks, t);
         self.pipeline
             .timers

@@ -1,10 +1,11 @@
 //! The sink list and the command sources a config asks for, in delivery order: the journal
-//! first (the record of truth), then snapshots, stdout, the cart link.
+//! first (the record of truth), then snapshots, stdout, the cart link, the operator view.
 
 use super::cartlink::CartSink;
 use super::journal::JournalSink;
 use super::snapshots::SnapshotSink;
 use super::stdout::StdoutSink;
+use super::view::ViewSink;
 use super::{CommandSource, Sink};
 use crate::config::Config;
 use crate::infer::Classifier;
@@ -43,6 +44,17 @@ pub fn from_config(cfg: &Config, classifier: &Classifier, stdout: bool) -> anyho
             CartSink::spawn(&cfg.cartlink, &info.name, &info.version, &info.labels)?;
         out.push(sink);
         out.commands.push(Box::new(commands));
+    }
+    if cfg.ui.enabled {
+        // Screening never depends on the view: a port in use is an error in the log, not a
+        // cart that refuses to screen.
+        match ViewSink::start(&cfg.ui, classifier) {
+            Ok((sink, commands)) => {
+                out.push(sink);
+                out.commands.push(Box::new(commands));
+            }
+            Err(e) => log::error!("operator view not started: {e}"),
+        }
     }
     Ok(out)
 }

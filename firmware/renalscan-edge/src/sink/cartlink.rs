@@ -14,7 +14,7 @@ use cartlink::device::{Classification, DeviceStatus, Identity, Link, LinkConfig}
 use cartlink::serial::{self, millis_since, receive_link, transmit_link};
 use cartlink::{flags, Class, Command, JournalHealth, State};
 
-use super::{CommandSource, FrameView, Receipt, Sink, SinkError, StatusKind};
+use super::{CommandSource, Control, FrameView, Receipt, Sink, SinkError, StatusKind};
 use crate::config::CartlinkConfig;
 use crate::events::{Decision, DeviceState, JournalState, SinkState, StatusReport};
 use crate::source::{sleep_unless, Backoff};
@@ -57,8 +57,8 @@ impl CommandSource for CartCommands {
         "cart"
     }
 
-    fn poll(&mut self) -> Option<Command> {
-        self.commands.try_recv().ok()
+    fn poll(&mut self) -> Option<Control> {
+        self.commands.try_recv().ok().map(Control::from)
     }
 }
 

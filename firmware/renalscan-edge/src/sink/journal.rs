@@ -12,7 +12,7 @@ use journal::{FaultSwitch, Health, JournalConfig, Outcome, ResilientJournal};
 
 use super::{FrameView, Receipt, Sink, SinkError};
 use crate::config::JournalSection;
-use crate::events::{Decision, JournalRecord, JournalState, SinkState};
+use crate::events::{Decision, JournalRecord, JournalState, Mark, SinkState};
 
 /// How often the alarm is repeated in the log while degraded.
 const ALARM_EVERY: Duration = Duration::from_secs(10);
@@ -147,6 +147,20 @@ impl Sink for JournalSink {
     fn decision(&mut self, d: &Decision, _frame: &FrameView<'_>) -> Result<Receipt, SinkError> {
         Ok(Receipt::Journal(
             self.append(&JournalRecord::Decision(d.clone())),
+        ))
+    }
+
+    fn mark(&mut self, m: &Mark) -> Result<Receipt, SinkError> {
+        // Decisions of earlier runs count: the journal's next number bounds what exists.
+        let next = self.j.journal().map(|j| j.next_seq());
+        if m.decision_seq == 0 || next.is_some_and(|n| m.decision_seq >= n) {
+            return Err(SinkError(format!(
+                "mark on decision {} refused: the journal holds no such decision",
+                m.decision_seq
+            )));
+        }
+        Ok(Receipt::Journal(
+            self.append(&JournalRecord::Mark(m.clone())),
         ))
     }
 

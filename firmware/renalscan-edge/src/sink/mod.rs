@@ -21,6 +21,7 @@ pub mod cartlink;
 pub mod journal;
 pub mod snapshots;
 pub mod stdout;
+pub mod view;
 
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
@@ -30,7 +31,8 @@ use std::time::Instant;
 use model::cam::{ActivationMap, HeadWeights};
 use usimage::{Detector, FrameInfo, GreyFrame, ScanKind};
 
-use crate::events::{Decision, JournalState, SinkHealth, SinkState, StatusReport};
+use crate::events::{Decision, JournalState, Mark, SinkHealth, SinkState, StatusReport};
+use crate::gate::GateReason;
 use crate::infer::Classified;
 use crate::source::Frame;
 
@@ -83,6 +85,18 @@ pub trait Sink: Send {
         Ok(())
     }
 
+    /// Every frame the pipeline took, whatever became of it (the live view). Called on the
+    /// screening thread for each frame: return at once unless the sink is due, and never
+    /// encode or do I/O here.
+    fn frame(&mut self, _f: &LiveFrame<'_>) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// A clinician's mark on a journalled decision (the journal records it).
+    fn mark(&mut self, _m: &Mark) -> Result<Receipt, SinkError> {
+        Ok(Receipt::None)
+    }
+
     /// Called every loop turn (retries, flushing); keep it cheap.
     fn tick(&mut self, _now: Instant) -> Result<(), SinkError> {
         Ok(())
@@ -113,6 +127,12 @@ impl<S: Sink + ?Sized> Sink for Box<S> {
     }
     fn status(&mut self, s: &StatusReport, kind: StatusKind) -> Result<(), SinkError> {
         (**self).status(s, kind)
+    }
+    fn frame(&mut self, f: &LiveFrame<'_>) -> Result<(), SinkError> {
+        (**self).frame(f)
+    }
+    fn mark(&mut self, m: &Mark) -> Result<Receipt, SinkError> {
+        (**self).mark(m)
     }
     fn tick(&mut self, now: Instant) -> Result<(), SinkError> {
         (**self).tick(now)
@@ -231,6 +251,42 @@ impl<'a> FrameView<'a> {
     }
 }
 
+/// What became of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not screening (stopped, or before a start command).
+    Idle,
+    /// The operator froze the view: frames are not screened until unfreeze.
+    Frozen,
+    /// Refused by a gate.
+    Gated(GateReason),
+    /// Usable but not classified (`infer_every`, live frames in freeze mode).
+    Skipped,
+    /// Classified.
+    Classified,
+    /// Preprocessing or inference failed.
+    Failed,
+}
+
+/// One frame as the live view sees it: the frame, what became of it, its detection when it
+/// got that far, and the classification when it was classified.
+pub struct LiveFrame<'a> {
+    pub frame: &'a Frame,
+    pub outcome: Outcome,
+    /// The scan-area detection of this frame (after preprocessing).
+    pub info: Option<&'a FrameInfo>,
+    pub detector: &'a Detector,
+    /// The classified frame (its map, its model input) when `outcome` is `Classified`, or
+    /// for a frame classified once (capture, freeze) even if a gate objected.
+    pub view: Option<FrameView<'a>>,
+    /// Frames in the aggregation window now (0: no decision stands).
+    pub window: usize,
+    /// The operator froze the view (the frozen frame's decision stands).
+    pub frozen: bool,
+    /// The operating threshold on p(abnormal).
+    pub threshold: f32,
+}
+
 /// A sink with the runtime's bookkeeping.
 struct Entry {
     sink: Box<dyn Sink>,
@@ -347,6 +403,24 @@ impl SinkSet {
         }
     }
 
+    /// Shows a frame to the sinks that watch frames.
+    pub fn frame(&mut self, f: &LiveFrame<'_>) {
+        for e in &mut self.entries {
+            e.call("frame", |s| s.frame(f));
+        }
+    }
+
+    /// Delivers a mark; returns where the journal put it.
+    pub fn mark(&mut self, m: &Mark) -> JournalState {
+        let mut state = JournalState::Off;
+        for e in &mut self.entries {
+            if let Receipt::Journal(j) = e.call("mark", |s| s.mark(m)) {
+                state = j;
+            }
+        }
+        state
+    }
+
     /// Delivers a status record.
     pub fn status(&mut self, s: &StatusReport, kind: StatusKind) {
         for e in &mut self.entries {
@@ -393,13 +467,41 @@ impl SinkSet {
     }
 }
 
-/// Where commands to the runtime come from besides the CLI (the cart link; later the operator
+/// What the cart's buttons and the operator view ask of the runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    StartScreening,
+    StopScreening,
+    /// Classify the current frame once and keep it.
+    Capture,
+    /// Classify-on-freeze: the next frame is classified once and held until [`Control::Unfreeze`].
+    Freeze,
+    Unfreeze,
+    /// The clinician's judgement of the decision journalled as `journal_seq`.
+    Mark {
+        journal_seq: u64,
+        agree: bool,
+        from: &'static str,
+    },
+}
+
+impl From<::cartlink::Command> for Control {
+    fn from(c: ::cartlink::Command) -> Self {
+        match c {
+            ::cartlink::Command::StartScreening => Control::StartScreening,
+            ::cartlink::Command::StopScreening => Control::StopScreening,
+            ::cartlink::Command::Capture => Control::Capture,
+        }
+    }
+}
+
+/// Where commands to the runtime come from besides the CLI (the cart link, the operator
 /// view). Polled every loop turn.
 pub trait CommandSource: Send {
     /// Short name for logs.
     fn name(&self) -> &'static str;
     /// The next pending command, if any.
-    fn poll(&mut self) -> Option<::cartlink::Command>;
+    fn poll(&mut self) -> Option<Control>;
 }
 
 #[cfg(test)]
