@@ -10,6 +10,8 @@ APT_PACKAGES=(
   libc6-dev-arm64-cross
   qemu-user-static       # runs aarch64 test binaries here
   libopenjp2-tools       # opj_compress: builds the JPEG 2000 DICOM files of the usimage tests
+  chromium               # the operator view's browser test (headless)
+  chromium-driver        # WebDriver for it
 )
 RUST_TARGETS=(aarch64-unknown-linux-gnu thumbv7em-none-eabihf)
 

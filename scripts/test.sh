@@ -19,7 +19,7 @@ cargo test --release --workspace
 
 step "device crates for aarch64, tests under qemu"
 cargo build --release --target aarch64-unknown-linux-gnu "${DEVICE_CRATES[@]}"
-cargo test --release --target aarch64-unknown-linux-gnu -p contract -p bundle -p model -p journal
+cargo test --release --target aarch64-unknown-linux-gnu -p contract -p bundle -p model -p journal -p operator-view
 
 step "renalscan-edge for aarch64 under qemu on a replay source, decisions vs the host build"
 bash firmware/renalscan-edge/scripts/aarch64-e2e.sh

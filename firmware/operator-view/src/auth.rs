@@ -86,6 +86,18 @@ fn token() -> Option<String> {
     Some(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
+/// `n` random bytes as hex (not secret: identifiers). Time-based if the OS has no randomness.
+pub(crate) fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    if getrandom::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        return format!("{t:x}");
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// Compares without an early exit (the code is a secret).
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()

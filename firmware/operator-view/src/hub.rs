@@ -22,6 +22,8 @@ use crate::protocol::{frame_message, Control, Preview, ViewEvent};
 const MAX_CONTROLS: usize = 64;
 /// Thumbnail side in the timeline.
 const THUMB: u32 = 112;
+/// Preview pixels per cell of the scan-area grid sent with each frame.
+const MASK_CELL: u32 = 4;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -274,6 +276,12 @@ impl Hub {
             ((h as f32 * scale).round() as u32).max(1),
         );
         let px = masked_scaled(&p, ow, oh);
+        if p.mask.is_some() {
+            let (mw, mh) = (ow.div_ceil(MASK_CELL), oh.div_ceil(MASK_CELL));
+            header.mask = Some(coarse_mask(&p, mw, mh));
+            header.mask_w = mw;
+            header.mask_h = mh;
+        }
         let mut jpeg = Vec::with_capacity(px.len() / 8);
         match JpegEncoder::new_with_quality(&mut Cursor::new(&mut jpeg), self.quality).encode(
             &px,
@@ -347,6 +355,27 @@ fn masked_scaled(p: &Preview, ow: u32, oh: u32) -> Vec<u8> {
         }
     }
     out
+}
+
+/// The scan area on an `mw x mh` grid over the crop, as packed bits in base64 (a cell is
+/// inside when its centre is).
+fn coarse_mask(p: &Preview, mw: u32, mh: u32) -> String {
+    let mut bits = vec![0u8; (mw * mh).div_ceil(8) as usize];
+    for gy in 0..mh {
+        for gx in 0..mw {
+            let x = ((gx as f32 + 0.5) * p.width as f32 / mw as f32) as u32;
+            let y = ((gy as f32 + 0.5) * p.height as f32 / mh as f32) as u32;
+            let inside = p
+                .mask
+                .as_ref()
+                .is_none_or(|m| m.inside(p.origin[0] + x, p.origin[1] + y));
+            if inside {
+                let i = (gy * mw + gx) as usize;
+                bits[i / 8] |= 0x80 >> (i % 8);
+            }
+        }
+    }
+    base64::engine::general_purpose::STANDARD.encode(bits)
 }
 
 /// A small JPEG data URL of the model input.
@@ -465,6 +494,16 @@ mod tests {
         assert_eq!(unmasked(&out), 0);
         // Inside the sector the pixels are kept.
         assert!(out.iter().filter(|&&v| v > 0).count() > 640 * 480 / 5);
+        // The coarse mask sent for the overlay: the sector's centre in, the text out.
+        let bits = base64::engine::general_purpose::STANDARD
+            .decode(coarse_mask(&p, 160, 120))
+            .unwrap();
+        let at = |x: u32, y: u32| {
+            bits[((y * 160 + x) / 8) as usize] & (0x80 >> ((y * 160 + x) % 8)) != 0
+        };
+        assert!(at(80, 60));
+        let t = text[0];
+        assert!(!at((t[0] + t[2]) / 8, (t[1] + t[3]) / 8), "text box {t:?}");
     }
 
     #[test]

@@ -59,6 +59,14 @@ pub struct FrameHeader {
     /// JPEG size (0 without an image: the page keeps the previous picture).
     pub width: u32,
     pub height: u32,
+    /// The scan area on a coarse grid over the JPEG (`mask_w x mask_h` bits, row-major,
+    /// most significant bit first, base64): the overlay is drawn inside it only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<String>,
+    #[serde(default)]
+    pub mask_w: u32,
+    #[serde(default)]
+    pub mask_h: u32,
 }
 
 /// A decision as the page shows it.

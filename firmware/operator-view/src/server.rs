@@ -46,6 +46,9 @@ pub(crate) struct Ctx {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Connection threads alive.
     pub conns: AtomicUsize,
+    /// Random per start: a page that reconnects to a restarted device learns that the event
+    /// numbers began again.
+    pub instance: String,
 }
 
 /// The running view. Dropping it stops its threads (within about 200 ms).
@@ -104,6 +107,7 @@ impl ViewServer {
             identity,
             tls,
             conns: AtomicUsize::new(0),
+            instance: crate::auth::random_hex(8),
         });
         let mut threads = Vec::new();
         let c = ctx.clone();
@@ -330,6 +334,8 @@ pub(crate) fn route(req: &Request, peer: SocketAddr, role: Option<Role>, ctx: &C
         "/" | "/index.html" if get => assets::page(),
         "/app.js" if get => assets::script(),
         "/app.css" if get => assets::style(),
+        // Browsers ask for it on their own; no icon, and not a refusal either.
+        "/favicon.ico" if get => Response::new(204, "image/x-icon", Vec::new()),
         "/api/whoami" if get => Response::json(
             200,
             &json!({

@@ -108,6 +108,7 @@ pub(crate) fn serve<S: Read + Write + Timeouts>(mut s: S, req: &Request, role: R
     };
     let hello = json!({
         "type": "hello",
+        "instance": ctx.instance,
         "role": role.name(),
         "identity": ctx.identity,
         "preview_fps": ctx.cfg.preview_fps,

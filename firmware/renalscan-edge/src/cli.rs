@@ -38,6 +38,9 @@ pub enum Cmd {
     /// What the device makes of files (images, DICOM, cines), frame by frame: gated and why
     /// (blank, no scan area, no anatomy, no kidney) or the single-frame answer.
     Check(CheckArgs),
+    /// What the operator view costs screening: runs with and without it (and N viewers),
+    /// alternating; inference rate, RSS, what the viewers received.
+    BenchView(crate::benchview::BenchViewArgs),
 }
 
 /// Model bundle arguments shared by the subcommands.
@@ -197,6 +200,7 @@ pub fn main() -> ExitCode {
         Cmd::Selftest(a) => cmd_selftest(a),
         Cmd::Probes(a) => cmd_probes(a),
         Cmd::Bench(a) => cmd_bench(a),
+        Cmd::BenchView(a) => crate::benchview::cmd(a),
         Cmd::Check(a) => cmd_check(a),
     };
     match r {
@@ -522,15 +526,22 @@ fn cmd_probes(a: ProbesArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
+/// A benchmark's config: the phantom (or the given replay, looped) as fast as the pipeline
+/// takes it, for `frames` frames.
+pub(crate) fn bench_config(model: &ModelArgs, source: &SourceArgs, frames: u64) -> Config {
     let mut cfg = Config::default();
-    apply_model(&mut cfg, &a.model);
+    apply_model(&mut cfg, model);
     cfg.source.kind = SourceKind::Phantom;
     cfg.source.phantom.fps = 0.0;
     cfg.source.replay.fps = 0.0;
     cfg.source.replay.looped = true;
-    apply_source(&mut cfg, &a.source);
-    cfg.pipeline.max_frames = a.frames;
+    apply_source(&mut cfg, source);
+    cfg.pipeline.max_frames = frames;
+    cfg
+}
+
+fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = bench_config(&a.model, &a.source, a.frames);
     cfg.pipeline.infer_every = a.infer_every.max(1);
     cfg.output.status_every_s = 5.0;
     let tmp;

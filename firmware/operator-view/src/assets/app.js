@@ -17,6 +17,7 @@
 
   const state = {
     role: null,
+    instance: null,
     lastEventId: 0,
     lastFrameAt: 0,
     frozen: false,
@@ -78,7 +79,6 @@
     setConn("connecting…", false);
     ws.onopen = () => {
       state.retry = 500;
-      ws.send(JSON.stringify({ type: "resume", since: state.lastEventId }));
       setConn("connected", false);
     };
     ws.onmessage = (m) => {
@@ -130,6 +130,16 @@
   }
 
   function hello(msg) {
+    if (state.instance && state.instance !== msg.instance) {
+      // The device restarted: its event numbers begin again.
+      state.lastEventId = 0;
+      const li = document.createElement("li");
+      li.className = "restart";
+      li.textContent = "device restarted " + new Date().toLocaleTimeString();
+      $("timeline").prepend(li);
+    }
+    state.instance = msg.instance;
+    send({ type: "resume", since: state.lastEventId });
     state.role = msg.role;
     const id = msg.identity || {};
     $("h-model").textContent = "model " + (id.model || "?") + " " + (id.version || "");
@@ -289,6 +299,32 @@
     const sy = canvas.height / ph;
     g.imageSmoothingEnabled = true;
     g.drawImage(small, -h.placed[0] * sx, -h.placed[1] * sy, h.input_size * sx, h.input_size * sy);
+    // Only inside the scan area: the map means nothing over the screen around it.
+    const m = maskCanvas(h);
+    if (m) {
+      g.globalCompositeOperation = "destination-in";
+      g.drawImage(m, 0, 0, canvas.width, canvas.height);
+      g.globalCompositeOperation = "source-over";
+    }
+  }
+
+  function maskCanvas(h) {
+    if (!h.mask || !h.mask_w || !h.mask_h) return null;
+    if (state.maskKey === h.mask + h.mask_w) return state.mask;
+    const bits = Uint8Array.from(atob(h.mask), (c) => c.charCodeAt(0));
+    const c = document.createElement("canvas");
+    c.width = h.mask_w;
+    c.height = h.mask_h;
+    const g = c.getContext("2d");
+    const img = g.createImageData(h.mask_w, h.mask_h);
+    for (let i = 0; i < h.mask_w * h.mask_h; i++) {
+      const on = (bits[i >> 3] >> (7 - (i & 7))) & 1;
+      img.data[4 * i + 3] = on ? 255 : 0;
+    }
+    g.putImageData(img, 0, 0);
+    state.mask = c;
+    state.maskKey = h.mask + h.mask_w;
+    return c;
   }
 
   // A short inferno-like ramp: dark purple through red to yellow.

@@ -221,9 +221,8 @@ impl Sink for ViewSink {
         let publishes_pixels = matches!(f.outcome, Outcome::Classified | Outcome::Gated(_));
         let due = self.last_publish.is_none_or(|t| now - t >= self.interval);
         let heartbeat = self.last_publish.is_none_or(|t| now - t >= HEARTBEAT);
-        if !(publishes_pixels && due)
-            && !(matches!(f.outcome, Outcome::Idle | Outcome::Frozen) && heartbeat)
-        {
+        let alive = matches!(f.outcome, Outcome::Idle | Outcome::Frozen) && heartbeat;
+        if !(publishes_pixels && due || alive) {
             return Ok(());
         }
         self.last_publish = Some(now);

@@ -40,6 +40,17 @@ pub struct Args {
     /// The `renalscan-edge` binary [default: beside this executable].
     #[arg(long)]
     pub edge: Option<PathBuf>,
+    /// Where the edge runtime serves the operator view during the sweeps (open the printed
+    /// URL in a browser to watch).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub ui: std::net::SocketAddr,
+    /// Run the sweeps without the operator view.
+    #[arg(long)]
+    pub no_ui: bool,
+    /// Phantom frames per second of each sweep (real time, so the view can be watched; 0 =
+    /// as fast as the pipeline takes them).
+    #[arg(long, default_value_t = 20.0)]
+    pub sweep_fps: f32,
     /// Redo every step, even those whose outputs exist.
     #[arg(long)]
     pub fresh: bool,
@@ -286,6 +297,13 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let journal = w.join("journal");
+    if !args.no_ui {
+        println!(
+            "[9/9] operator view during the sweeps: http://{}/ (open it in a browser; it \
+             reconnects between sweeps)",
+            args.ui
+        );
+    }
     for (i, sweep) in args.sweeps.iter().enumerate() {
         let view = phantom::Anatomy::parse(sweep).filter(|a| !a.is_kidney());
         let (what, flag) = match view {
@@ -297,13 +315,24 @@ pub fn run(args: Args) -> Result<()> {
             args.frames
         );
         let t = Instant::now();
-        let status = Command::new(&edge)
-            .arg("run")
+        let mut cmd = Command::new(&edge);
+        if !args.no_ui {
+            cmd.arg("run").arg("--ui").arg(args.ui.to_string());
+        } else {
+            cmd.arg("run");
+        }
+        let status = cmd
             .arg("--bundle")
             .arg(&bundle)
             .arg("--trusted-keys")
             .arg(&public)
-            .args(["--phantom", "--fps", "0", flag, sweep])
+            .args([
+                "--phantom",
+                "--fps",
+                &args.sweep_fps.to_string(),
+                flag,
+                sweep,
+            ])
             .arg("--seed")
             .arg((11 + i).to_string())
             .arg("--max-frames")
