@@ -12,6 +12,7 @@ APT_PACKAGES=(
   libopenjp2-tools       # opj_compress: builds the JPEG 2000 DICOM files of the usimage tests
   chromium               # the operator view's browser test (headless)
   chromium-driver        # WebDriver for it
+  poppler-utils          # pdftotext, pdftoppm: the session report tests read the PDF
 )
 RUST_TARGETS=(aarch64-unknown-linux-gnu thumbv7em-none-eabihf)
 

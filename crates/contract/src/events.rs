@@ -98,6 +98,9 @@ pub struct Decision {
     /// Journal outcome (filled in by the journal sink, not part of the journalled record).
     #[serde(default, skip_serializing_if = "is_off")]
     pub journal: JournalState,
+    /// The exam it belongs to, when one is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 fn is_off(j: &JournalState) -> bool {
@@ -137,6 +140,104 @@ pub struct Mark {
     pub unix_ms: u64,
     /// Where it was entered (`view`, `cart`, `cli`).
     pub from: String,
+    /// The exam it belongs to, when one is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+}
+
+/// Which kidney an exam is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Left,
+    Right,
+}
+
+/// What the clinician typed or scanned for an exam (a barcode scanner is a keyboard). Kept
+/// in the device's session store, never in the journal, logs, URLs or file names, so that
+/// retention deletes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionContext {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accession: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub side: Option<Side>,
+}
+
+impl SessionContext {
+    /// Longest accepted field (a barcode, an MRN).
+    pub const MAX_FIELD: usize = 64;
+
+    /// Fields trimmed, empty ones dropped; a field too long or with control characters is
+    /// refused with its name.
+    pub fn cleaned(self) -> Result<Self, String> {
+        let f = |name: &str, v: Option<String>| -> Result<Option<String>, String> {
+            let Some(v) = v else { return Ok(None) };
+            let v = v.trim().to_string();
+            if v.is_empty() {
+                return Ok(None);
+            }
+            if v.chars().count() > Self::MAX_FIELD {
+                return Err(format!(
+                    "{name} is longer than {} characters",
+                    Self::MAX_FIELD
+                ));
+            }
+            if v.chars().any(char::is_control) {
+                return Err(format!("{name} holds control characters"));
+            }
+            Ok(Some(v))
+        };
+        Ok(Self {
+            patient_id: f("patient id", self.patient_id)?,
+            accession: f("accession number", self.accession)?,
+            operator: f("operator", self.operator)?,
+            side: self.side,
+        })
+    }
+}
+
+/// The model that screened an exam, as its report names it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelIdentity {
+    pub name: String,
+    pub version: String,
+    /// sha256 of the signed manifest: the bundle's identity.
+    pub bundle_sha256: String,
+    /// Key id of the signer.
+    pub signer: String,
+    /// Operating threshold on p(abnormal).
+    pub threshold: f32,
+}
+
+/// What happened to a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum SessionEvent {
+    /// Opened (its context went to the session store first).
+    Started {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<ModelIdentity>,
+    },
+    /// Closed by the operator, the cart or the end of the run.
+    Ended,
+    /// Found open after a restart: the runtime stopped without closing it.
+    Interrupted,
+    /// Its context and images went by the retention period.
+    Purged,
+}
+
+/// A session's journal record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub session: String,
+    #[serde(flatten)]
+    pub event: SessionEvent,
+    pub unix_ms: u64,
 }
 
 /// One journal record.
@@ -147,6 +248,8 @@ pub enum JournalRecord {
     Decision(Decision),
     /// A clinician's mark.
     Mark(Mark),
+    /// A session started, ended, was interrupted or purged.
+    Session(SessionRecord),
 }
 
 impl JournalRecord {
@@ -318,7 +421,68 @@ mod tests {
             model: "m@1".into(),
             snapshot: Some("s.png".into()),
             journal: JournalState::Committed { seq: 9 },
+            session: Some("s-20261204T101500-ab12".into()),
         }
+    }
+
+    #[test]
+    fn session_records_round_trip_tagged() {
+        let r = JournalRecord::Session(SessionRecord {
+            session: "s-20261204T101500-ab12".into(),
+            event: SessionEvent::Started {
+                model: Some(ModelIdentity {
+                    name: "m".into(),
+                    version: "1".into(),
+                    bundle_sha256: "ab".into(),
+                    signer: "k".into(),
+                    threshold: 0.5,
+                }),
+            },
+            unix_ms: 7,
+        });
+        let b = r.to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(
+            (v["record"].as_str(), v["event"].as_str()),
+            (Some("session"), Some("started"))
+        );
+        assert_eq!(JournalRecord::from_bytes(&b).unwrap(), r);
+        let end = JournalRecord::Session(SessionRecord {
+            session: "s-1".into(),
+            event: SessionEvent::Interrupted,
+            unix_ms: 9,
+        });
+        assert_eq!(JournalRecord::from_bytes(&end.to_bytes()).unwrap(), end);
+        // Older decisions (no session field) still read.
+        let old = br#"{"seq":1,"kind":"first","abnormal":false,"p_abnormal":0.1,"class":"normal","confidence":0.9,"frames":3,"frame_index":7,"threshold":0.5,"low_quality":false,"unix_ms":0,"uptime_ms":0,"model":"m@1"}"#;
+        match JournalRecord::from_bytes(old).unwrap() {
+            JournalRecord::Decision(d) => assert_eq!(d.session, None),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn session_context_is_cleaned_and_bounded() {
+        let c = SessionContext {
+            patient_id: Some("  P-42 ".into()),
+            accession: Some("".into()),
+            operator: None,
+            side: Some(Side::Right),
+        }
+        .cleaned()
+        .unwrap();
+        assert_eq!(c.patient_id.as_deref(), Some("P-42"));
+        assert_eq!(c.accession, None);
+        let long = SessionContext {
+            patient_id: Some("x".repeat(65)),
+            ..Default::default()
+        };
+        assert!(long.cleaned().unwrap_err().contains("patient id"));
+        let ctl = SessionContext {
+            operator: Some("a\u{7}b".into()),
+            ..Default::default()
+        };
+        assert!(ctl.cleaned().unwrap_err().contains("operator"));
     }
 
     #[test]
@@ -344,6 +508,7 @@ mod tests {
             decision_seq: 9,
             unix_ms: 5,
             from: "view".into(),
+            session: None,
         });
         let bytes = m.to_bytes();
         assert!(String::from_utf8_lossy(&bytes).contains("\"record\":\"mark\""));

@@ -41,6 +41,11 @@ pub enum Cmd {
     /// What the operator view costs screening: runs with and without it (and N viewers),
     /// alternating; inference rate, RSS, what the viewers received.
     BenchView(crate::benchview::BenchViewArgs),
+    /// The exams in a journal: state, decisions, marks, where they were exported.
+    Sessions(crate::sessions::SessionsArgs),
+    /// Exams to a folder that leaves the cart: report.pdf, results.csv, session.json, key
+    /// frames and SHA256SUMS (atomic, idempotent).
+    Export(crate::sessions::ExportArgs),
 }
 
 /// Model bundle arguments shared by the subcommands.
@@ -127,6 +132,24 @@ pub struct RunArgs {
     /// cart's own screen; any other address needs ui.tls_cert and ui.tls_key).
     #[arg(long, value_name = "ADDR")]
     pub ui: Option<std::net::SocketAddr>,
+    /// Open an exam session at start and end it when the run ends.
+    #[arg(long)]
+    pub session: bool,
+    /// The session's patient identifier (kept in the session store only; needs --session).
+    #[arg(long, requires = "session")]
+    pub patient_id: Option<String>,
+    /// The session's accession number.
+    #[arg(long, requires = "session")]
+    pub accession: Option<String>,
+    /// Who scans.
+    #[arg(long, requires = "session")]
+    pub operator: Option<String>,
+    /// Which kidney: left or right.
+    #[arg(long, requires = "session", value_parser = ["left", "right"])]
+    pub side: Option<String>,
+    /// Session store (overrides session.dir).
+    #[arg(long)]
+    pub sessions_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -201,6 +224,8 @@ pub fn main() -> ExitCode {
         Cmd::Probes(a) => cmd_probes(a),
         Cmd::Bench(a) => cmd_bench(a),
         Cmd::BenchView(a) => crate::benchview::cmd(a),
+        Cmd::Sessions(a) => crate::sessions::cmd_sessions(a),
+        Cmd::Export(a) => crate::sessions::cmd_export(a),
         Cmd::Check(a) => cmd_check(a),
     };
     match r {
@@ -329,6 +354,21 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(addr) = a.ui {
         cfg.ui.enabled = true;
         cfg.ui.listen = addr;
+    }
+    if let Some(d) = &a.sessions_dir {
+        cfg.session.dir = d.clone();
+    }
+    if a.session {
+        use crate::events::{SessionContext, Side};
+        cfg.session.open_at_start = Some(SessionContext {
+            patient_id: a.patient_id.clone(),
+            accession: a.accession.clone(),
+            operator: a.operator.clone(),
+            side: a
+                .side
+                .as_deref()
+                .map(|s| if s == "left" { Side::Left } else { Side::Right }),
+        });
     }
     cfg.validate()?;
     let term = signal_flag()?;

@@ -21,6 +21,31 @@ pub struct Config {
     pub snapshot: SnapshotConfig,
     /// The operator view (`operator-view`): off by default.
     pub ui: operator_view::ViewConfig,
+    pub session: SessionConfig,
+}
+
+/// Exams: where their context and key frames are kept, and for how long.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// The session store: one folder per exam (context, key frames, export marks).
+    pub dir: PathBuf,
+    /// Days an exam's context and key frames are kept after it ends; then they are deleted
+    /// and the deletion journalled (checked at every start). 0 keeps them.
+    pub retention_days: u32,
+    /// Open an exam at start with this context (`run --session`); not a config key.
+    #[serde(skip)]
+    pub open_at_start: Option<crate::events::SessionContext>,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/renalscan/sessions"),
+            retention_days: 30,
+            open_at_start: None,
+        }
+    }
 }
 
 /// Which model bundle to run and how.
@@ -427,6 +452,15 @@ impl Config {
         if self.ui.enabled {
             self.ui.validate()?;
         }
+        anyhow::ensure!(
+            self.session.retention_days <= 3650,
+            "session.retention_days must be 0..=3650 (0 keeps everything), got {}",
+            self.session.retention_days
+        );
+        anyhow::ensure!(
+            self.session.open_at_start.is_none() || self.journal.enabled,
+            "an exam session needs the journal: remove --no-journal or journal.enabled = false"
+        );
         for f in &self.source.v4l.formats {
             anyhow::ensure!(
                 usimage::v4l2::PixelFormat::from_fourcc(f).is_some(),

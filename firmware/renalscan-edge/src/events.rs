@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 pub use contract::events::{
     unix_ms, Decision, DecisionKind, DeviceState, FrameCounts, JournalRecord, JournalState, Mark,
-    MarkKind, SinkHealth, SinkState, SourceCounts, StatusReport,
+    MarkKind, ModelIdentity, SessionContext, SessionEvent, SessionRecord, Side, SinkHealth,
+    SinkState, SourceCounts, StatusReport,
 };
 
 use crate::gate::GateReason;

@@ -22,6 +22,7 @@ pub mod infer;
 pub mod pipeline;
 pub mod runtime;
 pub mod selftest;
+pub mod sessions;
 pub mod sink;
 pub mod snapshot;
 pub mod source;

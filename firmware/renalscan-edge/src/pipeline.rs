@@ -203,7 +203,7 @@ impl Pipeline {
                     self.gate.reset();
                 }
             }
-            Control::Mark { .. } => {}
+            Control::Mark { .. } | Control::StartSession(_) | Control::EndSession => {}
         }
     }
 
@@ -430,6 +430,7 @@ impl Pipeline {
             uptime_ms: self.started.elapsed().as_millis() as u64,
             model: self.model_tag.clone(),
             journal: JournalState::Off,
+            session: None,
             snapshot: None,
         }
     }

@@ -16,7 +16,9 @@ use crate::config::{Config, SourceKind};
 use crate::events::{
     gated_map, no_kidney_map, Decision, DeviceState, FrameCounts, SourceCounts, StatusReport,
 };
-use crate::events::{Mark, MarkKind};
+use crate::events::{
+    unix_ms, Mark, MarkKind, ModelIdentity, SessionContext, SessionEvent, SessionRecord,
+};
 use crate::infer::Classifier;
 use crate::pipeline::{Counters, Pipeline};
 use crate::sink::build::Outputs;
@@ -161,6 +163,10 @@ pub struct Runtime<'o> {
     reopens_seen: u64,
     decisions: Vec<Decision>,
     rss: Vec<(u64, u64)>,
+    /// The exam open now.
+    session: Option<String>,
+    store: records::SessionStore,
+    identity: ModelIdentity,
 }
 
 impl<'o> Runtime<'o> {
@@ -190,6 +196,14 @@ impl<'o> Runtime<'o> {
             cfg.pipeline.mode,
             sinks.names()
         );
+        let info = pipeline.classifier().info();
+        let identity = ModelIdentity {
+            name: info.name.clone(),
+            version: info.version.clone(),
+            bundle_sha256: info.bundle_sha256.clone(),
+            signer: info.signer.clone(),
+            threshold: info.threshold,
+        };
         let watchdog = Watchdog::new(Notifier::from_env());
         if let Err(e) = watchdog.notifier().ready(&format!(
             "screening aid ready: {} from {desc}",
@@ -218,7 +232,115 @@ impl<'o> Runtime<'o> {
             reopens_seen: 0,
             decisions: Vec::with_capacity(4),
             rss: Vec::new(),
+            session: None,
+            store: records::SessionStore::at(&cfg.session.dir),
+            identity,
         })
+        .map(|mut rt| {
+            if cfg.journal.enabled {
+                rt.recover_sessions(&cfg.journal.dir, cfg.session.retention_days);
+            }
+            if let Some(ctx) = &cfg.session.open_at_start {
+                rt.start_session(ctx.clone());
+            }
+            rt
+        })
+    }
+
+    /// After a restart: sessions left open are marked interrupted (what was committed is
+    /// kept); sessions past the retention period lose their context and key frames.
+    fn recover_sessions(&mut self, journal: &std::path::Path, retention_days: u32) {
+        let sessions = match records::read(journal) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("sessions in {} not read: {e}", journal.display());
+                return;
+            }
+        };
+        let now = unix_ms();
+        for s in sessions
+            .iter()
+            .filter(|s| s.state == records::SessionState::Open)
+        {
+            log::warn!(
+                "session {} was interrupted (the runtime stopped without ending it): marked so, its {} decisions kept",
+                s.id,
+                s.decisions.len()
+            );
+            self.sinks.session(&SessionRecord {
+                session: s.id.clone(),
+                event: SessionEvent::Interrupted,
+                unix_ms: now,
+            });
+        }
+        if retention_days == 0 {
+            return;
+        }
+        let cutoff = now.saturating_sub(u64::from(retention_days) * 86_400_000);
+        for s in records::expired(&sessions, &self.store, cutoff) {
+            match self.store.purge(&s.id) {
+                Ok(_) => {
+                    log::info!(
+                        "session {}: context and key frames deleted after {retention_days} days (retention)",
+                        s.id
+                    );
+                    self.sinks.session(&SessionRecord {
+                        session: s.id.clone(),
+                        event: SessionEvent::Purged,
+                        unix_ms: now,
+                    });
+                }
+                Err(e) => log::error!("retention: {e}"),
+            }
+        }
+    }
+
+    /// Opens an exam (ending an open one first). Its context goes to the session store
+    /// before the journal records the start; nothing about the patient reaches a log.
+    fn start_session(&mut self, ctx: SessionContext) {
+        if self.session.is_some() {
+            self.end_session();
+        }
+        let ctx = match ctx.cleaned() {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("session not started: {e}");
+                return;
+            }
+        };
+        let now = unix_ms();
+        let id = records::new_session_id(now);
+        if let Err(e) = self.store.begin(&id, &ctx) {
+            log::error!("session not started: {e} (session.dir must be writable)");
+            return;
+        }
+        let state = self.sinks.session(&SessionRecord {
+            session: id.clone(),
+            event: SessionEvent::Started {
+                model: Some(self.identity.clone()),
+            },
+            unix_ms: now,
+        });
+        let set = |o: &Option<String>| if o.is_some() { "entered" } else { "none" };
+        log::info!(
+            "session {id} started: patient id {}, accession {}, operator {}, side {:?}; journal {state:?}",
+            set(&ctx.patient_id),
+            set(&ctx.accession),
+            set(&ctx.operator),
+            ctx.side
+        );
+        self.session = Some(id);
+    }
+
+    fn end_session(&mut self) {
+        if let Some(id) = self.session.take() {
+            let state = self.sinks.session(&SessionRecord {
+                session: id.clone(),
+                event: SessionEvent::Ended,
+                unix_ms: unix_ms(),
+            });
+            log::info!("session {id} ended; journal {state:?}");
+        }
     }
 
     /// Turns the loop until the source ends, the frame limit, or `term`; then shuts down.
@@ -242,9 +364,21 @@ impl<'o> Runtime<'o> {
     }
 
     fn poll_commands(&mut self) {
+        let mut cmds = Vec::new();
         for source in &mut self.commands {
             while let Some(cmd) = source.poll() {
-                log::info!("command from {}: {cmd:?}", source.name());
+                cmds.push((source.name(), cmd));
+            }
+        }
+        for (from_source, cmd) in cmds {
+            {
+                // A session's context is not logged (patient identifiers never reach a log).
+                match &cmd {
+                    Control::StartSession(_) => {
+                        log::info!("command from {from_source}: start a session")
+                    }
+                    c => log::info!("command from {from_source}: {c:?}"),
+                }
                 match cmd {
                     Control::Mark {
                         journal_seq,
@@ -260,6 +394,7 @@ impl<'o> Runtime<'o> {
                             decision_seq: journal_seq,
                             unix_ms: crate::events::unix_ms(),
                             from: from.to_string(),
+                            session: self.session.clone(),
                         };
                         let state = self.sinks.mark(&m);
                         log::info!(
@@ -267,6 +402,8 @@ impl<'o> Runtime<'o> {
                             m.kind
                         );
                     }
+                    Control::StartSession(ctx) => self.start_session(ctx),
+                    Control::EndSession => self.end_session(),
                     other => self.pipeline.command(other),
                 }
                 self.clock.dirty = true;
@@ -324,6 +461,7 @@ impl<'o> Runtime<'o> {
         match self.pipeline.view(frame) {
             Some(view) => {
                 for d in &mut self.decisions {
+                    d.session.clone_from(&self.session);
                     self.sinks.decision(d, &view);
                 }
             }
@@ -429,6 +567,7 @@ impl<'o> Runtime<'o> {
     fn finish(mut self) -> RunSummary {
         let _ = self.watchdog.notifier().stopping();
         self.capture.stop();
+        self.end_session();
         self.sinks.shutdown();
         let report = self.report(DeviceState::Idle);
         log_status(&report);

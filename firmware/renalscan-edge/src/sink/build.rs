@@ -3,6 +3,7 @@
 
 use super::cartlink::CartSink;
 use super::journal::JournalSink;
+use super::keyframes::KeyframeSink;
 use super::snapshots::SnapshotSink;
 use super::stdout::StdoutSink;
 use super::view::ViewSink;
@@ -31,6 +32,10 @@ pub fn from_config(cfg: &Config, classifier: &Classifier, stdout: bool) -> anyho
     let mut out = Outputs::default();
     if cfg.journal.enabled {
         out.push(JournalSink::open(&cfg.journal)?);
+        // Key frames of exams (decisions outside a session are not kept).
+        out.push(KeyframeSink::new(records::SessionStore::at(
+            &cfg.session.dir,
+        )));
     }
     if cfg.snapshot.enabled {
         out.push(SnapshotSink::open(&cfg.snapshot, classifier)?);

@@ -12,7 +12,7 @@ use journal::{FaultSwitch, Health, JournalConfig, Outcome, ResilientJournal};
 
 use super::{FrameView, Receipt, Sink, SinkError};
 use crate::config::JournalSection;
-use crate::events::{Decision, JournalRecord, JournalState, Mark, SinkState};
+use crate::events::{Decision, JournalRecord, JournalState, Mark, SessionRecord, SinkState};
 
 /// How often the alarm is repeated in the log while degraded.
 const ALARM_EVERY: Duration = Duration::from_secs(10);
@@ -161,6 +161,12 @@ impl Sink for JournalSink {
         }
         Ok(Receipt::Journal(
             self.append(&JournalRecord::Mark(m.clone())),
+        ))
+    }
+
+    fn session(&mut self, r: &SessionRecord) -> Result<Receipt, SinkError> {
+        Ok(Receipt::Journal(
+            self.append(&JournalRecord::Session(r.clone())),
         ))
     }
 

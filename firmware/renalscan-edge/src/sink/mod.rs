@@ -19,6 +19,7 @@
 pub mod build;
 pub mod cartlink;
 pub mod journal;
+pub mod keyframes;
 pub mod snapshots;
 pub mod stdout;
 pub mod view;
@@ -31,7 +32,10 @@ use std::time::Instant;
 use model::cam::{ActivationMap, HeadWeights};
 use usimage::{Detector, FrameInfo, GreyFrame, ScanKind};
 
-use crate::events::{Decision, JournalState, Mark, SinkHealth, SinkState, StatusReport};
+use crate::events::{
+    Decision, JournalState, Mark, SessionContext, SessionRecord, SinkHealth, SinkState,
+    StatusReport,
+};
 use crate::gate::GateReason;
 use crate::infer::Classified;
 use crate::source::Frame;
@@ -97,6 +101,12 @@ pub trait Sink: Send {
         Ok(Receipt::None)
     }
 
+    /// A session started, ended, was found interrupted or purged (the journal records it;
+    /// the context is in the session store, never here).
+    fn session(&mut self, _r: &SessionRecord) -> Result<Receipt, SinkError> {
+        Ok(Receipt::None)
+    }
+
     /// Called every loop turn (retries, flushing); keep it cheap.
     fn tick(&mut self, _now: Instant) -> Result<(), SinkError> {
         Ok(())
@@ -133,6 +143,9 @@ impl<S: Sink + ?Sized> Sink for Box<S> {
     }
     fn mark(&mut self, m: &Mark) -> Result<Receipt, SinkError> {
         (**self).mark(m)
+    }
+    fn session(&mut self, r: &SessionRecord) -> Result<Receipt, SinkError> {
+        (**self).session(r)
     }
     fn tick(&mut self, now: Instant) -> Result<(), SinkError> {
         (**self).tick(now)
@@ -421,6 +434,17 @@ impl SinkSet {
         state
     }
 
+    /// Delivers a session record; returns where the journal put it.
+    pub fn session(&mut self, r: &SessionRecord) -> JournalState {
+        let mut state = JournalState::Off;
+        for e in &mut self.entries {
+            if let Receipt::Journal(j) = e.call("session", |s| s.session(r)) {
+                state = j;
+            }
+        }
+        state
+    }
+
     /// Delivers a status record.
     pub fn status(&mut self, s: &StatusReport, kind: StatusKind) {
         for e in &mut self.entries {
@@ -467,8 +491,8 @@ impl SinkSet {
     }
 }
 
-/// What the cart's buttons and the operator view ask of the runtime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the cart's buttons, the operator view and the command line ask of the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
     StartScreening,
     StopScreening,
@@ -483,6 +507,10 @@ pub enum Control {
         agree: bool,
         from: &'static str,
     },
+    /// Open an exam with this context (an open one is ended first).
+    StartSession(SessionContext),
+    /// End the open exam.
+    EndSession,
 }
 
 impl From<::cartlink::Command> for Control {
@@ -563,6 +591,7 @@ mod tests {
             model: "m@1".into(),
             snapshot: None,
             journal: JournalState::Off,
+            session: None,
         }
     }
 
