@@ -325,6 +325,9 @@ impl Hub {
             ViewEvent::Freeze { frozen, unix_ms } => {
                 json!({"kind": "freeze", "frozen": frozen, "unix_ms": unix_ms})
             }
+            ViewEvent::Session { session, unix_ms } => {
+                json!({"kind": "session", "session": session, "unix_ms": unix_ms})
+            }
         };
         v.to_string().into()
     }

@@ -28,7 +28,7 @@ pub use auth::Role;
 pub use config::{ConfigError, ViewConfig};
 pub use hub::Stats;
 pub use protocol::{
-    parse_frame_message, Control, DecisionInfo, FrameHeader, Identity, Preview, ViewEvent,
-    FRAME_MAGIC,
+    parse_frame_message, Control, DecisionInfo, ExamContext, FrameHeader, Identity, Preview,
+    ViewEvent, FRAME_MAGIC,
 };
 pub use server::{ViewError, ViewServer};

@@ -110,10 +110,31 @@ pub enum ViewEvent {
     Refused { action: String, reason: String },
     /// The operator froze or unfroze.
     Freeze { frozen: bool, unix_ms: u64 },
+    /// An exam was opened (`Some(id)`) or closed (`None`).
+    Session {
+        session: Option<String>,
+        unix_ms: u64,
+    },
+}
+
+/// What the operator typed or scanned when opening an exam. Checked by the runtime (length,
+/// control characters); never put in a URL, a title or a log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExamContext {
+    #[serde(default)]
+    pub patient_id: Option<String>,
+    #[serde(default)]
+    pub accession: Option<String>,
+    #[serde(default)]
+    pub operator: Option<String>,
+    /// `left` or `right`.
+    #[serde(default)]
+    pub side: Option<String>,
 }
 
 /// What the operator asks of the runtime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
     /// Freeze the view: the next usable frame is classified once and held.
     Freeze,
@@ -123,6 +144,10 @@ pub enum Control {
     Capture,
     /// The clinician's judgement of the decision journalled as `journal_seq`.
     Mark { journal_seq: u64, agree: bool },
+    /// Open an exam (the open one ends first).
+    StartSession(ExamContext),
+    /// Close the open exam.
+    EndSession,
 }
 
 impl Control {
@@ -134,6 +159,8 @@ impl Control {
             Control::Capture => "capture",
             Control::Mark { agree: true, .. } => "agree",
             Control::Mark { agree: false, .. } => "disagree",
+            Control::StartSession(_) => "start exam",
+            Control::EndSession => "end exam",
         }
     }
 }
@@ -161,6 +188,12 @@ pub(crate) enum ClientMessage {
     Control { action: String },
     /// Agree or disagree with a journalled decision.
     Mark { journal_seq: u64, agree: bool },
+    /// `start` (with the exam's context) or `end`.
+    Session {
+        action: String,
+        #[serde(default)]
+        context: Option<ExamContext>,
+    },
     /// The page measured this decision-to-screen latency (ms).
     Latency { ms: f64 },
 }

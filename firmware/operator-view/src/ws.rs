@@ -222,6 +222,11 @@ impl Page {
                 other => return Err(format!("unknown control {other:?}")),
             },
             ClientMessage::Mark { journal_seq, agree } => Control::Mark { journal_seq, agree },
+            ClientMessage::Session { action, context } => match action.as_str() {
+                "start" => Control::StartSession(context.unwrap_or_default()),
+                "end" => Control::EndSession,
+                other => return Err(format!("unknown session action {other:?}")),
+            },
         };
         if self.role != Role::Operator {
             return Err(format!(
@@ -229,8 +234,9 @@ impl Page {
                 control.name()
             ));
         }
+        let name = control.name();
         if !ctx.hub.control(control) {
-            return Err(format!("{}: the device is busy, try again", control.name()));
+            return Err(format!("{name}: the device is busy, try again"));
         }
         Ok(())
     }

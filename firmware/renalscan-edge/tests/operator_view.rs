@@ -129,6 +129,21 @@ impl Driver {
         );
     }
 
+    /// Types into a field as a keyboard (or a barcode scanner) would.
+    fn type_into(&self, css: &str, text: &str) {
+        let e = self.call(
+            "POST",
+            &self.s("/element"),
+            Some(json!({"using": "css selector", "value": css})),
+        );
+        let id = e[ELEMENT].as_str().unwrap().to_string();
+        self.call(
+            "POST",
+            &self.s(&format!("/element/{id}/value")),
+            Some(json!({"text": text})),
+        );
+    }
+
     fn screenshot(&self, path: &Path) {
         let b64 = self.call("GET", &self.s("/screenshot"), None);
         let png = base64::engine::general_purpose::STANDARD
@@ -198,6 +213,7 @@ fn the_operator_view_in_a_real_browser() {
     )
     .unwrap();
     let jdir = tmp.path().join("journal");
+    let sdir = tmp.path().join("sessions");
     let port = free_port();
     let ui = format!("127.0.0.1:{port}");
     let args = run_args(
@@ -210,6 +226,8 @@ fn the_operator_view_in_a_real_browser() {
             "--loop",
             "--journal",
             jdir.to_str().unwrap(),
+            "--sessions-dir",
+            sdir.to_str().unwrap(),
             "--ui",
             &ui,
         ],
@@ -394,6 +412,51 @@ fn the_operator_view_in_a_real_browser() {
     assert_eq!(marks[0]["kind"], "agree");
     assert_eq!(marks[0]["decision_seq"].as_u64(), Some(jseq));
     assert_eq!(marks[0]["from"], "view");
+
+    // An exam opened from the page with a scanned patient identifier: the decisions carry
+    // its session; the identifier is in no URL, title or log line.
+    let patient = "MRN-48213-KQ";
+    d.click("#exam-start");
+    d.type_into("#ctx-patient", patient);
+    d.type_into("#ctx-accession", "ACC-1");
+    d.click("#exam-form button[type=submit]");
+    let state = d.until(
+        "the exam bar",
+        Duration::from_secs(15),
+        "const t = document.getElementById('exam-state').textContent;
+         return t.startsWith('Exam open') ? t : null",
+    );
+    let session = state
+        .as_str()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(session.starts_with("s-"), "{state}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !decisions().iter().any(|x| x["session"] == session.as_str()) {
+        assert!(
+            Instant::now() < deadline,
+            "no decision in session {session}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.screenshot(&shots.join("6-exam.png"));
+    let where_ = d.js("return document.title + ' ' + location.href");
+    assert!(!where_.as_str().unwrap().contains(patient));
+    d.click("#exam-end");
+    d.until(
+        "the exam closed",
+        Duration::from_secs(15),
+        "return document.getElementById('exam-state').textContent === 'No exam open'",
+    );
+    let ctx = std::fs::read_to_string(sdir.join(&session).join("context.json")).unwrap();
+    assert!(ctx.contains(patient));
+    assert!(
+        !log.lock().unwrap().contains(patient),
+        "the identifier reached the log"
+    );
 
     // What the page measured, decision to screen (the budget is the bench's).
     let lat = d.js("return window.rsView.latencies");

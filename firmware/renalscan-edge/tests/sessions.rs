@@ -500,3 +500,75 @@ fn interrupted_sessions_are_kept_and_full_or_read_only_targets_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn sessions_past_retention_lose_their_context_and_frames_and_it_is_journalled() {
+    use contract::events::{JournalRecord, SessionContext, SessionEvent, SessionRecord};
+    let s = setup();
+    let jdir = s.root.join("journal");
+    let store = records::SessionStore::open(&s.root.join("sessions")).unwrap();
+    let now = contract::events::unix_ms();
+    let day = 86_400_000u64;
+    // An exam of 40 days ago and one of 2 days ago (retention is 30 days by default).
+    let old = "s-20261024T090000-0a0a";
+    let recent = "s-20261202T090000-0b0b";
+    {
+        let (mut j, _) = journal::Journal::open(journal::JournalConfig::new(&jdir)).unwrap();
+        for (id, t) in [(old, now - 40 * day), (recent, now - 2 * day)] {
+            for (event, at) in [
+                (SessionEvent::Started { model: None }, t),
+                (SessionEvent::Ended, t + 600_000),
+            ] {
+                let r = JournalRecord::Session(SessionRecord {
+                    session: id.into(),
+                    event,
+                    unix_ms: at,
+                });
+                j.append(&r.to_bytes()).unwrap();
+            }
+            let ctx = SessionContext {
+                patient_id: Some(PATIENT.into()),
+                ..Default::default()
+            };
+            store.begin(id, &ctx).unwrap();
+            store.write_frame(id, 1, b"png").unwrap();
+        }
+    }
+    let o = run_edge(&run_args(
+        &s.cfg,
+        &s.bundle,
+        &s.frames,
+        &["--fps", "0", "--max-frames", "3"],
+    ));
+    let log = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{log}");
+    assert!(
+        log.contains(&format!("session {old}: context and key frames deleted")),
+        "{log}"
+    );
+    assert!(!s.root.join("sessions").join(old).exists());
+    assert!(s
+        .root
+        .join("sessions")
+        .join(recent)
+        .join("context.json")
+        .exists());
+    let listed = s.sessions();
+    let state = |id: &str| {
+        listed
+            .iter()
+            .find(|x| x["session"] == id)
+            .map(|x| x["state"].clone())
+            .unwrap()
+    };
+    assert_eq!(state(old), "purged");
+    assert_eq!(state(recent), "ended");
+    // A second start purges nothing more.
+    let o = run_edge(&run_args(
+        &s.cfg,
+        &s.bundle,
+        &s.frames,
+        &["--fps", "0", "--max-frames", "3"],
+    ));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("deleted after"));
+}

@@ -49,6 +49,7 @@
     }
     $("pairing").hidden = true;
     $("view").hidden = false;
+    $("exam").hidden = false;
     connect();
   }
 
@@ -151,6 +152,7 @@
       ? "Operator: actions are journalled with the decision's number."
       : "Viewer: this screen shows the scan; pair with the operator code to act.";
     updateMarkButtons();
+    examButtons();
   }
 
   function health(h) {
@@ -182,6 +184,8 @@
       }
     } else if (e.kind === "freeze") {
       setFrozen(e.frozen);
+    } else if (e.kind === "session") {
+      setSession(e.session);
     } else if (e.kind === "refused") {
       $("control-msg").textContent = e.action + ": " + e.reason;
     }
@@ -394,6 +398,43 @@
     return h && typeof h.threshold === "number" ? h.threshold.toFixed(3) : "—";
   }
 
+  // ---- exams ---------------------------------------------------------------------------
+  function setSession(id) {
+    state.session = id || null;
+    const s = $("exam-state");
+    s.textContent = id ? "Exam open · " + id : "No exam open";
+    s.classList.toggle("open", !!id);
+    $("exam-start").hidden = !!id;
+    $("exam-end").hidden = !id;
+    $("exam-form").hidden = true;
+    examButtons();
+  }
+
+  function examButtons() {
+    const op = state.role === "operator";
+    $("exam-start").disabled = !op;
+    $("exam-end").disabled = !op;
+  }
+
+  function openExam(ev) {
+    ev.preventDefault();
+    const v = (id) => $(id).value.trim() || null;
+    send({
+      type: "session",
+      action: "start",
+      context: {
+        patient_id: v("ctx-patient"),
+        accession: v("ctx-accession"),
+        operator: v("ctx-operator"),
+        side: v("ctx-side"),
+      },
+    });
+    // The form is cleared at once: what was typed stays on the device only.
+    for (const id of ["ctx-patient", "ctx-accession", "ctx-operator"]) $(id).value = "";
+    $("ctx-side").value = "";
+    $("exam-form").hidden = true;
+  }
+
   function setFrozen(f) {
     state.frozen = f;
     $("frozen-tag").hidden = !f;
@@ -449,8 +490,22 @@
     $("agree").addEventListener("click", () => mark(true));
     $("disagree").addEventListener("click", () => mark(false));
     $("overlay").addEventListener("click", toggleOverlay);
+    $("exam-start").addEventListener("click", () => {
+      $("exam-form").hidden = false;
+      $("ctx-patient").focus();
+    });
+    $("exam-cancel").addEventListener("click", () => ($("exam-form").hidden = true));
+    $("exam-form").addEventListener("submit", openExam);
+    $("exam-end").addEventListener("click", () => send({ type: "session", action: "end" }));
     document.addEventListener("keydown", (e) => {
-      if (e.target instanceof HTMLInputElement || e.ctrlKey || e.metaKey || e.altKey) return;
+      if (
+        e.target instanceof HTMLInputElement ||
+        e.target instanceof HTMLSelectElement ||
+        e.ctrlKey ||
+        e.metaKey ||
+        e.altKey
+      )
+        return;
       const k = e.key.toLowerCase();
       const op = state.role === "operator";
       if (k === "h") toggleOverlay();

@@ -16,7 +16,10 @@ use usimage::ScanKind;
 
 use super::StatusKind;
 use super::{CommandSource, Control, FrameView, LiveFrame, Outcome, Receipt, Sink, SinkError};
-use crate::events::{Decision, DecisionKind, Mark, MarkKind, StatusReport};
+use crate::events::{
+    Decision, DecisionKind, Mark, MarkKind, SessionContext, SessionEvent, SessionRecord, Side,
+    StatusReport,
+};
 use crate::gate::GateReason;
 use crate::infer::Classifier;
 
@@ -57,6 +60,17 @@ impl CommandSource for ViewCommands {
                 agree,
                 from: "view",
             },
+            ViewControl::StartSession(c) => Control::StartSession(SessionContext {
+                patient_id: c.patient_id,
+                accession: c.accession,
+                operator: c.operator,
+                side: match c.side.as_deref() {
+                    Some("left") => Some(Side::Left),
+                    Some("right") => Some(Side::Right),
+                    _ => None,
+                },
+            }),
+            ViewControl::EndSession => Control::EndSession,
         })
     }
 }
@@ -191,6 +205,20 @@ impl Sink for ViewSink {
         });
         // The decision's own frame goes out at once, whatever the rate cap says.
         self.last_publish = None;
+        Ok(Receipt::None)
+    }
+
+    fn session(&mut self, r: &SessionRecord) -> Result<Receipt, SinkError> {
+        let open = match r.event {
+            SessionEvent::Started { .. } => Some(r.session.clone()),
+            SessionEvent::Ended => None,
+            // Records about earlier sessions (recovery, retention) change nothing on screen.
+            SessionEvent::Interrupted | SessionEvent::Purged => return Ok(Receipt::None),
+        };
+        self.server.event(ViewEvent::Session {
+            session: open,
+            unix_ms: r.unix_ms,
+        });
         Ok(Receipt::None)
     }
 
