@@ -27,7 +27,7 @@ pub struct Cli {
 pub enum Cmd {
     /// Screen: source -> gate -> model -> aggregation -> sinks (journal, snapshots, stdout,
     /// cart link).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Verify the bundle and time every stage on a built-in frame.
     Selftest(SelftestArgs),
     /// List V4L2 video devices and the formats they offer.
@@ -219,7 +219,7 @@ pub fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Run(a) => cmd_run(a),
+        Cmd::Run(a) => cmd_run(*a),
         Cmd::Selftest(a) => cmd_selftest(a),
         Cmd::Probes(a) => cmd_probes(a),
         Cmd::Bench(a) => cmd_bench(a),

@@ -115,13 +115,17 @@ impl Driver {
         )
     }
 
-    fn click(&self, css: &str) {
+    fn element(&self, css: &str) -> String {
         let e = self.call(
             "POST",
             &self.s("/element"),
             Some(json!({"using": "css selector", "value": css})),
         );
-        let id = e[ELEMENT].as_str().unwrap().to_string();
+        e[ELEMENT].as_str().unwrap().to_string()
+    }
+
+    fn click(&self, css: &str) {
+        let id = self.element(css);
         self.call(
             "POST",
             &self.s(&format!("/element/{id}/click")),
@@ -131,12 +135,7 @@ impl Driver {
 
     /// Types into a field as a keyboard (or a barcode scanner) would.
     fn type_into(&self, css: &str, text: &str) {
-        let e = self.call(
-            "POST",
-            &self.s("/element"),
-            Some(json!({"using": "css selector", "value": css})),
-        );
-        let id = e[ELEMENT].as_str().unwrap().to_string();
+        let id = self.element(css);
         self.call(
             "POST",
             &self.s(&format!("/element/{id}/value")),

@@ -268,8 +268,11 @@
       g.fillStyle = "#000";
       g.fillRect(0, 0, scan.width, scan.height);
     }
-    drawHeat(h, heat);
-    state.lastHeader = h;
+    // A header without pixels while frozen keeps the frozen frame and its own map.
+    if (bmp || !h.frozen) {
+      drawHeat(h, heat);
+      state.lastHeader = h;
+    }
     if (h.frozen !== state.frozen) setFrozen(h.frozen);
     showBadge(h.gate);
     if (h.gate) {
