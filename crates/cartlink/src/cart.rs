@@ -47,6 +47,8 @@ pub enum Event {
         device_min: u8,
         device_max: u8,
     },
+    /// The operator view's pairing codes, for the display.
+    Pairing(Pairing),
 }
 
 /// Counters for displays and tests.
@@ -99,6 +101,7 @@ pub struct Controller {
     device: Option<Hello>,
     last_status: Option<Status>,
     stats: ControllerStats,
+    pairing: Option<Pairing>,
 }
 
 impl Controller {
@@ -117,7 +120,13 @@ impl Controller {
             device: None,
             last_status: None,
             stats: ControllerStats::default(),
+            pairing: None,
         }
+    }
+
+    /// The pairing codes to show, once the device has sent them.
+    pub fn pairing(&self) -> Option<&Pairing> {
+        self.pairing.as_ref()
     }
 
     /// Queues a command; it is sent (and re-sent) by [`Self::poll_transmit`].
@@ -189,6 +198,12 @@ impl Controller {
                 self.enter_session(h.session);
                 self.confirm(h.last_command, on_event);
                 on_event(Event::Heartbeat(h));
+            }
+            Message::Pairing(p) => {
+                if self.pairing.as_ref() != Some(&p) {
+                    self.pairing = Some(p.clone());
+                    on_event(Event::Pairing(p));
+                }
             }
             _ => self.stats.unexpected = self.stats.unexpected.saturating_add(1),
         }
@@ -381,6 +396,49 @@ mod tests {
         run(&mut link, &mut cart, &mut t, 100, 0, &mut ev, &mut cmds);
         assert_eq!(results(&ev), [0, 0]);
         assert_eq!(link.pending(), 0);
+    }
+
+    #[test]
+    fn pairing_codes_reach_the_cart_once_and_again_after_it_restarts() {
+        let mut link = Link::new(LinkConfig::default(), ID, 7, 0);
+        link.set_pairing("12345678", "87654321");
+        let mut cart = Controller::new(ControllerConfig::default(), 1);
+        let (mut t, mut events, mut commands) = (0, Vec::new(), Vec::new());
+        run(
+            &mut link,
+            &mut cart,
+            &mut t,
+            5_000,
+            0,
+            &mut events,
+            &mut commands,
+        );
+        let shown: Vec<&Pairing> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Pairing(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(shown.len(), 1, "{events:?}");
+        assert_eq!(
+            (shown[0].operator.as_str(), shown[0].viewer.as_str()),
+            ("12345678", "87654321")
+        );
+        assert_eq!(cart.pairing().map(|p| p.viewer.as_str()), Some("87654321"));
+        // A cart that restarts hears them with the next Hello.
+        let mut fresh = Controller::new(ControllerConfig::default(), 9);
+        let mut ev2 = Vec::new();
+        run(
+            &mut link,
+            &mut fresh,
+            &mut t,
+            12_000,
+            0,
+            &mut ev2,
+            &mut commands,
+        );
+        assert!(fresh.pairing().is_some());
     }
 
     #[test]

@@ -122,6 +122,9 @@ pub struct Link<const N: usize = 16> {
     last_hello_ms: Option<u64>,
     last_status_ms: Option<u64>,
     stats: LinkStats,
+    /// The operator view's pairing codes, sent after every Hello.
+    pairing: Option<Pairing>,
+    pairing_due: bool,
 }
 
 fn truncated<const L: usize>(s: &str) -> heapless::String<L> {
@@ -168,7 +171,19 @@ impl<const N: usize> Link<N> {
             last_hello_ms: None,
             last_status_ms: None,
             stats: LinkStats::default(),
+            pairing: None,
+            pairing_due: false,
         }
+    }
+
+    /// Shows these pairing codes on the cart's display: sent now and after every Hello (a
+    /// restarted cart learns them again). Carts older than the message discard it.
+    pub fn set_pairing(&mut self, operator: &str, viewer: &str) {
+        self.pairing = Some(Pairing {
+            operator: truncated(operator),
+            viewer: truncated(viewer),
+        });
+        self.pairing_due = true;
     }
 
     pub fn session(&self) -> u32 {
@@ -292,7 +307,14 @@ impl<const N: usize> Link<N> {
     fn next_message(&mut self, now: u64) -> Option<Message> {
         if elapsed(now, self.last_hello_ms, self.cfg.hello_every_ms) {
             self.last_hello_ms = Some(now);
+            self.pairing_due = self.pairing.is_some();
             return Some(Message::Hello(self.hello.clone()));
+        }
+        if self.pairing_due {
+            self.pairing_due = false;
+            if let Some(p) = &self.pairing {
+                return Some(Message::Pairing(p.clone()));
+            }
         }
         if self.status_due {
             return Some(self.take_status(now));

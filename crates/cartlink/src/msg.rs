@@ -35,6 +35,9 @@ pub enum Message {
     Capture(CommandId),
     /// Acknowledge one result.
     Ack(Ack),
+    // ---- device -> cart, appended (tag 8)
+    /// The operator view's pairing codes, for the cart's display (LAN access only).
+    Pairing(Pairing),
 }
 
 impl Message {
@@ -42,7 +45,11 @@ impl Message {
     pub fn is_from_device(&self) -> bool {
         matches!(
             self,
-            Message::Hello(_) | Message::Result(_) | Message::Status(_) | Message::Heartbeat(_)
+            Message::Hello(_)
+                | Message::Result(_)
+                | Message::Status(_)
+                | Message::Heartbeat(_)
+                | Message::Pairing(_)
         )
     }
 }
@@ -149,6 +156,19 @@ pub struct Heartbeat {
     pub uptime_ms: u64,
     /// Last cart command executed, if any.
     pub last_command: Option<CommandId>,
+}
+
+/// Longest pairing code in a [`Pairing`].
+pub const PAIRING_CODE_LEN: usize = 12;
+
+/// The codes a tablet enters to pair with the device's operator view over the LAN: shown on
+/// the cart's display so nobody needs the device's console. Changes at every start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pairing {
+    /// Pairs as an operator (acts).
+    pub operator: heapless::String<PAIRING_CODE_LEN>,
+    /// Pairs as a viewer (sees).
+    pub viewer: heapless::String<PAIRING_CODE_LEN>,
 }
 
 /// Acknowledges the result `(session, seq)`. Selective rather than cumulative, so a lost

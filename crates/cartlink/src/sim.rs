@@ -117,6 +117,10 @@ pub fn format_event(e: &Event, json: bool, verbose: bool) -> Option<String> {
                 f
             )
         }
+        Event::Pairing(p) => format!(
+            "pairing  operator view codes: operator {} viewer {}",
+            p.operator, p.viewer
+        ),
         Event::Status(s) => format!(
             "status   {} fps={:.1} latency={:.0}ms frames-dropped={} results-dropped={} \
              pending={} journal={}",

@@ -457,6 +457,53 @@ fn the_operator_view_in_a_real_browser() {
         "the identifier reached the log"
     );
 
+    // Refusals while screening: beyond max viewers, a wrong Origin, garbage and an
+    // oversized message; each refused, and decisions keep coming.
+    let n_before = decisions().len();
+    let socket = |origin: &str| {
+        let mut req =
+            tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{ui}/ws"))
+                .unwrap();
+        req.headers_mut().insert("Origin", origin.parse().unwrap());
+        let s = std::net::TcpStream::connect(&ui).unwrap();
+        tungstenite::client(req, s)
+            .map(|(ws, _)| ws)
+            .map_err(|e| match e {
+                tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r)) => {
+                    r.status().as_u16()
+                }
+                _ => 0,
+            })
+    };
+    let own = format!("http://{ui}");
+    assert_eq!(socket("http://evil.example").err(), Some(403));
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for _ in 0..6 {
+        match socket(&own) {
+            Ok(ws) => open.push(ws),
+            Err(status) => {
+                assert_eq!(status, 503);
+                refused += 1;
+            }
+        }
+    }
+    // The browser holds one of the four places.
+    assert_eq!((open.len(), refused), (3, 3));
+    for ws in &mut open {
+        let _ = ws.send(tungstenite::Message::text("{garbage"));
+        let _ = ws.send(tungstenite::Message::text("x".repeat(100_000)));
+    }
+    drop(open);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while decisions().len() < n_before + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "screening stalled after the refusals"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // What the page measured, decision to screen (the budget is the bench's).
     let lat = d.js("return window.rsView.latencies");
     let lat: Vec<f64> = lat

@@ -43,23 +43,39 @@ pub fn from_config(cfg: &Config, classifier: &Classifier, stdout: bool) -> anyho
     if stdout && cfg.output.stdout {
         out.push(StdoutSink::new());
     }
+    // The view starts before the cart link, which shows its pairing codes; its sink still
+    // comes last. Screening never depends on the view: a port in use is an error in the
+    // log, not a cart that refuses to screen.
+    let view = if cfg.ui.enabled {
+        match ViewSink::start(&cfg.ui, classifier) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                log::error!("operator view not started: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     if cfg.cartlink.enabled {
         let info = classifier.info();
-        let (sink, commands) =
-            CartSink::spawn(&cfg.cartlink, &info.name, &info.version, &info.labels)?;
+        let pairing = view
+            .as_ref()
+            .filter(|_| !cfg.ui.listen.ip().is_loopback() || !cfg.ui.trust_loopback)
+            .map(|(sink, _)| sink.server().pairing_codes());
+        let (sink, commands) = CartSink::spawn(
+            &cfg.cartlink,
+            &info.name,
+            &info.version,
+            &info.labels,
+            pairing,
+        )?;
         out.push(sink);
         out.commands.push(Box::new(commands));
     }
-    if cfg.ui.enabled {
-        // Screening never depends on the view: a port in use is an error in the log, not a
-        // cart that refuses to screen.
-        match ViewSink::start(&cfg.ui, classifier) {
-            Ok((sink, commands)) => {
-                out.push(sink);
-                out.commands.push(Box::new(commands));
-            }
-            Err(e) => log::error!("operator view not started: {e}"),
-        }
+    if let Some((sink, commands)) = view {
+        out.push(sink);
+        out.commands.push(Box::new(commands));
     }
     Ok(out)
 }

@@ -75,6 +75,7 @@ impl CartSink {
         model_name: &str,
         model_version: &str,
         labels: &[String],
+        pairing: Option<(String, String)>,
     ) -> anyhow::Result<(Self, CartCommands)> {
         for l in labels {
             anyhow::ensure!(
@@ -92,6 +93,7 @@ impl CartSink {
             cfg: cfg.clone(),
             model_name: model_name.to_string(),
             model_version: model_version.to_string(),
+            pairing,
             results: rrx,
             commands: ctx,
             status: status.clone(),
@@ -244,6 +246,8 @@ struct Worker {
     cfg: CartlinkConfig,
     model_name: String,
     model_version: String,
+    /// The operator view's pairing codes (operator, viewer), for the cart's display.
+    pairing: Option<(String, String)>,
     results: Receiver<Classification>,
     commands: Sender<Command>,
     status: Arc<Mutex<DeviceStatus>>,
@@ -274,6 +278,9 @@ impl Worker {
             ..LinkConfig::default()
         };
         let mut link: Link<PENDING> = Link::new(link_cfg, id, session_id(), clock());
+        if let Some((operator, viewer)) = &self.pairing {
+            link.set_pairing(operator, viewer);
+        }
         log::info!(
             "cartlink: session {:#010x} on {} at {} baud",
             link.session(),
