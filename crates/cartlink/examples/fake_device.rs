@@ -29,14 +29,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .duration_since(std::time::UNIX_EPOCH)?
         .subsec_nanos();
     let mut link: Link = Link::new(LinkConfig::default(), id, session, clock());
-    let (mut screening, mut last, mut n) = (false, 0u64, 0u32);
+    let (mut screening, mut last, mut n, mut exams) = (false, 0u64, 0u32, 0u32);
     loop {
         let mut capture = false;
+        let mut exam = None;
         receive_link(&mut link, &mut port, clock, |c| match c {
             Command::StartScreening => screening = true,
             Command::StopScreening => screening = false,
             Command::Capture => capture = true,
+            Command::StartExam(_) => exam = Some(true),
+            Command::EndExam => exam = Some(false),
         })?;
+        match exam {
+            Some(true) => {
+                exams += 1;
+                link.set_exam(Some(&format!("s-fake-{exams:04}")));
+            }
+            Some(false) => link.set_exam(None),
+            None => {}
+        }
         let now = clock();
         if capture || (screening && now - last >= 200) {
             last = now;

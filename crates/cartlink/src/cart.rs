@@ -49,6 +49,13 @@ pub enum Event {
     },
     /// The operator view's pairing codes, for the display.
     Pairing(Pairing),
+    /// The device's open exam changed (protocol 2 devices).
+    Exam(ExamState),
+    /// The device speaks too old a protocol for this command; it was not sent.
+    CommandUnsupported {
+        command: Command,
+        id: CommandId,
+    },
 }
 
 /// Counters for displays and tests.
@@ -79,7 +86,7 @@ impl core::fmt::Display for QueueFull {
 #[cfg(feature = "std")]
 impl std::error::Error for QueueFull {}
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Outstanding {
     cmd: Command,
     id: CommandId,
@@ -102,6 +109,7 @@ pub struct Controller {
     last_status: Option<Status>,
     stats: ControllerStats,
     pairing: Option<Pairing>,
+    exam: Option<ExamState>,
 }
 
 impl Controller {
@@ -121,7 +129,24 @@ impl Controller {
             last_status: None,
             stats: ControllerStats::default(),
             pairing: None,
+            exam: None,
         }
+    }
+
+    /// The device's open exam, once a protocol-2 device has said.
+    pub fn exam(&self) -> Option<&ExamState> {
+        self.exam.as_ref()
+    }
+
+    /// The protocol version frames go out in: the newest both sides speak, the oldest we
+    /// speak until the device's Hello says.
+    pub fn peer_version(&self) -> u8 {
+        self.device
+            .as_ref()
+            .map_or(frame::MIN_PROTOCOL_VERSION, |h| {
+                h.protocol_version
+                    .clamp(frame::MIN_PROTOCOL_VERSION, frame::PROTOCOL_VERSION)
+            })
     }
 
     /// The pairing codes to show, once the device has sent them.
@@ -205,6 +230,12 @@ impl Controller {
                     on_event(Event::Pairing(p));
                 }
             }
+            Message::Exam(e) => {
+                if self.exam.as_ref() != Some(&e) {
+                    self.exam = Some(e.clone());
+                    on_event(Event::Exam(e));
+                }
+            }
             _ => self.stats.unexpected = self.stats.unexpected.saturating_add(1),
         }
     }
@@ -222,7 +253,7 @@ impl Controller {
     }
 
     fn confirm(&mut self, last: Option<CommandId>, on_event: &mut impl FnMut(Event)) {
-        let Some(front) = self.commands.front().copied() else {
+        let Some(front) = self.commands.front().cloned() else {
             return;
         };
         if front.last_sent_ms.is_some() && last == Some(front.id) {
@@ -237,13 +268,50 @@ impl Controller {
 
     /// Writes the next frame that is due into `buf` and returns its length, or `None`.
     /// Acks go first: they stop the device from re-sending.
+    ///
+    /// A command newer than the device's protocol waits until its Hello is heard, then is
+    /// dropped and reported as [`Event::CommandUnsupported`] if the device is too old.
     pub fn poll_transmit(&mut self, now_ms: u64, buf: &mut FrameBuf) -> Option<usize> {
+        self.poll_transmit_with(now_ms, buf, |_| {})
+    }
+
+    /// [`Self::poll_transmit`], reporting refused commands through `on_event`.
+    pub fn poll_transmit_with(
+        &mut self,
+        now_ms: u64,
+        buf: &mut FrameBuf,
+        mut on_event: impl FnMut(Event),
+    ) -> Option<usize> {
+        let version = self.peer_version();
+        while let Some(front) = self.commands.front() {
+            if front.cmd.min_version() <= version {
+                break;
+            }
+            if self.device.is_none() {
+                // Not yet known whether the device speaks it: acks may still go.
+                break;
+            }
+            if let Some(o) = self.commands.pop_front() {
+                log::warn!(
+                    "cartlink: device speaks protocol {version}, {:?} needs {}; not sent",
+                    o.cmd,
+                    o.cmd.min_version()
+                );
+                on_event(Event::CommandUnsupported {
+                    command: o.cmd,
+                    id: o.id,
+                });
+            }
+        }
         let msg = if let Some(ack) = self.acks.pop_front() {
             self.stats.acks_sent = self.stats.acks_sent.saturating_add(1);
             Message::Ack(ack)
         } else {
             let resend = self.cfg.resend_command_after_ms;
             let front = self.commands.front_mut()?;
+            if front.cmd.min_version() > version {
+                return None;
+            }
             match front.last_sent_ms {
                 None => self.stats.commands_sent = self.stats.commands_sent.saturating_add(1),
                 Some(t) if now_ms.saturating_sub(t) >= resend => {
@@ -254,7 +322,7 @@ impl Controller {
             front.last_sent_ms = Some(now_ms);
             front.cmd.to_message(front.id)
         };
-        frame::encode(&msg, buf).ok()
+        frame::encode_as(&msg, version, buf).ok()
     }
 
     /// Whether the device was heard within [`ControllerConfig::peer_timeout_ms`].
@@ -325,7 +393,7 @@ mod tests {
                     cart.receive(&buf[..n], *t, |e| events.push(e));
                 }
             }
-            while let Some(n) = cart.poll_transmit(*t, &mut buf) {
+            while let Some(n) = cart.poll_transmit_with(*t, &mut buf, |e| events.push(e)) {
                 if !lost() {
                     link.receive(&buf[..n], *t, |c| commands.push(c));
                 }
@@ -466,5 +534,199 @@ mod tests {
         let mut ev = Vec::new();
         cart.receive(&buf[..n], 0, |e| ev.push(e));
         assert!(matches!(ev[0], Event::Incompatible { .. }));
+    }
+
+    fn context() -> ExamContext {
+        ExamContext::new("MRN-0042", "ACC7", "nurse-3", Some(contract::Side::Left)).unwrap()
+    }
+
+    fn exams(events: &[Event]) -> Vec<Option<&str>> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Exam(x) => Some(x.open.as_deref()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn exams_start_and_end_from_the_cart_over_a_lossy_line() {
+        let mut link: Link = Link::new(LinkConfig::default(), ID, 3, 0);
+        let mut cart = Controller::new(ControllerConfig::default(), 40);
+        let (mut t, mut ev, mut cmds) = (0, Vec::new(), Vec::new());
+        cart.send_command(Command::StartExam(context())).unwrap();
+        run(&mut link, &mut cart, &mut t, 3_000, 20, &mut ev, &mut cmds);
+        assert_eq!(cmds, [Command::StartExam(context())]);
+        assert_eq!(cart.peer_version(), 2);
+        assert_eq!(link.peer_version(), 2);
+        link.set_exam(Some("s-20261204T101500Z-00af"));
+        cart.send_command(Command::EndExam).unwrap();
+        run(&mut link, &mut cart, &mut t, 3_000, 20, &mut ev, &mut cmds);
+        link.set_exam(None);
+        run(&mut link, &mut cart, &mut t, 3_000, 20, &mut ev, &mut cmds);
+        assert_eq!(cmds.last(), Some(&Command::EndExam));
+        assert_eq!(cmds.len(), 2, "each command runs once");
+        assert_eq!(
+            exams(&ev),
+            [None, Some("s-20261204T101500Z-00af"), None],
+            "{ev:?}"
+        );
+        assert!(ev.iter().any(|e| matches!(
+            e,
+            Event::CommandDone {
+                command: Command::EndExam,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn identifiers_stay_out_of_debug_and_event_logs() {
+        let cmd = Command::StartExam(context());
+        let debug = std::format!("{cmd:?}");
+        assert!(
+            !debug.contains("MRN-0042") && !debug.contains("ACC7"),
+            "{debug}"
+        );
+        let json = serde_json::to_string(&Event::CommandDone {
+            command: cmd,
+            id: CommandId(1),
+        })
+        .unwrap();
+        assert!(
+            !json.contains("MRN-0042") && json.contains("StartExam"),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn too_long_identifiers_are_refused_not_truncated() {
+        let long = "9".repeat(PATIENT_ID_LEN + 1);
+        assert_eq!(
+            ExamContext::new(&long, "", "", None),
+            Err(FieldTooLong {
+                field: "patient id",
+                max: PATIENT_ID_LEN
+            })
+        );
+        let widest = ExamContext::new(
+            &"é".repeat(PATIENT_ID_LEN / 2),
+            &"A".repeat(ACCESSION_LEN),
+            &"o".repeat(OPERATOR_LEN),
+            Some(contract::Side::Right),
+        )
+        .unwrap();
+        let mut buf = [0u8; MAX_WIRE_FRAME];
+        let msg = Command::StartExam(widest).to_message(CommandId(u16::MAX));
+        assert!(
+            frame::encode(&msg, &mut buf).is_ok(),
+            "widest context fits a frame"
+        );
+    }
+
+    /// Bytes as a version-1 cart (built before protocol 2) would send them.
+    fn v1_frame(msg: &Message) -> Vec<u8> {
+        let mut buf = [0u8; MAX_WIRE_FRAME];
+        let n = frame::encode_as(msg, 1, &mut buf).unwrap();
+        buf[..n].to_vec()
+    }
+
+    /// Version byte and message of every frame in `bytes`, as a decoder sees them.
+    fn frames(bytes: &[u8]) -> Vec<(u8, Message)> {
+        bytes
+            .split(|&b| b == 0)
+            .filter(|f| !f.is_empty())
+            .map(|f| frame::decode_frame(&mut f.to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_version_1_cart_is_answered_in_version_1_and_never_sees_exam_messages() {
+        let mut link: Link = Link::new(LinkConfig::default(), ID, 5, 0);
+        link.set_exam(Some("s-20261204T101500Z-00af"));
+        let mut out = Vec::new();
+        let mut buf = [0u8; MAX_WIRE_FRAME];
+        let mut cmds = Vec::new();
+        for t in (0..12_000).step_by(10) {
+            if t == 100 {
+                link.receive(&v1_frame(&Message::StartScreening(CommandId(1))), t, |c| {
+                    cmds.push(c)
+                });
+            }
+            if t > 100 && t % 200 == 0 {
+                link.receive(&v1_frame(&Message::Capture(CommandId(2))), t, |c| {
+                    cmds.push(c)
+                });
+            }
+            while let Some(n) = link.poll_transmit(t, &mut buf) {
+                out.extend_from_slice(&buf[..n]);
+            }
+        }
+        let seen = frames(&out);
+        assert!(seen.len() > 10);
+        assert!(
+            seen.iter().all(|(v, m)| *v == 1 && m.min_version() == 1),
+            "{seen:?}"
+        );
+        assert_eq!(cmds, [Command::StartScreening, Command::Capture]);
+        // A version-1 decoder: the same frames, checked against the old version range.
+        assert!(seen
+            .iter()
+            .all(|(_, m)| !matches!(m, Message::Exam(_) | Message::StartExam(_))));
+    }
+
+    #[test]
+    fn a_version_1_device_gets_no_exam_commands_and_the_cart_is_told() {
+        let mut cart = Controller::new(ControllerConfig::default(), 0);
+        cart.send_command(Command::StartExam(context())).unwrap();
+        cart.send_command(Command::Capture).unwrap();
+        let mut buf = [0u8; MAX_WIRE_FRAME];
+        let mut ev = Vec::new();
+        // Before the device is heard the exam command waits; nothing goes out.
+        assert!(cart
+            .poll_transmit_with(0, &mut buf, |e| ev.push(e))
+            .is_none());
+        let old_hello = Message::Hello(Hello {
+            protocol_version: 1,
+            min_protocol_version: 1,
+            session: 9,
+            device_id: "old".try_into().unwrap(),
+            model_id: "".try_into().unwrap(),
+            model_version: "".try_into().unwrap(),
+        });
+        cart.receive(&v1_frame(&old_hello), 10, |e| ev.push(e));
+        let mut out = Vec::new();
+        while let Some(n) = cart.poll_transmit_with(20, &mut buf, |e| ev.push(e)) {
+            out.extend_from_slice(&buf[..n]);
+        }
+        assert!(ev.iter().any(|e| matches!(
+            e,
+            Event::CommandUnsupported {
+                command: Command::StartExam(_),
+                ..
+            }
+        )));
+        let seen = frames(&out);
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(matches!(seen[0], (1, Message::Capture(_))));
+    }
+
+    #[test]
+    fn an_exam_message_in_a_version_1_frame_is_malformed() {
+        let msg = Message::EndExam(CommandId(3));
+        let mut body = [0u8; 16];
+        body[0] = 1;
+        let len = postcard::to_slice(&msg, &mut body[1..]).unwrap().len();
+        let mut buf = [0u8; MAX_WIRE_FRAME];
+        let n = frame::frame_raw(&body[..1 + len], &mut buf).unwrap();
+        let mut dec = FrameDecoder::new();
+        let mut got = Vec::new();
+        dec.feed(&buf[..n], |r| got.push(r));
+        assert_eq!(got, [Err(frame::FrameError::Malformed)]);
+        assert_eq!(
+            frame::encode_as(&msg, 1, &mut buf),
+            Err(frame::EncodeError::Version(1))
+        );
     }
 }

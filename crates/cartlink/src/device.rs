@@ -125,6 +125,10 @@ pub struct Link<const N: usize = 16> {
     /// The operator view's pairing codes, sent after every Hello.
     pairing: Option<Pairing>,
     pairing_due: bool,
+    /// The open exam, sent when it changes and after every Hello, to carts that speak
+    /// protocol 2.
+    exam: ExamState,
+    exam_due: bool,
 }
 
 fn truncated<const L: usize>(s: &str) -> heapless::String<L> {
@@ -173,7 +177,30 @@ impl<const N: usize> Link<N> {
             stats: LinkStats::default(),
             pairing: None,
             pairing_due: false,
+            exam: ExamState { open: None },
+            exam_due: false,
         }
+    }
+
+    /// Tells the cart which exam is open (`None`: none). An id longer than
+    /// [`EXAM_ID_LEN`] is sent truncated; the runtime's ids are shorter.
+    pub fn set_exam(&mut self, open: Option<&str>) {
+        let state = ExamState {
+            open: open.map(truncated),
+        };
+        if state != self.exam {
+            self.exam = state;
+            self.exam_due = true;
+        }
+    }
+
+    /// The protocol version frames go out in: the cart's, as its last frame showed, and
+    /// the oldest we speak until it is heard (a version-1 cart discards newer frames).
+    pub fn peer_version(&self) -> u8 {
+        self.decoder
+            .peer_version()
+            .unwrap_or(frame::MIN_PROTOCOL_VERSION)
+            .clamp(frame::MIN_PROTOCOL_VERSION, frame::PROTOCOL_VERSION)
     }
 
     /// Shows these pairing codes on the cart's display: sent now and after every Hello (a
@@ -281,6 +308,7 @@ impl<const N: usize> Link<N> {
             } else {
                 self.last_command = Some(id);
                 self.stats.commands = self.stats.commands.saturating_add(1);
+                // ExamContext's Debug leaves the identifiers out.
                 log::info!("cartlink: command {cmd:?} ({})", id.0);
                 on_command(cmd);
             }
@@ -294,7 +322,7 @@ impl<const N: usize> Link<N> {
     pub fn poll_transmit(&mut self, now_ms: u64, buf: &mut FrameBuf) -> Option<usize> {
         let msg = self.next_message(now_ms)?;
         self.last_tx_ms = Some(now_ms);
-        match frame::encode(&msg, buf) {
+        match frame::encode_as(&msg, self.peer_version(), buf) {
             Ok(n) => Some(n),
             Err(e) => {
                 // Unreachable with bounded fields; skip rather than wedge the link.
@@ -308,6 +336,7 @@ impl<const N: usize> Link<N> {
         if elapsed(now, self.last_hello_ms, self.cfg.hello_every_ms) {
             self.last_hello_ms = Some(now);
             self.pairing_due = self.pairing.is_some();
+            self.exam_due = true;
             return Some(Message::Hello(self.hello.clone()));
         }
         if self.pairing_due {
@@ -315,6 +344,10 @@ impl<const N: usize> Link<N> {
             if let Some(p) = &self.pairing {
                 return Some(Message::Pairing(p.clone()));
             }
+        }
+        if self.exam_due && self.peer_version() >= 2 {
+            self.exam_due = false;
+            return Some(Message::Exam(self.exam.clone()));
         }
         if self.status_due {
             return Some(self.take_status(now));

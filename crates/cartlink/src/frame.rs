@@ -12,9 +12,9 @@ use core::fmt;
 
 use crate::msg::Message;
 
-/// Protocol version carried in the first byte of every frame body.
-pub const PROTOCOL_VERSION: u8 = 1;
-/// Oldest version this implementation can still decode.
+/// Newest protocol version: 2 appended the exam messages.
+pub const PROTOCOL_VERSION: u8 = 2;
+/// Oldest version this implementation still decodes, and frames for a peer that speaks it.
 pub const MIN_PROTOCOL_VERSION: u8 = 1;
 /// Largest frame on the wire, both delimiters included.
 pub const MAX_WIRE_FRAME: usize = 128;
@@ -40,6 +40,9 @@ pub enum EncodeError {
     TooLarge,
     /// The output buffer is shorter than the frame.
     BufferTooSmall,
+    /// The message does not exist in the requested protocol version (or that version is
+    /// not one we speak).
+    Version(u8),
 }
 
 impl fmt::Display for EncodeError {
@@ -47,6 +50,7 @@ impl fmt::Display for EncodeError {
         match self {
             EncodeError::TooLarge => write!(f, "message larger than {MAX_MESSAGE} bytes"),
             EncodeError::BufferTooSmall => write!(f, "output buffer too small for frame"),
+            EncodeError::Version(v) => write!(f, "message not in protocol version {v}"),
         }
     }
 }
@@ -88,10 +92,21 @@ impl fmt::Display for FrameError {
 #[cfg(feature = "std")]
 impl std::error::Error for FrameError {}
 
-/// Encodes `msg` as one complete wire frame (both delimiters) into `out`; returns its length.
+/// Encodes `msg` as one complete wire frame (both delimiters) of the newest protocol version
+/// into `out`; returns its length.
 pub fn encode(msg: &Message, out: &mut [u8]) -> Result<usize, EncodeError> {
+    encode_as(msg, PROTOCOL_VERSION, out)
+}
+
+/// Encodes `msg` in a frame of protocol `version`, for a peer that speaks no newer one.
+/// Refuses a message that version does not have.
+pub fn encode_as(msg: &Message, version: u8, out: &mut [u8]) -> Result<usize, EncodeError> {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) || msg.min_version() > version
+    {
+        return Err(EncodeError::Version(version));
+    }
     let mut raw = [0u8; 1 + MAX_MESSAGE];
-    raw[0] = PROTOCOL_VERSION;
+    raw[0] = version;
     let body_len = postcard::to_slice(msg, &mut raw[1..])
         .map_err(|_| EncodeError::TooLarge)?
         .len();
@@ -165,6 +180,8 @@ pub struct FrameDecoder {
     /// Discarding an over-long frame until the next delimiter.
     overflow: bool,
     stats: DecodeStats,
+    /// Protocol version of the last intact frame: what the peer speaks.
+    last_version: Option<u8>,
 }
 
 impl Default for FrameDecoder {
@@ -188,7 +205,14 @@ impl FrameDecoder {
                 version: 0,
                 malformed: 0,
             },
+            last_version: None,
         }
+    }
+
+    /// Protocol version of the last intact frame, if any: frame replies in it, and the
+    /// peer understands them.
+    pub fn peer_version(&self) -> Option<u8> {
+        self.last_version
     }
 
     pub fn stats(&self) -> &DecodeStats {
@@ -217,18 +241,21 @@ impl FrameDecoder {
             // Back-to-back delimiters: idle line, not an error.
             None
         } else {
-            Some(decode_body(&mut self.buf[..self.len]))
+            Some(decode_frame(&mut self.buf[..self.len]))
         };
         self.len = 0;
         match &result {
-            Some(Ok(_)) => self.stats.frames_ok = self.stats.frames_ok.saturating_add(1),
+            Some(Ok((v, _))) => {
+                self.last_version = Some(*v);
+                self.stats.frames_ok = self.stats.frames_ok.saturating_add(1)
+            }
             Some(Err(e)) => {
                 log::debug!("cartlink: discarded frame: {e}");
                 self.stats.count(*e)
             }
             None => {}
         }
-        result
+        result.map(|r| r.map(|(_, m)| m))
     }
 
     /// Feeds a chunk, calling `f` for every frame that ends in it.
@@ -243,6 +270,12 @@ impl FrameDecoder {
 
 /// Decodes one COBS body (delimiters stripped) in place.
 pub fn decode_body(body: &mut [u8]) -> Result<Message, FrameError> {
+    decode_frame(body).map(|(_, m)| m)
+}
+
+/// Decodes one COBS body in place into its protocol version and message. A message newer
+/// than its frame's version is malformed: a version-1 peer could not have sent it.
+pub fn decode_frame(body: &mut [u8]) -> Result<(u8, Message), FrameError> {
     let n = cobs::decode_in_place(body).map_err(|_| FrameError::Cobs)?;
     let raw = body.get(..n).ok_or(FrameError::Cobs)?;
     if raw.len() < 1 + 1 + CRC_LEN {
@@ -259,7 +292,7 @@ pub fn decode_body(body: &mut [u8]) -> Result<Message, FrameError> {
         return Err(FrameError::Version(version));
     }
     match postcard::take_from_bytes::<Message>(&data[1..]) {
-        Ok((msg, [])) => Ok(msg),
+        Ok((msg, [])) if msg.min_version() <= version => Ok((version, msg)),
         _ => Err(FrameError::Malformed),
     }
 }

@@ -31,7 +31,7 @@ pub mod serial;
 pub mod sim;
 
 pub use frame::{
-    encode, frame_raw, DecodeStats, EncodeError, FrameBuf, FrameDecoder, FrameError,
-    MAX_WIRE_FRAME, PROTOCOL_VERSION,
+    decode_frame, encode, encode_as, frame_raw, DecodeStats, EncodeError, FrameBuf, FrameDecoder,
+    FrameError, MAX_WIRE_FRAME, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 pub use msg::*;

@@ -4,6 +4,11 @@
 //! crossed cable shows up as "unexpected message" rather than as garbage. Variants are only
 //! ever appended (postcard encodes the variant index), so adding a message is a compatible
 //! change; changing a field is not and bumps [`crate::PROTOCOL_VERSION`].
+//!
+//! Protocol 2 appended the exam messages (tags 9..=11). A frame's version byte says which
+//! messages it may carry ([`Message::min_version`]); each side frames at the newest version
+//! both speak, so a version-1 cart keeps working with a version-2 device and never sees a
+//! message it cannot decode.
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +43,14 @@ pub enum Message {
     // ---- device -> cart, appended (tag 8)
     /// The operator view's pairing codes, for the cart's display (LAN access only).
     Pairing(Pairing),
+    // ---- cart -> device, protocol 2 (tags 9..=10)
+    /// Open an exam with this context (an open one is ended first).
+    StartExam(StartExam),
+    /// End the open exam.
+    EndExam(CommandId),
+    // ---- device -> cart, protocol 2 (tag 11)
+    /// The open exam, if any: sent when it changes and after every Hello.
+    Exam(ExamState),
 }
 
 impl Message {
@@ -50,7 +63,16 @@ impl Message {
                 | Message::Status(_)
                 | Message::Heartbeat(_)
                 | Message::Pairing(_)
+                | Message::Exam(_)
         )
+    }
+
+    /// The oldest protocol version whose frames may carry this message.
+    pub fn min_version(&self) -> u8 {
+        match self {
+            Message::StartExam(_) | Message::EndExam(_) | Message::Exam(_) => 2,
+            _ => 1,
+        }
     }
 }
 
@@ -77,6 +99,9 @@ pub struct Hello {
 /// Most likely finding: the project's screening classes ([`contract::Class`]); their order
 /// is part of the wire format (postcard encodes the variant index).
 pub use contract::Class;
+
+/// Which kidney an exam is about ([`contract::Side`]); variant order is wire format.
+pub use contract::Side;
 
 /// Bits of [`ResultMsg::flags`].
 pub mod flags {
@@ -171,6 +196,94 @@ pub struct Pairing {
     pub viewer: heapless::String<PAIRING_CODE_LEN>,
 }
 
+/// Longest patient identifier in an [`ExamContext`] (DICOM's Patient ID, LO, holds 64).
+pub const PATIENT_ID_LEN: usize = 64;
+/// Longest accession number in an [`ExamContext`] (DICOM's Accession Number, SH, holds 16).
+pub const ACCESSION_LEN: usize = 16;
+/// Longest operator identifier in an [`ExamContext`].
+pub const OPERATOR_LEN: usize = 16;
+/// Longest exam id in an [`ExamState`].
+pub const EXAM_ID_LEN: usize = 32;
+
+/// What the cart's keypad or barcode scanner entered for an exam; empty strings are "not
+/// entered". Its `Debug` leaves the identifiers out, so no log line can carry them.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExamContext {
+    pub patient_id: heapless::String<PATIENT_ID_LEN>,
+    pub accession: heapless::String<ACCESSION_LEN>,
+    pub operator: heapless::String<OPERATOR_LEN>,
+    pub side: Option<Side>,
+}
+
+/// A field of an [`ExamContext`] is longer than the wire carries. Refused rather than
+/// truncated: a shortened patient identifier names somebody else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldTooLong {
+    pub field: &'static str,
+    pub max: usize,
+}
+
+impl core::fmt::Display for FieldTooLong {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} is longer than {} bytes", self.field, self.max)
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for FieldTooLong {}
+
+impl ExamContext {
+    /// Builds a context from entered text, refusing (not truncating) what does not fit.
+    pub fn new(
+        patient_id: &str,
+        accession: &str,
+        operator: &str,
+        side: Option<Side>,
+    ) -> Result<Self, FieldTooLong> {
+        fn field<const L: usize>(
+            v: &str,
+            name: &'static str,
+        ) -> Result<heapless::String<L>, FieldTooLong> {
+            heapless::String::try_from(v).map_err(|_| FieldTooLong {
+                field: name,
+                max: L,
+            })
+        }
+        Ok(Self {
+            patient_id: field(patient_id, "patient id")?,
+            accession: field(accession, "accession number")?,
+            operator: field(operator, "operator")?,
+            side,
+        })
+    }
+}
+
+impl core::fmt::Debug for ExamContext {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let set = |s: &str| if s.is_empty() { "-" } else { "<entered>" };
+        f.debug_struct("ExamContext")
+            .field("patient_id", &set(&self.patient_id))
+            .field("accession", &set(&self.accession))
+            .field("operator", &set(&self.operator))
+            .field("side", &self.side)
+            .finish()
+    }
+}
+
+/// Cart command opening an exam.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartExam {
+    pub id: CommandId,
+    pub context: ExamContext,
+}
+
+/// The device's open exam. Carries the exam's id only, never the patient's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExamState {
+    /// `None` when no exam is open.
+    pub open: Option<heapless::String<EXAM_ID_LEN>>,
+}
+
 /// Acknowledges the result `(session, seq)`. Selective rather than cumulative, so a lost
 /// or reordered ack never acknowledges a result the cart has not seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,30 +293,50 @@ pub struct Ack {
 }
 
 /// A cart command as the device application sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Command {
     StartScreening,
     StopScreening,
     Capture,
+    /// Protocol 2. Serialised (for the simulator's event log) without the identifiers.
+    StartExam(#[serde(serialize_with = "redacted")] ExamContext),
+    /// Protocol 2.
+    EndExam,
+}
+
+fn redacted<S: serde::Serializer>(_: &ExamContext, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("<context>")
 }
 
 impl Command {
     /// The wire message carrying this command.
-    pub fn to_message(self, id: CommandId) -> Message {
+    pub fn to_message(&self, id: CommandId) -> Message {
         match self {
             Command::StartScreening => Message::StartScreening(id),
             Command::StopScreening => Message::StopScreening(id),
             Command::Capture => Message::Capture(id),
+            Command::StartExam(context) => Message::StartExam(StartExam {
+                id,
+                context: context.clone(),
+            }),
+            Command::EndExam => Message::EndExam(id),
         }
     }
 
     /// The command in a cart message, if it is one.
     pub fn from_message(msg: &Message) -> Option<(Command, CommandId)> {
-        match *msg {
-            Message::StartScreening(id) => Some((Command::StartScreening, id)),
-            Message::StopScreening(id) => Some((Command::StopScreening, id)),
-            Message::Capture(id) => Some((Command::Capture, id)),
+        match msg {
+            Message::StartScreening(id) => Some((Command::StartScreening, *id)),
+            Message::StopScreening(id) => Some((Command::StopScreening, *id)),
+            Message::Capture(id) => Some((Command::Capture, *id)),
+            Message::StartExam(s) => Some((Command::StartExam(s.context.clone()), s.id)),
+            Message::EndExam(id) => Some((Command::EndExam, *id)),
             _ => None,
         }
+    }
+
+    /// The oldest protocol version that carries this command.
+    pub fn min_version(&self) -> u8 {
+        self.to_message(CommandId(0)).min_version()
     }
 }

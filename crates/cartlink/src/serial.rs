@@ -91,13 +91,13 @@ pub fn service_controller<P: Read + Write>(
     cart: &mut Controller,
     port: &mut P,
     clock: impl Fn() -> u64,
-    on_event: impl FnMut(Event),
+    mut on_event: impl FnMut(Event),
 ) -> io::Result<()> {
     let mut rx = [0u8; 256];
     let n = read_some(port, &mut rx)?;
-    cart.receive(&rx[..n], clock(), on_event);
+    cart.receive(&rx[..n], clock(), &mut on_event);
     let mut tx = [0u8; MAX_WIRE_FRAME];
-    while let Some(n) = cart.poll_transmit(clock(), &mut tx) {
+    while let Some(n) = cart.poll_transmit_with(clock(), &mut tx, &mut on_event) {
         port.write_all(&tx[..n])?;
     }
     port.flush()

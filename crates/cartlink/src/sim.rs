@@ -11,7 +11,7 @@ use std::vec::Vec;
 use std::writeln;
 
 use crate::cart::{Controller, ControllerConfig, Event};
-use crate::msg::{flags, Command, JournalHealth, State};
+use crate::msg::{flags, Command, ExamContext, JournalHealth, State};
 use crate::serial::{millis_since, service_controller};
 
 /// What the simulator is asked to do.
@@ -33,7 +33,7 @@ pub struct SimOptions {
 }
 
 /// One line typed by the user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     Command(Command),
     /// Print the last status and link counters.
@@ -42,12 +42,43 @@ pub enum Input {
 }
 
 /// Words the simulator understands, for its help line.
-pub const INPUT_HELP: &str = "commands: start | stop | capture | status | quit";
+pub const INPUT_HELP: &str = "commands: start | stop | capture | \
+    exam [patient=ID] [accession=A] [operator=O] [side=left|right] | end-exam | status | quit";
+
+/// An `exam` line's fields (case kept: identifiers are case-sensitive).
+fn parse_exam<'a>(fields: impl Iterator<Item = &'a str>) -> Result<Command, String> {
+    let (mut patient, mut accession, mut operator, mut side) = ("", "", "", None);
+    for f in fields {
+        let (k, v) = f
+            .split_once('=')
+            .ok_or_else(|| format!("exam field {f:?} is not key=value; {INPUT_HELP}"))?;
+        match k.to_ascii_lowercase().as_str() {
+            "patient" => patient = v,
+            "accession" => accession = v,
+            "operator" => operator = v,
+            "side" => {
+                side = Some(match v.to_ascii_lowercase().as_str() {
+                    "left" | "l" => contract::Side::Left,
+                    "right" | "r" => contract::Side::Right,
+                    _ => return Err(format!("side {v:?} is neither left nor right")),
+                })
+            }
+            _ => return Err(format!("unknown exam field {k:?}; {INPUT_HELP}")),
+        }
+    }
+    ExamContext::new(patient, accession, operator, side)
+        .map(Command::StartExam)
+        .map_err(|e| format!("{e}"))
+}
 
 /// Parses one input line; `Ok(None)` for a blank line.
 pub fn parse_line(line: &str) -> Result<Option<Input>, String> {
-    Ok(Some(match line.trim().to_ascii_lowercase().as_str() {
+    let mut words = line.split_whitespace();
+    let first = words.next().unwrap_or("").to_ascii_lowercase();
+    Ok(Some(match first.as_str() {
         "" => return Ok(None),
+        "exam" => Input::Command(parse_exam(words)?),
+        "end-exam" => Input::Command(Command::EndExam),
         "start" | "s" => Input::Command(Command::StartScreening),
         "stop" | "x" => Input::Command(Command::StopScreening),
         "capture" | "c" => Input::Command(Command::Capture),
@@ -134,11 +165,21 @@ pub fn format_event(e: &Event, json: bool, verbose: bool) -> Option<String> {
         ),
         Event::Heartbeat(h) => format!("heartbeat uptime={}ms", h.uptime_ms),
         Event::CommandDone { command, id } => format!("done     {command:?} (id {})", id.0),
+        Event::Exam(x) => match &x.open {
+            Some(id) => format!("exam     open {id}"),
+            None => "exam     none open".into(),
+        },
+        Event::CommandUnsupported { command, id } => format!(
+            "error    {command:?} (id {}) not sent: the device's protocol is too old; \
+             update the device",
+            id.0
+        ),
         Event::Incompatible {
             device_min,
             device_max,
         } => format!(
-            "error    device speaks protocol {device_min}..{device_max}, we speak {}",
+            "error    device speaks protocol {device_min}..{device_max}, we speak {}..{}",
+            crate::frame::MIN_PROTOCOL_VERSION,
             crate::frame::PROTOCOL_VERSION
         ),
     })
@@ -169,7 +210,9 @@ pub fn run<P: Read + Write>(
     let mut stopping: Option<(crate::msg::CommandId, Instant)> = None;
     let mut stop_done = false;
 
-    let queue = |ctl: &mut Controller, out: &mut dyn Write, cmd| match ctl.send_command(cmd) {
+    let queue = |ctl: &mut Controller, out: &mut dyn Write, cmd: Command| match ctl
+        .send_command(cmd.clone())
+    {
         Ok(id) => writeln!(out, "sent     {cmd:?} (id {})", id.0).map(|_| Some(id)),
         Err(e) => writeln!(out, "error    {e}").map(|_| None),
     };
@@ -270,6 +313,26 @@ mod tests {
         assert_eq!(parse_line("q"), Ok(Some(Input::Quit)));
         assert_eq!(parse_line("  "), Ok(None));
         assert!(parse_line("launch").is_err());
+    }
+
+    #[test]
+    fn parses_exams_keeping_case() {
+        let want = ExamContext::new("Mrn-42", "", "", Some(contract::Side::Left)).unwrap();
+        assert_eq!(
+            parse_line("EXAM patient=Mrn-42 side=Left"),
+            Ok(Some(Input::Command(Command::StartExam(want))))
+        );
+        assert_eq!(
+            parse_line("end-exam"),
+            Ok(Some(Input::Command(Command::EndExam)))
+        );
+        assert!(parse_line("exam side=up").is_err());
+        assert!(parse_line("exam mrn").is_err());
+        let long = format!("exam patient={}", "9".repeat(65));
+        assert_eq!(
+            parse_line(&long),
+            Err("patient id is longer than 64 bytes".into())
+        );
     }
 
     #[test]

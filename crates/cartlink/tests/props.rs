@@ -31,6 +31,21 @@ fn command_id() -> impl Strategy<Value = CommandId> {
     any::<u16>().prop_map(CommandId)
 }
 
+fn exam_context() -> impl Strategy<Value = ExamContext> {
+    (
+        hstring(),
+        hstring(),
+        hstring(),
+        proptest::option::of(proptest::sample::select(vec![Side::Left, Side::Right])),
+    )
+        .prop_map(|(patient_id, accession, operator, side)| ExamContext {
+            patient_id,
+            accession,
+            operator,
+            side,
+        })
+}
+
 fn message() -> impl Strategy<Value = Message> {
     let hello = (
         any::<u8>(),
@@ -147,6 +162,12 @@ fn message() -> impl Strategy<Value = Message> {
         command_id().prop_map(Message::StopScreening),
         command_id().prop_map(Message::Capture),
         (any::<u32>(), any::<u32>()).prop_map(|(session, seq)| Message::Ack(Ack { session, seq })),
+        (hstring(), hstring())
+            .prop_map(|(operator, viewer)| Message::Pairing(Pairing { operator, viewer })),
+        (command_id(), exam_context())
+            .prop_map(|(id, context)| Message::StartExam(StartExam { id, context })),
+        command_id().prop_map(Message::EndExam),
+        proptest::option::of(hstring()).prop_map(|open| Message::Exam(ExamState { open })),
     ]
 }
 
@@ -194,6 +215,28 @@ proptest! {
         let back = decode_all(&frame);
         prop_assert_eq!(back.len(), 1);
         prop_assert_eq!(encoded(&back[0]), frame);
+    }
+
+    /// Protocol 1 frames carry every protocol-1 message unchanged and refuse the exam
+    /// messages; a decoder reports each frame's version.
+    #[test]
+    fn versions_round_trip(msg in message()) {
+        let mut buf = [0u8; MAX_WIRE_FRAME];
+        match encode_as(&msg, 1, &mut buf) {
+            Ok(n) => {
+                prop_assert_eq!(msg.min_version(), 1);
+                let (v, back) = decode_frame(&mut buf[1..n - 1].to_vec()).unwrap();
+                prop_assert_eq!(v, 1);
+                prop_assert_eq!(encoded(&back), encoded(&msg));
+            }
+            Err(e) => {
+                prop_assert_eq!(msg.min_version(), 2);
+                prop_assert_eq!(e, EncodeError::Version(1));
+            }
+        }
+        let frame = encoded(&msg);
+        let (v, _) = decode_frame(&mut frame[1..frame.len() - 1].to_vec()).unwrap();
+        prop_assert_eq!(v, PROTOCOL_VERSION);
     }
 
     /// After arbitrary corruption the decoder still returns every frame whose own bytes
@@ -267,6 +310,8 @@ proptest! {
         let mut buf = [0u8; MAX_WIRE_FRAME];
         let mut wire = Vec::new();
         let (mut results, mut cmds) = (Vec::new(), Vec::new());
+        let exam = ExamContext::new("MRN-7", "A-1", "", Some(Side::Right)).unwrap();
+        cart.send_command(Command::StartExam(exam.clone())).unwrap();
         cart.send_command(Command::StartScreening).unwrap();
         let mut pushed = 0;
         let mut t = 0u64;
@@ -282,6 +327,7 @@ proptest! {
                 pushed += 1;
                 if pushed == n {
                     cart.send_command(Command::StopScreening).unwrap();
+                    cart.send_command(Command::EndExam).unwrap();
                 }
             }
             wire.clear();
@@ -308,7 +354,15 @@ proptest! {
         prop_assert!(results.iter().all(|&s| s < n));
         prop_assert!(len as u32 + link.stats().results_dropped >= n, "lost without being counted");
         prop_assert_eq!(link.pending(), 0);
-        prop_assert_eq!(cmds, vec![Command::StartScreening, Command::StopScreening]);
+        prop_assert_eq!(
+            cmds,
+            vec![
+                Command::StartExam(exam),
+                Command::StartScreening,
+                Command::StopScreening,
+                Command::EndExam
+            ]
+        );
         if ppm == 0 {
             // A clean line acknowledges at once: nothing may be dropped at any rate. On a
             // noisy line a result can fail several resends in a row and be pushed out of the

@@ -49,12 +49,13 @@ fn device(mut port: TTYPort, stop: Arc<AtomicBool>, pending: Arc<AtomicUsize>) -
     while !stop.load(Ordering::Relaxed) {
         let mut capture = false;
         let served = receive_link(&mut link, &mut port, clock, |c| {
-            commands.push(c);
             match c {
                 Command::StartScreening => screening = true,
                 Command::StopScreening => screening = false,
                 Command::Capture => capture = true,
+                Command::StartExam(_) | Command::EndExam => {}
             }
+            commands.push(c);
         });
         match served {
             // The relay has finished and closed its end.

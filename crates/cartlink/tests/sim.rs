@@ -33,8 +33,8 @@ fn sim_starts_prints_results_and_stops() {
             let mut commands = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let r = receive_link(&mut link, &mut port, clock, |c| {
-                    commands.push(c);
                     screening = c == Command::StartScreening;
+                    commands.push(c);
                 });
                 if r.is_err() && stop.load(Ordering::Relaxed) {
                     break;

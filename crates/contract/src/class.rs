@@ -147,6 +147,15 @@ pub fn p_abnormal(probs: &[f32], normal_index: usize) -> f32 {
         .map_or(f32::NAN, |p| (1.0 - p).clamp(0.0, 1.0))
 }
 
+/// Which kidney an exam is about. `no_std` because the cart sends it (cart link protocol 2):
+/// the variant order is part of that wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Left,
+    Right,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

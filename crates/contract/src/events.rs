@@ -145,13 +145,7 @@ pub struct Mark {
     pub session: Option<String>,
 }
 
-/// Which kidney an exam is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Side {
-    Left,
-    Right,
-}
+pub use crate::class::Side;
 
 /// What the clinician typed or scanned for an exam (a barcode scanner is a keyboard). Kept
 /// in the device's session store, never in the journal, logs, URLs or file names, so that

@@ -24,7 +24,7 @@ pub mod manifest;
 #[cfg(feature = "std")]
 pub mod taxonomy;
 
-pub use class::{p_abnormal, Class, LABELS};
+pub use class::{p_abnormal, Class, Side, LABELS};
 #[cfg(feature = "std")]
 pub use manifest::{Manifest, ManifestError};
 #[cfg(feature = "std")]

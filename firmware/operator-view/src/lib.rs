@@ -32,3 +32,4 @@ pub use protocol::{
     ViewEvent, FRAME_MAGIC,
 };
 pub use server::{ViewError, ViewServer};
+pub use ws::is_timeout;

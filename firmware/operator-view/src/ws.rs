@@ -160,11 +160,7 @@ pub(crate) fn serve<S: Read + Write + Timeouts>(mut s: S, req: &Request, role: R
                 return;
             }
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if is_timeout(&e) => {}
             Err(tungstenite::Error::Capacity(e)) => {
                 log::warn!("view: a page sent an oversized message ({e}): closed");
                 ctx.hub.refused.fetch_add(1, Ordering::Relaxed);
@@ -307,4 +303,13 @@ impl Page {
         }
         ws.flush()
     }
+}
+
+/// A read that found nothing before the socket's timeout: poll again, the peer is fine.
+pub fn is_timeout(e: &tungstenite::Error) -> bool {
+    matches!(
+        e,
+        tungstenite::Error::Io(io)
+            if matches!(io.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+    )
 }

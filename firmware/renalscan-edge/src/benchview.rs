@@ -110,11 +110,7 @@ fn client(addr: String, stop: Arc<AtomicBool>, seen: Arc<Seen>) {
                 }
             }
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if operator_view::is_timeout(&e) => {}
             Err(_) => return,
         }
     }

@@ -74,6 +74,9 @@ pub struct RunSummary {
 }
 
 /// Runs until the source ends, `pipeline.max_frames`, or `term` is set (signal).
+/// How often a running cart applies the retention period.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
 pub fn run(
     cfg: &Config,
     classifier: Classifier,
@@ -167,6 +170,10 @@ pub struct Runtime<'o> {
     session: Option<String>,
     store: records::SessionStore,
     identity: ModelIdentity,
+    /// Journal and retention period (days) when retention applies; checked at start and
+    /// every [`RETENTION_EVERY`] after, so a cart that never restarts still forgets.
+    retention: Option<(std::path::PathBuf, u32)>,
+    last_retention: Instant,
 }
 
 impl<'o> Runtime<'o> {
@@ -235,10 +242,14 @@ impl<'o> Runtime<'o> {
             session: None,
             store: records::SessionStore::at(&cfg.session.dir),
             identity,
+            retention: (cfg.journal.enabled && cfg.session.retention_days > 0)
+                .then(|| (cfg.journal.dir.clone(), cfg.session.retention_days)),
+            last_retention: now,
         })
         .map(|mut rt| {
             if cfg.journal.enabled {
-                rt.recover_sessions(&cfg.journal.dir, cfg.session.retention_days);
+                rt.recover_sessions(&cfg.journal.dir);
+                rt.apply_retention();
             }
             if let Some(ctx) = &cfg.session.open_at_start {
                 rt.start_session(ctx.clone());
@@ -248,8 +259,8 @@ impl<'o> Runtime<'o> {
     }
 
     /// After a restart: sessions left open are marked interrupted (what was committed is
-    /// kept); sessions past the retention period lose their context and key frames.
-    fn recover_sessions(&mut self, journal: &std::path::Path, retention_days: u32) {
+    /// kept).
+    fn recover_sessions(&mut self, journal: &std::path::Path) {
         let sessions = match records::read(journal) {
             Ok(s) => s,
             Err(e) => {
@@ -273,11 +284,28 @@ impl<'o> Runtime<'o> {
                 unix_ms: now,
             });
         }
-        if retention_days == 0 {
+    }
+
+    /// Sessions ended longer ago than the retention period lose their context and key
+    /// frames; each deletion is journalled. The open session is never touched.
+    fn apply_retention(&mut self) {
+        self.last_retention = Instant::now();
+        let Some((journal, retention_days)) = self.retention.clone() else {
             return;
-        }
+        };
+        let sessions = match records::read(&journal) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("retention: sessions in {} not read: {e}", journal.display());
+                return;
+            }
+        };
+        let now = unix_ms();
         let cutoff = now.saturating_sub(u64::from(retention_days) * 86_400_000);
         for s in records::expired(&sessions, &self.store, cutoff) {
+            if self.session.as_deref() == Some(s.id.as_str()) {
+                continue;
+            }
             match self.store.purge(&s.id) {
                 Ok(_) => {
                     log::info!(
@@ -359,6 +387,9 @@ impl<'o> Runtime<'o> {
             }
             self.sinks.tick(Instant::now());
             self.status_if_due();
+            if self.last_retention.elapsed() >= RETENTION_EVERY {
+                self.apply_retention();
+            }
         }
         Ok(self.finish())
     }

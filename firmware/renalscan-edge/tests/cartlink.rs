@@ -1,6 +1,7 @@
 //! Issue 8 item 4: the runtime against a cart controller over a pseudo-terminal pair.
 //! Start, results arrive once each and are acknowledged, a Capture, stop. Then the same
-//! with a relay in between that flips, drops and inserts bytes in both directions.
+//! with a relay in between that flips, drops and inserts bytes in both directions. And an
+//! exam opened and closed from the cart (protocol 2) with its entered context.
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use cartlink::cart::{Controller, ControllerConfig, Event};
 use cartlink::serial::serialport::TTYPort;
 use cartlink::serial::{millis_since, port_name, pty_pair, read_some, service_controller};
-use cartlink::{flags, Command, State};
+use cartlink::{flags, Command, ExamContext, Side, State};
 use common::*;
 
 /// Deterministic byte corruption (xorshift), each fault at `ppm` parts per million.
@@ -160,6 +161,19 @@ fn drive_cart(port: &mut TTYPort, n: usize) -> CartRun {
     }
 }
 
+/// The runtime replaying `frames` in a loop at 20 fps, waiting for the cart on `port`.
+fn spawn_with_cart(
+    cfg: &std::path::Path,
+    bundle: &std::path::Path,
+    frames: &std::path::Path,
+    port: &str,
+    extra: &[&str],
+) -> std::process::Child {
+    let mut args = vec!["--fps", "20", "--loop", "--cart", port, "--wait-for-cart"];
+    args.extend_from_slice(extra);
+    spawn_edge(&run_args(cfg, bundle, frames, &args))
+}
+
 fn run_against_cart(noise_ppm: Option<u64>) {
     let tmp = tempfile::tempdir().unwrap();
     let frames = tmp.path().join("frames");
@@ -184,20 +198,7 @@ fn run_against_cart(noise_ppm: Option<u64>) {
             (path, vec![dev_slave], Some(t))
         }
     };
-    let mut child = spawn_edge(&run_args(
-        &cfg,
-        &bundle,
-        &frames,
-        &[
-            "--fps",
-            "20",
-            "--loop",
-            "--no-journal",
-            "--cart",
-            &device_path,
-            "--wait-for-cart",
-        ],
-    ));
+    let mut child = spawn_with_cart(&cfg, &bundle, &frames, &device_path, &["--no-journal"]);
     let run = drive_cart(&mut cart_port, 8);
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -264,4 +265,114 @@ fn cart_over_pty_start_results_acked_capture_stop() {
 #[test]
 fn cart_over_corrupting_line() {
     run_against_cart(Some(3000));
+}
+
+/// The cart opens an exam with what its barcode scanner read, screens, and closes it: the
+/// runtime journals the session, stamps its decisions with the id, shows the id (never the
+/// patient's) on the cart, keeps the identifiers out of its log, and the export has them.
+#[test]
+fn cart_opens_and_closes_an_exam() {
+    const PATIENT: &str = "MRN-CART-4471";
+    let tmp = tempfile::tempdir().unwrap();
+    let frames = tmp.path().join("frames");
+    write_frames(&frames, &[false, false, true, true]);
+    let bundle = write_bundle(&tmp.path().join("bundle"), 0.5);
+    let cfg = tmp.path().join("edge.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[aggregate]\nwindow = 2\nmin_frames = 1\nreport_every_s = 0.3\n\
+             [journal]\ndir = \"{}\"\n[session]\ndir = \"{}\"\n",
+            tmp.path().join("journal").display(),
+            tmp.path().join("sessions").display()
+        ),
+    )
+    .unwrap();
+    let (mut port, slave) = pty_pair().unwrap();
+    let mut child = spawn_with_cart(&cfg, &bundle, &frames, &port_name(&slave).unwrap(), &[]);
+    let start = Instant::now();
+    let clock = || millis_since(start);
+    let mut ctl = Controller::new(ControllerConfig::default(), 700);
+    let context = ExamContext::new(PATIENT, "ACC-9", "rn-12", Some(Side::Left)).unwrap();
+    ctl.send_command(Command::StartExam(context)).unwrap();
+    ctl.send_command(Command::StartScreening).unwrap();
+    let (mut exams, mut results, mut phase) = (Vec::new(), 0, 0);
+    while start.elapsed() < Duration::from_secs(60) && phase < 3 {
+        let mut events = Vec::new();
+        service_controller(&mut ctl, &mut port, clock, |e| events.push(e)).unwrap();
+        for e in events {
+            match e {
+                Event::Exam(x) => exams.push(x.open.map(|s| s.to_string())),
+                Event::Result(_) => results += 1,
+                Event::CommandUnsupported { .. } => panic!("device refused exam commands"),
+                _ => {}
+            }
+        }
+        match phase {
+            0 if results >= 4 && exams.last().is_some_and(Option::is_some) => {
+                ctl.send_command(Command::StopScreening).unwrap();
+                ctl.send_command(Command::EndExam).unwrap();
+                phase = 1;
+            }
+            1 if exams.last() == Some(&None) => phase = 3,
+            _ => {}
+        }
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{log}");
+    assert_eq!(phase, 3, "exam not opened and closed: {exams:?}\n{log}");
+    // None at first (after Hello), then the exam, then none again.
+    let opened: Vec<&String> = exams.iter().flatten().collect();
+    assert_eq!(opened.len(), 1, "{exams:?}");
+    let id = opened[0].clone();
+    assert!(id.starts_with("s-"), "{id}");
+    assert!(!log.contains(PATIENT), "patient id in the log");
+    let stamped = decisions(&json_lines(&out))
+        .iter()
+        .filter(|d| d["session"] == id.as_str())
+        .count();
+    assert!(stamped >= 1, "no decision carries {id}");
+
+    let sessions = run_edge(&[
+        "sessions".into(),
+        "--config".into(),
+        cfg.display().to_string(),
+        "--json".into(),
+    ]);
+    let listed = String::from_utf8_lossy(&sessions.stdout);
+    let row = json_lines(&listed)
+        .into_iter()
+        .find(|v| v["session"] == id.as_str())
+        .unwrap_or_else(|| panic!("{id} not listed: {listed}"));
+    assert_eq!(row["state"], "ended", "{row}");
+    let export = tmp.path().join("usb");
+    let o = run_edge(&[
+        "export".into(),
+        "--config".into(),
+        cfg.display().to_string(),
+        "--session".into(),
+        id.clone(),
+        "--out".into(),
+        export.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json = std::fs::read_to_string(export.join(&id).join("session.json")).unwrap();
+    assert!(json.contains(PATIENT) && json.contains("ACC-9"), "{json}");
+    assert!(json.contains("left"), "{json}");
 }

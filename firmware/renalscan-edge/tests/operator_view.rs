@@ -10,11 +10,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -231,47 +229,8 @@ fn the_operator_view_in_a_real_browser() {
             &ui,
         ],
     );
-    let mut child = Command::new(edge_bin())
-        .args(&args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let _edge = Killed(child);
-    let lines: Arc<Mutex<Vec<Value>>> = Arc::default();
-    {
-        let lines = lines.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&l) {
-                    lines.lock().unwrap().push(v);
-                }
-            }
-        });
-    }
-    let log: Arc<Mutex<String>> = Arc::default();
-    {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut g = log.lock().unwrap();
-                g.push_str(&l);
-                g.push('\n');
-            }
-        });
-    }
-    let decisions = || -> Vec<Value> {
-        lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|v| v["event"] == "decision")
-            .cloned()
-            .collect()
-    };
+    let edge = Running::spawn(&args);
+    let decisions = || edge.decisions();
 
     let dport = free_port();
     let _driver_proc = Killed(
@@ -292,7 +251,7 @@ fn the_operator_view_in_a_real_browser() {
         assert!(
             Instant::now() < deadline,
             "the view did not start:\n{}",
-            log.lock().unwrap()
+            edge.log()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -453,7 +412,7 @@ fn the_operator_view_in_a_real_browser() {
     let ctx = std::fs::read_to_string(sdir.join(&session).join("context.json")).unwrap();
     assert!(ctx.contains(patient));
     assert!(
-        !log.lock().unwrap().contains(patient),
+        !edge.log().contains(patient),
         "the identifier reached the log"
     );
 
@@ -520,6 +479,6 @@ fn the_operator_view_in_a_real_browser() {
         shots.display()
     );
     // The page must not have failed its own script or the CSP.
-    let errs = log.lock().unwrap().matches("panicked").count();
-    assert_eq!(errs, 0, "{}", log.lock().unwrap());
+    let errs = edge.log().matches("panicked").count();
+    assert_eq!(errs, 0, "{}", edge.log());
 }

@@ -11,7 +11,6 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -140,40 +139,7 @@ fn recorded_session(s: &Setup) -> Vec<Value> {
         .iter()
         .map(|x| x.to_string()),
     );
-    let mut child = Command::new(edge_bin())
-        .args(&args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let lines: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let l2 = lines.clone();
-    let reader = std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&l) {
-                l2.lock().unwrap().push(v);
-            }
-        }
-    });
-    let log: Arc<Mutex<String>> = Arc::default();
-    let lg = log.clone();
-    let log_reader = std::thread::spawn(move || {
-        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-            lg.lock().unwrap().push_str(&(l + "\n"));
-        }
-    });
-    let decisions = |lines: &Arc<Mutex<Vec<Value>>>| -> Vec<Value> {
-        lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|v| v["event"] == "decision")
-            .cloned()
-            .collect()
-    };
+    let mut edge = Running::spawn(&args);
     // The view's socket, as the page would use it.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut ws = loop {
@@ -188,13 +154,13 @@ fn recorded_session(s: &Setup) -> Vec<Value> {
         assert!(
             Instant::now() < deadline,
             "view did not start:\n{}",
-            log.lock().unwrap()
+            edge.log()
         );
         std::thread::sleep(Duration::from_millis(100));
     };
     let wait = |what: &str, f: &dyn Fn(&[Value]) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !f(&decisions(&lines)) {
+        while !f(&edge.decisions()) {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -209,7 +175,8 @@ fn recorded_session(s: &Setup) -> Vec<Value> {
     });
     ws.send(Message::text(r#"{"type":"control","action":"unfreeze"}"#))
         .unwrap();
-    let frozen = decisions(&lines)
+    let frozen = edge
+        .decisions()
         .into_iter()
         .find(|x| x["kind"] == "freeze")
         .unwrap();
@@ -221,15 +188,11 @@ fn recorded_session(s: &Setup) -> Vec<Value> {
     std::thread::sleep(Duration::from_millis(800));
     drop(ws);
     // SIGTERM: the run ends, and with it the session.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    reader.join().unwrap();
-    log_reader.join().unwrap();
-    let log = log.lock().unwrap().clone();
+    let status = edge.terminate();
+    let (d, log) = (edge.decisions(), edge.log());
     assert!(status.success(), "{log}");
     // No patient identifier in the log.
     assert!(!log.contains(PATIENT) && !log.contains(ACCESSION), "{log}");
-    let d = decisions(&lines);
     assert!(
         d.iter().all(|x| x["session"].is_string()),
         "every decision carries the session"

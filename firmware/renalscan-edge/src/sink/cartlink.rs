@@ -1,7 +1,8 @@
 //! The serial link to the cart controller, on its own thread, split in two: [`CartSink`]
 //! sends every decision as a Result, re-sent until acknowledged (cartlink's `device::Link`),
-//! and a Status with fps, latency, drops and journal health; [`CartCommands`] is where the
-//! cart's buttons (start, stop, capture) reach the runtime. A serial port that fails is
+//! a Status with fps, latency, drops and journal health, and the open exam's id (protocol 2
+//! carts); [`CartCommands`] is where the cart's buttons (start, stop, capture, exam start
+//! and end with the context its keypad or barcode scanner entered) reach the runtime. A serial port that fails is
 //! reopened with backoff; screening goes on meanwhile.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -16,7 +17,9 @@ use cartlink::{flags, Class, Command, JournalHealth, State};
 
 use super::{CommandSource, Control, FrameView, Receipt, Sink, SinkError, StatusKind};
 use crate::config::CartlinkConfig;
-use crate::events::{Decision, DeviceState, JournalState, SinkState, StatusReport};
+use crate::events::{
+    Decision, DeviceState, JournalState, SessionEvent, SessionRecord, SinkState, StatusReport,
+};
 use crate::source::{sleep_unless, Backoff};
 
 /// Results kept until acknowledged (cartlink's bounded buffer).
@@ -42,6 +45,8 @@ pub struct CartCounters {
 pub struct CartSink {
     results: Sender<Classification>,
     status: Arc<Mutex<DeviceStatus>>,
+    /// The open exam's id, for the cart's display.
+    exam: Arc<Mutex<Option<String>>>,
     counters: Arc<Mutex<CartCounters>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -87,6 +92,7 @@ impl CartSink {
         let (rtx, rrx) = mpsc::channel();
         let (ctx, crx) = mpsc::channel();
         let status = Arc::new(Mutex::new(DeviceStatus::default()));
+        let exam = Arc::new(Mutex::new(None));
         let counters = Arc::new(Mutex::new(CartCounters::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let worker = Worker {
@@ -97,6 +103,7 @@ impl CartSink {
             results: rrx,
             commands: ctx,
             status: status.clone(),
+            exam: exam.clone(),
             counters: counters.clone(),
             stop: stop.clone(),
         };
@@ -107,6 +114,7 @@ impl CartSink {
             Self {
                 results: rtx,
                 status,
+                exam,
                 counters,
                 stop,
                 thread: Some(thread),
@@ -225,6 +233,22 @@ impl Sink for CartSink {
         serde_json::to_value(self.counters()).ok()
     }
 
+    /// Keeps the cart's display on the open exam (its id only, never the patient's).
+    fn session(&mut self, r: &SessionRecord) -> Result<Receipt, SinkError> {
+        if let Ok(mut g) = self.exam.lock() {
+            match r.event {
+                SessionEvent::Started { .. } => *g = Some(r.session.clone()),
+                SessionEvent::Ended | SessionEvent::Interrupted => {
+                    if g.as_deref() == Some(r.session.as_str()) {
+                        *g = None;
+                    }
+                }
+                SessionEvent::Purged => {}
+            }
+        }
+        Ok(Receipt::None)
+    }
+
     /// Tells the cart the device is idle, then lets the link deliver what is pending.
     fn shutdown(&mut self) -> Result<(), SinkError> {
         self.set_status(DeviceStatus {
@@ -251,6 +275,7 @@ struct Worker {
     results: Receiver<Classification>,
     commands: Sender<Command>,
     status: Arc<Mutex<DeviceStatus>>,
+    exam: Arc<Mutex<Option<String>>>,
     counters: Arc<Mutex<CartCounters>>,
     stop: Arc<AtomicBool>,
 }
@@ -335,6 +360,9 @@ impl Worker {
                     self.drain(&mut link);
                     if let Ok(s) = self.status.lock() {
                         link.set_status(*s);
+                    }
+                    if let Ok(x) = self.exam.lock() {
+                        link.set_exam(x.as_deref());
                     }
                     transmit_link(&mut link, &mut port, clock)
                 });

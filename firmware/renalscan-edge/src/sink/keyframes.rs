@@ -9,7 +9,7 @@ use records::SessionStore;
 
 use super::{FrameView, Receipt, Sink, SinkError};
 use crate::events::{Decision, DecisionKind};
-use crate::snapshot::{render, Snapshot};
+use crate::snapshot::render;
 
 /// Writes key frames into the session store.
 pub struct KeyframeSink {
@@ -35,20 +35,7 @@ impl Sink for KeyframeSink {
         if d.kind == DecisionKind::Update {
             return Ok(Receipt::None);
         }
-        let map = frame
-            .activation_map()
-            .ok_or_else(|| SinkError::new("no activation map for this frame"))?;
-        let heat = map.normalised();
-        let s = Snapshot {
-            grey: frame.input_grey,
-            size: frame.size,
-            mask: frame.scan_mask(),
-            map: &heat,
-            map_w: map.width,
-            map_h: map.height,
-            label: "",
-        };
-        let img = render(&s, 0.55).map_err(SinkError::new)?;
+        let img = frame.with_snapshot("", |s| render(s, 0.55).map_err(SinkError::new))?;
         let mut png = Vec::new();
         img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
             .map_err(SinkError::new)?;

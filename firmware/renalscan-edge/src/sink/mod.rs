@@ -215,6 +215,28 @@ impl<'a> FrameView<'a> {
         }
     }
 
+    /// The frame as a heatmap snapshot (grey model input, scan-area mask, normalised
+    /// class-activation map) handed to `f`: every sink that draws one draws the same.
+    pub fn with_snapshot<R>(
+        &self,
+        label: &str,
+        f: impl FnOnce(&crate::snapshot::Snapshot<'_>) -> Result<R, SinkError>,
+    ) -> Result<R, SinkError> {
+        let map = self
+            .activation_map()
+            .ok_or_else(|| SinkError::new("no activation map for this frame"))?;
+        let heat = map.normalised();
+        f(&crate::snapshot::Snapshot {
+            grey: self.input_grey,
+            size: self.size,
+            mask: self.scan_mask(),
+            map: &heat,
+            map_w: map.width,
+            map_h: map.height,
+            label,
+        })
+    }
+
     /// The class-activation map of p(abnormal) (7 x 7 for a 224 input), when the model has a
     /// `features` output and a linear head.
     pub fn activation_map(&self) -> Option<&ActivationMap> {
@@ -515,10 +537,18 @@ pub enum Control {
 
 impl From<::cartlink::Command> for Control {
     fn from(c: ::cartlink::Command) -> Self {
+        let entered = |s: &str| (!s.is_empty()).then(|| s.to_string());
         match c {
             ::cartlink::Command::StartScreening => Control::StartScreening,
             ::cartlink::Command::StopScreening => Control::StopScreening,
             ::cartlink::Command::Capture => Control::Capture,
+            ::cartlink::Command::StartExam(x) => Control::StartSession(SessionContext {
+                patient_id: entered(&x.patient_id),
+                accession: entered(&x.accession),
+                operator: entered(&x.operator),
+                side: x.side,
+            }),
+            ::cartlink::Command::EndExam => Control::EndSession,
         }
     }
 }

@@ -10,7 +10,7 @@ use super::{FrameView, Receipt, Sink, SinkError};
 use crate::config::SnapshotConfig;
 use crate::events::{Decision, DecisionKind};
 use crate::infer::Classifier;
-use crate::snapshot::{Snapshot, SnapshotWriter};
+use crate::snapshot::SnapshotWriter;
 
 /// The snapshot sink.
 pub struct SnapshotSink {
@@ -43,32 +43,19 @@ impl Sink for SnapshotSink {
         if d.kind == DecisionKind::Update {
             return Ok(Receipt::None);
         }
-        let r = (|| {
-            let map = frame
-                .activation_map()
-                .ok_or_else(|| SinkError::new("no activation map for this frame"))?;
-            let heat = map.normalised();
-            let mut label = if d.abnormal {
-                d.class.clone()
-            } else {
-                "normal".into()
-            };
-            if let Some(seq) = d.journal.seq() {
-                label.push_str(&format!("-j{seq}"));
-            }
-            let s = Snapshot {
-                grey: frame.input_grey,
-                size: frame.size,
-                mask: frame.scan_mask(),
-                map: &heat,
-                map_w: map.width,
-                map_h: map.height,
-                label: &label,
-            };
+        let mut label = if d.abnormal {
+            d.class.clone()
+        } else {
+            "normal".into()
+        };
+        if let Some(seq) = d.journal.seq() {
+            label.push_str(&format!("-j{seq}"));
+        }
+        let r = frame.with_snapshot(&label, |s| {
             self.writer
-                .write(&s, SystemTime::now())
+                .write(s, SystemTime::now())
                 .map_err(SinkError::new)
-        })();
+        });
         match r {
             Ok(p) => {
                 self.written += 1;

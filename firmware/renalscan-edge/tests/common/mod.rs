@@ -80,3 +80,84 @@ pub fn decisions(lines: &[serde_json::Value]) -> Vec<serde_json::Value> {
         .cloned()
         .collect()
 }
+
+/// A runtime in the background whose stdout JSON lines and stderr log are collected as they
+/// come, for tests that talk to it while it runs. Killed when dropped, however the test ends.
+pub struct Running {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Starts `renalscan-edge <args>` with `RUST_LOG=info`.
+    pub fn spawn(args: &[String]) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = spawn_edge(args);
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = std::sync::Arc::<std::sync::Mutex<Vec<serde_json::Value>>>::default();
+        let log = std::sync::Arc::<std::sync::Mutex<String>>::default();
+        let (l2, g2) = (lines.clone(), log.clone());
+        let readers = vec![
+            std::thread::spawn(move || {
+                for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if let Ok(v) = serde_json::from_str(&l) {
+                        l2.lock().unwrap().push(v);
+                    }
+                }
+            }),
+            std::thread::spawn(move || {
+                for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut g = g2.lock().unwrap();
+                    g.push_str(&l);
+                    g.push('\n');
+                }
+            }),
+        ];
+        Self {
+            child,
+            lines,
+            log,
+            readers,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The decisions printed so far.
+    pub fn decisions(&self) -> Vec<serde_json::Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["event"] == "decision")
+            .cloned()
+            .collect()
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for the exit and the last output.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        for r in self.readers.drain(..) {
+            r.join().unwrap();
+        }
+        status
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
