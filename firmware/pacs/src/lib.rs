@@ -13,10 +13,15 @@
 
 pub mod codes;
 pub mod objects;
+pub mod outbox;
 pub mod sample;
+pub mod scu;
+pub mod status;
 pub mod uid;
 
 pub use objects::{exam_objects, Equipment, ExamInput, Kind, Made, ObjectError, SourceStudy};
+pub use outbox::{DrainConfig, DrainReport, Outbox, OutboxError};
+pub use scu::{PacsAddr, Timeouts};
 
 /// Our implementation class UID (derived, fixed) and version name, in every file's meta.
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.141259930412348867371434436716045451299";
