@@ -9,9 +9,11 @@
 //! - [`frames`]: synthetic probe frames (sector scan with speckle and burned-in text).
 //! - [`manifests`]: the complete manifest text tests start from.
 //! - [`signed`]: signed bundles around any model, with the test manifest and trusted keys.
+//! - [`orthanc`]: a real PACS (Debian's Orthanc) started by the test on loopback.
 
 pub mod frames;
 pub mod manifests;
+pub mod orthanc;
 pub mod qop;
 pub mod signed;
 pub mod tiny;
