@@ -13,6 +13,9 @@ APT_PACKAGES=(
   chromium               # the operator view's browser test (headless)
   chromium-driver        # WebDriver for it
   poppler-utils          # pdftotext, pdftoppm: the session report tests read the PDF
+  orthanc                # a real PACS: the store-and-forward tests start one on loopback
+  dicom3tools            # dciodvfy: validates every DICOM object the project writes
+  dcmtk                  # dsrdump: the structured report's tree
 )
 RUST_TARGETS=(aarch64-unknown-linux-gnu thumbv7em-none-eabihf)
 

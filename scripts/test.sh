@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: formatting, lints, the test suite, the device crates
-# cross-built for aarch64 (contract, bundle, model and journal tests and the edge runtime
-# under qemu) and the cart link built for a Cortex-M4F microcontroller.
+# cross-built for aarch64 (contract, bundle, model, journal, operator view and PACS tests
+# and the edge runtime under qemu) and the cart link built for a Cortex-M4F microcontroller.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -19,7 +19,7 @@ cargo test --release --workspace
 
 step "device crates for aarch64, tests under qemu"
 cargo build --release --target aarch64-unknown-linux-gnu "${DEVICE_CRATES[@]}"
-cargo test --release --target aarch64-unknown-linux-gnu -p contract -p bundle -p model -p journal -p operator-view
+cargo test --release --target aarch64-unknown-linux-gnu -p contract -p bundle -p model -p journal -p operator-view -p pacs
 
 step "renalscan-edge for aarch64 under qemu on a replay source, decisions vs the host build"
 bash firmware/renalscan-edge/scripts/aarch64-e2e.sh

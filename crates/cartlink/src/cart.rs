@@ -51,6 +51,8 @@ pub enum Event {
     Pairing(Pairing),
     /// The device's open exam changed (protocol 2 devices).
     Exam(ExamState),
+    /// What waits for the hospital PACS changed (protocol 2 devices with a PACS).
+    Outbox(OutboxState),
     /// The device speaks too old a protocol for this command; it was not sent.
     CommandUnsupported {
         command: Command,
@@ -110,6 +112,7 @@ pub struct Controller {
     stats: ControllerStats,
     pairing: Option<Pairing>,
     exam: Option<ExamState>,
+    outbox: Option<OutboxState>,
 }
 
 impl Controller {
@@ -130,7 +133,13 @@ impl Controller {
             stats: ControllerStats::default(),
             pairing: None,
             exam: None,
+            outbox: None,
         }
+    }
+
+    /// The device's PACS outbox, once a protocol-2 device with a PACS has said.
+    pub fn outbox(&self) -> Option<&OutboxState> {
+        self.outbox.as_ref()
     }
 
     /// The device's open exam, once a protocol-2 device has said.
@@ -234,6 +243,12 @@ impl Controller {
                 if self.exam.as_ref() != Some(&e) {
                     self.exam = Some(e.clone());
                     on_event(Event::Exam(e));
+                }
+            }
+            Message::Outbox(o) => {
+                if self.outbox != Some(o) {
+                    self.outbox = Some(o);
+                    on_event(Event::Outbox(o));
                 }
             }
             _ => self.stats.unexpected = self.stats.unexpected.saturating_add(1),
@@ -564,7 +579,20 @@ mod tests {
         cart.send_command(Command::EndExam).unwrap();
         run(&mut link, &mut cart, &mut t, 3_000, 20, &mut ev, &mut cmds);
         link.set_exam(None);
+        link.set_outbox(OutboxState {
+            pending: 2,
+            quarantined: 0,
+            held: true,
+        });
         run(&mut link, &mut cart, &mut t, 3_000, 20, &mut ev, &mut cmds);
+        assert_eq!(
+            cart.outbox(),
+            Some(&OutboxState {
+                pending: 2,
+                quarantined: 0,
+                held: true
+            })
+        );
         assert_eq!(cmds.last(), Some(&Command::EndExam));
         assert_eq!(cmds.len(), 2, "each command runs once");
         assert_eq!(
@@ -645,6 +673,11 @@ mod tests {
     fn a_version_1_cart_is_answered_in_version_1_and_never_sees_exam_messages() {
         let mut link: Link = Link::new(LinkConfig::default(), ID, 5, 0);
         link.set_exam(Some("s-20261204T101500Z-00af"));
+        link.set_outbox(OutboxState {
+            pending: 3,
+            quarantined: 1,
+            held: false,
+        });
         let mut out = Vec::new();
         let mut buf = [0u8; MAX_WIRE_FRAME];
         let mut cmds = Vec::new();
@@ -671,9 +704,10 @@ mod tests {
         );
         assert_eq!(cmds, [Command::StartScreening, Command::Capture]);
         // A version-1 decoder: the same frames, checked against the old version range.
-        assert!(seen
-            .iter()
-            .all(|(_, m)| !matches!(m, Message::Exam(_) | Message::StartExam(_))));
+        assert!(seen.iter().all(|(_, m)| !matches!(
+            m,
+            Message::Exam(_) | Message::StartExam(_) | Message::Outbox(_)
+        )));
     }
 
     #[test]

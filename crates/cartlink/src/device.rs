@@ -129,6 +129,9 @@ pub struct Link<const N: usize = 16> {
     /// protocol 2.
     exam: ExamState,
     exam_due: bool,
+    /// The PACS outbox, when the runtime has one; same rules as the exam.
+    outbox: Option<OutboxState>,
+    outbox_due: bool,
 }
 
 fn truncated<const L: usize>(s: &str) -> heapless::String<L> {
@@ -179,6 +182,16 @@ impl<const N: usize> Link<N> {
             pairing_due: false,
             exam: ExamState { open: None },
             exam_due: false,
+            outbox: None,
+            outbox_due: false,
+        }
+    }
+
+    /// Tells the cart what waits for the hospital PACS.
+    pub fn set_outbox(&mut self, state: OutboxState) {
+        if self.outbox != Some(state) {
+            self.outbox = Some(state);
+            self.outbox_due = true;
         }
     }
 
@@ -337,6 +350,7 @@ impl<const N: usize> Link<N> {
             self.last_hello_ms = Some(now);
             self.pairing_due = self.pairing.is_some();
             self.exam_due = true;
+            self.outbox_due = self.outbox.is_some();
             return Some(Message::Hello(self.hello.clone()));
         }
         if self.pairing_due {
@@ -348,6 +362,12 @@ impl<const N: usize> Link<N> {
         if self.exam_due && self.peer_version() >= 2 {
             self.exam_due = false;
             return Some(Message::Exam(self.exam.clone()));
+        }
+        if self.outbox_due && self.peer_version() >= 2 {
+            self.outbox_due = false;
+            if let Some(o) = self.outbox {
+                return Some(Message::Outbox(o));
+            }
         }
         if self.status_due {
             return Some(self.take_status(now));

@@ -5,7 +5,7 @@
 //! ever appended (postcard encodes the variant index), so adding a message is a compatible
 //! change; changing a field is not and bumps [`crate::PROTOCOL_VERSION`].
 //!
-//! Protocol 2 appended the exam messages (tags 9..=11). A frame's version byte says which
+//! Protocol 2 appended the exam and outbox messages (tags 9..=12). A frame's version byte says which
 //! messages it may carry ([`Message::min_version`]); each side frames at the newest version
 //! both speak, so a version-1 cart keeps working with a version-2 device and never sees a
 //! message it cannot decode.
@@ -48,9 +48,11 @@ pub enum Message {
     StartExam(StartExam),
     /// End the open exam.
     EndExam(CommandId),
-    // ---- device -> cart, protocol 2 (tag 11)
+    // ---- device -> cart, protocol 2 (tags 11..=12)
     /// The open exam, if any: sent when it changes and after every Hello.
     Exam(ExamState),
+    /// Results waiting for the hospital PACS: sent when it changes and after every Hello.
+    Outbox(OutboxState),
 }
 
 impl Message {
@@ -64,13 +66,16 @@ impl Message {
                 | Message::Heartbeat(_)
                 | Message::Pairing(_)
                 | Message::Exam(_)
+                | Message::Outbox(_)
         )
     }
 
     /// The oldest protocol version whose frames may carry this message.
     pub fn min_version(&self) -> u8 {
         match self {
-            Message::StartExam(_) | Message::EndExam(_) | Message::Exam(_) => 2,
+            Message::StartExam(_) | Message::EndExam(_) | Message::Exam(_) | Message::Outbox(_) => {
+                2
+            }
             _ => 1,
         }
     }
@@ -282,6 +287,17 @@ pub struct StartExam {
 pub struct ExamState {
     /// `None` when no exam is open.
     pub open: Option<heapless::String<EXAM_ID_LEN>>,
+}
+
+/// The device's PACS outbox, for the cart's display.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxState {
+    /// Objects waiting to be sent (saturating).
+    pub pending: u16,
+    /// Objects the PACS refused for good: someone must look (saturating).
+    pub quarantined: u16,
+    /// Nothing can be sent until the PACS configuration is fixed.
+    pub held: bool,
 }
 
 /// Acknowledges the result `(session, seq)`. Selective rather than cumulative, so a lost

@@ -169,6 +169,16 @@ pub fn format_event(e: &Event, json: bool, verbose: bool) -> Option<String> {
             Some(id) => format!("exam     open {id}"),
             None => "exam     none open".into(),
         },
+        Event::Outbox(o) => format!(
+            "outbox   {} waiting for the PACS, {} quarantined{}",
+            o.pending,
+            o.quarantined,
+            if o.held {
+                ", HELD: check the PACS configuration"
+            } else {
+                ""
+            }
+        ),
         Event::CommandUnsupported { command, id } => format!(
             "error    {command:?} (id {}) not sent: the device's protocol is too old; \
              update the device",

@@ -168,6 +168,13 @@ fn message() -> impl Strategy<Value = Message> {
             .prop_map(|(id, context)| Message::StartExam(StartExam { id, context })),
         command_id().prop_map(Message::EndExam),
         proptest::option::of(hstring()).prop_map(|open| Message::Exam(ExamState { open })),
+        (any::<u16>(), any::<u16>(), any::<bool>()).prop_map(|(pending, quarantined, held)| {
+            Message::Outbox(OutboxState {
+                pending,
+                quarantined,
+                held,
+            })
+        }),
     ]
 }
 

@@ -53,8 +53,8 @@ pub const DEVICE_OBSERVER_NAME: Code = dcm("121013", "Device Observer Name");
 pub const DEVICE_OBSERVER_MANUFACTURER: Code = dcm("121014", "Device Observer Manufacturer");
 pub const DEVICE_OBSERVER_MODEL_NAME: Code = dcm("121015", "Device Observer Model Name");
 pub const PROCEDURE_REPORTED: Code = dcm("121058", "Procedure reported");
-/// Ultrasonography of kidney.
-pub const US_KIDNEY: Code = sct("306005", "US kidney");
+/// The procedure reported (CIDs 6028/6029).
+pub const US_KIDNEY: Code = sct("16310003", "Diagnostic ultrasonography");
 pub const IMAGE_LIBRARY: Code = dcm("111028", "Image Library");
 pub const IMAGE_LIBRARY_GROUP: Code = dcm("126200", "Image Library Group");
 pub const SOURCE: Code = sct("260753009", "Source");

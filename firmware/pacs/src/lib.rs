@@ -19,7 +19,10 @@ pub mod scu;
 pub mod status;
 pub mod uid;
 
-pub use objects::{exam_objects, Equipment, ExamInput, Kind, Made, ObjectError, SourceStudy};
+pub use objects::{
+    exam_objects, session_objects, Equipment, ExamInput, Kind, Made, ObjectError,
+    SessionObjectsError, SourceStudy,
+};
 pub use outbox::{DrainConfig, DrainReport, Outbox, OutboxError};
 pub use scu::{PacsAddr, Timeouts};
 

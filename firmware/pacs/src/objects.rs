@@ -677,3 +677,50 @@ fn report(
     put_seq(&mut o, tags::CONTENT_SEQUENCE, root);
     o
 }
+
+/// Why an ended session's objects could not be made from the records.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionObjectsError {
+    #[error("session {0} is not in the journal")]
+    NoSession(String),
+    #[error("session store: {0}")]
+    Store(#[from] records::StoreError),
+    #[error("key frame {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+}
+
+/// Makes the objects of session `id` from the journal's sessions and the session store
+/// (context, key frames), now.
+pub fn session_objects(
+    sessions: &[Session],
+    id: &str,
+    store: &records::SessionStore,
+    equipment: &Equipment,
+) -> Result<Vec<Made>, SessionObjectsError> {
+    let session = sessions
+        .iter()
+        .find(|s| s.id == id)
+        .ok_or_else(|| SessionObjectsError::NoSession(id.to_string()))?;
+    let context = store.context(id)?;
+    let mut frames = Vec::new();
+    for (seq, path) in store.frames(id)? {
+        let png = std::fs::read(&path).map_err(|source| SessionObjectsError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        frames.push((seq, png));
+    }
+    Ok(exam_objects(&ExamInput {
+        session,
+        context: context.as_ref(),
+        key_frames: &frames,
+        equipment,
+        source: None,
+        now_ms: crate::outbox::now_ms(),
+    })?)
+}

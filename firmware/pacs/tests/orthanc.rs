@@ -30,7 +30,11 @@ fn an_exam_queued_while_the_pacs_is_down_arrives_once_when_it_is_up() {
     let (dicom, http) = (pacs.dicom_port, pacs.http_port);
     pacs.stop();
     let r = ob.drain(&addr, &DrainConfig::default());
-    assert_eq!(r.stopped.as_ref().map(|s| s.0), Some(Action::Backoff), "{r:?}");
+    assert_eq!(
+        r.stopped.as_ref().map(|s| s.0),
+        Some(Action::Backoff),
+        "{r:?}"
+    );
     assert_eq!(ob.counts().pending, 2);
 
     // Up again: everything arrives, Secondary Capture first.
@@ -40,11 +44,23 @@ fn an_exam_queued_while_the_pacs_is_down_arrives_once_when_it_is_up() {
     assert!(r.stopped.is_none());
     assert_eq!(pacs.instance_count(), 2);
 
-    let sc = made.iter().find(|m| m.kind == Kind::SecondaryCapture).unwrap();
-    let sr = made.iter().find(|m| m.kind == Kind::StructuredReport).unwrap();
-    let sc_id = pacs.lookup(&sc.sop_instance_uid).expect("SC found by its UID");
-    let sr_id = pacs.lookup(&sr.sop_instance_uid).expect("SR found by its UID");
-    let tags = pacs.get(&format!("/instances/{sr_id}/simplified-tags")).unwrap();
+    let sc = made
+        .iter()
+        .find(|m| m.kind == Kind::SecondaryCapture)
+        .unwrap();
+    let sr = made
+        .iter()
+        .find(|m| m.kind == Kind::StructuredReport)
+        .unwrap();
+    let sc_id = pacs
+        .lookup(&sc.sop_instance_uid)
+        .expect("SC found by its UID");
+    let sr_id = pacs
+        .lookup(&sr.sop_instance_uid)
+        .expect("SR found by its UID");
+    let tags = pacs
+        .get(&format!("/instances/{sr_id}/simplified-tags"))
+        .unwrap();
     assert_eq!(tags["PatientID"], "MRN-00417", "{tags}");
     assert_eq!(tags["AccessionNumber"], "ACC-2291");
     assert_eq!(tags["Modality"], "SR");
@@ -54,10 +70,15 @@ fn an_exam_queued_while_the_pacs_is_down_arrives_once_when_it_is_up() {
         .as_str()
         .unwrap()
         .contains("not for diagnosis"));
-    let sc_tags = pacs.get(&format!("/instances/{sc_id}/simplified-tags")).unwrap();
+    let sc_tags = pacs
+        .get(&format!("/instances/{sc_id}/simplified-tags"))
+        .unwrap();
     assert_eq!(sc_tags["ConversionType"], "WSD");
     assert_eq!(sc_tags["ImageType"], "DERIVED\\SECONDARY");
-    assert_eq!(sc_tags["StudyInstanceUID"], tags["StudyInstanceUID"], "one study");
+    assert_eq!(
+        sc_tags["StudyInstanceUID"], tags["StudyInstanceUID"],
+        "one study"
+    );
     let png = pacs.get_bytes(&format!("/instances/{sc_id}/preview"));
     let preview = image::load_from_memory(&png).expect("the preview PNG decodes");
     assert_eq!((preview.width(), preview.height()), (448, 224));

@@ -46,6 +46,12 @@ pub enum Cmd {
     /// Exams to a folder that leaves the cart: report.pdf, results.csv, session.json, key
     /// frames and SHA256SUMS (atomic, idempotent).
     Export(crate::sessions::ExportArgs),
+    /// The hospital PACS: `pacs echo` (C-ECHO with our AE titles).
+    #[command(subcommand)]
+    Pacs(crate::pacscmd::PacsCmd),
+    /// The PACS outbox: list, drain, retry quarantined objects, purge.
+    #[command(subcommand)]
+    Outbox(crate::pacscmd::OutboxCmd),
 }
 
 /// Model bundle arguments shared by the subcommands.
@@ -132,6 +138,10 @@ pub struct RunArgs {
     /// cart's own screen; any other address needs ui.tls_cert and ui.tls_key).
     #[arg(long, value_name = "ADDR")]
     pub ui: Option<std::net::SocketAddr>,
+    /// Send ended exams to this PACS, `AET@HOST:PORT` (enables `[pacs]`, overrides its
+    /// address).
+    #[arg(long, value_name = "AET@HOST:PORT")]
+    pub pacs: Option<String>,
     /// Open an exam session at start and end it when the run ends.
     #[arg(long)]
     pub session: bool,
@@ -226,6 +236,8 @@ pub fn main() -> ExitCode {
         Cmd::BenchView(a) => crate::benchview::cmd(a),
         Cmd::Sessions(a) => crate::sessions::cmd_sessions(a),
         Cmd::Export(a) => crate::sessions::cmd_export(a),
+        Cmd::Pacs(c) => crate::pacscmd::cmd_pacs(c),
+        Cmd::Outbox(c) => crate::pacscmd::cmd_outbox(c),
         Cmd::Check(a) => cmd_check(a),
     };
     match r {
@@ -357,6 +369,9 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(d) = &a.sessions_dir {
         cfg.session.dir = d.clone();
+    }
+    if let Some(p) = &a.pacs {
+        cfg.pacs.set_address(p)?;
     }
     if a.session {
         use crate::events::{SessionContext, Side};

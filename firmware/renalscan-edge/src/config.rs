@@ -22,6 +22,142 @@ pub struct Config {
     /// The operator view (`operator-view`): off by default.
     pub ui: operator_view::ViewConfig,
     pub session: SessionConfig,
+    /// Store-and-forward of ended exams to the hospital PACS: off by default.
+    pub pacs: PacsConfig,
+}
+
+/// The hospital PACS and the outbox that waits for it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PacsConfig {
+    pub enabled: bool,
+    /// The PACS's AE title (called AE).
+    pub called_ae: String,
+    pub host: String,
+    pub port: u16,
+    /// Ours (calling AE): the PACS must know it.
+    pub calling_ae: String,
+    /// The outbox: Part-10 files and their journal (writable, on the data partition).
+    pub outbox: PathBuf,
+    /// TCP connect timeout, seconds.
+    pub connect_timeout_s: f32,
+    /// Each read and write on an association, seconds.
+    pub io_timeout_s: f32,
+    /// A7xx (out of resources) answers before an object is quarantined.
+    pub retry_cap: u32,
+    /// First wait after a failed drain, seconds; doubles (with jitter) up to the maximum.
+    pub backoff_initial_s: f32,
+    pub backoff_max_s: f32,
+    /// At an orderly shutdown, keep draining for up to this long, seconds.
+    pub drain_on_shutdown_s: f32,
+    /// DICOM over TLS (PS3.15 B.1).
+    pub tls: bool,
+}
+
+impl Default for PacsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            called_ae: "PACS".into(),
+            host: String::new(),
+            port: 104,
+            calling_ae: "RENALSCAN".into(),
+            outbox: PathBuf::from("/var/lib/renalscan/outbox"),
+            connect_timeout_s: 5.0,
+            io_timeout_s: 15.0,
+            retry_cap: 5,
+            backoff_initial_s: 2.0,
+            backoff_max_s: 300.0,
+            drain_on_shutdown_s: 10.0,
+            tls: false,
+        }
+    }
+}
+
+impl PacsConfig {
+    /// `AET@HOST:PORT` (from `--pacs`) into the keys; the calling AE stays.
+    pub fn set_address(&mut self, addr: &str) -> anyhow::Result<()> {
+        let a: pacs::PacsAddr = addr.parse()?;
+        self.called_ae = a.called_ae;
+        self.host = a.host;
+        self.port = a.port;
+        self.enabled = true;
+        Ok(())
+    }
+
+    /// The address to send to.
+    pub fn addr(&self) -> pacs::PacsAddr {
+        pacs::PacsAddr {
+            called_ae: self.called_ae.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            calling_ae: self.calling_ae.clone(),
+        }
+    }
+
+    pub fn timeouts(&self) -> pacs::Timeouts {
+        pacs::Timeouts {
+            connect: std::time::Duration::from_secs_f32(self.connect_timeout_s),
+            io: std::time::Duration::from_secs_f32(self.io_timeout_s),
+        }
+    }
+
+    pub fn drain_config(&self) -> pacs::DrainConfig {
+        pacs::DrainConfig {
+            timeouts: self.timeouts(),
+            retry_cap: self.retry_cap,
+            pace: None,
+        }
+    }
+
+    /// Range checks, each naming its key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (key, ae) in [
+            ("called_ae", &self.called_ae),
+            ("calling_ae", &self.calling_ae),
+        ] {
+            anyhow::ensure!(
+                pacs::scu::valid_ae(ae),
+                "pacs.{key} {ae:?} must be 1 to 16 printable ASCII characters without a backslash"
+            );
+        }
+        anyhow::ensure!(
+            !self.host.trim().is_empty(),
+            "pacs.host is empty: set it, or pass --pacs AET@HOST:PORT"
+        );
+        anyhow::ensure!(self.port > 0, "pacs.port must be 1..65535");
+        for (key, v, max) in [
+            ("connect_timeout_s", self.connect_timeout_s, 300.0),
+            ("io_timeout_s", self.io_timeout_s, 600.0),
+            ("backoff_initial_s", self.backoff_initial_s, 3600.0),
+            ("backoff_max_s", self.backoff_max_s, 86_400.0),
+        ] {
+            anyhow::ensure!(
+                v > 0.0 && v <= max,
+                "pacs.{key} must be in (0, {max}], got {v}"
+            );
+        }
+        anyhow::ensure!(
+            self.backoff_max_s >= self.backoff_initial_s,
+            "pacs.backoff_max_s must be at least pacs.backoff_initial_s"
+        );
+        anyhow::ensure!(
+            (0.0..=600.0).contains(&self.drain_on_shutdown_s),
+            "pacs.drain_on_shutdown_s must be 0..=600, got {}",
+            self.drain_on_shutdown_s
+        );
+        anyhow::ensure!(
+            (1..=100).contains(&self.retry_cap),
+            "pacs.retry_cap must be 1..=100, got {}",
+            self.retry_cap
+        );
+        anyhow::ensure!(
+            !self.tls,
+            "pacs.tls: DICOM TLS is not in this build yet; reach the PACS over a VPN or a TLS \
+             tunnel (stunnel) and point pacs.host at it"
+        );
+        Ok(())
+    }
 }
 
 /// Exams: where their context and key frames are kept, and for how long.
@@ -451,6 +587,13 @@ impl Config {
         );
         if self.ui.enabled {
             self.ui.validate()?;
+        }
+        if self.pacs.enabled {
+            self.pacs.validate()?;
+            anyhow::ensure!(
+                self.journal.enabled,
+                "pacs needs the journal (the exams it sends are read from it): remove --no-journal or journal.enabled = false"
+            );
         }
         anyhow::ensure!(
             self.session.retention_days <= 3650,

@@ -19,6 +19,7 @@ pub mod events;
 pub mod exam;
 pub mod gate;
 pub mod infer;
+pub mod pacscmd;
 pub mod pipeline;
 pub mod runtime;
 pub mod selftest;

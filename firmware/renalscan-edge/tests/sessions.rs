@@ -57,41 +57,15 @@ fn tree(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     out
 }
 
-struct Setup {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    bundle: PathBuf,
-    frames: PathBuf,
-    cfg: PathBuf,
-}
+type Setup = ExamCart;
 
 fn setup() -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    let frames = root.join("frames");
-    // A normal sweep then an abnormal one.
-    let mut pattern = vec![false; 20];
-    pattern.extend([true; 20]);
-    write_frames(&frames, &pattern);
-    let bundle = write_bundle(&root.join("bundle"), 0.5);
-    let cfg = root.join("edge.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[aggregate]\nwindow = 6\nmin_frames = 3\nreport_every_s = 0.0\n[output]\nstatus_every_s = 0.5\n\
-             [journal]\ndir = \"{}\"\n[session]\ndir = \"{}\"\n",
-            root.join("journal").display(),
-            root.join("sessions").display()
-        ),
+    exam_cart(
+        20,
+        20,
+        "[aggregate]\nwindow = 6\nmin_frames = 3\nreport_every_s = 0.0\n[output]\nstatus_every_s = 0.5\n",
+        "",
     )
-    .unwrap();
-    Setup {
-        _tmp: tmp,
-        root,
-        bundle,
-        frames,
-        cfg,
-    }
 }
 
 impl Setup {

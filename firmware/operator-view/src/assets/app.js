@@ -160,6 +160,18 @@
     $("h-lat").textContent = "p95 " + num(h.p95_ms, 0) + " ms";
     $("h-journal").textContent = "journal " + (h.journal || "?");
     $("h-journal").classList.toggle("bad", h.journal !== "ok");
+    const p = h.pacs;
+    $("h-pacs").hidden = !p;
+    if (p) {
+      let t = "PACS " + p.sent + " sent";
+      if (p.pending) t += ", " + p.pending + " waiting";
+      if (p.quarantined) t += ", " + p.quarantined + " refused";
+      if (p.held) t += ", HELD: check the PACS settings";
+      $("h-pacs").textContent = t;
+      $("h-pacs").title = p.alarm || p.address || "";
+      $("h-pacs").classList.toggle("bad", !!(p.held || p.quarantined));
+      $("h-pacs").classList.toggle("warn", !p.held && !p.quarantined && !!p.alarm);
+    }
     if (h.frozen !== undefined && h.frozen !== state.frozen) setFrozen(h.frozen);
     if (h.state === "idle" || h.state === "no_signal") {
       // Nothing is being screened: never leave a verdict up.

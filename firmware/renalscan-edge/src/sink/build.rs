@@ -1,9 +1,11 @@
 //! The sink list and the command sources a config asks for, in delivery order: the journal
-//! first (the record of truth), then snapshots, stdout, the cart link, the operator view.
+//! first (the record of truth), then key frames, the PACS outbox, snapshots, stdout, the
+//! cart link, the operator view.
 
 use super::cartlink::CartSink;
 use super::journal::JournalSink;
 use super::keyframes::KeyframeSink;
+use super::pacs::PacsSink;
 use super::snapshots::SnapshotSink;
 use super::stdout::StdoutSink;
 use super::view::ViewSink;
@@ -36,6 +38,16 @@ pub fn from_config(cfg: &Config, classifier: &Classifier, stdout: bool) -> anyho
         out.push(KeyframeSink::new(records::SessionStore::at(
             &cfg.session.dir,
         )));
+    }
+    if cfg.pacs.enabled {
+        // An outbox that cannot open (another process holds it, a read-only disk) is an
+        // error at start: results would silently never leave otherwise.
+        out.push(PacsSink::spawn(
+            &cfg.pacs,
+            cfg.journal.dir.clone(),
+            cfg.session.dir.clone(),
+            &cfg.cartlink.device_id,
+        )?);
     }
     if cfg.snapshot.enabled {
         out.push(SnapshotSink::open(&cfg.snapshot, classifier)?);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use cartlink::device::{Classification, DeviceStatus, Identity, Link, LinkConfig};
 use cartlink::serial::{self, millis_since, receive_link, transmit_link};
-use cartlink::{flags, Class, Command, JournalHealth, State};
+use cartlink::{flags, Class, Command, JournalHealth, OutboxState, State};
 
 use super::{CommandSource, Control, FrameView, Receipt, Sink, SinkError, StatusKind};
 use crate::config::CartlinkConfig;
@@ -47,6 +47,8 @@ pub struct CartSink {
     status: Arc<Mutex<DeviceStatus>>,
     /// The open exam's id, for the cart's display.
     exam: Arc<Mutex<Option<String>>>,
+    /// What waits for the PACS, when there is one.
+    outbox: Arc<Mutex<Option<OutboxState>>>,
     counters: Arc<Mutex<CartCounters>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -93,6 +95,7 @@ impl CartSink {
         let (ctx, crx) = mpsc::channel();
         let status = Arc::new(Mutex::new(DeviceStatus::default()));
         let exam = Arc::new(Mutex::new(None));
+        let outbox = Arc::new(Mutex::new(None));
         let counters = Arc::new(Mutex::new(CartCounters::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let worker = Worker {
@@ -104,6 +107,7 @@ impl CartSink {
             commands: ctx,
             status: status.clone(),
             exam: exam.clone(),
+            outbox: outbox.clone(),
             counters: counters.clone(),
             stop: stop.clone(),
         };
@@ -115,6 +119,7 @@ impl CartSink {
                 results: rtx,
                 status,
                 exam,
+                outbox,
                 counters,
                 stop,
                 thread: Some(thread),
@@ -174,6 +179,20 @@ impl CartSink {
     }
 }
 
+/// The cart's view of the PACS sink's report.
+fn outbox_state(r: &serde_json::Value) -> Option<OutboxState> {
+    let n = |k: &str| {
+        r.get(k)
+            .and_then(serde_json::Value::as_u64)
+            .map(|v| u16::try_from(v).unwrap_or(u16::MAX))
+    };
+    Some(OutboxState {
+        pending: n("pending")?,
+        quarantined: n("quarantined")?,
+        held: r.get("held").and_then(serde_json::Value::as_bool)?,
+    })
+}
+
 /// The cart's view of a status: its state, speed, drops and the journal's health.
 pub fn device_status(s: &StatusReport) -> DeviceStatus {
     let mean = |stage: &str| {
@@ -215,6 +234,11 @@ impl Sink for CartSink {
     fn status(&mut self, s: &StatusReport, kind: StatusKind) -> Result<(), SinkError> {
         if kind != StatusKind::Final {
             self.set_status(device_status(s));
+            if let Some(o) = s.reports.get("pacs").and_then(outbox_state) {
+                if let Ok(mut g) = self.outbox.lock() {
+                    *g = Some(o);
+                }
+            }
         }
         Ok(())
     }
@@ -276,6 +300,7 @@ struct Worker {
     commands: Sender<Command>,
     status: Arc<Mutex<DeviceStatus>>,
     exam: Arc<Mutex<Option<String>>>,
+    outbox: Arc<Mutex<Option<OutboxState>>>,
     counters: Arc<Mutex<CartCounters>>,
     stop: Arc<AtomicBool>,
 }
@@ -363,6 +388,9 @@ impl Worker {
                     }
                     if let Ok(x) = self.exam.lock() {
                         link.set_exam(x.as_deref());
+                    }
+                    if let Some(o) = self.outbox.lock().ok().and_then(|g| *g) {
+                        link.set_outbox(o);
                     }
                     transmit_link(&mut link, &mut port, clock)
                 });

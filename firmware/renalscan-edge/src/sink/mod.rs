@@ -20,6 +20,7 @@ pub mod build;
 pub mod cartlink;
 pub mod journal;
 pub mod keyframes;
+pub mod pacs;
 pub mod snapshots;
 pub mod stdout;
 pub mod view;

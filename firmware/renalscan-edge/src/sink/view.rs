@@ -302,6 +302,7 @@ impl Sink for ViewSink {
             "frozen": self.ui_frozen,
             "decisions": s.frames.decisions,
             "dropped": s.frames.dropped,
+            "pacs": s.reports.get("pacs"),
         }));
         Ok(())
     }

@@ -161,3 +161,41 @@ impl Drop for Running {
         let _ = self.child.wait();
     }
 }
+
+/// A temporary cart for exam tests: the tiny model's bundle, a normal then an abnormal
+/// sweep, and a config with `head` (aggregation, output), the journal and the session store
+/// under `root`, then `tail`.
+pub struct ExamCart {
+    _tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub bundle: PathBuf,
+    pub frames: PathBuf,
+    pub cfg: PathBuf,
+}
+
+pub fn exam_cart(normal: usize, abnormal: usize, head: &str, tail: &str) -> ExamCart {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let frames = root.join("frames");
+    let mut pattern = vec![false; normal];
+    pattern.extend(std::iter::repeat_n(true, abnormal));
+    write_frames(&frames, &pattern);
+    let bundle = write_bundle(&root.join("bundle"), 0.5);
+    let cfg = root.join("edge.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{head}[journal]\ndir = \"{}\"\n[session]\ndir = \"{}\"\n{tail}",
+            root.join("journal").display(),
+            root.join("sessions").display()
+        ),
+    )
+    .unwrap();
+    ExamCart {
+        _tmp: tmp,
+        root,
+        bundle,
+        frames,
+        cfg,
+    }
+}
