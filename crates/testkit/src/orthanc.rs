@@ -45,8 +45,17 @@ impl Orthanc {
 
     /// Starts Orthanc on given ports (a restart keeps the address the outbox knows).
     pub fn start_on(dir: &Path, dicom_port: u16, http_port: u16) -> Self {
+        Self::start_with(dir, dicom_port, http_port, serde_json::json!({}))
+    }
+
+    /// Starts Orthanc on free ports with `extra` configuration keys (DICOM TLS, say).
+    pub fn start_configured(dir: &Path, extra: serde_json::Value) -> Self {
+        Self::start_with(dir, free_port(), free_port(), extra)
+    }
+
+    fn start_with(dir: &Path, dicom_port: u16, http_port: u16, extra: serde_json::Value) -> Self {
         std::fs::create_dir_all(dir).unwrap();
-        let cfg = serde_json::json!({
+        let mut cfg = serde_json::json!({
             "Name": "renalscan-test",
             "StorageDirectory": dir.join("storage"),
             "IndexDirectory": dir.join("index"),
@@ -60,6 +69,9 @@ impl Orthanc {
             "DicomAlwaysAllowEcho": true,
             "Plugins": [],
         });
+        if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
         let path = dir.join("orthanc.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
         let log = std::fs::File::create(dir.join("orthanc.log")).unwrap();

@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod sample;
 pub mod scu;
 pub mod status;
+pub mod tls;
 pub mod uid;
 
 pub use objects::{
@@ -24,7 +25,7 @@ pub use objects::{
     SessionObjectsError, SourceStudy,
 };
 pub use outbox::{DrainConfig, DrainReport, Outbox, OutboxError};
-pub use scu::{PacsAddr, Timeouts};
+pub use scu::{LinkOptions, PacsAddr, Timeouts};
 
 /// Our implementation class UID (derived, fixed) and version name, in every file's meta.
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.141259930412348867371434436716045451299";

@@ -15,7 +15,7 @@ use journal::{Journal, JournalConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::objects::{Kind, Made};
-use crate::scu::{NetError, PacsAddr, StoreAssociation, Timeouts};
+use crate::scu::{LinkOptions, NetError, PacsAddr, StoreAssociation};
 use crate::status::{self, Action};
 
 /// One journal entry.
@@ -409,14 +409,14 @@ impl Outbox {
         if pending.is_empty() {
             return report;
         }
-        if let Err(e) = crate::scu::echo(addr, cfg.timeouts) {
+        if let Err(e) = crate::scu::echo(addr, &cfg.link) {
             report.stopped = Some((e.action(), e.to_string()));
             return report;
         }
         let mut classes: Vec<&str> = pending.iter().map(|i| i.sop_class.as_str()).collect();
         classes.sort_unstable();
         classes.dedup();
-        let mut assoc = match StoreAssociation::open(addr, cfg.timeouts, &classes) {
+        let mut assoc = match StoreAssociation::open(addr, &cfg.link, &classes) {
             Ok(a) => a,
             Err(e) => {
                 report.stopped = Some((e.action(), e.to_string()));
@@ -509,9 +509,10 @@ impl Outbox {
 }
 
 /// How a drain behaves.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DrainConfig {
-    pub timeouts: Timeouts,
+    /// Timeouts and TLS.
+    pub link: LinkOptions,
     /// A7xx answers (out of resources) before an object is quarantined.
     pub retry_cap: u32,
     /// A pause before each object (tests: to kill a drain in the middle).
@@ -521,7 +522,7 @@ pub struct DrainConfig {
 impl Default for DrainConfig {
     fn default() -> Self {
         Self {
-            timeouts: Timeouts::default(),
+            link: LinkOptions::default(),
             retry_cap: 5,
             pace: None,
         }

@@ -80,3 +80,18 @@ pub fn key_frame() -> Vec<u8> {
         .expect("in-memory PNG");
     png
 }
+
+/// The made-up exam's objects (one Secondary Capture, then the SR), made now.
+pub fn objects() -> Vec<crate::Made> {
+    let session = session();
+    let frames = vec![(14, key_frame())];
+    crate::exam_objects(&crate::ExamInput {
+        session: &session,
+        context: Some(&context()),
+        key_frames: &frames,
+        equipment: &crate::Equipment::renalscan("cart-07", "0.1.0"),
+        source: None,
+        now_ms: crate::outbox::now_ms(),
+    })
+    .expect("the sample exam's objects")
+}

@@ -11,7 +11,9 @@ use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::entries::{
     EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN,
 };
-use dicom_ul::association::client::{ClientAssociation, ClientAssociationOptions};
+use std::sync::Arc;
+
+use dicom_ul::association::client::{ClientAssociation, ClientAssociationOptions, TlsStream};
 use dicom_ul::association::Error as UlError;
 use dicom_ul::pdu::{
     AssociationRJResult, PDataValue, PDataValueType, Pdu, PresentationContextResultReason,
@@ -104,6 +106,14 @@ impl Default for Timeouts {
     }
 }
 
+/// How to reach the PACS: timeouts, and TLS when it speaks DICOM over TLS (PS3.15 B.1).
+#[derive(Debug, Clone, Default)]
+pub struct LinkOptions {
+    pub timeouts: Timeouts,
+    /// `None`: plain TCP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
 /// Why talking to the PACS failed, with what the outbox does about it.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -168,19 +178,85 @@ fn ul_error(addr: &PacsAddr, calling: &str, e: UlError) -> NetError {
     }
 }
 
-fn options<'a>(addr: &'a PacsAddr, t: Timeouts) -> ClientAssociationOptions<'a> {
-    ClientAssociationOptions::new()
+fn options<'a>(addr: &'a PacsAddr, link: &LinkOptions) -> ClientAssociationOptions<'a> {
+    let t = link.timeouts;
+    let o = ClientAssociationOptions::new()
         .calling_ae_title(addr.calling_ae.as_str())
         .called_ae_title(addr.called_ae.as_str())
         .connection_timeout(t.connect)
         .read_timeout(t.io)
-        .write_timeout(t.io)
+        .write_timeout(t.io);
+    match &link.tls {
+        Some(c) => o.tls_config(c.clone()).server_name(&addr.host),
+        None => o,
+    }
+}
+
+/// An association over TCP or TLS.
+enum Assoc {
+    Plain(ClientAssociation<std::net::TcpStream>),
+    Tls(Box<ClientAssociation<TlsStream>>),
+}
+
+/// Calls the same method on either kind of association.
+macro_rules! on_assoc {
+    ($a:expr, $x:ident => $e:expr) => {
+        match $a {
+            Assoc::Plain($x) => $e,
+            Assoc::Tls($x) => $e,
+        }
+    };
+}
+
+impl Assoc {
+    fn accepted(&self) -> Vec<dicom_ul::pdu::PresentationContextNegotiated> {
+        on_assoc!(self, a => a
+            .presentation_contexts()
+            .iter()
+            .filter(|p| p.reason == PresentationContextResultReason::Acceptance)
+            .cloned()
+            .collect())
+    }
+
+    fn send(&mut self, pdu: &Pdu) -> Result<(), UlError> {
+        on_assoc!(self, a => a.send(pdu))
+    }
+
+    fn receive(&mut self) -> Result<Pdu, UlError> {
+        on_assoc!(self, a => a.receive())
+    }
+
+    fn send_data(&mut self, pc: u8, data: &[u8]) -> std::io::Result<()> {
+        on_assoc!(self, a => {
+            let mut w = a.send_pdata(pc);
+            w.write_all(data)?;
+            w.finish()
+        })
+    }
+
+    fn release(self) {
+        let r = match self {
+            Assoc::Plain(a) => a.release(),
+            Assoc::Tls(a) => a.release(),
+        };
+        if let Err(e) = r {
+            log::warn!("pacs: release not acknowledged: {e}");
+        }
+    }
+
+    fn abort(self) {
+        let _ = match self {
+            Assoc::Plain(a) => a.abort(),
+            Assoc::Tls(a) => a.abort(),
+        };
+    }
 }
 
 fn connect(
     addr: &PacsAddr,
+    link: &LinkOptions,
     opts: ClientAssociationOptions<'_>,
-) -> Result<ClientAssociation<std::net::TcpStream>, NetError> {
+) -> Result<Assoc, NetError> {
     let sock = (addr.host.as_str(), addr.port)
         .to_socket_addrs()
         .map_err(|e| NetError::Connect {
@@ -192,8 +268,15 @@ fn connect(
             addr: addr.to_string(),
             message: format!("{} resolves to no address", addr.host),
         })?;
-    opts.establish(sock)
-        .map_err(|e| ul_error(addr, &addr.calling_ae, e))
+    let ul = |e| ul_error(addr, &addr.calling_ae, e);
+    if link.tls.is_some() {
+        let target = format!("{}@{sock}", addr.called_ae);
+        opts.establish_with_tls(&target)
+            .map(|a| Assoc::Tls(Box::new(a)))
+            .map_err(ul)
+    } else {
+        opts.establish(sock).map(Assoc::Plain).map_err(ul)
+    }
 }
 
 /// A DIMSE command set with its group length, encoded as PS3.7 says (implicit VR little
@@ -221,10 +304,7 @@ pub fn command(
 }
 
 /// Reads the next response's command set; its Status.
-fn read_status(
-    assoc: &mut ClientAssociation<std::net::TcpStream>,
-    addr: &PacsAddr,
-) -> Result<u16, NetError> {
+fn read_status(assoc: &mut Assoc, addr: &PacsAddr) -> Result<u16, NetError> {
     let link = |m: String| NetError::Link {
         addr: addr.to_string(),
         message: m,
@@ -260,20 +340,13 @@ fn read_status(
         .ok_or_else(|| link("response without a Status".into()))
 }
 
-fn release(assoc: ClientAssociation<std::net::TcpStream>) {
-    if let Err(e) = assoc.release() {
-        log::warn!("pacs: release not acknowledged: {e}");
-    }
-}
-
 /// C-ECHO: whether the PACS answers (and accepts us).
-pub fn echo(addr: &PacsAddr, t: Timeouts) -> Result<(), NetError> {
-    let opts = options(addr, t).with_abstract_syntax(uids::VERIFICATION);
-    let mut assoc = connect(addr, opts)?;
+pub fn echo(addr: &PacsAddr, link: &LinkOptions) -> Result<(), NetError> {
+    let opts = options(addr, link).with_abstract_syntax(uids::VERIFICATION);
+    let mut assoc = connect(addr, link, opts)?;
     let pc = assoc
-        .presentation_contexts()
-        .iter()
-        .find(|p| p.reason == PresentationContextResultReason::Acceptance)
+        .accepted()
+        .first()
         .map(|p| p.id)
         .ok_or_else(|| NetError::NoContext {
             addr: addr.to_string(),
@@ -301,7 +374,7 @@ pub fn echo(addr: &PacsAddr, t: Timeouts) -> Result<(), NetError> {
         })
         .map_err(|e| ul_error(addr, &addr.calling_ae, e))?;
     let status = read_status(&mut assoc, addr)?;
-    release(assoc);
+    assoc.release();
     if status == 0 {
         Ok(())
     } else {
@@ -314,7 +387,7 @@ pub fn echo(addr: &PacsAddr, t: Timeouts) -> Result<(), NetError> {
 
 /// One association for a drain: proposes the SOP classes it will store.
 pub struct StoreAssociation {
-    assoc: ClientAssociation<std::net::TcpStream>,
+    assoc: Assoc,
     addr: PacsAddr,
     next_id: u16,
 }
@@ -322,8 +395,12 @@ pub struct StoreAssociation {
 impl StoreAssociation {
     /// Opens an association proposing each SOP class in explicit and implicit VR little
     /// endian.
-    pub fn open(addr: &PacsAddr, t: Timeouts, sop_classes: &[&str]) -> Result<Self, NetError> {
-        let mut opts = options(addr, t);
+    pub fn open(
+        addr: &PacsAddr,
+        link: &LinkOptions,
+        sop_classes: &[&str],
+    ) -> Result<Self, NetError> {
+        let mut opts = options(addr, link);
         for c in sop_classes {
             opts = opts.with_presentation_context(
                 *c,
@@ -334,7 +411,7 @@ impl StoreAssociation {
             );
         }
         Ok(Self {
-            assoc: connect(addr, opts)?,
+            assoc: connect(addr, link, opts)?,
             addr: addr.clone(),
             next_id: 1,
         })
@@ -345,13 +422,9 @@ impl StoreAssociation {
         let addr = self.addr.to_string();
         let pc = self
             .assoc
-            .presentation_contexts()
-            .iter()
-            .find(|p| {
-                p.reason == PresentationContextResultReason::Acceptance
-                    && p.abstract_syntax == sop_class
-            })
-            .cloned()
+            .accepted()
+            .into_iter()
+            .find(|p| p.abstract_syntax == sop_class)
             .ok_or_else(|| NetError::NoContext {
                 addr: addr.clone(),
                 sop_class: sop_class.to_string(),
@@ -382,26 +455,23 @@ impl StoreAssociation {
                 }],
             })
             .map_err(ul)?;
-        {
-            let mut w = self.assoc.send_pdata(pc.id);
-            let io = |e: std::io::Error| NetError::Link {
+        self.assoc
+            .send_data(pc.id, &data)
+            .map_err(|e| NetError::Link {
                 addr: addr.clone(),
                 message: format!("sending {uid}: {e}"),
-            };
-            w.write_all(&data).map_err(io)?;
-            w.finish().map_err(io)?;
-        }
+            })?;
         read_status(&mut self.assoc, &self.addr)
     }
 
     /// Releases the association (A-RELEASE), as every drain ends.
     pub fn release(self) {
-        release(self.assoc)
+        self.assoc.release()
     }
 
     /// Aborts it (A-ABORT), when the drain stops on an error.
     pub fn abort(self) {
-        let _ = self.assoc.abort();
+        self.assoc.abort()
     }
 }
 

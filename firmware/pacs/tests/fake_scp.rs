@@ -13,7 +13,7 @@ use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
 use dicom_ul::association::server::ServerAssociationOptions;
 use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
 use pacs::status::Action;
-use pacs::{exam_objects, sample, DrainConfig, Equipment, ExamInput, Outbox, PacsAddr, Timeouts};
+use pacs::{sample, DrainConfig, Outbox, PacsAddr, Timeouts};
 
 /// An SCP on loopback that answers every C-STORE with `status`; counts stores.
 struct FakeScp {
@@ -150,16 +150,7 @@ fn respond(
 /// An outbox holding one exam: a Secondary Capture, then the SR.
 fn queued(dir: &std::path::Path) -> Outbox {
     let session = sample::session();
-    let frames = vec![(14, sample::key_frame())];
-    let made = exam_objects(&ExamInput {
-        session: &session,
-        context: Some(&sample::context()),
-        key_frames: &frames,
-        equipment: &Equipment::renalscan("cart-07", "0.1.0"),
-        source: None,
-        now_ms: 0,
-    })
-    .unwrap();
+    let made = sample::objects();
     let mut ob = Outbox::open(dir).unwrap();
     ob.enqueue(&session.id, &made).unwrap();
     ob
@@ -171,9 +162,12 @@ fn addr(ae: &str, port: u16) -> PacsAddr {
 
 fn cfg(cap: u32) -> DrainConfig {
     DrainConfig {
-        timeouts: Timeouts {
-            connect: Duration::from_secs(2),
-            io: Duration::from_secs(5),
+        link: pacs::LinkOptions {
+            timeouts: Timeouts {
+                connect: Duration::from_secs(2),
+                io: Duration::from_secs(5),
+            },
+            tls: None,
         },
         retry_cap: cap,
         pace: None,

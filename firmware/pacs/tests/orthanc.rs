@@ -4,23 +4,14 @@
 //! the same objects sent again (a resend after a crash) leave no duplicate.
 
 use pacs::status::Action;
-use pacs::{exam_objects, sample, DrainConfig, Equipment, ExamInput, Kind, Outbox};
+use pacs::{sample, DrainConfig, Kind, Outbox};
 use testkit::orthanc::Orthanc;
 
 #[test]
 fn an_exam_queued_while_the_pacs_is_down_arrives_once_when_it_is_up() {
     let tmp = tempfile::tempdir().unwrap();
     let session = sample::session();
-    let frames = vec![(14, sample::key_frame())];
-    let made = exam_objects(&ExamInput {
-        session: &session,
-        context: Some(&sample::context()),
-        key_frames: &frames,
-        equipment: &Equipment::renalscan("cart-07", "0.1.0"),
-        source: None,
-        now_ms: 1_796_000_100_000,
-    })
-    .unwrap();
+    let made = sample::objects();
     let mut ob = Outbox::open(&tmp.path().join("outbox")).unwrap();
     ob.enqueue(&session.id, &made).unwrap();
 
@@ -89,4 +80,80 @@ fn an_exam_queued_while_the_pacs_is_down_arrives_once_when_it_is_up() {
     let r = again.drain(&addr, &DrainConfig::default());
     assert_eq!(r.sent, 2, "{r:?}");
     assert_eq!(pacs.instance_count(), 2, "no duplicate instances");
+}
+
+/// A CA, a certificate for the PACS at 127.0.0.1 and one for the cart, as PEM files.
+fn pki(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "renalscan test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    std::fs::write(dir.join("ca.crt"), ca_cert.pem()).unwrap();
+    for (name, san) in [("pacs", "127.0.0.1"), ("cart", "cart-07.renalscan.test")] {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec![san.to_string()]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+#[test]
+fn dicom_over_tls_with_client_certificates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    pki(d);
+    let pacs = Orthanc::start_configured(
+        &d.join("orthanc"),
+        serde_json::json!({
+            "DicomTlsEnabled": true,
+            "DicomTlsCertificate": d.join("pacs.crt"),
+            "DicomTlsPrivateKey": d.join("pacs.key"),
+            "DicomTlsTrustedCertificates": d.join("ca.crt"),
+            "DicomTlsRemoteCertificateRequired": true,
+        }),
+    );
+    let addr: pacs::PacsAddr = pacs.address().parse().unwrap();
+    let with = |client: bool| pacs::LinkOptions {
+        tls: Some(
+            pacs::tls::client_config(&pacs::tls::TlsFiles {
+                ca: d.join("ca.crt"),
+                client: client.then(|| (d.join("cart.crt"), d.join("cart.key"))),
+            })
+            .unwrap(),
+        ),
+        ..Default::default()
+    };
+    // Plain TCP to a TLS port, and TLS without the cart's certificate, are refused.
+    assert!(pacs::scu::echo(&addr, &pacs::LinkOptions::default()).is_err());
+    assert!(pacs::scu::echo(&addr, &with(false)).is_err());
+    pacs::scu::echo(&addr, &with(true)).unwrap();
+
+    let session = sample::session();
+    let made = sample::objects();
+    let mut ob = Outbox::open(&d.join("outbox")).unwrap();
+    ob.enqueue(&session.id, &made).unwrap();
+    let cfg = DrainConfig {
+        link: with(true),
+        ..DrainConfig::default()
+    };
+    let r = ob.drain(&addr, &cfg);
+    assert_eq!((r.sent, r.quarantined), (2, 0), "{r:?}\n{}", pacs.log());
+    for m in &made {
+        assert!(pacs.lookup(&m.sop_instance_uid).is_some());
+    }
+    // A CA file that is not one is named.
+    std::fs::write(d.join("bad.crt"), "not a certificate").unwrap();
+    let e = pacs::tls::client_config(&pacs::tls::TlsFiles {
+        ca: d.join("bad.crt"),
+        client: None,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("bad.crt"), "{e}");
 }

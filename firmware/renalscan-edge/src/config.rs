@@ -52,6 +52,12 @@ pub struct PacsConfig {
     pub drain_on_shutdown_s: f32,
     /// DICOM over TLS (PS3.15 B.1).
     pub tls: bool,
+    /// With `tls`: PEM file of the CAs that sign the PACS's certificate.
+    pub tls_ca: Option<PathBuf>,
+    /// With `tls`, when the PACS requires client certificates: the cart's certificate
+    /// (PEM chain) and key.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for PacsConfig {
@@ -70,6 +76,9 @@ impl Default for PacsConfig {
             backoff_max_s: 300.0,
             drain_on_shutdown_s: 10.0,
             tls: false,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -95,19 +104,31 @@ impl PacsConfig {
         }
     }
 
-    pub fn timeouts(&self) -> pacs::Timeouts {
-        pacs::Timeouts {
-            connect: std::time::Duration::from_secs_f32(self.connect_timeout_s),
-            io: std::time::Duration::from_secs_f32(self.io_timeout_s),
-        }
+    /// Timeouts, and the TLS client configuration read from its files.
+    pub fn link(&self) -> anyhow::Result<pacs::LinkOptions> {
+        let tls = match (self.tls, &self.tls_ca) {
+            (false, _) => None,
+            (true, None) => anyhow::bail!("pacs.tls needs pacs.tls_ca (the CAs of the PACS)"),
+            (true, Some(ca)) => Some(pacs::tls::client_config(&pacs::tls::TlsFiles {
+                ca: ca.clone(),
+                client: self.tls_cert.clone().zip(self.tls_key.clone()),
+            })?),
+        };
+        Ok(pacs::LinkOptions {
+            timeouts: pacs::Timeouts {
+                connect: std::time::Duration::from_secs_f32(self.connect_timeout_s),
+                io: std::time::Duration::from_secs_f32(self.io_timeout_s),
+            },
+            tls,
+        })
     }
 
-    pub fn drain_config(&self) -> pacs::DrainConfig {
-        pacs::DrainConfig {
-            timeouts: self.timeouts(),
+    pub fn drain_config(&self) -> anyhow::Result<pacs::DrainConfig> {
+        Ok(pacs::DrainConfig {
+            link: self.link()?,
             retry_cap: self.retry_cap,
             pace: None,
-        }
+        })
     }
 
     /// Range checks, each naming its key.
@@ -152,10 +173,17 @@ impl PacsConfig {
             self.retry_cap
         );
         anyhow::ensure!(
-            !self.tls,
-            "pacs.tls: DICOM TLS is not in this build yet; reach the PACS over a VPN or a TLS \
-             tunnel (stunnel) and point pacs.host at it"
+            self.tls_cert.is_some() == self.tls_key.is_some(),
+            "pacs.tls_cert and pacs.tls_key go together (the cart's certificate and its key)"
         );
+        anyhow::ensure!(
+            self.tls || (self.tls_ca.is_none() && self.tls_cert.is_none()),
+            "pacs.tls_ca / tls_cert / tls_key are set but pacs.tls is false"
+        );
+        if self.tls {
+            // Reads the files now: a wrong path fails at start, naming it.
+            self.link()?;
+        }
         Ok(())
     }
 }
@@ -617,6 +645,31 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pacs_keys_are_checked_by_name() {
+        let base = "[pacs]\nenabled = true\nhost = \"10.0.0.5\"\n";
+        let err = |extra: &str| {
+            format!(
+                "{:#}",
+                Config::parse(&format!("{base}{extra}")).unwrap_err()
+            )
+        };
+        assert!(err("called_ae = \"WAY_TOO_LONG_AE_TITLE\"\n").contains("pacs.called_ae"));
+        assert!(err("retry_cap = 0\n").contains("pacs.retry_cap"));
+        assert!(err("io_timeout_s = 0\n").contains("pacs.io_timeout_s"));
+        assert!(err("tls = true\n").contains("pacs.tls_ca"));
+        assert!(
+            err("tls = true\ntls_ca = \"/nonexistent/ca.pem\"\n").contains("/nonexistent/ca.pem")
+        );
+        assert!(err("tls_cert = \"/x.pem\"\n").contains("go together"));
+        assert!(Config::parse(base).is_ok());
+        assert!(err("[journal]\nenabled = false\n").contains("pacs needs the journal"));
+        let mut p = PacsConfig::default();
+        p.set_address("ORTHANC@127.0.0.1:4242").unwrap();
+        assert_eq!(p.addr().to_string(), "ORTHANC@127.0.0.1:4242");
+        assert!(p.set_address("ORTHANC:4242").is_err());
+    }
 
     #[test]
     fn example_config_parses_and_validates() {

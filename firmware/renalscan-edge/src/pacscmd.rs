@@ -89,7 +89,7 @@ pub fn cmd_pacs(c: PacsCmd) -> anyhow::Result<ExitCode> {
         PacsCmd::Echo(places) => {
             let p = places.resolve(true)?;
             let t = std::time::Instant::now();
-            pacs::scu::echo(&p.addr(), p.timeouts())?;
+            pacs::scu::echo(&p.addr(), &p.link()?)?;
             println!(
                 "{} answered C-ECHO in {} ms (calling AE {})",
                 p.addr(),
@@ -139,7 +139,7 @@ pub fn cmd_outbox(c: OutboxCmd) -> anyhow::Result<ExitCode> {
         OutboxCmd::Drain(places) => {
             let p = places.resolve(true)?;
             let mut ob = pacs::Outbox::open(&p.outbox)?;
-            let mut dc = p.drain_config();
+            let mut dc = p.drain_config()?;
             dc.pace = crate::sink::pacs::test_pace();
             let r = ob.drain(&p.addr(), &dc);
             let c = ob.counts();

@@ -54,6 +54,7 @@ impl PacsSink {
         device_id: &str,
     ) -> anyhow::Result<Self> {
         let outbox = Outbox::open(&cfg.outbox)?;
+        let drain = cfg.drain_config()?;
         let (tx, rx) = mpsc::channel();
         let state = Arc::new(Mutex::new(PacsState {
             address: cfg.addr().to_string(),
@@ -62,6 +63,7 @@ impl PacsSink {
         let stop = Arc::new(AtomicBool::new(false));
         let worker = Worker {
             cfg: cfg.clone(),
+            drain,
             journal,
             store: records::SessionStore::at(&sessions),
             equipment: Equipment::renalscan(device_id, env!("CARGO_PKG_VERSION")),
@@ -154,6 +156,8 @@ impl Drop for PacsSink {
 
 struct Worker {
     cfg: PacsConfig,
+    /// Timeouts, TLS, the retry cap.
+    drain: pacs::DrainConfig,
     journal: PathBuf,
     store: records::SessionStore,
     equipment: Equipment,
@@ -218,7 +222,7 @@ impl Worker {
                 self.publish_retry(next_try);
                 continue;
             }
-            let mut dc = self.cfg.drain_config();
+            let mut dc = self.drain.clone();
             dc.pace = test_pace();
             let report = self.outbox.drain(&self.cfg.addr(), &dc);
             match report.stopped {
