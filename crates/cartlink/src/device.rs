@@ -12,6 +12,9 @@ use crate::msg::*;
 /// every result that can still be re-sent.
 pub const MAX_PENDING: usize = crate::seq::SeqWindow::SPAN as usize;
 
+/// Hello period while the cart is heard in an older protocol version than ours.
+pub const HELLO_UNTIL_UPGRADED_MS: u64 = 1_000;
+
 /// Timers, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinkConfig {
@@ -346,7 +349,14 @@ impl<const N: usize> Link<N> {
     }
 
     fn next_message(&mut self, now: u64) -> Option<Message> {
-        if elapsed(now, self.last_hello_ms, self.cfg.hello_every_ms) {
+        // A cart that is heard but still frames in an older version either is an older cart
+        // or has not heard a Hello yet (exam commands wait for one): repeat it sooner.
+        let hello_every = if self.peer_alive(now) && self.peer_version() < frame::PROTOCOL_VERSION {
+            self.cfg.hello_every_ms.min(HELLO_UNTIL_UPGRADED_MS)
+        } else {
+            self.cfg.hello_every_ms
+        };
+        if elapsed(now, self.last_hello_ms, hello_every) {
             self.last_hello_ms = Some(now);
             self.pairing_due = self.pairing.is_some();
             self.exam_due = true;
