@@ -2,9 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-/// The workspace root (this crate lives in `<root>/tests`).
+/// The workspace root (this crate lives in `<root>/tests`). `cargo test` sets
+/// CARGO_MANIFEST_DIR when it runs the test too; that one wins over the one compiled in, so
+/// a binary built in another checkout sharing the target directory looks in this one.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .expect("tests/ has a parent")
         .to_path_buf()

@@ -225,6 +225,38 @@ pub enum SessionEvent {
     Purged,
 }
 
+/// Patient and study attributes of a replayed DICOM study, read from the source: kept in
+/// the session store beside the entered context (never in the journal), and copied into the
+/// exam's DICOM objects so they join the source's study in the PACS.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceStudy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient_birth_date: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient_sex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub study_uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub study_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accession: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub study_date: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub study_time: Option<String>,
+}
+
+impl SourceStudy {
+    /// Whether the source said anything about the patient or study.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// A session's journal record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {

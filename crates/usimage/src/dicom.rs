@@ -185,21 +185,24 @@ pub fn patient_key(patient_id: &str) -> Option<String> {
     Some(format!("p-{}", &hex::encode(h.finalize())[..16]))
 }
 
+/// A text element, trimmed of padding; `None` when absent or empty.
+fn text_of(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| {
+            e.to_str()
+                .ok()
+                .map(|s| s.trim_end_matches(['\0', ' ']).trim().to_string())
+        })
+        .filter(|s| !s.is_empty())
+}
+
 /// Reads the header of a DICOM file held in memory, without decoding its pixels (the same
 /// length checks as [`DicomImage::from_bytes`] first).
 pub fn read_header(bytes: &[u8]) -> Result<DicomHeader, DecodeError> {
     let obj = parse(bytes)?;
-    let text = |tag| {
-        obj.element_opt(tag)
-            .ok()
-            .flatten()
-            .and_then(|e| {
-                e.to_str()
-                    .ok()
-                    .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-            })
-            .filter(|s| !s.is_empty())
-    };
+    let text = |tag| text_of(&obj, tag);
     let frames = obj
         .element_opt(tags::NUMBER_OF_FRAMES)
         .ok()
@@ -212,6 +215,24 @@ pub fn read_header(bytes: &[u8]) -> Result<DicomHeader, DecodeError> {
         patient_key: text(tags::PATIENT_ID).as_deref().and_then(patient_key),
         frames,
         has_pixels: obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_some(),
+    })
+}
+
+/// The patient and study attributes of a DICOM file (a replayed study), for the exam's
+/// PACS objects: each present and non-empty one, trimmed.
+pub fn read_study(bytes: &[u8]) -> Result<contract::events::SourceStudy, DecodeError> {
+    let obj = parse(bytes)?;
+    let text = |tag| text_of(&obj, tag);
+    Ok(contract::events::SourceStudy {
+        patient_name: text(tags::PATIENT_NAME),
+        patient_id: text(tags::PATIENT_ID),
+        patient_birth_date: text(tags::PATIENT_BIRTH_DATE),
+        patient_sex: text(tags::PATIENT_SEX),
+        study_uid: text(tags::STUDY_INSTANCE_UID),
+        study_id: text(tags::STUDY_ID),
+        accession: text(tags::ACCESSION_NUMBER),
+        study_date: text(tags::STUDY_DATE),
+        study_time: text(tags::STUDY_TIME),
     })
 }
 
@@ -1026,6 +1047,26 @@ fn check_lengths(body: &[u8]) -> Result<(), DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_study_s_patient_and_study_attributes_are_read() {
+        use dicom_core::{DataElement, VR};
+        let ts = dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN;
+        let mut obj =
+            crate::synthetic::dicom_object(8, 8, "MONOCHROME2", 1, 1, vec![0; 64], None, ts);
+        obj.put(DataElement::new(tags::PATIENT_ID, VR::LO, "PID-77 "));
+        obj.put(DataElement::new(
+            tags::STUDY_INSTANCE_UID,
+            VR::UI,
+            "1.2.3.4",
+        ));
+        obj.put(DataElement::new(tags::ACCESSION_NUMBER, VR::SH, ""));
+        let s = read_study(&crate::synthetic::part10(obj, ts)).unwrap();
+        assert_eq!(s.patient_id.as_deref(), Some("PID-77"));
+        assert_eq!(s.study_uid.as_deref(), Some("1.2.3.4"));
+        assert_eq!(s.accession, None, "empty is absent");
+        assert!(read_study(b"not dicom").is_err());
+    }
 
     #[test]
     fn ybr_grey_stays_grey() {

@@ -6,7 +6,11 @@ use std::time::Instant;
 use usimage::{DecodeError, UsFile};
 
 fn check(name: &str) -> DecodeError {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz-regressions/").to_string() + name;
+    let path = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("tests/fuzz-regressions")
+        .join(name);
     let bytes = std::fs::read(&path).unwrap();
     let t = Instant::now();
     let e = UsFile::from_bytes(&bytes).expect_err(name);

@@ -8,12 +8,14 @@ use std::path::PathBuf;
 use usimage::detect::iou;
 use usimage::{Detector, GreyFrame, Normalization, Preprocessor, ScanKind, UsFile};
 
+/// Under this checkout (the run-time CARGO_MANIFEST_DIR wins over the compiled-in one: the
+/// target directory may be shared with another checkout).
 fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/ultrasound/"
-    ))
-    .join(rel)
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("../../../shared/fixtures/ultrasound/")
+        .join(rel)
 }
 
 fn first_frame(rel: &str) -> (UsFile, GreyFrame) {

@@ -44,20 +44,9 @@ impl Equipment {
     }
 }
 
-/// Patient and study attributes copied from a replayed DICOM study, which win over the
+/// Patient and study attributes copied from a replayed DICOM study; they win over the
 /// session's entered context.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SourceStudy {
-    pub patient_name: Option<String>,
-    pub patient_id: Option<String>,
-    pub patient_birth_date: Option<String>,
-    pub patient_sex: Option<String>,
-    pub study_uid: Option<String>,
-    pub study_id: Option<String>,
-    pub accession: Option<String>,
-    pub study_date: Option<String>,
-    pub study_time: Option<String>,
-}
+pub use contract::events::SourceStudy;
 
 /// Everything an exam's objects are made from.
 #[derive(Debug, Clone)]
@@ -707,6 +696,7 @@ pub fn session_objects(
         .find(|s| s.id == id)
         .ok_or_else(|| SessionObjectsError::NoSession(id.to_string()))?;
     let context = store.context(id)?;
+    let source = store.source(id)?;
     let mut frames = Vec::new();
     for (seq, path) in store.frames(id)? {
         let png = std::fs::read(&path).map_err(|source| SessionObjectsError::Read {
@@ -720,7 +710,58 @@ pub fn session_objects(
         context: context.as_ref(),
         key_frames: &frames,
         equipment,
-        source: None,
+        source: source.as_ref(),
         now_ms: crate::outbox::now_ms(),
     })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag(m: &Made, t: Tag) -> String {
+        let f = dicom_object::from_reader(&m.bytes[128..]).unwrap();
+        f.element(t)
+            .map(|e| e.to_str().unwrap().trim_end_matches('\0').to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_replayed_study_s_attributes_win_over_the_entered_context() {
+        let session = crate::sample::session();
+        let ctx = crate::sample::context();
+        let source = SourceStudy {
+            patient_id: Some("SRC-PID".into()),
+            study_uid: Some("1.2.826.0.1.3680043.2.1125.1".into()),
+            patient_name: Some("Doe^Jane".into()),
+            ..SourceStudy::default()
+        };
+        let eq = Equipment::renalscan("c", "0");
+        let input = ExamInput {
+            session: &session,
+            context: Some(&ctx),
+            key_frames: &[],
+            equipment: &eq,
+            source: Some(&source),
+            now_ms: 0,
+        };
+        let made = exam_objects(&input).unwrap();
+        let sr = &made[0];
+        assert_eq!(tag(sr, tags::PATIENT_ID), "SRC-PID");
+        assert_eq!(tag(sr, tags::PATIENT_NAME), "Doe^Jane");
+        assert_eq!(
+            tag(sr, tags::STUDY_INSTANCE_UID),
+            "1.2.826.0.1.3680043.2.1125.1"
+        );
+        // What the source leaves out comes from the context.
+        assert_eq!(tag(sr, tags::ACCESSION_NUMBER), "ACC-2291");
+        // Without a source: the context, and a study of its own.
+        let own = exam_objects(&ExamInput {
+            source: None,
+            ..input
+        })
+        .unwrap();
+        assert_eq!(tag(&own[0], tags::PATIENT_ID), "MRN-00417");
+        assert!(tag(&own[0], tags::STUDY_INSTANCE_UID).starts_with("2.25."));
+    }
 }

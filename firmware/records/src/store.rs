@@ -7,7 +7,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use contract::events::SessionContext;
+use contract::events::{SessionContext, SourceStudy};
 use serde::{Deserialize, Serialize};
 
 use crate::session::valid_id;
@@ -111,7 +111,16 @@ impl SessionStore {
 
     /// The context entered for a session (`None`: none kept, or purged).
     pub fn context(&self, id: &str) -> Result<Option<SessionContext>, StoreError> {
-        let p = self.dir(id)?.join("context.json");
+        self.read_json(id, "context.json")
+    }
+
+    /// A JSON file of the session's folder (`None`: not there).
+    fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        id: &str,
+        name: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let p = self.dir(id)?.join(name);
         match fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)
@@ -122,6 +131,21 @@ impl SessionStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(&p)(e)),
         }
+    }
+
+    /// Keeps the patient and study attributes of the replayed DICOM study an exam screened
+    /// (beside the context: the same sensitivity, the same retention).
+    pub fn write_source(&self, id: &str, source: &SourceStudy) -> Result<(), StoreError> {
+        let dir = self.dir(id)?;
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let p = dir.join("source.json");
+        let bytes = serde_json::to_vec_pretty(source).unwrap_or_default();
+        write_atomic(&p, &bytes).map_err(io(&p))
+    }
+
+    /// The source study's attributes, when the exam screened a replayed DICOM study.
+    pub fn source(&self, id: &str) -> Result<Option<SourceStudy>, StoreError> {
+        self.read_json(id, "source.json")
     }
 
     /// Keeps a key frame (PNG) of the decision journalled as `seq`.

@@ -74,6 +74,45 @@ pub struct RunSummary {
 }
 
 /// Runs until the source ends, `pipeline.max_frames`, or `term` is set (signal).
+/// The patient and study attributes of the replayed DICOM file (or a folder's first DICOM
+/// file), when the source is one and it says anything. Nothing about them is logged.
+fn source_study(cfg: &Config) -> Option<crate::events::SourceStudy> {
+    if cfg.source.kind != SourceKind::Replay {
+        return None;
+    }
+    let path = cfg.source.replay.path.as_ref()?;
+    let file = if path.is_dir() {
+        crate::source::replay::list_frames(path)
+            .ok()?
+            .into_iter()
+            .find(|p| {
+                std::fs::read(p)
+                    .map(|b| usimage::dicom::is_dicom(&b))
+                    .unwrap_or(false)
+            })?
+    } else {
+        path.clone()
+    };
+    let bytes = std::fs::read(&file).ok()?;
+    if !usimage::dicom::is_dicom(&bytes) {
+        return None;
+    }
+    match usimage::dicom::read_study(&bytes) {
+        Ok(s) if !s.is_empty() => {
+            log::info!(
+                "replayed DICOM study {}: exams copy its patient and study attributes",
+                file.display()
+            );
+            Some(s)
+        }
+        Ok(_) => None,
+        Err(e) => {
+            log::warn!("{}: study attributes not read: {e}", file.display());
+            None
+        }
+    }
+}
+
 /// How often a running cart applies the retention period.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
@@ -174,6 +213,9 @@ pub struct Runtime<'o> {
     /// every [`RETENTION_EVERY`] after, so a cart that never restarts still forgets.
     retention: Option<(std::path::PathBuf, u32)>,
     last_retention: Instant,
+    /// The patient and study of a replayed DICOM study, kept with each exam it screens so
+    /// its PACS objects join that study.
+    source_study: Option<crate::events::SourceStudy>,
 }
 
 impl<'o> Runtime<'o> {
@@ -245,6 +287,7 @@ impl<'o> Runtime<'o> {
             retention: (cfg.journal.enabled && cfg.session.retention_days > 0)
                 .then(|| (cfg.journal.dir.clone(), cfg.session.retention_days)),
             last_retention: now,
+            source_study: source_study(cfg),
         })
         .map(|mut rt| {
             if cfg.journal.enabled {
@@ -341,6 +384,11 @@ impl<'o> Runtime<'o> {
         if let Err(e) = self.store.begin(&id, &ctx) {
             log::error!("session not started: {e} (session.dir must be writable)");
             return;
+        }
+        if let Some(s) = &self.source_study {
+            if let Err(e) = self.store.write_source(&id, s) {
+                log::error!("session {id}: the source study's attributes not kept: {e}");
+            }
         }
         let state = self.sinks.session(&SessionRecord {
             session: id.clone(),

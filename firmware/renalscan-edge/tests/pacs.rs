@@ -54,14 +54,20 @@ fn exam(s: &Setup, pacs: &str) -> (Vec<Value>, String) {
         .iter()
         .map(|x| x.to_string()),
     );
+    let (lines, log) = run_to_end(&args);
+    assert!(!log.contains(PATIENT), "patient id in the log");
+    (lines, log)
+}
+
+/// Runs the runtime to its end; its stdout lines and log.
+fn run_to_end(args: &[String]) -> (Vec<Value>, String) {
     let out = Command::new(edge_bin())
-        .args(&args)
+        .args(args)
         .env("RUST_LOG", "info")
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{log}");
-    assert!(!log.contains(PATIENT), "patient id in the log");
     (json_lines(&String::from_utf8_lossy(&out.stdout)), log)
 }
 
@@ -204,4 +210,61 @@ fn pacs_down_for_the_exam_then_a_drain_killed_midway_still_delivers_once() {
 fn lock_held(dir: &Path) -> bool {
     let f = std::fs::File::open(dir.join("lock")).unwrap();
     f.try_lock().is_err()
+}
+
+/// An exam over a replayed DICOM study joins that study in the PACS: its objects carry the
+/// study's patient and Study Instance UID, not a new study of their own.
+#[test]
+fn a_replayed_dicom_study_s_exam_joins_its_study() {
+    use dicom_core::{DataElement, VR};
+    use dicom_dictionary_std::tags;
+    let s = setup(10.0);
+    let ts = dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN;
+    let (w, h, frames) = (96u16, 64u16, 6u32);
+    let pixels: Vec<u8> = (0..u32::from(w) * u32::from(h) * frames)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let mut obj =
+        usimage::synthetic::dicom_object(w, h, "MONOCHROME2", 1, frames, pixels, None, ts);
+    let study_uid = "1.2.826.0.1.3680043.8.498.4471";
+    obj.put(DataElement::new(tags::PATIENT_ID, VR::LO, "DCM-PAT-31"));
+    obj.put(DataElement::new(tags::PATIENT_NAME, VR::PN, "Test^Child"));
+    obj.put(DataElement::new(
+        tags::STUDY_INSTANCE_UID,
+        VR::UI,
+        study_uid,
+    ));
+    obj.put(DataElement::new(
+        tags::ACCESSION_NUMBER,
+        VR::SH,
+        "SRC-ACC-5",
+    ));
+    let cine = s.root.join("cine.dcm");
+    std::fs::write(&cine, usimage::synthetic::part10(obj, ts)).unwrap();
+
+    let pacs = Orthanc::start(&s.root.join("orthanc"));
+    let mut args = run_args(&s.cfg, &s.bundle, &cine, &["--fps", "20"]);
+    args.extend(
+        ["--session", "--pacs", &pacs.address()]
+            .iter()
+            .map(|x| x.to_string()),
+    );
+    let (_, log) = run_to_end(&args);
+    assert!(
+        !log.contains("DCM-PAT-31") && !log.contains("Test^Child"),
+        "{log}"
+    );
+    let items = listed(&s);
+    assert!(!items.is_empty(), "nothing queued:\n{log}");
+    for i in &items {
+        assert_eq!(i["state"], "sent", "{i}");
+        let id = pacs.lookup(i["uid"].as_str().unwrap()).unwrap();
+        let tags = pacs
+            .get(&format!("/instances/{id}/simplified-tags"))
+            .unwrap();
+        assert_eq!(tags["PatientID"], "DCM-PAT-31", "{tags}");
+        assert_eq!(tags["PatientName"], "Test^Child");
+        assert_eq!(tags["StudyInstanceUID"], study_uid);
+        assert_eq!(tags["AccessionNumber"], "SRC-ACC-5");
+    }
 }

