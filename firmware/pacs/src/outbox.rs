@@ -120,6 +120,22 @@ pub struct Outbox {
     index: BTreeMap<String, usize>,
 }
 
+/// `created` in the outbox `dir`, written now when missing.
+fn ob_created(dir: &Path) -> u64 {
+    let p = dir.join("created");
+    if let Some(ms) = std::fs::read_to_string(&p)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+    {
+        return ms;
+    }
+    let now = now_ms();
+    if let Err(e) = records::store::write_atomic(&p, now.to_string().as_bytes()) {
+        log::warn!("pacs outbox: {}: {e}", p.display());
+    }
+    now
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -168,6 +184,8 @@ impl Outbox {
             items: Vec::new(),
             index: BTreeMap::new(),
         };
+        // Marks when the outbox began, the first time.
+        let _ = ob_created(dir);
         for r in Journal::records(dir.join("journal")).map_err(jerr)? {
             match r {
                 Ok(rec) => match serde_json::from_slice::<Entry>(&rec.payload) {
@@ -265,6 +283,29 @@ impl Outbox {
 
     fn path(&self, uid: &str) -> PathBuf {
         self.dir.join("objects").join(format!("{uid}.dcm"))
+    }
+
+    /// When this outbox began (kept in `created` beside it, written at the first call):
+    /// exams that ended before are not [`Self::missed`], so enabling the PACS does not send
+    /// a cart's whole history.
+    pub fn created_ms(&self) -> u64 {
+        ob_created(&self.dir)
+    }
+
+    /// Ended or interrupted exams since the outbox began that it has not queued (the
+    /// runtime stopped between an exam's end and its queueing).
+    pub fn missed<'a>(&self, sessions: &'a [records::Session]) -> Vec<&'a records::Session> {
+        let since = self.created_ms();
+        sessions
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.state,
+                    records::SessionState::Ended | records::SessionState::Interrupted
+                ) && s.ended_ms.unwrap_or(s.started_ms) >= since
+                    && !self.has_session(&s.id)
+            })
+            .collect()
     }
 
     /// Whether this session's objects were queued already.
@@ -589,5 +630,28 @@ mod tests {
         ));
         let kinds: Vec<Kind> = ob.items().iter().map(|i| i.kind).collect();
         assert_eq!(kinds.last(), Some(&Kind::StructuredReport));
+    }
+
+    #[test]
+    fn missed_exams_are_those_ended_since_the_outbox_began_and_not_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path()).unwrap();
+        let began = ob.created_ms();
+        assert_eq!(ob.created_ms(), began, "kept");
+        let exam = |id: &str, ended: u64, state| records::Session {
+            id: id.into(),
+            started_ms: ended - 1000,
+            ended_ms: Some(ended),
+            state,
+            ..crate::sample::session()
+        };
+        let sessions = vec![
+            exam("s-old", began - 5000, records::SessionState::Ended),
+            exam("s-new", began + 5000, records::SessionState::Ended),
+            exam("s-cut", began + 6000, records::SessionState::Interrupted),
+            exam("s-open", began + 7000, records::SessionState::Open),
+        ];
+        let ids: Vec<&str> = ob.missed(&sessions).iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["s-new", "s-cut"]);
     }
 }

@@ -16,7 +16,8 @@ pub struct PacsPlaces {
     /// TOML configuration (`[pacs]`, `journal.dir`).
     #[arg(long, short)]
     pub config: Option<PathBuf>,
-    /// Journal directory (overrides journal.dir).
+    /// Journal directory (overrides journal.dir): where `outbox drain` finds ended exams
+    /// that were never queued.
     #[arg(long)]
     pub journal: Option<PathBuf>,
     /// The PACS, `AET@HOST:PORT` (overrides pacs.called_ae, host and port).
@@ -29,11 +30,19 @@ pub struct PacsPlaces {
 
 impl PacsPlaces {
     fn resolve(&self, need_address: bool) -> anyhow::Result<PacsConfig> {
-        let cfg = match &self.config {
+        self.resolve_all(need_address).map(|(p, _)| p)
+    }
+
+    /// The PACS settings and the whole configuration (journal, session store, device id).
+    fn resolve_all(&self, need_address: bool) -> anyhow::Result<(PacsConfig, Config)> {
+        let mut cfg = match &self.config {
             Some(p) => Config::load(p)?,
             None => Config::default(),
         };
-        let mut p = cfg.pacs;
+        if let Some(j) = &self.journal {
+            cfg.journal.dir = j.clone();
+        }
+        let mut p = cfg.pacs.clone();
         if let Some(a) = &self.pacs {
             p.set_address(a)?;
         }
@@ -43,7 +52,7 @@ impl PacsPlaces {
         if need_address {
             p.validate()?;
         }
-        Ok(p)
+        Ok((p, cfg))
     }
 }
 
@@ -63,7 +72,8 @@ pub enum OutboxCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Send what is waiting now (one association).
+    /// Queue ended exams the runtime did not (it stopped between an exam's end and its
+    /// queueing; read from the journal), then send what is waiting (one association).
     Drain(PacsPlaces),
     /// Put quarantined objects (all, or one) back in the queue.
     Retry {
@@ -137,8 +147,21 @@ pub fn cmd_outbox(c: OutboxCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         OutboxCmd::Drain(places) => {
-            let p = places.resolve(true)?;
+            let (p, cfg) = places.resolve_all(true)?;
             let mut ob = pacs::Outbox::open(&p.outbox)?;
+            if cfg.journal.dir.is_dir() {
+                let sessions = records::read(&cfg.journal.dir)?;
+                let store = records::SessionStore::at(&cfg.session.dir);
+                let eq =
+                    pacs::Equipment::renalscan(&cfg.cartlink.device_id, env!("CARGO_PKG_VERSION"));
+                let missed: Vec<String> =
+                    ob.missed(&sessions).iter().map(|s| s.id.clone()).collect();
+                for id in missed {
+                    let made = pacs::session_objects(&sessions, &id, &store, &eq)?;
+                    let n = ob.enqueue(&id, &made)?;
+                    println!("exam {id}: {n} objects queued (it ended without being queued)");
+                }
+            }
             let mut dc = p.drain_config()?;
             dc.pace = crate::sink::pacs::test_pace();
             let r = ob.drain(&p.addr(), &dc);

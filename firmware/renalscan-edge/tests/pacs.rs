@@ -268,3 +268,36 @@ fn a_replayed_dicom_study_s_exam_joins_its_study() {
         assert_eq!(tags["AccessionNumber"], "SRC-ACC-5");
     }
 }
+
+/// An exam that ended without being queued (here: a run without the PACS, after the outbox
+/// began) is found in the journal by `outbox drain` and sent.
+#[test]
+fn outbox_drain_queues_an_exam_the_runtime_never_queued() {
+    let s = setup(1.0);
+    let o = outbox(&s, &["list"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::thread::sleep(Duration::from_millis(20));
+    let mut args = run_args(&s.cfg, &s.bundle, &s.frames, &["--fps", "20"]);
+    args.extend(
+        [
+            "--session",
+            "--patient-id",
+            PATIENT,
+            "--accession",
+            "ACC-77",
+        ]
+        .iter()
+        .map(|x| x.to_string()),
+    );
+    run_to_end(&args);
+    assert!(listed(&s).is_empty(), "the run had no PACS");
+    let pacs = Orthanc::start(&s.root.join("orthanc"));
+    let o = outbox(&s, &["drain", "--pacs", &pacs.address()]);
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(said.contains("objects queued"), "{said}");
+    check_arrived(&pacs, &listed(&s));
+    // Nothing is queued twice.
+    let o = outbox(&s, &["drain", "--pacs", &pacs.address()]);
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("objects queued"));
+}

@@ -244,9 +244,8 @@ impl Worker {
     }
 
     /// Ended or interrupted exams the outbox has not seen (the runtime stopped between the
-    /// end and the queueing), since the outbox was made.
+    /// end and the queueing), since the outbox began.
     fn catch_up(&mut self) {
-        let created = self.created_ms();
         let sessions = match records::read(&self.journal) {
             Ok(s) => s,
             Err(e) => {
@@ -254,38 +253,16 @@ impl Worker {
                 return;
             }
         };
-        let missed: Vec<String> = sessions
+        let missed: Vec<String> = self
+            .outbox
+            .missed(&sessions)
             .iter()
-            .filter(|s| {
-                matches!(
-                    s.state,
-                    records::SessionState::Ended | records::SessionState::Interrupted
-                ) && s.ended_ms.unwrap_or(s.started_ms) >= created
-                    && !self.outbox.has_session(&s.id)
-            })
             .map(|s| s.id.clone())
             .collect();
         for id in missed {
             self.queue_from(&sessions, &id);
         }
         self.publish(None, None);
-    }
-
-    /// When the outbox was first used by the runtime (kept in `created` beside it), so
-    /// enabling the PACS does not send a cart's whole history.
-    fn created_ms(&self) -> u64 {
-        let p = self.outbox.dir().join("created");
-        if let Some(ms) = std::fs::read_to_string(&p)
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-        {
-            return ms;
-        }
-        let now = pacs::outbox::now_ms();
-        if let Err(e) = records::store::write_atomic(&p, now.to_string().as_bytes()) {
-            log::warn!("pacs: {}: {e}", p.display());
-        }
-        now
     }
 
     fn queue(&mut self, id: &str) {
