@@ -35,9 +35,9 @@ fn setup(drain_on_shutdown_s: f32) -> Setup {
     s
 }
 
-/// One exam over the sweep (normal, then abnormal), sent to `pacs`; the run's stdout lines
-/// and log.
-fn exam(s: &Setup, pacs: &str) -> (Vec<Value>, String) {
+/// One exam over the sweep (normal, then abnormal), sent to `pacs` if given; the run's
+/// stdout lines and log.
+fn exam(s: &Setup, pacs: Option<&str>) -> (Vec<Value>, String) {
     let mut args = run_args(&s.cfg, &s.bundle, &s.frames, &["--fps", "20"]);
     args.extend(
         [
@@ -48,12 +48,13 @@ fn exam(s: &Setup, pacs: &str) -> (Vec<Value>, String) {
             "ACC-77",
             "--side",
             "left",
-            "--pacs",
-            pacs,
         ]
         .iter()
         .map(|x| x.to_string()),
     );
+    if let Some(p) = pacs {
+        args.extend(["--pacs".to_string(), p.to_string()]);
+    }
     let (lines, log) = run_to_end(&args);
     assert!(!log.contains(PATIENT), "patient id in the log");
     (lines, log)
@@ -122,7 +123,7 @@ fn check_arrived(pacs: &Orthanc, items: &[Value]) {
 fn an_ended_exam_arrives_in_the_pacs() {
     let s = setup(10.0);
     let pacs = Orthanc::start(&s.root.join("orthanc"));
-    let (lines, _log) = exam(&s, &pacs.address());
+    let (lines, _log) = exam(&s, Some(&pacs.address()));
     let items = listed(&s);
     check_arrived(&pacs, &items);
     // The status carried the outbox.
@@ -150,13 +151,13 @@ fn pacs_down_for_the_exam_then_a_drain_killed_midway_still_delivers_once() {
     let mut pacs = Orthanc::start(&dir);
     let (dicom, http, address) = (pacs.dicom_port, pacs.http_port, pacs.address());
     pacs.stop();
-    let (_, log) = exam(&s, &address);
+    let (_, log) = exam(&s, Some(&address));
     let first = listed(&s);
     assert!(first.len() >= 2, "{first:?}\n{log}");
     assert!(first.iter().all(|i| i["state"] == "pending"), "{first:?}");
     // The next exam, still without a PACS: what waits survives the restart and shows in
     // the status with the reason.
-    let (lines, _) = exam(&s, &address);
+    let (lines, _) = exam(&s, Some(&address));
     let waiting = listed(&s);
     assert_eq!(waiting.len(), 2 * first.len(), "{waiting:?}");
     assert!(
@@ -277,19 +278,7 @@ fn outbox_drain_queues_an_exam_the_runtime_never_queued() {
     let o = outbox(&s, &["list"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::thread::sleep(Duration::from_millis(20));
-    let mut args = run_args(&s.cfg, &s.bundle, &s.frames, &["--fps", "20"]);
-    args.extend(
-        [
-            "--session",
-            "--patient-id",
-            PATIENT,
-            "--accession",
-            "ACC-77",
-        ]
-        .iter()
-        .map(|x| x.to_string()),
-    );
-    run_to_end(&args);
+    exam(&s, None);
     assert!(listed(&s).is_empty(), "the run had no PACS");
     let pacs = Orthanc::start(&s.root.join("orthanc"));
     let o = outbox(&s, &["drain", "--pacs", &pacs.address()]);
