@@ -128,10 +128,10 @@ pub fn exam_objects(input: &ExamInput<'_>) -> Result<Vec<Made>, ObjectError> {
         birth_date: src.patient_birth_date.unwrap_or_default(),
         sex: src.patient_sex.unwrap_or_default(),
         study_uid: src.study_uid.unwrap_or_else(new_uid),
-        // SH: 16 characters; the session id's time part names the exam.
+        // SH, 16 characters: the exam's start time, `YYYYMMDDTHHMMSS`.
         study_id: src
             .study_id
-            .unwrap_or_else(|| s.id.trim_start_matches("s-").chars().take(16).collect()),
+            .unwrap_or_else(|| records::time::compact(s.started_ms)),
         accession: src.accession.or(ctx.accession).unwrap_or_default(),
         study_date: src.study_date.unwrap_or(study_date),
         study_time: src.study_time.unwrap_or(study_time),

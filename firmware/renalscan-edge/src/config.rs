@@ -574,6 +574,108 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Every duration, rate, size and count in range (NaN and infinity are out of every
+    /// range), each error naming its key and the range.
+    fn check_ranges(&self) -> anyhow::Result<()> {
+        fn within<T: PartialOrd + std::fmt::Display>(
+            key: &str,
+            v: T,
+            lo: T,
+            hi: T,
+            unit: &str,
+        ) -> anyhow::Result<()> {
+            anyhow::ensure!(
+                v >= lo && v <= hi,
+                "{key} must be in [{lo}, {hi}]{unit}, got {v}"
+            );
+            Ok(())
+        }
+        let (src, j, a) = (&self.source, &self.journal, &self.aggregate);
+        within("source.v4l.width", src.v4l.width, 16, 8192, " pixels")?;
+        within("source.v4l.height", src.v4l.height, 16, 8192, " pixels")?;
+        within("source.v4l.fps", src.v4l.fps, 1, 240, "")?;
+        within("source.v4l.buffers", src.v4l.buffers, 1, 32, "")?;
+        within("source.v4l.timeout_ms", src.v4l.timeout_ms, 10, 60_000, "")?;
+        within(
+            "source.replay.fps",
+            src.replay.fps,
+            0.0,
+            240.0,
+            " (0 = as fast as the pipeline takes them)",
+        )?;
+        within("source.phantom.fps", src.phantom.fps, 0.0, 240.0, "")?;
+        if let Some(v) = src.phantom.severity {
+            within("source.phantom.severity", v, 0.0, 1.0, "")?;
+        }
+        if let Some(v) = src.phantom.frames {
+            within("source.phantom.frames", v, 1, 10_000_000, "")?;
+        }
+        within(
+            "source.reopen.initial_ms",
+            src.reopen.initial_ms,
+            1,
+            60_000,
+            "",
+        )?;
+        within("source.reopen.max_ms", src.reopen.max_ms, 1, 600_000, "")?;
+        within(
+            "pipeline.infer_every",
+            self.pipeline.infer_every,
+            1,
+            1000,
+            "",
+        )?;
+        within(
+            "gate.blank_max_mean",
+            self.gate.blank_max_mean,
+            0.0,
+            255.0,
+            "",
+        )?;
+        within(
+            "aggregate.report_every_s",
+            a.report_every_s,
+            0.0,
+            3600.0,
+            " (0 = every frame)",
+        )?;
+        within(
+            "aggregate.reset_after_gated",
+            a.reset_after_gated,
+            0,
+            100_000,
+            "",
+        )?;
+        within(
+            "output.status_every_s",
+            self.output.status_every_s,
+            0.01,
+            3600.0,
+            "",
+        )?;
+        within("journal.segment_bytes", j.segment_bytes, 4096, 1 << 30, "")?;
+        within(
+            "journal.max_total_bytes",
+            j.max_total_bytes,
+            4096,
+            1 << 40,
+            "",
+        )?;
+        within("journal.max_segments", j.max_segments, 1, 100_000, "")?;
+        within("journal.hold_capacity", j.hold_capacity, 1, 1_000_000, "")?;
+        within("journal.retry_every_s", j.retry_every_s, 0.01, 3600.0, "")?;
+        within("cartlink.baud", self.cartlink.baud, 1200, 4_000_000, "")?;
+        within(
+            "cartlink.resend_after_ms",
+            self.cartlink.resend_after_ms,
+            10,
+            60_000,
+            "",
+        )?;
+        within("snapshot.keep", self.snapshot.keep, 1, 1_000_000, "")?;
+        Ok(())
+    }
+
     /// Range checks that serde cannot express.
     pub fn validate(&self) -> anyhow::Result<()> {
         let a = &self.aggregate;
@@ -600,18 +702,14 @@ impl Config {
                 "aggregate.threshold must be in [0, 1]"
             );
         }
+        self.check_ranges()?;
         anyhow::ensure!(
-            self.pipeline.infer_every >= 1,
-            "pipeline.infer_every must be at least 1"
+            self.source.reopen.max_ms >= self.source.reopen.initial_ms,
+            "source.reopen.max_ms must be at least source.reopen.initial_ms"
         );
         anyhow::ensure!(
-            self.source.reopen.initial_ms >= 1
-                && self.source.reopen.max_ms >= self.source.reopen.initial_ms,
-            "source.reopen needs 1 <= initial_ms <= max_ms"
-        );
-        anyhow::ensure!(
-            self.output.status_every_s > 0.0,
-            "output.status_every_s must be positive"
+            self.journal.max_total_bytes >= self.journal.segment_bytes,
+            "journal.max_total_bytes must be at least journal.segment_bytes"
         );
         if self.ui.enabled {
             self.ui.validate()?;
@@ -645,6 +743,98 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every numeric key, with the TOML section it lives in.
+    const NUMERIC_KEYS: &[(&str, &str)] = &[
+        ("source.v4l", "width"),
+        ("source.v4l", "height"),
+        ("source.v4l", "fps"),
+        ("source.v4l", "buffers"),
+        ("source.v4l", "timeout_ms"),
+        ("source.replay", "fps"),
+        ("source.phantom", "fps"),
+        ("source.phantom", "severity"),
+        ("source.phantom", "frames"),
+        ("source.phantom", "seed"),
+        ("source.reopen", "initial_ms"),
+        ("source.reopen", "max_ms"),
+        ("pipeline", "infer_every"),
+        ("pipeline", "max_frames"),
+        ("gate", "blank_max_range"),
+        ("gate", "blank_max_mean"),
+        ("aggregate", "window"),
+        ("aggregate", "min_frames"),
+        ("aggregate", "hysteresis"),
+        ("aggregate", "threshold"),
+        ("aggregate", "report_every_s"),
+        ("aggregate", "reset_after_gated"),
+        ("output", "status_every_s"),
+        ("journal", "segment_bytes"),
+        ("journal", "max_total_bytes"),
+        ("journal", "max_segments"),
+        ("journal", "hold_capacity"),
+        ("journal", "retry_every_s"),
+        ("cartlink", "baud"),
+        ("cartlink", "resend_after_ms"),
+        ("snapshot", "keep"),
+        ("session", "retention_days"),
+        ("pacs", "port"),
+        ("pacs", "connect_timeout_s"),
+        ("pacs", "io_timeout_s"),
+        ("pacs", "retry_cap"),
+        ("pacs", "backoff_initial_s"),
+        ("pacs", "backoff_max_s"),
+        ("pacs", "drain_on_shutdown_s"),
+    ];
+
+    fn numeric_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<i64>().prop_map(|v| v.to_string()),
+            (-10i64..10_000).prop_map(|v| v.to_string()),
+            any::<f64>().prop_map(|v| format!("{v:?}")),
+            (-1.0f64..100.0).prop_map(|v| format!("{v:?}")),
+            proptest::sample::select(vec!["inf", "-inf", "nan", "0", "0.0", "-0.0"])
+                .prop_map(str::to_string),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any value for any numeric key: a clear error that names the key (or says the value
+        /// is not the key's type), or a configuration that validates; never a panic.
+        #[test]
+        fn every_numeric_key_is_checked(
+            key in proptest::sample::select(NUMERIC_KEYS.to_vec()),
+            value in numeric_value(),
+        ) {
+            let (section, name) = key;
+            let text = format!("[{section}]\n{name} = {value}\n");
+            if let Err(e) = Config::parse(&text) {
+                let msg = format!("{e:#}");
+                proptest::prop_assert!(
+                    msg.contains(name) || msg.contains("invalid type") || msg.contains("invalid value")
+                        || msg.contains("out of range") || msg.contains(section),
+                    "{text} -> {msg}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn non_finite_durations_are_refused_by_name() {
+        for (key, text) in [
+            ("output.status_every_s", "[output]\nstatus_every_s = inf\n"),
+            ("journal.retry_every_s", "[journal]\nretry_every_s = nan\n"),
+            (
+                "aggregate.report_every_s",
+                "[aggregate]\nreport_every_s = -1.0\n",
+            ),
+            ("source.v4l.buffers", "[source.v4l]\nbuffers = 0\n"),
+        ] {
+            let e = format!("{:#}", Config::parse(text).unwrap_err());
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
 
     #[test]
     fn pacs_keys_are_checked_by_name() {
