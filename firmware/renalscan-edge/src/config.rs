@@ -593,7 +593,13 @@ impl Config {
         let (src, j, a) = (&self.source, &self.journal, &self.aggregate);
         within("source.v4l.width", src.v4l.width, 16, 8192, " pixels")?;
         within("source.v4l.height", src.v4l.height, 16, 8192, " pixels")?;
-        within("source.v4l.fps", src.v4l.fps, 1, 240, "")?;
+        within(
+            "source.v4l.fps",
+            src.v4l.fps,
+            0,
+            240,
+            " (0 = the device's default)",
+        )?;
         within("source.v4l.buffers", src.v4l.buffers, 1, 32, "")?;
         within("source.v4l.timeout_ms", src.v4l.timeout_ms, 10, 60_000, "")?;
         within(
@@ -603,7 +609,13 @@ impl Config {
             240.0,
             " (0 = as fast as the pipeline takes them)",
         )?;
-        within("source.phantom.fps", src.phantom.fps, 0.0, 240.0, "")?;
+        within(
+            "source.phantom.fps",
+            src.phantom.fps,
+            0.0,
+            240.0,
+            " (0 = as fast as the pipeline takes them)",
+        )?;
         if let Some(v) = src.phantom.severity {
             within("source.phantom.severity", v, 0.0, 1.0, "")?;
         }
