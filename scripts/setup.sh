@@ -41,4 +41,11 @@ installed=$(rustup component list --installed)
 for c in rustfmt clippy; do
   grep -q "^$c" <<<"$installed" || rustup component add "$c"
 done
+# The dependency policy check (deny.toml), pinned so every machine judges alike.
+CARGO_DENY_VERSION=0.20.2
+if ! cargo deny --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION"; then
+  echo "setup: installing cargo-deny $CARGO_DENY_VERSION (a few minutes on 2 cores)"
+  CARGO_TARGET_DIR="${TMPDIR:-/tmp}/renalscan-cargo-deny" \
+    cargo install --locked --quiet cargo-deny --version "$CARGO_DENY_VERSION"
+fi
 echo "setup: ok"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The project's test command: formatting, lints, the test suite, the device crates
-# cross-built for aarch64 (contract, bundle, model, journal, operator view and PACS tests
-# and the edge runtime under qemu) and the cart link built for a Cortex-M4F microcontroller.
+# The project's test command: formatting, the dependency policy (cargo deny), lints, the
+# test suite, the device crates cross-built for aarch64 (contract, bundle, model, journal,
+# operator view and PACS tests and the edge runtime under qemu) and the cart link built for
+# a Cortex-M4F microcontroller.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -10,6 +11,9 @@ step() { echo; echo "=== $* ($(date +%H:%M:%S))"; }
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+
+step "cargo deny: licenses, bans, sources (deny.toml; advisories need a network)"
+cargo deny --offline check --hide-inclusion-graph licenses bans sources
 
 step "clippy -D warnings"
 cargo clippy --release --workspace --all-targets -- -D warnings

@@ -93,6 +93,7 @@ pub struct ExportSummary {
 }
 
 /// Free bytes for an unprivileged writer on the file system holding `path`.
+#[allow(unsafe_code)] // statvfs: std has no free-space query.
 pub fn free_bytes(path: &Path) -> Option<u64> {
     let c = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     // SAFETY: statvfs writes into the zeroed struct we own; `c` is NUL-terminated.

@@ -352,6 +352,7 @@ impl Classifier {
 /// Loading decodes the ONNX file, may rewrite it (int8 float form) and builds candidate
 /// plans: hundreds of MB that are freed once the plan exists. glibc keeps freed heap pages
 /// mapped, so without this the steady RSS would carry the load's peak for the whole run.
+#[allow(unsafe_code)] // malloc_trim: glibc has no safe interface for it.
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

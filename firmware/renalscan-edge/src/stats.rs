@@ -114,6 +114,7 @@ impl StageTimer {
 
 /// CPU time of the calling thread. Wall time on a loaded machine says more about the other
 /// processes than about this code; thread CPU time does not (tract runs on the caller).
+#[allow(unsafe_code)] // clock_gettime(CLOCK_THREAD_CPUTIME_ID): std has no thread CPU clock.
 pub fn thread_cpu() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,

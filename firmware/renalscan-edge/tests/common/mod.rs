@@ -145,6 +145,7 @@ impl Running {
     }
 
     /// Sends SIGTERM and waits for the exit and the last output.
+    #[allow(unsafe_code)] // kill(2): std can only send SIGKILL; the test needs SIGTERM.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait().unwrap();
