@@ -6,7 +6,7 @@
 # Layout (firmware/docs/install.md): /opt/renalscan/<version>/bin/renalscan-edge, the
 # symlink /opt/renalscan/current switched atomically at the end (the previous target is kept
 # for rollback), /etc/renalscan/{config.toml,keys/}, /var/lib/renalscan/{bundles,journal,
-# snapshots}, the systemd unit and the udev rule. An existing config.toml is never replaced.
+# snapshots,sessions,outbox}, the systemd unit and the udev rule. An existing config.toml is never replaced.
 #
 # DESTDIR=<dir> installs into a staging tree instead of / and skips useradd, udevadm and
 # systemctl (for image builds and for checking this script).
@@ -52,11 +52,15 @@ if [[ ! -e $root/etc/renalscan/config.toml && -f $config_example ]]; then
     echo "installed /etc/renalscan/config.toml from the example: set model.bundle, model.trusted_keys"
 fi
 
-# State. bundles/ is root-owned (the service only reads it); journal/ and snapshots/ are
-# created and owned for the service by systemd (StateDirectory=) and made here for staging.
+# State. bundles/ is root-owned (the service only reads it); journal/, snapshots/,
+# sessions/ and outbox/ are created and owned for the service by systemd (StateDirectory=)
+# and made here for staging.
 install -d -m 0755 "$root/var/lib/renalscan" "$root/var/lib/renalscan/bundles"
-install -d -m 0750 "$root/var/lib/renalscan/journal" "$root/var/lib/renalscan/snapshots"
-live && chown renalscan:renalscan /var/lib/renalscan/journal /var/lib/renalscan/snapshots
+state_dirs=(journal snapshots sessions outbox)
+for d in "${state_dirs[@]}"; do
+    install -d -m 0750 "$root/var/lib/renalscan/$d"
+    live && chown renalscan:renalscan "/var/lib/renalscan/$d"
+done
 
 # systemd unit and udev rule.
 install -D -m 0644 "$here/renalscan-edge.service" "$root/etc/systemd/system/renalscan-edge.service"
