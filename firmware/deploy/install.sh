@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs (or updates) the renalscan-edge runtime on the cart. Run as root on the device:
 #
-#   install.sh <version> <renalscan-edge binary> [config.example.toml] [install.md]
+#   install.sh <version> <renalscan-edge binary> [config.example.toml] [install.md] [sbom]
+#
+# sbom: the binary's CycloneDX SBOM (`scripts/sbom.sh` writes
+# $CARGO_TARGET_DIR/sbom/renalscan-edge.cdx.json, the default), shipped beside the binary.
 #
 # Layout (firmware/docs/install.md): /opt/renalscan/<version>/bin/renalscan-edge, the
 # symlink /opt/renalscan/current switched atomically at the end (the previous target is kept
@@ -12,13 +15,14 @@
 # systemctl (for image builds and for checking this script).
 set -euo pipefail
 
-usage() { echo "usage: $0 <version> <renalscan-edge binary> [config.example.toml] [install.md]" >&2; exit 2; }
+usage() { echo "usage: $0 <version> <renalscan-edge binary> [config.example.toml] [install.md] [sbom.cdx.json]" >&2; exit 2; }
 [[ $# -ge 2 ]] || usage
 version=$1
 binary=$2
 here=$(cd "$(dirname "$0")" && pwd)
 config_example=${3:-$here/../renalscan-edge/config.example.toml}
 install_doc=${4:-$here/../docs/install.md}
+sbom=${5:-${CARGO_TARGET_DIR:-$HOME/.cache/renalscan/target}/sbom/renalscan-edge.cdx.json}
 root=${DESTDIR:-}
 
 [[ $version =~ ^[0-9A-Za-z._+-]+$ ]] || { echo "bad version '$version'" >&2; exit 2; }
@@ -42,6 +46,12 @@ install -d -m 0755 "$dest/bin" "$dest/share/doc"
 install -m 0755 "$binary" "$dest/bin/renalscan-edge"
 [[ -f $install_doc ]] && install -m 0644 "$install_doc" "$dest/share/doc/install.md"
 [[ -f $config_example ]] && install -m 0644 "$config_example" "$dest/share/doc/config.example.toml"
+if [[ -f $sbom ]]; then
+    install -d -m 0755 "$dest/share/sbom"
+    install -m 0644 "$sbom" "$dest/share/sbom/renalscan-edge.cdx.json"
+else
+    echo "no SBOM at $sbom: run scripts/sbom.sh to ship one beside the binary" >&2
+fi
 
 # Configuration and trusted keys: root-owned, readable by the service group.
 install -d -m 0755 "$root/etc/renalscan"
