@@ -408,6 +408,40 @@ impl Outbox {
         Ok(entries.len())
     }
 
+    /// The retention period: objects queued before `cutoff_ms` that are still here
+    /// (quarantined, or never sent) hold patient data past it and are deleted, journalled.
+    /// Returns (quarantined, pending) counts deleted.
+    pub fn purge_older_than(&mut self, cutoff_ms: u64) -> Result<(usize, usize), OutboxError> {
+        let old: Vec<(String, ItemState)> = self
+            .items
+            .iter()
+            .filter(|i| {
+                i.queued_ms < cutoff_ms
+                    && matches!(i.state, ItemState::Quarantined | ItemState::Pending)
+            })
+            .map(|i| (i.uid.clone(), i.state))
+            .collect();
+        let now = now_ms();
+        for (u, _) in &old {
+            self.remove_file(u);
+        }
+        let entries: Vec<Entry> = old
+            .iter()
+            .map(|(u, _)| Entry::Purged {
+                uid: u.clone(),
+                unix_ms: now,
+            })
+            .collect();
+        self.record(&entries)?;
+        let pending = old.iter().filter(|(_, s)| *s == ItemState::Pending).count();
+        if pending > 0 {
+            log::error!(
+                "pacs outbox: {pending} objects deleted by the retention period without ever reaching the PACS"
+            );
+        }
+        Ok((old.len() - pending, pending))
+    }
+
     fn pick(
         &self,
         uid: Option<&str>,
@@ -630,6 +664,30 @@ mod tests {
         ));
         let kinds: Vec<Kind> = ob.items().iter().map(|i| i.kind).collect();
         assert_eq!(kinds.last(), Some(&Kind::StructuredReport));
+    }
+
+    #[test]
+    fn retention_deletes_what_is_left_past_the_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        ob.enqueue("s-1", &made(3)).unwrap();
+        ob.record(&[Entry::Sent {
+            uid: "2.25.0".into(),
+            status: 0,
+            unix_ms: 1,
+        }])
+        .unwrap();
+        let mut r = DrainReport::default();
+        ob.quarantine("2.25.1", "C-STORE answered 0xC000", &mut r);
+        // Nothing is older than a cutoff in the past.
+        assert_eq!(ob.purge_older_than(1).unwrap(), (0, 0));
+        assert_eq!(ob.purge_older_than(now_ms() + 1).unwrap(), (1, 1));
+        assert!(!dir.path().join("objects/2.25.1.dcm").exists());
+        assert!(!dir.path().join("objects/2.25.2.dcm").exists());
+        drop(ob);
+        let ob = Outbox::open(dir.path()).unwrap();
+        let c = ob.counts();
+        assert_eq!((c.pending, c.sent, c.quarantined), (0, 1, 0), "journalled");
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub fn from_config(cfg: &Config, classifier: &Classifier, stdout: bool) -> anyho
             cfg.journal.dir.clone(),
             cfg.session.dir.clone(),
             &cfg.cartlink.device_id,
+            cfg.session.retention_days,
         )?);
     }
     if cfg.snapshot.enabled {

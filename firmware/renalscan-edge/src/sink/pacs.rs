@@ -47,11 +47,14 @@ pub struct PacsSink {
 impl PacsSink {
     /// Starts the sender. `journal` and `sessions` are where exams are read from;
     /// `device_id` names the cart in the objects.
+    /// `retention_days` (0: keep) also bounds what stays in the outbox: objects still
+    /// there after it (quarantined, or never sent) hold patient data and are deleted.
     pub fn spawn(
         cfg: &PacsConfig,
         journal: PathBuf,
         sessions: PathBuf,
         device_id: &str,
+        retention_days: u32,
     ) -> anyhow::Result<Self> {
         let outbox = Outbox::open(&cfg.outbox)?;
         let drain = cfg.drain_config()?;
@@ -64,6 +67,7 @@ impl PacsSink {
         let worker = Worker {
             cfg: cfg.clone(),
             drain,
+            retention_days,
             journal,
             store: records::SessionStore::at(&sessions),
             equipment: Equipment::renalscan(device_id, env!("CARGO_PKG_VERSION")),
@@ -158,6 +162,7 @@ struct Worker {
     cfg: PacsConfig,
     /// Timeouts, TLS, the retry cap.
     drain: pacs::DrainConfig,
+    retention_days: u32,
     journal: PathBuf,
     store: records::SessionStore,
     equipment: Equipment,
@@ -184,6 +189,8 @@ fn jittered(d: Duration) -> Duration {
 impl Worker {
     fn run(mut self) {
         self.catch_up();
+        self.apply_retention();
+        let mut last_retention = Instant::now();
         let initial = Duration::from_secs_f32(self.cfg.backoff_initial_s);
         let max = Duration::from_secs_f32(self.cfg.backoff_max_s);
         let mut delay = initial;
@@ -210,6 +217,10 @@ impl Worker {
             }
             while let Ok(id) = self.jobs.try_recv() {
                 self.queue(&id);
+            }
+            if last_retention.elapsed() >= Duration::from_secs(3600) {
+                last_retention = Instant::now();
+                self.apply_retention();
             }
             let pending = self.outbox.counts().pending;
             if let Some(t) = stop_by {
@@ -240,6 +251,23 @@ impl Worker {
                     self.publish(Some(why), Some(held));
                 }
             }
+        }
+    }
+
+    /// Deletes what is still in the outbox after the retention period (journalled).
+    fn apply_retention(&mut self) {
+        if self.retention_days == 0 {
+            return;
+        }
+        let cutoff =
+            pacs::outbox::now_ms().saturating_sub(u64::from(self.retention_days) * 86_400_000);
+        match self.outbox.purge_older_than(cutoff) {
+            Ok((0, 0)) => {}
+            Ok((q, p)) => log::info!(
+                "pacs: retention ({} days) deleted {q} quarantined and {p} unsent objects",
+                self.retention_days
+            ),
+            Err(e) => log::error!("pacs: retention: {e}"),
         }
     }
 
