@@ -301,13 +301,39 @@ const ID: Identity<'static> = Identity {
 /// Device and cart over a line that flips, drops and inserts bytes in both directions:
 /// every result reaches the cart application exactly once and is acknowledged, and every
 /// command runs exactly once.
+/// One millisecond of traffic: everything the device has due goes down the noisy line to
+/// the cart (its results' sequence numbers collected), everything the cart has due goes up
+/// to the device (the commands it runs collected).
+fn exchange<const N: usize>(
+    link: &mut Link<N>,
+    cart: &mut Controller,
+    (down, up): (&mut Noise, &mut Noise),
+    t: u64,
+    results: &mut Vec<u32>,
+    cmds: &mut Vec<Command>,
+) {
+    let mut buf = [0u8; MAX_WIRE_FRAME];
+    let mut wire = Vec::new();
+    while let Some(k) = link.poll_transmit(t, &mut buf) {
+        down.apply(&buf[..k], &mut wire);
+    }
+    cart.receive(&wire, t, |e| {
+        if let Event::Result(r) = e {
+            results.push(r.seq)
+        }
+    });
+    wire.clear();
+    while let Some(k) = cart.poll_transmit(t, &mut buf) {
+        up.apply(&buf[..k], &mut wire);
+    }
+    link.receive(&wire, t, |c| cmds.push(c));
+}
+
 /// Returns the simulated milliseconds it took.
 fn exactly_once(seed: u64, ppm: u32, n: u32, every_ms: u64) -> Result<u64, TestCaseError> {
     let mut link: Link = Link::new(LinkConfig::default(), ID, 0xabc, 0);
     let mut cart = Controller::new(ControllerConfig::default(), 500);
     let (mut down, mut up) = (Noise::new(seed, ppm), Noise::new(!seed, ppm));
-    let mut buf = [0u8; MAX_WIRE_FRAME];
-    let mut wire = Vec::new();
     let (mut results, mut cmds) = (Vec::new(), Vec::new());
     let exam = ExamContext::new("MRN-7", "A-1", "", Some(Side::Right)).unwrap();
     cart.send_command(Command::StartExam(exam.clone())).unwrap();
@@ -331,20 +357,14 @@ fn exactly_once(seed: u64, ppm: u32, n: u32, every_ms: u64) -> Result<u64, TestC
                 cart.send_command(Command::EndExam).unwrap();
             }
         }
-        wire.clear();
-        while let Some(k) = link.poll_transmit(t, &mut buf) {
-            down.apply(&buf[..k], &mut wire);
-        }
-        cart.receive(&wire, t, |e| {
-            if let Event::Result(r) = e {
-                results.push(r.seq)
-            }
-        });
-        wire.clear();
-        while let Some(k) = cart.poll_transmit(t, &mut buf) {
-            up.apply(&buf[..k], &mut wire);
-        }
-        link.receive(&wire, t, |c| cmds.push(c));
+        exchange(
+            &mut link,
+            &mut cart,
+            (&mut down, &mut up),
+            t,
+            &mut results,
+            &mut cmds,
+        );
         if pushed == n && link.pending() == 0 && cart.commands_pending() == 0 {
             break;
         }
@@ -417,8 +437,7 @@ fn stale_results_are_dropped_not_swallowed() {
         let mut link: Link<64> = Link::new(cfg, ID, 0xabc, 0);
         let mut cart = Controller::new(ControllerConfig::default(), 500);
         let (mut down, mut up) = (Noise::new(seed, 20_000), Noise::new(!seed, 20_000));
-        let mut buf = [0u8; MAX_WIRE_FRAME];
-        let (mut wire, mut results) = (Vec::new(), Vec::new());
+        let mut results = Vec::new();
         let n = 300;
         let (mut pushed, mut t) = (0, 0u64);
         while t < 200_000 && !(pushed == n && link.pending() == 0) {
@@ -432,20 +451,14 @@ fn stale_results_are_dropped_not_swallowed() {
                 });
                 pushed += 1;
             }
-            wire.clear();
-            while let Some(k) = link.poll_transmit(t, &mut buf) {
-                down.apply(&buf[..k], &mut wire);
-            }
-            cart.receive(&wire, t, |e| {
-                if let Event::Result(r) = e {
-                    results.push(r.seq)
-                }
-            });
-            wire.clear();
-            while let Some(k) = cart.poll_transmit(t, &mut buf) {
-                up.apply(&buf[..k], &mut wire);
-            }
-            link.receive(&wire, t, |_| {});
+            exchange(
+                &mut link,
+                &mut cart,
+                (&mut down, &mut up),
+                t,
+                &mut results,
+                &mut Vec::new(),
+            );
             t += 1;
         }
         let delivered = results.len() as u32;

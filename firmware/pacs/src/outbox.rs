@@ -393,11 +393,16 @@ impl Outbox {
         let picked = self.pick(uid, |s| {
             s == ItemState::Quarantined || (pending && s == ItemState::Pending)
         })?;
+        self.purge_uids(&picked)
+    }
+
+    /// Deletes these objects' files and journals them as purged.
+    fn purge_uids(&mut self, uids: &[String]) -> Result<usize, OutboxError> {
         let now = now_ms();
-        for u in &picked {
+        for u in uids {
             self.remove_file(u);
         }
-        let entries: Vec<Entry> = picked
+        let entries: Vec<Entry> = uids
             .iter()
             .map(|u| Entry::Purged {
                 uid: u.clone(),
@@ -412,34 +417,23 @@ impl Outbox {
     /// (quarantined, or never sent) hold patient data past it and are deleted, journalled.
     /// Returns (quarantined, pending) counts deleted.
     pub fn purge_older_than(&mut self, cutoff_ms: u64) -> Result<(usize, usize), OutboxError> {
-        let old: Vec<(String, ItemState)> = self
+        let old: Vec<&Item> = self
             .items
             .iter()
             .filter(|i| {
                 i.queued_ms < cutoff_ms
                     && matches!(i.state, ItemState::Quarantined | ItemState::Pending)
             })
-            .map(|i| (i.uid.clone(), i.state))
             .collect();
-        let now = now_ms();
-        for (u, _) in &old {
-            self.remove_file(u);
-        }
-        let entries: Vec<Entry> = old
-            .iter()
-            .map(|(u, _)| Entry::Purged {
-                uid: u.clone(),
-                unix_ms: now,
-            })
-            .collect();
-        self.record(&entries)?;
-        let pending = old.iter().filter(|(_, s)| *s == ItemState::Pending).count();
+        let pending = old.iter().filter(|i| i.state == ItemState::Pending).count();
+        let uids: Vec<String> = old.iter().map(|i| i.uid.clone()).collect();
+        self.purge_uids(&uids)?;
         if pending > 0 {
             log::error!(
                 "pacs outbox: {pending} objects deleted by the retention period without ever reaching the PACS"
             );
         }
-        Ok((old.len() - pending, pending))
+        Ok((uids.len() - pending, pending))
     }
 
     fn pick(

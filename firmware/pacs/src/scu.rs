@@ -280,8 +280,8 @@ fn connect(
 }
 
 /// A DIMSE command set with its group length, encoded as PS3.7 says (implicit VR little
-/// endian); public for test peers that answer like a PACS.
-pub fn command(
+/// endian).
+fn command(
     elements: Vec<(dicom_core::Tag, dicom_core::VR, dicom_core::PrimitiveValue)>,
 ) -> Vec<u8> {
     let mut obj = InMemDicomObject::new_empty();
@@ -301,6 +301,21 @@ pub fn command(
     let _ = group.write_dataset_with_ts(&mut out, &IMPLICIT_VR_LITTLE_ENDIAN.erased());
     out.extend_from_slice(&body);
     out
+}
+
+/// A command set as the single PDU that carries it on presentation context `pc`.
+pub fn command_pdu(
+    pc: u8,
+    elements: Vec<(dicom_core::Tag, dicom_core::VR, dicom_core::PrimitiveValue)>,
+) -> Pdu {
+    Pdu::PData {
+        data: vec![PDataValue {
+            presentation_context_id: pc,
+            value_type: PDataValueType::Command,
+            is_last: true,
+            data: command(elements),
+        }],
+    }
 }
 
 /// Reads the next response's command set; its Status.
@@ -353,25 +368,21 @@ pub fn echo(addr: &PacsAddr, link: &LinkOptions) -> Result<(), NetError> {
             sop_class: "Verification".into(),
         })?;
     use dicom_core::{PrimitiveValue as P, VR};
-    let rq = command(vec![
-        (
-            tags::AFFECTED_SOP_CLASS_UID,
-            VR::UI,
-            P::from(uids::VERIFICATION),
-        ),
-        (tags::COMMAND_FIELD, VR::US, P::from(0x0030_u16)),
-        (tags::MESSAGE_ID, VR::US, P::from(1_u16)),
-        (tags::COMMAND_DATA_SET_TYPE, VR::US, P::from(0x0101_u16)),
-    ]);
+    let rq = command_pdu(
+        pc,
+        vec![
+            (
+                tags::AFFECTED_SOP_CLASS_UID,
+                VR::UI,
+                P::from(uids::VERIFICATION),
+            ),
+            (tags::COMMAND_FIELD, VR::US, P::from(0x0030_u16)),
+            (tags::MESSAGE_ID, VR::US, P::from(1_u16)),
+            (tags::COMMAND_DATA_SET_TYPE, VR::US, P::from(0x0101_u16)),
+        ],
+    );
     assoc
-        .send(&Pdu::PData {
-            data: vec![PDataValue {
-                presentation_context_id: pc,
-                value_type: PDataValueType::Command,
-                is_last: true,
-                data: rq,
-            }],
-        })
+        .send(&rq)
         .map_err(|e| ul_error(addr, &addr.calling_ae, e))?;
     let status = read_status(&mut assoc, addr)?;
     assoc.release();
@@ -436,25 +447,20 @@ impl StoreAssociation {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         use dicom_core::{PrimitiveValue as P, VR};
-        let rq = command(vec![
-            (tags::AFFECTED_SOP_CLASS_UID, VR::UI, P::from(sop_class)),
-            (tags::COMMAND_FIELD, VR::US, P::from(0x0001_u16)),
-            (tags::MESSAGE_ID, VR::US, P::from(id)),
-            (tags::PRIORITY, VR::US, P::from(0x0000_u16)),
-            (tags::COMMAND_DATA_SET_TYPE, VR::US, P::from(0x0000_u16)),
-            (tags::AFFECTED_SOP_INSTANCE_UID, VR::UI, P::from(uid)),
-        ]);
-        let ul = |e| ul_error(&self.addr, &self.addr.calling_ae, e);
+        let rq = command_pdu(
+            pc.id,
+            vec![
+                (tags::AFFECTED_SOP_CLASS_UID, VR::UI, P::from(sop_class)),
+                (tags::COMMAND_FIELD, VR::US, P::from(0x0001_u16)),
+                (tags::MESSAGE_ID, VR::US, P::from(id)),
+                (tags::PRIORITY, VR::US, P::from(0x0000_u16)),
+                (tags::COMMAND_DATA_SET_TYPE, VR::US, P::from(0x0000_u16)),
+                (tags::AFFECTED_SOP_INSTANCE_UID, VR::UI, P::from(uid)),
+            ],
+        );
         self.assoc
-            .send(&Pdu::PData {
-                data: vec![PDataValue {
-                    presentation_context_id: pc.id,
-                    value_type: PDataValueType::Command,
-                    is_last: true,
-                    data: rq,
-                }],
-            })
-            .map_err(ul)?;
+            .send(&rq)
+            .map_err(|e| ul_error(&self.addr, &self.addr.calling_ae, e))?;
         self.assoc
             .send_data(pc.id, &data)
             .map_err(|e| NetError::Link {

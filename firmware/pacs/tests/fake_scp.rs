@@ -11,7 +11,7 @@ use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
 use dicom_ul::association::server::ServerAssociationOptions;
-use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+use dicom_ul::pdu::{PDataValueType, Pdu};
 use pacs::status::Action;
 use pacs::{sample, DrainConfig, Outbox, PacsAddr, Timeouts};
 
@@ -135,16 +135,7 @@ fn respond(
             P::from(uid.to_str().unwrap().to_string()),
         ));
     }
-    assoc
-        .send(&Pdu::PData {
-            data: vec![PDataValue {
-                presentation_context_id: pc,
-                value_type: PDataValueType::Command,
-                is_last: true,
-                data: pacs::scu::command(els),
-            }],
-        })
-        .unwrap();
+    assoc.send(&pacs::scu::command_pdu(pc, els)).unwrap();
 }
 
 /// An outbox holding one exam: a Secondary Capture, then the SR.

@@ -114,7 +114,7 @@ fn source_study(cfg: &Config) -> Option<crate::events::SourceStudy> {
 }
 
 /// How often a running cart applies the retention period.
-const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+pub(crate) const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
 pub fn run(
     cfg: &Config,

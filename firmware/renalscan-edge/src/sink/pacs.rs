@@ -218,7 +218,7 @@ impl Worker {
             while let Ok(id) = self.jobs.try_recv() {
                 self.queue(&id);
             }
-            if last_retention.elapsed() >= Duration::from_secs(3600) {
+            if last_retention.elapsed() >= crate::runtime::RETENTION_EVERY {
                 last_retention = Instant::now();
                 self.apply_retention();
             }
