@@ -16,13 +16,16 @@ APT_PACKAGES=(
   orthanc                # a real PACS: the store-and-forward tests start one on loopback
   dicom3tools            # dciodvfy: validates every DICOM object the project writes
   dcmtk                  # dsrdump: the structured report's tree
+  python3-pip            # fetch-fixtures: `pip download` of pydicom-data and itk-pocus
+  ffmpeg                 # fetch-fixtures: two test frames are frames of itk-pocus videos
 )
 RUST_TARGETS=(aarch64-unknown-linux-gnu thumbv7em-none-eabihf)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
-  # npm may come with a Node.js that apt did not install: any npm on PATH will do.
+  # npm may come with a Node.js that apt did not install: any npm on PATH will do; so for pip.
   if [ "$p" = npm ] && command -v npm >/dev/null 2>&1; then continue; fi
+  if [ "$p" = python3-pip ] && command -v pip >/dev/null 2>&1; then continue; fi
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
 if ((${#missing[@]})); then

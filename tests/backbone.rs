@@ -2,8 +2,8 @@
 //!
 //! Proves that the burn network training will use and the ONNX network the device will run
 //! are the same network, and that both are the real ImageNet model (known photos give their
-//! known classes). Photos: `../shared/fixtures/photos` (darknet samples, MIT); reference
-//! classes from its README.
+//! known classes). Photos: the test material's `photos/` (Debian darknet samples, MIT;
+//! fetched by `renalscan fetch-fixtures`); reference classes in `docs/test-material.md`.
 
 use burn::prelude::*;
 use e2e::{fixtures, weights_and_onnx};

@@ -5,8 +5,8 @@
 //! and stage-1 training (view gate included) without error. Every file is accounted for,
 //! patients are hashed and the hashes are stable.
 //!
-//! Fixtures: `../shared/fixtures/ultrasound/dicom` (pydicom-data, MIT; itk-pocus, Apache-2.0;
-//! provenance in its README).
+//! Fixtures: the test material's `ultrasound/dicom` (pydicom-data, MIT; itk-pocus,
+//! Apache-2.0; provenance in `docs/test-material.md`), fetched on first use.
 
 use std::fs;
 use std::path::Path;

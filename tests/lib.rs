@@ -14,9 +14,11 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `../shared/fixtures` beside the checkout.
+/// The real test material (photos, ultrasound DICOMs), fetched once into the shared cache
+/// from the registries that publish it; a test that cannot have it fails with the command
+/// that fetches it.
 pub fn fixtures() -> PathBuf {
-    workspace_root().join("../shared/fixtures")
+    fixtures::for_tests(&workspace_root())
 }
 
 /// The weights cache the CLI uses: `$RENALSCAN_CACHE`, else `<root>/models/cache`.

@@ -1,6 +1,7 @@
 //! Speckle statistics: a homogeneous synthetic region beside regions of real frames.
 //! `cargo run --release -p phantom --example speckle -- [png x y w h [cm_per_px]]...`
-//! With no arguments, measures the built-in real-frame regions of the shared fixtures.
+//! With no arguments, measures the built-in real-frame regions of the project's test material
+//! (fetched into the cache on first use: `renalscan fetch-fixtures`).
 use phantom::formation::{homogeneous_snr, Homogeneous, Tissue};
 use phantom::stats::{region_stats, RegionStats};
 use phantom::{render_map, Profile};
@@ -23,10 +24,13 @@ fn show(name: &str, s: &RegionStats, cm_per_px: f64) {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a: Vec<String> = std::env::args().skip(1).collect();
     // (file, x, y, w, h, cm per pixel from the burned-in depth scale)
-    let root = "../shared/fixtures/ultrasound/frames/";
+    let root = fixtures::for_tests(&std::env::current_dir()?)
+        .join("ultrasound/frames/")
+        .display()
+        .to_string();
     let mut regions: Vec<(String, u32, u32, u32, u32, f64)> = vec![
         (
-            format!("{root}itk-pocus__sonosite-anon-eye1.png"),
+            format!("{root}itk-pocus__sonosite-anon-eye1.jpg"),
             600,
             520,
             100,

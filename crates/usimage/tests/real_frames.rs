@@ -1,21 +1,21 @@
 //! Scan-area detection, de-identification and anatomy gating on real ultrasound frames.
 //!
-//! Fixtures: `../shared/fixtures/ultrasound/` (see its README for provenance and licences:
-//! pydicom-data 1.0.0, MIT; itk-pocus 0.3.2, Apache-2.0).
+//! Fixtures: the project's test material (`docs/test-material.md` gives provenance and
+//! licences: pydicom-data 1.0.0, MIT; itk-pocus 0.3.2, Apache-2.0), fetched on first use.
 
 use std::path::PathBuf;
 
 use usimage::detect::iou;
 use usimage::{Detector, GreyFrame, Normalization, Preprocessor, ScanKind, UsFile};
 
-/// Under this checkout (the run-time CARGO_MANIFEST_DIR wins over the compiled-in one: the
-/// target directory may be shared with another checkout).
+/// In the cache of this checkout (the run-time CARGO_MANIFEST_DIR wins over the compiled-in
+/// one: the target directory may be shared with another checkout).
 fn fixture(rel: &str) -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
+    let root = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
-        .join("../../../shared/fixtures/ultrasound/")
-        .join(rel)
+        .join("../..");
+    fixtures::for_tests(&root).join("ultrasound").join(rel)
 }
 
 fn first_frame(rel: &str) -> (UsFile, GreyFrame) {
@@ -116,9 +116,9 @@ fn png_frames_match_annotated_image_areas() {
             "frames/itk-pocus__clarius-ocular-image.png",
             [264, 86, 1018, 872],
         ),
-        ("frames/itk-pocus__interson-image.png", [388, 60, 912, 850]),
+        ("frames/itk-pocus__interson-image.jpg", [388, 60, 912, 850]),
         (
-            "frames/itk-pocus__sonosite-anon-eye1.png",
+            "frames/itk-pocus__sonosite-anon-eye1.jpg",
             [387, 41, 723, 640],
         ),
         (
@@ -189,7 +189,7 @@ fn frames_without_anatomy_are_flagged() {
     let info = pre.process(&ob, &mut out).unwrap();
     assert!(info.area.no_anatomy, "{:?}", info.area);
     // Sonosite eye with its image area blanked (probe lifted): UI remains, anatomy gone.
-    let (_, mut eye) = first_frame("frames/itk-pocus__sonosite-anon-eye1.png");
+    let (_, mut eye) = first_frame("frames/itk-pocus__sonosite-anon-eye1.jpg");
     let w = eye.width();
     for y in 41..640 {
         for x in 387..723 {

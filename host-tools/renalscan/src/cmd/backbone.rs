@@ -10,6 +10,7 @@ use model::Network;
 use resnet50::{export_onnx, Head, ResNet50, INPUT_SIZE};
 use usimage::Normalization;
 
+use super::fixtures::FixtureArgs;
 use super::weights::CacheArgs;
 
 const DEFAULT_ONNX: &str = "models/resnet50-imagenet.onnx";
@@ -46,9 +47,10 @@ pub struct BenchArgs {
     /// Timed runs per engine (after one warm-up run).
     #[arg(long, default_value_t = 20)]
     pub runs: usize,
-    /// Photo used as input (any image; the content does not change the timing).
-    #[arg(long, default_value = "../shared/fixtures/photos/dog.jpg")]
-    pub image: PathBuf,
+    /// Photo used as input (any image; the content does not change the timing)
+    /// [default: the test material's photos/dog.jpg, fetched if needed]
+    #[arg(long)]
+    pub image: Option<PathBuf>,
     /// ONNX backbone (exported on the fly if missing).
     #[arg(long, default_value = DEFAULT_ONNX)]
     pub model: PathBuf,
@@ -57,6 +59,8 @@ pub struct BenchArgs {
     pub skip_burn: bool,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub fixtures: FixtureArgs,
 }
 
 fn load_weights(cache: &CacheArgs) -> Result<(ResNet50, PathBuf)> {
@@ -186,7 +190,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     ensure_onnx(&args.model, &args.cache)?;
     let s = INPUT_SIZE;
-    let input = usimage::photo_tensor(&args.image, s as u32, &Normalization::caffe_bgr())?;
+    let image = match &args.image {
+        Some(p) => p.clone(),
+        None => args.fixtures.ensure()?.path("photos/dog.jpg"),
+    };
+    let input = usimage::photo_tensor(&image, s as u32, &Normalization::caffe_bgr())?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "bench-backbone: ResNet-50 v1, 1x3x{s}x{s} f32, {} runs, {threads} CPU threads available",

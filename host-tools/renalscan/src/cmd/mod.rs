@@ -8,6 +8,7 @@ pub mod cart_sim;
 pub mod demo;
 pub mod eval;
 pub mod exams;
+pub mod fixtures;
 pub mod preprocess;
 pub mod quantize;
 pub mod synth;
