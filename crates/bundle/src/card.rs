@@ -293,7 +293,7 @@ pub fn render(m: &Manifest, signer_key_id: &str) -> String {
         s,
         "- `{}` sha256 `{}`\n- `manifest.toml` pins that hash and this card's; `manifest.sig` \
          is an ed25519 signature over it by key `{}`.\n- Check before use: `renalscan verify \
-         <bundle> --pubkey <trusted .pub file or directory>`; the device runs the same check \
+         <bundle> --trusted-keys <trusted .pub file or directory>`; the device runs the same check \
          and refuses a bundle that fails it.",
         m.model.file, m.model.sha256, signer_key_id
     );

@@ -28,16 +28,16 @@ pub struct BenchViewArgs {
     #[command(flatten)]
     pub source: SourceArgs,
     /// Frames per run.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = argrange::u64_in(1, 1_000_000_000))]
     pub frames: u64,
     /// Pages watching during the runs with the view.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = argrange::usize_in(0, 16))]
     pub viewers: usize,
     /// Preview rate cap.
-    #[arg(long, default_value_t = 15.0)]
+    #[arg(long, default_value_t = 15.0, value_parser = argrange::f32_in(0.5, 30.0))]
     pub preview_fps: f32,
     /// Pairs of runs (without, with).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = argrange::usize_in(1, 1000))]
     pub rounds: usize,
     /// Use real pages: this browser binary (chromium), headless, one process per viewer.
     #[arg(long)]

@@ -81,7 +81,7 @@ pub struct SourceArgs {
     #[arg(long)]
     pub v4l: Option<String>,
     /// Frames per second of replay or phantom (0 = as fast as the pipeline takes them).
-    #[arg(long)]
+    #[arg(value_parser = argrange::f32_in(0.0, 240.0), long)]
     pub fps: Option<f32>,
     /// Loop the replay.
     #[arg(long = "loop")]
@@ -126,13 +126,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub wait_for_cart: bool,
     /// Stop after this many frames.
-    #[arg(long)]
+    #[arg(value_parser = argrange::u64_in(1, 1_000_000_000_000), long)]
     pub max_frames: Option<u64>,
     /// Inference on every Nth usable frame only.
-    #[arg(long)]
+    #[arg(value_parser = argrange::u32_in(1, 1000), long)]
     pub infer_every: Option<u32>,
     /// Status period in seconds.
-    #[arg(long)]
+    #[arg(value_parser = argrange::f32_in(0.01, 3600.0), long)]
     pub status_every: Option<f32>,
     /// Serve the operator view at this address (enables `[ui]`; 127.0.0.1:8080 is the
     /// cart's own screen; any other address needs ui.tls_cert and ui.tls_key).
@@ -170,9 +170,9 @@ pub struct SelftestArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Timed runs of the built-in frame.
-    #[arg(long, default_value_t = 5)]
+    #[arg(value_parser = argrange::usize_in(1, 100_000), long, default_value_t = 5)]
     pub runs: usize,
-    /// One JSON object instead of text.
+    /// JSON lines on stdout instead of text: one object for the whole self-test.
     #[arg(long)]
     pub json: bool,
 }
@@ -188,16 +188,16 @@ pub struct CheckArgs {
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     /// Every Nth frame of a cine.
-    #[arg(long, default_value_t = 1)]
+    #[arg(value_parser = argrange::u32_in(1, 100_000), long, default_value_t = 1)]
     pub every: u32,
-    /// One JSON object per frame instead of text.
+    /// JSON lines on stdout instead of text: one object per frame.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args)]
 pub struct ProbesArgs {
-    /// One JSON object per device.
+    /// JSON lines on stdout instead of text: one object per device.
     #[arg(long)]
     pub json: bool,
 }
@@ -209,16 +209,16 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub source: SourceArgs,
     /// Frames to process.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(value_parser = argrange::u64_in(1, 1_000_000_000), long, default_value_t = 1000)]
     pub frames: u64,
     /// Inference on every Nth usable frame only (long soak runs with a big model).
-    #[arg(long, default_value_t = 1)]
+    #[arg(value_parser = argrange::u32_in(1, 1000), long, default_value_t = 1)]
     pub infer_every: u32,
     /// Journal directory for the run (default: a temporary one, removed after).
     #[arg(long)]
     pub journal: Option<PathBuf>,
     /// Frames before the steady-state RSS reference is taken.
-    #[arg(long, default_value_t = 200)]
+    #[arg(value_parser = argrange::u64_in(0, 1_000_000_000), long, default_value_t = 200)]
     pub warmup: u64,
 }
 
@@ -719,4 +719,19 @@ fn tempdir() -> anyhow::Result<TempDir> {
     ));
     std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
     Ok(TempDir(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every numeric flag refuses NaN, infinities, negatives and absurd sizes with an error
+    /// naming it (seeds excepted: any number is one).
+    #[test]
+    fn every_numeric_flag_is_range_checked() {
+        Cli::command().debug_assert();
+        let failures = argrange::check_command(Cli::command(), &["seed"]);
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
 }

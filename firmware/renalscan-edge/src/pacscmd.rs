@@ -68,7 +68,7 @@ pub enum OutboxCmd {
     List {
         #[command(flatten)]
         places: PacsPlaces,
-        /// One JSON object per object.
+        /// JSON lines on stdout instead of text: one object per outbox object.
         #[arg(long)]
         json: bool,
     },

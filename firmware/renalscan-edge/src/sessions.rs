@@ -40,7 +40,7 @@ impl Places {
 pub struct SessionsArgs {
     #[command(flatten)]
     pub places: Places,
-    /// One JSON object per session.
+    /// JSON lines on stdout instead of text: one object per session.
     #[arg(long)]
     pub json: bool,
 }

@@ -176,7 +176,7 @@ pub fn equalize(
     let names: Vec<String> = found.iter().map(|s| s.relu_out.clone()).collect();
     let engine = Engine::new(model.proto(), &shape, &names)?;
     let mut ranges: Vec<Vec<f32>> = Vec::new();
-    let mut progress = Progress::new("equalization ranges", images.len());
+    let progress = Progress::new("equalization ranges", images.len() as u64);
     for x in images {
         for (k, (sh, v)) in engine.run_shaped(x)?.into_iter().enumerate() {
             let c = sh.get(1).copied().unwrap_or(1).max(1);

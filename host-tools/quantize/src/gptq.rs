@@ -455,7 +455,7 @@ pub fn gptq(
         .clamp(1, 4)
         .min(images.len());
     let per = images.len().div_ceil(threads);
-    let progress = std::sync::Mutex::new(Progress::new("gptq statistics", images.len()));
+    let progress = Progress::new("gptq statistics", images.len() as u64);
     let partial: Vec<Result<Vec<Array2<f32>>, QuantizeError>> = std::thread::scope(|sc| {
         let handles: Vec<_> = images
             .chunks(per)
@@ -480,9 +480,7 @@ pub fn gptq(
                             };
                             accumulate(g, sh, v, t * per + n, opts.max_positions, h)?;
                         }
-                        if let Ok(mut p) = progress.lock() {
-                            p.tick();
-                        }
+                        progress.tick();
                     }
                     Ok(hs)
                 })
@@ -511,11 +509,7 @@ pub fn gptq(
     let sums = sums.unwrap_or_default();
     let jobs: Vec<(&Geometry, &Array2<f32>)> = geoms.iter().zip(&sums).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let solve = std::sync::Mutex::new(Progress::counted(
-        "gptq rounding",
-        jobs.len(),
-        "convolutions",
-    ));
+    let solve = Progress::counted("gptq rounding", jobs.len() as u64, "convolutions");
     let results: Vec<Result<Vec<(String, ChannelWeights)>, QuantizeError>> =
         std::thread::scope(|sc| {
             let handles: Vec<_> = (0..threads.min(jobs.len()).max(1))
@@ -541,9 +535,7 @@ pub fn gptq(
                                 |e| QuantizeError::Invalid(format!("conv `{}`: {e}", g.name)),
                             )?;
                             done.push((g.name.clone(), q));
-                            if let Ok(mut p) = solve.lock() {
-                                p.tick();
-                            }
+                            solve.tick();
                         }
                     })
                 })

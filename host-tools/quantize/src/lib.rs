@@ -20,7 +20,6 @@ pub mod math;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use contract::Taxonomy;
 use serde::Serialize;
@@ -39,56 +38,9 @@ pub fn encode(model: &ModelProto) -> Vec<u8> {
     prost::Message::encode_to_vec(model)
 }
 
-/// Logs `label: done/total (pct), elapsed, ETA` at most every 10 s, and at the end.
-pub struct Progress {
-    label: String,
-    total: usize,
-    done: usize,
-    start: Instant,
-    last: Instant,
-}
-
-impl Progress {
-    /// Starts a progress log for `total` images.
-    pub fn new(label: &str, total: usize) -> Self {
-        Self::counted(label, total, "images")
-    }
-
-    /// Starts a progress log for `total` items called `unit`.
-    pub fn counted(label: &str, total: usize, unit: &str) -> Self {
-        log::info!("{label}: {total} {unit}");
-        let now = Instant::now();
-        Self {
-            label: label.into(),
-            total,
-            done: 0,
-            start: now,
-            last: now,
-        }
-    }
-
-    /// One more item done.
-    pub fn tick(&mut self) {
-        self.done += 1;
-        let el = self.start.elapsed().as_secs_f64();
-        if self.last.elapsed().as_secs_f64() >= 10.0 || self.done == self.total {
-            self.last = Instant::now();
-            let eta = el / self.done as f64 * (self.total - self.done) as f64;
-            log::info!(
-                "{}: {}/{} ({:.0}%), {el:.0} s elapsed, ETA {eta:.0} s",
-                self.label,
-                self.done,
-                self.total,
-                100.0 * self.done as f64 / self.total.max(1) as f64
-            );
-        }
-    }
-
-    /// Seconds since the start.
-    pub fn elapsed_s(&self) -> f64 {
-        self.start.elapsed().as_secs_f64()
-    }
-}
+/// Progress of calibration, GPTQ, SQNR and bias correction: a bar on a terminal, log lines
+/// otherwise (the host tools' one report).
+pub use progress::Progress;
 
 /// Preprocessed model inputs of a set of image files.
 #[derive(Debug, Default)]
@@ -228,7 +180,7 @@ pub fn collect_stats(
     let tensors = model.calibration_tensors()?;
     let engine = Engine::new(model.proto(), &shape(model)?, &hidden(model, &tensors))?;
     let mut hists = vec![Histogram::new(bins); tensors.len()];
-    let mut progress = Progress::new("calibration", images.len());
+    let progress = Progress::new("calibration", images.len() as u64);
     for input in images {
         for (h, a) in hists
             .iter_mut()
@@ -254,7 +206,7 @@ pub fn predict(
     label: &str,
 ) -> Result<Vec<Vec<f32>>, QuantizeError> {
     let engine = Engine::new(proto, input_shape, &[output.to_string()])?;
-    let mut progress = Progress::new(label, images.len());
+    let progress = Progress::new(label, images.len() as u64);
     images
         .iter()
         .map(|x| {
@@ -378,7 +330,7 @@ pub fn layer_report(
     let mut local = vec![math::Sqnr::default(); k + outs.len()];
     let mut net = vec![math::Sqnr::default(); k + outs.len()];
     let mut clipped = vec![(0u64, 0u64); k];
-    let mut progress = Progress::new("per-layer SQNR", images.len());
+    let progress = Progress::new("per-layer SQNR", images.len() as u64);
     for x in images {
         let f = activations(model, &stats.tensors, fe.run(x)?, x)?;
         let s = se.run(x)?;
@@ -496,7 +448,7 @@ pub fn bias_correction(
     // Per-channel sums of every conv input (the model input first).
     let mut sums: Vec<Vec<f64>> = Vec::new();
     let mut count = 0u64;
-    let mut progress = Progress::new("bias correction", images.len());
+    let progress = Progress::new("bias correction", images.len() as u64);
     for x in images {
         let outs = engine.run(x)?;
         let all = std::iter::once(x.as_slice()).chain(outs.iter().map(Vec::as_slice));

@@ -92,3 +92,96 @@ fn main() -> Result<()> {
         Command::Verify(a) => cmd::bundle::verify(a),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parses(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("renalscan").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    /// Every numeric flag refuses NaN, infinities, negatives and absurd sizes with an error
+    /// naming it (seeds excepted: any number is one).
+    #[test]
+    fn every_numeric_flag_is_range_checked() {
+        use clap::CommandFactory;
+        let failures = argrange::check_command(Cli::command(), &["seed"]);
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    #[test]
+    fn flags_of_another_mode_are_refused_without_it() {
+        for args in [
+            &["synth", "--out", "x", "--fps", "10"][..],
+            &["synth", "--out", "x", "--view", "liver"],
+            &["train", "--data", "d", "--out", "o", "--epochs", "3"],
+            &[
+                "train",
+                "--data",
+                "d",
+                "--out",
+                "o",
+                "--cine-frames",
+                "first",
+            ],
+        ] {
+            let e = parses(args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} was accepted"));
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{args:?}"
+            );
+        }
+        assert!(parses(&["synth", "--out", "x", "--stream", "--fps", "10"]).is_ok());
+        assert!(
+            parses(&["synth", "--out", "x"]).is_ok(),
+            "defaults need no mode"
+        );
+        assert!(parses(&[
+            "train",
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--finetune",
+            "layer4",
+            "--epochs",
+            "3"
+        ])
+        .is_ok());
+    }
+
+    #[test]
+    fn fixed_choices_are_listed_and_checked() {
+        let e = parses(&["synth", "--out", "x", "--mix", "uneven"])
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
+        assert!(e.to_string().contains("balanced"), "{e}");
+    }
+
+    #[test]
+    fn the_trusted_keys_flag_has_one_name_and_keeps_the_old_one() {
+        for flag in ["--trusted-keys", "--pubkey"] {
+            assert!(parses(&["verify", "b", flag, "k.pub"]).is_ok(), "{flag}");
+        }
+        use clap::CommandFactory;
+        let help = Cli::command()
+            .find_subcommand_mut("verify")
+            .map(|c| c.render_help().to_string())
+            .unwrap_or_default();
+        assert!(
+            help.contains("--trusted-keys") && !help.contains("--pubkey"),
+            "{help}"
+        );
+    }
+}

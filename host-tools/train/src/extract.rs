@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use model::Network;
+use progress::Progress;
 use sha2::{Digest, Sha256};
 use usimage::{FrameRef, Normalization, Preprocessor, PREPROCESS_VERSION};
 
@@ -112,17 +112,9 @@ pub struct Job<'a> {
     pub label: &'a str,
 }
 
-/// A progress bar with rate and ETA, labelled `label`.
-pub fn progress(len: u64, label: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, ETA {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_message(label.to_string());
-    bar
+/// The progress of `len` images labelled `label`: a bar on a terminal, log lines otherwise.
+pub fn progress(len: u64, label: &str) -> Progress {
+    Progress::new(label, len)
 }
 
 type WorkResult = (usize, [u8; 32], Result<Vec<f32>, String>);

@@ -803,7 +803,7 @@ pub fn train(
                 head: oh.step(cfg.lr_head, head, gh),
             };
             bar.inc(1);
-            bar.set_message(format!("stage 2 epoch {epoch}/{} loss {l:.3}", cfg.epochs));
+            bar.set_label(format!("stage 2 epoch {epoch}/{} loss {l:.3}", cfg.epochs));
         }
         bar.finish();
         let current = net.to_weights(init)?;

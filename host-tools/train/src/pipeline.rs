@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use contract::manifest::{self, Manifest};
 use contract::Taxonomy;
 use evaluate::{evaluate, threshold_for_sensitivity, Prediction};
-use indicatif::{ProgressBar, ProgressStyle};
+use progress::Progress;
 use serde::Serialize;
 use usimage::{FrameRef, Normalization, PREPROCESS_VERSION};
 
@@ -435,16 +435,10 @@ pub fn train_stage1(
     };
 
     let th = Instant::now();
-    let bar = ProgressBar::new(opt.head.max_epochs as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "head [{elapsed_precise}] {wide_bar} {pos}/{len} epochs (ETA {eta}) {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = Progress::counted("head", opt.head.max_epochs as u64, "epochs");
     let trained = head::train_head(&tr, &va, &opt.head, |e| {
         bar.inc(1);
-        bar.set_message(format!("val AUC {:.4}", e.val_auc));
+        bar.set_label(format!("head, val AUC {:.4}", e.val_auc));
         let _ = writeln!(
             log_text,
             "epoch {:>3} train_loss {:.4} val_auc {:.4} val_nll {:.4}",

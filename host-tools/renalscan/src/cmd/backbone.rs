@@ -35,7 +35,7 @@ pub struct ImagenetArgs {
     #[arg(long, default_value = DEFAULT_ONNX)]
     pub model: PathBuf,
     /// How many classes to print per image.
-    #[arg(long, default_value_t = 5)]
+    #[arg(value_parser = argrange::usize_in(1, 1000), long, default_value_t = 5)]
     pub top: usize,
     #[command(flatten)]
     pub cache: CacheArgs,
@@ -45,7 +45,7 @@ pub struct ImagenetArgs {
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Timed runs per engine (after one warm-up run).
-    #[arg(long, default_value_t = 20)]
+    #[arg(value_parser = argrange::usize_in(1, 100_000), long, default_value_t = 20)]
     pub runs: usize,
     /// Photo used as input (any image; the content does not change the timing)
     /// [default: the test material's photos/dog.jpg, fetched if needed]

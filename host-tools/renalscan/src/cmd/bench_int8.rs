@@ -35,18 +35,18 @@ pub struct Args {
     #[arg(long)]
     pub int8: PathBuf,
     /// Timed runs of tract fp32 and of the form the loader picks (after two warm-ups).
-    #[arg(long, default_value_t = 20)]
+    #[arg(value_parser = argrange::usize_in(1, 100_000), long, default_value_t = 20)]
     pub runs: usize,
     /// Timed runs of the integer form, one image each, no warm-up (about 8 s each on x86
     /// AVX2 with tract 0.23.9).
-    #[arg(long, default_value_t = 3)]
+    #[arg(value_parser = argrange::usize_in(0, 100_000), long, default_value_t = 3)]
     pub integer_runs: usize,
     /// Input images or directories (searched recursively), preprocessed with usimage; default:
     /// synthetic inputs.
     #[arg(long, num_args = 1..)]
     pub images: Vec<PathBuf>,
     /// How many images to use, spread evenly over those found.
-    #[arg(long, default_value_t = 8)]
+    #[arg(value_parser = argrange::usize_in(1, 100_000), long, default_value_t = 8)]
     pub max_images: usize,
     /// A signed bundle to open as the device does (verify signature and hashes, then load its
     /// model in the Auto form): the start-up budget, <= 2 s.

@@ -93,8 +93,8 @@ pub struct VerifyArgs {
     /// Bundle directory.
     pub bundle: PathBuf,
     /// A trusted public key file, or a directory of `*.pub` files.
-    #[arg(long)]
-    pub pubkey: PathBuf,
+    #[arg(long = "trusted-keys", alias = "pubkey", value_name = "KEY|DIR")]
+    pub trusted_keys: PathBuf,
 }
 
 /// Writes a new file that must not exist yet, with `mode` on Unix.
@@ -345,7 +345,7 @@ pub fn make(args: BundleArgs) -> Result<()> {
 }
 
 pub fn verify(args: VerifyArgs) -> Result<()> {
-    let keys = TrustedKeys::from_path(&args.pubkey)?;
+    let keys = TrustedKeys::from_path(&args.trusted_keys)?;
     let t = Instant::now();
     let b = Bundle::open(&args.bundle, &keys)?;
     let ms = t.elapsed().as_secs_f64() * 1e3;

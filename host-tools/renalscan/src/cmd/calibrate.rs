@@ -24,8 +24,8 @@ pub struct Args {
     #[arg(long)]
     pub bundle: PathBuf,
     /// Trusted public key file, or a directory of `*.pub` files.
-    #[arg(long)]
-    pub pubkey: PathBuf,
+    #[arg(long = "trusted-keys", alias = "pubkey", value_name = "KEY|DIR")]
+    pub trusted_keys: PathBuf,
     /// The site's labelled kidney images: a folder or CSV, as `eval --data` takes.
     #[arg(long)]
     pub data: PathBuf,
@@ -37,16 +37,16 @@ pub struct Args {
     #[arg(long)]
     pub site: String,
     /// Sensitivity the new threshold is chosen for [default: the bundle's own target].
-    #[arg(long)]
+    #[arg(value_parser = argrange::f64_in(0.01, 1.0), long)]
     pub target_sensitivity: Option<f64>,
     /// Fewest normal images accepted: specificity needs them.
-    #[arg(long, default_value_t = 30)]
+    #[arg(value_parser = argrange::usize_in(1, 10_000_000), long, default_value_t = 30)]
     pub min_normal: usize,
     /// Fewest abnormal images accepted: the threshold needs them.
-    #[arg(long, default_value_t = 30)]
+    #[arg(value_parser = argrange::usize_in(1, 10_000_000), long, default_value_t = 30)]
     pub min_abnormal: usize,
     /// Inference threads.
-    #[arg(long, default_value_t = 2)]
+    #[arg(value_parser = argrange::usize_in(1, 256), long, default_value_t = 2)]
     pub threads: usize,
 }
 
@@ -104,7 +104,7 @@ fn scaled(preds: &[Prediction], t: f32) -> Vec<Prediction> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let keys = bundle::TrustedKeys::from_path(&args.pubkey)?;
+    let keys = bundle::TrustedKeys::from_path(&args.trusted_keys)?;
     let mut b = bundle::Bundle::open(&args.bundle, &keys)
         .with_context(|| format!("verifying bundle {}", args.bundle.display()))?;
     let original = b.manifest().clone();

@@ -20,18 +20,18 @@ pub struct Args {
     #[arg(long)]
     pub pty: bool,
     /// Line speed (ignored by pseudo terminals).
-    #[arg(long, default_value_t = 115_200)]
+    #[arg(value_parser = argrange::u32_in(300, 4_000_000), long, default_value_t = 115_200)]
     pub baud: u32,
     /// Send `start` at once.
     #[arg(long)]
     pub start: bool,
     /// After this many results send `stop` and exit once the device confirms it.
-    #[arg(long)]
+    #[arg(value_parser = argrange::u32_in(1, 1_000_000_000), long)]
     pub count: Option<u32>,
     /// Exit after this many seconds.
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(value_parser = argrange::f64_in(0.0, 604_800.0), long, value_name = "SECONDS")]
     pub duration: Option<f64>,
-    /// One JSON object per line instead of text.
+    /// JSON lines on stdout instead of text: one object per message.
     #[arg(long)]
     pub json: bool,
     /// Also print heartbeats.

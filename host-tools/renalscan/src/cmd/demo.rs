@@ -13,6 +13,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use contract::events::{Decision, StatusReport};
+use contract::Class;
 
 use super::weights::CacheArgs;
 
@@ -23,10 +25,10 @@ pub struct Args {
     #[arg(long, default_value = "models/demo")]
     pub work: PathBuf,
     /// Phantom images to synthesise for training, validation and test.
-    #[arg(long, default_value_t = 800)]
+    #[arg(value_parser = argrange::usize_in(1, 10_000_000), long, default_value_t = 800)]
     pub n: usize,
     /// Frames of each phantom probe sweep screened by the edge runtime.
-    #[arg(long, default_value_t = 60)]
+    #[arg(value_parser = argrange::u64_in(1, 10_000_000), long, default_value_t = 60)]
     pub frames: u64,
     /// Sweeps screened by the edge runtime, one each: a patient condition (a kidney with
     /// it), or a view without a kidney (liver, spleen, bladder, bowel, rib_lung, lifted,
@@ -49,7 +51,7 @@ pub struct Args {
     pub no_ui: bool,
     /// Phantom frames per second of each sweep (real time, so the view can be watched; 0 =
     /// as fast as the pipeline takes them).
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(value_parser = argrange::f32_in(0.1, 240.0), long, default_value_t = 20.0)]
     pub sweep_fps: f32,
     /// Redo every step, even those whose outputs exist.
     #[arg(long)]
@@ -98,7 +100,10 @@ pub fn run(args: Args) -> Result<()> {
     let data = w.join("phantom");
     let run = w.join("run");
     let split = run.join("split.csv");
-    let int8 = run.join("model-int8.onnx");
+    // quantize writes the int8 model with its draft manifest beside it: the folder is what
+    // eval and bundle take next, as they would by hand.
+    let int8_dir = run.join("int8");
+    let int8 = int8_dir.join("model.onnx");
     let keys = w.join("keys");
     let bundle = w.join("bundle");
     let fresh = args.fresh;
@@ -199,7 +204,6 @@ pub fn run(args: Args) -> Result<()> {
         },
     )?;
 
-    let int8_dir = run.join("int8");
     let int8_report = run.join("report-int8");
     step(
         6,
@@ -207,16 +211,6 @@ pub fn run(args: Args) -> Result<()> {
         &int8_report.join("metrics.json"),
         fresh,
         || {
-            fs::create_dir_all(&int8_dir)
-                .with_context(|| format!("creating {}", int8_dir.display()))?;
-            for (from, to) in [
-                (&int8, "model.onnx"),
-                (&run.join("manifest.toml"), "manifest.toml"),
-            ] {
-                fs::copy(from, int8_dir.join(to)).with_context(|| {
-                    format!("copying {} into {}", from.display(), int8_dir.display())
-                })?;
-            }
             super::eval::run(flags(
                 "eval",
                 &argv![
@@ -263,7 +257,7 @@ pub fn run(args: Args) -> Result<()> {
                     "--model",
                     &int8,
                     "--manifest",
-                    run.join("manifest.toml"),
+                    int8_dir.join("manifest.toml"),
                     "--key",
                     &secret,
                     "--out",
@@ -282,7 +276,7 @@ pub fn run(args: Args) -> Result<()> {
             )?)
         },
     )?;
-    super::bundle::verify(flags("verify", &argv![&bundle, "--pubkey", &public])?)?;
+    super::bundle::verify(flags("verify", &argv![&bundle, "--trusted-keys", &public])?)?;
 
     let edge = match &args.edge {
         Some(p) => p.clone(),
@@ -304,6 +298,7 @@ pub fn run(args: Args) -> Result<()> {
             args.ui
         );
     }
+    let mut summaries = Vec::new();
     for (i, sweep) in args.sweeps.iter().enumerate() {
         let view = phantom::Anatomy::parse(sweep).filter(|a| !a.is_kidney());
         let (what, flag) = match view {
@@ -315,7 +310,16 @@ pub fn run(args: Args) -> Result<()> {
             args.frames
         );
         let t = Instant::now();
+        // The runtime's JSON lines (decisions, status) go to a file; the terminal gets a
+        // summary of them, and the runtime's warnings.
+        let events = w.join(format!("edge-{sweep}.jsonl"));
+        let events_file =
+            fs::File::create(&events).with_context(|| format!("creating {}", events.display()))?;
         let mut cmd = Command::new(&edge);
+        cmd.stdout(events_file);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "warn");
+        }
         if !args.no_ui {
             cmd.arg("run").arg("--ui").arg(args.ui.to_string());
         } else {
@@ -342,17 +346,125 @@ pub fn run(args: Args) -> Result<()> {
             .status()
             .with_context(|| format!("starting {}", edge.display()))?;
         if !status.success() {
-            bail!("renalscan-edge failed on the {sweep} sweep ({status})");
+            bail!(
+                "renalscan-edge failed on the {sweep} sweep ({status}); its output is in {}",
+                events.display()
+            );
         }
-        println!("[9/9] {sweep} sweep: {:.1} s", t.elapsed().as_secs_f64());
+        let summary = SweepSummary::read(&events)?;
+        println!(
+            "[9/9] {sweep} sweep: {} ({:.1} s)",
+            summary.line(),
+            t.elapsed().as_secs_f64()
+        );
+        summaries.push((sweep.clone(), view.is_some(), summary, events));
     }
+    println!();
+    println!("demo finished in {:.1} s", start.elapsed().as_secs_f64());
+    println!("  {:<16} {:<9} {:<40} frames", "sweep", "expected", "call");
+    for (sweep, no_kidney, s, _) in &summaries {
+        let expected = if *no_kidney {
+            "refused"
+        } else if sweep == "normal" {
+            "normal"
+        } else {
+            "abnormal"
+        };
+        println!(
+            "  {:<16} {:<9} {:<40} {} screened, {} gated",
+            sweep,
+            expected,
+            s.call(),
+            s.inferred,
+            s.gated
+        );
+    }
+    println!("  bundle    {}", bundle.display());
+    println!("  journal   {}", journal.display());
     println!(
-        "demo finished in {:.1} s: bundle {}, journal {}, reports {} and {}",
-        start.elapsed().as_secs_f64(),
-        bundle.display(),
-        journal.display(),
+        "  reports   {} (float), {} (int8)",
         float_report.join("report.html").display(),
         int8_report.join("report.html").display()
     );
+    println!(
+        "  events    {} (the runtime's JSON lines, one file per sweep)",
+        w.join("edge-*.jsonl").display()
+    );
     Ok(())
+}
+
+/// What one sweep's JSON lines say, for the terminal.
+#[derive(Debug, Default)]
+struct SweepSummary {
+    /// The last decision: the call standing at the sweep's end.
+    last: Option<Decision>,
+    /// Decisions emitted, and the frame of the first.
+    decisions: usize,
+    first_frame: Option<u64>,
+    /// Frames classified, and refused by the gate (any reason).
+    inferred: u64,
+    gated: u64,
+}
+
+impl SweepSummary {
+    fn read(path: &Path) -> Result<Self> {
+        let text =
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut s = Self::default();
+        for (n, line) in text.lines().enumerate() {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("{} line {}: not a JSON line", path.display(), n + 1))?;
+            match v.get("event").and_then(|e| e.as_str()) {
+                Some("decision") => {
+                    let d: Decision = serde_json::from_value(v).with_context(|| {
+                        format!("{} line {}: not a decision", path.display(), n + 1)
+                    })?;
+                    s.decisions += 1;
+                    s.first_frame.get_or_insert(d.frame_index);
+                    s.last = Some(d);
+                }
+                Some("final") => {
+                    let r: StatusReport = serde_json::from_value(v).with_context(|| {
+                        format!("{} line {}: not a status report", path.display(), n + 1)
+                    })?;
+                    s.inferred = r.frames.inferred;
+                    s.gated = r.frames.gated.values().sum();
+                }
+                _ => {}
+            }
+        }
+        Ok(s)
+    }
+
+    /// The standing call, in words.
+    fn call(&self) -> String {
+        match &self.last {
+            None => "no decision (every frame refused)".to_string(),
+            Some(d) if d.abnormal => format!(
+                "ABNORMAL, {} (p(abnormal) {:.2})",
+                Class::from_label(&d.class)
+                    .map_or_else(|| d.class.clone(), |c| c.display_name().to_string()),
+                d.p_abnormal
+            ),
+            Some(d) => format!("normal (p(abnormal) {:.2})", d.p_abnormal),
+        }
+    }
+
+    fn line(&self) -> String {
+        match self.first_frame {
+            Some(f) => format!(
+                "{}; {} decisions, the first at frame {f}; {} frames screened, {} gated",
+                self.call(),
+                self.decisions,
+                self.inferred,
+                self.gated
+            ),
+            None => format!(
+                "{}; {} frames screened, {} gated",
+                self.call(),
+                self.inferred,
+                self.gated
+            ),
+        }
+    }
 }

@@ -21,8 +21,8 @@ pub struct Args {
     /// Exam level instead: recorded sweeps (`renalscan synth --stream --sweeps-per-class`,
     /// or a folder with `sweeps.csv` of `path,label` naming frame folders or cine DICOMs),
     /// each replayed through renalscan-edge's pipeline (gates, model, view gate,
-    /// aggregation) with the signed bundle `--model` (needs `--pubkey`).
-    #[arg(long, requires = "pubkey", conflicts_with = "data")]
+    /// aggregation) with the signed bundle `--model` (needs `--trusted-keys`).
+    #[arg(long, requires = "trusted_keys", conflicts_with = "data")]
     pub sweeps: Option<PathBuf>,
     /// With --sweeps: the cart's renalscan-edge config (pipeline, gate and aggregation
     /// settings); the device defaults otherwise.
@@ -32,22 +32,22 @@ pub struct Args {
     #[arg(long)]
     pub out: PathBuf,
     /// Override the manifest's operating threshold on p(abnormal).
-    #[arg(long)]
+    #[arg(value_parser = argrange::f64_in(0.0, 1.0), long)]
     pub threshold: Option<f64>,
     /// Inference threads (one tract model each).
-    #[arg(long, default_value_t = 2)]
+    #[arg(value_parser = argrange::usize_in(1, 256), long, default_value_t = 2)]
     pub threads: usize,
     /// Percentage of unreadable images tolerated (skipped) before failing.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(value_parser = argrange::f64_in(0.0, 100.0), long, default_value_t = 5.0)]
     pub max_failed_pct: f64,
     /// The manifest describing `--model` (labels, threshold, view gate) when it is not
     /// beside it [default: `manifest.toml` in the model's folder].
-    #[arg(long, conflicts_with = "pubkey")]
+    #[arg(long, conflicts_with = "trusted_keys")]
     pub manifest: Option<PathBuf>,
     /// Verify `--model` as a signed bundle first (signature, signer, hashes), trusting this
     /// public key file or directory of `*.pub` files.
-    #[arg(long)]
-    pub pubkey: Option<PathBuf>,
+    #[arg(long = "trusted-keys", alias = "pubkey", value_name = "KEY|DIR")]
+    pub trusted_keys: Option<PathBuf>,
 }
 
 /// The model to score: bytes read (or verified) once, and its manifest.
@@ -59,7 +59,7 @@ struct Scored {
 
 /// A signed bundle, verified; or `model.onnx` with the manifest (draft) beside it.
 fn open_model(args: &Args) -> Result<Scored> {
-    if let Some(pubkey) = &args.pubkey {
+    if let Some(pubkey) = &args.trusted_keys {
         let keys = bundle::TrustedKeys::from_path(pubkey)?;
         let mut b = bundle::Bundle::open(&args.model, &keys)
             .with_context(|| format!("verifying bundle {}", args.model.display()))?;

@@ -202,9 +202,9 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 
 pub fn run(args: &Args, dir: &Path) -> Result<()> {
     let keys = args
-        .pubkey
+        .trusted_keys
         .as_deref()
-        .context("--sweeps needs --pubkey: the device only runs signed bundles")?;
+        .context("--sweeps needs --trusted-keys: the device only runs signed bundles")?;
     let sweeps = discover(dir)?;
     let cfg = match &args.edge_config {
         Some(p) => Config::load(p)?,

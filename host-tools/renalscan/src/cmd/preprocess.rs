@@ -17,11 +17,11 @@ pub struct Args {
     /// Directory for the model-input PNGs (`<stem>_f<frame>.png`); created if missing.
     #[arg(long)]
     pub out: PathBuf,
-    /// Print one JSON line per frame instead of a readable line.
+    /// JSON lines on stdout instead of text: one object per frame.
     #[arg(long)]
     pub json: bool,
     /// Model input side N (the PNGs are N x N).
-    #[arg(long, default_value_t = 224)]
+    #[arg(value_parser = argrange::u32_in(32, 4096), long, default_value_t = 224)]
     pub size: u32,
 }
 

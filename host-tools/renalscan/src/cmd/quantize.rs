@@ -56,17 +56,17 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = CalibratorArg::Auto)]
     pub calibrator: CalibratorArg,
     /// Percentile of |x| for the percentile calibrator.
-    #[arg(long, default_value_t = 99.99)]
+    #[arg(value_parser = argrange::f64_in(50.0, 100.0), long, default_value_t = 99.99)]
     pub percentile: f64,
     /// Calibration images used (a seeded random subset).
-    #[arg(long, default_value_t = 200)]
+    #[arg(value_parser = argrange::usize_in(1, 10_000_000), long, default_value_t = 200)]
     pub calib_n: usize,
     /// Validation images for `--calibrator auto`: folder or CSV (with a `split` column only
     /// `val` rows). Default: calibration-set images not used for calibration.
     #[arg(long)]
     pub val: Option<PathBuf>,
     /// Validation images used by `auto`.
-    #[arg(long, default_value_t = 100)]
+    #[arg(value_parser = argrange::usize_in(1, 10_000_000), long, default_value_t = 100)]
     pub val_n: usize,
     /// Test data for the accuracy report (with a `split` column only `test` rows): AUC
     /// float vs int8 and decision agreement at the operating threshold.
@@ -77,25 +77,25 @@ pub struct Args {
     #[arg(long)]
     pub report: Option<PathBuf>,
     /// Calibration images for the per-layer SQNR table.
-    #[arg(long, default_value_t = 32)]
+    #[arg(value_parser = argrange::usize_in(0, 10_000_000), long, default_value_t = 32)]
     pub sqnr_n: usize,
     /// Images run through the integer form in tract to check the simulation (about 8 s each
     /// on x86); 0 skips the check.
-    #[arg(long, default_value_t = 2)]
+    #[arg(value_parser = argrange::usize_in(0, 10_000_000), long, default_value_t = 2)]
     pub check_integer: usize,
     /// Calibration images for bias correction (each conv's expected output shift from
     /// weight rounding, subtracted from its bias); 0 turns it off. On by default: on the
     /// phantom validation split it cut mean |dp| from 0.0228 to 0.0195 and flips 10 -> 6.
-    #[arg(long, default_value_t = 100)]
+    #[arg(value_parser = argrange::usize_in(0, 10_000_000), long, default_value_t = 100)]
     pub bias_correction: usize,
     /// Calibration images for GPTQ weight rounding (each conv's weights rounded against its
     /// input statistics so that its output, not its weights, is closest to float); 0 rounds
     /// every weight to nearest. With every activation float, it cut the int8 weights' mean
     /// |dp| on the phantom validation split from 0.0116 to 0.0030.
-    #[arg(long, default_value_t = 128)]
+    #[arg(value_parser = argrange::usize_in(0, 10_000_000), long, default_value_t = 128)]
     pub gptq: usize,
     /// GPTQ damping: fraction of the mean input second moment added to the diagonal.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(value_parser = argrange::f64_in(0.0, 1.0), long, default_value_t = 0.01)]
     pub gptq_damp: f64,
     /// GPTQ rounds columns in order of decreasing input energy instead of weight order.
     #[arg(long)]
@@ -105,16 +105,16 @@ pub struct Args {
     /// and the reading conv's weights down by as much, so that one int8 scale fits all
     /// channels. The float function is unchanged. 0.7 had the lowest mean |dp| on the phantom
     /// validation split (0.0086; 0.3: 0.0110, 0.5: 0.0110, 0.85: 0.0094, off: 0.0161).
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(value_parser = argrange::f32_in(0.0, 1.0), long, default_value_t = 0.7)]
     pub equalize: f32,
     /// Largest channel scale equalization applies.
-    #[arg(long, default_value_t = 16.0)]
+    #[arg(value_parser = argrange::f32_in(1.0, 1e6), long, default_value_t = 16.0)]
     pub equalize_max: f32,
     /// Histogram bins per tensor.
-    #[arg(long, default_value_t = quantize::DEFAULT_BINS)]
+    #[arg(value_parser = argrange::usize_in(16, 10_000_000), long, default_value_t = quantize::DEFAULT_BINS)]
     pub bins: usize,
     /// Override the manifest's operating threshold on p(abnormal).
-    #[arg(long)]
+    #[arg(value_parser = argrange::f64_in(0.0, 1.0), long)]
     pub threshold: Option<f64>,
     /// Int8 encoding of activations: `relu-full-range` gives post-ReLU tensors all 256
     /// levels (zero point -128), `symmetric` keeps zero point 0 everywhere.
@@ -130,7 +130,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Percentage of unreadable images tolerated (skipped and listed) before failing.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(value_parser = argrange::f64_in(0.0, 100.0), long, default_value_t = 5.0)]
     pub max_failed_pct: f64,
 }
 
@@ -474,8 +474,13 @@ pub fn run(args: Args) -> Result<()> {
     );
     // The next steps (`eval`, `bundle`) read the manifest beside the model: give the int8
     // file the float model's draft, which is what describes it (labels, threshold, gate).
+    // Always this run's: a draft left there by an earlier model would describe another one.
     let beside = args.out.with_file_name("manifest.toml");
-    if manifest_path.is_file() && !beside.exists() {
+    let same_file = beside
+        .canonicalize()
+        .ok()
+        .is_some_and(|b| manifest_path.canonicalize().is_ok_and(|m| m == b));
+    if manifest_path.is_file() && !same_file {
         std::fs::copy(&manifest_path, &beside).with_context(|| {
             format!(
                 "copying {} beside {}",

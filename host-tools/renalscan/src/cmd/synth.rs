@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use phantom::{Anatomy, Class, Mix, PlanConfig, Profile, ProfileChoice, SweepConfig};
+use progress::Progress;
 
 /// Arguments of `renalscan synth`.
 #[derive(clap::Args)]
@@ -14,7 +15,7 @@ pub struct Args {
     #[arg(long)]
     out: PathBuf,
     /// Number of kidney images (or frames with --stream).
-    #[arg(long, default_value_t = 1599)]
+    #[arg(value_parser = argrange::usize_in(1, 10_000_000), long, default_value_t = 1599)]
     n: usize,
     /// Images that show no kidney (liver, spleen, bladder, bowel, ribs over lung, lifted
     /// probe, planes beside the kidney), as a fraction of --n, added after the kidney images
@@ -25,7 +26,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Class proportions: `paper` (330 normal : 1,269 abnormal) or `balanced`.
-    #[arg(long, default_value = "paper")]
+    #[arg(long, default_value = "paper", value_parser = ["paper", "balanced"])]
     mix: String,
     /// Scanner profile: peds-convex, peds-linear, general-convex, mixed (the three), or
     /// randomized (48 scanners drawn around them: physics, display and screen layout).
@@ -39,22 +40,22 @@ pub struct Args {
     #[arg(long)]
     stream: bool,
     /// Stream mode: the swept patient's class (default: drawn from the seed).
-    #[arg(long)]
+    #[arg(long, requires = "stream")]
     class: Option<String>,
     /// Stream mode: lesion severity in (0, 1] (default: drawn).
-    #[arg(long)]
+    #[arg(value_parser = argrange::f32_in(0.001, 1.0), long, requires = "stream")]
     severity: Option<f32>,
     /// Stream mode: frames per second.
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(value_parser = argrange::f32_in(0.1, 240.0), long, requires = "stream", default_value_t = 20.0)]
     fps: f32,
     /// Stream mode: what the probe sweeps over: kidney, liver, spleen, bladder, bowel,
     /// rib_lung, lifted or off_axis.
-    #[arg(long, default_value = "kidney", value_parser = anatomy)]
+    #[arg(long, requires = "stream", default_value = "kidney", value_parser = anatomy)]
     view: Anatomy,
     /// Stream mode: a labelled set of sweeps instead of one, this many per class, each of
     /// --n frames in `<out>/<class>-<i>/` with its `frames.csv`, listed in `<out>/sweeps.csv`
     /// (for `renalscan eval --sweeps`).
-    #[arg(long, requires = "stream", conflicts_with_all = ["class", "severity"])]
+    #[arg(value_parser = argrange::usize_in(1, 100_000), long, requires = "stream", conflicts_with_all = ["class", "severity"])]
     sweeps_per_class: Option<usize>,
 }
 
@@ -76,21 +77,8 @@ fn anatomy(s: &str) -> Result<Anatomy, String> {
     })
 }
 
-/// Log a progress line every `every` items, with rate and time left.
-fn progress(start: Instant, every: u64) -> impl Fn(u64, u64) + Sync {
-    move |done, total| {
-        if done % every == 0 || done == total {
-            let dt = start.elapsed().as_secs_f64().max(1e-9);
-            let rate = done as f64 / dt;
-            let left = total.saturating_sub(done) as f64 / rate.max(1e-9);
-            log::info!("{done}/{total} ({rate:.1}/s, {left:.0} s left)");
-        }
-    }
-}
-
 pub fn run(args: Args) -> Result<()> {
     let start = Instant::now();
-    let every = (args.n as u64 / 20).clamp(10, 200);
     if let (true, Some(per_class)) = (args.stream, args.sweeps_per_class) {
         return sweep_set(&args, per_class, start);
     }
@@ -108,7 +96,9 @@ pub fn run(args: Args) -> Result<()> {
             anatomy: args.view,
             ..SweepConfig::new(args.seed, profile)
         };
-        let csv = phantom::write_sweep(&args.out, cfg, &progress(start, every))?;
+        let bar = Progress::counted("phantom sweep", args.n as u64, "frames");
+        let csv = phantom::write_sweep(&args.out, cfg, &|_, _| bar.tick())?;
+        bar.finish();
         log::info!("sweep of {} frames: {}", args.n, csv.display());
         return Ok(());
     }
@@ -124,8 +114,9 @@ pub fn run(args: Args) -> Result<()> {
         profile,
         other_views: (args.n as f64 * args.other_views).round() as usize,
     });
-    let report = progress(start, every);
-    let manifest = phantom::write_dataset(&args.out, &specs, &|d, t| report(d as u64, t as u64))?;
+    let bar = Progress::new("phantom images", specs.len() as u64);
+    let manifest = phantom::write_dataset(&args.out, &specs, &|_, _| bar.tick())?;
+    bar.finish();
     log::info!(
         "{} images in {:.1} s: {}",
         specs.len(),
@@ -145,9 +136,7 @@ fn sweep_set(args: &Args, per_class: usize, start: Instant) -> Result<()> {
         .collect();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let done = std::sync::atomic::AtomicU64::new(0);
-    let report = progress(start, 10);
-    let total = jobs.len() as u64;
+    let bar = Progress::counted("phantom sweeps", jobs.len() as u64, "sweeps");
     let next = std::sync::atomic::AtomicUsize::new(0);
     let rows = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|scope| -> Result<()> {
@@ -175,8 +164,7 @@ fn sweep_set(args: &Args, per_class: usize, start: Instant) -> Result<()> {
                         rows.lock()
                             .map_err(|_| anyhow::anyhow!("a sweep writer panicked"))?
                             .push(format!("{name},{},{seed}", class.label()));
-                        let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                        report(d, total);
+                        bar.tick();
                     }
                 })
             })

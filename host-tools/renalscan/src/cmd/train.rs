@@ -34,7 +34,7 @@ pub struct Args {
     pub labels: Option<PathBuf>,
     /// Frames of each cine used (DICOM folders): all, first, middle, every:N, or a list like
     /// 0;12;40-59. Single-frame files always give their one frame.
-    #[arg(long, default_value = "all", value_parser = parse_frames)]
+    #[arg(long, default_value = "all", value_parser = parse_frames, requires = "labels")]
     pub cine_frames: FrameChoice,
     /// Run directory: config, log, metrics, split.csv, model.onnx, manifest.toml.
     #[arg(long)]
@@ -51,46 +51,46 @@ pub struct Args {
     #[arg(long)]
     pub resume: bool,
     /// Stage 2: maximum epochs over the training images (each epoch sees one view per image).
-    #[arg(long, default_value_t = 2)]
+    #[arg(value_parser = argrange::usize_in(1, 10_000), long, requires = "finetune", default_value_t = 2)]
     pub epochs: usize,
     /// Stage 2: augmented views cached per training image, besides the original.
-    #[arg(long, default_value_t = 2)]
+    #[arg(value_parser = argrange::u32_in(0, 64), long, requires = "finetune", default_value_t = 2)]
     pub views: u32,
     /// Stage 2: epochs without validation-AUC improvement before stopping.
-    #[arg(long, default_value_t = 3)]
+    #[arg(value_parser = argrange::usize_in(1, 10_000), long, requires = "finetune", default_value_t = 3)]
     pub stage2_patience: usize,
     /// Stage 2: mini-batch size.
-    #[arg(long, default_value_t = 16)]
+    #[arg(value_parser = argrange::usize_in(1, 4096), long, requires = "finetune", default_value_t = 16)]
     pub batch: usize,
     /// Stage 2: AdamW learning rate of layer4.
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(value_parser = argrange::f64_in(0.0, 1.0), long, requires = "finetune", default_value_t = 1e-5)]
     pub lr_layer4: f64,
     /// Stage 2: AdamW learning rate of the head.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(value_parser = argrange::f64_in(0.0, 1.0), long, requires = "finetune", default_value_t = 1e-4)]
     pub lr_head: f64,
     /// Validation sensitivity the operating threshold is chosen for.
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(value_parser = argrange::f64_in(0.01, 1.0), long, default_value_t = 0.95)]
     pub target_sensitivity: f64,
     /// Fraction of each class's patients for validation.
-    #[arg(long, default_value_t = 0.15)]
+    #[arg(value_parser = argrange::f64_in(0.01, 0.9), long, default_value_t = 0.15)]
     pub val_fraction: f64,
     /// Fraction of each class's patients held out for `renalscan eval`.
-    #[arg(long, default_value_t = 0.15)]
+    #[arg(value_parser = argrange::f64_in(0.01, 0.9), long, default_value_t = 0.15)]
     pub test_fraction: f64,
     /// Feature-extraction threads (one tract model each).
-    #[arg(long, default_value_t = 2)]
+    #[arg(value_parser = argrange::usize_in(1, 256), long, default_value_t = 2)]
     pub threads: usize,
     /// Feature cache directory.
     #[arg(long, default_value = "models/cache/features")]
     pub feature_cache: PathBuf,
     /// Maximum head epochs (early stopping on validation AUC usually ends sooner).
-    #[arg(long, default_value_t = 300)]
+    #[arg(value_parser = argrange::usize_in(1, 100_000), long, default_value_t = 300)]
     pub max_epochs: usize,
     /// Epochs without validation-AUC improvement before stopping.
-    #[arg(long, default_value_t = 40)]
+    #[arg(value_parser = argrange::usize_in(1, 100_000), long, default_value_t = 40)]
     pub patience: usize,
     /// Percentage of unreadable images tolerated (skipped) before the run fails.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(value_parser = argrange::f64_in(0.0, 100.0), long, default_value_t = 5.0)]
     pub max_failed_pct: f64,
     /// Ablation: replace the ImageNet weights by a seeded random initialisation.
     #[arg(long)]
@@ -98,7 +98,7 @@ pub struct Args {
     /// Cross-validate stage 1 in K folds (by patient, stratified) instead of training the
     /// model to ship: writes `cv-report.md` and `cv.json` with every fold, the mean with a
     /// t-interval and the pooled test AUC. 5 or 10 are usual.
-    #[arg(long, value_name = "K", conflicts_with_all = ["finetune", "resume"])]
+    #[arg(value_parser = argrange::usize_in(2, 100), long, value_name = "K", conflicts_with_all = ["finetune", "resume"])]
     pub folds: Option<usize>,
     /// Do not fit the view gate (is it a kidney at all?). Without it the model classifies
     /// whatever it is shown.
