@@ -361,7 +361,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     println!();
     println!("demo finished in {:.1} s", start.elapsed().as_secs_f64());
-    println!("  {:<16} {:<9} {:<40} frames", "sweep", "expected", "call");
+    println!("  {:<16} {:<9} {:<46} frames", "sweep", "expected", "call");
     for (sweep, no_kidney, s, _) in &summaries {
         let expected = if *no_kidney {
             "refused"
@@ -371,12 +371,9 @@ pub fn run(args: Args) -> Result<()> {
             "abnormal"
         };
         println!(
-            "  {:<16} {:<9} {:<40} {} screened, {} gated",
-            sweep,
-            expected,
+            "  {sweep:<16} {expected:<9} {:<46} {}",
             s.call(),
-            s.inferred,
-            s.gated
+            s.frames()
         );
     }
     println!("  bundle    {}", bundle.display());
@@ -401,9 +398,10 @@ struct SweepSummary {
     /// Decisions emitted, and the frame of the first.
     decisions: usize,
     first_frame: Option<u64>,
-    /// Frames classified, and refused by the gate (any reason).
+    /// Frames the pipeline took, model runs, and refusals by the gate's reason.
+    processed: u64,
     inferred: u64,
-    gated: u64,
+    gated: std::collections::BTreeMap<String, u64>,
 }
 
 impl SweepSummary {
@@ -427,8 +425,9 @@ impl SweepSummary {
                     let r: StatusReport = serde_json::from_value(v).with_context(|| {
                         format!("{} line {}: not a status report", path.display(), n + 1)
                     })?;
+                    s.processed = r.frames.processed;
                     s.inferred = r.frames.inferred;
-                    s.gated = r.frames.gated.values().sum();
+                    s.gated = r.frames.gated;
                 }
                 _ => {}
             }
@@ -450,21 +449,31 @@ impl SweepSummary {
         }
     }
 
+    /// Frames taken, refused by the gate (by reason) and seen by the model.
+    fn frames(&self) -> String {
+        let gated: u64 = self.gated.values().sum();
+        let reasons: Vec<String> = self
+            .gated
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let reasons = if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", reasons.join(", "))
+        };
+        format!(
+            "{} frames, {gated} gated{reasons}, model run on {}",
+            self.processed, self.inferred
+        )
+    }
+
     fn line(&self) -> String {
-        match self.first_frame {
-            Some(f) => format!(
-                "{}; {} decisions, the first at frame {f}; {} frames screened, {} gated",
-                self.call(),
-                self.decisions,
-                self.inferred,
-                self.gated
-            ),
-            None => format!(
-                "{}; {} frames screened, {} gated",
-                self.call(),
-                self.inferred,
-                self.gated
-            ),
-        }
+        let first = match self.first_frame {
+            Some(f) => format!("; {} decisions, the first at frame {f}", self.decisions),
+            None => String::new(),
+        };
+        format!("{}{first}; {}", self.call(), self.frames())
     }
 }
