@@ -234,18 +234,40 @@ pub fn save_png(img: &image::RgbImage, path: &Path) -> Result<(), Error> {
 /// the anatomy of `no_kidney` images).
 pub const MANIFEST_HEADER: &str = "path,label,severity,patient_id,profile,seed,view";
 
-/// One manifest line for a spec.
-pub fn manifest_line(s: &ImageSpec) -> String {
-    format!(
-        "{},{},{:.3},{},{},{},{}",
+/// One manifest row for a spec, cell by cell in [`MANIFEST_HEADER`]'s order (a CSV writer
+/// quotes them: a profile loaded from a file may carry a comma in its name).
+pub fn manifest_record(s: &ImageSpec) -> [String; 7] {
+    [
         s.rel_path(),
-        s.label(),
-        s.severity,
-        s.patient_id,
-        s.profile.name,
-        s.seed,
-        s.anatomy.label()
-    )
+        s.label().to_string(),
+        format!("{:.3}", s.severity),
+        s.patient_id.to_string(),
+        s.profile.name.to_string(),
+        s.seed.to_string(),
+        s.anatomy.label().to_string(),
+    ]
+}
+
+/// `header` (comma-separated names) and `rows` as CSV text, for files written in one go.
+pub(crate) fn csv_bytes<R>(path: &Path, header: &str, rows: R) -> Result<Vec<u8>, Error>
+where
+    R: IntoIterator,
+    R::Item: IntoIterator,
+    <R::Item as IntoIterator>::Item: AsRef<[u8]>,
+{
+    let err = |e: csv::Error| Error::Io {
+        path: path.to_path_buf(),
+        source: e.into(),
+    };
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(header.split(',')).map_err(err)?;
+    for row in rows {
+        w.write_record(row).map_err(err)?;
+    }
+    w.into_inner().map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: e.into_error(),
+    })
 }
 
 /// Render and write `specs` under `out` in parallel, then `manifest.csv`.
@@ -274,13 +296,7 @@ pub fn write_dataset(
         Ok::<(), Error>(())
     })?;
     let path = out.join("manifest.csv");
-    let mut text = String::with_capacity(64 * (specs.len() + 1));
-    text.push_str(MANIFEST_HEADER);
-    text.push('\n');
-    for s in specs {
-        text.push_str(&manifest_line(s));
-        text.push('\n');
-    }
+    let text = csv_bytes(&path, MANIFEST_HEADER, specs.iter().map(manifest_record))?;
     std::fs::write(&path, text).map_err(io_err(&path))?;
     log::info!("wrote {} images and {}", specs.len(), path.display());
     Ok(path)
@@ -357,7 +373,7 @@ mod tests {
         let kidney_pids: std::collections::HashSet<_> =
             kidneys.iter().map(|s| s.patient_id).collect();
         assert!(others.iter().all(|s| !kidney_pids.contains(&s.patient_id)));
-        assert!(manifest_line(&others[0]).ends_with(others[0].anatomy.label()));
+        assert_eq!(manifest_record(&others[0])[6], others[0].anatomy.label());
     }
 
     #[test]

@@ -293,8 +293,7 @@ pub fn write_sweep(
     };
     std::fs::create_dir_all(out).map_err(io(out))?;
     let total = cfg.frames.unwrap_or(0);
-    let mut csv = String::from(FRAMES_HEADER);
-    csv.push('\n');
+    let mut rows = Vec::new();
     for f in ProbeSweep::new(cfg) {
         let name = format!("frame_{:06}.png", f.index);
         crate::save_png(&f.image, &out.join(&name))?;
@@ -303,19 +302,21 @@ pub fn write_sweep(
         } else {
             crate::NO_KIDNEY
         };
-        csv.push_str(&format!(
-            "{name},{},{:.3},{},{label},{:.3},{},{},{}\n",
-            f.index,
-            f.time_s,
-            f.state.as_str(),
-            f.severity,
-            f.patient_id,
-            u8::from(f.lesion_visible),
-            f.anatomy.label()
-        ));
+        rows.push([
+            name,
+            f.index.to_string(),
+            format!("{:.3}", f.time_s),
+            f.state.as_str().to_string(),
+            label.to_string(),
+            format!("{:.3}", f.severity),
+            f.patient_id.to_string(),
+            u8::from(f.lesion_visible).to_string(),
+            f.anatomy.label().to_string(),
+        ]);
         progress(f.index + 1, total);
     }
     let path = out.join("frames.csv");
+    let csv = crate::dataset::csv_bytes(&path, FRAMES_HEADER, rows)?;
     std::fs::write(&path, csv).map_err(io(&path))?;
     Ok(path)
 }

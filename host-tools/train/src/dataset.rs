@@ -19,6 +19,16 @@ pub enum DatasetError {
         /// Why.
         source: std::io::Error,
     },
+    /// A CSV whose text cannot be read (not UTF-8).
+    #[error("{path} line {line}: not readable as CSV text: {source}")]
+    Csv {
+        /// The CSV.
+        path: String,
+        /// 1-based line of the row that failed.
+        line: u64,
+        /// Why.
+        source: csv::Error,
+    },
     /// A CSV without the required columns.
     #[error("{path}: header must name at least `path` and `label` columns (got `{header}`)")]
     Header {
@@ -205,55 +215,162 @@ fn load_folders(root: &Path) -> Result<Vec<Sample>, DatasetError> {
     Ok(out)
 }
 
-/// A simple CSV (no quoting) held as text: header columns lower-cased, rows with their
-/// 1-based line numbers, blank lines skipped. Shared by the manifest and labels readers.
-pub(crate) struct CsvTable {
-    text: String,
+/// A CSV read whole, as clinic systems and spreadsheets export it: quoted fields (commas,
+/// doubled quotes, line breaks), CRLF line ends, a UTF-8 byte-order mark, and rows with more
+/// or fewer cells than the header are all accepted, so a site's export loads without hand
+/// editing. Header names are trimmed and lower-cased (`Path` and ` path ` both match), cells
+/// are trimmed, and rows with no content are skipped. The manifest, labels and sweep-list
+/// readers share it, so they accept the same files and their errors name the same lines.
+#[derive(Debug, Clone)]
+pub struct CsvTable {
+    header: String,
     cols: Vec<String>,
+    rows: Vec<CsvRow>,
+}
+
+/// One data row of a [`CsvTable`], with the line it starts on for error messages.
+#[derive(Debug, Clone)]
+pub struct CsvRow {
+    line: u64,
+    record: csv::StringRecord,
 }
 
 impl CsvTable {
-    pub(crate) fn read(csv: &Path) -> Result<Self, DatasetError> {
-        let text = fs::read_to_string(csv).map_err(io(csv))?;
-        let cols = text
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .split(',')
-            .map(|c| c.trim().to_ascii_lowercase())
-            .collect();
-        Ok(Self { text, cols })
+    /// Reads `csv`; the first row with content is the header. Errors name the file, and for
+    /// text that is not UTF-8 the 1-based line.
+    pub fn read(csv: &Path) -> Result<Self, DatasetError> {
+        let body = fs::read(csv).map_err(io(csv))?;
+        // A UTF-8 byte-order mark (Excel's "CSV UTF-8", many clinic exports) is dropped by
+        // csv-core when the first read holds all of it, which reading from memory ensures.
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .from_reader(body.as_slice());
+        let mut lines = LineCounter {
+            body: &body,
+            at: 0,
+            line: 1,
+        };
+        let mut header: Option<csv::StringRecord> = None;
+        let mut rows = Vec::new();
+        for record in reader.records() {
+            let record = record.map_err(|source| DatasetError::Csv {
+                path: csv.display().to_string(),
+                line: lines.line_of(source.position()),
+                source,
+            })?;
+            let line = lines.line_of(record.position());
+            if record.iter().all(str::is_empty) {
+                continue;
+            }
+            if header.is_none() {
+                header = Some(record);
+                continue;
+            }
+            rows.push(CsvRow { line, record });
+        }
+        let header = header.unwrap_or_default();
+        Ok(Self {
+            cols: header.iter().map(str::to_ascii_lowercase).collect(),
+            header: header.iter().collect::<Vec<_>>().join(","),
+            rows,
+        })
     }
 
-    /// The header line as written.
-    pub(crate) fn header(&self) -> &str {
-        self.text
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
+    /// The header's names as written (trimmed), for messages about missing columns.
+    pub fn header(&self) -> &str {
+        &self.header
     }
 
-    /// Index of the first column named any of `names`.
-    pub(crate) fn col(&self, names: &[&str]) -> Option<usize> {
+    /// Index of the first column named any of `names` (lower case): files from different
+    /// sources spell the same column differently.
+    pub fn col(&self, names: &[&str]) -> Option<usize> {
         self.cols.iter().position(|c| names.contains(&c.as_str()))
     }
 
-    /// Data rows as (0-based line index, line).
-    pub(crate) fn rows(&self) -> impl Iterator<Item = (usize, &str)> {
-        self.text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .skip(1)
+    /// The data rows in file order.
+    pub fn rows(&self) -> &[CsvRow] {
+        &self.rows
     }
 }
 
-/// Reads a CSV manifest (`path,label[,severity][,patient_id][,split]`, any column order;
-/// simple comma-separated values without quoting). Paths are relative to the CSV's folder.
+/// Line numbers of records. The `csv` crate's `Position::line` of a record is where the
+/// previous one ended, so it lags behind the record with CRLF line ends (the `\r` ends a
+/// record, the `\n` is counted with the next) and after blank lines. Its byte offset is the
+/// same place, so the line is counted here up to the first byte past those line ends.
+struct LineCounter<'a> {
+    body: &'a [u8],
+    /// Bytes counted so far, and the 1-based line of the byte at `at`.
+    at: usize,
+    line: u64,
+}
+
+impl LineCounter<'_> {
+    /// The line a record starts on, from the position the reader gives it.
+    fn line_of(&mut self, pos: Option<&csv::Position>) -> u64 {
+        let len = self.body.len();
+        let mut start = pos
+            .and_then(|p| usize::try_from(p.byte()).ok())
+            .map_or(len, |b| b.min(len));
+        while start < len && matches!(self.body[start], b'\r' | b'\n') {
+            start += 1;
+        }
+        if start > self.at {
+            let newlines = self.body[self.at..start].iter().filter(|&&b| b == b'\n');
+            self.line += newlines.count() as u64;
+            self.at = start;
+        }
+        self.line
+    }
+}
+
+impl CsvRow {
+    /// 1-based line the row starts on, as an editor numbers it (a quoted line break makes a
+    /// row span lines, so this is not the row's index).
+    pub fn line(&self) -> u64 {
+        self.line
+    }
+
+    /// The cell in column `col`, or `None` when there is no such column, the row is too
+    /// short, or the cell is empty: all three mean "not given".
+    pub fn get(&self, col: Option<usize>) -> Option<&str> {
+        col.and_then(|c| self.record.get(c))
+            .filter(|s| !s.is_empty())
+    }
+
+    /// The row's cells joined by commas, to show in a message.
+    pub fn text(&self) -> String {
+        self.record.iter().collect::<Vec<_>>().join(",")
+    }
+}
+
+/// Writes `header` and `rows` to `out` with `csv::Writer`, so a path, patient id or detail
+/// holding a comma, quote or line break is quoted and reads back unchanged.
+pub fn write_csv<R, C>(out: &Path, header: &[&str], rows: R) -> Result<(), DatasetError>
+where
+    R: IntoIterator<Item = C>,
+    C: IntoIterator,
+    C::Item: AsRef<[u8]>,
+{
+    let err = |e: csv::Error| DatasetError::Io {
+        path: out.display().to_string(),
+        source: e.into(),
+    };
+    let mut w = csv::Writer::from_path(out).map_err(err)?;
+    w.write_record(header).map_err(err)?;
+    for row in rows {
+        w.write_record(row).map_err(err)?;
+    }
+    w.flush().map_err(io(out))
+}
+
+/// Reads a CSV manifest (`path,label[,severity][,patient_id][,split][,frame]`, any column
+/// order, other columns ignored; see [`CsvTable`] for the dialect). Paths are relative to
+/// the CSV's folder.
 pub fn load_csv(csv: &Path) -> Result<Vec<Sample>, DatasetError> {
     let table = CsvTable::read(csv)?;
     let base = csv.parent().unwrap_or(Path::new("."));
-    let (header, lines) = (table.header(), table.rows());
     let col = |names: &[&str]| table.col(names);
     let (Some(pc), Some(lc)) = (
         col(&["path", "file", "image", "filename"]),
@@ -261,7 +378,7 @@ pub fn load_csv(csv: &Path) -> Result<Vec<Sample>, DatasetError> {
     ) else {
         return Err(DatasetError::Header {
             path: csv.display().to_string(),
-            header: header.to_string(),
+            header: table.header().to_string(),
         });
     };
     let sc = col(&["severity"]);
@@ -270,23 +387,22 @@ pub fn load_csv(csv: &Path) -> Result<Vec<Sample>, DatasetError> {
     let fc = col(&["frame", "frame_index"]);
     let mut out = Vec::new();
     let (mut bad_labels, mut bad_rows) = (String::new(), String::new());
-    for (n, line) in lines {
-        let f: Vec<&str> = line.split(',').map(str::trim).collect();
-        let get = |c: Option<usize>| c.and_then(|c| f.get(c).copied()).filter(|s| !s.is_empty());
+    for row in table.rows() {
+        let (n, get) = (row.line(), |c| row.get(c));
         let Some(rel) = get(Some(pc)) else {
-            let _ = writeln!(bad_rows, "  line {}: no path: {line}", n + 1);
+            let _ = writeln!(bad_rows, "  line {n}: no path: {}", row.text());
             continue;
         };
         let label_text = get(Some(lc)).unwrap_or("");
         let Some(label) = parse_label(label_text) else {
-            let _ = writeln!(bad_labels, "  line {}: `{label_text}` ({rel})", n + 1);
+            let _ = writeln!(bad_labels, "  line {n}: `{label_text}` ({rel})");
             continue;
         };
         let split = match get(xc) {
             Some(s) => match Split::parse(s) {
                 Some(s) => Some(s),
                 None => {
-                    let _ = writeln!(bad_rows, "  line {}: split `{s}`", n + 1);
+                    let _ = writeln!(bad_rows, "  line {n}: split `{s}`");
                     continue;
                 }
             },
@@ -296,12 +412,7 @@ pub fn load_csv(csv: &Path) -> Result<Vec<Sample>, DatasetError> {
             None => 0,
             Some(Ok(f)) => f,
             Some(Err(_)) => {
-                let _ = writeln!(
-                    bad_rows,
-                    "  line {}: frame `{}`",
-                    n + 1,
-                    get(fc).unwrap_or("")
-                );
+                let _ = writeln!(bad_rows, "  line {n}: frame `{}`", get(fc).unwrap_or(""));
                 continue;
             }
         };
@@ -447,24 +558,24 @@ pub fn patients_across_splits(samples: &[Sample]) -> Vec<(String, Vec<Split>)> {
         .collect()
 }
 
+/// Columns of `split.csv` (and of the DICOM ingest's manifest), in order.
+pub const SPLIT_HEADER: [&str; 6] = ["path", "frame", "label", "severity", "patient_id", "split"];
+
 /// Writes `path,frame,label,severity,patient_id,split` for the samples (absolute paths), so
 /// `renalscan eval --data <run>/split.csv` scores exactly the held-out test patients.
 pub fn write_split_csv(samples: &[Sample], out: &Path) -> Result<(), DatasetError> {
-    let mut s = String::from("path,frame,label,severity,patient_id,split\n");
-    for x in samples {
+    let rows = samples.iter().map(|x| {
         let path = fs::canonicalize(&x.path).unwrap_or_else(|_| x.path.clone());
-        let _ = writeln!(
-            s,
-            "{},{},{},{},{},{}",
-            path.display(),
-            x.frame,
-            DATA_LABELS[x.label],
+        [
+            path.display().to_string(),
+            x.frame.to_string(),
+            DATA_LABELS[x.label].to_string(),
             x.severity.map(|v| v.to_string()).unwrap_or_default(),
-            x.patient,
-            x.split.map_or("", Split::name)
-        );
-    }
-    fs::write(out, s).map_err(io(out))
+            x.patient.clone(),
+            x.split.map_or("", Split::name).to_string(),
+        ]
+    });
+    write_csv(out, &SPLIT_HEADER, rows)
 }
 
 /// Per split and label ([`DATA_LABELS`]): image counts (for logs and the manifest).
@@ -527,6 +638,108 @@ mod tests {
         assert_eq!(s[0].patient, "7");
         assert_eq!(s[0].split, Some(Split::Test));
         assert_eq!(s[0].path, d.path().join("x/a.png"));
+    }
+
+    #[test]
+    fn reads_a_clinic_style_export() {
+        let d = tempfile::tempdir().unwrap();
+        // Excel's "CSV UTF-8" from a clinic system: byte-order mark, CRLF, quoted cells with
+        // commas, doubled quotes and a line break, columns the reader does not know, another
+        // column order, a blank line and a row with more cells than the header.
+        let text = "\u{feff}Referrer,Label,Patient_ID,Path,Notes,Split\r\n\
+             \"Dr. Ng, Renal\",Cyst,P1,\"Smith, J/left kidney.png\",\"seen twice, no change\",train\r\n\
+             \r\n\
+             Dr. Ng,normal,\"P\"\"2\"\"\",plain/b.png,\"he said \"\"fine\"\"\",val,extra,cells\r\n\
+             ,Stone, P3 ,\"with \"\"quote\"\".png\",\"first line\r\nsecond line\",test\r\n\
+             Dr. Ng,no_kidney,P3,liver.png\r\n";
+        let p = write(d.path(), "export.csv", text);
+        let s = load_csv(&p).unwrap();
+        let got: Vec<(PathBuf, usize, &str, Option<Split>)> = s
+            .iter()
+            .map(|s| (s.path.clone(), s.label, s.patient.as_str(), s.split))
+            .collect();
+        let base = d.path();
+        assert_eq!(
+            got,
+            [
+                (
+                    base.join("Smith, J/left kidney.png"),
+                    2,
+                    "P1",
+                    Some(Split::Train)
+                ),
+                (base.join("plain/b.png"), 0, "P\"2\"", Some(Split::Val)),
+                (base.join("with \"quote\".png"), 1, "P3", Some(Split::Test)),
+                (base.join("liver.png"), NO_KIDNEY, "P3", None),
+            ]
+        );
+        let table = CsvTable::read(&p).unwrap();
+        assert_eq!(
+            table.col(&["referrer"]),
+            Some(0),
+            "no BOM in the first name"
+        );
+        let lines: Vec<u64> = table.rows().iter().map(CsvRow::line).collect();
+        assert_eq!(
+            lines,
+            [2, 4, 5, 7],
+            "a quoted line break makes a row span two lines"
+        );
+    }
+
+    #[test]
+    fn split_csv_round_trips_commas_and_quotes() {
+        let d = tempfile::tempdir().unwrap();
+        let sample = |name: &str, patient: &str, split| Sample {
+            path: d.path().join(name),
+            frame: 3,
+            label: 5,
+            severity: Some(0.25),
+            patient: patient.into(),
+            split,
+        };
+        let samples = vec![
+            sample(
+                "Smith, J/\"left\" kidney.png",
+                "Smith, J",
+                Some(Split::Test),
+            ),
+            sample("plain.png", "say \"hi\"", Some(Split::Train)),
+            sample("line\nbreak.png", "p3", None),
+        ];
+        let out = d.path().join("split.csv");
+        write_split_csv(&samples, &out).unwrap();
+        assert!(fs::read_to_string(&out)
+            .unwrap()
+            .starts_with("path,frame,label,severity,patient_id,split\n"));
+        assert_eq!(load_csv(&out).unwrap(), samples);
+    }
+
+    #[test]
+    fn bad_rows_name_their_line() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "m.csv",
+            "path,label,notes\r\na.png,normal,\"two\r\nlines\"\r\n\r\nb.png,banana,\r\n",
+        );
+        let e = load_csv(&p).unwrap_err().to_string();
+        assert!(e.contains("line 5: `banana` (b.png)"), "{e}");
+        let p = write(
+            d.path(),
+            "m.csv",
+            "path,label,split\na.png,normal,train\n,normal,test\nc.png,cyst,someday\n",
+        );
+        let e = load_csv(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("line 3: no path") && e.contains("line 4: split `someday`"),
+            "{e}"
+        );
+        let p = d.path().join("latin1.csv");
+        fs::write(&p, b"path,label\na.png,normal\nb\xe9.png,cyst\n").unwrap();
+        let e = load_csv(&p).unwrap_err();
+        assert!(matches!(e, DatasetError::Csv { line: 3, .. }), "{e}");
+        assert!(e.to_string().contains("latin1.csv line 3"), "{e}");
     }
 
     #[test]

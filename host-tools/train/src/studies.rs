@@ -15,7 +15,7 @@ use std::str::FromStr;
 use sha2::{Digest, Sha256};
 use usimage::{DecodeError, UsFile};
 
-use crate::dataset::{io, parse_label, CsvTable, DatasetError, Sample, Split};
+use crate::dataset::{io, parse_label, write_csv, CsvTable, DatasetError, Sample, Split};
 
 /// Which frames of a cine become training images (single-frame files always give frame 0).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,26 +163,24 @@ impl Ingest {
         self.entries.iter().filter(|e| e.status == status).count()
     }
 
-    /// `item,status,detail` lines (commas in details become semicolons).
-    pub fn report_csv(&self) -> String {
-        let mut s = String::from("item,status,detail\n");
-        for e in &self.entries {
-            let _ = writeln!(
-                s,
-                "{},{},{}",
-                e.item.replace(',', ";"),
-                e.status.name(),
-                e.detail.replace(['\n', ','], ";")
-            );
-        }
-        s
+    /// Writes the report to `out` as `item,status,detail`, one line per entry (line breaks
+    /// in a detail become `; `, so the report greps line by line; commas are quoted).
+    pub fn write_report(&self, out: &Path) -> Result<(), DatasetError> {
+        let rows = self.entries.iter().map(|e| {
+            [
+                e.item.clone(),
+                e.status.name().to_string(),
+                e.detail.replace("\r\n", "; ").replace(['\n', '\r'], "; "),
+            ]
+        });
+        write_csv(out, &["item", "status", "detail"], rows)
     }
 }
 
 /// One row of the labels CSV.
 #[derive(Debug, Clone)]
 struct LabelRow {
-    line: usize,
+    line: u64,
     key: String,
     label: usize,
     severity: Option<f32>,
@@ -210,7 +208,7 @@ fn normalise(p: &Path) -> PathBuf {
 /// `frames`, `severity`, `patient_id` (overrides the file's PatientID; hashed like it).
 fn read_labels(csv: &Path, root: &Path) -> Result<Labels, DatasetError> {
     let table = CsvTable::read(csv)?;
-    let (header, lines) = (table.header(), table.rows());
+    let header = table.header();
     let col = |names: &[&str]| table.col(names);
     let pc = col(&["path", "file", "filename"]);
     let uc = col(&["sop_instance_uid", "sopinstanceuid", "sop_uid", "uid"]);
@@ -229,10 +227,8 @@ fn read_labels(csv: &Path, root: &Path) -> Result<Labels, DatasetError> {
     let root_abs = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
     let mut out = Labels::default();
     let (mut bad_labels, mut bad_rows) = (String::new(), String::new());
-    for (n, line) in lines {
-        let n = n + 1;
-        let f: Vec<&str> = line.split(',').map(str::trim).collect();
-        let get = |c: Option<usize>| c.and_then(|c| f.get(c).copied()).filter(|s| !s.is_empty());
+    for r in table.rows() {
+        let (n, get) = (r.line(), |c| r.get(c));
         let (path, uid) = (get(pc), get(uc));
         let key = match (path, uid) {
             (_, Some(u)) => u.to_string(),
@@ -594,7 +590,7 @@ pub fn prepare(
     let ing = ingest(dir, labels_csv, frames)?;
     fs::create_dir_all(out).map_err(io(out))?;
     let report = out.join("dicom-ingest.csv");
-    fs::write(&report, ing.report_csv()).map_err(io(&report))?;
+    ing.write_report(&report)?;
     let manifest = out.join("dicom-manifest.csv");
     crate::dataset::write_split_csv(&ing.samples, &manifest)?;
     Ok((manifest, ing))

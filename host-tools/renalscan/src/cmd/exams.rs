@@ -12,6 +12,7 @@ use renalscan_edge::config::{Config, ModelForm};
 use renalscan_edge::exam::{ExamReplay, SweepOutcome};
 use renalscan_edge::infer::Classifier;
 use serde::Serialize;
+use train::dataset::{write_csv, CsvTable};
 
 use super::eval::Args;
 
@@ -24,6 +25,22 @@ struct Sweep {
     /// `time_s` per frame index, from a phantom sweep's `frames.csv`.
     times: Vec<f64>,
 }
+
+/// Columns of `exams.csv`, in [`Row`]'s order.
+const EXAMS_HEADER: [&str; 12] = [
+    "sweep",
+    "label",
+    "frames",
+    "inferred",
+    "gated",
+    "first_decision_frame",
+    "first_decision_s",
+    "call",
+    "class",
+    "p_abnormal",
+    "ever_abnormal",
+    "decisions",
+];
 
 /// One judged exam (a row of `exams.csv`).
 #[derive(Debug, Serialize)]
@@ -51,33 +68,23 @@ fn discover(dir: &Path) -> Result<Vec<Sweep>> {
     let list = dir.join("sweeps.csv");
     let mut out = Vec::new();
     if list.is_file() {
-        let text = std::fs::read_to_string(&list)
-            .with_context(|| format!("reading {}", list.display()))?;
-        let mut lines = text.lines();
-        let header: Vec<&str> = lines
-            .next()
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .collect();
+        let table = CsvTable::read(&list)?;
         let col = |name: &str| {
-            header
-                .iter()
-                .position(|h| *h == name)
+            table
+                .col(&[name])
                 .with_context(|| format!("{}: no `{name}` column", list.display()))
         };
         let (pc, lc) = (col("path")?, col("label")?);
-        for (n, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-            let (Some(p), Some(l)) = (cells.get(pc), cells.get(lc)) else {
-                bail!("{} line {}: too few columns", list.display(), n + 2);
+        for r in table.rows() {
+            let (Some(p), Some(l)) = (r.get(Some(pc)), r.get(Some(lc))) else {
+                bail!("{} line {}: no path or no label", list.display(), r.line());
             };
             let label = Class::from_label(l).with_context(|| {
-                format!("{} line {}: unknown label {l:?}", list.display(), n + 2)
+                format!("{} line {}: unknown label {l:?}", list.display(), r.line())
             })?;
             let path = dir.join(p);
             out.push(Sweep {
-                name: (*p).to_string(),
+                name: p.to_string(),
                 times: frames_csv(&path)?.1,
                 path,
                 label,
@@ -130,21 +137,20 @@ fn frames_csv(path: &Path) -> Result<(Option<String>, Vec<f64>)> {
     if !csv.is_file() {
         return Ok((None, Vec::new()));
     }
-    let text =
-        std::fs::read_to_string(&csv).with_context(|| format!("reading {}", csv.display()))?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
-    let col = |name: &str| header.iter().position(|h| *h == name);
-    let lc = col("label").with_context(|| format!("{}: no label column", csv.display()))?;
-    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
-    let label = rows
+    let table = CsvTable::read(&csv)?;
+    let lc = table
+        .col(&["label"])
+        .with_context(|| format!("{}: no label column", csv.display()))?;
+    let label = table
+        .rows()
         .first()
-        .and_then(|r| r.get(lc))
-        .map(|l| (*l).to_string());
-    let times = match col("time_s") {
-        Some(tc) => rows
+        .and_then(|r| r.get(Some(lc)))
+        .map(str::to_string);
+    let times = match table.col(&["time_s"]) {
+        Some(tc) => table
+            .rows()
             .iter()
-            .filter_map(|r| r.get(tc).and_then(|v| v.parse().ok()))
+            .filter_map(|r| r.get(Some(tc)).and_then(|v| v.parse().ok()))
             .collect(),
         None => Vec::new(),
     };
@@ -290,30 +296,27 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
         let p = args.out.join(name);
         std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
     };
-    let mut csv = String::from(
-        "sweep,label,frames,inferred,gated,first_decision_frame,first_decision_s,call,class,\
-         p_abnormal,ever_abnormal,decisions\n",
-    );
-    for r in &rows {
-        let opt = |v: Option<String>| v.unwrap_or_default();
-        let _ = writeln!(
-            csv,
-            "{},{},{},{},{},{},{},{},{},{},{},{}",
-            r.sweep,
-            r.label,
-            r.frames,
-            r.inferred,
-            r.gated,
-            opt(r.first_decision_frame.map(|v| v.to_string())),
-            opt(r.first_decision_s.map(|v| format!("{v:.3}"))),
-            r.call,
-            opt(r.class.clone()),
-            opt(r.p_abnormal.map(|v| format!("{v:.4}"))),
-            r.ever_abnormal,
-            r.decisions
-        );
-    }
-    write("exams.csv", csv)?;
+    let opt = |v: Option<String>| v.unwrap_or_default();
+    write_csv(
+        &args.out.join("exams.csv"),
+        &EXAMS_HEADER,
+        rows.iter().map(|r| {
+            [
+                r.sweep.clone(),
+                r.label.clone(),
+                r.frames.to_string(),
+                r.inferred.to_string(),
+                r.gated.to_string(),
+                opt(r.first_decision_frame.map(|v| v.to_string())),
+                opt(r.first_decision_s.map(|v| format!("{v:.3}"))),
+                r.call.to_string(),
+                opt(r.class.clone()),
+                opt(r.p_abnormal.map(|v| format!("{v:.4}"))),
+                r.ever_abnormal.to_string(),
+                r.decisions.to_string(),
+            ]
+        }),
+    )?;
     write(
         "exams.json",
         serde_json::to_string_pretty(&serde_json::json!({
@@ -520,6 +523,17 @@ mod tests {
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].label, Class::Stone);
         assert!(listed[0].times.is_empty());
+        // A list saved by a spreadsheet: BOM, CRLF, a quoted path with a comma, a notes column.
+        sweep_dir(tmp.path(), "Smith, J", "hydronephrosis");
+        std::fs::write(
+            tmp.path().join("sweeps.csv"),
+            "\u{feff}Label,Path,Notes\r\nhydronephrosis,\"Smith, J\",\"left, lower pole\"\r\n",
+        )
+        .unwrap();
+        let listed = discover(tmp.path()).unwrap();
+        assert_eq!(listed[0].name, "Smith, J");
+        assert_eq!(listed[0].label, Class::Hydronephrosis);
+        assert_eq!(listed[0].times, [0.0, 0.05]);
         std::fs::write(
             tmp.path().join("sweeps.csv"),
             "path,label\nexam1.dcm,kidneyish\n",

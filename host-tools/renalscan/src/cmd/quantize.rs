@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use contract::manifest::Manifest;
+use contract::manifest::{Manifest, Precision};
 use contract::{Class, Taxonomy};
 use quantize::{Agreement, Calibrator, FloatModel, Form, LayerRow};
 use train::{Sample, Split};
@@ -473,23 +473,22 @@ pub fn run(args: Args) -> Result<()> {
         bytes.len() as f64 / 1e6
     );
     // The next steps (`eval`, `bundle`) read the manifest beside the model: give the int8
-    // file the float model's draft, which is what describes it (labels, threshold, gate).
-    // Always this run's: a draft left there by an earlier model would describe another one.
+    // file the float model's draft, which is what describes it (labels, threshold, gate),
+    // saying int8. Always this run's: a draft left there earlier would describe another model.
     let beside = args.out.with_file_name("manifest.toml");
     let same_file = beside
         .canonicalize()
         .ok()
         .is_some_and(|b| manifest_path.canonicalize().is_ok_and(|m| m == b));
-    if manifest_path.is_file() && !same_file {
-        std::fs::copy(&manifest_path, &beside).with_context(|| {
-            format!(
-                "copying {} beside {}",
-                manifest_path.display(),
-                args.out.display()
-            )
-        })?;
+    if let (Some(draft), false) = (&draft, same_file) {
+        let mut int8_draft = draft.clone();
+        int8_draft.model.precision = Precision::Int8;
+        let text = int8_draft
+            .to_toml()
+            .with_context(|| format!("writing the draft of {}", args.out.display()))?;
+        std::fs::write(&beside, text).with_context(|| format!("writing {}", beside.display()))?;
         log::info!(
-            "{}: the float model's draft manifest, for eval and bundle",
+            "{}: the float model's draft manifest, as int8, for eval and bundle",
             beside.display()
         );
     }
@@ -719,17 +718,18 @@ fn write_report(dir: &Path, r: &Report) -> Result<()> {
     let json = serde_json::to_string_pretty(r)?;
     std::fs::write(dir.join("quantize.json"), json)?;
     if let Some(t) = &r.test {
-        let mut csv = String::from("path,label,p_abnormal_float,p_abnormal_int8\n");
-        for (p, l, f, q) in &t.scores {
-            // RFC 4180 quoting: a path may hold commas or quotes.
-            let p = if p.contains([',', '"', '\n']) {
-                format!("\"{}\"", p.replace('"', "\"\""))
-            } else {
-                p.clone()
-            };
-            csv.push_str(&format!("{p},{l},{f:.6},{q:.6}\n"));
-        }
-        std::fs::write(dir.join("scores.csv"), csv)?;
+        train::dataset::write_csv(
+            &dir.join("scores.csv"),
+            &["path", "label", "p_abnormal_float", "p_abnormal_int8"],
+            t.scores.iter().map(|(p, l, f, q)| {
+                [
+                    p.clone(),
+                    l.to_string(),
+                    format!("{f:.6}"),
+                    format!("{q:.6}"),
+                ]
+            }),
+        )?;
     }
     let mut md = format!(
         "# int8 quantization of {}\n\n- output: {} ({:.2} MB)\n- calibration: {} images in {:.1} s ({} skipped)\n- chosen calibrator: **{}** ({})\n- bias correction: {}\n- weight rounding: {}\n- equalization: {}\n\n",

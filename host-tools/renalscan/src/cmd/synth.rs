@@ -163,7 +163,7 @@ fn sweep_set(args: &Args, per_class: usize, start: Instant) -> Result<()> {
                         phantom::write_sweep(&args.out.join(&name), cfg, &|_, _| {})?;
                         rows.lock()
                             .map_err(|_| anyhow::anyhow!("a sweep writer panicked"))?
-                            .push(format!("{name},{},{seed}", class.label()));
+                            .push([name, class.label().to_string(), seed.to_string()]);
                         bar.tick();
                     }
                 })
@@ -180,8 +180,7 @@ fn sweep_set(args: &Args, per_class: usize, start: Instant) -> Result<()> {
         .map_err(|_| anyhow::anyhow!("a sweep writer panicked"))?;
     rows.sort();
     let csv = args.out.join("sweeps.csv");
-    std::fs::write(&csv, format!("path,label,seed\n{}\n", rows.join("\n")))
-        .with_context(|| format!("writing {}", csv.display()))?;
+    train::dataset::write_csv(&csv, &["path", "label", "seed"], &rows)?;
     log::info!(
         "{} sweeps of {} frames in {:.1} s: {}",
         rows.len(),
