@@ -28,6 +28,13 @@ fn renalscan(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
     cmd.output().expect("renalscan runs")
 }
 
+/// `renalscan eval --model <model> --data <data> --out <out>`.
+fn eval(model: &Path, data: &Path, out: &Path) -> Output {
+    renalscan(&[
+        &"eval", &"--model", &model, &"--data", &data, &"--out", &out,
+    ])
+}
+
 fn ok(step: &str, out: Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -81,15 +88,7 @@ fn the_readme_cli_sequence_chains_by_hand() {
 
     ok(
         "eval (float)",
-        renalscan(&[
-            &"eval",
-            &"--model",
-            &run,
-            &"--data",
-            &run.join("split.csv"),
-            &"--out",
-            &t.join("report"),
-        ]),
+        eval(&run, &run.join("split.csv"), &t.join("report")),
     );
     exists(&t.join("report/metrics.json"));
 
@@ -124,15 +123,7 @@ fn the_readme_cli_sequence_chains_by_hand() {
 
     ok(
         "eval (int8)",
-        renalscan(&[
-            &"eval",
-            &"--model",
-            &int8,
-            &"--data",
-            &run.join("split.csv"),
-            &"--out",
-            &t.join("report-int8"),
-        ]),
+        eval(&int8, &run.join("split.csv"), &t.join("report-int8")),
     );
     exists(&t.join("report-int8/metrics.json"));
 
@@ -172,15 +163,7 @@ fn the_readme_cli_sequence_chains_by_hand() {
     // The step the README once broke on: eval of an int8 file with no manifest beside it
     // fails with the cause and the fix, never an empty "Caused by:".
     std::fs::remove_file(q.join("manifest.toml")).unwrap();
-    let out = renalscan(&[
-        &"eval",
-        &"--model",
-        &int8,
-        &"--data",
-        &run.join("split.csv"),
-        &"--out",
-        &t.join("r3"),
-    ]);
+    let out = eval(&int8, &run.join("split.csv"), &t.join("r3"));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--manifest"), "{err}");
