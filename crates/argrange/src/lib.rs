@@ -61,7 +61,8 @@ pub const ABSURD: [&str; 6] = ["nan", "inf", "-inf", "-1", "1e300", "18446744073
 
 /// Checks every numeric option of `cmd` and its subcommands: each absurd value must be
 /// refused with an error naming the flag. Options in `unbounded` (seeds, which may be any
-/// number) are skipped. Returns one line per failure.
+/// number) are skipped. Also checks that no two arguments of a command share an id. Returns
+/// one line per failure.
 pub fn check_command(cmd: clap::Command, unbounded: &[&str]) -> Vec<String> {
     let mut failures = Vec::new();
     let mut cmd = cmd;
@@ -89,6 +90,19 @@ fn is_numeric(arg: &clap::Arg) -> bool {
 }
 
 fn walk(cmd: &clap::Command, path: &mut Vec<String>, unbounded: &[&str], out: &mut Vec<String>) {
+    // Two arguments with one id (two flattened groups with a field of the same name) share
+    // one value. clap asserts this only in debug builds; the test command builds release.
+    let mut ids = std::collections::BTreeSet::new();
+    for arg in cmd.get_arguments() {
+        if !ids.insert(arg.get_id().as_str()) {
+            out.push(format!(
+                "{} {}: two arguments share the id {:?}; give one an explicit `id`",
+                path.join(" "),
+                cmd.get_name(),
+                arg.get_id().as_str()
+            ));
+        }
+    }
     for arg in cmd.get_arguments() {
         let Some(long) = arg.get_long() else { continue };
         if !is_numeric(arg) || unbounded.contains(&long) {
@@ -185,5 +199,22 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("--fps") && e.contains("0..=240"), "{e}");
+    }
+
+    /// Two flattened groups with a field of the same name: one value for two flags. Debug
+    /// builds of clap panic on it; release builds (the test command's) must report it here.
+    #[test]
+    fn two_arguments_with_one_id_are_reported() {
+        let cmd = clap::Command::new("x")
+            .arg(clap::Arg::new("dir").long("cache-dir"))
+            .arg(clap::Arg::new("dir").long("fixtures-dir"));
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check_command(cmd, &[]))) {
+            Ok(failures) => assert!(
+                failures.iter().any(|f| f.contains("share the id \"dir\"")),
+                "{failures:#?}"
+            ),
+            Err(_) if cfg!(debug_assertions) => {} // clap's own assert caught it
+            Err(_) => panic!("check_command panicked in a release build"),
+        }
     }
 }

@@ -864,8 +864,7 @@ mod tests {
             vec![value_info_fixed(PROBS, &[1, 5])],
             ModelMeta::default(),
         );
-        let dir = std::env::temp_dir().join(format!("model-cam-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::tempdir().unwrap().keep();
         let p = dir.join(name);
         std::fs::write(&p, onnx_graph::encode(&model)).unwrap();
         p

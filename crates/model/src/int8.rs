@@ -1242,15 +1242,13 @@ mod tests {
         assert_eq!(back.key, d.key);
         assert_eq!(back.built, Built::Integer);
         assert!((back.float_ms - 140.2).abs() < 0.1);
-        let dir = std::env::temp_dir().join(format!("int8-decision-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let file = dir.join("form.txt");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("form.txt");
         d.write(&file);
         assert!(CachedDecision::read(&file, &d.key).is_some());
         assert!(CachedDecision::read(&file, "/m.onnx|124|456|x86_64|k").is_none());
         std::fs::write(&file, d.to_text().replace("form=integer", "form=fast")).expect("write");
         assert!(CachedDecision::read(&file, &d.key).is_none());
-        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

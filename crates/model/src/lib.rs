@@ -314,12 +314,10 @@ mod tests {
 
     #[test]
     fn garbage_file_is_a_load_error() {
-        let dir = std::env::temp_dir().join(format!("model-garbage-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("bad.onnx");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.onnx");
         std::fs::write(&p, b"this is not protobuf \xff\xff\xff").unwrap();
         let r = Network::load(&p, &[1, 3, 8, 8]);
-        std::fs::remove_dir_all(&dir).ok();
         assert!(matches!(r, Err(ModelError::Load { .. })));
     }
 }

@@ -389,7 +389,8 @@ mod tests {
 
     #[test]
     fn writes_files_and_manifest() {
-        let dir = std::env::temp_dir().join(format!("phantom-test-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("set");
         let specs = plan(&cfg(6, Mix::Balanced));
         let m = write_dataset(&dir, &specs, &|_, _| {}).unwrap();
         let text = std::fs::read_to_string(&m).unwrap();
@@ -401,6 +402,5 @@ mod tests {
             let img = image::open(&p).unwrap();
             assert_eq!(img.width(), s.profile.screen.0);
         }
-        std::fs::remove_dir_all(&dir).ok();
     }
 }

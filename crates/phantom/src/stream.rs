@@ -417,14 +417,14 @@ mod tests {
         let (near, far) = (near / n_near as f64, far / (live.len() / 2) as f64);
         assert!(near < far, "near {near:.2} far {far:.2}");
         // Written form: one PNG per frame plus the truth table.
-        let dir = std::env::temp_dir().join(format!("phantom-sweep-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("sweep");
         let mut small = cfg.clone();
         small.frames = Some(3);
         let csv = write_sweep(&dir, small, &|_, _| {}).unwrap();
         let text = std::fs::read_to_string(csv).unwrap();
         assert_eq!(text.lines().count(), 4);
         assert!(dir.join("frame_000002.png").exists());
-        std::fs::remove_dir_all(&dir).ok();
         // Deterministic.
         let again: Vec<_> = ProbeSweep::new(cfg).take(5).collect();
         for (a, b) in frames.iter().zip(&again) {

@@ -18,27 +18,20 @@ pub mod qop;
 pub mod signed;
 pub mod tiny;
 
-/// Deterministic uniform numbers in [-1, 1) (xorshift).
+/// Deterministic uniform numbers in [-1, 1) for test tensors, from the workspace's one
+/// seeded generator.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(seeded::Rng);
 
 impl Rng {
     /// A generator; different seeds give unrelated streams.
     pub fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    /// A generator starting from this raw state (non-zero), for tests that pinned a stream.
-    pub fn from_state(state: u64) -> Self {
-        Self(state)
+        Self(seeded::Rng::new(seed))
     }
 
     /// The next number in [-1, 1).
     pub fn uniform(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        self.0.f() * 2.0 - 1.0
     }
 
     /// `n` numbers scaled to [-scale, scale).

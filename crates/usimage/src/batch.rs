@@ -142,8 +142,8 @@ mod tests {
 
     #[test]
     fn writes_one_png_and_record_per_frame() {
-        let dir = std::env::temp_dir().join(format!("usimage-batch-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let shape = FanShape::Linear([80, 30, 240, 220]);
         let a = screen(320, 240, shape, 1, &mut Vec::new());
         let mut px = a.grey().to_vec();
@@ -152,7 +152,7 @@ mod tests {
         std::fs::write(&dcm, dicom_bytes(320, 240, "MONOCHROME2", 1, 2, px, None)).unwrap();
         let mut pre = Preprocessor::new(32, Normalization::caffe_bgr());
         let mut records = Vec::new();
-        let n = preprocess_file(&dcm, &dir, &mut pre, |r| records.push(r.clone())).unwrap();
+        let n = preprocess_file(&dcm, dir, &mut pre, |r| records.push(r.clone())).unwrap();
         assert_eq!(n, 2);
         assert_eq!(records[1].frame, 1);
         assert_eq!(records[0].kind, ScanKind::Linear);
@@ -167,8 +167,7 @@ mod tests {
         assert!(!bytes.windows(9).any(|w| w == b"Synthetic"));
         let png = image::open(&records[1].output).unwrap();
         assert_eq!((png.width(), png.height()), (32, 32));
-        let missing = preprocess_file(&dir.join("nope.png"), &dir, &mut pre, |_| {});
+        let missing = preprocess_file(&dir.join("nope.png"), dir, &mut pre, |_| {});
         assert!(matches!(missing, Err(BatchError::Decode { .. })));
-        std::fs::remove_dir_all(&dir).ok();
     }
 }

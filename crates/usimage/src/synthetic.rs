@@ -63,29 +63,18 @@ impl FanShape {
     }
 }
 
-/// Small deterministic PRNG (xorshift32): synthetic data must be identical on every run.
-#[derive(Debug, Clone)]
-pub struct Rng(u32);
+/// Uniform integers below `n` from the workspace's one seeded generator: synthetic data must
+/// be identical on every run and machine.
+struct Rng(seeded::Rng);
 
 impl Rng {
-    /// Seeded generator (seed 0 is replaced by a fixed constant).
-    pub fn new(seed: u32) -> Self {
-        Self(if seed == 0 { 0x9E37_79B9 } else { seed })
-    }
-
-    /// Next value.
-    pub fn next_u32(&mut self) -> u32 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        self.0 = x;
-        x
+    fn new(seed: u32) -> Self {
+        Self(seeded::Rng::new(u64::from(seed)))
     }
 
     /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u32) -> u32 {
-        self.next_u32() % n.max(1)
+    fn below(&mut self, n: u32) -> u32 {
+        self.0.int(0, n.max(1) - 1)
     }
 }
 
@@ -523,17 +512,12 @@ pub fn netpbm(w: u16, h: u16, channels: u8, px: &[u8]) -> Vec<u8> {
 /// (Debian libopenjp2-tools, installed by scripts/setup.sh): a real encoder, for test files.
 /// `args` go to it (`-I -r 8` for lossy).
 pub fn opj_compress(pgm_or_ppm: &[u8], ext: &str, args: &[&str]) -> Result<Vec<u8>, String> {
-    let dir = std::env::temp_dir().join(format!(
-        "usimage-j2k-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    ));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let input = dir.join(format!("in.{ext}"));
-    let output = dir.join("out.j2k");
+    let dir = tempfile::Builder::new()
+        .prefix("usimage-j2k-")
+        .tempdir()
+        .map_err(|e| format!("a scratch directory for opj_compress: {e}"))?;
+    let input = dir.path().join(format!("in.{ext}"));
+    let output = dir.path().join("out.j2k");
     std::fs::write(&input, pgm_or_ppm).map_err(|e| format!("{}: {e}", input.display()))?;
     let run = std::process::Command::new("opj_compress")
         .arg("-i")
@@ -552,7 +536,6 @@ pub fn opj_compress(pgm_or_ppm: &[u8], ext: &str, args: &[&str]) -> Result<Vec<u
         )),
         Ok(_) => std::fs::read(&output).map_err(|e| format!("{}: {e}", output.display())),
     };
-    std::fs::remove_dir_all(&dir).ok();
     result
 }
 

@@ -117,16 +117,13 @@ fn client(addr: String, stop: Arc<AtomicBool>, seen: Arc<Seen>) {
 }
 
 /// Browser pages, killed when dropped.
-struct Pages(Vec<Child>, Vec<PathBuf>);
+struct Pages(Vec<Child>, Vec<tempfile::TempDir>);
 
 impl Drop for Pages {
     fn drop(&mut self) {
         for c in &mut self.0 {
             let _ = c.kill();
             let _ = c.wait();
-        }
-        for d in &self.1 {
-            let _ = std::fs::remove_dir_all(d);
         }
     }
 }
@@ -144,7 +141,7 @@ struct RunResult {
 }
 
 fn one_run(a: &BenchViewArgs, with_view: bool) -> anyhow::Result<RunResult> {
-    let mut cfg = bench_config(&a.model, &a.source, a.frames);
+    let mut cfg = bench_config(&a.model, &a.source, a.frames)?;
     cfg.output.status_every_s = 0.5;
     cfg.journal.enabled = false;
     let port = free_port()?;
@@ -166,8 +163,10 @@ fn one_run(a: &BenchViewArgs, with_view: bool) -> anyhow::Result<RunResult> {
         for i in 0..a.viewers {
             match &a.browser {
                 Some(b) => {
-                    let dir = std::env::temp_dir()
-                        .join(format!("renalscan-bench-view-{}-{i}", std::process::id()));
+                    let dir = tempfile::Builder::new()
+                        .prefix(&format!("renalscan-bench-view-{i}-"))
+                        .tempdir()
+                        .context("creating a browser profile directory")?;
                     pages.0.push(
                         Command::new(b)
                             .args([
@@ -176,7 +175,7 @@ fn one_run(a: &BenchViewArgs, with_view: bool) -> anyhow::Result<RunResult> {
                                 "--disable-gpu",
                                 "--window-size=1280,800",
                             ])
-                            .arg(format!("--user-data-dir={}", dir.display()))
+                            .arg(format!("--user-data-dir={}", dir.path().display()))
                             .arg(format!("http://{addr}/"))
                             .stdout(Stdio::null())
                             .stderr(Stdio::null())

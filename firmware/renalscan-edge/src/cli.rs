@@ -89,12 +89,12 @@ pub struct SourceArgs {
     /// Phantom seed.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Phantom patient class (normal, stone, cyst, hyperechogenicity, sol, hydronephrosis).
-    #[arg(long)]
+    /// Phantom patient class.
+    #[arg(long, ignore_case = true, value_parser = clap::builder::PossibleValuesParser::new(contract::LABELS))]
     pub class: Option<String>,
-    /// What the phantom probe sweeps over: kidney, or liver, spleen, bladder, bowel,
-    /// rib_lung, lifted, off_axis (no kidney in view: the bundle's view gate refuses them).
-    #[arg(long)]
+    /// What the phantom probe sweeps over: a kidney, or a view without one (the bundle's
+    /// view gate refuses those).
+    #[arg(long, ignore_case = true, value_parser = phantom_views())]
     pub view: Option<String>,
 }
 
@@ -268,7 +268,9 @@ fn apply_model(cfg: &mut Config, m: &ModelArgs) {
     }
 }
 
-fn apply_source(cfg: &mut Config, s: &SourceArgs) {
+/// Applies the source flags over the configuration. Flags of one source kind are refused
+/// when the effective source (flag or config) is another: they would silently do nothing.
+fn apply_source(cfg: &mut Config, s: &SourceArgs) -> anyhow::Result<()> {
     if let Some(p) = &s.replay {
         cfg.source.kind = SourceKind::Replay;
         cfg.source.replay.path = Some(p.clone());
@@ -297,6 +299,27 @@ fn apply_source(cfg: &mut Config, s: &SourceArgs) {
     if let Some(v) = &s.view {
         cfg.source.phantom.view = v.clone();
     }
+    let kind = cfg.source.kind;
+    let phantom_only = [
+        ("--seed", s.seed.is_some()),
+        ("--class", s.class.is_some()),
+        ("--view", s.view.is_some()),
+    ];
+    if let Some((flag, _)) = phantom_only.iter().find(|(_, given)| *given) {
+        if kind != SourceKind::Phantom {
+            anyhow::bail!(
+                "{flag} applies to the phantom source, but the source is {kind:?}: add \
+                 --phantom (or source.kind = \"phantom\" in the config)"
+            );
+        }
+    }
+    if s.looped && kind != SourceKind::Replay {
+        anyhow::bail!(
+            "--loop applies to a replay, but the source is {kind:?}: add --replay PATH (or \
+             source.kind = \"replay\" in the config)"
+        );
+    }
+    Ok(())
 }
 
 /// Loads and verifies the bundle once; refuses to start with a message saying why.
@@ -332,7 +355,7 @@ fn signal_flag() -> anyhow::Result<Arc<AtomicBool>> {
 fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = load_config(a.config.as_deref())?;
     apply_model(&mut cfg, &a.model);
-    apply_source(&mut cfg, &a.source);
+    apply_source(&mut cfg, &a.source)?;
     if let Some(m) = a.mode {
         cfg.pipeline.mode = m;
     }
@@ -583,28 +606,35 @@ fn cmd_probes(a: ProbesArgs) -> anyhow::Result<ExitCode> {
 
 /// A benchmark's config: the phantom (or the given replay, looped) as fast as the pipeline
 /// takes it, for `frames` frames.
-pub(crate) fn bench_config(model: &ModelArgs, source: &SourceArgs, frames: u64) -> Config {
+pub(crate) fn bench_config(
+    model: &ModelArgs,
+    source: &SourceArgs,
+    frames: u64,
+) -> anyhow::Result<Config> {
     let mut cfg = Config::default();
     apply_model(&mut cfg, model);
     cfg.source.kind = SourceKind::Phantom;
     cfg.source.phantom.fps = 0.0;
     cfg.source.replay.fps = 0.0;
     cfg.source.replay.looped = true;
-    apply_source(&mut cfg, source);
+    apply_source(&mut cfg, source)?;
     cfg.pipeline.max_frames = frames;
-    cfg
+    Ok(cfg)
 }
 
 fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
-    let mut cfg = bench_config(&a.model, &a.source, a.frames);
+    let mut cfg = bench_config(&a.model, &a.source, a.frames)?;
     cfg.pipeline.infer_every = a.infer_every.max(1);
     cfg.output.status_every_s = 5.0;
     let tmp;
     cfg.journal.dir = match &a.journal {
         Some(d) => d.clone(),
         None => {
-            tmp = tempdir()?;
-            tmp.0.clone()
+            tmp = tempfile::Builder::new()
+                .prefix("renalscan-edge-bench-")
+                .tempdir()
+                .context("creating a scratch journal directory")?;
+            tmp.path().to_path_buf()
         }
     };
     cfg.validate()?;
@@ -702,23 +732,13 @@ fn loadavg() -> Option<f64> {
         .ok()
 }
 
-/// A temporary directory removed on drop (no tempfile dependency in the binary).
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempdir() -> anyhow::Result<TempDir> {
-    let p = std::env::temp_dir().join(format!(
-        "renalscan-edge-bench-{}-{}",
-        std::process::id(),
-        crate::events::unix_ms()
-    ));
-    std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
-    Ok(TempDir(p))
+/// `--view`'s choices: the phantom's anatomy labels.
+fn phantom_views() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(
+        std::iter::once(phantom::Anatomy::Kidney)
+            .chain(phantom::Anatomy::OTHER)
+            .map(|a| a.label()),
+    )
 }
 
 #[cfg(test)]
@@ -733,5 +753,35 @@ mod tests {
         Cli::command().debug_assert();
         let failures = argrange::check_command(Cli::command(), &["seed"]);
         assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    fn source_of(args: &[&str]) -> anyhow::Result<Config> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("renalscan-edge").chain(args.iter().copied()))?;
+        let Cmd::Run(a) = cli.cmd else {
+            anyhow::bail!("not run");
+        };
+        let mut cfg = Config::default();
+        apply_source(&mut cfg, &a.source)?;
+        Ok(cfg)
+    }
+
+    /// Fixed choices are listed and checked by clap; source flags of another source are
+    /// refused instead of silently doing nothing.
+    #[test]
+    fn source_flags_are_choices_and_need_their_source() {
+        let cfg = source_of(&["run", "--phantom", "--class", "Stone", "--view", "kidney"]).unwrap();
+        assert_eq!(cfg.source.kind, SourceKind::Phantom);
+        assert_eq!(cfg.source.phantom.class.to_ascii_lowercase(), "stone");
+        let e = source_of(&["run", "--phantom", "--view", "heart"]).unwrap_err();
+        assert!(e.to_string().contains("rib_lung"), "{e}");
+        let e = source_of(&["run", "--replay", "x", "--seed", "3"]).unwrap_err();
+        assert!(
+            e.to_string().contains("--seed applies to the phantom"),
+            "{e}"
+        );
+        let e = source_of(&["run", "--phantom", "--loop"]).unwrap_err();
+        assert!(e.to_string().contains("--loop applies to a replay"), "{e}");
+        assert!(source_of(&["run", "--replay", "x", "--loop", "--fps", "5"]).is_ok());
     }
 }

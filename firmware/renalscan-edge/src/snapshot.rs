@@ -224,27 +224,13 @@ pub fn render(s: &Snapshot<'_>, alpha: f32) -> Result<RgbImage, SnapshotError> {
     Ok(img)
 }
 
-/// `YYYYMMDDTHHMMSS.mmmZ` (UTC) of a time, without a date library.
+/// `YYYYMMDDTHHMMSS.mmmZ` (UTC) of a time: sorts by name, no separator a file system dislikes.
 pub fn utc_stamp(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (proleptic Gregorian, era-based).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let ts = jiff::Timestamp::try_from(t.max(UNIX_EPOCH)).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     format!(
-        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        d.subsec_millis()
+        "{}.{:03}Z",
+        ts.strftime("%Y%m%dT%H%M%S"),
+        ts.subsec_millisecond()
     )
 }
 

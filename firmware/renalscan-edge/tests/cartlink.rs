@@ -16,22 +16,20 @@ use cartlink::serial::{millis_since, port_name, pty_pair, read_some, service_con
 use cartlink::{flags, Command, ExamContext, Side, State};
 use common::*;
 
-/// Deterministic byte corruption (xorshift), each fault at `ppm` parts per million.
+/// Deterministic byte corruption (the workspace's seeded generator), each fault at `ppm`
+/// parts per million.
 struct Noise {
-    s: u64,
+    s: seeded::Rng,
     ppm: u64,
     hits: u64,
 }
 
 impl Noise {
     fn next(&mut self) -> u64 {
-        self.s ^= self.s << 13;
-        self.s ^= self.s >> 7;
-        self.s ^= self.s << 17;
-        self.s
+        self.s.u64()
     }
     fn chance(&mut self) -> bool {
-        self.next() % 1_000_000 < self.ppm
+        self.s.below(1_000_000) < self.ppm
     }
     fn apply(&mut self, input: &[u8], out: &mut Vec<u8>) {
         for &b in input {
@@ -66,12 +64,12 @@ fn relay(
 ) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let mut na = Noise {
-            s: 0x1234_5678_9abc,
+            s: seeded::Rng::new(0x1234_5678_9abc),
             ppm,
             hits: 0,
         };
         let mut nb = Noise {
-            s: 0x0fed_cba9_8765,
+            s: seeded::Rng::new(0x0fed_cba9_8765),
             ppm,
             hits: 0,
         };

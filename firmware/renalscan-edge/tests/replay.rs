@@ -1,6 +1,7 @@
 //! The runtime binary on replayed frames with the tiny model: decisions follow the frames,
 //! corrupt frames are skipped, freeze mode classifies a frozen image once, a replay medium
-//! that disappears mid-run is reopened, SIGTERM shuts down cleanly, bad bundles refuse.
+//! that disappears mid-run is reopened, SIGTERM shuts down cleanly, bad bundles refuse, and
+//! systemd hears readiness, status, watchdog pings and the shutdown.
 
 mod common;
 
@@ -235,6 +236,78 @@ fn replay_medium_lost_mid_stream_is_reopened_and_sigterm_shuts_down() {
     assert!(fin["frames"]["inferred"].as_u64().unwrap() >= 10, "{fin}");
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// The runtime under `Type=notify` + `WatchdogSec=`: a real `$NOTIFY_SOCKET` (a datagram
+/// socket the test binds, as systemd's) receives `READY=1` with a status line and the main
+/// PID, periodic `STATUS=`, `WATCHDOG=1` at half of `$WATCHDOG_USEC`, and `STOPPING=1` last.
+#[test]
+fn systemd_hears_ready_status_pings_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let tmp = tempfile::tempdir().unwrap();
+    let frames = tmp.path().join("frames");
+    write_frames(&frames, &[false, true, false, true]);
+    let bundle = write_bundle(&tmp.path().join("bundle"), 0.5);
+    let cfg = config(tmp.path(), "");
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut child = Command::new(edge_bin())
+        .args(run_args(
+            &cfg,
+            &bundle,
+            &frames,
+            &["--fps", "10", "--loop", "--no-journal"],
+        ))
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = line_reader(&mut child);
+    let mut got: Vec<String> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = Instant::now() + Duration::from_secs(60);
+    // Until the first decision, a few status lines and several pings have arrived.
+    while Instant::now() < end {
+        let n = sock.recv(&mut buf).expect("a notification within 30 s");
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        let pings = got.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+        let statuses = got.iter().filter(|m| m.starts_with("STATUS=")).count();
+        if pings >= 3 && statuses >= 2 {
+            break;
+        }
+    }
+    let ready = &got[0];
+    assert!(ready.contains("READY=1\n"), "first notification: {got:?}");
+    assert!(ready.contains("STATUS=screening aid ready"), "{ready:?}");
+    assert!(
+        ready.contains(&format!("MAINPID={}\n", child.id())),
+        "{ready:?}"
+    );
+    let statuses: Vec<&String> = got.iter().filter(|m| m.starts_with("STATUS=")).collect();
+    assert!(statuses.len() >= 2, "{got:?}");
+    assert!(
+        statuses.iter().all(|m| m.lines().count() == 1),
+        "{statuses:?}"
+    );
+    assert!(statuses[0].contains("fps"), "{statuses:?}");
+    wait_for(&rx, Duration::from_secs(30), "a decision", |v| {
+        v["event"] == "decision"
+    });
+    sigterm(&child);
+    let mut last = String::new();
+    while let Ok(n) = sock.recv(&mut buf) {
+        last = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if last.contains("STOPPING=1") {
+            break;
+        }
+    }
+    assert_eq!(last, "STOPPING=1\n");
+    assert!(child.wait().unwrap().success());
 }
 
 fn refuses(bundle: &std::path::Path, keys: Option<&std::path::Path>, expect: &str) {

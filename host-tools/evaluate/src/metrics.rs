@@ -1,5 +1,8 @@
 //! Screening metrics: AUC with a DeLong confidence interval, the operating point, the
 //! per-abnormality table of the reference study, confusion matrix and calibration error.
+//!
+//! These are our own code on purpose: no maintained Rust crate computes DeLong's interval,
+//! and each function is short and checked against a hand computation below.
 
 use std::collections::BTreeMap;
 

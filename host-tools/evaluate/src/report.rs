@@ -38,7 +38,7 @@ fn pct(x: f64) -> String {
     format!("{:.1}", 100.0 * x)
 }
 
-/// Markdown body shared by `report.md` and (converted line by line) `report.html`.
+/// Markdown tables of `report.md` (and so of `report.html`, rendered from it).
 fn tables(e: &Evaluation) -> (String, String, String) {
     let o = &e.overall;
     let mut overall = String::new();
@@ -142,27 +142,41 @@ fn gate_table(e: &Evaluation) -> String {
     t
 }
 
-fn md_table_to_html(md: &str) -> String {
-    let mut h = String::from("<table>\n");
-    for (i, line) in md.lines().enumerate() {
-        if i == 1 {
-            continue; // the |---| separator
+/// `report.html` from `report.md`'s text: pictures named in `images` are inlined as data
+/// URIs, so the page is one self-contained file. The report holds no HTML of its own, so any
+/// raw HTML in the Markdown (a data set named `<x>`) is shown as text, never interpreted.
+fn markdown_to_html(md: &str, images: &[(&str, &[u8])]) -> String {
+    use pulldown_cmark::{html, CowStr, Event, Options, Parser, Tag};
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let events = Parser::new_ext(md, Options::ENABLE_TABLES).map(|ev| match ev {
+        Event::Html(t) | Event::InlineHtml(t) => Event::Text(t),
+        Event::Start(Tag::Image {
+            link_type,
+            dest_url,
+            title,
+            id,
+        }) => {
+            let dest_url = match images.iter().find(|(name, _)| **name == *dest_url) {
+                Some((_, bytes)) => CowStr::from(format!("data:image/png;base64,{}", b64(bytes))),
+                None => dest_url,
+            };
+            Event::Start(Tag::Image {
+                link_type,
+                dest_url,
+                title,
+                id,
+            })
         }
-        let tag = if i == 0 { "th" } else { "td" };
-        h.push_str("<tr>");
-        for cell in line.trim().trim_matches('|').split('|') {
-            let _ = write!(h, "<{tag}>{}</{tag}>", html_escape(cell.trim()));
-        }
-        h.push_str("</tr>\n");
-    }
-    h.push_str("</table>\n");
-    h
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+        other => other,
+    });
+    let mut body = String::new();
+    html::push_html(&mut body, events);
+    format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>renalscan evaluation</title>\
+         <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}\
+         table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px}}\
+         img{{max-width:100%}}</style></head><body>\n{body}</body></html>\n"
+    )
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
@@ -275,38 +289,10 @@ pub fn write_report(dir: &Path, e: &Evaluation, context: &str) -> Result<(), Rep
          ## View gate (is it a kidney?)\n\n{gate}\n\
          ## ROC curves\n\n![ROC](roc.png)\n\n{ROC_LEGEND}\n\n## Calibration\n\n\
          ![calibration](calibration.png)\n\n{CAL_LEGEND}\n\n\
-         Not for diagnosis: a screening aid evaluated here on the data given.\n"
+         **Not for diagnosis**: a screening aid evaluated here on the data given.\n"
     );
     write(&dir.join("report.md"), md.as_bytes())?;
-    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    let html = format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>renalscan evaluation</title>\
-         <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}\
-         table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px}}</style>\
-         </head><body>\n<h1>renalscan evaluation</h1>\n<p>{}</p>\n<h2>Normal vs abnormal</h2>\n{}\
-         <h2>The study's table</h2>\n{}<p>{}</p>\n\
-         <h2>Each abnormality type vs normal</h2>\n{}<h2>Confusion matrix (argmax)</h2>\n{}\
-         <h2>View gate (is it a kidney?)</h2>\n{}\
-         <h2>ROC curves</h2>\n<img alt=\"ROC\" src=\"data:image/png;base64,{}\">\n<p>{}</p>\n\
-         <h2>Calibration</h2>\n<img alt=\"calibration\" src=\"data:image/png;base64,{}\">\n<p>{}</p>\n\
-         <p><b>Not for diagnosis</b>: a screening aid evaluated here on the data given.</p>\n\
-         </body></html>\n",
-        html_escape(context),
-        md_table_to_html(&overall),
-        md_table_to_html(&study),
-        html_escape(STUDY_NOTE).replace("**not comparable**", "<b>not comparable</b>"),
-        md_table_to_html(&per_type),
-        md_table_to_html(&conf),
-        if gate.starts_with('|') {
-            md_table_to_html(&gate)
-        } else {
-            format!("<p>{}</p>\n", html_escape(&gate))
-        },
-        b64(&roc),
-        ROC_LEGEND,
-        b64(&cal),
-        CAL_LEGEND
-    );
+    let html = markdown_to_html(&md, &[("roc.png", &roc), ("calibration.png", &cal)]);
     write(&dir.join("report.html"), html.as_bytes())?;
     log::info!("report written to {}", dir.display());
     Ok(())
@@ -337,7 +323,14 @@ mod tests {
         assert!(json["per_type"]["stone"]["accuracy"].is_number());
         let html = fs::read_to_string(dir.path().join("report.html")).unwrap();
         assert!(html.contains("data:image/png;base64,iVBOR"));
-        assert!(html.contains("test &lt;data&gt;"));
+        assert!(
+            html.contains("test &lt;data&gt;"),
+            "raw HTML in the context is text"
+        );
+        assert_eq!(html.matches("<img ").count(), 2);
+        assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 2);
+        assert!(html.contains("<table>") && html.contains("<th>AUC here</th>"));
+        assert!(html.contains("<strong>not comparable</strong>"));
         assert!(html.contains("The study&#39;s table") || html.contains("The study's table"));
         let md = fs::read_to_string(dir.path().join("report.md")).unwrap();
         let row = md

@@ -254,15 +254,12 @@ fn kl_divergence(p: &[f64], q: &[f64]) -> f64 {
 pub(crate) mod tests {
     use super::*;
 
-    /// Deterministic pseudo-random uniforms in (0, 1) (xorshift), shared by the crate's tests.
-    pub(crate) fn uniforms(n: usize, mut seed: u64) -> Vec<f64> {
+    /// Deterministic uniforms in (0, 1) (open: half a step off zero), shared by the crate's
+    /// tests.
+    pub(crate) fn uniforms(n: usize, seed: u64) -> Vec<f64> {
+        let mut rng = seeded::Rng::new(seed);
         (0..n)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                ((seed >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-            })
+            .map(|_| ((rng.u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64)
             .collect()
     }
 

@@ -36,7 +36,8 @@ fn batch_dims(dims: &[usize]) -> Vec<Dim> {
 /// conv(3->8) relu maxpool | conv(8->8) relu conv(8->8) + shortcut, relu = features |
 /// GAP flatten gemm(8->3) softmax = probs.
 fn tiny_model(extra: Option<NodeProto>) -> Vec<u8> {
-    let mut rng = Rng::from_state(0x9e37_79b9_7f4a_7c15);
+    // Seeds 1-6 all pass every test here (checked when the generator changed); 1 it is.
+    let mut rng = Rng::new(1);
     let mut g = Graph::new();
     conv(&mut g, &mut rng, "c1", "image", 3, 8, 3);
     g.node("Relu", "c1_relu", &["c1"], vec![]);
@@ -90,7 +91,7 @@ fn tiny_model(extra: Option<NodeProto>) -> Vec<u8> {
 }
 
 fn inputs(count: usize, seed: u64) -> Vec<Vec<f32>> {
-    let mut rng = Rng::from_state(seed);
+    let mut rng = Rng::new(seed);
     (0..count).map(|_| rng.vec(3 * SIDE * SIDE, 2.0)).collect()
 }
 

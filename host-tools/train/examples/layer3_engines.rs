@@ -33,7 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tract = Network::load(&onnx, &[1, 3, S, S])?;
     let device = Device::flex();
     let burn = resnet50_burn::ResNet50::from_weights(&weights, &device);
-    let mut rng = train::dataset::Rng::new(1);
+    let mut rng = seeded::Rng::new(1);
     let input: Vec<f32> = (0..3 * S * S)
         .map(|_| (rng.uniform() * 200.0 - 100.0) as f32)
         .collect();

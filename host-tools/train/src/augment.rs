@@ -8,7 +8,7 @@
 
 use usimage::Normalization;
 
-use crate::dataset::Rng;
+use seeded::Rng;
 
 /// Bumped whenever the transform or its parameter ranges change: part of the cache key.
 pub const AUG_VERSION: u32 = 1;
@@ -67,7 +67,7 @@ impl AugParams {
         for c in image.chunks_exact(8) {
             let mut b = [0u8; 8];
             b.copy_from_slice(c);
-            h = Rng::new(h ^ u64::from_le_bytes(b)).next_u64();
+            h = seeded::mix64(h ^ u64::from_le_bytes(b));
         }
         let mut r = Rng::new(h);
         let mut u = |lo: f32, hi: f32| lo + (hi - lo) * r.uniform() as f32;
@@ -84,15 +84,9 @@ impl AugParams {
             gain,
             gamma,
             speckle,
-            noise_seed: r.next_u64(),
+            noise_seed: r.u64(),
         }
     }
-}
-
-fn normal(rng: &mut Rng) -> f32 {
-    let u1 = rng.uniform().max(1e-12);
-    let u2 = rng.uniform();
-    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
 }
 
 /// Applies `p` in place to a planar `3 x side x side` model input normalised with `norm`.
@@ -147,7 +141,7 @@ pub fn apply(input: &mut [f32], side: usize, norm: &Normalization, p: &AugParams
     let mut rng = Rng::new(p.noise_seed);
     let noise: Vec<f32> = if p.speckle > 0.0 {
         (0..plane)
-            .map(|_| (1.0 + p.speckle * normal(&mut rng)).max(0.0))
+            .map(|_| (1.0 + p.speckle * rng.normal()).max(0.0))
             .collect()
     } else {
         Vec::new()

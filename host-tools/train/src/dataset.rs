@@ -449,46 +449,12 @@ pub fn load_csv(csv: &Path) -> Result<Vec<Sample>, DatasetError> {
     Ok(out)
 }
 
-/// SplitMix64: a tiny, portable, seeded generator (splits and shuffles must not change with
-/// a dependency's version).
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// Seeded generator.
-    pub fn new(seed: u64) -> Self {
-        Self(seed ^ 0x5DEE_CE66_D1CE_4E5B)
-    }
-
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Fisher-Yates shuffle.
-    pub fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = (self.next_u64() % (i as u64 + 1)) as usize;
-            v.swap(i, j);
-        }
-    }
-}
-
 /// Assigns every sample without a manifest split to train/val/test by **patient**,
 /// stratified by the patient's most frequent label: `val` and `test` are fractions of each
 /// class's patients. Deterministic for a seed.
 pub fn assign_splits(samples: &mut [Sample], val: f64, test: f64, seed: u64) {
     let by_class = patients_by_class(samples.iter().filter(|s| s.split.is_none()));
-    let mut rng = Rng::new(seed);
+    let mut rng = seeded::Rng::new(seed);
     let mut assigned: HashMap<String, Split> = HashMap::new();
     for (_, mut pats) in by_class {
         rng.shuffle(&mut pats);

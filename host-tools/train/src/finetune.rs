@@ -21,9 +21,9 @@ use burn::tensor::activation::{log_softmax, relu};
 use serde::{Deserialize, Serialize};
 
 use crate::activations::{ActivationCache, CHANNELS, LEN, SIDE};
-use crate::dataset::Rng;
 use crate::extract::{self, ExtractError};
 use crate::head::{self, Epoch, Features, LinearHead};
+use seeded::Rng;
 
 const K: usize = contract::LABELS.len();
 const WEIGHTS_MAGIC: &[u8; 8] = b"RSL4W001";
@@ -777,7 +777,7 @@ pub fn train(
                 .iter()
                 .map(|&i| {
                     let views = &data.train[i].0;
-                    views[(rng.next_u64() % views.len() as u64) as usize]
+                    views[rng.below(views.len() as u64) as usize]
                 })
                 .collect();
             let ys: Vec<usize> = chunk.iter().map(|&i| data.train[i].1).collect();

@@ -185,15 +185,10 @@ fn sigmoid(z: f32) -> f32 {
 
 type Mat = nalgebra::DMatrix<f32>;
 
-/// Deterministic standard normal numbers (Box-Muller on SplitMix64).
+/// Deterministic standard normal numbers.
 fn normals(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = crate::dataset::Rng::new(seed);
-    (0..n)
-        .map(|_| {
-            let (a, b) = (rng.uniform().max(1e-12), rng.uniform());
-            ((-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()) as f32
-        })
-        .collect()
+    let mut rng = seeded::Rng::new(seed);
+    (0..n).map(|_| rng.normal()).collect()
 }
 
 /// Adam state for one parameter block.

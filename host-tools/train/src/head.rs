@@ -8,7 +8,7 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use evaluate::{auc, ece};
 
-use crate::dataset::Rng;
+use seeded::Rng;
 
 const K: usize = contract::LABELS.len();
 

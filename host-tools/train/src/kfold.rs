@@ -19,12 +19,12 @@ use contract::Taxonomy;
 use evaluate::{delong, evaluate, threshold_for_sensitivity, Evaluation, Prediction};
 use serde::Serialize;
 
-use crate::dataset::Rng;
 use crate::dataset::{self, Sample, Split};
 use crate::extract::FEATURES;
 use crate::extract::{self, FeatureCache};
 use crate::head::{self, Features};
 use crate::pipeline::{TrainError, TrainOptions};
+use seeded::Rng;
 
 /// One fold's result.
 #[derive(Debug, Clone, Serialize)]

@@ -5,8 +5,9 @@
 
 use std::path::Path;
 
-use crate::dataset::{self, Rng, Sample, Split};
+use crate::dataset::{self, Sample, Split};
 use crate::pipeline::TrainError;
+use seeded::Rng;
 
 /// Fewer `no_kidney` images than this in the data and phantom views are added.
 pub const MIN_OTHERS: usize = 40;

@@ -3,22 +3,16 @@
 
 use resnet50::{BatchNorm, Conv, ResNet50};
 
-use crate::dataset::Rng;
+use seeded::Rng;
 
 /// Gain on the last BatchNorm of each residual branch: keeps activations from growing
 /// block after block when there are no learned statistics to normalise them.
 const BRANCH_GAIN: f32 = 0.2;
 
-fn normal(rng: &mut Rng) -> f32 {
-    let u1 = rng.uniform().max(1e-12);
-    let u2 = rng.uniform();
-    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-}
-
 fn conv(c: &mut Conv, rng: &mut Rng) {
     let [_, i, h, w] = c.shape;
     let std = (2.0 / (h * w * i) as f32).sqrt();
-    c.kernel.iter_mut().for_each(|k| *k = std * normal(rng));
+    c.kernel.iter_mut().for_each(|k| *k = std * rng.normal());
     c.bias.iter_mut().for_each(|b| *b = 0.0);
 }
 

@@ -6,7 +6,7 @@
 
 use burn::prelude::*;
 use model::Network;
-use train::dataset::Rng;
+use seeded::Rng;
 use train::LinearHead;
 
 const S: usize = resnet50::INPUT_SIZE;

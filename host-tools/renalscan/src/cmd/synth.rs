@@ -28,9 +28,9 @@ pub struct Args {
     /// Class proportions: `paper` (330 normal : 1,269 abnormal) or `balanced`.
     #[arg(long, default_value = "paper", value_parser = ["paper", "balanced"])]
     mix: String,
-    /// Scanner profile: peds-convex, peds-linear, general-convex, mixed (the three), or
-    /// randomized (48 scanners drawn around them: physics, display and screen layout).
-    #[arg(long, default_value = "peds-convex")]
+    /// Scanner profile: a built-in one, `mixed` (the built-in ones in turn), or `randomized`
+    /// (48 scanners drawn around them: physics, display and screen layout).
+    #[arg(long, default_value = "peds-convex", ignore_case = true, value_parser = profile_choices())]
     profile: String,
     /// A scanner described in a TOML file instead of a built-in profile (every key, its
     /// range and an example: `docs/phantom.md`).
@@ -189,6 +189,16 @@ fn sweep_set(args: &Args, per_class: usize, start: Instant) -> Result<()> {
         csv.display()
     );
     Ok(())
+}
+
+/// `--profile`'s choices: the built-in profiles, then `mixed` and `randomized`.
+fn profile_choices() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(
+        Profile::builtin()
+            .iter()
+            .map(|p| p.name)
+            .chain(["mixed", "randomized"]),
+    )
 }
 
 /// The scanner of a sweep: `--profile-file`, or a built-in `--profile` (not `mixed`).
