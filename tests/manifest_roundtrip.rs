@@ -115,11 +115,12 @@ fn train_draft_bundle_and_device_agree_on_every_field() {
         data_description: Some("tiny test set".into()),
         quant_report: None,
         evaluations: Vec::new(),
+        site_range: None,
     };
     let completed = assemble::complete(read_back, &release, &run.join("manifest.toml")).unwrap();
     let key = bundle::SecretKey::generate("roundtrip").unwrap();
     let out = dir.path().join("bundle");
-    let signed = assemble::write(&out, &model, completed.clone(), &key).unwrap();
+    let signed = assemble::write(&out, &model, completed.clone(), &[], &key).unwrap();
     let keys = dir.path().join("keys");
     std::fs::create_dir_all(&keys).unwrap();
     std::fs::write(keys.join("k.pub"), key.public().to_file_text()).unwrap();

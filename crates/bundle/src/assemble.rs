@@ -43,6 +43,9 @@ pub struct Release {
     pub quant_report: Option<QuantReport>,
     /// Held-out evaluations by precision.
     pub evaluations: Vec<(Precision, Evaluation)>,
+    /// `[lo, hi]` a site may move the operating threshold within by configuration; `None`
+    /// keeps the draft's (normally none: the signed threshold stands).
+    pub site_range: Option<[f64; 2]>,
 }
 
 fn refuse(draft: &Path, reason: String) -> BundleError {
@@ -133,6 +136,19 @@ pub fn complete(mut m: Manifest, r: &Release, draft_path: &Path) -> Result<Manif
     for (precision, e) in &r.evaluations {
         m.evaluation.insert(precision.as_str().into(), e.clone());
     }
+    if let Some([lo, hi]) = r.site_range {
+        let t = m.operating_point.threshold;
+        if !(0.0 <= lo && lo <= t && t <= hi && hi <= 1.0) {
+            return Err(refuse(
+                draft_path,
+                format!(
+                    "site threshold range [{lo}, {hi}] must hold the operating threshold {t} \
+                     and stay within [0, 1]"
+                ),
+            ));
+        }
+        m.operating_point.site_range = Some([lo, hi]);
+    }
     debug_assert!(m.intended_use.warning.to_lowercase().contains(WARNING_TEXT));
     Ok(m)
 }
@@ -144,12 +160,25 @@ pub fn write(
     out: &Path,
     model: &[u8],
     mut manifest: Manifest,
+    selftest_frames: &[Vec<u8>],
     key: &SecretKey,
 ) -> Result<Bundle, BundleError> {
     if sha256_hex(model) != manifest.model.sha256 {
         return Err(BundleError::Draft {
             path: out.join(MANIFEST_FILE),
             reason: "the manifest's model sha256 is not that of the model given".into(),
+        });
+    }
+    let frames_match = manifest.selftest.len() == selftest_frames.len()
+        && manifest
+            .selftest
+            .iter()
+            .zip(selftest_frames)
+            .all(|(c, b)| c.sha256 == sha256_hex(b));
+    if !frames_match {
+        return Err(BundleError::Draft {
+            path: out.join(MANIFEST_FILE),
+            reason: "the [[selftest]] pins are not those of the self-test frames given".into(),
         });
     }
     let non_empty = match fs::read_dir(out) {
@@ -166,6 +195,10 @@ pub fn write(
     fs::create_dir_all(out).map_err(io_err(out))?;
     let model_path: PathBuf = out.join(MODEL_FILE);
     fs::write(&model_path, model).map_err(io_err(&model_path))?;
+    for (case, bytes) in manifest.selftest.iter().zip(selftest_frames) {
+        let p = out.join(&case.file);
+        fs::write(&p, bytes).map_err(io_err(&p))?;
+    }
     manifest.card = None;
     let card = crate::card::render(&manifest, key.public().key_id());
     let card_path = out.join(CARD_FILE);
@@ -208,6 +241,7 @@ mod tests {
             data_description: Some("phantom".into()),
             quant_report: None,
             evaluations: Vec::new(),
+            site_range: None,
         }
     }
 
@@ -216,14 +250,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = SecretKey::generate("t").unwrap();
         let m = complete(draft(), &release(), Path::new("draft.toml")).unwrap();
-        let b = write(&dir.path().join("b"), MODEL, m.clone(), &key).unwrap();
+        let b = write(&dir.path().join("b"), MODEL, m.clone(), &[], &key).unwrap();
         assert_eq!(b.model_bytes(), MODEL);
         let mut expected = m;
         expected.card = b.manifest().card.clone();
         assert!(expected.card.is_some());
         assert_eq!(b.manifest(), &expected);
         // A second write into the same directory is refused.
-        let again = write(&dir.path().join("b"), MODEL, expected, &key).unwrap_err();
+        let again = write(&dir.path().join("b"), MODEL, expected, &[], &key).unwrap_err();
         assert!(again.to_string().contains("not empty"), "{again}");
     }
 

@@ -486,7 +486,8 @@ fn check_pin(path: PathBuf, expected: &str, actual: String) -> Result<(), Bundle
 
 /// Reads the model once and checks its hash, and the card's: the returned bytes are the
 /// ones that matched.
-fn read_pinned(dir: &Path, manifest: &Manifest) -> Result<Vec<u8>, BundleError> {
+/// The model bytes and the self-test frames, each checked against its pin (the card too).
+fn read_pinned(dir: &Path, manifest: &Manifest) -> Result<(Vec<u8>, Vec<Vec<u8>>), BundleError> {
     let path = dir.join(&manifest.model.file);
     let model = fs::read(&path).map_err(io_err(&path))?;
     check_pin(path, &manifest.model.sha256, sha256_hex(&model))?;
@@ -495,7 +496,14 @@ fn read_pinned(dir: &Path, manifest: &Manifest) -> Result<Vec<u8>, BundleError> 
         let actual = sha256_file(&path)?;
         check_pin(path, &card.sha256, actual)?;
     }
-    Ok(model)
+    let mut selftest = Vec::with_capacity(manifest.selftest.len());
+    for case in &manifest.selftest {
+        let path = dir.join(&case.file);
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        check_pin(path, &case.sha256, sha256_hex(&bytes))?;
+        selftest.push(bytes);
+    }
+    Ok((model, selftest))
 }
 
 fn utf8<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a str, BundleError> {
@@ -538,6 +546,8 @@ pub struct Bundle {
     manifest_sha256: String,
     signer: PublicKey,
     model: Vec<u8>,
+    /// The bytes of each `[[selftest]]` frame, in manifest order, as checked.
+    selftest: Vec<Vec<u8>>,
 }
 
 impl fmt::Debug for Bundle {
@@ -635,7 +645,7 @@ impl Bundle {
             });
         }
         let signature_ms = t.elapsed().as_secs_f64() * 1e3;
-        let model = read_pinned(path, &manifest)?;
+        let (model, selftest) = read_pinned(path, &manifest)?;
         log::info!(
             "bundle {} verified: {} {} ({}), signed by {} ({}); signature {:.1} ms, total {:.0} ms",
             path.display(),
@@ -653,7 +663,16 @@ impl Bundle {
             manifest_sha256: sha256_hex(&manifest_bytes),
             signer,
             model,
+            selftest,
         })
+    }
+
+    /// The self-test cases with their frames' bytes (as verified at open).
+    pub fn selftest(&self) -> impl Iterator<Item = (&contract::manifest::SelftestCase, &[u8])> {
+        self.manifest
+            .selftest
+            .iter()
+            .zip(self.selftest.iter().map(Vec::as_slice))
     }
 
     /// The verified manifest.

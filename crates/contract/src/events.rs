@@ -84,6 +84,9 @@ pub struct Decision {
     pub frame_index: u64,
     /// Operating threshold on p(abnormal).
     pub threshold: f32,
+    /// Where `threshold` came from (records before this field: the bundle).
+    #[serde(default)]
+    pub threshold_source: ThresholdSource,
     /// The image was blank, frozen or without anatomy (capture of a poor frame).
     pub low_quality: bool,
     /// Wall clock, Unix milliseconds (1970-based on carts without a clock battery).
@@ -101,6 +104,36 @@ pub struct Decision {
     /// The exam it belongs to, when one is open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// The software and configuration that made it (the device always sets it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Trace>,
+}
+
+/// Where an operating threshold came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThresholdSource {
+    /// The bundle's signed operating point.
+    #[default]
+    Bundle,
+    /// The site's configuration, inside the range the bundle's signature allows.
+    Site,
+}
+
+/// What made a decision: enough to find every decision a given build, bundle or
+/// configuration made, and to rebuild the exact software.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trace {
+    /// sha256 of the signed manifest: the bundle's identity.
+    pub bundle_sha256: String,
+    /// Key id of the bundle's signer.
+    pub signer: String,
+    /// Runtime version.
+    pub runtime: String,
+    /// Git revision the runtime was built from (`unknown` when built outside a checkout).
+    pub git: String,
+    /// sha256 of the effective configuration (file, defaults and flags), as JSON.
+    pub config_sha256: String,
 }
 
 fn is_off(j: &JournalState) -> bool {
@@ -416,6 +449,14 @@ pub struct StatusReport {
     pub reports: BTreeMap<String, serde_json::Value>,
     /// Resident memory, KiB.
     pub rss_kib: u64,
+    /// The operating threshold in force and where it came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_source: Option<ThresholdSource>,
+    /// The software and configuration running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Trace>,
 }
 
 /// Current time as Unix milliseconds (0 if the clock is before 1970).
@@ -441,6 +482,7 @@ mod tests {
             frames: 5,
             frame_index: 42,
             threshold: 0.5,
+            threshold_source: ThresholdSource::Bundle,
             low_quality: false,
             unix_ms: 1,
             uptime_ms: 2,
@@ -448,6 +490,13 @@ mod tests {
             snapshot: Some("s.png".into()),
             journal: JournalState::Committed { seq: 9 },
             session: Some("s-20261204T101500-ab12".into()),
+            trace: Some(Trace {
+                bundle_sha256: "ab".into(),
+                signer: "k".into(),
+                runtime: "0.1.0".into(),
+                git: "0123abcd".into(),
+                config_sha256: "cd".into(),
+            }),
         }
     }
 
@@ -525,6 +574,26 @@ mod tests {
         expected.journal = JournalState::Off;
         expected.snapshot = None;
         assert_eq!(back, JournalRecord::Decision(expected));
+        // The journalled record names the software that made it.
+        for key in ["bundle_sha256", "signer", "runtime", "git", "config_sha256"] {
+            assert!(text.contains(&format!("\"{key}\"")), "{key}: {text}");
+        }
+        assert!(text.contains("\"threshold_source\":\"bundle\""), "{text}");
+    }
+
+    /// Journals written before traces and threshold sources still read.
+    #[test]
+    fn older_decision_records_read_with_defaults() {
+        let mut v: serde_json::Value = serde_json::from_slice(&decision().record_bytes()).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("trace");
+        o.remove("threshold_source");
+        let bytes = serde_json::to_vec(&v).unwrap();
+        let JournalRecord::Decision(d) = JournalRecord::from_bytes(&bytes).unwrap() else {
+            panic!("not a decision");
+        };
+        assert_eq!(d.threshold_source, ThresholdSource::Bundle);
+        assert_eq!(d.trace, None);
     }
 
     #[test]

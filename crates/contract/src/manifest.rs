@@ -132,6 +132,11 @@ pub struct Manifest {
     /// The model card inside the bundle, pinned by hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub card: Option<FilePin>,
+    /// Reference inputs inside the bundle with the answers this model gives them:
+    /// `renalscan-edge selftest` runs them through the form the cart chose and fails on a
+    /// different answer (a miscompiled kernel, a broken board, a wrong build).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub selftest: Vec<SelftestCase>,
 }
 
 /// Numeric precision of the model file.
@@ -235,6 +240,12 @@ pub struct OperatingPoint {
     pub threshold: f64,
     /// Validation sensitivity the threshold was chosen for.
     pub target_sensitivity: f64,
+    /// `[lo, hi]`: a site may set its own threshold in the cart's configuration
+    /// (`aggregate.threshold`) within this range. Without it the signed threshold stands and
+    /// a configuration that changes it is refused (a site re-fits it with `renalscan
+    /// calibrate`, which re-signs the bundle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_range: Option<[f64; 2]>,
 }
 
 /// `[calibration]`.
@@ -514,6 +525,22 @@ pub struct IntendedUse {
     pub warning: String,
 }
 
+/// `[[selftest]]`: a reference frame pinned by hash and the answer the signed model gives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelftestCase {
+    /// Image file inside the bundle (a screen grab, as a probe would deliver it).
+    pub file: String,
+    /// Lower-case hex sha256 of the file.
+    pub sha256: String,
+    /// The most probable class.
+    pub class: String,
+    /// p(abnormal).
+    pub p_abnormal: f64,
+    /// Largest allowed |p(abnormal) - expected| on a cart (covers the integer and float
+    /// forms' difference, measured at bundle time).
+    pub tolerance: f64,
+}
+
 /// A file inside the bundle pinned by its sha256.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FilePin {
@@ -615,6 +642,20 @@ impl Manifest {
         if let Some(card) = &self.card {
             pins.push(("card", &card.file, &card.sha256));
         }
+        for case in &self.selftest {
+            pins.push(("selftest", &case.file, &case.sha256));
+            let ok = (0.0..=1.0).contains(&case.p_abnormal)
+                && case.tolerance > 0.0
+                && case.tolerance <= 1.0
+                && self.labels.contains(&case.class);
+            if !ok {
+                return Err(err(format!(
+                    "[[selftest]] {:?}: class {:?} must be one of the labels, p_abnormal {} a \
+                     probability and tolerance {} in (0, 1]",
+                    case.file, case.class, case.p_abnormal, case.tolerance
+                )));
+            }
+        }
         for (table, file, sha) in pins {
             if !is_plain_file_name(file) {
                 return Err(err(format!(
@@ -647,6 +688,14 @@ impl Manifest {
             return Err(err(format!(
                 "[operating_point] threshold = {t} is not a probability"
             )));
+        }
+        if let Some([lo, hi]) = self.operating_point.site_range {
+            if !(0.0 <= lo && lo <= t && t <= hi && hi <= 1.0) {
+                return Err(err(format!(
+                    "[operating_point] site_range = [{lo}, {hi}] must be probabilities with \
+                     lo <= threshold ({t}) <= hi"
+                )));
+            }
         }
         if let Some(g) = &self.view_gate {
             let ok = (0.0..=1.0).contains(&g.kidney_threshold)

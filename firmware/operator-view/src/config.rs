@@ -8,7 +8,7 @@ use serde::Deserialize;
 use crate::auth::Role;
 
 /// The view's settings. Every key optional; unknown keys refused.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ViewConfig {
     /// Serve the view.

@@ -413,27 +413,30 @@ impl Outbox {
         Ok(entries.len())
     }
 
-    /// The retention period: objects queued before `cutoff_ms` that are still here
-    /// (quarantined, or never sent) hold patient data past it and are deleted, journalled.
-    /// Returns (quarantined, pending) counts deleted.
-    pub fn purge_older_than(&mut self, cutoff_ms: u64) -> Result<(usize, usize), OutboxError> {
-        let old: Vec<&Item> = self
-            .items
-            .iter()
-            .filter(|i| {
-                i.queued_ms < cutoff_ms
-                    && matches!(i.state, ItemState::Quarantined | ItemState::Pending)
-            })
-            .collect();
-        let pending = old.iter().filter(|i| i.state == ItemState::Pending).count();
-        let uids: Vec<String> = old.iter().map(|i| i.uid.clone()).collect();
-        self.purge_uids(&uids)?;
-        if pending > 0 {
-            log::error!(
-                "pacs outbox: {pending} objects deleted by the retention period without ever reaching the PACS"
-            );
+    /// Objects queued before `cutoff_ms` that never reached the PACS: `(quarantined,
+    /// pending)`. Retention never deletes them (a result that never left the cart is not
+    /// the retention period's to drop); `outbox purge` does, on an operator's word.
+    pub fn held_past(&self, cutoff_ms: u64) -> (usize, usize) {
+        let old = |state| {
+            self.items
+                .iter()
+                .filter(|i| i.queued_ms < cutoff_ms && i.state == state)
+                .count()
+        };
+        (old(ItemState::Quarantined), old(ItemState::Pending))
+    }
+
+    /// Sessions whose every object the PACS has accepted.
+    pub fn delivered_sessions(&self) -> Vec<String> {
+        let mut by: std::collections::BTreeMap<&str, bool> = Default::default();
+        for i in &self.items {
+            let all = by.entry(i.session.as_str()).or_insert(true);
+            *all &= i.state == ItemState::Sent;
         }
-        Ok((uids.len() - pending, pending))
+        by.into_iter()
+            .filter(|(_, all)| *all)
+            .map(|(s, _)| s.to_string())
+            .collect()
     }
 
     fn pick(
@@ -661,7 +664,7 @@ mod tests {
     }
 
     #[test]
-    fn retention_deletes_what_is_left_past_the_period() {
+    fn retention_keeps_what_never_reached_the_pacs() {
         let dir = tempfile::tempdir().unwrap();
         let mut ob = Outbox::open(dir.path()).unwrap();
         ob.enqueue("s-1", &made(3)).unwrap();
@@ -674,14 +677,22 @@ mod tests {
         let mut r = DrainReport::default();
         ob.quarantine("2.25.1", "C-STORE answered 0xC000", &mut r);
         // Nothing is older than a cutoff in the past.
-        assert_eq!(ob.purge_older_than(1).unwrap(), (0, 0));
-        assert_eq!(ob.purge_older_than(now_ms() + 1).unwrap(), (1, 1));
-        assert!(!dir.path().join("objects/2.25.1.dcm").exists());
-        assert!(!dir.path().join("objects/2.25.2.dcm").exists());
-        drop(ob);
-        let ob = Outbox::open(dir.path()).unwrap();
-        let c = ob.counts();
-        assert_eq!((c.pending, c.sent, c.quarantined), (0, 1, 0), "journalled");
+        assert_eq!(ob.held_past(1), (0, 0));
+        // Past the period: the quarantined and the pending object are held, files and all.
+        assert_eq!(ob.held_past(now_ms() + 1), (1, 1));
+        assert!(dir.path().join("objects/2.25.1.dcm").exists());
+        assert!(dir.path().join("objects/2.25.2.dcm").exists());
+        assert!(ob.delivered_sessions().is_empty(), "s-1 is not all sent");
+        let mut one = made(1);
+        one[0].sop_instance_uid = "2.25.9".into();
+        ob.enqueue("s-2", &one).unwrap();
+        ob.record(&[Entry::Sent {
+            uid: "2.25.9".into(),
+            status: 0,
+            unix_ms: 2,
+        }])
+        .unwrap();
+        assert_eq!(ob.delivered_sessions(), vec!["s-2".to_string()]);
     }
 
     #[test]

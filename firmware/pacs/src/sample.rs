@@ -22,6 +22,7 @@ pub fn session() -> Session {
                 frames: 6,
                 frame_index: jseq * 10,
                 threshold: 0.41,
+                threshold_source: contract::events::ThresholdSource::Bundle,
                 low_quality: false,
                 unix_ms: 1_796_000_000_000 + jseq * 1000,
                 uptime_ms: jseq * 1000,
@@ -29,6 +30,7 @@ pub fn session() -> Session {
                 snapshot: None,
                 journal: JournalState::Committed { seq: jseq },
                 session: Some("s-20261204T101500-ab12".into()),
+                trace: None,
             },
         )
     };

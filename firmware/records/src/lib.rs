@@ -28,12 +28,33 @@ pub fn new_session_id(unix_ms: u64) -> String {
     format!("s-{}-{r:04x}", time::compact(unix_ms))
 }
 
-/// Sessions whose data is past the retention period: ended (or interrupted) before
-/// `cutoff_ms`, not purged yet, with a folder in the store.
+/// Sessions whose data is past the retention period and may go: ended (or interrupted)
+/// before `cutoff_ms`, not purged yet, with a folder in the store, and released (exported
+/// or accepted by the PACS: [`SessionStore::released`]). A record that never left the cart
+/// is never the retention period's to delete: see [`held_past_retention`].
 pub fn expired<'a>(
     sessions: &'a [Session],
     store: &SessionStore,
     cutoff_ms: u64,
+) -> Vec<&'a Session> {
+    past_retention(sessions, store, cutoff_ms, true)
+}
+
+/// Sessions past the retention period kept because their record never left the cart
+/// (neither exported nor accepted by the PACS).
+pub fn held_past_retention<'a>(
+    sessions: &'a [Session],
+    store: &SessionStore,
+    cutoff_ms: u64,
+) -> Vec<&'a Session> {
+    past_retention(sessions, store, cutoff_ms, false)
+}
+
+fn past_retention<'a>(
+    sessions: &'a [Session],
+    store: &SessionStore,
+    cutoff_ms: u64,
+    released: bool,
 ) -> Vec<&'a Session> {
     let present = store.ids();
     sessions
@@ -42,6 +63,7 @@ pub fn expired<'a>(
             matches!(s.state, SessionState::Ended | SessionState::Interrupted)
                 && s.ended_ms.unwrap_or(s.started_ms) < cutoff_ms
                 && present.binary_search(&s.id).is_ok()
+                && store.released(&s.id) == released
         })
         .collect()
 }

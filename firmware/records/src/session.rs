@@ -162,6 +162,7 @@ mod tests {
             frames: 5,
             frame_index: 3,
             threshold: 0.5,
+            threshold_source: contract::events::ThresholdSource::Bundle,
             low_quality: false,
             unix_ms: 10,
             uptime_ms: 1,
@@ -169,6 +170,7 @@ mod tests {
             snapshot: None,
             journal: JournalState::Off,
             session: session.map(str::to_string),
+            trace: None,
         }
     }
 

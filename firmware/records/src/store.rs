@@ -177,6 +177,27 @@ impl SessionStore {
         Ok(v)
     }
 
+    /// Notes that the PACS accepted every object of the session (`pacs`: its address).
+    pub fn record_forwarded(&self, id: &str, pacs: &str, unix_ms: u64) -> Result<(), StoreError> {
+        let dir = self.dir(id)?;
+        if !dir.is_dir() {
+            // Purged already (an operator's purge): nothing left to keep.
+            return Ok(());
+        }
+        let p = dir.join("forwarded.json");
+        let body = serde_json::json!({"pacs": pacs, "unix_ms": unix_ms});
+        write_atomic(&p, body.to_string().as_bytes()).map_err(io(&p))
+    }
+
+    /// Whether the session's record has left the cart: exported at least once, or accepted
+    /// by the PACS. Retention deletes only such sessions.
+    pub fn released(&self, id: &str) -> bool {
+        let Ok(dir) = self.dir(id) else {
+            return false;
+        };
+        dir.join("forwarded.json").is_file() || self.exports(id).is_ok_and(|e| !e.is_empty())
+    }
+
     /// Notes an export beside the session.
     pub fn record_export(&self, id: &str, m: &ExportMark) -> Result<(), StoreError> {
         let dir = self.dir(id)?;

@@ -5,10 +5,15 @@
 # `rustup target add aarch64-unknown-linux-gnu` (scripts/setup.sh installs them).
 set -euo pipefail
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
-target_dir="${CARGO_TARGET_DIR:-$HOME/.cache/renalscan/target}"
-cargo build --release --target aarch64-unknown-linux-gnu -p renalscan-edge
+source scripts/env.sh
+target_dir="$CARGO_TARGET_DIR"
+# The same crate selection as the test command's device build: one feature set, so this
+# builds nothing the test command already built.
+cargo build --release --target aarch64-unknown-linux-gnu "${DEVICE_CRATES[@]}"
 bin="$target_dir/aarch64-unknown-linux-gnu/release/renalscan-edge"
 file "$bin" | grep -q aarch64 || { echo "not an aarch64 binary: $bin" >&2; exit 1; }
 qemu-aarch64-static -L /usr/aarch64-linux-gnu "$bin" --version
-RENALSCAN_EDGE_AARCH64_BIN="$bin" cargo test --release -p renalscan-edge --test qemu \
+# --workspace: the same feature set as the test command's workspace build, so nothing
+# rebuilds for the host here.
+RENALSCAN_EDGE_AARCH64_BIN="$bin" cargo test --release --workspace --test qemu \
   -- --ignored --nocapture

@@ -52,6 +52,12 @@ pub enum Cmd {
     /// The PACS outbox: list, drain, retry quarantined objects, purge.
     #[command(subcommand)]
     Outbox(crate::pacscmd::OutboxCmd),
+    /// What would run: runtime version and git revision, the bundle's identity and signer,
+    /// the configuration's hash and the operating threshold with its source.
+    Version(crate::version::VersionArgs),
+    /// One .tar.gz for a support call, free of patient data: versions, the effective
+    /// configuration, the latest status, exam counts, free disk, the recent system log.
+    Diagnostics(crate::diagnostics::DiagnosticsArgs),
 }
 
 /// Model bundle arguments shared by the subcommands.
@@ -239,6 +245,8 @@ pub fn main() -> ExitCode {
         Cmd::Pacs(c) => crate::pacscmd::cmd_pacs(c),
         Cmd::Outbox(c) => crate::pacscmd::cmd_outbox(c),
         Cmd::Check(a) => cmd_check(a),
+        Cmd::Version(a) => crate::version::cmd(a),
+        Cmd::Diagnostics(a) => crate::diagnostics::cmd(a),
     };
     match r {
         Ok(code) => code,
@@ -249,14 +257,14 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+pub(crate) fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     match path {
         Some(p) => Config::load(p),
         None => Ok(Config::default()),
     }
 }
 
-fn apply_model(cfg: &mut Config, m: &ModelArgs) {
+pub(crate) fn apply_model(cfg: &mut Config, m: &ModelArgs) {
     if let Some(b) = &m.bundle {
         cfg.model.bundle = Some(b.clone());
     }
@@ -429,10 +437,30 @@ fn cmd_selftest(a: SelftestArgs) -> anyhow::Result<ExitCode> {
     apply_model(&mut cfg, &a.model);
     let mut classifier = open_model(&cfg)?;
     let r = crate::selftest::run(&mut classifier, a.runs)?;
+    let failed: Vec<&crate::selftest::CaseResult> = r.references.iter().filter(|c| !c.ok).collect();
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!("model       {} ({})", r.model, r.trust);
+        println!("cpu         {}", r.cpu);
+        if let Some(f) = &r.form {
+            println!("form        {f}");
+        }
+        if r.references.is_empty() {
+            println!("references  none in this bundle (answers unchecked)");
+        }
+        for c in &r.references {
+            println!(
+                "reference   {} {}: expected {} {:.4} +- {:.4}, got {} {}",
+                if c.ok { "ok  " } else { "FAIL" },
+                c.file,
+                c.expected_class,
+                c.expected_p_abnormal,
+                c.tolerance,
+                c.class.as_deref().unwrap_or("-"),
+                c.p_abnormal.map_or("-".to_string(), |p| format!("{p:.4}"))
+            );
+        }
         println!(
             "load        {:.0} ms (parse, verify, optimise, warm-up)",
             r.load_ms
@@ -450,6 +478,23 @@ fn cmd_selftest(a: SelftestArgs) -> anyhow::Result<ExitCode> {
             "answer      p(abnormal) {:.3} (threshold {:.3}), most likely {} ({:.3})",
             r.p_abnormal, r.threshold, r.class, r.confidence
         );
+    }
+    if !failed.is_empty() {
+        for c in &failed {
+            log::error!(
+                "selftest: reference {}: {}",
+                c.file,
+                c.error.as_deref().unwrap_or("wrong answer")
+            );
+        }
+        anyhow::bail!(
+            "selftest FAILED: {} of {} signed reference frames answered differently on this \
+             cart; do not screen with it (check the build, the board and the bundle)",
+            failed.len(),
+            r.references.len()
+        );
+    }
+    if !a.json {
         println!("selftest    ok");
     }
     Ok(ExitCode::SUCCESS)

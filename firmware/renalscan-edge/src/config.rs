@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 /// Whole configuration file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub model: ModelConfig,
@@ -27,7 +27,7 @@ pub struct Config {
 }
 
 /// The hospital PACS and the outbox that waits for it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PacsConfig {
     pub enabled: bool,
@@ -189,7 +189,7 @@ impl PacsConfig {
 }
 
 /// Exams: where their context and key frames are kept, and for how long.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
     /// The session store: one folder per exam (context, key frames, export marks).
@@ -213,7 +213,7 @@ impl Default for SessionConfig {
 }
 
 /// Which model bundle to run and how.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     /// Bundle directory (`model.onnx`, `manifest.toml`, `manifest.sig`).
@@ -239,7 +239,9 @@ impl Default for ModelConfig {
 }
 
 /// How an int8 model is run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelForm {
     #[default]
@@ -264,7 +266,7 @@ pub enum SourceKind {
 }
 
 /// Frame source settings.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourceConfig {
     pub kind: SourceKind,
@@ -275,7 +277,7 @@ pub struct SourceConfig {
 }
 
 /// V4L2 capture.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct V4lConfig {
     /// `auto` (first device that captures a format we accept) or a path like `/dev/video0`.
@@ -306,7 +308,7 @@ impl Default for V4lConfig {
 }
 
 /// Replay of recorded frames.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplayConfig {
     pub path: Option<PathBuf>,
@@ -329,7 +331,7 @@ impl Default for ReplayConfig {
 }
 
 /// The built-in phantom probe sweep.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PhantomConfig {
     pub seed: u64,
@@ -362,7 +364,7 @@ impl Default for PhantomConfig {
 }
 
 /// Reopening a source that failed (probe unplugged, replay medium gone).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReopenConfig {
     pub initial_ms: u64,
@@ -379,7 +381,9 @@ impl Default for ReopenConfig {
 }
 
 /// Continuous screening or classify-on-freeze.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Every usable frame is classified; decisions come from the aggregated window.
@@ -390,7 +394,7 @@ pub enum Mode {
 }
 
 /// Pipeline settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
     pub mode: Mode,
@@ -415,7 +419,7 @@ impl Default for PipelineConfig {
 }
 
 /// Frame quality gate.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GateConfig {
     /// A frame whose grey range (max - min, sampled) is at most this is blank.
@@ -437,7 +441,7 @@ impl Default for GateConfig {
 }
 
 /// Temporal aggregation and hysteresis.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AggregateConfig {
     /// Frames averaged (at most 64).
@@ -468,13 +472,19 @@ impl Default for AggregateConfig {
 }
 
 /// Standard output and status.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
     /// JSON lines on stdout.
     pub stdout: bool,
-    /// Status line period (log, stdout, cart).
+    /// Status period (stdout, cart, status file, systemd's status line).
     pub status_every_s: f32,
+    /// At most one status line in the log per this many seconds (0 = every status): under
+    /// systemd the log is the system journal, which a line per second would flood.
+    pub log_every_s: f32,
+    /// The latest status as one JSON file, replaced atomically at every status, for fleet
+    /// tools (`/run/renalscan/status.json` under the systemd unit). Unset: none.
+    pub status_file: Option<PathBuf>,
 }
 
 impl Default for OutputConfig {
@@ -482,12 +492,14 @@ impl Default for OutputConfig {
         Self {
             stdout: true,
             status_every_s: 1.0,
+            log_every_s: 60.0,
+            status_file: None,
         }
     }
 }
 
 /// Crash-safe journal of decisions.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JournalSection {
     pub enabled: bool,
@@ -516,7 +528,7 @@ impl Default for JournalSection {
 }
 
 /// Serial link to the cart controller.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CartlinkConfig {
     pub enabled: bool,
@@ -539,13 +551,15 @@ impl Default for CartlinkConfig {
 }
 
 /// Snapshots of decisive frames.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SnapshotConfig {
     pub enabled: bool,
     pub dir: PathBuf,
     /// Snapshots kept; the oldest are removed beyond this.
     pub keep: usize,
+    /// Bytes the snapshot directory may hold; the oldest are removed beyond this too.
+    pub max_bytes: u64,
 }
 
 impl Default for SnapshotConfig {
@@ -554,6 +568,7 @@ impl Default for SnapshotConfig {
             enabled: false,
             dir: PathBuf::from("/var/lib/renalscan/snapshots"),
             keep: 500,
+            max_bytes: 256 << 20,
         }
     }
 }
@@ -665,6 +680,13 @@ impl Config {
             3600.0,
             "",
         )?;
+        within(
+            "output.log_every_s",
+            self.output.log_every_s,
+            0.0,
+            86_400.0,
+            "",
+        )?;
         within("journal.segment_bytes", j.segment_bytes, 4096, 1 << 30, "")?;
         within(
             "journal.max_total_bytes",
@@ -685,6 +707,13 @@ impl Config {
             "",
         )?;
         within("snapshot.keep", self.snapshot.keep, 1, 1_000_000, "")?;
+        within(
+            "snapshot.max_bytes",
+            self.snapshot.max_bytes,
+            1 << 20,
+            1 << 40,
+            " bytes",
+        )?;
         Ok(())
     }
 
@@ -781,6 +810,7 @@ mod tests {
         ("aggregate", "report_every_s"),
         ("aggregate", "reset_after_gated"),
         ("output", "status_every_s"),
+        ("output", "log_every_s"),
         ("journal", "segment_bytes"),
         ("journal", "max_total_bytes"),
         ("journal", "max_segments"),
@@ -789,6 +819,7 @@ mod tests {
         ("cartlink", "baud"),
         ("cartlink", "resend_after_ms"),
         ("snapshot", "keep"),
+        ("snapshot", "max_bytes"),
         ("session", "retention_days"),
         ("pacs", "port"),
         ("pacs", "connect_timeout_s"),

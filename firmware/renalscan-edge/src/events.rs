@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 pub use contract::events::{
     unix_ms, Decision, DecisionKind, DeviceState, FrameCounts, JournalRecord, JournalState, Mark,
     MarkKind, ModelIdentity, SessionContext, SessionEvent, SessionRecord, Side, SinkHealth,
-    SinkState, SourceCounts, SourceStudy, StatusReport,
+    SinkState, SourceCounts, SourceStudy, StatusReport, ThresholdSource, Trace,
 };
 
 use crate::gate::GateReason;

@@ -60,13 +60,15 @@ impl ExamReplay {
     /// `cfg` gives the pipeline, gate and aggregation settings (as on the device). Periodic
     /// repeats of the standing decision are turned off: they depend on the wall clock, so
     /// the same sweep would end on a different repeat on a faster machine. The decisions
-    /// left (first, and every flip) are a function of the frames alone.
-    pub fn new(mut cfg: Config, classifier: Classifier) -> Self {
+    /// left (first, and every flip) are a function of the frames alone. A configured
+    /// threshold the bundle does not allow is refused here, as on the device.
+    pub fn new(mut cfg: Config, classifier: Classifier) -> anyhow::Result<Self> {
         cfg.aggregate.report_every_s = 0.0;
-        Self {
+        crate::pipeline::operating_threshold(cfg.aggregate.threshold, &classifier.info().manifest)?;
+        Ok(Self {
             cfg,
             classifier: Some(classifier),
-        }
+        })
     }
 
     /// The model in use.
@@ -81,12 +83,14 @@ impl ExamReplay {
             .classifier
             .take()
             .ok_or_else(|| SourceError::Lost("the model was lost by an earlier sweep".into()))?;
+        // The threshold was checked in `new`, so this does not fail.
         let mut pipeline = Pipeline::new(
             classifier,
             &self.cfg.pipeline,
             &self.cfg.gate,
             &self.cfg.aggregate,
-        );
+        )
+        .map_err(|e| SourceError::Lost(format!("{e:#}")))?;
         pipeline.command(crate::sink::Control::StartScreening);
         let result = replay(&mut pipeline, path);
         self.classifier = Some(pipeline.into_classifier());

@@ -45,6 +45,10 @@ pub struct ModelInfo {
     /// Precision and the key that signed the bundle (verified at load).
     pub trust: String,
     pub load_time: Duration,
+    /// The bundle's self-test frames (`[[selftest]]` of the manifest), as verified.
+    pub selftest_frames: std::sync::Arc<Vec<Vec<u8>>>,
+    /// Which form of an int8 model runs and why, with the kernels tract picked.
+    pub form: Option<String>,
 }
 
 /// One frame's classification.
@@ -166,6 +170,7 @@ impl Classifier {
         if let Some(r) = net.form_report() {
             log::info!("int8 model runs as {r}");
             info.trust = format!("{}, {}", info.trust, r.built);
+            info.form = Some(r.to_string());
         }
         release_freed_memory();
         Self::with_network(net, info, t0)
@@ -408,5 +413,7 @@ fn check_manifest(b: &Bundle) -> anyhow::Result<ModelInfo> {
             b.signer().name()
         ),
         load_time: Duration::ZERO,
+        selftest_frames: std::sync::Arc::new(b.selftest().map(|(_, f)| f.to_vec()).collect()),
+        form: None,
     })
 }

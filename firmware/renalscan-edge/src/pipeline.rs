@@ -5,11 +5,12 @@
 
 use std::time::{Duration, Instant};
 
+use contract::Manifest;
 use usimage::{FrameInfo, Preprocessor};
 
 use crate::aggregate::{Aggregator, Params, Sample, Trigger};
 use crate::config::{AggregateConfig, GateConfig, Mode, PipelineConfig};
-use crate::events::{unix_ms, Decision, DecisionKind, JournalState};
+use crate::events::{unix_ms, Decision, DecisionKind, JournalState, ThresholdSource, Trace};
 use crate::gate::{after_detection, Gate, GateReason};
 use crate::infer::{Classified, Classifier};
 use crate::sink::{Control, FrameView, LiveFrame, Outcome};
@@ -56,6 +57,10 @@ pub struct Pipeline {
     last_emit: Option<Instant>,
     started: Instant,
     model_tag: String,
+    /// Where the operating threshold came from.
+    threshold_source: ThresholdSource,
+    /// What makes these decisions (set by the runtime; `None` in workstation replays).
+    trace: Option<Trace>,
     /// The last inference failed (status: fault).
     pub faulted: bool,
     /// The last classified frame's detection and classification (for [`Pipeline::view`]).
@@ -69,25 +74,66 @@ pub struct Pipeline {
     frozen: bool,
 }
 
+/// The operating threshold and where it came from. The bundle's signed threshold wins: a
+/// configuration may set another (`aggregate.threshold`) only inside the range the bundle's
+/// signature allows for a site (`operating_point.site_range`); otherwise it is refused, so an
+/// unsigned file can never move the line between normal and abnormal.
+pub fn operating_threshold(
+    configured: Option<f32>,
+    manifest: &Manifest,
+) -> anyhow::Result<(f32, ThresholdSource)> {
+    let signed = manifest.operating_point.threshold as f32;
+    let Some(t) = configured else {
+        return Ok((signed, ThresholdSource::Bundle));
+    };
+    if (t - signed).abs() <= 1e-6 {
+        return Ok((signed, ThresholdSource::Bundle));
+    }
+    let bundle = format!("{}@{}", manifest.model.name, manifest.model.version);
+    match manifest.operating_point.site_range {
+        None => anyhow::bail!(
+            "aggregate.threshold = {t} in the configuration would replace the signed \
+             threshold {signed} of bundle {bundle}, which allows no site threshold: remove \
+             aggregate.threshold, recalibrate the bundle for this site (renalscan \
+             calibrate), or have it signed with a site range (renalscan bundle \
+             --site-threshold-range LO,HI)"
+        ),
+        Some([lo, hi]) if !(lo..=hi).contains(&f64::from(t)) => anyhow::bail!(
+            "aggregate.threshold = {t} is outside the site range [{lo}, {hi}] that bundle \
+             {bundle} allows (signed threshold {signed})"
+        ),
+        Some(_) => {
+            log::warn!(
+                "operating threshold {t} from the site's configuration (bundle {bundle}: \
+                 signed {signed}, site range allowed)"
+            );
+            Ok((t, ThresholdSource::Site))
+        }
+    }
+}
+
 impl Pipeline {
+    /// A pipeline for `classifier`; refuses a configured threshold the bundle does not allow
+    /// ([`operating_threshold`]).
     pub fn new(
         classifier: Classifier,
         pipeline: &PipelineConfig,
         gate: &GateConfig,
         agg: &AggregateConfig,
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
         let info = classifier.info().clone();
+        let (threshold, threshold_source) = operating_threshold(agg.threshold, &info.manifest)?;
         let params = Params {
             window: agg.window,
             min_frames: agg.min_frames,
-            threshold: agg.threshold.unwrap_or(info.threshold),
+            threshold,
             hysteresis: agg.hysteresis,
             classes: info.labels.len(),
             normal_index: info.normal_index,
         };
         let pre = Preprocessor::new(info.input_size, info.normalization.clone());
         let tensor = vec![0.0; pre.output_len()];
-        Self {
+        Ok(Self {
             mode: pipeline.mode,
             infer_every: pipeline.infer_every.max(1),
             report_every: (agg.report_every_s > 0.0)
@@ -107,13 +153,30 @@ impl Pipeline {
             last_emit: None,
             started: Instant::now(),
             model_tag: format!("{}@{}", info.name, info.version),
+            threshold_source,
+            trace: None,
             faulted: false,
             last: None,
             outcome: Outcome::Idle,
             last_info: None,
             freeze_pending: false,
             frozen: false,
-        }
+        })
+    }
+
+    /// Stamps every decision from now on with `trace`.
+    pub fn set_trace(&mut self, trace: Trace) {
+        self.trace = Some(trace);
+    }
+
+    /// The operating threshold in force and where it came from.
+    pub fn threshold(&self) -> (f32, ThresholdSource) {
+        (self.agg.params().threshold, self.threshold_source)
+    }
+
+    /// What stamps the decisions, when set.
+    pub fn trace(&self) -> Option<&Trace> {
+        self.trace.as_ref()
     }
 
     /// The last processed frame as the live view sees it: pass the frame that was processed.
@@ -425,6 +488,7 @@ impl Pipeline {
             frames,
             frame_index,
             threshold: self.agg.params().threshold,
+            threshold_source: self.threshold_source,
             low_quality,
             unix_ms: unix_ms(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
@@ -432,6 +496,7 @@ impl Pipeline {
             journal: JournalState::Off,
             session: None,
             snapshot: None,
+            trace: self.trace.clone(),
         }
     }
 

@@ -183,6 +183,9 @@ struct StatusClock {
     recent_used: u64,
     /// Something changed (a command): tell the sinks now.
     dirty: bool,
+    /// The status line in the log: at most once per `log_every`.
+    log_every: Duration,
+    last_log: Option<Instant>,
 }
 
 /// Whether the loop goes on.
@@ -238,7 +241,15 @@ impl<'o> Runtime<'o> {
         } else if !pcfg.autostart {
             log::info!("waiting for a StartScreening command");
         }
-        let pipeline = Pipeline::new(classifier, &pcfg, &cfg.gate, &cfg.aggregate);
+        let mut pipeline = Pipeline::new(classifier, &pcfg, &cfg.gate, &cfg.aggregate)?;
+        pipeline.set_trace(crate::trace::trace(pipeline.classifier().info(), cfg));
+        let (threshold, source) = pipeline.threshold();
+        log::info!(
+            "operating threshold {threshold} ({source:?}); build {} git {}; config sha256 {}",
+            crate::trace::RUNTIME_VERSION,
+            crate::trace::GIT_REVISION,
+            pipeline.trace().map_or("-", |t| t.config_sha256.as_str())
+        );
         let sinks = SinkSet::new(outputs.sinks);
         log::info!(
             "running: {desc}, mode {:?}, sinks {:?}",
@@ -251,7 +262,7 @@ impl<'o> Runtime<'o> {
             version: info.version.clone(),
             bundle_sha256: info.bundle_sha256.clone(),
             signer: info.signer.clone(),
-            threshold: info.threshold,
+            threshold,
         };
         let watchdog = Watchdog::new(Notifier::from_env());
         if let Err(e) = watchdog.notifier().ready(&format!(
@@ -276,6 +287,8 @@ impl<'o> Runtime<'o> {
                 recent_gated: 0,
                 recent_used: 0,
                 dirty: true,
+                log_every: Duration::from_secs_f32(cfg.output.log_every_s),
+                last_log: None,
             },
             max_frames: cfg.pipeline.max_frames,
             reopens_seen: 0,
@@ -363,6 +376,14 @@ impl<'o> Runtime<'o> {
                 }
                 Err(e) => log::error!("retention: {e}"),
             }
+        }
+        let held = records::held_past_retention(&sessions, &self.store, cutoff).len();
+        if held > 0 {
+            log::warn!(
+                "retention: {held} exam(s) past {retention_days} days are kept because their \
+                 records never left the cart (not exported, not accepted by a PACS): export \
+                 them (renalscan-edge export --all --out DIR) so retention can delete them"
+            );
         }
     }
 
@@ -582,7 +603,14 @@ impl<'o> Runtime<'o> {
         if !periodic {
             return;
         }
-        log_status(&report);
+        if self
+            .clock
+            .last_log
+            .is_none_or(|t| t.elapsed() >= self.clock.log_every)
+        {
+            log_status(&report);
+            self.clock.last_log = Some(Instant::now());
+        }
         let _ = self.watchdog.notifier().status(&format!(
             "{:?} {:.1} fps, {} decisions, dropped {}, journal {}",
             report.state,
@@ -639,6 +667,9 @@ impl<'o> Runtime<'o> {
             sinks: self.sinks.health(),
             reports,
             rss_kib: rss_kib().unwrap_or(0),
+            threshold: Some(p.threshold().0),
+            threshold_source: Some(p.threshold().1),
+            trace: p.trace().cloned(),
         }
     }
 

@@ -1,16 +1,163 @@
-//! `renalscan-edge selftest`: is this board ready to screen? Loads and verifies the bundle,
-//! renders a phantom frame in-process (no probe needed), runs it through every stage and
-//! reports the latency of each, plus the model's answer.
+//! `renalscan-edge selftest`: is this board ready to screen, and does it compute what the
+//! signer computed? Loads and verifies the bundle, runs the bundle's signed reference frames
+//! (`[[selftest]]`) through the device's stages and the form this cart chose, and fails on
+//! any answer outside its tolerance (a miscompiled kernel, a broken board, a wrong build).
+//! Then renders a phantom frame in-process (no probe needed), times every stage on it, and
+//! reports the CPU features and kernels in use.
 
 use std::time::{Duration, Instant};
 
 use phantom::{Class, ProbeState, ProbeSweep, Profile, SweepConfig};
 use serde::Serialize;
-use usimage::{GreyFrame, Preprocessor};
+use usimage::{GreyFrame, Preprocessor, UsFile};
 
 use crate::aggregate::{Aggregator, Params, Sample};
+use crate::config::GateConfig;
 use crate::gate::{after_detection, Gate};
-use crate::infer::Classifier;
+use crate::infer::{Classified, Classifier};
+
+/// One reference frame through the device's own stages: decode, blank gate, scan-area
+/// detection and preprocessing, model. The signer measures the expected answers with this
+/// very function (`renalscan bundle`), the cart checks them with it.
+pub fn answer(classifier: &mut Classifier, bytes: &[u8]) -> anyhow::Result<Classified> {
+    let file = UsFile::from_bytes(bytes)?;
+    let mut frame = GreyFrame::default();
+    file.frame_into(0, &mut frame)?;
+    anyhow::ensure!(
+        !Gate::new(GateConfig::default()).check(&frame).blank,
+        "the frame is blank"
+    );
+    let info = classifier.info();
+    let mut pre = Preprocessor::new(info.input_size, info.normalization.clone());
+    let mut tensor = vec![0.0; pre.output_len()];
+    let fi = pre.process(&frame, &mut tensor)?;
+    if let Some(r) = after_detection(&fi) {
+        anyhow::bail!("the frame is gated: {}", r.name());
+    }
+    classifier.classify(&tensor)
+}
+
+/// Reference frames for a bundle's self-test: the first probe-on frame of a phantom sweep
+/// of each of these patients (default scanner, fixed seeds), as PNG screen grabs.
+pub fn reference_frames() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for (i, (class, severity)) in [
+        (Class::Normal, None),
+        (Class::Hydronephrosis, Some(0.8)),
+        (Class::Cyst, Some(0.8)),
+        (Class::Stone, Some(0.8)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut cfg = SweepConfig::new(100 + i as u64, Profile::default_profile());
+        cfg.class = Some(class);
+        cfg.severity = severity;
+        let f = ProbeSweep::new(cfg)
+            .take(50)
+            .find(|f| f.state == ProbeState::Scanning)
+            .ok_or_else(|| anyhow::anyhow!("the phantom produced no scanning frame"))?;
+        let mut png = Vec::new();
+        image::DynamicImage::ImageRgb8(f.image)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+        out.push((format!("selftest-{i}-phantom-{}.png", class.label()), png));
+    }
+    Ok(out)
+}
+
+/// A signed reference frame and what this cart made of it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    pub file: String,
+    pub expected_class: String,
+    pub expected_p_abnormal: f64,
+    pub tolerance: f64,
+    pub class: Option<String>,
+    pub p_abnormal: Option<f32>,
+    pub ok: bool,
+    /// Why it failed, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Runs the bundle's `[[selftest]]` frames through `classifier` (the form chosen for this
+/// cart) and compares each answer with the signed one.
+pub fn check_references(classifier: &mut Classifier) -> Vec<CaseResult> {
+    let info = classifier.info().clone();
+    let cases = info
+        .manifest
+        .selftest
+        .iter()
+        .zip(info.selftest_frames.iter());
+    let mut out = Vec::new();
+    for (case, bytes) in cases {
+        let mut r = CaseResult {
+            file: case.file.clone(),
+            expected_class: case.class.clone(),
+            expected_p_abnormal: case.p_abnormal,
+            tolerance: case.tolerance,
+            class: None,
+            p_abnormal: None,
+            ok: false,
+            error: None,
+        };
+        match answer(classifier, bytes) {
+            Ok(c) => {
+                let class = info.labels[c.class].clone();
+                let dp = (f64::from(c.p_abnormal) - case.p_abnormal).abs();
+                r.ok = class == case.class && dp <= case.tolerance;
+                if !r.ok {
+                    r.error = Some(format!(
+                        "expected {} with p(abnormal) {:.4} +- {:.4}, got {} with {:.4}",
+                        case.class, case.p_abnormal, case.tolerance, class, c.p_abnormal
+                    ));
+                }
+                r.class = Some(class);
+                r.p_abnormal = Some(c.p_abnormal);
+            }
+            Err(e) => r.error = Some(format!("{e:#}")),
+        }
+        out.push(r);
+    }
+    out
+}
+
+/// The CPU features that decide which kernels run: dot-product and fp16 arithmetic on
+/// aarch64, AVX2/FMA/AVX-512/VNNI on x86_64.
+pub fn cpu_features() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("asimd") {
+            v.push("asimd");
+        }
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            v.push("dotprod");
+        }
+        if std::arch::is_aarch64_feature_detected!("fp16") {
+            v.push("fp16");
+        }
+        if std::arch::is_aarch64_feature_detected!("i8mm") {
+            v.push("i8mm");
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            v.push("avx2");
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            v.push("fma");
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            v.push("avx512f");
+        }
+        if std::arch::is_x86_feature_detected!("avx512vnni") {
+            v.push("avx512vnni");
+        }
+    }
+    v
+}
 
 /// Selftest figures (milliseconds are medians over the runs).
 #[derive(Debug, Clone, Serialize)]
@@ -31,6 +178,12 @@ pub struct SelftestReport {
     pub class: String,
     pub confidence: f32,
     pub threshold: f32,
+    /// The signed reference frames and this cart's answers (all must pass).
+    pub references: Vec<CaseResult>,
+    /// `arch` and the features that pick kernels.
+    pub cpu: String,
+    /// Which form of an int8 model runs, why, and the kernels tract picked.
+    pub form: Option<String>,
 }
 
 fn median(mut v: Vec<Duration>) -> f32 {
@@ -41,6 +194,7 @@ fn median(mut v: Vec<Duration>) -> f32 {
 /// Runs the built-in frame `runs` times through gate, preprocessing, inference and
 /// aggregation.
 pub fn run(classifier: &mut Classifier, runs: usize) -> anyhow::Result<SelftestReport> {
+    let references = check_references(classifier);
     let info = classifier.info().clone();
     // A hydronephrotic kidney on the default scanner: the first frame with the probe on.
     let mut cfg = SweepConfig::new(7, Profile::default_profile());
@@ -111,5 +265,8 @@ pub fn run(classifier: &mut Classifier, runs: usize) -> anyhow::Result<SelftestR
         class: info.labels[c.class].clone(),
         confidence: c.confidence,
         threshold: info.threshold,
+        references,
+        cpu: format!("{} {}", std::env::consts::ARCH, cpu_features().join(" ")),
+        form: info.form.clone(),
     })
 }

@@ -270,6 +270,8 @@ fn seq_of(name: &str) -> Option<u64> {
 pub struct SnapshotWriter {
     dir: PathBuf,
     keep: usize,
+    /// Bytes the directory may hold; the oldest go first (the newest always stays).
+    max_bytes: u64,
     alpha: f32,
     next_seq: u64,
     /// Opens the temporary file; a seam so tests can hand it `/dev/full`.
@@ -315,10 +317,17 @@ impl SnapshotWriter {
         Ok(Self {
             dir: dir.to_path_buf(),
             keep: keep.max(1),
+            max_bytes: u64::MAX,
             alpha: DEFAULT_ALPHA,
             next_seq,
             open_tmp: create_tmp,
         })
+    }
+
+    /// Caps the directory in bytes as well as in count (a disk fills by bytes).
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
     }
 
     /// Heatmap opacity at full heat (default [`DEFAULT_ALPHA`]).
@@ -374,7 +383,8 @@ impl SnapshotWriter {
         Ok(path)
     }
 
-    /// Removes the oldest snapshots beyond `keep`; problems are logged, not fatal.
+    /// Removes the oldest snapshots beyond `keep` or `max_bytes`; problems are logged, not
+    /// fatal.
     fn prune(&self) {
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
@@ -383,19 +393,27 @@ impl SnapshotWriter {
                 return;
             }
         };
-        let mut files: Vec<(u64, PathBuf)> = entries
+        let mut files: Vec<(u64, PathBuf, u64)> = entries
             .filter_map(Result::ok)
             .filter_map(|e| {
                 let seq = seq_of(e.file_name().to_str()?)?;
-                Some((seq, e.path()))
+                let len = e.metadata().map_or(0, |m| m.len());
+                Some((seq, e.path(), len))
             })
             .collect();
-        if files.len() <= self.keep {
+        let mut total: u64 = files.iter().map(|f| f.2).sum();
+        if files.len() <= self.keep && total <= self.max_bytes {
             return;
         }
         files.sort_unstable();
-        let excess = files.len() - self.keep;
-        for (_, p) in &files[..excess] {
+        let mut excess = files.len().saturating_sub(self.keep);
+        // Then by bytes, oldest first, never the newest.
+        total -= files[..excess].iter().map(|f| f.2).sum::<u64>();
+        while total > self.max_bytes && excess + 1 < files.len() {
+            total -= files[excess].2;
+            excess += 1;
+        }
+        for (_, p, _) in &files[..excess] {
             if let Err(e) = fs::remove_file(p) {
                 log::warn!("cannot remove old snapshot {}: {e}", p.display());
             }
@@ -557,6 +575,19 @@ mod tests {
             p.display()
         );
         assert_eq!(seqs(dir.path()), [3, 4, 5]);
+        // A byte cap below three files' worth: the oldest go until it holds.
+        let one = fs::metadata(&p).unwrap().len();
+        let mut w = SnapshotWriter::new(dir.path(), 3)
+            .unwrap()
+            .with_max_bytes(2 * one + one / 2);
+        w.write(&snap(&grey, &mask, &map), base).unwrap();
+        assert_eq!(seqs(dir.path()), [5, 6]);
+        // Even a cap below one file keeps the newest.
+        let mut w = SnapshotWriter::new(dir.path(), 3)
+            .unwrap()
+            .with_max_bytes(1);
+        w.write(&snap(&grey, &mask, &map), base).unwrap();
+        assert_eq!(seqs(dir.path()), [7]);
     }
 
     #[test]

@@ -26,7 +26,7 @@ fn each_sweep_gets_the_call_standing_at_its_end() {
     cfg.aggregate.min_frames = 2;
     let classifier =
         Classifier::open(&bundle, Some(&keys_of(&bundle)), Default::default(), None).unwrap();
-    let mut replay = ExamReplay::new(cfg, classifier);
+    let mut replay = ExamReplay::new(cfg, classifier).unwrap();
 
     let a = replay.run(&normal).expect("normal sweep");
     assert_eq!(a.frames, 8);
@@ -62,7 +62,7 @@ fn a_sweep_with_nothing_to_judge_has_no_call_and_a_missing_one_is_an_error() {
     write_frames_gain(&blank, &[0.0; 6]);
     let classifier =
         Classifier::open(&bundle, Some(&keys_of(&bundle)), Default::default(), None).unwrap();
-    let mut replay = ExamReplay::new(Config::default(), classifier);
+    let mut replay = ExamReplay::new(Config::default(), classifier).unwrap();
     let o = replay.run(&blank).expect("blank sweep replays");
     assert_eq!(o.frames, 6);
     assert!(o.final_decision().is_none(), "{:?}", o.decisions);

@@ -89,6 +89,19 @@ fn aarch64_binary_under_qemu_decides_like_the_host() {
         assert_eq!((&x.0, x.1, &x.2, x.3), (&y.0, y.1, &y.2, y.3));
         assert!((x.4 - y.4).abs() < 1e-4, "p_abnormal {} vs {}", x.4, y.4);
     }
+    // Both name the same software and bundle (the configurations differ: journal dirs).
+    let trace = |out: &[u8]| {
+        let d = decisions(&json_lines(&String::from_utf8_lossy(out)));
+        let t = &d[0]["trace"];
+        (
+            t["bundle_sha256"].clone(),
+            t["signer"].clone(),
+            t["runtime"].clone(),
+            t["git"].clone(),
+        )
+    };
+    assert_eq!(trace(&host.stdout), trace(&arm.stdout));
+    assert!(trace(&arm.stdout).0.is_string());
     // The aarch64 journal holds the same decisions.
     let n = journal::Journal::records(tmp.path().join("j-arm"))
         .unwrap()

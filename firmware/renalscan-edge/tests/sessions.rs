@@ -439,19 +439,25 @@ fn interrupted_sessions_are_kept_and_full_or_read_only_targets_refused() {
 }
 
 #[test]
-fn sessions_past_retention_lose_their_context_and_frames_and_it_is_journalled() {
+fn sessions_past_retention_lose_their_context_and_frames_only_once_exported() {
     use contract::events::{JournalRecord, SessionContext, SessionEvent, SessionRecord};
     let s = setup();
     let jdir = s.root.join("journal");
     let store = records::SessionStore::open(&s.root.join("sessions")).unwrap();
     let now = contract::events::unix_ms();
     let day = 86_400_000u64;
-    // An exam of 40 days ago and one of 2 days ago (retention is 30 days by default).
+    // Exams of 40 days ago (one exported, one never) and one of 2 days ago (retention is
+    // 30 days by default).
     let old = "s-20261024T090000-0a0a";
+    let unexported = "s-20261024T100000-0c0c";
     let recent = "s-20261202T090000-0b0b";
     {
         let (mut j, _) = journal::Journal::open(journal::JournalConfig::new(&jdir)).unwrap();
-        for (id, t) in [(old, now - 40 * day), (recent, now - 2 * day)] {
+        for (id, t) in [
+            (old, now - 40 * day),
+            (unexported, now - 40 * day),
+            (recent, now - 2 * day),
+        ] {
             for (event, at) in [
                 (SessionEvent::Started { model: None }, t),
                 (SessionEvent::Ended, t + 600_000),
@@ -470,6 +476,17 @@ fn sessions_past_retention_lose_their_context_and_frames_and_it_is_journalled() 
             store.begin(id, &ctx).unwrap();
             store.write_frame(id, 1, b"png").unwrap();
         }
+        store
+            .record_export(
+                old,
+                &records::ExportMark {
+                    unix_ms: now - 39 * day,
+                    target: "/media/usb/exams".into(),
+                    deidentified: false,
+                    report_sha256: "0".repeat(64),
+                },
+            )
+            .unwrap();
     }
     let o = run_edge(&run_args(
         &s.cfg,
@@ -484,6 +501,17 @@ fn sessions_past_retention_lose_their_context_and_frames_and_it_is_journalled() 
         "{log}"
     );
     assert!(!s.root.join("sessions").join(old).exists());
+    // The record that never left the cart stays, and the log says how to release it.
+    assert!(s
+        .root
+        .join("sessions")
+        .join(unexported)
+        .join("context.json")
+        .exists());
+    assert!(
+        log.contains("1 exam(s) past 30 days are kept because their records never left the cart"),
+        "{log}"
+    );
     assert!(s
         .root
         .join("sessions")
@@ -499,6 +527,7 @@ fn sessions_past_retention_lose_their_context_and_frames_and_it_is_journalled() 
             .unwrap()
     };
     assert_eq!(state(old), "purged");
+    assert_eq!(state(unexported), "ended");
     assert_eq!(state(recent), "ended");
     // A second start purges nothing more.
     let o = run_edge(&run_args(

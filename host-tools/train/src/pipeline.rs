@@ -870,6 +870,8 @@ pub fn draft_manifest(
             score: Some("p_abnormal = 1 - probs[normal]".into()),
             threshold: s.threshold,
             target_sensitivity: opt.target_sensitivity,
+            // A signer opens a site range at bundle time (`renalscan bundle`), not the trainer.
+            site_range: None,
         },
         calibration: manifest::Calibration {
             method: Some("temperature".into()),
@@ -906,5 +908,6 @@ pub fn draft_manifest(
             warning: manifest::WARNING.into(),
         },
         card: None,
+        selftest: Vec::new(),
     })
 }

@@ -7,6 +7,7 @@ use super::journal::JournalSink;
 use super::keyframes::KeyframeSink;
 use super::pacs::PacsSink;
 use super::snapshots::SnapshotSink;
+use super::statusfile::StatusFileSink;
 use super::stdout::StdoutSink;
 use super::view::ViewSink;
 use super::{CommandSource, Sink};
@@ -55,6 +56,9 @@ pub fn from_config(cfg: &Config, classifier: &Classifier, stdout: bool) -> anyho
     }
     if stdout && cfg.output.stdout {
         out.push(StdoutSink::new());
+    }
+    if let Some(path) = &cfg.output.status_file {
+        out.push(StatusFileSink::new(path));
     }
     // The view starts before the cart link, which shows its pairing codes; its sink still
     // comes last. Screening never depends on the view: a port in use is an error in the

@@ -22,6 +22,7 @@ pub mod journal;
 pub mod keyframes;
 pub mod pacs;
 pub mod snapshots;
+pub mod statusfile;
 pub mod stdout;
 pub mod view;
 
@@ -616,6 +617,7 @@ mod tests {
             frames: 3,
             frame_index: 7,
             threshold: 0.5,
+            threshold_source: contract::events::ThresholdSource::Bundle,
             low_quality: false,
             unix_ms: 0,
             uptime_ms: 0,
@@ -623,6 +625,7 @@ mod tests {
             snapshot: None,
             journal: JournalState::Off,
             session: None,
+            trace: None,
         }
     }
 

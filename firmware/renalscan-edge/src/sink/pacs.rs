@@ -189,6 +189,7 @@ fn jittered(d: Duration) -> Duration {
 impl Worker {
     fn run(mut self) {
         self.catch_up();
+        self.mark_delivered();
         self.apply_retention();
         let mut last_retention = Instant::now();
         let initial = Duration::from_secs_f32(self.cfg.backoff_initial_s);
@@ -236,6 +237,9 @@ impl Worker {
             let mut dc = self.drain.clone();
             dc.pace = test_pace();
             let report = self.outbox.drain(&self.cfg.addr(), &dc);
+            if report.sent > 0 {
+                self.mark_delivered();
+            }
             match report.stopped {
                 None => {
                     delay = initial;
@@ -254,20 +258,39 @@ impl Worker {
         }
     }
 
-    /// Deletes what is still in the outbox after the retention period (journalled).
+    /// The retention period never deletes what did not reach the PACS: it says what is held
+    /// past it, for an operator to send (`outbox retry`) or drop (`outbox purge`).
     fn apply_retention(&mut self) {
         if self.retention_days == 0 {
             return;
         }
         let cutoff =
             pacs::outbox::now_ms().saturating_sub(u64::from(self.retention_days) * 86_400_000);
-        match self.outbox.purge_older_than(cutoff) {
-            Ok((0, 0)) => {}
-            Ok((q, p)) => log::info!(
-                "pacs: retention ({} days) deleted {q} quarantined and {p} unsent objects",
+        let (q, p) = self.outbox.held_past(cutoff);
+        if q + p > 0 {
+            log::warn!(
+                "pacs: {q} quarantined and {p} unsent objects are older than the retention \
+                 period ({} days) and kept: they never reached the PACS (renalscan-edge outbox \
+                 retry, or outbox purge to drop them)",
                 self.retention_days
-            ),
-            Err(e) => log::error!("pacs: retention: {e}"),
+            );
+        }
+    }
+
+    /// Marks every exam the PACS accepted whole, so the session store's retention may
+    /// delete it (`records::SessionStore::released`).
+    fn mark_delivered(&mut self) {
+        let pacs = self.cfg.addr().to_string();
+        for id in self.outbox.delivered_sessions() {
+            if self.store.released(&id) {
+                continue;
+            }
+            if let Err(e) = self
+                .store
+                .record_forwarded(&id, &pacs, pacs::outbox::now_ms())
+            {
+                log::warn!("pacs: exam {id} delivered, but not noted in the session store: {e}");
+            }
         }
     }
 

@@ -27,7 +27,7 @@ impl SnapshotSink {
             anyhow::anyhow!("snapshots need the model's class-activation map: {why}")
         })?;
         Ok(Self {
-            writer: SnapshotWriter::new(&cfg.dir, cfg.keep)?,
+            writer: SnapshotWriter::new(&cfg.dir, cfg.keep)?.with_max_bytes(cfg.max_bytes),
             written: 0,
             failed: 0,
         })

@@ -16,7 +16,7 @@ use bundle::assemble::{self, QuantReport, Release};
 use bundle::{
     Bundle, PublicKey, SecretKey, TrustedKeys, CARD_FILE, MANIFEST_FILE, MODEL_FILE, PUBLIC_KEY_EXT,
 };
-use contract::manifest::{DataKind, Evaluation, Manifest, Precision};
+use contract::manifest::{DataKind, Evaluation, Manifest, Precision, SelftestCase};
 use tract_onnx::prelude::Framework as _;
 
 /// Arguments of `keygen`.
@@ -85,6 +85,35 @@ pub struct BundleArgs {
     /// Precision of `--model`; detected from its operators and initializers when absent.
     #[arg(long, value_enum)]
     pub precision: Option<PrecisionArg>,
+    /// Let a site set its own operating threshold in the cart's configuration, within
+    /// `LO,HI` (signed into the manifest). Without it the signed threshold stands and a cart
+    /// refuses a configuration that changes it.
+    #[arg(long, value_name = "LO,HI", value_parser = parse_site_range)]
+    pub site_threshold_range: Option<[f64; 2]>,
+    /// Ship no signed reference frames (`[[selftest]]`): a cart's selftest then cannot check
+    /// its answers. By default four phantom frames go in, with the answers this model gives
+    /// them through the device's own stages (both forms of an int8 model).
+    #[arg(long)]
+    pub no_selftest: bool,
+}
+
+/// `LO,HI`: two probabilities, in order.
+fn parse_site_range(s: &str) -> Result<[f64; 2], String> {
+    let (lo, hi) = s
+        .split_once(',')
+        .ok_or_else(|| format!("{s:?} is not LO,HI (two probabilities, e.g. 0.3,0.6)"))?;
+    let p = |v: &str| -> Result<f64, String> {
+        v.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|x| (0.0..=1.0).contains(x))
+            .ok_or_else(|| format!("{v:?} is not a probability in [0, 1]"))
+    };
+    let (lo, hi) = (p(lo)?, p(hi)?);
+    if lo > hi {
+        return Err(format!("LO {lo} is above HI {hi}"));
+    }
+    Ok([lo, hi])
 }
 
 /// Arguments of `verify`.
@@ -306,6 +335,7 @@ fn release(
             .map(read_quant_report)
             .transpose()?,
         evaluations,
+        site_range: args.site_threshold_range,
     })
 }
 
@@ -322,9 +352,24 @@ pub fn make(args: BundleArgs) -> Result<()> {
         None => detect_precision(&args.model)?,
     };
     let r = release(&args, &draft, &model_sha, precision)?;
-    let manifest = assemble::complete(draft, &r, &args.manifest)?;
-    let b: Bundle = assemble::write(&args.out, &model, manifest, &key)
+    let mut manifest = assemble::complete(draft, &r, &args.manifest)?;
+    // A draft copied from an earlier bundle may list references of another model.
+    manifest.selftest.clear();
+    let frames = if args.no_selftest {
+        Vec::new()
+    } else {
+        let (cases, frames) = selftest_references(&model, &manifest, &key)?;
+        manifest.selftest = cases;
+        frames
+    };
+    let b: Bundle = assemble::write(&args.out, &model, manifest, &frames, &key)
         .with_context(|| format!("writing bundle {}", args.out.display()))?;
+    for c in &b.manifest().selftest {
+        println!(
+            "selftest {}: {} p(abnormal) {:.4} +- {:.4}",
+            c.file, c.class, c.p_abnormal, c.tolerance
+        );
+    }
     println!(
         "bundle   {}\nmodel    {} {} ({}), sha256 {}\nsigner   {} ({})\nfiles    {}, {}, {}, \
          {}\ndone in  {:.1} s",
@@ -342,6 +387,68 @@ pub fn make(args: BundleArgs) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The self-test references of a bundle: phantom frames with the answers this model gives
+/// them through the device's own stages (`renalscan_edge::selftest::answer`), on every form
+/// a cart may choose. A frame the forms disagree on (class) is left out; the tolerance is
+/// twice the forms' spread plus a margin, at least 0.02.
+fn selftest_references(
+    model: &[u8],
+    manifest: &Manifest,
+    key: &SecretKey,
+) -> Result<(Vec<SelftestCase>, Vec<Vec<u8>>)> {
+    use renalscan_edge::config::ModelForm;
+    use renalscan_edge::infer::Classifier;
+    let tmp = tempfile::tempdir().context("a scratch directory for the provisional bundle")?;
+    let provisional = assemble::write(&tmp.path().join("b"), model, manifest.clone(), &[], key)?;
+    let forms: &[ModelForm] = if manifest.model.precision == Precision::Int8 {
+        &[ModelForm::Integer, ModelForm::Float]
+    } else {
+        &[ModelForm::Auto]
+    };
+    let mut classifiers = forms
+        .iter()
+        .map(|f| Classifier::from_bundle(provisional.clone(), *f, None, Instant::now()))
+        .collect::<Result<Vec<_>>>()?;
+    let labels = classifiers[0].info().labels.clone();
+    let (mut cases, mut frames) = (Vec::new(), Vec::new());
+    for (file, png) in renalscan_edge::selftest::reference_frames()? {
+        let answers: Result<Vec<_>> = classifiers
+            .iter_mut()
+            .map(|c| renalscan_edge::selftest::answer(c, &png))
+            .collect();
+        let answers = match answers {
+            Ok(a) => a,
+            Err(e) => {
+                log::warn!("selftest frame {file} left out: {e:#}");
+                continue;
+            }
+        };
+        if answers.iter().any(|a| a.class != answers[0].class) {
+            log::warn!("selftest frame {file} left out: the int8 forms disagree on its class");
+            continue;
+        }
+        let ps: Vec<f64> = answers.iter().map(|a| f64::from(a.p_abnormal)).collect();
+        let mean = ps.iter().sum::<f64>() / ps.len() as f64;
+        let spread = ps.iter().map(|p| (p - mean).abs()).fold(0.0, f64::max);
+        cases.push(SelftestCase {
+            file,
+            sha256: bundle::sha256_hex(&png),
+            class: labels[answers[0].class].clone(),
+            p_abnormal: mean,
+            tolerance: (2.0 * spread + 0.01).max(0.02),
+        });
+        frames.push(png);
+    }
+    if cases.is_empty() {
+        log::warn!(
+            "no reference frame gave the same class on every form of this model (a weak or \
+             undertrained model): the bundle ships without [[selftest]] references, and a \
+             cart's selftest cannot check its answers"
+        );
+    }
+    Ok((cases, frames))
 }
 
 pub fn verify(args: VerifyArgs) -> Result<()> {
@@ -393,6 +500,17 @@ mod tests {
             data_source: Some(DataSourceArg::Synthetic),
             data_description: None,
             precision: None,
+            site_threshold_range: None,
+            no_selftest: false,
+        }
+    }
+
+    #[test]
+    fn site_ranges_are_two_ordered_probabilities() {
+        assert_eq!(parse_site_range("0.3,0.6"), Ok([0.3, 0.6]));
+        assert_eq!(parse_site_range(" 0.3 , 0.6 "), Ok([0.3, 0.6]));
+        for bad in ["0.6,0.3", "0.3", "0.3,1.5", "-0.1,0.5", "a,b", "nan,0.5"] {
+            assert!(parse_site_range(bad).is_err(), "{bad}");
         }
     }
 

@@ -184,6 +184,8 @@ pub fn run(args: Args) -> Result<()> {
     m.operating_point.threshold = threshold;
     m.operating_point.target_sensitivity = target;
     m.card = None;
+    // The recalibrated model answers differently: `renalscan bundle` measures new references.
+    m.selftest.clear();
     m.site_calibration = Some(SiteCalibration {
         site: args.site.clone(),
         temperature: previous_t * f64::from(t),

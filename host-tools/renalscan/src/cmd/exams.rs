@@ -222,7 +222,7 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
     for _ in 0..workers {
         let classifier = Classifier::open(&args.model, Some(keys), ModelForm::Auto, None)
             .with_context(|| format!("opening bundle {}", args.model.display()))?;
-        replays.push(ExamReplay::new(cfg.clone(), classifier));
+        replays.push(ExamReplay::new(cfg.clone(), classifier)?);
     }
     let t0 = std::time::Instant::now();
     let next = std::sync::atomic::AtomicUsize::new(0);
