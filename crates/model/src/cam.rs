@@ -847,7 +847,13 @@ mod tests {
 
     /// Writes a model `features -> GAP -> Flatten -> <head> -> Softmax -> probs` and returns
     /// its path; `head` adds nodes from `flat` to `logits` and their initializers.
-    fn write_model(name: &str, c: usize, hw: usize, head: impl FnOnce(&mut Graph)) -> PathBuf {
+    /// The model as a temporary file (removed when the returned path is dropped).
+    fn write_model(
+        name: &str,
+        c: usize,
+        hw: usize,
+        head: impl FnOnce(&mut Graph),
+    ) -> tempfile::TempPath {
         let mut g = Graph::new();
         g.node("GlobalAveragePool", "pooled", &["features"], vec![]);
         g.node("Flatten", "flat", &["pooled"], vec![attr::int("axis", 1)]);
@@ -864,10 +870,9 @@ mod tests {
             vec![value_info_fixed(PROBS, &[1, 5])],
             ModelMeta::default(),
         );
-        let dir = tempfile::tempdir().unwrap().keep();
-        let p = dir.join(name);
-        std::fs::write(&p, onnx_graph::encode(&model)).unwrap();
-        p
+        let mut f = tempfile::Builder::new().suffix(name).tempfile().unwrap();
+        std::io::Write::write_all(&mut f, &onnx_graph::encode(&model)).unwrap();
+        f.into_temp_path()
     }
 
     /// The maps' means + bias, through softmax, must give what tract computes from the file.
