@@ -125,38 +125,32 @@ pub fn check_references(classifier: &mut Classifier) -> Vec<CaseResult> {
 /// The CPU features that decide which kernels run: dot-product and fp16 arithmetic on
 /// aarch64, AVX2/FMA/AVX-512/VNNI on x86_64.
 pub fn cpu_features() -> Vec<&'static str> {
-    let mut v = Vec::new();
     #[cfg(target_arch = "aarch64")]
-    {
-        if std::arch::is_aarch64_feature_detected!("asimd") {
-            v.push("asimd");
-        }
-        if std::arch::is_aarch64_feature_detected!("dotprod") {
-            v.push("dotprod");
-        }
-        if std::arch::is_aarch64_feature_detected!("fp16") {
-            v.push("fp16");
-        }
-        if std::arch::is_aarch64_feature_detected!("i8mm") {
-            v.push("i8mm");
-        }
-    }
+    let detected = [
+        ("asimd", std::arch::is_aarch64_feature_detected!("asimd")),
+        (
+            "dotprod",
+            std::arch::is_aarch64_feature_detected!("dotprod"),
+        ),
+        ("fp16", std::arch::is_aarch64_feature_detected!("fp16")),
+        ("i8mm", std::arch::is_aarch64_feature_detected!("i8mm")),
+    ];
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            v.push("avx2");
-        }
-        if std::arch::is_x86_feature_detected!("fma") {
-            v.push("fma");
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            v.push("avx512f");
-        }
-        if std::arch::is_x86_feature_detected!("avx512vnni") {
-            v.push("avx512vnni");
-        }
-    }
-    v
+    let detected = [
+        ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+        ("fma", std::arch::is_x86_feature_detected!("fma")),
+        ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
+        (
+            "avx512vnni",
+            std::arch::is_x86_feature_detected!("avx512vnni"),
+        ),
+    ];
+    #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
+    let detected: [(&str, bool); 0] = [];
+    detected
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect()
 }
 
 /// Selftest figures (milliseconds are medians over the runs).

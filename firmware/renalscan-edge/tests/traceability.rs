@@ -43,6 +43,17 @@ fn run(cfg: &Path, bundle: &Path, frames: &Path) -> std::process::Output {
     ))
 }
 
+/// A run that must succeed: its stdout's JSON lines.
+fn run_ok(cfg: &Path, bundle: &Path, frames: &Path) -> Vec<serde_json::Value> {
+    let out = run(cfg, bundle, frames);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_lines(&String::from_utf8_lossy(&out.stdout))
+}
+
 fn version(cfg: &Path, bundle: &Path) -> std::process::Output {
     Command::new(edge_bin())
         .args(["version", "--json", "--config"])
@@ -77,13 +88,7 @@ fn a_config_threshold_needs_the_bundles_signed_permission() {
     }
     // Restating the signed threshold is no change.
     let same = config(tmp.path(), "threshold = 0.5");
-    let out = run(&same, &signed_only, &frames);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let d = decisions(&json_lines(&String::from_utf8_lossy(&out.stdout)));
+    let d = decisions(&run_ok(&same, &signed_only, &frames));
     assert!(!d.is_empty());
     assert!(d
         .iter()
@@ -92,13 +97,7 @@ fn a_config_threshold_needs_the_bundles_signed_permission() {
     // A bundle signed with a site range: inside it the site's threshold applies, and says so.
     let ranged = bundle(&tmp.path().join("b"), Some("[0.3, 0.7]"));
     let site = config(tmp.path(), "threshold = 0.4");
-    let out = run(&site, &ranged, &frames);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines = json_lines(&String::from_utf8_lossy(&out.stdout));
+    let lines = run_ok(&site, &ranged, &frames);
     let d = decisions(&lines);
     assert!(!d.is_empty());
     for d in &d {
@@ -130,13 +129,7 @@ fn decisions_status_and_version_name_the_software() {
     write_frames(&frames, &[false, false, true, true, true]);
     let b = bundle(tmp.path(), None);
     let cfg = config(tmp.path(), "");
-    let out = run(&cfg, &b, &frames);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines = json_lines(&String::from_utf8_lossy(&out.stdout));
+    let lines = run_ok(&cfg, &b, &frames);
     let d = decisions(&lines);
     assert!(!d.is_empty());
     let trace = &d[0]["trace"];
