@@ -3,4 +3,4 @@
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/renalscan/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # Device crates: everything the cart runs (no training framework).
-DEVICE_CRATES=(-p contract -p bundle -p usimage -p model -p cartlink -p journal -p operator-view -p records -p pacs -p renalscan-edge)
+DEVICE_CRATES=(-p contract -p bundle -p artifact -p updater -p usimage -p model -p cartlink -p journal -p operator-view -p records -p pacs -p renalscan-edge)

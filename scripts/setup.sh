@@ -18,6 +18,7 @@ APT_PACKAGES=(
   dcmtk                  # dsrdump: the structured report's tree
   python3-pip            # fetch-fixtures: `pip download` of pydicom-data and itk-pocus
   ffmpeg                 # fetch-fixtures: two test frames are frames of itk-pocus videos
+  systemd                # systemd-analyze verify: the deploy files in a throwaway root (nothing is started)
 )
 RUST_TARGETS=(aarch64-unknown-linux-gnu thumbv7em-none-eabihf)
 

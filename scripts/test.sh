@@ -21,9 +21,12 @@ cargo clippy --release --workspace --all-targets -- -D warnings
 step "tests (x86_64)"
 cargo test --release --workspace
 
+step "deployment in a throwaway root: install.sh, an A/B update, systemd-analyze verify"
+bash firmware/deploy/check.sh
+
 step "device crates for aarch64, tests under qemu"
 cargo build --release --target aarch64-unknown-linux-gnu "${DEVICE_CRATES[@]}"
-cargo test --release --target aarch64-unknown-linux-gnu -p contract -p bundle -p model -p journal -p operator-view -p pacs
+cargo test --release --target aarch64-unknown-linux-gnu -p contract -p bundle -p artifact -p updater -p model -p journal -p operator-view -p pacs
 
 step "renalscan-edge for aarch64 under qemu on a replay source, decisions vs the host build"
 bash firmware/renalscan-edge/scripts/aarch64-e2e.sh

@@ -116,6 +116,8 @@ fn train_draft_bundle_and_device_agree_on_every_field() {
         quant_report: None,
         evaluations: Vec::new(),
         site_range: None,
+        counter: 3,
+        min_runtime: None,
     };
     let completed = assemble::complete(read_back, &release, &run.join("manifest.toml")).unwrap();
     let key = bundle::SecretKey::generate("roundtrip").unwrap();

@@ -46,6 +46,19 @@ pub struct Release {
     /// `[lo, hi]` a site may move the operating threshold within by configuration; `None`
     /// keeps the draft's (normally none: the signed threshold stands).
     pub site_range: Option<[f64; 2]>,
+    /// `[release] counter`: orders releases of one `model.version` (see
+    /// [`default_counter`]).
+    pub counter: u64,
+    /// `[release] min_runtime`: the oldest runtime that may run this bundle.
+    pub min_runtime: Option<String>,
+}
+
+/// The release counter when none is given: the build time in Unix seconds, so successive
+/// builds, from one workstation or several with synchronized clocks, are increasing.
+pub fn default_counter() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn refuse(draft: &Path, reason: String) -> BundleError {
@@ -149,6 +162,21 @@ pub fn complete(mut m: Manifest, r: &Release, draft_path: &Path) -> Result<Manif
         }
         m.operating_point.site_range = Some([lo, hi]);
     }
+    if semver::Version::parse(m.model.version.trim()).is_err() {
+        return Err(refuse(
+            draft_path,
+            format!(
+                "model.version {:?} is not a semantic version (MAJOR.MINOR.PATCH); carts order \
+                 releases by it: fix the draft",
+                m.model.version
+            ),
+        ));
+    }
+    m.release = Some(contract::manifest::Release {
+        counter: r.counter,
+        product: contract::manifest::PRODUCT.into(),
+        min_runtime: r.min_runtime.clone(),
+    });
     debug_assert!(m.intended_use.warning.to_lowercase().contains(WARNING_TEXT));
     Ok(m)
 }
@@ -242,6 +270,8 @@ mod tests {
             quant_report: None,
             evaluations: Vec::new(),
             site_range: None,
+            counter: 7,
+            min_runtime: Some("0.1.0".into()),
         }
     }
 

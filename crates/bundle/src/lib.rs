@@ -18,6 +18,8 @@
 
 pub mod assemble;
 pub mod card;
+pub mod policy;
+pub mod trust;
 
 use std::fmt;
 use std::fs;
@@ -94,6 +96,26 @@ pub enum BundleError {
         /// Trusted key ids, comma separated.
         trusted: String,
     },
+    /// Signed by a key the trust list revokes.
+    #[error(transparent)]
+    RevokedSigner(Box<Revoked>),
+    /// A trust list older than (or as old as) the installed one.
+    #[error(
+        "{path}: trust list #{serial} is not newer than the installed #{installed}; an older \
+         list could bring back a revoked key: issue a list with a serial above {installed}"
+    )]
+    TrustListOlder {
+        /// The list offered.
+        path: PathBuf,
+        /// Its serial.
+        serial: u64,
+        /// The installed list's serial.
+        installed: u64,
+    },
+    /// A bundle the cart's release policy refuses (older, another product, newer runtime
+    /// needed).
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
     /// The model expects a preprocessing this code does not implement.
     #[error(
         "{path}: the model expects usimage preprocessing v{found}, this build implements \
@@ -138,6 +160,25 @@ pub enum BundleError {
     /// The operating system gave no randomness for a new key.
     #[error("no randomness for key generation: {0}")]
     Random(String),
+}
+
+/// A signature by a revoked key (boxed in [`BundleError`]: it is the rare, large case).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{path} was signed by key {key_id}, REVOKED since {since} by {list}: {reason}; this is \
+     refused at every load: install a bundle re-signed with a current key"
+)]
+pub struct Revoked {
+    /// The signature file.
+    pub path: PathBuf,
+    /// The revoked key.
+    pub key_id: String,
+    /// Why it was revoked.
+    pub reason: String,
+    /// When (as the list states it).
+    pub since: String,
+    /// The list that revokes it.
+    pub list: String,
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
@@ -272,6 +313,32 @@ impl PublicKey {
         })
     }
 
+    /// From the fields of a trust list entry; `path` names the list in errors.
+    pub(crate) fn from_fields(
+        key_id: &str,
+        name: &str,
+        public_key_hex: &str,
+        path: &Path,
+    ) -> Result<PublicKey, BundleError> {
+        let bytes = hex32(Some(public_key_hex), "public_key", path)?;
+        let key = VerifyingKey::from_bytes(&bytes).map_err(|e| BundleError::BadKey {
+            path: path.to_path_buf(),
+            reason: format!("{name}: not an ed25519 public key: {e}"),
+        })?;
+        let derived = key_id_of(&key);
+        check_key_id(Some(key_id), &derived, path)?;
+        Ok(PublicKey {
+            key_id: derived,
+            name: name.to_string(),
+            key,
+        })
+    }
+
+    /// The public key bytes, hex.
+    pub fn hex(&self) -> String {
+        hex::encode(self.key.as_bytes())
+    }
+
     /// Reads a public key file.
     pub fn from_file(path: &Path) -> Result<PublicKey, BundleError> {
         let text = fs::read_to_string(path).map_err(io_err(path))?;
@@ -398,12 +465,54 @@ pub fn keygen(name: &str) -> Result<(String, String), BundleError> {
 #[derive(Debug, Clone, Default)]
 pub struct TrustedKeys {
     keys: Vec<PublicKey>,
+    revoked: Vec<trust::Revocation>,
+    list: Option<trust::ListInfo>,
 }
 
 impl TrustedKeys {
     /// From keys already loaded.
     pub fn new(keys: Vec<PublicKey>) -> TrustedKeys {
-        TrustedKeys { keys }
+        TrustedKeys {
+            keys,
+            revoked: Vec::new(),
+            list: None,
+        }
+    }
+
+    /// From a verified trust list: its keys, minus nothing (a list never names a key both
+    /// trusted and revoked), and its revocations.
+    pub(crate) fn from_list(
+        keys: Vec<PublicKey>,
+        revoked: Vec<trust::Revocation>,
+        list: trust::ListInfo,
+    ) -> TrustedKeys {
+        TrustedKeys {
+            keys,
+            revoked,
+            list: Some(list),
+        }
+    }
+
+    /// Why `key_id` is revoked, if the trust list revokes it.
+    pub fn revocation(&self, key_id: &str) -> Option<&trust::Revocation> {
+        self.revoked.iter().find(|r| r.key_id == key_id)
+    }
+
+    /// The revoked keys (empty without a signed list).
+    pub fn revoked(&self) -> &[trust::Revocation] {
+        &self.revoked
+    }
+
+    /// The signed list these keys came from (`None` for loose `.pub` files).
+    pub fn list(&self) -> Option<&trust::ListInfo> {
+        self.list.as_ref()
+    }
+
+    fn list_name(&self) -> String {
+        match &self.list {
+            Some(l) => format!("trust list #{} ({})", l.serial, l.path.display()),
+            None => "the trusted keys".into(),
+        }
     }
 
     /// One public key file.
@@ -411,9 +520,15 @@ impl TrustedKeys {
         Ok(TrustedKeys::new(vec![PublicKey::from_file(path)?]))
     }
 
-    /// Every `*.pub` file in a directory (other files are ignored). An empty directory is an
-    /// error: a device that trusts nobody would refuse every bundle for a confusing reason.
+    /// A keys directory. With a signed trust list in it ([`trust::LIST_FILE`], checked
+    /// against the root keys in [`trust::ROOTS_DIR`]), the list's keys and revocations and
+    /// nothing else. Otherwise every `*.pub` file (a workstation's or a test's keys; no
+    /// revocation is possible then). An empty directory is an error: a device that trusts
+    /// nobody would refuse every bundle for a confusing reason.
     pub fn from_dir(dir: &Path) -> Result<TrustedKeys, BundleError> {
+        if dir.join(trust::LIST_FILE).exists() {
+            return trust::load(dir);
+        }
         let mut paths: Vec<PathBuf> = fs::read_dir(dir)
             .map_err(io_err(dir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -453,23 +568,102 @@ impl TrustedKeys {
     }
 }
 
+/// Checks a detached signature file's text (`sig_path` names it in errors) over `bytes` (the
+/// content of `signed`) against `keys`: well formed, signer trusted and not revoked, signature
+/// valid. Returns the signer. One check for manifests, trust lists and update artifacts.
+pub fn verify_signature_text(
+    sig_text: &str,
+    sig_path: &Path,
+    bytes: &[u8],
+    signed: &Path,
+    keys: &TrustedKeys,
+) -> Result<PublicKey, BundleError> {
+    let sig: SigFile = toml::from_str(sig_text).map_err(|e| BundleError::BadSignature {
+        path: sig_path.to_path_buf(),
+        reason: format!("malformed signature file: {e}"),
+    })?;
+    verify_parsed(&sig, sig_path, bytes, signed, keys)
+}
+
+pub(crate) fn verify_parsed(
+    sig: &SigFile,
+    sig_path: &Path,
+    bytes: &[u8],
+    signed: &Path,
+    keys: &TrustedKeys,
+) -> Result<PublicKey, BundleError> {
+    let bad_sig = |reason: String| BundleError::BadSignature {
+        path: sig_path.to_path_buf(),
+        reason,
+    };
+    if sig.algorithm != ALGORITHM {
+        return Err(bad_sig(format!(
+            "algorithm {:?}, only {ALGORITHM:?} is supported",
+            sig.algorithm
+        )));
+    }
+    let sig_bytes: [u8; 64] = hex::decode(sig.signature.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad_sig("signature is not 64 hex-encoded bytes".into()))?;
+    if let Some(r) = keys.revocation(&sig.key_id) {
+        return Err(BundleError::RevokedSigner(Box::new(Revoked {
+            path: sig_path.to_path_buf(),
+            key_id: sig.key_id.clone(),
+            reason: r.reason.clone(),
+            since: r.revoked.clone(),
+            list: keys.list_name(),
+        })));
+    }
+    let signer = keys
+        .get(&sig.key_id)
+        .ok_or_else(|| BundleError::UnknownSigner {
+            path: sig_path.to_path_buf(),
+            key_id: sig.key_id.clone(),
+            trusted: keys
+                .keys()
+                .iter()
+                .map(|k| format!("{} {}", k.key_id, k.name))
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?
+        .clone();
+    signer
+        .key
+        .verify_strict(bytes, &Signature::from_bytes(&sig_bytes))
+        .map_err(|_| {
+            bad_sig(format!(
+                "signature by key {} does not match {}",
+                signer.key_id,
+                signed.display()
+            ))
+        })?;
+    Ok(signer)
+}
+
+/// The text of a detached signature file over `bytes`; `what` says what was signed (a
+/// comment for whoever opens the file).
+pub fn signature_text(bytes: &[u8], key: &SecretKey, what: &str) -> String {
+    let sig = key.key.sign(bytes);
+    format!(
+        "# ed25519 signature over the exact bytes of {what}\nalgorithm = \"{ALGORITHM}\"\n\
+         key_id = \"{}\"\nsignature = \"{}\"\n",
+        key.public().key_id,
+        hex::encode(sig.to_bytes())
+    )
+}
+
 /// `manifest.sig` fields.
 #[derive(Deserialize)]
-struct SigFile {
-    algorithm: String,
-    key_id: String,
-    signature: String,
+pub(crate) struct SigFile {
+    pub(crate) algorithm: String,
+    pub(crate) key_id: String,
+    pub(crate) signature: String,
 }
 
 /// The text of `manifest.sig` for these exact manifest bytes.
 pub fn signature_file_text(manifest_bytes: &[u8], key: &SecretKey) -> String {
-    let sig = key.key.sign(manifest_bytes);
-    format!(
-        "# ed25519 signature over the exact bytes of manifest.toml\nalgorithm = \
-         \"{ALGORITHM}\"\nkey_id = \"{}\"\nsignature = \"{}\"\n",
-        key.public().key_id,
-        hex::encode(sig.to_bytes())
-    )
+    signature_text(manifest_bytes, key, "manifest.toml")
 }
 
 fn check_pin(path: PathBuf, expected: &str, actual: String) -> Result<(), BundleError> {
@@ -548,6 +742,8 @@ pub struct Bundle {
     model: Vec<u8>,
     /// The bytes of each `[[selftest]]` frame, in manifest order, as checked.
     selftest: Vec<Vec<u8>>,
+    /// The trust list the signer was found in (`None`: loose key files).
+    trust_list: Option<trust::ListInfo>,
 }
 
 impl fmt::Debug for Bundle {
@@ -595,46 +791,9 @@ impl Bundle {
                 })
             }
         };
-        let bad_sig = |reason: String| BundleError::BadSignature {
-            path: sig_path.clone(),
-            reason,
-        };
-        let sig: SigFile = toml::from_str(&sig_text)
-            .map_err(|e| bad_sig(format!("malformed signature file: {e}")))?;
-        if sig.algorithm != ALGORITHM {
-            return Err(bad_sig(format!(
-                "algorithm {:?}, only {ALGORITHM:?} is supported",
-                sig.algorithm
-            )));
-        }
-        let sig_bytes: [u8; 64] = hex::decode(sig.signature.trim())
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| bad_sig("signature is not 64 hex-encoded bytes".into()))?;
-        let signer = keys
-            .get(&sig.key_id)
-            .ok_or_else(|| BundleError::UnknownSigner {
-                path: sig_path.clone(),
-                key_id: sig.key_id.clone(),
-                trusted: keys
-                    .keys()
-                    .iter()
-                    .map(|k| format!("{} {}", k.key_id, k.name))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?
-            .clone();
         let manifest_bytes = fs::read(&manifest_path).map_err(io_err(&manifest_path))?;
-        signer
-            .key
-            .verify_strict(&manifest_bytes, &Signature::from_bytes(&sig_bytes))
-            .map_err(|_| {
-                bad_sig(format!(
-                    "signature by key {} does not match {}",
-                    signer.key_id,
-                    manifest_path.display()
-                ))
-            })?;
+        let signer =
+            verify_signature_text(&sig_text, &sig_path, &manifest_bytes, &manifest_path, keys)?;
         let manifest = Manifest::parse(utf8(&manifest_bytes, &manifest_path)?, &manifest_path)?;
         let found = manifest.input.usimage_preprocess_version;
         if found != supported_preprocess {
@@ -664,6 +823,7 @@ impl Bundle {
             signer,
             model,
             selftest,
+            trust_list: keys.list().cloned(),
         })
     }
 
@@ -716,6 +876,11 @@ impl Bundle {
     /// The key that signed the manifest.
     pub fn signer(&self) -> &PublicKey {
         &self.signer
+    }
+
+    /// The signed trust list that vouched for the signer, when the keys came from one.
+    pub fn signer_list(&self) -> Option<&trust::ListInfo> {
+        self.trust_list.as_ref()
     }
 }
 

@@ -134,6 +134,13 @@ pub struct Trace {
     pub git: String,
     /// sha256 of the effective configuration (file, defaults and flags), as JSON.
     pub config_sha256: String,
+    /// The bundle's release (`model.version` and `[release] counter`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub release: String,
+    /// Set when the bundle is older than the cart's floor and runs under a recorded
+    /// downgrade override: its reason and time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downgrade_override: Option<String>,
 }
 
 fn is_off(j: &JournalState) -> bool {
@@ -302,6 +309,11 @@ pub struct SessionRecord {
 /// One journal record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "records are built one at a time, serialised and dropped: boxing the decision \
+              would add an allocation per decision and save nothing"
+)]
 pub enum JournalRecord {
     /// A screening decision.
     Decision(Decision),
@@ -496,6 +508,8 @@ mod tests {
                 runtime: "0.1.0".into(),
                 git: "0123abcd".into(),
                 config_sha256: "cd".into(),
+                release: "0.1.0 (release 7)".into(),
+                downgrade_override: None,
             }),
         }
     }

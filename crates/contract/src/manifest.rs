@@ -137,6 +137,53 @@ pub struct Manifest {
     /// different answer (a miscompiled kernel, a broken board, a wrong build).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub selftest: Vec<SelftestCase>,
+    /// Where this bundle sits among its product's releases: a cart refuses to go back to an
+    /// older one, or to run another product's bundle, unless told to on the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<Release>,
+}
+
+/// The product line this code screens for. A bundle names the product it was trained and
+/// validated for; a cart runs only its own product's bundles.
+pub const PRODUCT: &str = "renalscan-pediatric-renal";
+
+/// `[release]`: the bundle's place in its product's release history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// Build number within `model.version`, never reused: `renalscan bundle` defaults it to
+    /// the build time in Unix seconds, so successive builds are increasing.
+    pub counter: u64,
+    /// The product line (see [`PRODUCT`]).
+    pub product: String,
+    /// Oldest runtime version (semver) that implements what this bundle needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_runtime: Option<String>,
+}
+
+/// A release's position: `model.version` (semver) first, then the counter. Ordered, so
+/// "newer" means the same thing on every cart.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReleaseVersion {
+    /// Semantic version.
+    pub version: semver::Version,
+    /// Build counter within it.
+    pub counter: u64,
+}
+
+impl std::fmt::Display for ReleaseVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (release {})", self.version, self.counter)
+    }
+}
+
+impl ReleaseVersion {
+    /// Parses `version` as semver; `None` when it is not.
+    pub fn new(version: &str, counter: u64) -> Option<ReleaseVersion> {
+        Some(ReleaseVersion {
+            version: semver::Version::parse(version.trim()).ok()?,
+            counter,
+        })
+    }
 }
 
 /// Numeric precision of the model file.
@@ -719,6 +766,25 @@ impl Manifest {
                 )));
             }
         }
+        if let Some(r) = &self.release {
+            if semver::Version::parse(self.model.version.trim()).is_err() {
+                return Err(err(format!(
+                    "[model] version = {:?} must be a semantic version (MAJOR.MINOR.PATCH) \
+                     when the manifest has a [release] table",
+                    self.model.version
+                )));
+            }
+            if r.product.trim().is_empty() {
+                return Err(err("[release] product must name the product line".into()));
+            }
+            if let Some(v) = &r.min_runtime {
+                if semver::Version::parse(v.trim()).is_err() {
+                    return Err(err(format!(
+                        "[release] min_runtime = {v:?} is not a semantic version"
+                    )));
+                }
+            }
+        }
         let s = &self.input.shape;
         if s.len() != 4 || s[1] != 3 || s[2] != s[3] || s[2] == 0 {
             return Err(err(format!(
@@ -733,6 +799,13 @@ impl Manifest {
             ));
         }
         Ok(())
+    }
+
+    /// The release position, when the manifest has a `[release]` table (checked at parse:
+    /// `model.version` is then semver).
+    pub fn release_version(&self) -> Option<ReleaseVersion> {
+        let r = self.release.as_ref()?;
+        ReleaseVersion::new(&self.model.version, r.counter)
     }
 
     /// Total images per split (`train`, `val`, `test`).

@@ -54,6 +54,10 @@ specificity = 0.6042
 purpose = "Screening aid."
 warning = "Not for diagnosis."
 
+[release]
+counter = 1
+product = "renalscan-pediatric-renal"
+
 [some_future_table]
 anything = [1, 2, 3]
 "#

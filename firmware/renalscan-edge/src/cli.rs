@@ -58,6 +58,13 @@ pub enum Cmd {
     /// One .tar.gz for a support call, free of patient data: versions, the effective
     /// configuration, the latest status, exam counts, free disk, the recent system log.
     Diagnostics(crate::diagnostics::DiagnosticsArgs),
+    /// Signed A/B updates of the runtime and the bundle: install, guard, commit, rollback,
+    /// status.
+    #[command(subcommand)]
+    Update(crate::update::UpdateCmd),
+    /// The signed trust list: install a newer one (key rotation, revocation), show it.
+    #[command(subcommand)]
+    Trust(crate::trust::TrustCmd),
 }
 
 /// Model bundle arguments shared by the subcommands.
@@ -247,6 +254,8 @@ pub fn main() -> ExitCode {
         Cmd::Check(a) => cmd_check(a),
         Cmd::Version(a) => crate::version::cmd(a),
         Cmd::Diagnostics(a) => crate::diagnostics::cmd(a),
+        Cmd::Update(c) => crate::update::cmd(c),
+        Cmd::Trust(c) => crate::trust::cmd(c),
     };
     match r {
         Ok(code) => code,
@@ -337,9 +346,10 @@ pub fn open_model(cfg: &Config) -> anyhow::Result<Classifier> {
         .bundle
         .as_ref()
         .context("no model bundle: set model.bundle in the config or pass --bundle")?;
-    Classifier::open(
+    Classifier::open_admitted(
         bundle,
         cfg.model.trusted_keys.as_deref(),
+        cfg.model.floor_file.as_deref(),
         cfg.model.form,
         cfg.model.form_cache.as_deref(),
     )

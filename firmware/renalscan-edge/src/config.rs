@@ -24,6 +24,29 @@ pub struct Config {
     pub session: SessionConfig,
     /// Store-and-forward of ended exams to the hospital PACS: off by default.
     pub pacs: PacsConfig,
+    /// How this runtime proves an update healthy.
+    pub update: UpdateConfig,
+}
+
+/// The health an A/B update needs before it becomes the cart's good slot.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdateConfig {
+    /// Written once the pipeline has turned without a stall for `health_after_s`
+    /// (`/var/lib/renalscan/health/healthy.json` on a cart): the update tool then commits a
+    /// pending slot. Unset: never written (a workstation).
+    pub health_file: Option<PathBuf>,
+    /// Seconds of continuous pipeline progress that prove a start healthy.
+    pub health_after_s: f32,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        Self {
+            health_file: None,
+            health_after_s: 600.0,
+        }
+    }
 }
 
 /// The hospital PACS and the outbox that waits for it.
@@ -225,6 +248,10 @@ pub struct ModelConfig {
     /// Where `auto` remembers its timed choice per model file and CPU (writable; unset =
     /// time both forms at every start where the CPU alone does not decide).
     pub form_cache: Option<PathBuf>,
+    /// The release floor (`floor.toml`, kept by the update tool): a bundle older than the
+    /// newest one this cart proved good is refused unless a recorded override names it.
+    /// Unset: no downgrade check (a workstation).
+    pub floor_file: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
@@ -234,6 +261,7 @@ impl Default for ModelConfig {
             trusted_keys: None,
             form: ModelForm::Auto,
             form_cache: None,
+            floor_file: None,
         }
     }
 }
@@ -687,6 +715,13 @@ impl Config {
             86_400.0,
             "",
         )?;
+        within(
+            "update.health_after_s",
+            self.update.health_after_s,
+            1.0,
+            86_400.0,
+            "",
+        )?;
         within("journal.segment_bytes", j.segment_bytes, 4096, 1 << 30, "")?;
         within(
             "journal.max_total_bytes",
@@ -811,6 +846,7 @@ mod tests {
         ("aggregate", "reset_after_gated"),
         ("output", "status_every_s"),
         ("output", "log_every_s"),
+        ("update", "health_after_s"),
         ("journal", "segment_bytes"),
         ("journal", "max_total_bytes"),
         ("journal", "max_segments"),

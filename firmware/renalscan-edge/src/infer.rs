@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bundle::policy::{Admission, Policy};
 use bundle::{Bundle, TrustedKeys};
 use contract::manifest::{ChannelOrder as ManifestOrder, Manifest};
 use contract::Taxonomy;
@@ -49,6 +50,10 @@ pub struct ModelInfo {
     pub selftest_frames: std::sync::Arc<Vec<Vec<u8>>>,
     /// Which form of an int8 model runs and why, with the kernels tract picked.
     pub form: Option<String>,
+    /// The bundle's release (`model.version` and counter), when the manifest has one.
+    pub release: String,
+    /// The recorded downgrade override this bundle runs under, if any.
+    pub downgrade_override: Option<String>,
 }
 
 /// One frame's classification.
@@ -109,6 +114,27 @@ impl Classified {
     }
 }
 
+/// Opens and verifies a bundle (signature, signer not revoked, hashes, preprocessing), then
+/// applies the release policy of this runtime: one path for `run`, `selftest` and `version`.
+pub fn open_admitted(
+    bundle: &Path,
+    trusted_keys: Option<&Path>,
+    floor_file: Option<&Path>,
+) -> anyhow::Result<(Bundle, Admission)> {
+    let keys_path = trusted_keys.context(
+        "no trusted keys: set model.trusted_keys or pass --trusted-keys (a bundle is only \
+         run when its signature checks against a trusted key)",
+    )?;
+    let keys = TrustedKeys::from_path(keys_path)?;
+    let b = Bundle::open(bundle, &keys)?;
+    let policy = Policy::new(
+        crate::trace::RUNTIME_VERSION,
+        floor_file.map(Path::to_path_buf),
+    );
+    let admission = policy.admit(b.dir(), b.manifest(), b.manifest_sha256())?;
+    Ok((b, admission))
+}
+
 /// The loaded network and its manifest facts.
 pub struct Classifier {
     net: Network,
@@ -131,14 +157,26 @@ impl Classifier {
         form: ModelForm,
         decision_cache: Option<&Path>,
     ) -> anyhow::Result<Self> {
+        Self::open_admitted(bundle, trusted_keys, None, form, decision_cache)
+    }
+
+    /// [`Classifier::open`] under the cart's release policy: product, runtime version and,
+    /// with a `floor_file`, no older bundle than the cart has proven good unless a recorded
+    /// override names this one (see [`open_admitted`]).
+    pub fn open_admitted(
+        bundle: &Path,
+        trusted_keys: Option<&Path>,
+        floor_file: Option<&Path>,
+        form: ModelForm,
+        decision_cache: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let t0 = Instant::now();
-        let keys_path = trusted_keys.context(
-            "no trusted keys: set model.trusted_keys or pass --trusted-keys (a bundle is only \
-             run when its signature checks against a trusted key)",
-        )?;
-        let keys = TrustedKeys::from_path(keys_path)?;
-        let b = Bundle::open(bundle, &keys)?;
-        Self::from_bundle(b, form, decision_cache, t0)
+        let (b, admission) = open_admitted(bundle, trusted_keys, floor_file)?;
+        let mut c = Self::from_bundle(b, form, decision_cache, t0)?;
+        if let Admission::Override(o) = admission {
+            c.info.downgrade_override = Some(format!("{} ({})", o.reason, o.at));
+        }
+        Ok(c)
     }
 
     /// Builds the classifier from a verified bundle: the network comes from the bytes the
@@ -415,5 +453,10 @@ fn check_manifest(b: &Bundle) -> anyhow::Result<ModelInfo> {
         load_time: Duration::ZERO,
         selftest_frames: std::sync::Arc::new(b.selftest().map(|(_, f)| f.to_vec()).collect()),
         form: None,
+        release: m
+            .release_version()
+            .map(|r| r.to_string())
+            .unwrap_or_default(),
+        downgrade_override: None,
     })
 }

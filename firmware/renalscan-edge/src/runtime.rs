@@ -219,6 +219,8 @@ pub struct Runtime<'o> {
     /// The patient and study of a replayed DICOM study, kept with each exam it screens so
     /// its PACS objects join that study.
     source_study: Option<crate::events::SourceStudy>,
+    /// Writes the health file an A/B update waits for.
+    health: Option<crate::health::HealthReporter>,
 }
 
 impl<'o> Runtime<'o> {
@@ -271,6 +273,7 @@ impl<'o> Runtime<'o> {
         )) {
             log::warn!("{e}");
         }
+        let health = crate::health::HealthReporter::new(cfg, pipeline.classifier().info());
         let now = Instant::now();
         Ok(Self {
             opts,
@@ -301,6 +304,7 @@ impl<'o> Runtime<'o> {
                 .then(|| (cfg.journal.dir.clone(), cfg.session.retention_days)),
             last_retention: now,
             source_study: source_study(cfg),
+            health,
         })
         .map(|mut rt| {
             if cfg.journal.enabled {
@@ -446,6 +450,9 @@ impl<'o> Runtime<'o> {
             // Pings only while this loop turns: a stage that hangs stops them and systemd
             // restarts the runtime.
             self.watchdog.tick(Instant::now());
+            if let Some(h) = &mut self.health {
+                h.turn(Instant::now());
+            }
             if term.load(Ordering::Relaxed) {
                 log::info!("signal received: shutting down");
                 break;

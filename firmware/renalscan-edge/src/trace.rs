@@ -29,6 +29,8 @@ pub fn trace(model: &ModelInfo, cfg: &Config) -> Trace {
         runtime: RUNTIME_VERSION.to_string(),
         git: GIT_REVISION.to_string(),
         config_sha256: config_sha256(cfg),
+        release: model.release.clone(),
+        downgrade_override: model.downgrade_override.clone(),
     }
 }
 

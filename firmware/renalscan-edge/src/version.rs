@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bundle::{Bundle, TrustedKeys};
 use clap::Args;
 
 use crate::cli::{apply_model, load_config, ModelArgs};
@@ -44,12 +43,12 @@ pub fn collect(
         "config_sha256": config_sha256(cfg),
     });
     if let Some(dir) = &cfg.model.bundle {
-        let keys_path = cfg.model.trusted_keys.as_deref().context(
-            "a bundle is named but no trusted keys: set model.trusted_keys or pass --trusted-keys",
-        )?;
-        let keys = TrustedKeys::from_path(keys_path)?;
-        let b = Bundle::open(dir, &keys)
-            .with_context(|| format!("bundle {} does not verify", dir.display()))?;
+        let (b, admission) = crate::infer::open_admitted(
+            dir,
+            cfg.model.trusted_keys.as_deref(),
+            cfg.model.floor_file.as_deref(),
+        )
+        .with_context(|| format!("bundle {} is not usable on this cart", dir.display()))?;
         let m = b.manifest();
         let (threshold, source) = crate::pipeline::operating_threshold(cfg.aggregate.threshold, m)?;
         out["bundle"] = serde_json::json!({
@@ -62,7 +61,17 @@ pub fn collect(
             "signed_threshold": m.operating_point.threshold,
             "site_range": m.operating_point.site_range,
             "selftest_references": m.selftest.len(),
+            "release": m.release_version().map(|r| r.to_string()),
+            "product": m.release.as_ref().map(|r| r.product.clone()),
+            "downgrade_override": match admission {
+                bundle::policy::Admission::Override(o) => Some(format!("{} ({})", o.reason, o.at)),
+                bundle::policy::Admission::Allowed => None,
+            },
         });
+        if let Some(l) = b.signer_list() {
+            out["trust_list"] =
+                serde_json::json!({"serial": l.serial, "issued": l.issued, "root": l.signer});
+        }
         out["threshold"] = serde_json::json!(threshold);
         out["threshold_source"] = serde_json::to_value(source)?;
     }

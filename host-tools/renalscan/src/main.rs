@@ -68,6 +68,13 @@ enum Command {
     /// Verify a bundle as the device does: signature, trusted signer, manifest fields,
     /// preprocessing version and sha256 of every pinned file.
     Verify(cmd::bundle::VerifyArgs),
+    /// One signed update file for carts: `release runtime` (binary, units, default
+    /// configuration, SBOM) or `release bundle` (a signed bundle directory).
+    #[command(subcommand)]
+    Release(cmd::release::ReleaseCmd),
+    /// A signed list of the keys carts trust and the revoked ones (key rotation and
+    /// revocation), signed by a root key.
+    TrustList(cmd::release::TrustListArgs),
 }
 
 fn main() -> Result<()> {
@@ -90,6 +97,8 @@ fn main() -> Result<()> {
         Command::Keygen(a) => cmd::bundle::keygen(a),
         Command::Bundle(a) => cmd::bundle::make(a),
         Command::Verify(a) => cmd::bundle::verify(a),
+        Command::Release(c) => cmd::release::run(c),
+        Command::TrustList(a) => cmd::release::trust_list(a),
     }
 }
 

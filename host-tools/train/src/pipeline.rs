@@ -909,5 +909,6 @@ pub fn draft_manifest(
         },
         card: None,
         selftest: Vec::new(),
+        release: None,
     })
 }

@@ -95,6 +95,21 @@ pub struct BundleArgs {
     /// them through the device's own stages (both forms of an int8 model).
     #[arg(long)]
     pub no_selftest: bool,
+    /// `[release] counter`: with `model.version` it orders this product's releases, and a
+    /// cart refuses one older than what it already ran. Default: the build time in Unix
+    /// seconds (increasing from build to build).
+    #[arg(long, value_parser = argrange::u64_in(1, u64::MAX / 2))]
+    pub release_counter: Option<u64>,
+    /// `[release] min_runtime`: the oldest renalscan-edge version that may run the bundle.
+    /// Default: this renalscan's version (host and device are released together).
+    #[arg(long, value_name = "SEMVER", value_parser = parse_semver)]
+    pub min_runtime: Option<String>,
+}
+
+fn parse_semver(s: &str) -> Result<String, String> {
+    semver::Version::parse(s.trim())
+        .map(|v| v.to_string())
+        .map_err(|e| format!("{s:?} is not a semantic version (MAJOR.MINOR.PATCH): {e}"))
 }
 
 /// `LO,HI`: two probabilities, in order.
@@ -336,6 +351,14 @@ fn release(
             .transpose()?,
         evaluations,
         site_range: args.site_threshold_range,
+        counter: args
+            .release_counter
+            .unwrap_or_else(bundle::assemble::default_counter),
+        min_runtime: Some(
+            args.min_runtime
+                .clone()
+                .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string()),
+        ),
     })
 }
 
@@ -473,6 +496,17 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
     if let Some(card) = &m.card {
         println!("card        {} sha256 OK", card.file);
     }
+    match (&m.release, m.release_version()) {
+        (Some(r), Some(v)) => println!(
+            "release     {v} for {}{}",
+            r.product,
+            r.min_runtime
+                .as_deref()
+                .map(|m| format!(", runtime >= {m}"))
+                .unwrap_or_default()
+        ),
+        _ => println!("release     none: carts refuse it (rebuild with `renalscan bundle`)"),
+    }
     println!(
         "preprocess  usimage v{} (this build implements v{})\nthreshold   {:.4} on p(abnormal)\n\
          warning     {}\nverified in {ms:.0} ms (signature, manifest, sha256 of every pinned file)",
@@ -502,6 +536,8 @@ mod tests {
             precision: None,
             site_threshold_range: None,
             no_selftest: false,
+            release_counter: Some(5),
+            min_runtime: None,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod exams;
 pub mod fixtures;
 pub mod preprocess;
 pub mod quantize;
+pub mod release;
 pub mod synth;
 pub mod train;
 pub mod weights;
