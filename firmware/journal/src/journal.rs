@@ -321,14 +321,28 @@ impl Journal {
         Ok(())
     }
 
-    /// Deletes the oldest segments beyond the retention limits, never the current one.
-    /// Best effort: a failure is logged and retried at the next rotation.
+    /// Deletes the oldest segments beyond the retention limits, never the current one and
+    /// never one holding a record at or after the keep-from pin. Best effort: a failure is
+    /// logged and retried at the next rotation.
     fn retire(&mut self) {
         let max_n = self.cfg.max_segments.unwrap_or(usize::MAX);
         let max_b = self.cfg.max_total_bytes.unwrap_or(u64::MAX);
+        let keep = self.cfg.keep_from.get();
         let mut removed = false;
         while self.segments.len() > 1 && (self.segments.len() > max_n || self.total_bytes() > max_b)
         {
+            // Segment 0 holds the records before segment 1's first one.
+            if let Some(k) = keep.filter(|k| self.segments[1].first_seq > *k) {
+                log::warn!(
+                    "journal retention: {} segments, {} bytes, over the limits ({} segments, \
+                     {max_b} bytes), kept: records from seq {k} have not left the cart \
+                     (export or forward those exams)",
+                    self.segments.len(),
+                    self.total_bytes(),
+                    self.cfg.max_segments.map_or("no".into(), |n| n.to_string()),
+                );
+                break;
+            }
             let s = &self.segments[0];
             if let Err(e) = self.faults.remove_file(&s.path) {
                 log::warn!("journal retention: cannot delete {}: {e}", s.path.display());
@@ -591,6 +605,37 @@ mod tests {
             bytes[at] ^= 0x10;
             assert_cut_to_two(&cfg, &seg, &bytes, (full.len() - last_start) as u64);
         }
+    }
+
+    #[test]
+    fn retention_never_deletes_records_at_or_after_the_pin() {
+        let (_t, mut cfg) = cfg();
+        let rec_len = (HEADER_LEN + payload(10).len()) as u64;
+        cfg.segment_bytes = 2 * rec_len; // two records per segment
+        cfg.max_segments = Some(2);
+        cfg.keep_from.set(Some(4)); // an exam that started at seq 4 has not left the cart
+        let (mut j, _) = Journal::open(cfg.clone()).expect("open");
+        for s in 1..=12 {
+            j.append(&payload(s)).expect("append");
+        }
+        let seqs: Vec<u64> = read_all(&cfg.dir).iter().map(|r| r.seq).collect();
+        // The segment of seqs 1-2 could go; 3-4 holds seq 4 and stays, and all after it.
+        assert_eq!(seqs, (3..=12).collect::<Vec<_>>());
+        assert!(
+            j.segment_count() > 2,
+            "over the limit rather than losing a record"
+        );
+        // Exported: the pin moves on and the next rotation applies the limits again.
+        cfg.keep_from.set(Some(11));
+        for s in 13..=14 {
+            j.append(&payload(s)).expect("append");
+        }
+        let seqs: Vec<u64> = read_all(&cfg.dir).iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [11, 12, 13, 14]);
+        cfg.keep_from.set(None);
+        j.append(&payload(15)).expect("append");
+        j.append(&payload(16)).expect("append");
+        assert_eq!(j.segment_count(), 2);
     }
 
     #[test]

@@ -24,6 +24,47 @@ pub use resilient::{FaultKind, Health, Outcome, ResilientJournal};
 /// Largest payload the on-disk format can hold (64 MiB).
 pub const FORMAT_MAX_PAYLOAD: usize = format::FORMAT_MAX_PAYLOAD;
 
+/// The oldest record retention must keep: records from this sequence number on are never
+/// deleted by the size and count limits, so a record that has not left the device (an exam
+/// not yet exported or forwarded) outlives them. Shared: the owner of that knowledge (the
+/// runtime) moves it while the journal writes; clones are the same pin.
+#[derive(Debug, Clone, Default)]
+pub struct KeepFrom(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl KeepFrom {
+    /// Keeps every record from `seq` on (`None`: nothing pinned).
+    pub fn set(&self, seq: Option<u64>) {
+        // Stored as seq + 1 so that 0 means "nothing pinned".
+        self.0.store(
+            seq.map_or(0, |s| s.saturating_add(1)),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Lowers the pin to `seq` if it is not already at or below it.
+    pub fn lower_to(&self, seq: u64) {
+        if self.get().is_none_or(|k| seq < k) {
+            self.set(Some(seq));
+        }
+    }
+
+    /// The pinned sequence number, if any.
+    pub fn get(&self) -> Option<u64> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            v => Some(v - 1),
+        }
+    }
+}
+
+impl PartialEq for KeepFrom {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for KeepFrom {}
+
 /// Where the journal lives and how much of it is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalConfig {
@@ -36,6 +77,8 @@ pub struct JournalConfig {
     pub max_total_bytes: Option<u64>,
     /// Oldest segments are deleted while there are more than this many.
     pub max_segments: Option<usize>,
+    /// ... but never one holding a record at or after this pin (see [`KeepFrom`]).
+    pub keep_from: KeepFrom,
     /// [`ResilientJournal`]: most records held in memory while the disk fails.
     pub hold_capacity: usize,
     /// [`ResilientJournal`]: most payload bytes held in memory while the disk fails.
@@ -55,6 +98,7 @@ impl JournalConfig {
             segment_bytes: 4 << 20,
             max_total_bytes: Some(256 << 20),
             max_segments: Some(64),
+            keep_from: KeepFrom::default(),
             hold_capacity: 4096,
             hold_max_bytes: 4 << 20,
             max_record_bytes: 1 << 20,

@@ -40,6 +40,17 @@ pub fn expired<'a>(
     past_retention(sessions, store, cutoff_ms, true)
 }
 
+/// The journal number of the oldest exam whose record has not left the cart (not purged,
+/// neither exported nor accepted by the PACS): the journal's size limits keep every record
+/// from it on.
+pub fn oldest_unreleased(sessions: &[Session], store: &SessionStore) -> Option<u64> {
+    sessions
+        .iter()
+        .filter(|s| s.state != SessionState::Purged && !store.released(&s.id))
+        .map(|s| s.journal_seq_first)
+        .min()
+}
+
 /// Sessions past the retention period kept because their record never left the cart
 /// (neither exported nor accepted by the PACS).
 pub fn held_past_retention<'a>(

@@ -539,6 +539,10 @@ pub struct JournalSection {
     pub hold_capacity: usize,
     /// How often held records are retried.
     pub retry_every_s: f32,
+    /// The oldest record retention must keep (an exam not yet exported or forwarded): set
+    /// by the runtime, shared with the journal sink; not a config key.
+    #[serde(skip)]
+    pub keep_from: journal::KeepFrom,
 }
 
 impl Default for JournalSection {
@@ -551,6 +555,7 @@ impl Default for JournalSection {
             max_segments: 64,
             hold_capacity: 1024,
             retry_every_s: 2.0,
+            keep_from: journal::KeepFrom::default(),
         }
     }
 }

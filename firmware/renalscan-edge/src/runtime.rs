@@ -221,6 +221,8 @@ pub struct Runtime<'o> {
     source_study: Option<crate::events::SourceStudy>,
     /// Writes the health file an A/B update waits for.
     health: Option<crate::health::HealthReporter>,
+    /// The journal's retention pin (shared with the journal sink).
+    journal_keep: journal::KeepFrom,
 }
 
 impl<'o> Runtime<'o> {
@@ -300,11 +302,14 @@ impl<'o> Runtime<'o> {
             session: None,
             store: records::SessionStore::at(&cfg.session.dir),
             identity,
-            retention: (cfg.journal.enabled && cfg.session.retention_days > 0)
+            retention: cfg
+                .journal
+                .enabled
                 .then(|| (cfg.journal.dir.clone(), cfg.session.retention_days)),
             last_retention: now,
             source_study: source_study(cfg),
             health,
+            journal_keep: cfg.journal.keep_from.clone(),
         })
         .map(|mut rt| {
             if cfg.journal.enabled {
@@ -360,6 +365,18 @@ impl<'o> Runtime<'o> {
                 return;
             }
         };
+        // The journal keeps every record from the oldest exam that has not left the cart.
+        let keep = records::oldest_unreleased(&sessions, &self.store);
+        self.journal_keep.set(keep);
+        if let Some(k) = keep {
+            log::info!(
+                "journal retention keeps records from seq {k} (exams not yet exported or \
+                 forwarded)"
+            );
+        }
+        if retention_days == 0 {
+            return;
+        }
         let now = unix_ms();
         let cutoff = now.saturating_sub(u64::from(retention_days) * 86_400_000);
         for s in records::expired(&sessions, &self.store, cutoff) {
@@ -422,6 +439,10 @@ impl<'o> Runtime<'o> {
             },
             unix_ms: now,
         });
+        if let crate::events::JournalState::Committed { seq } = state {
+            // A new exam has not left the cart: its records outlive the journal's limits.
+            self.journal_keep.lower_to(seq);
+        }
         let set = |o: &Option<String>| if o.is_some() { "entered" } else { "none" };
         log::info!(
             "session {id} started: patient id {}, accession {}, operator {}, side {:?}; journal {state:?}",

@@ -65,6 +65,10 @@ pub struct InstallArgs {
     /// for a bundle, in the floor file and every decision it makes).
     #[arg(long, value_name = "REASON")]
     pub allow_downgrade: Option<String>,
+    /// Largest payload accepted, bytes (with two slots a set never takes more than twice
+    /// this on disk).
+    #[arg(long, default_value_t = 1 << 30, value_parser = argrange::u64_in(1 << 20, 1 << 40))]
+    pub max_bytes: u64,
     /// Switch without restarting the service (image builds, tests).
     #[arg(long)]
     pub no_restart: bool,
@@ -261,6 +265,8 @@ fn install(a: InstallArgs) -> anyhow::Result<ExitCode> {
             target: this_target(),
             runtime_version: crate::trace::RUNTIME_VERSION.into(),
             allow_downgrade: a.allow_downgrade.clone(),
+            max_payload_bytes: a.max_bytes,
+            free_bytes: &records::export::free_bytes,
             precheck: &mut precheck,
             on_step: &mut on_step,
         },

@@ -538,3 +538,95 @@ fn sessions_past_retention_lose_their_context_and_frames_only_once_exported() {
     ));
     assert!(!String::from_utf8_lossy(&o.stderr).contains("deleted after"));
 }
+
+#[test]
+fn the_journal_size_limit_never_removes_an_exam_that_has_not_left_the_cart() {
+    use contract::events::{JournalRecord, SessionContext, SessionEvent, SessionRecord};
+    // A journal of at most 2 segments of 4 KiB, and an exam at its start.
+    let s = setup();
+    let jdir = s.root.join("journal");
+    let cfg = format!(
+        "[aggregate]\nwindow = 6\nmin_frames = 3\nreport_every_s = 0.0\n\
+         [journal]\ndir = \"{}\"\nsegment_bytes = 4096\nmax_total_bytes = 8192\nmax_segments = 2\n\
+         [session]\ndir = \"{}\"\n",
+        jdir.display(),
+        s.root.join("sessions").display()
+    );
+    std::fs::write(&s.cfg, cfg).unwrap();
+    let store = records::SessionStore::open(&s.root.join("sessions")).unwrap();
+    let id = "s-20261204T090000-0d0d";
+    let now = contract::events::unix_ms();
+    let started = {
+        let (mut j, _) = journal::Journal::open(journal::JournalConfig::new(&jdir)).unwrap();
+        let seqs: Vec<u64> = [SessionEvent::Started { model: None }, SessionEvent::Ended]
+            .into_iter()
+            .map(|event| {
+                let r = JournalRecord::Session(SessionRecord {
+                    session: id.into(),
+                    event,
+                    unix_ms: now,
+                });
+                j.append(&r.to_bytes()).unwrap()
+            })
+            .collect();
+        store.begin(id, &SessionContext::default()).unwrap();
+        seqs[0]
+    };
+    let first_seq = |dir: &Path| {
+        journal::Journal::records(dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|r| r.seq)
+            .min()
+    };
+    // Enough decisions to fill the journal's limits many times over.
+    let run = || {
+        let o = run_edge(&run_args(
+            &s.cfg,
+            &s.bundle,
+            &s.frames,
+            &["--fps", "0", "--loop", "--max-frames", "400"],
+        ));
+        let log = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{log}");
+        log
+    };
+    let log = run();
+    assert_eq!(
+        first_seq(&jdir),
+        Some(started),
+        "the unexported exam's records were deleted"
+    );
+    assert!(log.contains("have not left the cart"), "{log}");
+    let segments = std::fs::read_dir(&jdir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "seg")
+        })
+        .count();
+    assert!(
+        segments > 2,
+        "{segments} segments: the limit was not reached"
+    );
+    // Exported: the next run's retention applies the limits again.
+    store
+        .record_export(
+            id,
+            &records::ExportMark {
+                unix_ms: now,
+                target: "/media/usb/exams".into(),
+                deidentified: false,
+                report_sha256: "0".repeat(64),
+            },
+        )
+        .unwrap();
+    run();
+    assert!(
+        first_seq(&jdir).unwrap() > started + 1,
+        "the exported exam's records are the journal's to rotate"
+    );
+}

@@ -234,6 +234,21 @@ pub enum UpdateError {
     /// Nothing to roll back to.
     #[error("{0}")]
     NoRollback(String),
+    /// The payload is larger than the cap, or than the free space allows.
+    #[error(
+        "{path}: {what} ({need} bytes) {why}; nothing was installed: free space on that file \
+         system (old exports, snapshots), or check that this is the right artifact"
+    )]
+    Space {
+        /// The artifact.
+        path: PathBuf,
+        /// What was measured.
+        what: String,
+        /// Bytes needed.
+        need: u64,
+        /// Against what.
+        why: String,
+    },
     /// The state file is damaged.
     #[error(
         "{path}: {reason}; the update state is damaged: `renalscan-edge update guard` rebuilds \
@@ -441,6 +456,9 @@ fn sync_dir(dir: &Path) -> Result<(), UpdateError> {
         .map_err(io_err(dir))
 }
 
+/// Space an install leaves free beyond its payload, so the journal and exams still have room.
+pub const SPACE_RESERVE: u64 = 64 << 20;
+
 /// The steps of [`install`], in order; a fault-injection test stops the install at each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -486,6 +504,11 @@ pub struct InstallOptions<'a> {
     pub runtime_version: String,
     /// Install an older release on purpose, with this reason (recorded).
     pub allow_downgrade: Option<String>,
+    /// Largest payload accepted (bytes): with two slots a set never takes more than twice
+    /// this on disk, plus one staging copy while an install runs.
+    pub max_payload_bytes: u64,
+    /// Free bytes on the file system holding a folder (`None`: unknown, not checked).
+    pub free_bytes: &'a dyn Fn(&Path) -> Option<u64>,
     /// Checks the staged slot before the switch (the selftest); an error refuses the update.
     pub precheck: &'a mut dyn FnMut(Set, &Path) -> Result<(), String>,
     /// Called after each step (fault injection, progress).
@@ -587,12 +610,35 @@ pub fn install(
             }
         }
     }
+    let payload: u64 = m.files.iter().map(|f| f.size).sum();
+    if payload > opts.max_payload_bytes {
+        return Err(refuse(UpdateError::Space {
+            path: path.to_path_buf(),
+            what: "its payload".into(),
+            need: payload,
+            why: format!("is above the cap of {} bytes", opts.max_payload_bytes),
+        }));
+    }
+    let slots = layout.set_dir(set).join("slots");
+    fs::create_dir_all(&slots).map_err(io_err(&slots))?;
+    if let Some(free) = (opts.free_bytes)(&slots) {
+        let need = payload.saturating_add(SPACE_RESERVE);
+        if free < need {
+            return Err(refuse(UpdateError::Space {
+                path: path.to_path_buf(),
+                what: format!("its payload plus a {} MiB reserve", SPACE_RESERVE >> 20),
+                need,
+                why: format!(
+                    "does not fit in the {free} bytes free under {}",
+                    slots.display()
+                ),
+            }));
+        }
+    }
     (opts.on_step)(Step::Verified);
 
     // Stage into the slot that is not good.
     let slot = good.map_or(Slot::A, Slot::other);
-    let slots = layout.set_dir(set).join("slots");
-    fs::create_dir_all(&slots).map_err(io_err(&slots))?;
     let staging = slots.join(format!(".{}.new", slot.as_str()));
     if staging.exists() {
         fs::remove_dir_all(&staging).map_err(io_err(&staging))?;

@@ -64,6 +64,8 @@ impl Cart {
                 target: TARGET.into(),
                 runtime_version: "0.1.0".into(),
                 allow_downgrade: downgrade.map(str::to_string),
+                max_payload_bytes: 1 << 20,
+                free_bytes: &|_| None,
                 precheck: &mut |_, _| Ok(()),
                 on_step: &mut |_| {},
             },
@@ -225,6 +227,8 @@ fn a_failed_precheck_removes_the_staging_and_switches_nothing() {
             target: TARGET.into(),
             runtime_version: "0.1.0".into(),
             allow_downgrade: None,
+            max_payload_bytes: 1 << 20,
+            free_bytes: &|_| None,
             precheck: &mut |_, _| Err("selftest: reference 2 answered normal".into()),
             on_step: &mut |_| {},
         },
@@ -257,4 +261,37 @@ fn guard_repairs_what_a_power_cut_leaves() {
     // A damaged state file falls back to the good slots.
     fs::write(c.layout.state_file(), "pending = [").unwrap();
     assert_eq!(guard(&c.layout, 3).unwrap(), Verdict::Idle);
+}
+
+#[test]
+fn a_payload_over_the_cap_or_the_free_space_is_refused_untouched() {
+    let c = cart();
+    c.install(&c.runtime("0.1.0", 1, TARGET, PRODUCT), None)
+        .unwrap();
+    let art = c.runtime("0.2.0", 1, TARGET, PRODUCT);
+    let try_with = |cap: u64, free: Option<u64>| {
+        install(
+            &c.layout,
+            &art,
+            &c.keys,
+            InstallOptions {
+                target: TARGET.into(),
+                runtime_version: "0.1.0".into(),
+                allow_downgrade: None,
+                max_payload_bytes: cap,
+                free_bytes: &move |_| free,
+                precheck: &mut |_, _| Ok(()),
+                on_step: &mut |_| {},
+            },
+        )
+    };
+    let e = try_with(8, None).unwrap_err();
+    assert!(e.to_string().contains("above the cap of 8 bytes"), "{e}");
+    let e = try_with(1 << 20, Some(SPACE_RESERVE)).unwrap_err();
+    assert!(e.to_string().contains("does not fit"), "{e}");
+    assert_eq!(c.slots(), (Some(Slot::A), Some(Slot::A)));
+    assert!(matches!(
+        try_with(1 << 20, Some(1 << 30)),
+        Ok(Installed::Switched(_))
+    ));
 }

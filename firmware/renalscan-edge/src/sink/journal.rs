@@ -44,6 +44,7 @@ impl JournalSink {
         jc.max_total_bytes = Some(cfg.max_total_bytes);
         jc.max_segments = Some(cfg.max_segments);
         jc.hold_capacity = cfg.hold_capacity;
+        jc.keep_from = cfg.keep_from.clone();
         let retry_every = Duration::from_secs_f32(cfg.retry_every_s.max(0.05));
         jc.retry_interval = retry_every;
         let (j, recovery) = ResilientJournal::open_with(jc, faults).map_err(|e| {
