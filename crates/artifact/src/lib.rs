@@ -139,13 +139,12 @@ pub enum ArtifactError {
         /// What differs.
         reason: String,
     },
-    /// The signature, the signer or the trust list refused it.
-    #[error("{path}: {source}")]
+    /// The signature, the signer or the trust list refused it (the refusal names the
+    /// artifact).
+    #[error("{refusal}")]
     Signature {
-        /// The artifact.
-        path: PathBuf,
         /// The refusal (unknown or revoked signer, bad signature).
-        source: Box<bundle::BundleError>,
+        refusal: Box<bundle::BundleError>,
     },
     /// File system.
     #[error("cannot read or write {path}: {source}")]
@@ -363,16 +362,16 @@ pub fn verify(path: &Path, keys: &TrustedKeys) -> Result<Verified, ArtifactError
     let sig_bytes = small(SIGNATURE)?;
     let sig_text =
         String::from_utf8(sig_bytes).map_err(|_| malformed(format!("{SIGNATURE} is not UTF-8")))?;
+    let inside = |name: &str| PathBuf::from(format!("{} ({name})", path.display()));
     let signer = bundle::verify_signature_text(
         &sig_text,
-        &path.join(SIGNATURE),
+        &inside(SIGNATURE),
         &manifest_bytes,
-        &path.join(MANIFEST),
+        &inside(MANIFEST),
         keys,
     )
-    .map_err(|source| ArtifactError::Signature {
-        path: path.to_path_buf(),
-        source: Box::new(source),
+    .map_err(|e| ArtifactError::Signature {
+        refusal: Box::new(e),
     })?;
     let text = String::from_utf8(manifest_bytes.clone())
         .map_err(|_| malformed(format!("{MANIFEST} is not UTF-8")))?;

@@ -166,7 +166,7 @@ pub enum BundleError {
 #[derive(Debug, thiserror::Error)]
 #[error(
     "{path} was signed by key {key_id}, REVOKED since {since} by {list}: {reason}; this is \
-     refused at every load: install a bundle re-signed with a current key"
+     refused at every load: install a release re-signed with a current key"
 )]
 pub struct Revoked {
     /// The signature file.

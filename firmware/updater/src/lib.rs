@@ -184,6 +184,15 @@ pub enum UpdateError {
     /// The bundle inside was refused (signature, policy).
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    /// The bundle inside the artifact was refused (its own signature, product, runtime,
+    /// floor).
+    #[error("{path}: the bundle inside is refused: {refusal}; nothing was installed")]
+    BundleInside {
+        /// The artifact.
+        path: PathBuf,
+        /// Why.
+        refusal: Box<BundleError>,
+    },
     /// The artifact is not for this cart.
     #[error("{path}: {reason}; nothing was installed")]
     NotForThisCart {
@@ -658,7 +667,14 @@ pub fn install(
                 keys,
                 &opts.runtime_version,
                 downgrade.as_deref(),
-            )?;
+            )
+            .map_err(|e| match e {
+                UpdateError::Bundle(b) => UpdateError::BundleInside {
+                    path: path.to_path_buf(),
+                    refusal: Box::new(b),
+                },
+                other => other,
+            })?;
         }
         (opts.precheck)(set, &staging).map_err(|reason| UpdateError::Precheck {
             set: set.as_str(),
