@@ -241,6 +241,18 @@ pub fn run(args: Args) -> Result<()> {
         },
     )?;
 
+    // A bundle from an older renalscan that carts would now refuse (no `[release]`) is made
+    // again rather than reused.
+    let manifest = bundle.join(bundle::MANIFEST_FILE);
+    if manifest.exists()
+        && contract::Manifest::from_file(&manifest).map_or(true, |m| m.release_version().is_none())
+    {
+        println!(
+            "[8/9] the bundle in {} predates release policy: making it again",
+            bundle.display()
+        );
+        fs::remove_dir_all(&bundle).with_context(|| format!("removing {}", bundle.display()))?;
+    }
     step(
         8,
         "signed int8 bundle with model card",
