@@ -653,15 +653,15 @@ pub fn install(
         fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
     }
     v.extract(&staging).map_err(|e| refuse(e.into()))?;
-    let keep = fs::write(
-        staging.join(SLOT_MANIFEST),
-        toml::to_string(m).unwrap_or_default(),
+    let keep = policy::write_durably(
+        &staging.join(SLOT_MANIFEST),
+        toml::to_string(m).unwrap_or_default().as_bytes(),
     )
-    .map_err(io_err(&staging))
-    .and_then(|()| sync_dir(&staging));
+    .map_err(UpdateError::from);
     let checked = keep.and_then(|()| {
+        let mut to_record = None;
         if set == Set::Bundle {
-            admit_bundle(
+            to_record = admit_bundle(
                 layout,
                 &staging,
                 keys,
@@ -679,7 +679,11 @@ pub fn install(
         (opts.precheck)(set, &staging).map_err(|reason| UpdateError::Precheck {
             set: set.as_str(),
             reason,
-        })
+        })?;
+        if let (Some((bm, sha)), Some(reason)) = (to_record, downgrade.as_deref()) {
+            policy::record_override(&layout.floor_file(), &bm, &sha, reason)?;
+        }
+        Ok(())
     });
     if let Err(e) = checked {
         let _ = fs::remove_dir_all(&staging);
@@ -769,28 +773,22 @@ pub fn install(
 }
 
 /// Opens the staged bundle as the runtime will (signature, hashes, product, runtime
-/// version, floor), recording a deliberate downgrade in the floor file first.
+/// version, floor). A bundle older than the floor passes only with a `downgrade` reason; it
+/// comes back (manifest and sha256) for the override to be recorded once every check passed.
 fn admit_bundle(
     layout: &Layout,
     dir: &Path,
     keys: &TrustedKeys,
     runtime_version: &str,
     downgrade: Option<&str>,
-) -> Result<(), UpdateError> {
+) -> Result<Option<(contract::Manifest, String)>, UpdateError> {
     let b = bundle::Bundle::open(dir, keys)?;
     let policy = Policy::new(runtime_version, Some(layout.floor_file()));
     match policy.admit(dir, b.manifest(), b.manifest_sha256()) {
-        Ok(_) => Ok(()),
-        Err(BundleError::Policy(PolicyError::Downgrade { .. })) if downgrade.is_some() => {
-            let reason = downgrade.unwrap_or_default();
-            policy::record_override(
-                &layout.floor_file(),
-                b.manifest(),
-                b.manifest_sha256(),
-                reason,
-            )?;
-            Ok(())
-        }
+        Ok(_) => Ok(None),
+        Err(BundleError::Policy(PolicyError::Downgrade { .. })) if downgrade.is_some() => Ok(Some(
+            (b.manifest().clone(), b.manifest_sha256().to_string()),
+        )),
         Err(e) => Err(e.into()),
     }
 }
