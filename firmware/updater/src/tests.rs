@@ -56,6 +56,17 @@ impl Cart {
     }
 
     fn install(&self, art: &Path, downgrade: Option<&str>) -> Result<Installed, UpdateError> {
+        self.install_with(art, downgrade, (1 << 20, None), &mut |_, _| Ok(()))
+    }
+
+    /// [`Cart::install`] with a payload cap and free space `(cap, free)` and a precheck.
+    fn install_with(
+        &self,
+        art: &Path,
+        downgrade: Option<&str>,
+        (cap, free): (u64, Option<u64>),
+        precheck: &mut dyn FnMut(Set, &Path) -> Result<(), String>,
+    ) -> Result<Installed, UpdateError> {
         install(
             &self.layout,
             art,
@@ -64,9 +75,9 @@ impl Cart {
                 target: TARGET.into(),
                 runtime_version: "0.1.0".into(),
                 allow_downgrade: downgrade.map(str::to_string),
-                max_payload_bytes: 1 << 20,
-                free_bytes: &|_| None,
-                precheck: &mut |_, _| Ok(()),
+                max_payload_bytes: cap,
+                free_bytes: &move |_| free,
+                precheck,
                 on_step: &mut |_| {},
             },
         )
@@ -219,21 +230,11 @@ fn a_failed_precheck_removes_the_staging_and_switches_nothing() {
     c.install(&c.runtime("0.1.0", 1, TARGET, PRODUCT), None)
         .unwrap();
     let art = c.runtime("0.2.0", 1, TARGET, PRODUCT);
-    let e = install(
-        &c.layout,
-        &art,
-        &c.keys,
-        InstallOptions {
-            target: TARGET.into(),
-            runtime_version: "0.1.0".into(),
-            allow_downgrade: None,
-            max_payload_bytes: 1 << 20,
-            free_bytes: &|_| None,
-            precheck: &mut |_, _| Err("selftest: reference 2 answered normal".into()),
-            on_step: &mut |_| {},
-        },
-    )
-    .unwrap_err();
+    let e = c
+        .install_with(&art, None, (1 << 20, None), &mut |_, _| {
+            Err("selftest: reference 2 answered normal".into())
+        })
+        .unwrap_err();
     assert!(e.to_string().contains("reference 2"), "{e}");
     assert_eq!(c.slots(), (Some(Slot::A), Some(Slot::A)));
     assert_eq!(
@@ -269,22 +270,8 @@ fn a_payload_over_the_cap_or_the_free_space_is_refused_untouched() {
     c.install(&c.runtime("0.1.0", 1, TARGET, PRODUCT), None)
         .unwrap();
     let art = c.runtime("0.2.0", 1, TARGET, PRODUCT);
-    let try_with = |cap: u64, free: Option<u64>| {
-        install(
-            &c.layout,
-            &art,
-            &c.keys,
-            InstallOptions {
-                target: TARGET.into(),
-                runtime_version: "0.1.0".into(),
-                allow_downgrade: None,
-                max_payload_bytes: cap,
-                free_bytes: &move |_| free,
-                precheck: &mut |_, _| Ok(()),
-                on_step: &mut |_| {},
-            },
-        )
-    };
+    let try_with =
+        |cap: u64, free: Option<u64>| c.install_with(&art, None, (cap, free), &mut |_, _| Ok(()));
     let e = try_with(8, None).unwrap_err();
     assert!(e.to_string().contains("above the cap of 8 bytes"), "{e}");
     let e = try_with(1 << 20, Some(SPACE_RESERVE)).unwrap_err();
