@@ -11,7 +11,6 @@
 //! bring a revoked key back.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -258,16 +257,7 @@ pub fn install(new: &Path, keys_dir: &Path) -> Result<ListInfo, BundleError> {
             }
         }
     }
-    let tmp = keys_dir.join(format!(".{LIST_FILE}.new"));
-    {
-        let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(&new_bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-    }
-    fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
-    fs::File::open(keys_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(keys_dir))?;
+    crate::policy::write_durably(&dest, &new_bytes)?;
     log::info!(
         "installed trust list #{} into {}",
         info.serial,

@@ -34,21 +34,10 @@ impl Outputs {
 pub fn from_config(cfg: &Config, classifier: &Classifier, stdout: bool) -> anyhow::Result<Outputs> {
     let mut out = Outputs::default();
     if cfg.journal.enabled {
-        // Before the journal opens (it applies its limits at open): keep every record of the
-        // exams that have not left the cart. The runtime moves the pin as exams leave.
-        if cfg.journal.dir.is_dir() {
-            match records::read(&cfg.journal.dir) {
-                Ok(sessions) => cfg.journal.keep_from.set(records::oldest_unreleased(
-                    &sessions,
-                    &records::SessionStore::at(&cfg.session.dir),
-                )),
-                Err(e) => {
-                    // Unknown: keep everything rather than guess.
-                    log::error!("journal retention paused: sessions not read: {e}");
-                    cfg.journal.keep_from.set(Some(0));
-                }
-            }
-        }
+        // The journal applies its limits at open, before the runtime has read which exams
+        // left the cart: it keeps everything until then. The runtime's retention pass at
+        // start (before the first frame) sets the real pin from the sessions it reads anyway.
+        cfg.journal.keep_from.set(Some(0));
         out.push(JournalSink::open(&cfg.journal)?);
         // Key frames of exams (decisions outside a session are not kept).
         out.push(KeyframeSink::new(records::SessionStore::at(
