@@ -107,6 +107,9 @@ pub struct LoadOptions {
     /// Also read the linear head feeding this output (class-activation maps) from the same
     /// decoded model, so a device never parses the file a second time.
     pub cam_head: Option<String>,
+    /// Intra-op threads of every inference (matmul tiles, packing, element-wise ops); 1 runs
+    /// on the calling thread alone.
+    pub threads: usize,
 }
 
 impl Default for LoadOptions {
@@ -117,6 +120,7 @@ impl Default for LoadOptions {
             decision_cache: None,
             model_id: None,
             cam_head: None,
+            threads: 1,
         }
     }
 }
@@ -1129,6 +1133,7 @@ pub(crate) fn load(
     let mut net = choice.net;
     net.form = Some(report);
     net.head = head;
+    net.set_threads(opts.threads)?;
     Ok(net)
 }
 

@@ -12,7 +12,9 @@ pub mod int8;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::{EvalContext, OpState};
 
 /// Why a model could not be loaded or run. Messages name the file and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,14 @@ pub enum ModelError {
     /// Inference failed.
     #[error("inference failed: {0}")]
     Run(String),
+    /// The intra-op thread pool could not be started.
+    #[error("cannot start {threads} inference threads: {reason} (lower model.threads)")]
+    Threads {
+        /// Threads asked for.
+        threads: usize,
+        /// What the system said.
+        reason: String,
+    },
     /// A quantized model that cannot be built in the requested form.
     #[error(transparent)]
     Int8(#[from] int8::Int8Error),
@@ -84,6 +94,23 @@ pub struct Network {
     /// The linear head read from the same bytes, when asked for
     /// ([`int8::LoadOptions::cam_head`]); the reason when it could not be read.
     head: Option<Result<cam::HeadWeights, String>>,
+    /// The intra-op thread pool; `None` runs on the caller's thread alone.
+    executor: Option<Executor>,
+    threads: usize,
+    /// Inference states kept between runs (one per caller running at the same time), so
+    /// a frame does not pay for setting one up.
+    states: std::sync::Mutex<Vec<TypedSimpleState>>,
+}
+
+/// Where an inference's time goes, per kind of op (`Network::profile`).
+#[derive(Debug, Clone)]
+pub struct OpTime {
+    /// tract's op name (`OptMatMul`, `MaxPool`, ...).
+    pub op: String,
+    /// Nodes of that kind in the plan.
+    pub nodes: usize,
+    /// Mean time per inference spent in those nodes.
+    pub time: Duration,
 }
 
 impl Network {
@@ -212,6 +239,9 @@ impl Network {
                 timings,
                 form: None,
                 head: None,
+                executor: None,
+                threads: 1,
+                states: Default::default(),
             },
             plan_summary,
         ))
@@ -232,6 +262,100 @@ impl Network {
         self.timings
     }
 
+    /// Sets the intra-op threads of every later inference. One thread means no executor at
+    /// all: tract's `Executor::multithread(1)` would fall through to rayon's global pool and
+    /// use every core.
+    pub fn set_threads(&mut self, threads: usize) -> Result<(), ModelError> {
+        let threads = threads.max(1);
+        self.executor = if threads > 1 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .thread_name(|i| format!("infer-{i}"))
+                .num_threads(threads)
+                .build()
+                .map_err(|e| ModelError::Threads {
+                    threads,
+                    reason: e.to_string(),
+                })?;
+            Some(Executor::MultiThread(Arc::new(pool)))
+        } else {
+            None
+        };
+        self.threads = threads;
+        Ok(())
+    }
+
+    /// Intra-op threads of each inference.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs one inference with `eval` evaluating each node, on a kept state, in this
+    /// network's thread pool.
+    fn run_with<E>(&self, input: &[f32], eval: E) -> Result<TVec<TValue>, ModelError>
+    where
+        E: for<'a, 'b, 'c> FnMut(
+            &'a EvalContext<'a>,
+            Option<&'b mut (dyn OpState + 'static)>,
+            &'c TypedNode,
+            TVec<TValue>,
+        ) -> TractResult<TVec<TValue>>,
+    {
+        let tensor =
+            tract_ndarray::ArrayD::from_shape_vec(self.input_shape.clone(), input.to_vec())
+                .map_err(|e| ModelError::Run(e.to_string()))?;
+        let kept = self.states.lock().ok().and_then(|mut s| s.pop());
+        let mut state = match kept {
+            Some(s) => s,
+            None => self
+                .plan
+                .spawn()
+                .map_err(|e| ModelError::Run(format!("{e:#}")))?,
+        };
+        let run = || state.run_plan_with_eval(tvec!(Tensor::from(tensor).into()), eval);
+        let outputs = match &self.executor {
+            Some(pool) => multithread_tract_scope(pool.clone(), run),
+            None => run(),
+        }
+        .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+        if let Ok(mut kept) = self.states.lock() {
+            kept.push(state);
+        }
+        Ok(outputs)
+    }
+
+    /// Mean time per op kind over `runs` inferences of `input`, slowest first: which ops
+    /// dominate, and (compared across thread counts) which stay serial.
+    pub fn profile(&self, input: &[f32], runs: usize) -> Result<Vec<OpTime>, ModelError> {
+        let nodes = self.plan.model().nodes().len();
+        let mut per_node = vec![Duration::ZERO; nodes];
+        let runs = runs.max(1);
+        for _ in 0..runs {
+            self.run_with(input, |ctx, st, node, inputs| {
+                let t = Instant::now();
+                let r = tract_onnx::tract_core::plan::eval(ctx, st, node, inputs);
+                per_node[node.id] += t.elapsed();
+                r
+            })?;
+        }
+        let mut by_op: Vec<OpTime> = Vec::new();
+        for (node, time) in self.plan.model().nodes().iter().zip(per_node) {
+            let op = node.op().name().to_string();
+            match by_op.iter_mut().find(|o| o.op == op) {
+                Some(o) => {
+                    o.nodes += 1;
+                    o.time += time / runs as u32;
+                }
+                None => by_op.push(OpTime {
+                    op,
+                    nodes: 1,
+                    time: time / runs as u32,
+                }),
+            }
+        }
+        by_op.sort_by_key(|o| std::cmp::Reverse(o.time));
+        Ok(by_op)
+    }
+
     /// Runs one inference on a row-major input of the prepared shape.
     pub fn run(&self, input: &[f32]) -> Result<Vec<Output>, ModelError> {
         let expected: usize = self.input_shape.iter().product();
@@ -242,13 +366,7 @@ impl Network {
                 shape: self.input_shape.clone(),
             });
         }
-        let tensor =
-            tract_ndarray::ArrayD::from_shape_vec(self.input_shape.clone(), input.to_vec())
-                .map_err(|e| ModelError::Run(e.to_string()))?;
-        let outputs = self
-            .plan
-            .run(tvec!(Tensor::from(tensor).into()))
-            .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+        let outputs = self.run_with(input, tract_onnx::tract_core::plan::eval)?;
         outputs
             .iter()
             .zip(&self.output_names)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, Mode, ModelForm, SourceKind};
+use crate::config::{Config, Mode, ModelForm, Parallelism, SourceKind};
 use crate::infer::Classifier;
 use crate::runtime::{self, RunOptions};
 use crate::sink::build;
@@ -79,6 +79,13 @@ pub struct ModelArgs {
     /// Integer graph, float graph, or the loader's choice (overrides model.form).
     #[arg(long, value_enum)]
     pub form: Option<ModelForm>,
+    /// Cores given to inference (overrides model.threads; default: the performance cores).
+    #[arg(long, value_parser = argrange::usize_in(1, crate::config::MAX_THREADS))]
+    pub threads: Option<usize>,
+    /// One single-threaded inference per core on successive frames, or every core on each
+    /// inference (overrides model.parallelism).
+    #[arg(long, value_enum)]
+    pub parallelism: Option<Parallelism>,
 }
 
 /// Source arguments shared by `run` and `bench`.
@@ -233,6 +240,9 @@ pub struct BenchArgs {
     /// Frames before the steady-state RSS reference is taken.
     #[arg(value_parser = argrange::u64_in(0, 1_000_000_000), long, default_value_t = 200)]
     pub warmup: u64,
+    /// One JSON object on one line (for scripts comparing runs) instead of indented JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Entry point of the binary.
@@ -282,6 +292,12 @@ pub(crate) fn apply_model(cfg: &mut Config, m: &ModelArgs) {
     }
     if let Some(f) = m.form {
         cfg.model.form = f;
+    }
+    if let Some(t) = m.threads {
+        cfg.model.threads = Some(t);
+    }
+    if let Some(p) = m.parallelism {
+        cfg.model.parallelism = p;
     }
 }
 
@@ -346,7 +362,7 @@ pub fn open_model(cfg: &Config) -> anyhow::Result<Classifier> {
         .bundle
         .as_ref()
         .context("no model bundle: set model.bundle in the config or pass --bundle")?;
-    Classifier::open_admitted(
+    let mut c = Classifier::open_admitted(
         bundle,
         cfg.model.trusted_keys.as_deref(),
         cfg.model.floor_file.as_deref(),
@@ -358,7 +374,9 @@ pub fn open_model(cfg: &Config) -> anyhow::Result<Classifier> {
             "refusing to start: bundle {} is not usable",
             bundle.display()
         )
-    })
+    })?;
+    c.set_intra_op_threads(cfg.model.layout().1)?;
+    Ok(c)
 }
 
 fn signal_flag() -> anyhow::Result<Arc<AtomicBool>> {
@@ -742,8 +760,24 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         .map(|r| r.1)
         .max()
         .unwrap_or(0);
+    let (workers, intra) = cfg.model.layout();
+    let decide = s.timers.get(Stage::Decide).latency();
     let report = serde_json::json!({
         "model": model_desc,
+        "cpu": format!("{} {}", std::env::consts::ARCH, crate::selftest::cpu_features().join(" ")),
+        "threads": cfg.model.cores(),
+        "parallelism": cfg.model.parallelism,
+        "workers": workers,
+        "intra_op_threads": intra,
+        "inferences_per_s": s.counters.inferred as f64 / s.wall.as_secs_f64().max(1e-9),
+        "latency_ms": {
+            "what": "frame to decision (end of capture to end of the sinks), classified frames",
+            "p50": decide.p50,
+            "p95": decide.p95,
+            "mean": decide.mean,
+            "max": decide.max,
+            "n": decide.n,
+        },
         "source": cfg.source.kind,
         "loadavg": { "before": load_before, "after": loadavg() },
         "frames": s.counters.processed,
@@ -754,7 +788,7 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         "corrupt": s.corrupt,
         "wall_s": s.wall.as_secs_f64(),
         "fps": s.counters.processed as f64 / s.wall.as_secs_f64().max(1e-9),
-        "latency_ms": s.timers.report(),
+        "stages_ms": s.timers.report(),
         "cpu_ms": s.timers.cpu_report(),
         "infer_ms": { "cpu": infer_cpu, "wall": infer_wall },
         "overhead_ms_per_frame": { "cpu": overhead_cpu, "wall": overhead_wall },
@@ -773,7 +807,11 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
             "samples": s.rss,
         },
     });
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

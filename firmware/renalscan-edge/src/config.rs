@@ -252,6 +252,13 @@ pub struct ModelConfig {
     /// newest one this cart proved good is refused unless a recorded override names it.
     /// Unset: no downgrade check (a workstation).
     pub floor_file: Option<PathBuf>,
+    /// Cores given to inference. Unset: the board's performance cores (the big cores of a
+    /// big.LITTLE part, every core the service may use elsewhere).
+    pub threads: Option<usize>,
+    /// How those cores are used: `frames` (one single-threaded inference worker per core on
+    /// successive frames: the most decisions per second, decisions still in frame order) or
+    /// `ops` (every core on each inference: the shortest wait for one frozen frame).
+    pub parallelism: Parallelism,
 }
 
 impl Default for ModelConfig {
@@ -262,8 +269,61 @@ impl Default for ModelConfig {
             form: ModelForm::Auto,
             form_cache: None,
             floor_file: None,
+            threads: None,
+            parallelism: Parallelism::Frames,
         }
     }
+}
+
+/// Most cores `model.threads` may ask for.
+pub const MAX_THREADS: usize = 64;
+
+impl ModelConfig {
+    /// Cores given to inference: `threads`, or the board's performance cores.
+    pub fn cores(&self) -> usize {
+        self.threads
+            .unwrap_or_else(performance_cores)
+            .clamp(1, MAX_THREADS)
+    }
+
+    /// Inference workers and intra-op threads per inference for [`ModelConfig::cores`].
+    pub fn layout(&self) -> (usize, usize) {
+        let n = self.cores();
+        match self.parallelism {
+            Parallelism::Frames => (n, 1),
+            Parallelism::Ops => (1, n),
+        }
+    }
+}
+
+/// How inference uses its cores (`model.parallelism`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Parallelism {
+    /// One single-threaded worker per core, on successive frames.
+    #[default]
+    Frames,
+    /// All cores on each inference (tract's intra-op threads).
+    Ops,
+}
+
+/// The cores this process may run on that are performance cores: on a big.LITTLE board
+/// (arm64 publishes `cpu_capacity`), those of the highest capacity; otherwise all of them.
+pub fn performance_cores() -> usize {
+    let allowed = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let capacities: Vec<u64> = (0..1024)
+        .map_while(|i| {
+            std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{i}/cpu_capacity")).ok()
+        })
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let Some(&max) = capacities.iter().max() else {
+        return allowed;
+    };
+    let big = capacities.iter().filter(|&&c| c == max).count();
+    big.clamp(1, allowed)
 }
 
 /// How an int8 model is run.
@@ -639,6 +699,15 @@ impl Config {
             Ok(())
         }
         let (src, j, a) = (&self.source, &self.journal, &self.aggregate);
+        if let Some(t) = self.model.threads {
+            within(
+                "model.threads",
+                t,
+                1,
+                MAX_THREADS,
+                " (unset = the performance cores)",
+            )?;
+        }
         within("source.v4l.width", src.v4l.width, 16, 8192, " pixels")?;
         within("source.v4l.height", src.v4l.height, 16, 8192, " pixels")?;
         within(

@@ -30,6 +30,8 @@ pub struct SweepOutcome {
     pub counters: Counters,
     /// Wall time spent in the pipeline, seconds.
     pub seconds: f64,
+    /// Inference workers it ran on (0: on the calling thread).
+    pub workers: usize,
 }
 
 impl SweepOutcome {
@@ -92,6 +94,10 @@ impl ExamReplay {
         )
         .map_err(|e| SourceError::Lost(format!("{e:#}")))?;
         pipeline.command(crate::sink::Control::StartScreening);
+        // As on the cart: one inference worker per core given to the model.
+        if let Err(e) = pipeline.start_workers(self.cfg.model.layout().0, None) {
+            log::warn!("{e:#}: inferring on one thread");
+        }
         let result = replay(&mut pipeline, path);
         self.classifier = Some(pipeline.into_classifier());
         result
@@ -102,11 +108,19 @@ fn replay(pipeline: &mut Pipeline, path: &Path) -> Result<SweepOutcome, SourceEr
     let t0 = Instant::now();
     let mut src = Replay::new(path, 0.0, false);
     src.open()?;
-    let mut frame = Frame::default();
     let (mut frames, mut corrupt) = (0u64, 0u64);
     let mut out = Vec::new();
     let mut decisions = Vec::new();
+    let mut spare: Vec<Frame> = Vec::new();
+    let mut finish = |pipeline: &mut Pipeline, spare: &mut Vec<Frame>| {
+        out.clear();
+        if let Some(f) = pipeline.finish_next(true, &mut out) {
+            spare.push(f);
+        }
+        decisions.extend(out.drain(..).filter(|d| !d.kind.is_single_frame()));
+    };
     loop {
+        let mut frame = spare.pop().unwrap_or_default();
         let t = Instant::now();
         match src.read(&mut frame.grey) {
             Ok(meta) => {
@@ -114,11 +128,13 @@ fn replay(pipeline: &mut Pipeline, path: &Path) -> Result<SweepOutcome, SourceEr
                 frame.meta = meta;
                 frame.captured_at = Instant::now();
                 frame.capture_time = t.elapsed();
-                out.clear();
-                pipeline.process(&frame, &mut out);
-                decisions.extend(out.drain(..).filter(|d| !d.kind.is_single_frame()));
+                pipeline.submit(frame);
+                while pipeline.in_flight() >= pipeline.capacity() {
+                    finish(pipeline, &mut spare);
+                }
             }
             Err(SourceError::Corrupt(e)) => {
+                spare.push(frame);
                 corrupt += 1;
                 log::warn!("{}: corrupt frame skipped: {e}", path.display());
             }
@@ -129,6 +145,9 @@ fn replay(pipeline: &mut Pipeline, path: &Path) -> Result<SweepOutcome, SourceEr
             }
         }
     }
+    while pipeline.in_flight() > 0 {
+        finish(pipeline, &mut spare);
+    }
     src.close();
     Ok(SweepOutcome {
         frames,
@@ -136,5 +155,6 @@ fn replay(pipeline: &mut Pipeline, path: &Path) -> Result<SweepOutcome, SourceEr
         decisions,
         counters: pipeline.counters,
         seconds: t0.elapsed().as_secs_f64(),
+        workers: pipeline.workers(),
     })
 }

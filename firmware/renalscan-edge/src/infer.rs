@@ -4,6 +4,7 @@
 //! threshold) comes from the signed manifest (`contract::Manifest`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -47,7 +48,7 @@ pub struct ModelInfo {
     pub trust: String,
     pub load_time: Duration,
     /// The bundle's self-test frames (`[[selftest]]` of the manifest), as verified.
-    pub selftest_frames: std::sync::Arc<Vec<Vec<u8>>>,
+    pub selftest_frames: Arc<Vec<Vec<u8>>>,
     /// Which form of an int8 model runs and why, with the kernels tract picked.
     pub form: Option<String>,
     /// The bundle's release (`model.version` and counter), when the manifest has one.
@@ -137,13 +138,45 @@ pub fn open_admitted(
 
 /// The loaded network and its manifest facts.
 pub struct Classifier {
+    core: Arc<Core>,
+    features: Features,
+}
+
+/// What an inference needs, shared read-only by the pipeline and its inference workers
+/// (tract runs one plan from several threads, each on its own state).
+struct Core {
     net: Network,
     info: ModelInfo,
     probs_output: usize,
     features_output: Option<usize>,
     gate: Option<GateOutputs>,
-    features: Vec<f32>,
-    features_shape: Vec<usize>,
+}
+
+/// The `features` map of one frame (models that have one), for its class-activation map.
+#[derive(Debug, Clone, Default)]
+pub struct Features {
+    pub data: Vec<f32>,
+    pub shape: Vec<usize>,
+}
+
+impl Features {
+    /// The map and its shape, when the model gave one.
+    pub fn get(&self) -> Option<(&[f32], &[usize])> {
+        (!self.data.is_empty()).then_some((self.data.as_slice(), self.shape.as_slice()))
+    }
+}
+
+/// A handle for an inference worker thread: classifies frames with the pipeline's model.
+#[derive(Clone)]
+pub struct InferWorker {
+    core: Arc<Core>,
+}
+
+impl InferWorker {
+    /// Runs the model on one preprocessed tensor; the `features` map goes to `features`.
+    pub fn classify(&self, tensor: &[f32], features: &mut Features) -> anyhow::Result<Classified> {
+        self.core.classify(tensor, features)
+    }
 }
 
 impl Classifier {
@@ -174,7 +207,7 @@ impl Classifier {
         let (b, admission) = open_admitted(bundle, trusted_keys, floor_file)?;
         let mut c = Self::from_bundle(b, form, decision_cache, t0)?;
         if let Admission::Override(o) = admission {
-            c.info.downgrade_override = Some(format!("{} ({})", o.reason, o.at));
+            c.core_mut()?.info.downgrade_override = Some(format!("{} ({})", o.reason, o.at));
         }
         Ok(c)
     }
@@ -273,51 +306,83 @@ impl Classifier {
             }
         };
         let mut c = Self {
-            net,
-            info,
-            probs_output,
-            features_output,
-            gate,
-            features: Vec::new(),
-            features_shape: Vec::new(),
+            core: Arc::new(Core {
+                net,
+                info,
+                probs_output,
+                features_output,
+                gate,
+            }),
+            features: Features::default(),
         };
         // One warm-up run: checks the output width and moves tract's first-run costs
         // (buffer allocation) out of the first patient's frame.
         let zeros = vec![0.0f32; c.input_len()];
         let out = c.classify(&zeros).context("warm-up inference failed")?;
         anyhow::ensure!(
-            out.classes == c.info.labels.len(),
+            out.classes == c.info().labels.len(),
             "model gives {} probabilities but the manifest lists {} labels",
             out.classes,
-            c.info.labels.len()
+            c.info().labels.len()
         );
         Ok(c)
     }
 
+    /// The core, while no worker shares it (set-up only).
+    fn core_mut(&mut self) -> anyhow::Result<&mut Core> {
+        Arc::get_mut(&mut self.core)
+            .context("the model is shared with running inference workers: stop them first")
+    }
+
     pub fn info(&self) -> &ModelInfo {
-        &self.info
+        &self.core.info
+    }
+
+    /// Intra-op threads of each inference (tract's matmul tiles, packing, element-wise ops).
+    /// One thread means none are started. Only before any worker shares the model.
+    pub fn set_intra_op_threads(&mut self, threads: usize) -> anyhow::Result<()> {
+        let core = self.core_mut()?;
+        core.net.set_threads(threads)?;
+        Ok(())
+    }
+
+    /// Intra-op threads of each inference.
+    pub fn intra_op_threads(&self) -> usize {
+        self.core.net.threads()
+    }
+
+    /// A handle for an inference worker thread.
+    pub fn worker(&self) -> InferWorker {
+        InferWorker {
+            core: Arc::clone(&self.core),
+        }
+    }
+
+    /// The network (benchmarks and profiles).
+    pub fn network(&self) -> &Network {
+        &self.core.net
     }
 
     /// True when the bundle carries a view gate.
     pub fn has_view_gate(&self) -> bool {
-        self.gate.is_some()
+        self.core.gate.is_some()
     }
 
     /// Floats of one input tensor.
     pub fn input_len(&self) -> usize {
-        3 * (self.info.input_size as usize).pow(2)
+        3 * (self.info().input_size as usize).pow(2)
     }
 
     /// The head for class-activation maps, or why there is none (no `features` output, or no
     /// linear head on pooled features).
     pub fn cam_head(&self) -> Result<&HeadWeights, String> {
-        if self.features_output.is_none() {
+        if self.core.features_output.is_none() {
             return Err(format!(
                 "model {} has no `{FEATURES}` output",
-                self.info.model_origin.display()
+                self.info().model_origin.display()
             ));
         }
-        match self.net.head() {
+        match self.core.net.head() {
             Some(Ok(h)) => Ok(h),
             Some(Err(e)) => Err(e.to_string()),
             None => Err("the head was not read at load".into()),
@@ -326,18 +391,23 @@ impl Classifier {
 
     /// The `features` map of the last frame and its shape (models that have one).
     pub fn last_features(&self) -> Option<(&[f32], &[usize])> {
-        (!self.features.is_empty())
-            .then_some((self.features.as_slice(), self.features_shape.as_slice()))
+        self.features.get()
     }
 
     /// Runs the model on one preprocessed tensor.
     pub fn classify(&mut self, tensor: &[f32]) -> anyhow::Result<Classified> {
+        self.core.classify(tensor, &mut self.features)
+    }
+}
+
+impl Core {
+    fn classify(&self, tensor: &[f32], features: &mut Features) -> anyhow::Result<Classified> {
         let outputs = self.net.run(tensor)?;
         if let Some(f) = self.features_output.and_then(|i| outputs.get(i)) {
-            self.features.clear();
-            self.features.extend_from_slice(&f.data);
-            self.features_shape.clear();
-            self.features_shape.extend_from_slice(&f.shape);
+            features.data.clear();
+            features.data.extend_from_slice(&f.data);
+            features.shape.clear();
+            features.shape.extend_from_slice(&f.shape);
         }
         let probs = &outputs
             .get(self.probs_output)
@@ -451,7 +521,7 @@ fn check_manifest(b: &Bundle) -> anyhow::Result<ModelInfo> {
             b.signer().name()
         ),
         load_time: Duration::ZERO,
-        selftest_frames: std::sync::Arc::new(b.selftest().map(|(_, f)| f.to_vec()).collect()),
+        selftest_frames: Arc::new(b.selftest().map(|(_, f)| f.to_vec()).collect()),
         form: None,
         release: m
             .release_version()

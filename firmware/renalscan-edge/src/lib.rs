@@ -35,3 +35,4 @@ pub mod trust;
 pub mod update;
 pub mod version;
 pub mod watchdog;
+pub mod workers;

@@ -1,8 +1,11 @@
 //! The per-frame path: gate -> preprocess -> infer -> aggregate, with per-stage timing.
-//! Single-threaded and allocation-free per frame after warm-up (buffers are reused); the
-//! capture thread feeds it and the runtime passes its decisions, with a [`FrameView`] of
-//! the frame they were made on, to the sinks.
+//! Gates, preprocessing and aggregation run on the runtime's thread in frame order; the
+//! inference runs there too, or on inference workers (one per core, `model.parallelism =
+//! "frames"`), so several frames can be in the model at once while decisions still come out
+//! in frame order. Allocation-free per frame after warm-up (buffers circulate); the runtime
+//! passes the decisions, with a [`FrameView`] of the frame they were made on, to the sinks.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use contract::Manifest;
@@ -12,10 +15,11 @@ use crate::aggregate::{Aggregator, Params, Sample, Trigger};
 use crate::config::{AggregateConfig, GateConfig, Mode, PipelineConfig};
 use crate::events::{unix_ms, Decision, DecisionKind, JournalState, ThresholdSource, Trace};
 use crate::gate::{after_detection, Gate, GateReason};
-use crate::infer::{Classified, Classifier};
+use crate::infer::{Classified, Classifier, InferWorker};
 use crate::sink::{Control, FrameView, LiveFrame, Outcome};
 use crate::source::Frame;
 use crate::stats::{Span, Stage, Timers};
+use crate::workers::{Job, Notify, Workers, WorkersGone};
 
 /// Pipeline counters (cumulative).
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -43,8 +47,11 @@ pub struct Pipeline {
     report_every: Option<Duration>,
     reset_after_gated: u32,
     classifier: Classifier,
+    /// The model on this thread (no workers, or every worker gone).
+    inline: InferWorker,
+    workers: Option<Workers>,
+    worker_count: usize,
     pre: Preprocessor,
-    tensor: Vec<f32>,
     gate: Gate,
     agg: Aggregator,
     pub timers: Timers,
@@ -72,6 +79,57 @@ pub struct Pipeline {
     freeze_pending: bool,
     /// Frozen by the operator until unfreeze.
     frozen: bool,
+    /// The freeze shot is being inferred: later frames wait as if frozen.
+    freeze_in_flight: bool,
+    /// Submission number of the last frame taken.
+    seq: u64,
+    /// Bumped by every command that starts a new window (start, stop, unfreeze): a frame
+    /// prepared before it cannot add to the window after it.
+    epoch: u64,
+    /// Frames submitted and not yet given back, oldest first.
+    queue: VecDeque<Ticket>,
+    /// The buffers of the last classified frame (its view).
+    current: Option<Box<Job>>,
+    /// Buffers for later frames (kept boxed: they circulate as boxes, never reallocated).
+    #[allow(clippy::vec_box)]
+    spare: Vec<Box<Job>>,
+}
+
+/// A frame between [`Pipeline::submit`] and [`Pipeline::finish_next`].
+struct Ticket {
+    frame: Frame,
+    seq: u64,
+    epoch: u64,
+    /// Its scan-area detection, when preprocessing got that far.
+    info: Option<FrameInfo>,
+    step: Step,
+}
+
+/// What is to become of a frame, as decided before inference.
+enum Step {
+    /// Not screening.
+    Idle,
+    /// The view is frozen.
+    Frozen,
+    /// Refused by a gate before inference.
+    Gated(Option<GateReason>),
+    /// Usable but not classified.
+    Skipped,
+    /// Preprocessing failed (logged), or its inference was lost.
+    Failed,
+    /// On a worker.
+    Out { ctx: InferCtx },
+    /// Inferred (or failed to be): the rest of the stages are due.
+    Infer { job: Box<Job>, ctx: InferCtx },
+}
+
+/// What the stages after the model need to know about a frame.
+struct InferCtx {
+    info: FrameInfo,
+    reason: Option<GateReason>,
+    capture: bool,
+    freeze: bool,
+    single: bool,
 }
 
 /// The operating threshold and where it came from. The bundle's signed threshold wins: a
@@ -132,16 +190,17 @@ impl Pipeline {
             normal_index: info.normal_index,
         };
         let pre = Preprocessor::new(info.input_size, info.normalization.clone());
-        let tensor = vec![0.0; pre.output_len()];
         Ok(Self {
             mode: pipeline.mode,
             infer_every: pipeline.infer_every.max(1),
             report_every: (agg.report_every_s > 0.0)
                 .then(|| Duration::from_secs_f32(agg.report_every_s)),
             reset_after_gated: agg.reset_after_gated,
+            inline: classifier.worker(),
             classifier,
+            workers: None,
+            worker_count: 0,
             pre,
-            tensor,
             gate: Gate::new(gate.clone()),
             agg: Aggregator::new(params),
             timers: Timers::default(),
@@ -161,7 +220,29 @@ impl Pipeline {
             last_info: None,
             freeze_pending: false,
             frozen: false,
+            freeze_in_flight: false,
+            seq: 0,
+            epoch: 0,
+            queue: VecDeque::new(),
+            current: None,
+            spare: Vec::new(),
         })
+    }
+
+    /// Runs inference on `n` worker threads from now on (`n` <= 1: on the caller's thread).
+    /// `notify` runs on a worker after each inference (to wake a waiting caller).
+    pub fn start_workers(&mut self, n: usize, notify: Option<Notify>) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.queue.is_empty(),
+            "workers can only be started with no frame in flight"
+        );
+        self.workers = None;
+        self.worker_count = 0;
+        if n > 1 {
+            self.workers = Some(Workers::start(&self.inline, n, notify)?);
+            self.worker_count = n;
+        }
+        Ok(())
     }
 
     /// Stamps every decision from now on with `trace`.
@@ -202,15 +283,16 @@ impl Pipeline {
     /// the frame that was processed. `None` when that frame was not classified.
     pub fn view<'a>(&'a self, frame: &'a Frame) -> Option<FrameView<'a>> {
         let (info, c) = self.last.as_ref()?;
+        let job = self.current.as_ref()?;
         Some(FrameView::new(
             frame,
             info,
-            &self.tensor,
-            self.pre.last_grey(),
+            &job.tensor,
+            &job.grey,
             self.pre.size(),
             self.pre.detector(),
             c,
-            self.classifier.last_features(),
+            job.features.get(),
             self.classifier.cam_head().ok(),
             self.classifier.info().normal_index,
         ))
@@ -220,8 +302,10 @@ impl Pipeline {
         &self.classifier
     }
 
-    /// Gives the model back (to start another stream with it without reloading).
-    pub fn into_classifier(self) -> Classifier {
+    /// Gives the model back (to start another stream with it without reloading); its
+    /// workers stop first.
+    pub fn into_classifier(mut self) -> Classifier {
+        self.workers = None;
         self.classifier
     }
 
@@ -229,9 +313,9 @@ impl Pipeline {
         self.screening
     }
 
-    /// The grey N x N model input of the last preprocessed frame (snapshots).
+    /// The grey N x N model input of the last classified frame (snapshots).
     pub fn last_input(&self) -> &[u8] {
-        self.pre.last_grey()
+        self.current.as_ref().map_or(&[], |j| j.grey.as_slice())
     }
 
     /// Applies a command (cart, operator view). Marks are the runtime's, not the pipeline's.
@@ -241,6 +325,7 @@ impl Pipeline {
                 if !self.screening {
                     self.agg.reset();
                     self.last_emit = None;
+                    self.epoch += 1;
                 }
                 self.screening = true;
             }
@@ -248,6 +333,8 @@ impl Pipeline {
                 self.screening = false;
                 self.frozen = false;
                 self.freeze_pending = false;
+                self.freeze_in_flight = false;
+                self.epoch += 1;
                 self.agg.reset();
                 self.last_emit = None;
             }
@@ -258,9 +345,11 @@ impl Pipeline {
                 }
             }
             Control::Unfreeze => {
-                if self.frozen || self.freeze_pending {
+                if self.frozen || self.freeze_pending || self.freeze_in_flight {
                     self.frozen = false;
                     self.freeze_pending = false;
+                    self.freeze_in_flight = false;
+                    self.epoch += 1;
                     self.agg.reset();
                     self.last_emit = None;
                     self.gate.reset();
@@ -270,25 +359,156 @@ impl Pipeline {
         }
     }
 
-    /// Runs one frame through the stages; decisions are appended to `out`.
-    pub fn process(&mut self, frame: &Frame, out: &mut Vec<Decision>) {
-        self.counters.processed += 1;
-        self.last = None;
-        self.last_info = None;
-        self.outcome = Outcome::Idle;
+    /// Takes a frame: the gates and preprocessing run now, in frame order; its inference
+    /// runs inline or on a worker. [`Pipeline::finish_next`] gives it back with its
+    /// decisions.
+    pub fn submit(&mut self, frame: Frame) {
+        self.seq += 1;
         self.timers
             .record_both(Stage::Capture, frame.capture_time, frame.capture_cpu);
-        if self.frozen {
+        let mut info = None;
+        let step = self.prepare(&frame, &mut info);
+        let step = match step {
+            Step::Infer { mut job, ctx } => {
+                job.seq = self.seq;
+                job.result = None;
+                match &self.workers {
+                    None => {
+                        job.run(&self.inline);
+                        Step::Infer { job, ctx }
+                    }
+                    Some(w) => match w.send(job) {
+                        Ok(()) => Step::Out { ctx },
+                        Err(mut job) => {
+                            // Only if every worker died: run it here rather than lose it.
+                            log::error!("inference workers are gone: inferring on this thread");
+                            job.run(&self.inline);
+                            Step::Infer { job, ctx }
+                        }
+                    },
+                }
+            }
+            other => other,
+        };
+        self.queue.push_back(Ticket {
+            frame,
+            seq: self.seq,
+            epoch: self.epoch,
+            info,
+            step,
+        });
+    }
+
+    /// Frames submitted and not yet given back.
+    pub fn in_flight(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Frames that may be in flight at once: one per inference worker, one without workers.
+    pub fn capacity(&self) -> usize {
+        self.worker_count.max(1)
+    }
+
+    /// Inference workers running (0: inference runs on the caller's thread).
+    pub fn workers(&self) -> usize {
+        self.worker_count
+    }
+
+    /// Gives back the oldest submitted frame once its inference is done, with its decisions
+    /// appended to `out`; after it, [`Pipeline::view`] and [`Pipeline::live`] describe it.
+    /// `wait`: wait for its inference; otherwise `None` while it is still running.
+    pub fn finish_next(&mut self, wait: bool, out: &mut Vec<Decision>) -> Option<Frame> {
+        self.collect(wait);
+        if matches!(self.queue.front()?.step, Step::Out { .. }) {
+            return None;
+        }
+        let t = self.queue.pop_front()?;
+        self.counters.processed += 1;
+        self.last = None;
+        self.last_info = t.info;
+        self.outcome = Outcome::Idle;
+        let stale = t.epoch != self.epoch;
+        match t.step {
+            Step::Idle => self.counters.idle += 1,
+            Step::Frozen => {
+                self.counters.idle += 1;
+                self.outcome = Outcome::Frozen;
+            }
+            Step::Gated(reason) => self.gated(reason),
+            Step::Skipped => {
+                self.counters.skipped += 1;
+                self.outcome = Outcome::Skipped;
+            }
+            Step::Failed => {
+                self.counters.errors += 1;
+                self.outcome = Outcome::Failed;
+            }
+            Step::Infer { job, ctx } => self.finish_inference(job, ctx, &t.frame, stale, out),
+            // Unreachable: `collect` waited for it or returned above.
+            Step::Out { .. } => {
+                self.counters.errors += 1;
+                self.outcome = Outcome::Failed;
+            }
+        }
+        Some(t.frame)
+    }
+
+    /// Takes finished jobs from the workers into their tickets; with `wait`, until the
+    /// oldest ticket's job is back.
+    fn collect(&mut self, wait: bool) {
+        let Some(workers) = &self.workers else { return };
+        loop {
+            let head_out = matches!(self.queue.front().map(|t| &t.step), Some(Step::Out { .. }));
+            let timeout = (wait && head_out).then_some(Duration::from_secs(3600));
+            let job = match workers.recv(timeout) {
+                Ok(Some(j)) => j,
+                Ok(None) if wait && head_out => continue,
+                Ok(None) => return,
+                Err(WorkersGone) => {
+                    log::error!("every inference worker has stopped: frames in flight failed");
+                    for t in &mut self.queue {
+                        if matches!(t.step, Step::Out { .. }) {
+                            t.step = Step::Failed;
+                        }
+                    }
+                    return;
+                }
+            };
+            let Some(t) = self.queue.iter_mut().find(|t| t.seq == job.seq) else {
+                log::error!(
+                    "an inference came back for frame {} that is not in flight",
+                    job.seq
+                );
+                continue;
+            };
+            if let Step::Out { ctx } = std::mem::replace(&mut t.step, Step::Idle) {
+                t.step = Step::Infer { job, ctx };
+            }
+        }
+    }
+
+    /// Runs one frame through every stage on this thread; decisions are appended to `out`.
+    /// Only without workers (a replay on the host, a test): with workers, use
+    /// [`Pipeline::submit`] and [`Pipeline::finish_next`].
+    pub fn process(&mut self, frame: Frame, out: &mut Vec<Decision>) -> Frame {
+        self.submit(frame);
+        loop {
+            if let Some(f) = self.finish_next(true, out) {
+                return f;
+            }
+        }
+    }
+
+    /// Gates and preprocessing, in frame order: what is to become of this frame.
+    fn prepare(&mut self, frame: &Frame, info_out: &mut Option<FrameInfo>) -> Step {
+        if self.frozen || self.freeze_in_flight {
             // The operator froze the view: the frozen frame's decision stands.
-            self.counters.idle += 1;
-            self.outcome = Outcome::Frozen;
-            return;
+            return Step::Frozen;
         }
         let freeze = self.screening && std::mem::take(&mut self.freeze_pending);
         let capture = std::mem::take(&mut self.capture_pending) || freeze;
         if !self.screening && !capture {
-            self.counters.idle += 1;
-            return;
+            return Step::Idle;
         }
 
         // Gate (blank, frozen).
@@ -304,59 +524,105 @@ impl Pipeline {
         };
         self.timers.record_span(Stage::Gate, t);
         if reason.is_some() && !capture {
-            self.gated(reason);
-            return;
+            return Step::Gated(reason);
         }
         // Live frames in freeze mode are only watched for the freeze.
         if self.mode == Mode::Freeze && !freeze_shot && !capture {
-            self.counters.skipped += 1;
-            self.outcome = Outcome::Skipped;
-            return;
+            return Step::Skipped;
         }
 
         // Preprocess (scan area, crop, normalise) and the anatomy gate.
         let t = Span::start();
-        let info = match self.pre.process(&frame.grey, &mut self.tensor) {
+        let mut job = self.spare.pop().unwrap_or_default();
+        job.tensor.resize(self.pre.output_len(), 0.0);
+        let info = match self.pre.process(&frame.grey, &mut job.tensor) {
             Ok(i) => i,
             Err(e) => {
-                self.counters.errors += 1;
-                self.outcome = Outcome::Failed;
+                self.spare.push(job);
                 log::error!("preprocessing failed: {e}");
-                return;
+                return Step::Failed;
             }
         };
-        self.last_info = Some(info);
+        job.grey.clear();
+        job.grey.extend_from_slice(self.pre.last_grey());
+        *info_out = Some(info);
         self.timers.record_span(Stage::Preprocess, t);
         reason = reason.or(after_detection(&info));
         if reason.is_some() && !capture {
-            self.gated(reason);
-            return;
+            self.spare.push(job);
+            return Step::Gated(reason);
         }
         self.usable += 1;
         let single = capture || freeze_shot;
         if !single && !(self.usable - 1).is_multiple_of(u64::from(self.infer_every)) {
-            self.counters.skipped += 1;
-            self.outcome = Outcome::Skipped;
-            return;
+            self.spare.push(job);
+            return Step::Skipped;
         }
+        if freeze {
+            self.freeze_in_flight = true;
+        }
+        Step::Infer {
+            job,
+            ctx: InferCtx {
+                info,
+                reason,
+                capture,
+                freeze,
+                single,
+            },
+        }
+    }
 
-        // Inference.
-        let t = Span::start();
-        let c = match self.classifier.classify(&self.tensor) {
-            Ok(c) => c,
-            Err(e) => {
+    /// Everything after the model, in frame order: the view gate, aggregation, decisions.
+    fn finish_inference(
+        &mut self,
+        mut job: Box<Job>,
+        ctx: InferCtx,
+        frame: &Frame,
+        stale: bool,
+        out: &mut Vec<Decision>,
+    ) {
+        let InferCtx {
+            info,
+            mut reason,
+            capture,
+            freeze,
+            single,
+        } = ctx;
+        if freeze && !stale {
+            self.freeze_in_flight = false;
+        }
+        let c = match job.result.take() {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                self.spare.push(job);
                 self.counters.errors += 1;
                 self.outcome = Outcome::Failed;
                 if !self.faulted {
-                    log::error!("inference failed: {e:#}");
+                    log::error!("inference failed: {e}");
                 }
                 self.faulted = true;
+                return;
+            }
+            None => {
+                self.spare.push(job);
+                self.counters.errors += 1;
+                self.outcome = Outcome::Failed;
                 return;
             }
         };
         self.faulted = false;
         self.counters.inferred += 1;
-        self.timers.record_span(Stage::Infer, t);
+        self.timers
+            .record_both(Stage::Infer, job.time.0, job.time.1);
+        if stale && !capture {
+            // Screening was stopped, restarted or unfrozen while this frame was inferred:
+            // it belongs to a window that no longer exists.
+            self.spare.push(job);
+            self.counters.skipped += 1;
+            self.outcome = Outcome::Skipped;
+            return;
+        }
 
         // The bundle's view gate: anatomy, but is it a kidney?
         if let Some(signal) = c.view.as_ref().and_then(|v| v.signal()) {
@@ -368,8 +634,8 @@ impl Pipeline {
             self.counters.no_kidney_by[i] += 1;
             reason = reason.or(Some(GateReason::NoKidney));
             if !capture {
+                self.spare.push(job);
                 self.gated(reason);
-                // Kept for the view: the map of a refused frame is not shown, its pixels are.
                 return;
             }
         }
@@ -386,13 +652,13 @@ impl Pipeline {
                 DecisionKind::Freeze
             };
             out.push(self.single(kind, &c, frame, reason.is_some()));
-            if freeze {
+            if freeze && !stale {
                 self.frozen = true;
                 self.agg.reset();
                 self.last_emit = None;
             }
         }
-        if self.mode == Mode::Continuous && reason.is_none() {
+        if self.mode == Mode::Continuous && reason.is_none() && !stale {
             let sample = Sample::new(c.p_abnormal, &c.probs[..c.classes]);
             let now = Instant::now();
             let kind = match self.agg.push(sample) {
@@ -420,6 +686,9 @@ impl Pipeline {
         }
         self.timers.record_span(Stage::Aggregate, t);
         self.last = Some((info, c));
+        if let Some(old) = self.current.replace(job) {
+            self.spare.push(old);
+        }
         self.outcome = match reason {
             Some(r) => Outcome::Gated(r),
             None => Outcome::Classified,

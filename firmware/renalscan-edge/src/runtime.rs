@@ -205,6 +205,8 @@ pub struct Runtime<'o> {
     watchdog: Watchdog,
     clock: StatusClock,
     max_frames: u64,
+    /// Frames taken from the slot.
+    submitted: u64,
     reopens_seen: u64,
     decisions: Vec<Decision>,
     rss: Vec<(u64, u64)>,
@@ -246,6 +248,17 @@ impl<'o> Runtime<'o> {
             log::info!("waiting for a StartScreening command");
         }
         let mut pipeline = Pipeline::new(classifier, &pcfg, &cfg.gate, &cfg.aggregate)?;
+        let (workers, _) = cfg.model.layout();
+        let slot = Arc::clone(&capture.slot);
+        pipeline.start_workers(workers, Some(Arc::new(move || slot.wake())))?;
+        log::info!(
+            "inference on {} core(s): {} worker(s), {} thread(s) each (model.threads, \
+             model.parallelism = {:?})",
+            cfg.model.cores(),
+            workers.max(1),
+            pipeline.classifier().intra_op_threads(),
+            cfg.model.parallelism
+        );
         pipeline.set_trace(crate::trace::trace(pipeline.classifier().info(), cfg));
         let (threshold, source) = pipeline.threshold();
         log::info!(
@@ -296,6 +309,7 @@ impl<'o> Runtime<'o> {
                 last_log: None,
             },
             max_frames: cfg.pipeline.max_frames,
+            submitted: 0,
             reopens_seen: 0,
             decisions: Vec::with_capacity(4),
             rss: Vec::new(),
@@ -544,25 +558,61 @@ impl<'o> Runtime<'o> {
         }
     }
 
-    /// Takes the next frame from the slot (waiting briefly) and processes it.
+    /// Hands finished frames to the sinks, then takes the next frame from the slot (waiting
+    /// briefly) and submits it. With inference workers, several frames are in the model at
+    /// once; their decisions still reach the sinks in frame order.
     fn next_frame(&mut self) -> Flow {
+        // Whatever the workers finished, oldest first.
+        while self.pipeline.in_flight() > 0 {
+            let full = self.pipeline.in_flight() >= self.pipeline.capacity();
+            match self.finish_one(full) {
+                Some(Flow::Stop) => return Flow::Stop,
+                Some(Flow::Continue) => {}
+                None => break,
+            }
+        }
+        if self.max_frames > 0 && self.submitted >= self.max_frames {
+            // Every frame asked for is in: deliver the rest, then stop.
+            while self.pipeline.in_flight() > 0 {
+                if self.finish_one(true) == Some(Flow::Stop) {
+                    return Flow::Stop;
+                }
+            }
+            return Flow::Stop;
+        }
+        // A worker finishing wakes this wait (`Slot::wake`).
         let Some(frame) = self.capture.slot.take(Duration::from_millis(20)) else {
-            return if self.capture.slot.is_finished() {
+            return if self.capture.slot.is_finished() && self.pipeline.in_flight() == 0 {
                 Flow::Stop
             } else {
                 Flow::Continue
             };
         };
+        self.submitted += 1;
+        self.pipeline.submit(frame);
+        if self.pipeline.workers() == 0 {
+            // Inferred inline: its decisions are due now.
+            return self.finish_one(true).unwrap_or(Flow::Continue);
+        }
+        Flow::Continue
+    }
+
+    /// Gives the oldest submitted frame's decisions and view to the sinks (`wait`: waiting
+    /// for its inference); `None` when no frame was ready.
+    fn finish_one(&mut self, wait: bool) -> Option<Flow> {
         let gated_before: u64 = self.pipeline.counters.gated.iter().sum();
+        let inferred_before = self.pipeline.counters.inferred;
         self.decisions.clear();
-        self.pipeline.process(&frame, &mut self.decisions);
+        let frame = self.pipeline.finish_next(wait, &mut self.decisions)?;
         let t = Span::start();
         self.deliver(&frame);
         self.sinks.frame(&self.pipeline.live(&frame));
         self.pipeline.timers.record_span(Stage::Sinks, t);
-        self.pipeline
-            .timers
-            .record(Stage::Total, frame.captured_at.elapsed());
+        let latency = frame.captured_at.elapsed();
+        self.pipeline.timers.record(Stage::Total, latency);
+        if self.pipeline.counters.inferred > inferred_before {
+            self.pipeline.timers.record(Stage::Decide, latency);
+        }
         let gated_now: u64 = self.pipeline.counters.gated.iter().sum();
         if gated_now > gated_before {
             self.clock.recent_gated += 1;
@@ -576,9 +626,9 @@ impl<'o> Runtime<'o> {
         }
         if self.max_frames > 0 && n >= self.max_frames {
             log::info!("{n} frames processed: stopping (pipeline.max_frames)");
-            return Flow::Stop;
+            return Some(Flow::Stop);
         }
-        Flow::Continue
+        Some(Flow::Continue)
     }
 
     /// Hands this frame's decisions to the sinks, in order.
@@ -705,6 +755,12 @@ impl<'o> Runtime<'o> {
     fn finish(mut self) -> RunSummary {
         let _ = self.watchdog.notifier().stopping();
         self.capture.stop();
+        // Frames still in the model: their decisions are recorded before anything closes.
+        while self.pipeline.in_flight() > 0 {
+            if self.finish_one(true).is_none() {
+                break;
+            }
+        }
         self.end_session();
         self.sinks.shutdown();
         let report = self.report(DeviceState::Idle);

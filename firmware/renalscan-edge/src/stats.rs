@@ -22,10 +22,12 @@ pub enum Stage {
     Sinks,
     /// From the end of capture to the end of the sinks (queueing included).
     Total,
+    /// [`Stage::Total`] of the frames the model classified only: frame to decision.
+    Decide,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 7] = [
+    pub const ALL: [Stage; 8] = [
         Stage::Capture,
         Stage::Gate,
         Stage::Preprocess,
@@ -33,6 +35,7 @@ impl Stage {
         Stage::Aggregate,
         Stage::Sinks,
         Stage::Total,
+        Stage::Decide,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +47,7 @@ impl Stage {
             Stage::Aggregate => "aggregate",
             Stage::Sinks => "sinks",
             Stage::Total => "total",
+            Stage::Decide => "decide",
         }
     }
 }
@@ -187,7 +191,7 @@ impl Timers {
     pub fn cpu_report(&self) -> serde_json::Map<String, serde_json::Value> {
         Stage::ALL
             .iter()
-            .filter(|&&s| s != Stage::Total)
+            .filter(|&&s| s != Stage::Total && s != Stage::Decide)
             .map(|&s| (s.name().to_string(), self.cpu(s).run_mean_ms().into()))
             .collect()
     }

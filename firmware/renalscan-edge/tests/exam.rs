@@ -7,7 +7,7 @@ use common::*;
 use renalscan_edge::config::Config;
 use renalscan_edge::exam::ExamReplay;
 use renalscan_edge::infer::Classifier;
-use testkit::frames::{write_frames, write_frames_gain, DARK};
+use testkit::frames::{write_frames, write_frames_gain, BRIGHT, DARK};
 
 #[test]
 fn each_sweep_gets_the_call_standing_at_its_end() {
@@ -72,4 +72,61 @@ fn a_sweep_with_nothing_to_judge_has_no_call_and_a_missing_one_is_an_error() {
     let ok = tmp.path().join("ok");
     write_frames_gain(&ok, &[DARK; 6]);
     assert!(replay.run(&ok).is_ok());
+}
+
+/// Inference workers change how many frames are in the model at once, never what is
+/// decided or in which order: the same sweep through 1, 2 and 3 workers gives the same
+/// decisions, bit for bit, on the same frames, and the same counts.
+#[test]
+fn workers_decide_exactly_what_one_thread_decides_in_frame_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = write_bundle(&tmp.path().join("bundle"), 0.5);
+    let sweep = tmp.path().join("sweep");
+    // Normal, a blank run, abnormal, back to normal: gated frames between classified ones
+    // must keep their place in the order too.
+    let mut gains = vec![DARK; 4];
+    gains.extend([0.0, 0.0]);
+    gains.extend([BRIGHT; 6]);
+    gains.push(0.0);
+    gains.extend([DARK; 7]);
+    write_frames_gain(&sweep, &gains);
+    let run = |threads: usize| {
+        let mut cfg = Config::default();
+        cfg.aggregate.window = 3;
+        cfg.aggregate.min_frames = 2;
+        cfg.model.threads = Some(threads);
+        let classifier =
+            Classifier::open(&bundle, Some(&keys_of(&bundle)), Default::default(), None).unwrap();
+        let mut replay = ExamReplay::new(cfg, classifier).unwrap();
+        let o = replay.run(&sweep).expect("sweep");
+        let key: Vec<_> = o
+            .decisions
+            .iter()
+            .map(|d| {
+                (
+                    d.seq,
+                    d.frame_index,
+                    d.kind,
+                    d.abnormal,
+                    d.p_abnormal.to_bits(),
+                )
+            })
+            .collect();
+        let c = o.counters;
+        let expected_workers = if threads > 1 { threads } else { 0 };
+        assert_eq!(o.workers, expected_workers, "model.threads = {threads}");
+        (key, (c.processed, c.inferred, c.gated, c.skipped, c.errors))
+    };
+    let one = run(1);
+    assert!(
+        one.0.len() >= 2,
+        "the sweep flips at least once: {:?}",
+        one.0
+    );
+    assert!(one.0.windows(2).all(|w| w[0].1 < w[1].1), "{:?}", one.0);
+    assert_eq!(one.1 .0, gains.len() as u64);
+    assert_eq!(one.1 .1, 17, "every non-blank frame classified");
+    for threads in [2, 3] {
+        assert_eq!(run(threads), one, "{threads} workers");
+    }
 }

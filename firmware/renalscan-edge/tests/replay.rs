@@ -39,7 +39,9 @@ fn decisions_follow_the_frames_and_corrupt_frames_are_skipped() {
     )
     .unwrap();
     let bundle = write_bundle(&tmp.path().join("bundle"), 0.5);
-    let cfg = config(tmp.path(), "");
+    // Two inference workers whatever this machine has: decisions, snapshots and counts must
+    // be those of one frame at a time.
+    let cfg = config(tmp.path(), "[model]\nthreads = 2\n");
     let snaps = tmp.path().join("snaps");
     let out = run_edge(&run_args(
         &cfg,

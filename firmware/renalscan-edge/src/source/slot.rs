@@ -42,6 +42,8 @@ struct Inner {
     latest: Option<Frame>,
     spare: Vec<Frame>,
     closed: bool,
+    /// Someone else (an inference worker) has news for the consumer: `take` returns.
+    woken: bool,
 }
 
 /// The hand-over slot.
@@ -53,8 +55,9 @@ pub struct Slot {
     dropped: AtomicU64,
 }
 
-/// Frames in circulation: one being captured, one waiting, one being processed.
-const POOL: usize = 3;
+/// Frame buffers kept for reuse: one being captured, one waiting, and those in the pipeline
+/// (one per inference worker, up to 8 workers; beyond that, buffers are allocated).
+const POOL: usize = 10;
 
 impl Slot {
     pub fn new() -> Self {
@@ -119,7 +122,7 @@ impl Slot {
                 return Some(f);
             }
             let now = Instant::now();
-            if g.closed || now >= deadline {
+            if std::mem::take(&mut g.woken) || g.closed || now >= deadline {
                 return None;
             }
             g = self
@@ -128,6 +131,13 @@ impl Slot {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Ends a [`Slot::take`] that is waiting (or the next one) without a frame: an inference
+    /// worker finished, and the consumer has decisions to deliver.
+    pub fn wake(&self) {
+        self.lock().woken = true;
+        self.ready.notify_all();
     }
 
     /// Returns a processed frame's buffers to the pool.
