@@ -2,7 +2,8 @@
 """onnxruntime yardstick for `renalscan bench-int8` (and a stand-in int8 file for development).
 
 Times onnxruntime fp32 and int8 on the same network and the same preprocessed inputs as the
-Rust benchmark, one thread each, and prints one JSON object. The int8 model is onnxruntime's
+Rust benchmark, on --threads intra-op threads (default 1), and prints one JSON object.
+--fp32-only skips the int8 models (the thread-scaling comparison needs only fp32). The int8 model is onnxruntime's
 own: quantize_static calibrated on the given inputs, QDQ, u8 activations, s8 per-channel
 weights, reduce_range (AVX2 without VNNI saturates u8 x s8 pair sums otherwise). With --int8
 it also runs our QOperator file in onnxruntime.
@@ -45,9 +46,12 @@ class Reader(CalibrationDataReader):
         return next(self.it, None)
 
 
+THREADS = 1
+
+
 def session(path):
     so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
+    so.intra_op_num_threads = THREADS
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
@@ -86,10 +90,14 @@ def main():
     ap.add_argument("--inputs", required=True, help="raw f32 inputs, N x 3 x H x W")
     ap.add_argument("--side", type=int, default=224)
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads of every session")
+    ap.add_argument("--fp32-only", action="store_true", help="time the float model only")
     ap.add_argument("--int8", help="our QOperator int8 file, also timed in onnxruntime")
     ap.add_argument("--workdir", help="where onnxruntime's int8 file goes (default: a temp dir)")
     ap.add_argument("--make-qoperator", metavar="OUT", help="only write a contract-form QOperator file")
     a = ap.parse_args()
+    global THREADS
+    THREADS = max(1, a.threads)
 
     images = np.fromfile(a.inputs, dtype="<f4").reshape(-1, 3, a.side, a.side)
     name = input_name(a.float)
@@ -103,6 +111,13 @@ def main():
         print(json.dumps({"wrote": a.make_qoperator, "calibration_images": len(images)}))
         return
 
+    if a.fp32_only:
+        res = {"onnxruntime": ort.__version__, "threads": THREADS, "images": len(images)}
+        res["fp32"], p_fp32 = timed(a.float, images, a.runs)
+        res["probs_fp32"] = p_fp32.tolist()
+        print(json.dumps(res))
+        return
+
     workdir = a.workdir or tempfile.mkdtemp(prefix="ort-bench-")
     ort_int8 = os.path.join(workdir, "ort-int8-qdq-u8s8-reduce-range.onnx")
     if not os.path.exists(ort_int8):
@@ -111,7 +126,7 @@ def main():
             quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
         )
-    res = {"onnxruntime": ort.__version__, "threads": 1, "images": len(images)}
+    res = {"onnxruntime": ort.__version__, "threads": THREADS, "images": len(images)}
     res["fp32"], p_fp32 = timed(a.float, images, a.runs)
     res["int8_ort"], p = timed(ort_int8, images, a.runs)
     res["int8_ort"]["form"] = "QDQ, u8 activations, s8 per-channel weights, reduce_range"

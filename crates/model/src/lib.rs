@@ -63,13 +63,21 @@ pub enum ModelError {
     Int8(#[from] int8::Int8Error),
 }
 
-/// Time spent getting a model ready, for logs and benchmarks.
+/// Time spent getting a model ready, for logs and benchmarks: where a start-up goes.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadTimings {
     /// Reading and parsing the ONNX file.
     pub parse: Duration,
-    /// Type inference, decluttering, optimisation and planning.
+    /// Type inference, decluttering, optimisation and planning (the next four together).
     pub optimise: Duration,
+    /// Type and shape inference for the fixed input shape.
+    pub typing: Duration,
+    /// tract's declutter passes (folding, simplification).
+    pub declutter: Duration,
+    /// Kernel selection and weight packing.
+    pub codegen: Duration,
+    /// Execution order and memory plan.
+    pub plan: Duration,
 }
 
 /// One named output tensor.
@@ -206,8 +214,15 @@ impl Network {
         };
         let typed = model
             .with_input_fact(0, f32::fact(input_shape).into())
-            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_typed())
             .map_err(shape_err)?;
+        let typing = t1.elapsed();
+        let t = Instant::now();
+        let mut typed = typed.into_decluttered().map_err(shape_err)?;
+        let declutter = t.elapsed();
+        let t = Instant::now();
+        typed.optimize().map_err(shape_err)?;
+        let codegen = t.elapsed();
         let output_names = typed
             .output_outlets()
             .map_err(shape_err)?
@@ -220,16 +235,27 @@ impl Network {
             })
             .collect();
         let plan_summary = int8::plan_summary(&typed);
+        let t = Instant::now();
         let plan = typed.into_runnable().map_err(shape_err)?;
         let timings = LoadTimings {
             parse,
             optimise: t1.elapsed(),
+            typing,
+            declutter,
+            codegen,
+            plan: t.elapsed(),
         };
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         log::info!(
-            "loaded {} (parse {:.0} ms, optimise {:.0} ms)",
+            "loaded {} (parse {:.0} ms, optimise {:.0} ms: typing {:.0}, declutter {:.0}, \
+             codegen {:.0}, plan {:.0})",
             path.display(),
-            timings.parse.as_secs_f64() * 1e3,
-            timings.optimise.as_secs_f64() * 1e3
+            ms(timings.parse),
+            ms(timings.optimise),
+            ms(typing),
+            ms(declutter),
+            ms(codegen),
+            ms(timings.plan),
         );
         Ok((
             Self {

@@ -464,13 +464,21 @@ fn cmd_selftest(a: SelftestArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = load_config(a.config.as_deref())?;
     apply_model(&mut cfg, &a.model);
     let mut classifier = open_model(&cfg)?;
-    let r = crate::selftest::run(&mut classifier, a.runs)?;
+    let mut r = crate::selftest::run(&mut classifier, a.runs)?;
+    let (workers, intra) = cfg.model.layout();
+    r.inference = format!(
+        "{} core(s), model.parallelism = {:?}: {workers} inference worker(s) x {intra} \
+         intra-op thread(s) (the timings below are one inference)",
+        cfg.model.cores(),
+        cfg.model.parallelism
+    );
     let failed: Vec<&crate::selftest::CaseResult> = r.references.iter().filter(|c| !c.ok).collect();
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!("model       {} ({})", r.model, r.trust);
         println!("cpu         {}", r.cpu);
+        println!("inference   {}", r.inference);
         if let Some(f) = &r.form {
             println!("form        {f}");
         }

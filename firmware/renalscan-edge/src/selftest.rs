@@ -178,6 +178,9 @@ pub struct SelftestReport {
     pub cpu: String,
     /// Which form of an int8 model runs, why, and the kernels tract picked.
     pub form: Option<String>,
+    /// How inference uses the cores (`model.threads`, `model.parallelism`); set by the
+    /// caller, which knows the configuration.
+    pub inference: String,
 }
 
 fn median(mut v: Vec<Duration>) -> f32 {
@@ -262,5 +265,6 @@ pub fn run(classifier: &mut Classifier, runs: usize) -> anyhow::Result<SelftestR
         references,
         cpu: format!("{} {}", std::env::consts::ARCH, cpu_features().join(" ")),
         form: info.form.clone(),
+        inference: format!("{} intra-op thread(s)", classifier.intra_op_threads()),
     })
 }

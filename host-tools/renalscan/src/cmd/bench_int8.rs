@@ -62,6 +62,10 @@ pub struct Args {
     /// format scripts/ort_bench.py reads, to rerun or recalibrate without this command.
     #[arg(long)]
     pub save_inputs: Option<PathBuf>,
+    /// Intra-op threads of every tract network and onnxruntime session timed here (the
+    /// device's own use of several cores is measured by `renalscan-edge bench --threads`).
+    #[arg(value_parser = argrange::usize_in(1, 256), long, default_value_t = 1)]
+    pub threads: usize,
     /// Write all figures as JSON here too.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -107,10 +111,11 @@ fn ms(d: Duration) -> f64 {
 
 /// Loads `path` in `form`, returning the network and the wall time of read + rewrite +
 /// optimise.
-fn load(path: &Path, form: Form) -> Result<(Network, f64)> {
+fn load(path: &Path, form: Form, threads: usize) -> Result<(Network, f64)> {
     let t = Instant::now();
     let opts = LoadOptions {
         form,
+        threads,
         ..LoadOptions::default()
     };
     let net = Network::load_with(path, &SHAPE, &opts)
@@ -307,6 +312,8 @@ fn onnxruntime(args: &Args, frames: &[Vec<f32>]) -> Result<Option<serde_json::Va
         .arg(&inputs)
         .arg("--runs")
         .arg(args.runs.to_string())
+        .arg("--threads")
+        .arg(args.threads.to_string())
         .arg("--workdir")
         .arg(work.path())
         .output()
@@ -352,13 +359,13 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     println!("\nload (read + rewrite + parse + optimise), wall:");
-    let (fp32, fp32_load) = load(&args.float, Form::Auto)?;
+    let (fp32, fp32_load) = load(&args.float, Form::Auto, args.threads)?;
     println!("  tract fp32 model        {fp32_load:8.0} ms");
-    let (float_form, float_load) = load(&args.int8, Form::Float)?;
+    let (float_form, float_load) = load(&args.int8, Form::Float, args.threads)?;
     println!("  int8 file, float form   {float_load:8.0} ms");
-    let (integer, integer_load) = load(&args.int8, Form::Integer)?;
+    let (integer, integer_load) = load(&args.int8, Form::Integer, args.threads)?;
     println!("  int8 file, integer form {integer_load:8.0} ms");
-    let (auto, auto_load) = load(&args.int8, Form::Auto)?;
+    let (auto, auto_load) = load(&args.int8, Form::Auto, args.threads)?;
     let auto_report = auto.form_report().cloned();
     println!("  int8 file, auto         {auto_load:8.0} ms");
     if let Some(r) = &auto_report {
@@ -379,7 +386,10 @@ pub fn run(args: Args) -> Result<()> {
                 b.model_bytes(),
                 &b.model_origin(),
                 &SHAPE,
-                &LoadOptions::default(),
+                &LoadOptions {
+                    threads: args.threads,
+                    ..LoadOptions::default()
+                },
             )?;
             let total = ms(t.elapsed());
             println!(
@@ -399,7 +409,10 @@ pub fn run(args: Args) -> Result<()> {
         }
     };
 
-    println!("\nlatency, batch 1, one thread, input 0:");
+    println!(
+        "\nlatency, batch 1, {} intra-op thread(s), input 0:",
+        args.threads
+    );
     let fp32_t = time_runs(&fp32, &frames[0], args.runs)?;
     println!("  tract fp32              {}", fp32_t.line());
     let auto_t = time_runs(&auto, &frames[0], args.runs)?;

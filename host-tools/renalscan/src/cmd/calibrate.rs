@@ -45,8 +45,8 @@ pub struct Args {
     /// Fewest abnormal images accepted: the threshold needs them.
     #[arg(value_parser = argrange::usize_in(1, 10_000_000), long, default_value_t = 30)]
     pub min_abnormal: usize,
-    /// Inference threads.
-    #[arg(value_parser = argrange::usize_in(1, 256), long, default_value_t = 2)]
+    /// Inference threads [default: the cores this process may use].
+    #[arg(value_parser = argrange::usize_in(1, 256), long, default_value_t = super::cores(), hide_default_value = true)]
     pub threads: usize,
 }
 

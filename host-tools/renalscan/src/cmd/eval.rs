@@ -34,8 +34,8 @@ pub struct Args {
     /// Override the manifest's operating threshold on p(abnormal).
     #[arg(value_parser = argrange::f64_in(0.0, 1.0), long)]
     pub threshold: Option<f64>,
-    /// Inference threads (one tract model each).
-    #[arg(value_parser = argrange::usize_in(1, 256), long, default_value_t = 2)]
+    /// Inference threads (one tract model each) [default: the cores this process may use].
+    #[arg(value_parser = argrange::usize_in(1, 256), long, default_value_t = super::cores(), hide_default_value = true)]
     pub threads: usize,
     /// Percentage of unreadable images tolerated (skipped) before failing.
     #[arg(value_parser = argrange::f64_in(0.0, 100.0), long, default_value_t = 5.0)]

@@ -212,10 +212,14 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
         .as_deref()
         .context("--sweeps needs --trusted-keys: the device only runs signed bundles")?;
     let sweeps = discover(dir)?;
-    let cfg = match &args.edge_config {
+    let mut cfg = match &args.edge_config {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
+    // The cores go to sweeps side by side (`--threads`), one single-threaded pipeline each:
+    // inference workers inside each would only oversubscribe them. Decisions are the same
+    // either way (the pipeline keeps frame order).
+    cfg.model.threads = Some(1);
     // One model per worker; sweeps are handed out in order and the rows put back in order.
     let workers = args.threads.clamp(1, sweeps.len());
     let mut replays = Vec::with_capacity(workers);

@@ -15,3 +15,9 @@ pub mod release;
 pub mod synth;
 pub mod train;
 pub mod weights;
+
+/// The cores this process may use (its CPU affinity and cgroup quota): the default of every
+/// `--threads`, so a tool uses the cores it is given, no more.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

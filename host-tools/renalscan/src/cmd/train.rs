@@ -77,8 +77,9 @@ pub struct Args {
     /// Fraction of each class's patients held out for `renalscan eval`.
     #[arg(value_parser = argrange::f64_in(0.01, 0.9), long, default_value_t = 0.15)]
     pub test_fraction: f64,
-    /// Feature-extraction threads (one tract model each).
-    #[arg(value_parser = argrange::usize_in(1, 256), long, default_value_t = 2)]
+    /// Feature-extraction threads (one tract model each) [default: the cores this process may
+    /// use].
+    #[arg(value_parser = argrange::usize_in(1, 256), long, default_value_t = super::cores(), hide_default_value = true)]
     pub threads: usize,
     /// Feature cache directory.
     #[arg(long, default_value = "models/cache/features")]
