@@ -141,6 +141,51 @@ pub struct Manifest {
     /// older one, or to run another product's bundle, unless told to on the record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<Release>,
+    /// How closely other execution forms of this model agree with its fp32 execution,
+    /// measured when the bundle was made (`renalscan bundle --half-agreement N`). A cart's
+    /// loader considers such a form only when its agreement is recorded here and proven
+    /// ([`FormAgreement::proven`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub form_agreement: Vec<FormAgreement>,
+}
+
+/// `[[form_agreement]]`: one execution form of the model against fp32 on fresh images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FormAgreement {
+    /// The form: `half` (f16 weights, activations and accumulation).
+    pub form: String,
+    /// Images compared: fresh phantom frames, never used in training, through the device's
+    /// own stages.
+    pub images: u32,
+    /// Images with the same decision (abnormal or not at the operating threshold) in both.
+    pub same_decision: u32,
+    /// Largest |p(abnormal) difference| over the images.
+    pub max_dp: f64,
+    /// What executed the form for the measurement (kernels and CPU).
+    pub measured_with: String,
+}
+
+impl FormAgreement {
+    /// The half form's name in `[[form_agreement]]`.
+    pub const HALF: &'static str = "half";
+    /// Fewest images that can prove agreement.
+    pub const MIN_IMAGES: u32 = 200;
+    /// Least fraction of same decisions that proves it.
+    pub const MIN_FRACTION: f64 = 0.995;
+
+    /// Fraction of images with the same decision.
+    pub fn fraction(&self) -> f64 {
+        if self.images == 0 {
+            0.0
+        } else {
+            f64::from(self.same_decision) / f64::from(self.images)
+        }
+    }
+
+    /// Enough images, and enough of them decided the same.
+    pub fn proven(&self) -> bool {
+        self.images >= Self::MIN_IMAGES && self.fraction() >= Self::MIN_FRACTION
+    }
 }
 
 /// The product line this code screens for. A bundle names the product it was trained and
@@ -674,6 +719,13 @@ impl Manifest {
         Taxonomy::from_labels(&self.labels)
     }
 
+    /// The recorded agreement of the half (f16) form, when it proves agreement with fp32.
+    pub fn half_proven(&self) -> Option<&FormAgreement> {
+        self.form_agreement
+            .iter()
+            .find(|a| a.form == FormAgreement::HALF && a.proven())
+    }
+
     /// True when every field a device needs is present (see [`REQUIRED_FIELDS`]).
     pub fn is_complete(&self) -> bool {
         self.training.data.is_some()
@@ -700,6 +752,17 @@ impl Manifest {
                     "[[selftest]] {:?}: class {:?} must be one of the labels, p_abnormal {} a \
                      probability and tolerance {} in (0, 1]",
                     case.file, case.class, case.p_abnormal, case.tolerance
+                )));
+            }
+        }
+        for a in &self.form_agreement {
+            if a.form != FormAgreement::HALF
+                || a.same_decision > a.images
+                || !(0.0..=1.0).contains(&a.max_dp)
+            {
+                return Err(err(format!(
+                    "[[form_agreement]] form {:?}: the form must be \"half\", same_decision                      ({}) at most images ({}) and max_dp ({}) in [0, 1]",
+                    a.form, a.same_decision, a.images, a.max_dp
                 )));
             }
         }
@@ -886,6 +949,35 @@ mod tests {
         let mut same = p;
         apply_temperature(&mut same, 1.0);
         assert_eq!(same, p);
+    }
+
+    /// A form's agreement counts only with enough images and enough same decisions, and a
+    /// record that cannot be true is refused at parse.
+    #[test]
+    fn form_agreement_needs_200_images_and_995_per_mille() {
+        let rec = |images, same| {
+            format!(
+                "{}\n[[form_agreement]]\nform = \"half\"\nimages = {images}\nsame_decision = \
+                 {same}\nmax_dp = 0.01\nmeasured_with = \"generic f16 kernels\"\n",
+                sample()
+            )
+        };
+        let m = Manifest::parse(&rec(200, 199), Path::new("m.toml")).unwrap();
+        assert!(m.half_proven().is_some());
+        let again = Manifest::parse(&m.to_toml().unwrap(), Path::new("again.toml")).unwrap();
+        assert_eq!(again.form_agreement, m.form_agreement);
+        for (images, same) in [(200, 198), (199, 199)] {
+            let m = Manifest::parse(&rec(images, same), Path::new("m.toml")).unwrap();
+            assert!(m.half_proven().is_none(), "{images} / {same}");
+        }
+        let err = Manifest::parse(&rec(200, 201), Path::new("m.toml")).unwrap_err();
+        assert!(err.to_string().contains("form_agreement"), "{err}");
+        let other = rec(200, 200).replace("form = \"half\"", "form = \"bf16\"");
+        assert!(Manifest::parse(&other, Path::new("m.toml")).is_err());
+        assert!(Manifest::parse(&sample(), Path::new("m.toml"))
+            .unwrap()
+            .half_proven()
+            .is_none());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! One int8 model file, two ways to run it: the form tract runs fastest on this CPU.
+//! One int8 model file, three ways to run it: the form tract runs fastest on this CPU.
 //!
 //! The quantizer writes ONNX in QOperator form (QuantizeLinear, QLinearConv with int8
 //! weights, DequantizeLinear; ConvInteger plus a float rescale for convs whose output stays
@@ -13,6 +13,14 @@
 //! The float form keeps the weight quantization and drops the activation quantization
 //! (QuantizeLinear and DequantizeLinear become identities), so its outputs lie between the
 //! float model's and the integer form's.
+//!
+//! The *half form* is the float form translated to f16 by tract (`f32_to_f16`, after
+//! decluttering, before kernel selection): weights, activations and matmul accumulation in
+//! f16, outputs back in f32. On ARMv8.2 with `fp16` tract runs it on its `arm64fp16_mmm_f16`
+//! kernels; elsewhere on slow generic f16 kernels (useful only to measure agreement). Auto
+//! considers it only on a CPU with f16 arithmetic and for a model whose agreement with fp32
+//! is on record ([`LoadOptions::half_proven`], from the bundle's signed
+//! `[[form_agreement]]`).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -42,6 +50,9 @@ pub enum Form {
     Integer,
     /// Weights dequantized at load, fp32 kernels.
     Float,
+    /// The float form in f16: f16 weights, activations and accumulation (ARMv8.2 fp16
+    /// kernels; elsewhere tract's generic f16 kernels, slow, for measuring agreement).
+    Half,
 }
 
 impl fmt::Display for Form {
@@ -50,6 +61,7 @@ impl fmt::Display for Form {
             Form::Auto => "auto",
             Form::Integer => "integer",
             Form::Float => "float",
+            Form::Half => "half",
         })
     }
 }
@@ -61,8 +73,9 @@ impl FromStr for Form {
             "auto" => Ok(Form::Auto),
             "integer" | "int8" | "int" => Ok(Form::Integer),
             "float" | "fp32" => Ok(Form::Float),
+            "half" | "f16" | "fp16" => Ok(Form::Half),
             other => Err(format!(
-                "unknown model form {other:?}: use auto, integer or float"
+                "unknown model form {other:?}: use auto, integer, float or half"
             )),
         }
     }
@@ -77,6 +90,8 @@ pub enum Built {
     Integer,
     /// The float form of a quantized model.
     Float,
+    /// The half (f16) form of a quantized model.
+    Half,
 }
 
 impl fmt::Display for Built {
@@ -85,7 +100,21 @@ impl fmt::Display for Built {
             Built::Plain => "plain float model",
             Built::Integer => "integer form",
             Built::Float => "float form",
+            Built::Half => "half form",
         })
+    }
+}
+
+/// Whether this CPU does f16 arithmetic that tract has matmul kernels for (ARMv8.2
+/// `asimdhp`, reported by Linux as `fp16`): only then is the half form a candidate of Auto.
+pub fn fp16_arithmetic() -> bool {
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("fp16")
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        false
     }
 }
 
@@ -110,6 +139,10 @@ pub struct LoadOptions {
     /// Intra-op threads of every inference (matmul tiles, packing, element-wise ops); 1 runs
     /// on the calling thread alone.
     pub threads: usize,
+    /// The model's signed record says its half form agrees with fp32 on decisions (see
+    /// `contract::manifest::FormAgreement`): Auto may then pick it on a CPU with f16
+    /// arithmetic. Never without that proof.
+    pub half_proven: bool,
 }
 
 impl Default for LoadOptions {
@@ -121,6 +154,7 @@ impl Default for LoadOptions {
             model_id: None,
             cam_head: None,
             threads: 1,
+            half_proven: false,
         }
     }
 }
@@ -151,6 +185,8 @@ pub struct FormReport {
     pub integer: Option<Candidate>,
     /// The float form, where it was built.
     pub float: Option<Candidate>,
+    /// The half form, where it was built.
+    pub half: Option<Candidate>,
 }
 
 impl fmt::Display for FormReport {
@@ -160,7 +196,11 @@ impl fmt::Display for FormReport {
             "{} (asked {}): {}",
             self.built, self.requested, self.reason
         )?;
-        for (name, c) in [("integer", &self.integer), ("float", &self.float)] {
+        for (name, c) in [
+            ("integer", &self.integer),
+            ("float", &self.float),
+            ("half", &self.half),
+        ] {
             if let Some(c) = c {
                 write!(f, "; {name}: build {:.0} ms", ms(c.build))?;
                 if let Some(r) = c.first_run {
@@ -943,10 +983,15 @@ pub(crate) fn file_identity(path: &Path) -> Option<String> {
     Some(format!("{}|{}|{mtime}", path.display(), meta.len()))
 }
 
-/// What identifies a timed decision: the model, the architecture and the int8 kernel tract
-/// picks here.
-fn decision_key(model: &str, kernel: &str) -> String {
-    format!("{model}|{}|{kernel}", std::env::consts::ARCH)
+/// What identifies a timed decision: the model, the architecture, the int8 kernel tract
+/// picks here and whether the half form was a candidate.
+fn decision_key(model: &str, kernel: &str, half: bool) -> String {
+    let key = format!("{model}|{}|{kernel}", std::env::consts::ARCH);
+    if half {
+        key + "|fp16"
+    } else {
+        key
+    }
 }
 
 /// A remembered Auto decision: the form and the two first-run timings (ms) behind it.
@@ -954,22 +999,28 @@ fn decision_key(model: &str, kernel: &str) -> String {
 struct CachedDecision {
     key: String,
     built: Built,
+    /// NaN where that form was not timed.
     integer_ms: f64,
     float_ms: f64,
+    half_ms: Option<f64>,
 }
 
 impl CachedDecision {
     fn to_text(&self) -> String {
-        let form = if self.built == Built::Integer {
-            "integer"
-        } else {
-            "float"
+        let form = match self.built {
+            Built::Integer => "integer",
+            Built::Half => "half",
+            _ => "float",
         };
-        format!(
+        let mut t = format!(
             "# renalscan int8 form decision (delete to re-time)\nkey={}\nform={form}\n\
              integer_ms={:.1}\nfloat_ms={:.1}\n",
             self.key, self.integer_ms, self.float_ms
-        )
+        );
+        if let Some(h) = self.half_ms {
+            t.push_str(&format!("half_ms={h:.1}\n"));
+        }
+        t
     }
 
     fn parse(text: &str) -> Option<Self> {
@@ -983,10 +1034,12 @@ impl CachedDecision {
             built: match get("form")?.as_str() {
                 "integer" => Built::Integer,
                 "float" => Built::Float,
+                "half" => Built::Half,
                 _ => return None,
             },
             integer_ms: get("integer_ms")?.parse().ok()?,
             float_ms: get("float_ms")?.parse().ok()?,
+            half_ms: get("half_ms").and_then(|v| v.parse().ok()),
         })
     }
 
@@ -1038,22 +1091,24 @@ pub(crate) struct BuiltNet {
     pub candidate: Candidate,
 }
 
+/// Builds `form` of the model: the file as is (plain, integer), or rewritten to the float
+/// form, optionally translated to f16 (half).
 fn build(
     proto: &ModelProto,
     origin: &Origin,
     shape: &[usize],
-    rewrite: bool,
+    form: Built,
     read: Duration,
 ) -> Result<BuiltNet, crate::ModelError> {
     let t0 = Instant::now();
     let rewritten;
-    let proto = if rewrite {
+    let proto = if matches!(form, Built::Float | Built::Half) {
         rewritten = float_form(proto, origin.path)?;
         &rewritten
     } else {
         proto
     };
-    let (net, plan) = crate::Network::from_proto(proto, origin, shape, read)?;
+    let (net, plan) = crate::Network::from_proto(proto, origin, shape, read, form == Built::Half)?;
     Ok(BuiltNet {
         net,
         candidate: Candidate {
@@ -1078,6 +1133,31 @@ struct Choice {
     reason: String,
     integer: Option<Candidate>,
     float: Option<Candidate>,
+    half: Option<Candidate>,
+}
+
+impl Choice {
+    /// One built form, the only candidate.
+    fn one(b: BuiltNet, built: Built, reason: String) -> Self {
+        let mut c = Choice {
+            net: b.net,
+            built,
+            reason,
+            integer: None,
+            float: None,
+            half: None,
+        };
+        *c.slot(built) = Some(b.candidate);
+        c
+    }
+
+    fn slot(&mut self, built: Built) -> &mut Option<Candidate> {
+        match built {
+            Built::Integer => &mut self.integer,
+            Built::Half => &mut self.half,
+            Built::Float | Built::Plain => &mut self.float,
+        }
+    }
 }
 
 /// Loads model bytes for `shape` in the form `opts` asks for (see
@@ -1093,31 +1173,24 @@ pub(crate) fn load(
         crate::cam::HeadWeights::from_proto(&proto, origin.path, output).map_err(|e| e.to_string())
     });
     let qconvs = qlinear_conv_count(&proto);
-    let one = |built, rewrite, reason: &str| -> Result<Choice, crate::ModelError> {
-        let b = build(&proto, origin, shape, rewrite, read)?;
-        let (integer, float) = match built {
-            Built::Integer => (Some(b.candidate), None),
-            Built::Float => (None, Some(b.candidate)),
-            Built::Plain => (None, None),
-        };
-        Ok(Choice {
-            net: b.net,
-            built,
-            reason: reason.to_string(),
-            integer,
-            float,
-        })
+    let one = |built: Built, reason: &str| -> Result<Choice, crate::ModelError> {
+        let b = build(&proto, origin, shape, built, read)?;
+        let mut c = Choice::one(b, built, reason.to_string());
+        if built == Built::Plain {
+            c.float = None;
+        }
+        Ok(c)
     };
     let choice = if qconvs == 0 {
         one(
             Built::Plain,
-            false,
             "no QLinearConv or ConvInteger in the file: a float model",
         )?
     } else {
         match opts.form {
-            Form::Integer => one(Built::Integer, false, "asked for")?,
-            Form::Float => one(Built::Float, true, "asked for")?,
+            Form::Integer => one(Built::Integer, "asked for")?,
+            Form::Float => one(Built::Float, "asked for")?,
+            Form::Half => one(Built::Half, "asked for")?,
             Form::Auto => auto(&proto, origin, shape, read, opts)?,
         }
     };
@@ -1128,6 +1201,7 @@ pub(crate) fn load(
         qlinear_convs: qconvs,
         integer: choice.integer,
         float: choice.float,
+        half: choice.half,
     };
     log::info!("{}: {report}", origin.path.display());
     let mut net = choice.net;
@@ -1137,8 +1211,10 @@ pub(crate) fn load(
     Ok(net)
 }
 
-/// Auto: float where tract's integer kernel here is known to be slow; otherwise the faster
-/// of both forms on one run each, or the remembered result of that timing.
+/// Auto: the candidates this CPU and this model allow (float always; integer unless tract's
+/// integer kernel here is known to be slow; half on a CPU with f16 arithmetic when the model
+/// proves its agreement), the fastest on one run each, or the remembered result of that
+/// timing.
 fn auto(
     proto: &ModelProto,
     origin: &Origin,
@@ -1146,88 +1222,127 @@ fn auto(
     read: Duration,
     opts: &LoadOptions,
 ) -> Result<Choice, crate::ModelError> {
-    let why = match integer_outlook() {
-        Outlook::KnownSlow(why) if !opts.time_known_slow => {
-            let float = build(proto, origin, shape, true, read)?;
-            return Ok(Choice {
-                net: float.net,
-                built: Built::Float,
-                reason: format!("{why}; integer form not built"),
-                integer: None,
-                float: Some(float.candidate),
-            });
+    let mut candidates = vec![Built::Float];
+    let mut why = Vec::new();
+    match integer_outlook() {
+        Outlook::KnownSlow(w) if !opts.time_known_slow => {
+            why.push(format!("{w}; integer form not built"));
         }
-        Outlook::KnownSlow(why) | Outlook::Measure(why) => why,
-    };
-    let key = native_int8_kernel()
-        .zip(origin.identity.as_deref())
-        .map(|(k, id)| decision_key(id, &k));
+        Outlook::KnownSlow(w) | Outlook::Measure(w) => {
+            why.push(w);
+            candidates.push(Built::Integer);
+        }
+    }
+    if !fp16_arithmetic() {
+        why.push("no f16 arithmetic on this CPU: half form not built".into());
+    } else if !opts.half_proven {
+        why.push(
+            "f16 arithmetic here, but the model does not record the half form's agreement \
+             with fp32: half form not built"
+                .into(),
+        );
+    } else {
+        why.push("f16 arithmetic here and the half form's agreement is recorded".into());
+        candidates.push(Built::Half);
+    }
+    let why = why.join("; ");
+    if candidates.len() == 1 {
+        let b = build(proto, origin, shape, Built::Float, read)?;
+        return Ok(Choice::one(b, Built::Float, why));
+    }
+    let half = candidates.contains(&Built::Half);
+    let key = origin
+        .identity
+        .as_deref()
+        .map(|id| decision_key(id, native_int8_kernel().as_deref().unwrap_or("none"), half));
     let cache = opts.decision_cache.as_deref().zip(key);
     if let Some(d) = cache
         .as_ref()
         .and_then(|(file, key)| CachedDecision::read(file, key))
+        .filter(|d| candidates.contains(&d.built))
     {
-        let b = build(proto, origin, shape, d.built == Built::Float, read)?;
+        let b = build(proto, origin, shape, d.built, read)?;
         let reason = format!(
-            "{why}; remembered choice (integer {:.0} ms, float {:.0} ms when timed; delete {} \
+            "{why}; remembered choice (integer {:.0} ms, float {:.0} ms{} when timed; delete {} \
              to re-time)",
             d.integer_ms,
             d.float_ms,
+            d.half_ms
+                .map(|h| format!(", half {h:.0} ms"))
+                .unwrap_or_default(),
             opts.decision_cache
                 .as_deref()
                 .map(Path::display)
                 .map(|p| p.to_string())
                 .unwrap_or_default()
         );
-        let (integer, float) = if d.built == Built::Integer {
-            (Some(b.candidate), None)
-        } else {
-            (None, Some(b.candidate))
-        };
-        return Ok(Choice {
-            net: b.net,
-            built: d.built,
-            reason,
-            integer,
-            float,
-        });
+        return Ok(Choice::one(b, d.built, reason));
     }
-    let mut float = build(proto, origin, shape, true, read)?;
-    let mut int = build(proto, origin, shape, false, read)?;
-    // One run each: the first run pays allocation and packing, equally for both, and is what
+    // One run each: the first run pays allocation and packing, equally for all, and is what
     // a start-up can afford.
-    let tf = time_one_run(&float.net)?;
-    let ti = time_one_run(&int.net)?;
-    float.candidate.first_run = Some(tf);
-    int.candidate.first_run = Some(ti);
-    let built = if ti < tf {
-        Built::Integer
-    } else {
-        Built::Float
+    let mut built = Vec::new();
+    for &form in &candidates {
+        let mut b = build(proto, origin, shape, form, read)?;
+        let t = time_one_run(&b.net)?;
+        b.candidate.first_run = Some(t);
+        built.push((form, t, b));
+    }
+    let best = built
+        .iter()
+        .min_by_key(|(_, t, _)| *t)
+        .map(|(f, _, _)| *f)
+        .unwrap_or(Built::Float);
+    let time_of = |f: Built| {
+        built
+            .iter()
+            .find(|(g, _, _)| *g == f)
+            .map(|(_, t, _)| ms(*t))
     };
+    let (ti, tf, th) = (
+        time_of(Built::Integer),
+        time_of(Built::Float),
+        time_of(Built::Half),
+    );
     if let Some((file, key)) = cache {
         CachedDecision {
             key,
-            built,
-            integer_ms: ms(ti),
-            float_ms: ms(tf),
+            built: best,
+            integer_ms: ti.unwrap_or(f64::NAN),
+            float_ms: tf.unwrap_or(f64::NAN),
+            half_ms: th,
         }
         .write(file);
     }
+    let timed: Vec<String> = built
+        .iter()
+        .map(|(f, t, _)| {
+            format!(
+                "{} {:.0} ms",
+                f.to_string().trim_end_matches(" form"),
+                ms(*t)
+            )
+        })
+        .collect();
+    let reason = format!("{why}; timed one run each: {}", timed.join(", "));
+    let (mut integer, mut float, mut half, mut net) = (None, None, None, None);
+    for (form, _, b) in built {
+        if form == best {
+            net = Some(b.net);
+        }
+        match form {
+            Built::Integer => integer = Some(b.candidate),
+            Built::Half => half = Some(b.candidate),
+            Built::Float | Built::Plain => float = Some(b.candidate),
+        }
+    }
+    let net = net.ok_or_else(|| crate::ModelError::Run("no candidate form was built".into()))?;
     Ok(Choice {
-        net: if built == Built::Integer {
-            int.net
-        } else {
-            float.net
-        },
-        built,
-        reason: format!(
-            "{why}; timed one run each: integer {:.0} ms, float {:.0} ms",
-            ms(ti),
-            ms(tf)
-        ),
-        integer: Some(int.candidate),
-        float: Some(float.candidate),
+        net,
+        built: best,
+        reason,
+        integer,
+        float,
+        half,
     })
 }
 
@@ -1242,6 +1357,7 @@ mod tests {
             built: Built::Integer,
             integer_ms: 101.5,
             float_ms: 140.25,
+            half_ms: None,
         };
         let back = CachedDecision::parse(&d.to_text()).expect("parses");
         assert_eq!(back.key, d.key);

@@ -108,6 +108,8 @@ pub struct Network {
     /// Inference states kept between runs (one per caller running at the same time), so
     /// a frame does not pay for setting one up.
     states: std::sync::Mutex<Vec<TypedSimpleState>>,
+    /// The plan computes in f16: its input is cast from f32.
+    half: bool,
 }
 
 /// Where an inference's time goes, per kind of op (`Network::profile`).
@@ -184,6 +186,7 @@ impl Network {
         origin: &int8::Origin,
         input_shape: &[usize],
         read: Duration,
+        half: bool,
     ) -> Result<(Self, int8::PlanSummary), ModelError> {
         let t0 = Instant::now();
         let path = origin.path;
@@ -219,6 +222,14 @@ impl Network {
         let typing = t1.elapsed();
         let t = Instant::now();
         let mut typed = typed.into_decluttered().map_err(shape_err)?;
+        if half {
+            // Every float op in f16, before kernel selection so tract picks f16 kernels; the
+            // input becomes f16 (cast in `run`), the outputs stay f32.
+            let f16 = tract_onnx::tract_core::transform::get_transform("f32_to_f16")
+                .map_err(shape_err)?
+                .ok_or_else(|| ModelError::Run("tract lacks the f32_to_f16 transform".into()))?;
+            f16.transform(&mut typed).map_err(shape_err)?;
+        }
         let declutter = t.elapsed();
         let t = Instant::now();
         typed.optimize().map_err(shape_err)?;
@@ -268,6 +279,7 @@ impl Network {
                 executor: None,
                 threads: 1,
                 states: Default::default(),
+                half,
             },
             plan_summary,
         ))
@@ -326,9 +338,15 @@ impl Network {
             TVec<TValue>,
         ) -> TractResult<TVec<TValue>>,
     {
-        let tensor =
-            tract_ndarray::ArrayD::from_shape_vec(self.input_shape.clone(), input.to_vec())
-                .map_err(|e| ModelError::Run(e.to_string()))?;
+        let array = tract_ndarray::ArrayD::from_shape_vec(self.input_shape.clone(), input.to_vec())
+            .map_err(|e| ModelError::Run(e.to_string()))?;
+        let mut tensor = Tensor::from(array);
+        if self.half {
+            tensor = tensor
+                .cast_to::<f16>()
+                .map_err(|e| ModelError::Run(format!("{e:#}")))?
+                .into_owned();
+        }
         let kept = self.states.lock().ok().and_then(|mut s| s.pop());
         let mut state = match kept {
             Some(s) => s,
@@ -337,7 +355,7 @@ impl Network {
                 .spawn()
                 .map_err(|e| ModelError::Run(format!("{e:#}")))?,
         };
-        let run = || state.run_plan_with_eval(tvec!(Tensor::from(tensor).into()), eval);
+        let run = || state.run_plan_with_eval(tvec!(tensor.into()), eval);
         let outputs = match &self.executor {
             Some(pool) => multithread_tract_scope(pool.clone(), run),
             None => run(),
@@ -397,9 +415,11 @@ impl Network {
             .iter()
             .zip(&self.output_names)
             .map(|(v, name)| {
-                let view = v
-                    .to_plain_array_view::<f32>()
-                    .map_err(|e| ModelError::Run(format!("output {name}: {e:#}")))?;
+                let err = |e: TractError| ModelError::Run(format!("output {name}: {e:#}"));
+                // A half plan's outputs are cast back to f32 by tract; any other float is
+                // converted here rather than refused.
+                let v = v.cast_to::<f32>().map_err(err)?;
+                let view = v.to_plain_array_view::<f32>().map_err(err)?;
                 Ok(Output {
                     name: name.clone(),
                     shape: view.shape().to_vec(),

@@ -377,10 +377,11 @@ fn form_names_parse_for_config_files() {
     assert_eq!("auto".parse::<Form>(), Ok(Form::Auto));
     assert_eq!("Integer".parse::<Form>(), Ok(Form::Integer));
     assert_eq!("fp32".parse::<Form>(), Ok(Form::Float));
+    assert_eq!("half".parse::<Form>(), Ok(Form::Half));
     assert!("fast"
         .parse::<Form>()
         .unwrap_err()
-        .contains("auto, integer or float"));
+        .contains("auto, integer, float or half"));
 }
 
 /// The real ResNet-50 pair, when named with an input they were calibrated for: every one of
@@ -436,4 +437,48 @@ fn real_resnet50_int8_file() {
     assert_eq!(top(&p_int), top(&p_ref), "integer form changes the class");
     assert_eq!(top(&p_fl), top(&p_ref), "float form changes the class");
     assert!(dp_i <= 0.1 && dp_f <= 0.1, "{dp_i} {dp_f}");
+}
+
+/// The half form computes in f16 and stays close to the float form of the same file. Auto
+/// builds it only for a model whose agreement with fp32 is recorded, and only on a CPU with
+/// f16 arithmetic (aarch64 `fp16`; never on x86 here).
+#[test]
+fn half_form_runs_in_f16_and_auto_needs_the_proof_and_the_cpu() {
+    let f = files();
+    let fl = load(&f.int8, Form::Float);
+    let half = load(&f.int8, Form::Half);
+    let report = half.form_report().expect("report");
+    assert_eq!(report.built, Built::Half, "{report}");
+    let (dp, df) = disagreement(&half, &fl);
+    assert!(
+        dp < 0.02 && df < 0.05,
+        "half vs float form: dp {dp}, df {df}"
+    );
+    assert!(
+        dp > 0.0 || df > 0.0,
+        "half and float forms bit-identical: not f16"
+    );
+
+    let auto = load(&f.int8, Form::Auto);
+    let r = auto.form_report().expect("report");
+    assert!(r.half.is_none() && r.built != Built::Half, "{r}");
+    let proven = Network::load_with(
+        &f.int8,
+        &INPUT_SHAPE,
+        &LoadOptions {
+            form: Form::Auto,
+            half_proven: true,
+            ..LoadOptions::default()
+        },
+    )
+    .expect("loads");
+    let r = proven.form_report().expect("report");
+    assert_eq!(
+        r.half.is_some(),
+        model::int8::fp16_arithmetic(),
+        "half built where the CPU has f16 arithmetic: {r}"
+    );
+    if r.half.is_some() {
+        assert!(r.reason.contains("half"), "{r}");
+    }
 }

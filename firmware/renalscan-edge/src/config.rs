@@ -336,6 +336,9 @@ pub enum ModelForm {
     Auto,
     Integer,
     Float,
+    /// f16 (ARMv8.2 fp16 kernels). Auto picks it only where the bundle records its
+    /// agreement with fp32 and it times fastest.
+    Half,
 }
 
 /// Where frames come from.

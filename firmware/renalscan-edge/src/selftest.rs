@@ -14,12 +14,28 @@ use usimage::{GreyFrame, Preprocessor, UsFile};
 use crate::aggregate::{Aggregator, Params, Sample};
 use crate::config::GateConfig;
 use crate::gate::{after_detection, Gate};
-use crate::infer::{Classified, Classifier};
+use crate::infer::{Classified, Classifier, Features, InferWorker};
 
 /// One reference frame through the device's own stages: decode, blank gate, scan-area
 /// detection and preprocessing, model. The signer measures the expected answers with this
 /// very function (`renalscan bundle`), the cart checks them with it.
 pub fn answer(classifier: &mut Classifier, bytes: &[u8]) -> anyhow::Result<Classified> {
+    let tensor = model_input(classifier, bytes)?;
+    classifier.classify(&tensor)
+}
+
+/// [`answer`] on an inference worker's handle (several threads on one model).
+pub fn answer_on(
+    classifier: &Classifier,
+    worker: &InferWorker,
+    bytes: &[u8],
+) -> anyhow::Result<Classified> {
+    let tensor = model_input(classifier, bytes)?;
+    worker.classify(&tensor, &mut Features::default())
+}
+
+/// Decode, blank gate, scan-area detection and preprocessing: the model input of a frame.
+fn model_input(classifier: &Classifier, bytes: &[u8]) -> anyhow::Result<Vec<f32>> {
     let file = UsFile::from_bytes(bytes)?;
     let mut frame = GreyFrame::default();
     file.frame_into(0, &mut frame)?;
@@ -34,7 +50,30 @@ pub fn answer(classifier: &mut Classifier, bytes: &[u8]) -> anyhow::Result<Class
     if let Some(r) = after_detection(&fi) {
         anyhow::bail!("the frame is gated: {}", r.name());
     }
-    classifier.classify(&tensor)
+    Ok(tensor)
+}
+
+/// `n` phantom frames for measuring agreement between execution forms: the first
+/// probe-on frame of sweeps from seeds `seed0..` (never used for training: the trainer's
+/// seeds are small), patients cycling through every class, scanners drawn from the seed,
+/// as PNG screen grabs.
+pub fn fresh_frames(n: usize, seed0: u64) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let class = Class::ALL[i % Class::ALL.len()];
+        let seed = seed0 + i as u64;
+        let mut cfg = SweepConfig::new(seed, Profile::default_profile());
+        cfg.class = Some(class);
+        let f = ProbeSweep::new(cfg)
+            .take(60)
+            .find(|f| f.state == ProbeState::Scanning)
+            .ok_or_else(|| anyhow::anyhow!("the phantom produced no scanning frame"))?;
+        let mut png = Vec::new();
+        image::DynamicImage::ImageRgb8(f.image)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+        out.push((format!("phantom-{seed}-{}", class.label()), png));
+    }
+    Ok(out)
 }
 
 /// Reference frames for a bundle's self-test: the first probe-on frame of a phantom sweep

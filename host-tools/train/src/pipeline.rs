@@ -910,5 +910,6 @@ pub fn draft_manifest(
         card: None,
         selftest: Vec::new(),
         release: None,
+        form_agreement: Vec::new(),
     })
 }

@@ -104,6 +104,14 @@ pub struct BundleArgs {
     /// Default: this renalscan's version (host and device are released together).
     #[arg(long, value_name = "SEMVER", value_parser = parse_semver)]
     pub min_runtime: Option<String>,
+    /// Measure the half (f16) form against fp32 on this many fresh phantom frames and record
+    /// it (`[[form_agreement]]`): carts with f16 arithmetic may then run that form. At least
+    /// 200 frames prove it; 0 records nothing. Slow off ARM (tract's generic f16 kernels).
+    #[arg(value_parser = argrange::usize_in(0, 100_000), long, default_value_t = 0)]
+    pub half_agreement: usize,
+    /// Threads for the agreement measurement [default: the cores this process may use].
+    #[arg(value_parser = argrange::usize_in(1, 256), long, default_value_t = super::cores(), hide_default_value = true)]
+    pub threads: usize,
 }
 
 fn parse_semver(s: &str) -> Result<String, String> {
@@ -385,6 +393,30 @@ pub fn make(args: BundleArgs) -> Result<()> {
         manifest.selftest = cases;
         frames
     };
+    manifest.form_agreement.clear();
+    if args.half_agreement > 0 {
+        anyhow::ensure!(
+            precision == Precision::Int8,
+            "--half-agreement measures the half form of an int8 bundle; this one is {}",
+            precision.as_str()
+        );
+        let a = half_agreement(&model, &manifest, &key, args.half_agreement, args.threads)?;
+        println!(
+            "half form: {} of {} fresh frames decided as fp32 decides ({:.2}%), max |dp| {:.4}; \
+             {} ({})",
+            a.same_decision,
+            a.images,
+            100.0 * a.fraction(),
+            a.max_dp,
+            if a.proven() {
+                "proven: carts with f16 arithmetic may run it"
+            } else {
+                "NOT proven: carts will not run it"
+            },
+            a.measured_with
+        );
+        manifest.form_agreement.push(a);
+    }
     let b: Bundle = assemble::write(&args.out, &model, manifest, &frames, &key)
         .with_context(|| format!("writing bundle {}", args.out.display()))?;
     for c in &b.manifest().selftest {
@@ -474,6 +506,94 @@ fn selftest_references(
     Ok((cases, frames))
 }
 
+/// The half form against the fp32 execution (float form) of the same int8 model on `n`
+/// fresh phantom frames through the device's stages: how often the decision at the
+/// operating threshold is the same, and the largest p(abnormal) difference.
+fn half_agreement(
+    model: &[u8],
+    manifest: &Manifest,
+    key: &SecretKey,
+    n: usize,
+    threads: usize,
+) -> Result<contract::manifest::FormAgreement> {
+    use renalscan_edge::config::ModelForm;
+    use renalscan_edge::infer::Classifier;
+    use renalscan_edge::selftest::{answer_on, fresh_frames};
+    let tmp = tempfile::tempdir().context("a scratch directory for the provisional bundle")?;
+    let mut draft = manifest.clone();
+    draft.selftest.clear();
+    let provisional = assemble::write(&tmp.path().join("b"), model, draft, &[], key)?;
+    let fp32 =
+        Classifier::from_bundle(provisional.clone(), ModelForm::Float, None, Instant::now())?;
+    let half = Classifier::from_bundle(provisional, ModelForm::Half, None, Instant::now())?;
+    let frames = fresh_frames(n, 0x5EED_0000)?;
+    let threshold = manifest.operating_point.threshold as f32;
+    let bar = progress::Progress::counted("half vs fp32", n as u64, "frames");
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Result<Option<(bool, f32)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads.clamp(1, n.max(1)))
+            .map(|_| {
+                let (fw, hw) = (fp32.worker(), half.worker());
+                let (frames, next, bar, fp32, half) = (&frames, &next, &bar, &fp32, &half);
+                scope.spawn(move || {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((name, png)) = frames.get(i) else {
+                            return out;
+                        };
+                        let r = (|| -> Result<Option<(bool, f32)>> {
+                            let a = match answer_on(fp32, &fw, png) {
+                                Ok(a) => a,
+                                Err(e) => {
+                                    log::warn!("{name} left out: {e:#}");
+                                    return Ok(None);
+                                }
+                            };
+                            let b = answer_on(half, &hw, png)?;
+                            Ok(Some((
+                                (a.p_abnormal >= threshold) == (b.p_abnormal >= threshold),
+                                (a.p_abnormal - b.p_abnormal).abs(),
+                            )))
+                        })();
+                        bar.inc(1);
+                        out.push(r);
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    bar.finish();
+    let mut a = contract::manifest::FormAgreement {
+        form: contract::manifest::FormAgreement::HALF.into(),
+        images: 0,
+        same_decision: 0,
+        max_dp: 0.0,
+        measured_with: format!(
+            "{}; {} {}",
+            half.info().form.clone().unwrap_or_default(),
+            std::env::consts::ARCH,
+            renalscan_edge::selftest::cpu_features().join(" ")
+        ),
+    };
+    for r in results {
+        if let Some((same, dp)) = r? {
+            a.images += 1;
+            a.same_decision += u32::from(same);
+            a.max_dp = a.max_dp.max(f64::from(dp));
+        }
+    }
+    anyhow::ensure!(
+        a.images > 0,
+        "no fresh phantom frame got through the device's gates: cannot measure the half form"
+    );
+    Ok(a)
+}
+
 pub fn verify(args: VerifyArgs) -> Result<()> {
     let keys = TrustedKeys::from_path(&args.trusted_keys)?;
     let t = Instant::now();
@@ -507,6 +627,21 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
         ),
         _ => println!("release     none: carts refuse it (rebuild with `renalscan bundle`)"),
     }
+    for a in &m.form_agreement {
+        println!(
+            "form        {}: {} of {} fresh frames decided as fp32 ({:.2}%), max |dp| {:.4}: {}",
+            a.form,
+            a.same_decision,
+            a.images,
+            100.0 * a.fraction(),
+            a.max_dp,
+            if a.proven() {
+                "proven"
+            } else {
+                "not proven (carts will not run it)"
+            }
+        );
+    }
     println!(
         "preprocess  usimage v{} (this build implements v{})\nthreshold   {:.4} on p(abnormal)\n\
          warning     {}\nverified in {ms:.0} ms (signature, manifest, sha256 of every pinned file)",
@@ -538,6 +673,8 @@ mod tests {
             no_selftest: false,
             release_counter: Some(5),
             min_runtime: None,
+            half_agreement: 0,
+            threads: 1,
         }
     }
 
