@@ -105,17 +105,12 @@ impl fmt::Display for Built {
     }
 }
 
-/// Whether this CPU does f16 arithmetic that tract has matmul kernels for (ARMv8.2
-/// `asimdhp`, reported by Linux as `fp16`): only then is the half form a candidate of Auto.
+/// Whether tract computes in f16 on this CPU (ARMv8.2 `asimdhp`, AVX512-FP16), as tract
+/// itself sees it (its `/proc/cpuinfo` probe, edited by `TRACT_CPU_ISA`): only then is the half
+/// form a candidate of Auto. Under qemu-user, which shows the host's `/proc/cpuinfo`, tract
+/// sees no fp16 unless told `TRACT_CPU_ISA=+fp16`.
 pub fn fp16_arithmetic() -> bool {
-    #[cfg(target_arch = "aarch64")]
-    {
-        std::arch::is_aarch64_feature_detected!("fp16")
-    }
-    #[cfg(not(target_arch = "aarch64"))]
-    {
-        false
-    }
+    tract_linalg::isa::native().fp16_arithmetic()
 }
 
 /// How to load a model.

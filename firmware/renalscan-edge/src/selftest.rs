@@ -55,32 +55,23 @@ fn model_input(classifier: &Classifier, bytes: &[u8]) -> anyhow::Result<Vec<f32>
 
 /// `n` phantom frames for measuring agreement between execution forms: the first
 /// probe-on frame of sweeps from seeds `seed0..` (never used for training: the trainer's
-/// seeds are small), patients cycling through every class, scanners drawn from the seed,
-/// as PNG screen grabs.
+/// seeds are small), patients cycling through every class, default scanner, as PNG screen
+/// grabs.
 pub fn fresh_frames(n: usize, seed0: u64) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let class = Class::ALL[i % Class::ALL.len()];
-        let seed = seed0 + i as u64;
-        let mut cfg = SweepConfig::new(seed, Profile::default_profile());
-        cfg.class = Some(class);
-        let f = ProbeSweep::new(cfg)
-            .take(60)
-            .find(|f| f.state == ProbeState::Scanning)
-            .ok_or_else(|| anyhow::anyhow!("the phantom produced no scanning frame"))?;
-        let mut png = Vec::new();
-        image::DynamicImage::ImageRgb8(f.image)
-            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
-        out.push((format!("phantom-{seed}-{}", class.label()), png));
-    }
-    Ok(out)
+    (0..n)
+        .map(|i| {
+            let class = Class::ALL[i % Class::ALL.len()];
+            let seed = seed0 + i as u64;
+            let png = first_scanning_png(seed, class, None)?;
+            Ok((format!("phantom-{seed}-{}", class.label()), png))
+        })
+        .collect()
 }
 
 /// Reference frames for a bundle's self-test: the first probe-on frame of a phantom sweep
 /// of each of these patients (default scanner, fixed seeds), as PNG screen grabs.
 pub fn reference_frames() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let mut out = Vec::new();
-    for (i, (class, severity)) in [
+    [
         (Class::Normal, None),
         (Class::Hydronephrosis, Some(0.8)),
         (Class::Cyst, Some(0.8)),
@@ -88,20 +79,26 @@ pub fn reference_frames() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     ]
     .into_iter()
     .enumerate()
-    {
-        let mut cfg = SweepConfig::new(100 + i as u64, Profile::default_profile());
-        cfg.class = Some(class);
-        cfg.severity = severity;
-        let f = ProbeSweep::new(cfg)
-            .take(50)
-            .find(|f| f.state == ProbeState::Scanning)
-            .ok_or_else(|| anyhow::anyhow!("the phantom produced no scanning frame"))?;
-        let mut png = Vec::new();
-        image::DynamicImage::ImageRgb8(f.image)
-            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
-        out.push((format!("selftest-{i}-phantom-{}.png", class.label()), png));
-    }
-    Ok(out)
+    .map(|(i, (class, severity))| {
+        let png = first_scanning_png(100 + i as u64, class, severity)?;
+        Ok((format!("selftest-{i}-phantom-{}.png", class.label()), png))
+    })
+    .collect()
+}
+
+/// The first frame with the probe on of a phantom sweep (default scanner), as a PNG.
+fn first_scanning_png(seed: u64, class: Class, severity: Option<f32>) -> anyhow::Result<Vec<u8>> {
+    let mut cfg = SweepConfig::new(seed, Profile::default_profile());
+    cfg.class = Some(class);
+    cfg.severity = severity;
+    let f = ProbeSweep::new(cfg)
+        .take(60)
+        .find(|f| f.state == ProbeState::Scanning)
+        .ok_or_else(|| anyhow::anyhow!("the phantom produced no scanning frame"))?;
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(f.image)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    Ok(png)
 }
 
 /// A signed reference frame and what this cart made of it.

@@ -379,27 +379,46 @@ pub fn run(args: Args) -> Result<()> {
     }
     let bundle_ms = match (&args.bundle, &args.trusted) {
         (Some(dir), Some(trusted)) => {
-            let t = Instant::now();
-            let keys = bundle::TrustedKeys::from_path(trusted)?;
-            let b = bundle::Bundle::open(dir, &keys)?;
-            let net = Network::from_bytes(
-                b.model_bytes(),
-                &b.model_origin(),
-                &SHAPE,
-                &LoadOptions {
-                    threads: args.threads,
-                    ..LoadOptions::default()
-                },
-            )?;
-            let total = ms(t.elapsed());
-            println!(
-                "  bundle load + verify + optimise ({}): {total:.0} ms (budget <= 2000 ms: {})",
-                net.form_report()
-                    .map(|r| r.built.to_string())
-                    .unwrap_or_default(),
-                if total <= 2000.0 { "ok" } else { "OVER" }
-            );
-            Some(total)
+            // As a cart starts: the first start after an update times the candidate forms
+            // and remembers the choice (`model.form_cache`); every later start builds only
+            // the remembered one.
+            let cache = tempfile::tempdir().context("a scratch directory for the form cache")?;
+            let mut starts = Vec::new();
+            for _ in 0..2 {
+                let t = Instant::now();
+                let keys = bundle::TrustedKeys::from_path(trusted)?;
+                let b = bundle::Bundle::open(dir, &keys)?;
+                let verified = ms(t.elapsed());
+                let net = Network::from_bytes(
+                    b.model_bytes(),
+                    &b.model_origin(),
+                    &SHAPE,
+                    &LoadOptions {
+                        threads: args.threads,
+                        decision_cache: Some(cache.path().join("form.toml")),
+                        model_id: Some(b.manifest().model.sha256.clone()),
+                        half_proven: b.manifest().half_proven().is_some(),
+                        ..LoadOptions::default()
+                    },
+                )?;
+                let total = ms(t.elapsed());
+                let lt = net.timings();
+                println!(
+                    "  bundle load + verify + optimise, {} start ({}): {total:.0} ms (verify \
+                     {verified:.0}, parse {:.0}, declutter {:.0}, codegen {:.0}; budget <= 400 \
+                     ms: {})",
+                    if starts.is_empty() { "first" } else { "later" },
+                    net.form_report()
+                        .map(|r| r.built.to_string())
+                        .unwrap_or_default(),
+                    ms(lt.parse),
+                    ms(lt.declutter),
+                    ms(lt.codegen),
+                    if total <= 400.0 { "ok" } else { "OVER" }
+                );
+                starts.push(total);
+            }
+            Some(starts)
         }
         _ => {
             println!(
