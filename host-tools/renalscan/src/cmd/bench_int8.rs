@@ -489,8 +489,8 @@ pub fn run(args: Args) -> Result<()> {
     let mut ort_vs_tract = None;
     if let Some(o) = &ort {
         println!(
-            "\nonnxruntime {} (one thread, same inputs):",
-            o["onnxruntime"]
+            "\nonnxruntime {} ({} thread(s), same inputs):",
+            o["onnxruntime"], o["threads"]
         );
         for (key, label) in [
             ("fp32", "fp32"),
