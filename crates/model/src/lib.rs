@@ -112,6 +112,38 @@ pub struct Network {
     half: bool,
 }
 
+/// Intra-op threads for the inferences run inside [`ThreadPool::install`] on networks that
+/// have none of their own: one pool per inference worker, so workers never wait on each
+/// other's threads. One thread means no pool at all (tract's `Executor::multithread(1)` would
+/// fall through to rayon's global pool and use every core).
+pub struct ThreadPool(Option<Executor>);
+
+impl ThreadPool {
+    /// A pool of `threads` threads (none for 1); a failed spawn is an error, not a panic.
+    pub fn new(threads: usize) -> Result<Self, ModelError> {
+        if threads <= 1 {
+            return Ok(Self(None));
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("infer-{i}"))
+            .num_threads(threads)
+            .build()
+            .map_err(|e| ModelError::Threads {
+                threads,
+                reason: e.to_string(),
+            })?;
+        Ok(Self(Some(Executor::MultiThread(Arc::new(pool)))))
+    }
+
+    /// Runs `f` with this pool as tract's executor on the calling thread.
+    pub fn install<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.0 {
+            Some(pool) => multithread_tract_scope(pool.clone(), f),
+            None => f(),
+        }
+    }
+}
+
 /// Where an inference's time goes, per kind of op (`Network::profile`).
 #[derive(Debug, Clone)]
 pub struct OpTime {
@@ -304,21 +336,8 @@ impl Network {
     /// all: tract's `Executor::multithread(1)` would fall through to rayon's global pool and
     /// use every core.
     pub fn set_threads(&mut self, threads: usize) -> Result<(), ModelError> {
-        let threads = threads.max(1);
-        self.executor = if threads > 1 {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .thread_name(|i| format!("infer-{i}"))
-                .num_threads(threads)
-                .build()
-                .map_err(|e| ModelError::Threads {
-                    threads,
-                    reason: e.to_string(),
-                })?;
-            Some(Executor::MultiThread(Arc::new(pool)))
-        } else {
-            None
-        };
-        self.threads = threads;
+        self.executor = ThreadPool::new(threads)?.0;
+        self.threads = threads.max(1);
         Ok(())
     }
 

@@ -82,10 +82,13 @@ pub struct ModelArgs {
     /// Cores given to inference (overrides model.threads; default: the performance cores).
     #[arg(long, value_parser = argrange::usize_in(1, crate::config::MAX_THREADS))]
     pub threads: Option<usize>,
-    /// One single-threaded inference per core on successive frames, or every core on each
-    /// inference (overrides model.parallelism).
+    /// Inference workers on successive frames, or every core on each inference (overrides
+    /// model.parallelism).
     #[arg(long, value_enum)]
     pub parallelism: Option<Parallelism>,
+    /// Inference workers with `frames` (overrides model.workers; default: at most 2).
+    #[arg(long, value_parser = argrange::usize_in(1, crate::config::MAX_THREADS))]
+    pub workers: Option<usize>,
 }
 
 /// Source arguments shared by `run` and `bench`.
@@ -299,6 +302,9 @@ pub(crate) fn apply_model(cfg: &mut Config, m: &ModelArgs) {
     if let Some(p) = m.parallelism {
         cfg.model.parallelism = p;
     }
+    if let Some(w) = m.workers {
+        cfg.model.workers = Some(w);
+    }
 }
 
 /// Applies the source flags over the configuration. Flags of one source kind are refused
@@ -375,7 +381,10 @@ pub fn open_model(cfg: &Config) -> anyhow::Result<Classifier> {
             bundle.display()
         )
     })?;
-    c.set_intra_op_threads(cfg.model.layout().1)?;
+    // With several workers each brings its own pool (`Pipeline::start_workers`); the model's
+    // own threads serve one inference at a time (one worker, `ops`, selftest, check).
+    let (workers, threads) = cfg.model.layout();
+    c.set_intra_op_threads(if workers > 1 { 1 } else { threads })?;
     Ok(c)
 }
 

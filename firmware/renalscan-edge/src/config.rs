@@ -255,11 +255,18 @@ pub struct ModelConfig {
     /// Cores given to inference. Unset: the board's performance cores (the big cores of a
     /// big.LITTLE part, every core the service may use elsewhere).
     pub threads: Option<usize>,
-    /// How those cores are used: `frames` (one single-threaded inference worker per core on
-    /// successive frames: the most decisions per second, decisions still in frame order) or
-    /// `ops` (every core on each inference: the shortest wait for one frozen frame).
+    /// How those cores are used: `frames` (inference workers on successive frames: the most
+    /// decisions per second, decisions still in frame order) or `ops` (every core on each
+    /// inference: the shortest wait for one frozen frame).
     pub parallelism: Parallelism,
+    /// With `frames`: inference workers (each keeps its own model state, about 75 MiB with
+    /// ResNet-50). Unset: at most [`DEFAULT_MAX_WORKERS`], the cores shared out among them as
+    /// intra-op threads, which keeps the runtime within its memory budget on any board.
+    pub workers: Option<usize>,
 }
+
+/// Workers `parallelism = "frames"` starts when `model.workers` is unset.
+pub const DEFAULT_MAX_WORKERS: usize = 2;
 
 impl Default for ModelConfig {
     fn default() -> Self {
@@ -271,6 +278,7 @@ impl Default for ModelConfig {
             floor_file: None,
             threads: None,
             parallelism: Parallelism::Frames,
+            workers: None,
         }
     }
 }
@@ -286,13 +294,43 @@ impl ModelConfig {
             .clamp(1, MAX_THREADS)
     }
 
-    /// Inference workers and intra-op threads per inference for [`ModelConfig::cores`].
+    /// Inference workers and intra-op threads per inference for [`ModelConfig::cores`]:
+    /// `frames` gives each worker an equal share of the cores (at least one), `ops` one
+    /// inference all of them.
     pub fn layout(&self) -> (usize, usize) {
         let n = self.cores();
         match self.parallelism {
-            Parallelism::Frames => (n, 1),
+            Parallelism::Frames => {
+                let w = self.workers.unwrap_or(DEFAULT_MAX_WORKERS).clamp(1, n);
+                (w, (n / w).max(1))
+            }
             Parallelism::Ops => (1, n),
         }
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    /// Default: two workers at most, the rest of the cores as their intra-op threads; an
+    /// explicit worker count is honoured up to the cores; `ops` is one inference on all.
+    #[test]
+    fn cores_are_shared_out_among_at_most_two_workers_by_default() {
+        let m = |threads, workers, parallelism| ModelConfig {
+            threads: Some(threads),
+            workers,
+            parallelism,
+            ..ModelConfig::default()
+        };
+        let f = Parallelism::Frames;
+        assert_eq!(m(1, None, f).layout(), (1, 1));
+        assert_eq!(m(2, None, f).layout(), (2, 1));
+        assert_eq!(m(4, None, f).layout(), (2, 2));
+        assert_eq!(m(8, None, f).layout(), (2, 4));
+        assert_eq!(m(4, Some(4), f).layout(), (4, 1));
+        assert_eq!(m(2, Some(8), f).layout(), (2, 1));
+        assert_eq!(m(4, None, Parallelism::Ops).layout(), (1, 4));
     }
 }
 
@@ -709,6 +747,15 @@ impl Config {
                 1,
                 MAX_THREADS,
                 " (unset = the performance cores)",
+            )?;
+        }
+        if let Some(w) = self.model.workers {
+            within(
+                "model.workers",
+                w,
+                1,
+                MAX_THREADS,
+                " (at most model.threads are used)",
             )?;
         }
         within("source.v4l.width", src.v4l.width, 16, 8192, " pixels")?;

@@ -95,7 +95,8 @@ impl ExamReplay {
         .map_err(|e| SourceError::Lost(format!("{e:#}")))?;
         pipeline.command(crate::sink::Control::StartScreening);
         // As on the cart: one inference worker per core given to the model.
-        if let Err(e) = pipeline.start_workers(self.cfg.model.layout().0, None) {
+        let (workers, threads) = self.cfg.model.layout();
+        if let Err(e) = pipeline.start_workers(workers, threads, None) {
             log::warn!("{e:#}: inferring on one thread");
         }
         let result = replay(&mut pipeline, path);

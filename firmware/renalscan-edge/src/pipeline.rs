@@ -229,9 +229,15 @@ impl Pipeline {
         })
     }
 
-    /// Runs inference on `n` worker threads from now on (`n` <= 1: on the caller's thread).
+    /// Runs inference on `n` worker threads from now on, each with `threads` intra-op
+    /// threads of its own (`n` <= 1: on the caller's thread, with the model's own threads).
     /// `notify` runs on a worker after each inference (to wake a waiting caller).
-    pub fn start_workers(&mut self, n: usize, notify: Option<Notify>) -> anyhow::Result<()> {
+    pub fn start_workers(
+        &mut self,
+        n: usize,
+        threads: usize,
+        notify: Option<Notify>,
+    ) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.queue.is_empty(),
             "workers can only be started with no frame in flight"
@@ -239,7 +245,7 @@ impl Pipeline {
         self.workers = None;
         self.worker_count = 0;
         if n > 1 {
-            self.workers = Some(Workers::start(&self.inline, n, notify)?);
+            self.workers = Some(Workers::start(&self.inline, n, threads, notify)?);
             self.worker_count = n;
         }
         Ok(())

@@ -248,15 +248,14 @@ impl<'o> Runtime<'o> {
             log::info!("waiting for a StartScreening command");
         }
         let mut pipeline = Pipeline::new(classifier, &pcfg, &cfg.gate, &cfg.aggregate)?;
-        let (workers, _) = cfg.model.layout();
+        let (workers, threads) = cfg.model.layout();
         let slot = Arc::clone(&capture.slot);
-        pipeline.start_workers(workers, Some(Arc::new(move || slot.wake())))?;
+        pipeline.start_workers(workers, threads, Some(Arc::new(move || slot.wake())))?;
         log::info!(
-            "inference on {} core(s): {} worker(s), {} thread(s) each (model.threads, \
-             model.parallelism = {:?})",
+            "inference on {} core(s): {} worker(s), {threads} thread(s) each (model.threads, \
+             model.workers, model.parallelism = {:?})",
             cfg.model.cores(),
             workers.max(1),
-            pipeline.classifier().intra_op_threads(),
             cfg.model.parallelism
         );
         pipeline.set_trace(crate::trace::trace(pipeline.classifier().info(), cfg));

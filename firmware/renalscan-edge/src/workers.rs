@@ -67,13 +67,20 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts `n` worker threads sharing `worker`'s model; `notify` runs after each job.
-    pub fn start(worker: &InferWorker, n: usize, notify: Option<Notify>) -> anyhow::Result<Self> {
+    /// Starts `n` worker threads sharing `worker`'s model, each with its own pool of
+    /// `threads` intra-op threads (1: none); `notify` runs after each job.
+    pub fn start(
+        worker: &InferWorker,
+        n: usize,
+        threads: usize,
+        notify: Option<Notify>,
+    ) -> anyhow::Result<Self> {
         let (jobs, rx) = mpsc::channel::<Box<Job>>();
         let rx = Arc::new(Mutex::new(rx));
         let (tx_done, done) = mpsc::channel::<Box<Job>>();
         let mut handles = Vec::with_capacity(n);
         for i in 0..n {
+            let pool = model::ThreadPool::new(threads)?;
             let (rx, tx, worker, notify) = (
                 Arc::clone(&rx),
                 tx_done.clone(),
@@ -89,7 +96,7 @@ impl Workers {
                         Err(_) => break,
                     };
                     let Ok(mut job) = next else { break };
-                    job.run(&worker);
+                    pool.install(|| job.run(&worker));
                     if tx.send(job).is_err() {
                         break;
                     }
@@ -100,7 +107,7 @@ impl Workers {
                 .map_err(|e| anyhow::anyhow!("cannot start inference worker {i}: {e}"))?;
             handles.push(h);
         }
-        log::info!("{n} inference workers started");
+        log::info!("{n} inference workers started, {threads} intra-op thread(s) each");
         Ok(Self {
             jobs: Some(jobs),
             done,

@@ -75,8 +75,9 @@ fn a_sweep_with_nothing_to_judge_has_no_call_and_a_missing_one_is_an_error() {
 }
 
 /// Inference workers change how many frames are in the model at once, never what is
-/// decided or in which order: the same sweep through 1, 2 and 3 workers gives the same
-/// decisions, bit for bit, on the same frames, and the same counts.
+/// decided or in which order: the same sweep through 1, 2 and 3 workers (and 2 workers with
+/// 2 intra-op threads each) gives the same decisions, bit for bit, on the same frames, and
+/// the same counts.
 #[test]
 fn workers_decide_exactly_what_one_thread_decides_in_frame_order() {
     let tmp = tempfile::tempdir().unwrap();
@@ -90,11 +91,12 @@ fn workers_decide_exactly_what_one_thread_decides_in_frame_order() {
     gains.push(0.0);
     gains.extend([DARK; 7]);
     write_frames_gain(&sweep, &gains);
-    let run = |threads: usize| {
+    let run = |threads: usize, workers: Option<usize>| {
         let mut cfg = Config::default();
         cfg.aggregate.window = 3;
         cfg.aggregate.min_frames = 2;
         cfg.model.threads = Some(threads);
+        cfg.model.workers = workers;
         let classifier =
             Classifier::open(&bundle, Some(&keys_of(&bundle)), Default::default(), None).unwrap();
         let mut replay = ExamReplay::new(cfg, classifier).unwrap();
@@ -113,11 +115,18 @@ fn workers_decide_exactly_what_one_thread_decides_in_frame_order() {
             })
             .collect();
         let c = o.counters;
-        let expected_workers = if threads > 1 { threads } else { 0 };
-        assert_eq!(o.workers, expected_workers, "model.threads = {threads}");
+        let expected = match (threads, workers) {
+            (1, _) => 0,
+            (_, Some(w)) => w,
+            (_, None) => 2,
+        };
+        assert_eq!(
+            o.workers, expected,
+            "model.threads = {threads}, workers {workers:?}"
+        );
         (key, (c.processed, c.inferred, c.gated, c.skipped, c.errors))
     };
-    let one = run(1);
+    let one = run(1, None);
     assert!(
         one.0.len() >= 2,
         "the sweep flips at least once: {:?}",
@@ -126,7 +135,12 @@ fn workers_decide_exactly_what_one_thread_decides_in_frame_order() {
     assert!(one.0.windows(2).all(|w| w[0].1 < w[1].1), "{:?}", one.0);
     assert_eq!(one.1 .0, gains.len() as u64);
     assert_eq!(one.1 .1, 17, "every non-blank frame classified");
-    for threads in [2, 3] {
-        assert_eq!(run(threads), one, "{threads} workers");
+    // Two and three single-threaded workers; two workers with two intra-op threads each.
+    for (threads, workers) in [(2, None), (3, Some(3)), (4, None)] {
+        assert_eq!(
+            run(threads, workers),
+            one,
+            "{threads} cores, {workers:?} workers"
+        );
     }
 }
