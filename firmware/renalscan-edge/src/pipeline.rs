@@ -487,8 +487,12 @@ impl Pipeline {
                 );
                 continue;
             };
-            if let Step::Out { ctx } = std::mem::replace(&mut t.step, Step::Idle) {
-                t.step = Step::Infer { job, ctx };
+            match std::mem::replace(&mut t.step, Step::Failed) {
+                Step::Out { ctx } => t.step = Step::Infer { job, ctx },
+                other => {
+                    log::error!("an inference came back twice for frame {}", job.seq);
+                    t.step = other;
+                }
             }
         }
     }
