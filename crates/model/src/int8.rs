@@ -996,7 +996,9 @@ struct CachedDecision {
     built: Built,
     /// NaN where that form was not timed.
     integer_ms: f64,
+    /// NaN where that form was not timed.
     float_ms: f64,
+    /// Absent where the half form was no candidate.
     half_ms: Option<f64>,
 }
 
@@ -1142,16 +1144,19 @@ impl Choice {
             float: None,
             half: None,
         };
-        *c.slot(built) = Some(b.candidate);
+        c.record(built, b.candidate);
         c
     }
 
-    fn slot(&mut self, built: Built) -> &mut Option<Candidate> {
-        match built {
+    /// Keeps what building `built` cost (a plain float model is no candidate form).
+    fn record(&mut self, built: Built, candidate: Candidate) {
+        let slot = match built {
             Built::Integer => &mut self.integer,
             Built::Half => &mut self.half,
-            Built::Float | Built::Plain => &mut self.float,
-        }
+            Built::Float => &mut self.float,
+            Built::Plain => return,
+        };
+        *slot = Some(candidate);
     }
 }
 
@@ -1170,11 +1175,7 @@ pub(crate) fn load(
     let qconvs = qlinear_conv_count(&proto);
     let one = |built: Built, reason: &str| -> Result<Choice, crate::ModelError> {
         let b = build(&proto, origin, shape, built, read)?;
-        let mut c = Choice::one(b, built, reason.to_string());
-        if built == Built::Plain {
-            c.float = None;
-        }
-        Ok(c)
+        Ok(Choice::one(b, built, reason.to_string()))
     };
     let choice = if qconvs == 0 {
         one(
@@ -1282,11 +1283,11 @@ fn auto(
         b.candidate.first_run = Some(t);
         built.push((form, t, b));
     }
-    let best = built
-        .iter()
-        .min_by_key(|(_, t, _)| *t)
-        .map(|(f, _, _)| *f)
-        .unwrap_or(Built::Float);
+    // `candidates` always holds the float form, so there is a fastest.
+    let Some(fastest) = (0..built.len()).min_by_key(|&i| built[i].1) else {
+        return Err(crate::ModelError::Run("no candidate form was built".into()));
+    };
+    let best = built[fastest].0;
     let time_of = |f: Built| {
         built
             .iter()
@@ -1319,26 +1320,12 @@ fn auto(
         })
         .collect();
     let reason = format!("{why}; timed one run each: {}", timed.join(", "));
-    let (mut integer, mut float, mut half, mut net) = (None, None, None, None);
+    let (_, _, b) = built.swap_remove(fastest);
+    let mut choice = Choice::one(b, best, reason);
     for (form, _, b) in built {
-        if form == best {
-            net = Some(b.net);
-        }
-        match form {
-            Built::Integer => integer = Some(b.candidate),
-            Built::Half => half = Some(b.candidate),
-            Built::Float | Built::Plain => float = Some(b.candidate),
-        }
+        choice.record(form, b.candidate);
     }
-    let net = net.ok_or_else(|| crate::ModelError::Run("no candidate form was built".into()))?;
-    Ok(Choice {
-        net,
-        built: best,
-        reason,
-        integer,
-        float,
-        half,
-    })
+    Ok(choice)
 }
 
 #[cfg(test)]

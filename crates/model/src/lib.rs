@@ -102,9 +102,8 @@ pub struct Network {
     /// The linear head read from the same bytes, when asked for
     /// ([`int8::LoadOptions::cam_head`]); the reason when it could not be read.
     head: Option<Result<cam::HeadWeights, String>>,
-    /// The intra-op thread pool; `None` runs on the caller's thread alone.
-    executor: Option<Executor>,
-    threads: usize,
+    /// The intra-op threads of every inference (none: the caller's thread alone).
+    pool: ThreadPool,
     /// Inference states kept between runs (one per caller running at the same time), so
     /// a frame does not pay for setting one up.
     states: std::sync::Mutex<Vec<TypedSimpleState>>,
@@ -116,13 +115,19 @@ pub struct Network {
 /// have none of their own: one pool per inference worker, so workers never wait on each
 /// other's threads. One thread means no pool at all (tract's `Executor::multithread(1)` would
 /// fall through to rayon's global pool and use every core).
-pub struct ThreadPool(Option<Executor>);
+pub struct ThreadPool {
+    executor: Option<Executor>,
+    threads: usize,
+}
 
 impl ThreadPool {
     /// A pool of `threads` threads (none for 1); a failed spawn is an error, not a panic.
     pub fn new(threads: usize) -> Result<Self, ModelError> {
         if threads <= 1 {
-            return Ok(Self(None));
+            return Ok(Self {
+                executor: None,
+                threads: 1,
+            });
         }
         let pool = rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("infer-{i}"))
@@ -132,12 +137,20 @@ impl ThreadPool {
                 threads,
                 reason: e.to_string(),
             })?;
-        Ok(Self(Some(Executor::MultiThread(Arc::new(pool)))))
+        Ok(Self {
+            executor: Some(Executor::MultiThread(Arc::new(pool))),
+            threads,
+        })
+    }
+
+    /// Threads of the pool (1: none, the caller's own).
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// Runs `f` with this pool as tract's executor on the calling thread.
     pub fn install<R>(&self, f: impl FnOnce() -> R) -> R {
-        match &self.0 {
+        match &self.executor {
             Some(pool) => multithread_tract_scope(pool.clone(), f),
             None => f(),
         }
@@ -308,8 +321,10 @@ impl Network {
                 timings,
                 form: None,
                 head: None,
-                executor: None,
-                threads: 1,
+                pool: ThreadPool {
+                    executor: None,
+                    threads: 1,
+                },
                 states: Default::default(),
                 half,
             },
@@ -336,14 +351,13 @@ impl Network {
     /// all: tract's `Executor::multithread(1)` would fall through to rayon's global pool and
     /// use every core.
     pub fn set_threads(&mut self, threads: usize) -> Result<(), ModelError> {
-        self.executor = ThreadPool::new(threads)?.0;
-        self.threads = threads.max(1);
+        self.pool = ThreadPool::new(threads)?;
         Ok(())
     }
 
     /// Intra-op threads of each inference.
     pub fn threads(&self) -> usize {
-        self.threads
+        self.pool.threads()
     }
 
     /// Runs one inference with `eval` evaluating each node, on a kept state, in this
@@ -374,12 +388,10 @@ impl Network {
                 .spawn()
                 .map_err(|e| ModelError::Run(format!("{e:#}")))?,
         };
-        let run = || state.run_plan_with_eval(tvec!(tensor.into()), eval);
-        let outputs = match &self.executor {
-            Some(pool) => multithread_tract_scope(pool.clone(), run),
-            None => run(),
-        }
-        .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+        let outputs = self
+            .pool
+            .install(|| state.run_plan_with_eval(tvec!(tensor.into()), eval))
+            .map_err(|e| ModelError::Run(format!("{e:#}")))?;
         if let Ok(mut kept) = self.states.lock() {
             kept.push(state);
         }

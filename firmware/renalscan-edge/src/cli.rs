@@ -781,7 +781,7 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let decide = s.timers.get(Stage::Decide).latency();
     let report = serde_json::json!({
         "model": model_desc,
-        "cpu": format!("{} {}", std::env::consts::ARCH, crate::selftest::cpu_features().join(" ")),
+        "cpu": crate::selftest::cpu_description(),
         "threads": cfg.model.cores(),
         "parallelism": cfg.model.parallelism,
         "workers": workers,

@@ -360,11 +360,6 @@ impl Classifier {
         }
     }
 
-    /// The network (benchmarks and profiles).
-    pub fn network(&self) -> &Network {
-        &self.core.net
-    }
-
     /// True when the bundle carries a view gate.
     pub fn has_view_gate(&self) -> bool {
         self.core.gate.is_some()

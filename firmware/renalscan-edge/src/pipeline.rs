@@ -50,7 +50,6 @@ pub struct Pipeline {
     /// The model on this thread (no workers, or every worker gone).
     inline: InferWorker,
     workers: Option<Workers>,
-    worker_count: usize,
     pre: Preprocessor,
     gate: Gate,
     agg: Aggregator,
@@ -199,7 +198,6 @@ impl Pipeline {
             inline: classifier.worker(),
             classifier,
             workers: None,
-            worker_count: 0,
             pre,
             gate: Gate::new(gate.clone()),
             agg: Aggregator::new(params),
@@ -243,10 +241,8 @@ impl Pipeline {
             "workers can only be started with no frame in flight"
         );
         self.workers = None;
-        self.worker_count = 0;
         if n > 1 {
             self.workers = Some(Workers::start(&self.inline, n, threads, notify)?);
-            self.worker_count = n;
         }
         Ok(())
     }
@@ -285,7 +281,7 @@ impl Pipeline {
         self.frozen
     }
 
-    /// The frame behind the decisions the last [`Pipeline::process`] emitted: pass `frame`,
+    /// The frame behind the decisions the last [`Pipeline::finish_next`] gave: pass `frame`,
     /// the frame that was processed. `None` when that frame was not classified.
     pub fn view<'a>(&'a self, frame: &'a Frame) -> Option<FrameView<'a>> {
         let (info, c) = self.last.as_ref()?;
@@ -412,12 +408,12 @@ impl Pipeline {
 
     /// Frames that may be in flight at once: one per inference worker, one without workers.
     pub fn capacity(&self) -> usize {
-        self.worker_count.max(1)
+        self.workers().max(1)
     }
 
     /// Inference workers running (0: inference runs on the caller's thread).
     pub fn workers(&self) -> usize {
-        self.worker_count
+        self.workers.as_ref().map_or(0, Workers::count)
     }
 
     /// Gives back the oldest submitted frame once its inference is done, with its decisions
@@ -493,18 +489,6 @@ impl Pipeline {
                     log::error!("an inference came back twice for frame {}", job.seq);
                     t.step = other;
                 }
-            }
-        }
-    }
-
-    /// Runs one frame through every stage on this thread; decisions are appended to `out`.
-    /// Only without workers (a replay on the host, a test): with workers, use
-    /// [`Pipeline::submit`] and [`Pipeline::finish_next`].
-    pub fn process(&mut self, frame: Frame, out: &mut Vec<Decision>) -> Frame {
-        self.submit(frame);
-        loop {
-            if let Some(f) = self.finish_next(true, out) {
-                return f;
             }
         }
     }

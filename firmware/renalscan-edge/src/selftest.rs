@@ -158,6 +158,11 @@ pub fn check_references(classifier: &mut Classifier) -> Vec<CaseResult> {
     out
 }
 
+/// The architecture and [`cpu_features`] in one line, as reports print them.
+pub fn cpu_description() -> String {
+    format!("{} {}", std::env::consts::ARCH, cpu_features().join(" "))
+}
+
 /// The CPU features that decide which kernels run: dot-product and fp16 arithmetic on
 /// aarch64, AVX2/FMA/AVX-512/VNNI on x86_64.
 pub fn cpu_features() -> Vec<&'static str> {
@@ -299,7 +304,7 @@ pub fn run(classifier: &mut Classifier, runs: usize) -> anyhow::Result<SelftestR
         confidence: c.confidence,
         threshold: info.threshold,
         references,
-        cpu: format!("{} {}", std::env::consts::ARCH, cpu_features().join(" ")),
+        cpu: cpu_description(),
         form: info.form.clone(),
         inference: format!("{} intra-op thread(s)", classifier.intra_op_threads()),
     })

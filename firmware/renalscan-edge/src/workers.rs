@@ -115,6 +115,11 @@ impl Workers {
         })
     }
 
+    /// Worker threads started.
+    pub fn count(&self) -> usize {
+        self.handles.len()
+    }
+
     /// Hands a job to the next free worker; gives it back if every worker has gone.
     pub fn send(&self, job: Box<Job>) -> Result<(), Box<Job>> {
         match &self.jobs {

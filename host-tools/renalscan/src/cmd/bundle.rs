@@ -444,6 +444,21 @@ pub fn make(args: BundleArgs) -> Result<()> {
     Ok(())
 }
 
+/// `model` and `manifest` signed into a scratch bundle (without reference frames), so they
+/// can be opened as a cart opens them before the real bundle is written. The folder lives as
+/// long as the returned guard.
+fn provisional_bundle(
+    model: &[u8],
+    manifest: &Manifest,
+    key: &SecretKey,
+) -> Result<(tempfile::TempDir, Bundle)> {
+    let tmp = tempfile::tempdir().context("a scratch directory for the provisional bundle")?;
+    let mut draft = manifest.clone();
+    draft.selftest.clear();
+    let b = assemble::write(&tmp.path().join("b"), model, draft, &[], key)?;
+    Ok((tmp, b))
+}
+
 /// The self-test references of a bundle: phantom frames with the answers this model gives
 /// them through the device's own stages (`renalscan_edge::selftest::answer`), on every form
 /// a cart may choose. A frame the forms disagree on (class) is left out; the tolerance is
@@ -455,8 +470,7 @@ fn selftest_references(
 ) -> Result<(Vec<SelftestCase>, Vec<Vec<u8>>)> {
     use renalscan_edge::config::ModelForm;
     use renalscan_edge::infer::Classifier;
-    let tmp = tempfile::tempdir().context("a scratch directory for the provisional bundle")?;
-    let provisional = assemble::write(&tmp.path().join("b"), model, manifest.clone(), &[], key)?;
+    let (_tmp, provisional) = provisional_bundle(model, manifest, key)?;
     let forms: &[ModelForm] = if manifest.model.precision == Precision::Int8 {
         &[ModelForm::Integer, ModelForm::Float]
     } else {
@@ -519,10 +533,7 @@ fn half_agreement(
     use renalscan_edge::config::ModelForm;
     use renalscan_edge::infer::Classifier;
     use renalscan_edge::selftest::{answer_on, fresh_frames};
-    let tmp = tempfile::tempdir().context("a scratch directory for the provisional bundle")?;
-    let mut draft = manifest.clone();
-    draft.selftest.clear();
-    let provisional = assemble::write(&tmp.path().join("b"), model, draft, &[], key)?;
+    let (_tmp, provisional) = provisional_bundle(model, manifest, key)?;
     let fp32 =
         Classifier::from_bundle(provisional.clone(), ModelForm::Float, None, Instant::now())?;
     let half = Classifier::from_bundle(provisional, ModelForm::Half, None, Instant::now())?;
@@ -574,10 +585,9 @@ fn half_agreement(
         same_decision: 0,
         max_dp: 0.0,
         measured_with: format!(
-            "{}; {} {}",
+            "{}; {}",
             half.info().form.clone().unwrap_or_default(),
-            std::env::consts::ARCH,
-            renalscan_edge::selftest::cpu_features().join(" ")
+            renalscan_edge::selftest::cpu_description()
         ),
     };
     for r in results {
