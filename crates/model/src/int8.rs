@@ -356,6 +356,20 @@ fn int_values(t: &TensorProto) -> Result<Vec<i64>, String> {
     })
 }
 
+/// Element count of an integer tensor (int8, uint8, int32), without widening its values.
+fn int_len(t: &TensorProto) -> Result<usize, String> {
+    if t.data_location == Some(pb::tensor_proto::DataLocation::External as i32) {
+        return Err(format!("{:?} is stored as external data", t.name));
+    }
+    let dt = DataType::try_from(t.data_type).map_err(|_| format!("{:?}: bad type", t.name))?;
+    Ok(match dt {
+        DataType::Int8 | DataType::Uint8 if !t.raw_data.is_empty() => t.raw_data.len(),
+        DataType::Int32 if !t.raw_data.is_empty() => t.raw_data.len() / 4,
+        DataType::Int8 | DataType::Uint8 | DataType::Int32 => t.int32_data.len(),
+        other => return Err(format!("{:?} is {other:?}, expected an integer", t.name)),
+    })
+}
+
 /// Values of a float tensor.
 fn f32_values(t: &TensorProto) -> Result<Vec<f32>, String> {
     if t.data_location == Some(pb::tensor_proto::DataLocation::External as i32) {
@@ -378,6 +392,72 @@ fn f32_values(t: &TensorProto) -> Result<Vec<f32>, String> {
 
 fn f32_tensor(name: String, dims: Vec<i64>, data: &[f32]) -> TensorProto {
     onnx_graph::tensor::f32_dims(&name, &dims, data)
+}
+
+/// An f32 initializer `f(q, channel)` from integer tensor `t`, whose channel is the index of
+/// each block of `inner` elements modulo `channels`. This is the whole cost of building the
+/// float form at start-up (a ResNet-50 has 24 M weights), so int8 and uint8 raw data take a
+/// table of each channel's 256 possible values, written straight into the raw bytes: the
+/// same arithmetic as `f` per element, bit for bit.
+fn int_to_f32_tensor(
+    name: String,
+    t: &TensorProto,
+    inner: usize,
+    channels: usize,
+    f: impl Fn(i64, usize) -> f32,
+) -> Result<TensorProto, String> {
+    let (inner, channels) = (inner.max(1), channels.max(1));
+    let byte_value: Option<fn(u8) -> i64> = match DataType::try_from(t.data_type) {
+        _ if t.raw_data.is_empty()
+            || t.data_location == Some(pb::tensor_proto::DataLocation::External as i32) =>
+        {
+            None
+        }
+        Ok(DataType::Int8) => Some(|b| b as i8 as i64),
+        Ok(DataType::Uint8) => Some(|b| b as i64),
+        _ => None,
+    };
+    let mut raw = Vec::new();
+    match byte_value {
+        // A table pays off where a channel's block is longer than the table.
+        Some(value) if inner >= 256 || channels == 1 => {
+            raw.reserve_exact(t.raw_data.len() * 4);
+            let mut table = [[0u8; 4]; 256];
+            let mut built = None;
+            for (block, chunk) in t.raw_data.chunks(inner).enumerate() {
+                let c = block % channels;
+                if built != Some(c) {
+                    for (b, e) in table.iter_mut().enumerate() {
+                        *e = f(value(b as u8), c).to_le_bytes();
+                    }
+                    built = Some(c);
+                }
+                for &b in chunk {
+                    raw.extend_from_slice(&table[b as usize]);
+                }
+            }
+        }
+        Some(value) => {
+            raw.reserve_exact(t.raw_data.len() * 4);
+            for (i, &b) in t.raw_data.iter().enumerate() {
+                raw.extend_from_slice(&f(value(b), (i / inner) % channels).to_le_bytes());
+            }
+        }
+        None => {
+            let v = int_values(t)?;
+            raw.reserve_exact(v.len() * 4);
+            for (i, &q) in v.iter().enumerate() {
+                raw.extend_from_slice(&f(q, (i / inner) % channels).to_le_bytes());
+            }
+        }
+    }
+    Ok(TensorProto {
+        name,
+        dims: t.dims.clone(),
+        data_type: DataType::Float as i32,
+        raw_data: raw,
+        ..Default::default()
+    })
 }
 
 /// Rewrites a QOperator model into the float form: each QLinearConv becomes a Conv with
@@ -437,27 +517,33 @@ pub fn float_form(model: &ModelProto, path: &Path) -> Result<ModelProto, Int8Err
                 new_inits.extend(b);
             }
             "ConvInteger" if node.domain.is_empty() => {
-                let (mut conv, mut w) = rewrite_conv_integer(node, &consts, &producers, path)?;
-                if let Some(f) = rescale_chain(graph, node, &consts) {
-                    // The file's `Cast -> Mul(scale) -> Add(bias)` folded into the conv: the
-                    // same graph as the float model's conv with its bias.
-                    let mut v = f32_values(&w).map_err(|e| layout(path, node, &e))?;
-                    let per = (v.len() / f.scale.len()).max(1);
-                    for (ch, s) in v.chunks_exact_mut(per).zip(&f.scale) {
-                        ch.iter_mut().for_each(|x| *x *= s);
+                // The file's `Cast -> Mul(scale) -> Add(bias)` after it, folded into the conv
+                // (the float model's conv with its bias) when its scale is per output channel.
+                let chain = rescale_chain(graph, node, &consts);
+                let (mut conv, w, folded_rescale) = rewrite_conv_integer(
+                    node,
+                    &consts,
+                    &producers,
+                    chain.as_ref().map(|f| f.scale.as_slice()),
+                    path,
+                )?;
+                match chain {
+                    Some(f) if folded_rescale => {
+                        let b = f32_tensor(
+                            format!("{}::bias_f32", f.output),
+                            vec![f.bias.len() as i64],
+                            &f.bias,
+                        );
+                        conv.input.push(b.name.clone());
+                        conv.output = vec![f.output.clone()];
+                        new_inits.push(b);
+                        folded.extend(f.nodes);
                     }
-                    w = f32_tensor(w.name.clone(), w.dims.clone(), &v);
-                    let b = f32_tensor(
-                        format!("{}::bias_f32", f.output),
-                        vec![f.bias.len() as i64],
-                        &f.bias,
-                    );
-                    conv.input.push(b.name.clone());
-                    conv.output = vec![f.output.clone()];
-                    new_inits.push(b);
-                    folded.extend(f.nodes);
-                } else if let Some(o) = node.output.first() {
-                    int32_outputs.insert(o.as_str());
+                    _ => {
+                        if let Some(o) = node.output.first() {
+                            int32_outputs.insert(o.as_str());
+                        }
+                    }
                 }
                 nodes.push(conv);
                 new_inits.push(w);
@@ -551,7 +637,7 @@ fn dequantize_constant(
         .first()
         .ok_or_else(|| bad("DequantizeLinear without output".into()))?;
     let q = constant(0)?;
-    let values = int_values(q).map_err(bad)?;
+    let n = int_len(q).map_err(bad)?;
     let scale = f32_values(constant(1)?).map_err(bad)?;
     let zero: Vec<i64> = if input(2).is_empty() {
         vec![0]
@@ -567,7 +653,7 @@ fn dequantize_constant(
     let axis = if axis < 0 { axis + rank } else { axis };
     // Elements per step of the axis, and the axis length.
     let (inner, len) = if scale.len() == 1 {
-        (values.len().max(1), 1)
+        (n.max(1), 1)
     } else if (0..rank).contains(&axis) {
         let a = axis as usize;
         (
@@ -584,16 +670,11 @@ fn dequantize_constant(
             zero.len()
         )));
     }
-    let data: Vec<f32> = values
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            let c = (i / inner) % len;
-            let z = zero[if zero.len() == 1 { 0 } else { c }];
-            (v - z) as f32 * scale[c]
-        })
-        .collect();
-    Ok(f32_tensor(out.clone(), q.dims.clone(), &data))
+    let zero_of = |c: usize| zero[if zero.len() == 1 { 0 } else { c }];
+    int_to_f32_tensor(out.clone(), q, inner, len, |v, c| {
+        (v - zero_of(c)) as f32 * scale[c]
+    })
+    .map_err(bad)
 }
 
 fn layout(path: &Path, node: &NodeProto, what: &str) -> Int8Error {
@@ -627,7 +708,7 @@ fn rewrite_conv(
     if w.dims.len() < 3 {
         return Err(bad(format!("weight {:?} has dims {:?}", input(3), w.dims)));
     }
-    let w_int = int_values(w).map_err(bad)?;
+    let w_len = int_len(w).map_err(bad)?;
     if w.data_type == DataType::Int32 as i32 {
         return Err(bad(format!(
             "weight {:?} is int32, expected int8",
@@ -636,11 +717,10 @@ fn rewrite_conv(
     }
     let m = w.dims[0] as usize;
     let per_channel = w.dims[1..].iter().product::<i64>() as usize;
-    if m == 0 || w_int.len() != m * per_channel {
+    if m == 0 || w_len != m * per_channel {
         return Err(bad(format!(
-            "weight {:?} holds {} values for dims {:?}",
+            "weight {:?} holds {w_len} values for dims {:?}",
             input(3),
-            w_int.len(),
             w.dims
         )));
     }
@@ -666,12 +746,14 @@ fn rewrite_conv(
         }
     }
     let out_name = &node.output[0];
-    let weights: Vec<f32> = w_int
-        .chunks_exact(per_channel)
-        .zip(&w_scale)
-        .flat_map(|(ch, &s)| ch.iter().map(move |&q| q as f32 * s))
-        .collect();
-    let w_f = f32_tensor(format!("{out_name}::weight_f32"), w.dims.clone(), &weights);
+    let w_f = int_to_f32_tensor(
+        format!("{out_name}::weight_f32"),
+        w,
+        per_channel,
+        m,
+        |q, c| q as f32 * w_scale[c],
+    )
+    .map_err(bad)?;
     let mut inputs = vec![node.input[0].clone(), w_f.name.clone()];
     let b_f = if input(8).is_empty() {
         None
@@ -754,8 +836,9 @@ fn rewrite_conv_integer(
     node: &NodeProto,
     consts: &HashMap<&str, &TensorProto>,
     producers: &HashMap<&str, &NodeProto>,
+    rescale: Option<&[f32]>,
     path: &Path,
-) -> Result<(NodeProto, TensorProto), Int8Error> {
+) -> Result<(NodeProto, TensorProto, bool), Int8Error> {
     let input = |i: usize| node.input.get(i).map(String::as_str).unwrap_or("");
     if node.input.len() < 2 || node.output.is_empty() {
         return Err(layout(
@@ -787,21 +870,30 @@ fn rewrite_conv_integer(
             w.dims
         )));
     }
-    let w_int = int_values(w).map_err(bad)?;
-    if w_int.len() as i64 != w.dims.iter().product::<i64>() {
+    let n = int_len(w).map_err(bad)?;
+    if n as i64 != w.dims.iter().product::<i64>() {
         return Err(bad(format!(
-            "weight {:?} holds {} values for dims {:?}",
+            "weight {:?} holds {n} values for dims {:?}",
             input(1),
-            w_int.len(),
             w.dims
         )));
     }
-    let weights: Vec<f32> = w_int
-        .iter()
-        .map(|&q| (q as f64 / x_scale as f64) as f32)
-        .collect();
     let out_name = &node.output[0];
-    let w_f = f32_tensor(format!("{out_name}::weight_f32"), w.dims.clone(), &weights);
+    let name = format!("{out_name}::weight_f32");
+    let unscaled = |q: i64| (q as f64 / x_scale as f64) as f32;
+    // With a per-output-channel rescale folded in, `(q / x_scale) * scale[c]`: the conv then
+    // gives the rescaled output itself (the returned flag). Not folded when the scale does not
+    // split the weights into equal channels.
+    let (w_f, folded) = match rescale {
+        Some(scale) if !scale.is_empty() && n.is_multiple_of(scale.len()) => (
+            int_to_f32_tensor(name, w, n / scale.len(), scale.len(), |q, c| {
+                unscaled(q) * scale[c]
+            }),
+            true,
+        ),
+        _ => (int_to_f32_tensor(name, w, n, 1, |q, _| unscaled(q)), false),
+    };
+    let w_f = w_f.map_err(bad)?;
     let conv = NodeProto {
         input: vec![node.input[0].clone(), w_f.name.clone()],
         output: vec![out_name.clone()],
@@ -810,7 +902,7 @@ fn rewrite_conv_integer(
         attribute: node.attribute.clone(),
         ..Default::default()
     };
-    Ok((conv, w_f))
+    Ok((conv, w_f, folded))
 }
 
 /// A `ConvInteger`'s `Cast -> Mul(per-channel scale) -> Add(per-channel bias)` chain, as
@@ -1101,6 +1193,7 @@ fn build(
     let rewritten;
     let proto = if matches!(form, Built::Float | Built::Half) {
         rewritten = float_form(proto, origin.path)?;
+        log::debug!("float-form rewrite {:.0} ms", ms(t0.elapsed()));
         &rewritten
     } else {
         proto
@@ -1352,6 +1445,42 @@ mod tests {
         assert!(CachedDecision::read(&file, "/m.onnx|124|456|x86_64|k").is_none());
         std::fs::write(&file, d.to_text().replace("form=integer", "form=fast")).expect("write");
         assert!(CachedDecision::read(&file, &d.key).is_none());
+    }
+
+    #[test]
+    fn weight_tables_give_what_each_element_would() {
+        // 3 channels of 300 int8 weights (table per channel), and of 5 (element by element).
+        let bytes: Vec<u8> = (0..900u32).map(|i| (i * 37 % 256) as u8).collect();
+        let scale = [0.013f32, -0.5, 3.0e-4];
+        let f = |q: i64, c: usize| (q as f64 / 0.07f64) as f32 * scale[c];
+        for (inner, dims) in [(300, vec![3i64, 300]), (5, vec![180, 5])] {
+            let t = TensorProto {
+                name: "w".into(),
+                dims: dims.clone(),
+                data_type: DataType::Int8 as i32,
+                raw_data: bytes.clone(),
+                ..Default::default()
+            };
+            let got = int_to_f32_tensor("w_f".into(), &t, inner, 3, f).unwrap();
+            let want: Vec<f32> = bytes
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| f(b as i8 as i64, (i / inner) % 3))
+                .collect();
+            assert_eq!(got.dims, dims);
+            assert_eq!(f32_values(&got).unwrap(), want, "inner {inner}");
+        }
+        // Values kept in int32_data (no raw bytes) take the same arithmetic.
+        let t = TensorProto {
+            name: "w".into(),
+            dims: vec![2, 2],
+            data_type: DataType::Int8 as i32,
+            int32_data: vec![-128, 127, 0, -1],
+            ..Default::default()
+        };
+        let got = int_to_f32_tensor("w_f".into(), &t, 2, 2, f).unwrap();
+        let want = [f(-128, 0), f(127, 0), f(0, 1), f(-1, 1)];
+        assert_eq!(f32_values(&got).unwrap(), want);
     }
 
     #[test]

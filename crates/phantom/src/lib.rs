@@ -35,7 +35,9 @@ pub use dataset::{
 pub use profile::{Geometry, Profile};
 pub use render::{render_map, render_one, render_other, ImageSpec, Renderer, NO_KIDNEY};
 pub use scene::{hydronephrosis_grade, Class};
-pub use stream::{write_sweep, ProbeState, ProbeSweep, SweepConfig, SweepFrame, FRAMES_HEADER};
+pub use stream::{
+    write_sweep, Motion, ProbeState, ProbeSweep, SweepConfig, SweepFrame, FRAMES_HEADER,
+};
 pub use views::Anatomy;
 
 use std::path::PathBuf;

@@ -31,6 +31,39 @@ impl ProbeState {
     }
 }
 
+/// How the probe moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Motion {
+    /// Live handling: the plane wanders back and forth through the kidney, and the probe is
+    /// lifted or the image frozen from time to time. What the runtime's gates and live view
+    /// face; a stretch of it need not pass through a focal finding.
+    #[default]
+    Freehand,
+    /// One recorded protocol sweep: the probe stays on the skin and the plane passes once
+    /// from one pole's side, through the kidney's mid-plane, to the other's over the sweep's
+    /// frames (with the same lateral drift, rocking and breathing). Every finding of the
+    /// patient is crossed, so the sweep's label is the truth of what it shows: what an
+    /// exam-level evaluation needs.
+    Exam,
+}
+
+impl Motion {
+    pub fn parse(s: &str) -> Option<Motion> {
+        match s {
+            "freehand" => Some(Motion::Freehand),
+            "exam" => Some(Motion::Exam),
+            _ => None,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Motion::Freehand => "freehand",
+            Motion::Exam => "exam",
+        }
+    }
+}
+
 /// Sweep settings.
 #[derive(Clone, Debug)]
 pub struct SweepConfig {
@@ -45,6 +78,8 @@ pub struct SweepConfig {
     pub frames: Option<u64>,
     /// What the probe sweeps over (a kidney by default).
     pub anatomy: Anatomy,
+    /// How the probe moves ([`Motion::Exam`] needs `frames`: the pass spans them).
+    pub motion: Motion,
 }
 
 impl SweepConfig {
@@ -57,6 +92,7 @@ impl SweepConfig {
             fps: 20.0,
             frames: None,
             anatomy: Anatomy::Kidney,
+            motion: Motion::Freehand,
         }
     }
 }
@@ -159,8 +195,18 @@ impl ProbeSweep {
         self.patient.class
     }
 
+    fn is_exam(&self) -> bool {
+        self.cfg.motion == Motion::Exam && self.cfg.frames.is_some_and(|n| n > 1)
+    }
+
     fn next_state(&mut self) {
         let fps = self.cfg.fps;
+        if self.is_exam() {
+            // A protocol sweep is one continuous pass.
+            self.state = ProbeState::Scanning;
+            self.left = u32::MAX;
+            return;
+        }
         let (state, secs) = match self.state {
             ProbeState::Scanning => {
                 if self.rng.chance(0.6) {
@@ -180,7 +226,14 @@ impl ProbeSweep {
     fn view_at(&self, t: f32) -> View {
         let mut v = self.view.clone();
         let p = &self.phase;
-        v.elevation = (0.75 * libm::sinf(std::f32::consts::TAU * t / 7.0 + p[0])).abs();
+        v.elevation = match (self.cfg.motion, self.cfg.frames) {
+            (Motion::Exam, Some(n)) if n > 1 => {
+                // Pole to pole: from 0.75 on one side to 0.75 on the other, linearly in time.
+                let u = (t * self.cfg.fps / (n - 1) as f32).clamp(0.0, 1.0);
+                (0.75 * (1.0 - 2.0 * u)).abs()
+            }
+            _ => (0.75 * libm::sinf(std::f32::consts::TAU * t / 7.0 + p[0])).abs(),
+        };
         v.offset_x += 0.5 * libm::sinf(std::f32::consts::TAU * t / 11.0 + p[1]);
         v.tilt += 0.06 * libm::sinf(std::f32::consts::TAU * t / 5.0 + p[2]);
         v.push += 0.25 * libm::sinf(std::f32::consts::TAU * t / 3.5 + p[3]);
@@ -340,6 +393,32 @@ mod tests {
             live.iter().any(|v| *v) && live.iter().any(|v| !*v),
             "{live:?}"
         );
+    }
+
+    #[test]
+    fn an_exam_sweep_crosses_the_smallest_focal_finding_in_one_unbroken_pass() {
+        for (seed, class) in [(11, Class::Stone), (12, Class::Cyst), (13, Class::Sol)] {
+            let mut cfg = SweepConfig::new(seed, Profile::default_profile());
+            cfg.class = Some(class);
+            cfg.severity = Some(0.05);
+            cfg.fps = 10.0;
+            cfg.frames = Some(41);
+            cfg.motion = Motion::Exam;
+            let frames: Vec<_> = ProbeSweep::new(cfg).collect();
+            assert_eq!(frames.len(), 41);
+            assert!(frames.iter().all(|f| f.state == ProbeState::Scanning));
+            let seen: Vec<bool> = frames.iter().map(|f| f.lesion_visible).collect();
+            // Seen around the mid-plane (frame 20), not at the poles.
+            assert!(seen[20] && !seen[0] && !seen[40], "{class:?}: {seen:?}");
+        }
+    }
+
+    #[test]
+    fn motion_names_round_trip() {
+        for m in [Motion::Freehand, Motion::Exam] {
+            assert_eq!(Motion::parse(m.label()), Some(m));
+        }
+        assert_eq!(Motion::parse("wobble"), None);
     }
 
     #[test]

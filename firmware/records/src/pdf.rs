@@ -221,27 +221,34 @@ pub fn render(r: &Report<'_>) -> Result<Vec<u8>, PdfError> {
     }
     y = y.max(y2) + 6.0;
 
-    // What the session came to: the last aggregated decision, and how many were abnormal.
+    // What the session came to: the exam's call (latched on an abnormal decision, as the
+    // device and `renalscan eval --sweeps` define it), the last call, and how many were abnormal.
     let abnormal = sess.decisions.iter().filter(|(_, d)| d.abnormal).count();
+    let call = contract::events::exam_call(sess.decisions.iter().map(|(_, d)| d));
     let last = sess
         .decisions
         .iter()
         .rev()
         .find(|(_, d)| !d.kind.is_single_frame())
-        .or(sess.decisions.last());
-    let summary = match last {
-        Some((_, d)) => format!(
-            "Last call: {} · p {:.3} / {:.3} · {abnormal} of {} decisions abnormal",
-            if d.abnormal {
-                format!("ABNORMAL, {}", d.class.replace('_', " "))
+        .map(|(_, d)| d);
+    let summary = match (call, last) {
+        (Some(c), Some(l)) => format!(
+            "Exam call: {} · p {:.3} / {:.3}{} · {abnormal} of {} decisions abnormal",
+            if c.abnormal {
+                format!("ABNORMAL, {}", c.class.replace('_', " "))
             } else {
                 "normal".to_string()
             },
-            d.p_abnormal,
-            d.threshold,
+            c.p_abnormal,
+            c.threshold,
+            if c.abnormal && !l.abnormal {
+                " (last call normal)"
+            } else {
+                ""
+            },
             sess.decisions.len()
         ),
-        None => "No screening call in this session".to_string(),
+        _ => "No screening call in this session".to_string(),
     };
     fill(&mut s, ink);
     pen.text(&mut s, MARGIN, y + 6.0, 10.0, true, &clip(&summary, 95));

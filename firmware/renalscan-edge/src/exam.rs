@@ -2,8 +2,9 @@
 //! preprocessing, model, view gate, aggregation), every frame in order, and what the device
 //! would have shown for the exam.
 //!
-//! The device answers once per sweep, from its aggregated window, not once per image; this is
-//! how `renalscan eval --sweeps` judges that answer. No capture thread and no sinks: frames are
+//! The device answers once per exam, from its aggregated decisions, not once per image (the
+//! exam's call is latched: [`contract::events::exam_call`]); this is how
+//! `renalscan eval --sweeps` judges that answer. No capture thread and no sinks: frames are
 //! read from the replay source and handed to the pipeline one by one, so the result does not
 //! depend on the machine's speed.
 
@@ -46,9 +47,10 @@ impl SweepOutcome {
         self.decisions.last()
     }
 
-    /// Whether any aggregated decision during the sweep said abnormal.
-    pub fn ever_abnormal(&self) -> bool {
-        self.decisions.iter().any(|d| d.abnormal)
+    /// The exam's call, as the device's session record gives it ([`contract::events::exam_call`]:
+    /// latched on the most confident abnormal decision, else the last one).
+    pub fn exam_call(&self) -> Option<&Decision> {
+        contract::events::exam_call(&self.decisions)
     }
 }
 

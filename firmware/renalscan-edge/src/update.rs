@@ -321,10 +321,31 @@ fn install(a: InstallArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::FAILURE)
 }
 
+/// The form cache the install check fills: the cart's `model.form_cache` (real paths, as the
+/// runtime reading the same configuration sees them), when its folder exists. That folder is
+/// the service's (its journal): never created here, as root, in its place.
+fn install_form_cache(cfg: &Config) -> Option<&Path> {
+    cfg.model.form_cache.as_deref().filter(|p| {
+        let there = p.parent().is_some_and(Path::is_dir);
+        if !there {
+            log::warn!(
+                "model.form_cache {}: its folder does not exist; the service's first start \
+                 will time the forms instead",
+                p.display()
+            );
+        }
+        there
+    })
+}
+
 /// A staged bundle: opened as the runtime will, its signed reference frames answered
-/// through this cart's form.
+/// through this cart's form. Opening it with the cart's form cache makes `auto` time its
+/// candidate forms here, once per update, and remember the fastest (keyed by the model's
+/// pinned sha256, not the slot): the selftest and every start of the service after the switch
+/// then build only that form.
 fn check_bundle(staged: &Path, keys: &Path, cfg: &Config) -> anyhow::Result<()> {
-    let mut c = crate::infer::Classifier::open(staged, Some(keys), cfg.model.form, None)?;
+    let cache = install_form_cache(cfg);
+    let mut c = crate::infer::Classifier::open(staged, Some(keys), cfg.model.form, cache)?;
     let cases = crate::selftest::check_references(&mut c);
     if let Some(bad) = cases.iter().find(|r| !r.ok) {
         anyhow::bail!(
@@ -462,4 +483,23 @@ fn status(a: &StatusArgs) -> anyhow::Result<ExitCode> {
         println!("log      {} {:11} {}", e.at, e.event, e.detail);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_install_check_fills_the_form_cache_only_where_the_service_keeps_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        assert_eq!(install_form_cache(&cfg), None);
+        let cache = tmp.path().join("journal/model-form.toml");
+        cfg.model.form_cache = Some(cache.clone());
+        // The journal folder is the service's: not made here.
+        assert_eq!(install_form_cache(&cfg), None);
+        assert!(!tmp.path().join("journal").exists());
+        std::fs::create_dir_all(tmp.path().join("journal")).unwrap();
+        assert_eq!(install_form_cache(&cfg), Some(cache.as_path()));
+    }
 }

@@ -35,13 +35,30 @@ fn each_sweep_gets_the_call_standing_at_its_end() {
         Some(1),
         "after min_frames = 2 frames"
     );
-    assert!(!a.final_decision().unwrap().abnormal && !a.ever_abnormal());
+    assert!(!a.final_decision().unwrap().abnormal && !a.exam_call().unwrap().abnormal);
 
     // The same replay (same model) on the next sweep starts from an empty window.
     let b = replay.run(&turns).expect("second sweep");
     assert_eq!(b.first_decision_frame(), Some(1));
     assert!(!b.decisions[0].abnormal);
     assert!(b.final_decision().unwrap().abnormal, "{:?}", b.decisions);
+    assert!(b.exam_call().unwrap().abnormal);
+
+    // Through a finding and out again, as a protocol sweep crosses a focal lesion: the live
+    // call is normal again at the far pole, the exam's call stays abnormal.
+    let through = tmp.path().join("through");
+    let mut pattern = vec![false; 5];
+    pattern.extend([true; 6]);
+    pattern.extend([false; 6]);
+    write_frames(&through, &pattern);
+    let c = replay.run(&through).unwrap();
+    assert!(!c.final_decision().unwrap().abnormal, "{:?}", c.decisions);
+    let call = c.exam_call().unwrap();
+    assert!(call.abnormal, "{:?}", c.decisions);
+    assert!(c
+        .decisions
+        .iter()
+        .all(|d| d.p_abnormal <= call.p_abnormal || !d.abnormal));
 
     // Running it again gives the same decisions: nothing depends on the clock.
     let again = replay.run(&turns).unwrap();
@@ -66,6 +83,7 @@ fn a_sweep_with_nothing_to_judge_has_no_call_and_a_missing_one_is_an_error() {
     let o = replay.run(&blank).expect("blank sweep replays");
     assert_eq!(o.frames, 6);
     assert!(o.final_decision().is_none(), "{:?}", o.decisions);
+    assert!(o.exam_call().is_none());
     assert_eq!(o.counters.inferred, 0);
     assert!(replay.run(&tmp.path().join("absent")).is_err());
     // The model survives the failed sweep.

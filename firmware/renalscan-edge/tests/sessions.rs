@@ -212,6 +212,7 @@ fn a_recorded_session_exports_to_a_pdf_csv_json_and_checksums() {
     let text = String::from_utf8_lossy(&text.stdout).into_owned();
     for want in [
         "Screening aid — not a diagnosis",
+        "Exam call:",
         PATIENT,
         ACCESSION,
         "right kidney",

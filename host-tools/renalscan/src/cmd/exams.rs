@@ -1,6 +1,7 @@
 //! `renalscan eval --sweeps`: the device's answer per exam, judged. Each recorded sweep runs
 //! through renalscan-edge's own pipeline ([`renalscan_edge::exam`]) with the signed bundle;
-//! the exam's call is the aggregated decision standing when the sweep ends.
+//! the exam's call is the device's own ([`contract::events::exam_call`]: latched on an
+//! abnormal decision during the sweep), beside the decision standing when the sweep ends.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -38,7 +39,7 @@ const EXAMS_HEADER: [&str; 12] = [
     "call",
     "class",
     "p_abnormal",
-    "ever_abnormal",
+    "final_call",
     "decisions",
 ];
 
@@ -54,11 +55,13 @@ struct Row {
     first_decision_frame: Option<u64>,
     /// Sweep time of that frame, seconds (phantom sweeps).
     first_decision_s: Option<f64>,
-    /// The call standing at the end: `abnormal`, `normal`, or `none`.
+    /// The exam's call: `abnormal`, `normal`, or `none` (never decided).
     call: &'static str,
     class: Option<String>,
     p_abnormal: Option<f32>,
-    ever_abnormal: bool,
+    /// The aggregated decision standing when the sweep ended (what the live screen shows as
+    /// the probe leaves the far pole).
+    final_call: &'static str,
     decisions: usize,
 }
 
@@ -157,8 +160,16 @@ fn frames_csv(path: &Path) -> Result<(Option<String>, Vec<f64>)> {
     Ok((label, times))
 }
 
+fn call_of(d: Option<&contract::events::Decision>) -> &'static str {
+    match d {
+        Some(d) if d.abnormal => "abnormal",
+        Some(_) => "normal",
+        None => "none",
+    }
+}
+
 fn row(s: &Sweep, o: &SweepOutcome) -> Row {
-    let last = o.final_decision();
+    let call = o.exam_call();
     let first = o.first_decision_frame();
     Row {
         sweep: s.name.clone(),
@@ -168,14 +179,10 @@ fn row(s: &Sweep, o: &SweepOutcome) -> Row {
         gated: o.counters.gated.iter().sum(),
         first_decision_frame: first.map(|i| i + 1),
         first_decision_s: first.and_then(|i| s.times.get(i as usize).copied()),
-        call: match last {
-            Some(d) if d.abnormal => "abnormal",
-            Some(_) => "normal",
-            None => "none",
-        },
-        class: last.map(|d| d.class.clone()),
-        p_abnormal: last.map(|d| d.p_abnormal),
-        ever_abnormal: o.ever_abnormal(),
+        call: call_of(call),
+        class: call.map(|d| d.class.clone()),
+        p_abnormal: call.map(|d| d.p_abnormal),
+        final_call: call_of(o.final_decision()),
         decisions: o.decisions.len(),
     }
 }
@@ -316,7 +323,7 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
                 r.call.to_string(),
                 opt(r.class.clone()),
                 opt(r.p_abnormal.map(|v| format!("{v:.4}"))),
-                r.ever_abnormal.to_string(),
+                r.final_call.to_string(),
                 r.decisions.to_string(),
             ]
         }),
@@ -340,17 +347,17 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
 struct Summary {
     n_normal: usize,
     n_abnormal: usize,
-    /// Abnormal exams whose final call is abnormal (no decision counts as missed).
+    /// Abnormal exams called abnormal (no decision counts as missed).
     sensitivity: f64,
     sensitivity_ci: [f64; 2],
-    /// Normal exams whose final call is normal (no decision counts as wrong).
+    /// Normal exams called normal (no decision counts as wrong).
     specificity: f64,
     specificity_ci: [f64; 2],
     undecided: usize,
-    /// Abnormal exams with any abnormal decision during the sweep.
-    sensitivity_any: f64,
-    /// Normal exams never called abnormal during the sweep.
-    specificity_any: f64,
+    /// Abnormal exams whose decision standing at the sweep's end is abnormal.
+    sensitivity_final: f64,
+    /// Normal exams whose decision standing at the sweep's end is normal.
+    specificity_final: f64,
     median_first_decision_frames: Option<f64>,
     median_first_decision_s: Option<f64>,
     /// Per label: exams, called abnormal, undecided.
@@ -384,8 +391,14 @@ fn summarise(rows: &[Row]) -> Summary {
         specificity: frac(tn, nor.len()),
         specificity_ci: wilson(tn, nor.len()),
         undecided: rows.iter().filter(|r| r.call == "none").count(),
-        sensitivity_any: frac(abn.iter().filter(|r| r.ever_abnormal).count(), abn.len()),
-        specificity_any: frac(nor.iter().filter(|r| !r.ever_abnormal).count(), nor.len()),
+        sensitivity_final: frac(
+            abn.iter().filter(|r| r.final_call == "abnormal").count(),
+            abn.len(),
+        ),
+        specificity_final: frac(
+            nor.iter().filter(|r| r.final_call == "normal").count(),
+            nor.len(),
+        ),
         median_first_decision_frames: median(
             rows.iter()
                 .filter_map(|r| r.first_decision_frame.map(|v| v as f64))
@@ -410,8 +423,9 @@ fn report(
         t,
         "# Exam-level evaluation\n\nBundle `{}`, sweeps `{}`: {} exams ({} normal, {} abnormal) \
          replayed frame by frame through renalscan-edge's pipeline in {:.0} s. The exam's \
-         call is the aggregated decision standing when the sweep ends; an exam the device never \
-         decided on counts as wrong.\n",
+         call is the device's: abnormal if an aggregated decision during the sweep was \
+         abnormal (the most confident one gives the class), else the last decision; an exam \
+         the device never decided on counts as wrong.\n",
         args.model.display(),
         dir.display(),
         rows.len(),
@@ -437,9 +451,9 @@ fn report(
     let _ = writeln!(t, "| exams without a decision | {} |", s.undecided);
     let _ = writeln!(
         t,
-        "| if any decision during the sweep counted | sensitivity {}, specificity {} |",
-        pct(s.sensitivity_any),
-        pct(s.specificity_any)
+        "| the decision standing when the sweep ended, instead | sensitivity {}, specificity {} |",
+        pct(s.sensitivity_final),
+        pct(s.specificity_final)
     );
     let _ = writeln!(
         t,

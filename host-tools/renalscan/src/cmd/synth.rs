@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use phantom::{Anatomy, Class, Mix, PlanConfig, Profile, ProfileChoice, SweepConfig};
+use phantom::{Anatomy, Class, Mix, Motion, PlanConfig, Profile, ProfileChoice, SweepConfig};
 use progress::Progress;
 
 /// Arguments of `renalscan synth`.
@@ -57,6 +57,17 @@ pub struct Args {
     /// (for `renalscan eval --sweeps`).
     #[arg(value_parser = argrange::usize_in(1, 100_000), long, requires = "stream", conflicts_with_all = ["class", "severity"])]
     sweeps_per_class: Option<usize>,
+    /// Stream mode: how the probe moves. `freehand`: the plane wanders through the kidney,
+    /// with the probe lifted and the image frozen now and then (the default for one sweep);
+    /// `exam`: one unbroken protocol pass from pole to pole over the --n frames, so every
+    /// finding is crossed (the default for a labelled set: its labels must be what the sweeps
+    /// show). At 20 frames/s, --n 60 is a 3 s pass.
+    #[arg(long, requires = "stream", value_parser = motion)]
+    motion: Option<Motion>,
+}
+
+fn motion(s: &str) -> Result<Motion, String> {
+    Motion::parse(s).ok_or_else(|| format!("unknown motion {s:?} (known: freehand, exam)"))
 }
 
 fn fraction(s: &str) -> Result<f64, String> {
@@ -94,6 +105,7 @@ pub fn run(args: Args) -> Result<()> {
             fps: args.fps,
             frames: Some(args.n as u64),
             anatomy: args.view,
+            motion: args.motion.unwrap_or(Motion::Freehand),
             ..SweepConfig::new(args.seed, profile)
         };
         let bar = Progress::counted("phantom sweep", args.n as u64, "frames");
@@ -158,6 +170,7 @@ fn sweep_set(args: &Args, per_class: usize, start: Instant) -> Result<()> {
                             class: Some(class),
                             fps: args.fps,
                             frames: Some(args.n as u64),
+                            motion: args.motion.unwrap_or(Motion::Exam),
                             ..SweepConfig::new(seed, profile)
                         };
                         phantom::write_sweep(&args.out.join(&name), cfg, &|_, _| {})?;
@@ -182,8 +195,9 @@ fn sweep_set(args: &Args, per_class: usize, start: Instant) -> Result<()> {
     let csv = args.out.join("sweeps.csv");
     train::dataset::write_csv(&csv, &["path", "label", "seed"], &rows)?;
     log::info!(
-        "{} sweeps of {} frames in {:.1} s: {}",
+        "{} {} sweeps of {} frames in {:.1} s: {}",
         rows.len(),
+        args.motion.unwrap_or(Motion::Exam).label(),
         args.n,
         start.elapsed().as_secs_f64(),
         csv.display()
