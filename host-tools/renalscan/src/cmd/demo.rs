@@ -405,10 +405,9 @@ pub fn run(args: Args) -> Result<()> {
 /// What one sweep's JSON lines say, for the terminal.
 #[derive(Debug, Default)]
 struct SweepSummary {
-    /// The last decision: the call standing at the sweep's end.
-    last: Option<Decision>,
-    /// Decisions emitted, and the frame of the first.
-    decisions: usize,
+    /// Decisions emitted, in order (the exam's call comes from them).
+    all: Vec<Decision>,
+    /// Frame of the first decision.
     first_frame: Option<u64>,
     /// Frames the pipeline took, model runs, and refusals by the gate's reason.
     processed: u64,
@@ -429,9 +428,8 @@ impl SweepSummary {
                     let d: Decision = serde_json::from_value(v).with_context(|| {
                         format!("{} line {}: not a decision", path.display(), n + 1)
                     })?;
-                    s.decisions += 1;
                     s.first_frame.get_or_insert(d.frame_index);
-                    s.last = Some(d);
+                    s.all.push(d);
                 }
                 Some("final") => {
                     let r: StatusReport = serde_json::from_value(v).with_context(|| {
@@ -447,9 +445,9 @@ impl SweepSummary {
         Ok(s)
     }
 
-    /// The standing call, in words.
+    /// The exam's call (as the session record gives it), in words.
     fn call(&self) -> String {
-        match &self.last {
+        match contract::events::exam_call(&self.all) {
             None => "no decision (every frame refused)".to_string(),
             Some(d) if d.abnormal => format!(
                 "ABNORMAL, {} (p(abnormal) {:.2})",
@@ -483,7 +481,7 @@ impl SweepSummary {
 
     fn line(&self) -> String {
         let first = match self.first_frame {
-            Some(f) => format!("; {} decisions, the first at frame {f}", self.decisions),
+            Some(f) => format!("; {} decisions, the first at frame {f}", self.all.len()),
             None => String::new(),
         };
         format!("{}{first}; {}", self.call(), self.frames())
