@@ -165,8 +165,8 @@ impl Decision {
 ///
 /// Latched, because a sweep passes through a focal finding and out again: the live call
 /// turns back to normal at the far pole, and the call standing at the end would miss it
-/// (measured on protocol sweeps: 67% of abnormal exams called at the end, 89% latched, at
-/// the same specificity). A screening exam with an abnormal call during it is referred.
+/// (300 protocol sweeps: 71% of abnormal exams called at the end, 88% latched; specificity
+/// 88% and 76%). A screening exam with an abnormal call during it is referred.
 pub fn exam_call<'a>(decisions: impl IntoIterator<Item = &'a Decision>) -> Option<&'a Decision> {
     let mut last = None;
     let mut worst: Option<&Decision> = None;

@@ -395,10 +395,10 @@ fn f32_tensor(name: String, dims: Vec<i64>, data: &[f32]) -> TensorProto {
 }
 
 /// An f32 initializer `f(q, channel)` from integer tensor `t`, whose channel is the index of
-/// each block of `inner` elements modulo `channels`. This is the whole cost of building the
-/// float form at start-up (a ResNet-50 has 24 M weights), so int8 and uint8 raw data take a
-/// table of each channel's 256 possible values, written straight into the raw bytes: the
-/// same arithmetic as `f` per element, bit for bit.
+/// each block of `inner` elements modulo `channels`. Runs at every start over all weights (24 M
+/// in a ResNet-50), so int8 and uint8 raw data take a table of each channel's 256 possible
+/// values, written straight into the raw bytes: the same arithmetic as `f` per element, bit
+/// for bit.
 fn int_to_f32_tensor(
     name: String,
     t: &TensorProto,
