@@ -188,6 +188,20 @@ impl FormAgreement {
     }
 }
 
+/// The figures, as the bundle tools print them.
+impl std::fmt::Display for FormAgreement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of {} fresh frames decided as fp32 ({:.2}%), max |dp| {:.4}",
+            self.same_decision,
+            self.images,
+            100.0 * self.fraction(),
+            self.max_dp
+        )
+    }
+}
+
 /// The product line this code screens for. A bundle names the product it was trained and
 /// validated for; a cart runs only its own product's bundles.
 pub const PRODUCT: &str = "renalscan-pediatric-renal";

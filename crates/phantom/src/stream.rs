@@ -195,13 +195,15 @@ impl ProbeSweep {
         self.patient.class
     }
 
-    fn is_exam(&self) -> bool {
-        self.cfg.motion == Motion::Exam && self.cfg.frames.is_some_and(|n| n > 1)
+    /// The frames of a protocol pass, when this sweep is one.
+    fn exam_frames(&self) -> Option<u64> {
+        let n = self.cfg.frames.filter(|&n| n > 1)?;
+        (self.cfg.motion == Motion::Exam).then_some(n)
     }
 
     fn next_state(&mut self) {
         let fps = self.cfg.fps;
-        if self.is_exam() {
+        if self.exam_frames().is_some() {
             // A protocol sweep is one continuous pass.
             self.state = ProbeState::Scanning;
             self.left = u32::MAX;
@@ -226,13 +228,13 @@ impl ProbeSweep {
     fn view_at(&self, t: f32) -> View {
         let mut v = self.view.clone();
         let p = &self.phase;
-        v.elevation = match (self.cfg.motion, self.cfg.frames) {
-            (Motion::Exam, Some(n)) if n > 1 => {
+        v.elevation = match self.exam_frames() {
+            Some(n) => {
                 // Pole to pole: from 0.75 on one side to 0.75 on the other, linearly in time.
                 let u = (t * self.cfg.fps / (n - 1) as f32).clamp(0.0, 1.0);
                 (0.75 * (1.0 - 2.0 * u)).abs()
             }
-            _ => (0.75 * libm::sinf(std::f32::consts::TAU * t / 7.0 + p[0])).abs(),
+            None => (0.75 * libm::sinf(std::f32::consts::TAU * t / 7.0 + p[0])).abs(),
         };
         v.offset_x += 0.5 * libm::sinf(std::f32::consts::TAU * t / 11.0 + p[1]);
         v.tilt += 0.06 * libm::sinf(std::f32::consts::TAU * t / 5.0 + p[2]);

@@ -402,12 +402,7 @@ pub fn make(args: BundleArgs) -> Result<()> {
         );
         let a = half_agreement(&model, &manifest, &key, args.half_agreement, args.threads)?;
         println!(
-            "half form: {} of {} fresh frames decided as fp32 decides ({:.2}%), max |dp| {:.4}; \
-             {} ({})",
-            a.same_decision,
-            a.images,
-            100.0 * a.fraction(),
-            a.max_dp,
+            "half form: {a}; {} ({})",
             if a.proven() {
                 "proven: carts with f16 arithmetic may run it"
             } else {
@@ -639,12 +634,8 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
     }
     for a in &m.form_agreement {
         println!(
-            "form        {}: {} of {} fresh frames decided as fp32 ({:.2}%), max |dp| {:.4}: {}",
+            "form        {}: {a}: {}",
             a.form,
-            a.same_decision,
-            a.images,
-            100.0 * a.fraction(),
-            a.max_dp,
             if a.proven() {
                 "proven"
             } else {
