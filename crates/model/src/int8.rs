@@ -397,14 +397,14 @@ fn f32_tensor(name: String, dims: Vec<i64>, data: &[f32]) -> TensorProto {
 /// An f32 initializer `f(q, channel)` from integer tensor `t`, whose channel is the index of
 /// each block of `inner` elements modulo `channels`. Runs at every start over all weights (24 M
 /// in a ResNet-50), so int8 and uint8 raw data take a table of each channel's 256 possible
-/// values, written straight into the raw bytes: the same arithmetic as `f` per element, bit
-/// for bit.
+/// values, written straight into the raw bytes (the same arithmetic as `f` per element, bit
+/// for bit), and large tensors are split by blocks over the machine's cores.
 fn int_to_f32_tensor(
     name: String,
     t: &TensorProto,
     inner: usize,
     channels: usize,
-    f: impl Fn(i64, usize) -> f32,
+    f: impl Fn(i64, usize) -> f32 + Sync,
 ) -> Result<TensorProto, String> {
     let (inner, channels) = (inner.max(1), channels.max(1));
     let byte_value: Option<fn(u8) -> i64> = match DataType::try_from(t.data_type) {
@@ -417,40 +417,40 @@ fn int_to_f32_tensor(
         Ok(DataType::Uint8) => Some(|b| b as i64),
         _ => None,
     };
-    let mut raw = Vec::new();
-    match byte_value {
-        // A table pays off where a channel's block is longer than the table.
-        Some(value) if inner >= 256 || channels == 1 => {
-            raw.reserve_exact(t.raw_data.len() * 4);
-            let mut table = [[0u8; 4]; 256];
-            let mut built = None;
-            for (block, chunk) in t.raw_data.chunks(inner).enumerate() {
-                let c = block % channels;
-                if built != Some(c) {
-                    for (b, e) in table.iter_mut().enumerate() {
-                        *e = f(value(b as u8), c).to_le_bytes();
-                    }
-                    built = Some(c);
-                }
-                for &b in chunk {
-                    raw.extend_from_slice(&table[b as usize]);
-                }
-            }
-        }
+    let raw = match byte_value {
         Some(value) => {
-            raw.reserve_exact(t.raw_data.len() * 4);
-            for (i, &b) in t.raw_data.iter().enumerate() {
-                raw.extend_from_slice(&f(value(b), (i / inner) % channels).to_le_bytes());
+            let mut raw = vec![0u8; t.raw_data.len() * 4];
+            let (src, f) = (&t.raw_data, &f);
+            // Each part starts at a block boundary, so its channels are known.
+            let convert = |first_block: usize, src: &[u8], out: &mut [u8]| {
+                bytes_to_f32(first_block, src, out, inner, channels, value, f)
+            };
+            let parts = conversion_parts(src.len());
+            if parts == 1 {
+                convert(0, src, &mut raw);
+            } else {
+                let blocks_per_part = src.len().div_ceil(inner).div_ceil(parts);
+                let step = blocks_per_part * inner;
+                std::thread::scope(|scope| {
+                    for (i, (src, out)) in
+                        src.chunks(step).zip(raw.chunks_mut(step * 4)).enumerate()
+                    {
+                        let convert = &convert;
+                        scope.spawn(move || convert(i * blocks_per_part, src, out));
+                    }
+                });
             }
+            raw
         }
         None => {
             let v = int_values(t)?;
-            raw.reserve_exact(v.len() * 4);
+            let mut raw = Vec::with_capacity(v.len() * 4);
             for (i, &q) in v.iter().enumerate() {
                 raw.extend_from_slice(&f(q, (i / inner) % channels).to_le_bytes());
             }
+            raw
         }
-    }
+    };
     Ok(TensorProto {
         name,
         dims: t.dims.clone(),
@@ -458,6 +458,53 @@ fn int_to_f32_tensor(
         raw_data: raw,
         ..Default::default()
     })
+}
+
+/// How many threads convert a tensor of `n` bytes: one below a quarter million weights (a
+/// thread costs more than it saves there), else one per core, at most 8.
+fn conversion_parts(n: usize) -> usize {
+    if n < 1 << 18 {
+        return 1;
+    }
+    std::thread::available_parallelism().map_or(1, |p| p.get().min(8))
+}
+
+/// Writes `f(value(b), channel)` as little-endian f32 for each byte of `src`, which starts at
+/// block `first_block`. A table of the channel's 256 values pays off where a channel's block
+/// is longer than the table (or there is one channel); shorter blocks compute each element.
+fn bytes_to_f32(
+    first_block: usize,
+    src: &[u8],
+    out: &mut [u8],
+    inner: usize,
+    channels: usize,
+    value: fn(u8) -> i64,
+    f: &(impl Fn(i64, usize) -> f32 + Sync),
+) {
+    let blocks = src.chunks(inner).zip(out.chunks_mut(inner * 4));
+    if inner >= 256 || channels == 1 {
+        let mut table = [[0u8; 4]; 256];
+        let mut built = None;
+        for (k, (block, out)) in blocks.enumerate() {
+            let c = (first_block + k) % channels;
+            if built != Some(c) {
+                for (b, e) in table.iter_mut().enumerate() {
+                    *e = f(value(b as u8), c).to_le_bytes();
+                }
+                built = Some(c);
+            }
+            for (&b, o) in block.iter().zip(out.chunks_exact_mut(4)) {
+                o.copy_from_slice(&table[b as usize]);
+            }
+        }
+    } else {
+        for (k, (block, out)) in blocks.enumerate() {
+            let c = (first_block + k) % channels;
+            for (&b, o) in block.iter().zip(out.chunks_exact_mut(4)) {
+                o.copy_from_slice(&f(value(b), c).to_le_bytes());
+            }
+        }
+    }
 }
 
 /// Rewrites a QOperator model into the float form: each QLinearConv becomes a Conv with
@@ -468,9 +515,8 @@ fn int_to_f32_tensor(
 /// accumulator, so the file's following Cast, per-channel Mul and bias Add keep their
 /// meaning; the Cast becomes an identity). `path` only names the file in errors.
 pub fn float_form(model: &ModelProto, path: &Path) -> Result<ModelProto, Int8Error> {
-    let mut out = model.clone();
     let Some(graph) = model.graph.as_ref() else {
-        return Ok(out);
+        return Ok(model.clone());
     };
     let consts = constants(graph);
     let producers: HashMap<&str, &NodeProto> = graph
@@ -593,15 +639,39 @@ pub fn float_form(model: &ModelProto, path: &Path) -> Result<ModelProto, Int8Err
         .map(|t| t.name.as_str())
         .filter(|n| !kept.contains(*n))
         .collect();
-    if let Some(g) = out.graph.as_mut() {
-        g.node = nodes;
-        g.initializer = initializer;
-        // Old IR versions list initializers as inputs too; intermediate types changed from
-        // int8 to float, so recorded value types would now lie.
-        g.input.retain(|i| !dropped.contains(i.name.as_str()));
-        g.value_info.clear();
-    }
-    Ok(out)
+    // Built field by field rather than cloned and edited: a clone would copy every int8
+    // weight only to drop it (and a field added to the protobuf types fails to compile here
+    // instead of being lost).
+    Ok(ModelProto {
+        ir_version: model.ir_version,
+        opset_import: model.opset_import.clone(),
+        producer_name: model.producer_name.clone(),
+        producer_version: model.producer_version.clone(),
+        domain: model.domain.clone(),
+        model_version: model.model_version,
+        doc_string: model.doc_string.clone(),
+        graph: Some(pb::GraphProto {
+            node: nodes,
+            name: graph.name.clone(),
+            initializer,
+            sparse_initializer: graph.sparse_initializer.clone(),
+            doc_string: graph.doc_string.clone(),
+            // Old IR versions list initializers as inputs too.
+            input: graph
+                .input
+                .iter()
+                .filter(|i| !dropped.contains(i.name.as_str()))
+                .cloned()
+                .collect(),
+            output: graph.output.clone(),
+            // Intermediate types changed from int8 to float: recorded ones would now lie.
+            value_info: Vec::new(),
+            quantization_annotation: graph.quantization_annotation.clone(),
+        }),
+        metadata_props: model.metadata_props.clone(),
+        training_info: model.training_info.clone(),
+        functions: model.functions.clone(),
+    })
 }
 
 /// Input `i` of `node`, which must be a constant (initializer or `Constant`).
@@ -1449,11 +1519,19 @@ mod tests {
 
     #[test]
     fn weight_tables_give_what_each_element_would() {
-        // 3 channels of 300 int8 weights (table per channel), and of 5 (element by element).
-        let bytes: Vec<u8> = (0..900u32).map(|i| (i * 37 % 256) as u8).collect();
-        let scale = [0.013f32, -0.5, 3.0e-4];
+        let scale = [0.013f32, -0.5, 3.0e-4, 2.5, -0.031, 0.7, 1.0e-3];
         let f = |q: i64, c: usize| (q as f64 / 0.07f64) as f32 * scale[c];
-        for (inner, dims) in [(300, vec![3i64, 300]), (5, vec![180, 5])] {
+        // 3 channels of 300 int8 weights (table per channel) and of 5 (element by element);
+        // then tensors large enough to be split over threads, with part boundaries inside a
+        // channel's run of blocks: 7 channels of 45,001 (table) and 7 x 451 blocks of 101.
+        for (inner, channels, dims) in [
+            (300, 3, vec![3i64, 300]),
+            (5, 3, vec![180, 5]),
+            (45_001, 7, vec![7, 45_001]),
+            (101, 7, vec![3157, 101]),
+        ] {
+            let n = dims.iter().product::<i64>() as u32;
+            let bytes: Vec<u8> = (0..n).map(|i| (i.wrapping_mul(37) % 251) as u8).collect();
             let t = TensorProto {
                 name: "w".into(),
                 dims: dims.clone(),
@@ -1461,14 +1539,15 @@ mod tests {
                 raw_data: bytes.clone(),
                 ..Default::default()
             };
-            let got = int_to_f32_tensor("w_f".into(), &t, inner, 3, f).unwrap();
+            let got = int_to_f32_tensor("w_f".into(), &t, inner, channels, f).unwrap();
             let want: Vec<f32> = bytes
                 .iter()
                 .enumerate()
-                .map(|(i, &b)| f(b as i8 as i64, (i / inner) % 3))
+                .map(|(i, &b)| f(b as i8 as i64, (i / inner) % channels))
                 .collect();
             assert_eq!(got.dims, dims);
-            assert_eq!(f32_values(&got).unwrap(), want, "inner {inner}");
+            let got = f32_values(&got).unwrap();
+            assert!(got == want, "inner {inner}: values differ");
         }
         // Values kept in int32_data (no raw bytes) take the same arithmetic.
         let t = TensorProto {

@@ -579,8 +579,18 @@ impl<'o> Runtime<'o> {
             }
             return Flow::Stop;
         }
-        // A worker finishing wakes this wait (`Slot::wake`).
-        let Some(frame) = self.capture.slot.take(Duration::from_millis(20)) else {
+        // A worker finishing wakes this wait (`Slot::wake`). While another worker is busy,
+        // a free one waits for a fresh frame rather than start on one already most of a
+        // frame interval old: decisions keep coming from the busy worker, and the second
+        // core's share of the work then comes back as latency instead of adding to it. With
+        // every worker idle (or one worker) any frame is taken at once.
+        let wait = Duration::from_millis(20);
+        let frame = if self.pipeline.workers() > 1 && self.pipeline.in_flight() > 0 {
+            self.capture.slot.take_fresh(wait)
+        } else {
+            self.capture.slot.take(wait)
+        };
+        let Some(frame) = frame else {
             return if self.capture.slot.is_finished() && self.pipeline.in_flight() == 0 {
                 Flow::Stop
             } else {
