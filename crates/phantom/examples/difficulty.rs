@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         mix,
         profile,
         other_views: 0,
+        elevation_max: phantom::DEFAULT_ELEVATION_MAX,
     });
     let (auc, per) = histogram_auc(&specs, 32);
     println!("n={n} seed={seed}: histogram-logistic AUC {auc:.3}");

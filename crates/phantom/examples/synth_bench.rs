@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         mix: Mix::Paper,
         profile,
         other_views: 0,
+        elevation_max: phantom::DEFAULT_ELEVATION_MAX,
     });
     println!("threads: {}", rayon::current_num_threads());
 

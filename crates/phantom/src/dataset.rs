@@ -70,6 +70,9 @@ pub struct PlanConfig {
     /// probe, planes beside the kidney), appended after the kidney images so those keep their
     /// exact pixels for a seed.
     pub other_views: usize,
+    /// How far from the kidney's mid-plane a still's plane may lie
+    /// ([`crate::DEFAULT_ELEVATION_MAX`]; up to 0.75 covers the planes a protocol sweep shows).
+    pub elevation_max: f32,
 }
 
 /// The share of no-kidney views `renalscan synth` adds by default: enough for the view gate
@@ -142,6 +145,7 @@ pub fn plan(cfg: &PlanConfig) -> Vec<ImageSpec> {
                 seed: derive(cfg.seed, TAG_IMAGE, index),
                 profile,
                 anatomy: Anatomy::Kidney,
+                elevation_max: cfg.elevation_max,
             });
         }
     }
@@ -195,6 +199,7 @@ fn plan_other_views(cfg: &PlanConfig, specs: &mut Vec<ImageSpec>) {
                 seed: derive(cfg.seed, TAG_IMAGE, index),
                 profile,
                 anatomy,
+                elevation_max: cfg.elevation_max,
             });
         }
         left -= k;
@@ -313,6 +318,7 @@ mod tests {
             mix,
             profile: ProfileChoice::One(Profile::default_profile()),
             other_views: 0,
+            elevation_max: crate::DEFAULT_ELEVATION_MAX,
         }
     }
 

@@ -28,6 +28,8 @@ pub struct ImageSpec {
     pub profile: &'static Profile,
     /// What is in view; for anything but a kidney, `class` is meaningless (normal).
     pub anatomy: Anatomy,
+    /// How far from the kidney's mid-plane the plane may lie ([`crate::DEFAULT_ELEVATION_MAX`]).
+    pub elevation_max: f32,
 }
 
 /// Folder and manifest label of images that show no kidney.
@@ -101,7 +103,7 @@ impl Renderer {
     pub fn render(&self, spec: &ImageSpec) -> RgbImage {
         let patient = spec.patient();
         let mut rng = Rand::new(spec.seed);
-        let view = View::draw(&mut rng);
+        let view = View::draw_within(&mut rng, spec.elevation_max);
         let ts = 1_600_000_000 + derive(spec.patient_seed, 9, 0) % 150_000_000 + spec.index * 7;
         if !spec.anatomy.is_kidney() {
             // Its own stream, so kidney images keep their exact pixels.
@@ -266,6 +268,7 @@ fn render_single(
         seed: derive(seed, 2, index),
         profile,
         anatomy,
+        elevation_max: crate::DEFAULT_ELEVATION_MAX,
     })
 }
 
@@ -273,7 +276,7 @@ fn render_single(
 pub fn scene_for(spec: &ImageSpec) -> Scene {
     let patient = spec.patient();
     let mut rng = Rand::new(spec.seed);
-    let view = View::draw(&mut rng);
+    let view = View::draw_within(&mut rng, spec.elevation_max);
     Scene::new(&patient, &view, spec.profile)
 }
 

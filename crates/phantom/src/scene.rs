@@ -207,8 +207,20 @@ pub struct View {
     pub seed: u32,
 }
 
+/// How far from the kidney's mid-plane a still image's plane may lie by default (fraction of
+/// its half-width): stills are taken near the long axis. A protocol sweep passes from 0.75 on
+/// one side to 0.75 on the other ([`crate::stream`]).
+pub const DEFAULT_ELEVATION_MAX: f32 = 0.4;
+
 impl View {
+    /// A still image's view, its plane within [`DEFAULT_ELEVATION_MAX`] of the mid-plane.
     pub fn draw(rng: &mut Rand) -> Self {
+        Self::draw_within(rng, DEFAULT_ELEVATION_MAX)
+    }
+
+    /// A view whose plane lies within `elevation_max` of the mid-plane (the same random
+    /// draws as [`View::draw`], so everything else about the view is unchanged).
+    pub fn draw_within(rng: &mut Rand, elevation_max: f32) -> Self {
         let mut sliders = [0.0; 5];
         for s in sliders.iter_mut() {
             *s = rng.range(-2.5, 2.5);
@@ -216,7 +228,7 @@ impl View {
         View {
             offset_x: rng.range(-0.8, 0.8),
             tilt: rng.range(-0.12, 0.12),
-            elevation: rng.range(0.0, 0.4),
+            elevation: rng.range(0.0, elevation_max),
             push: rng.range(-0.3, 0.3),
             gain_db: rng.range(-5.0, 5.0),
             dr_db: rng.range(-6.0, 6.0),
@@ -931,5 +943,35 @@ mod tests {
         let (x, z, ..) = s.stone.unwrap();
         let t = s.tissue(x, z, (0.0, 1.0));
         assert!(t.atten > 20.0, "{t:?}");
+    }
+
+    #[test]
+    fn a_wider_elevation_range_changes_only_the_elevation() {
+        let mut wide_seen = false;
+        for seed in 0..200 {
+            let near = View::draw(&mut Rand::new(seed));
+            let wide = View::draw_within(&mut Rand::new(seed), 0.75);
+            assert!((0.0..=DEFAULT_ELEVATION_MAX).contains(&near.elevation));
+            assert!((0.0..=0.75).contains(&wide.elevation));
+            wide_seen |= wide.elevation > DEFAULT_ELEVATION_MAX;
+            assert_eq!(
+                format!(
+                    "{:?}",
+                    View {
+                        elevation: 0.0,
+                        ..near
+                    }
+                ),
+                format!(
+                    "{:?}",
+                    View {
+                        elevation: 0.0,
+                        ..wide
+                    }
+                ),
+                "seed {seed}"
+            );
+        }
+        assert!(wide_seen, "no plane beyond the default range in 200 draws");
     }
 }

@@ -11,6 +11,7 @@ fn histogram_logistic_auc_is_at_most_0_80() {
         mix: Mix::Paper,
         profile: ProfileChoice::One(Profile::default_profile()),
         other_views: 0,
+        elevation_max: phantom::DEFAULT_ELEVATION_MAX,
     });
     let (auc, per) = histogram_auc(&specs, 32);
     eprintln!("histogram-logistic AUC {auc:.3}; per class {per:?}");

@@ -32,6 +32,7 @@ pub fn phantom(cache: &Path, n: usize, seed: u64) -> Result<Vec<Sample>, TrainEr
             mix: phantom::Mix::Balanced,
             profile: phantom::ProfileChoice::Mixed,
             other_views: n,
+            elevation_max: phantom::DEFAULT_ELEVATION_MAX,
         });
         let tmp = dir.with_extension("partial");
         if tmp.exists() {

@@ -36,6 +36,12 @@ pub struct Args {
     /// range and an example: `docs/phantom.md`).
     #[arg(long, conflicts_with = "profile")]
     profile_file: Option<PathBuf>,
+    /// How far from the kidney's mid-plane a still's plane may lie, as a fraction of the
+    /// kidney's half-width. The default keeps stills near the long axis; 0.75 covers every
+    /// plane a protocol sweep passes through (pole to pole), so a model trained on them has
+    /// seen the poles of normal kidneys.
+    #[arg(value_parser = argrange::f32_in(0.0, 0.95), long, default_value_t = phantom::DEFAULT_ELEVATION_MAX, conflicts_with = "stream")]
+    elevation_max: f32,
     /// Write a probe sweep (smooth motion, lifted probe, freeze) instead of a data set.
     #[arg(long)]
     stream: bool,
@@ -125,6 +131,7 @@ pub fn run(args: Args) -> Result<()> {
         mix,
         profile,
         other_views: (args.n as f64 * args.other_views).round() as usize,
+        elevation_max: args.elevation_max,
     });
     let bar = Progress::new("phantom images", specs.len() as u64);
     let manifest = phantom::write_dataset(&args.out, &specs, &|_, _| bar.tick())?;

@@ -29,6 +29,7 @@ pub fn phantom(dir: &Path, n: usize, seed: u64) -> PathBuf {
         mix: Mix::Balanced,
         profile: ProfileChoice::Mixed,
         other_views: 0,
+        elevation_max: phantom::DEFAULT_ELEVATION_MAX,
     });
     phantom::write_dataset(&data, &specs, &|_, _| {}).expect("phantom set");
     data
