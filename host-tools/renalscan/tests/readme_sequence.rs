@@ -91,6 +91,7 @@ fn the_readme_cli_sequence_chains_by_hand() {
         eval(&run, &run.join("split.csv"), &t.join("report")),
     );
     exists(&t.join("report/metrics.json"));
+    predictions_agree(&run.join("split.csv"), &t.join("report"));
 
     // The README's form: a model file in, a model file out, in a folder of its own.
     let int8 = q.join("int8.onnx");
@@ -173,4 +174,33 @@ fn the_readme_cli_sequence_chains_by_hand() {
             assert!(!next.trim().is_empty(), "empty cause in:\n{err}");
         }
     }
+}
+
+/// `predictions.csv` lists every test image of the split once, and each row's call is its
+/// p(abnormal) against the threshold the report used.
+fn predictions_agree(split: &Path, report: &Path) {
+    let text = std::fs::read_to_string(split).expect("split.csv");
+    let tests = text.lines().filter(|l| l.ends_with(",test")).count();
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.join("metrics.json")).expect("metrics.json"))
+            .expect("metrics.json is JSON");
+    let threshold = metrics["overall"]["threshold"].as_f64().expect("threshold");
+    let mut r = csv::Reader::from_path(report.join("predictions.csv")).expect("predictions.csv");
+    let header: Vec<String> = r
+        .headers()
+        .expect("header")
+        .iter()
+        .map(String::from)
+        .collect();
+    let col = |name: &str| header.iter().position(|h| h == name).expect(name);
+    let (p, call, path) = (col("p_abnormal"), col("call"), col("path"));
+    let mut seen = std::collections::HashSet::new();
+    for row in r.records() {
+        let row = row.expect("row");
+        let v: f64 = row[p].parse().expect("p_abnormal is a number");
+        let want = if v >= threshold { "abnormal" } else { "normal" };
+        assert_eq!(&row[call], want, "{:?}", row);
+        assert!(seen.insert(row[path].to_string()), "{} twice", &row[path]);
+    }
+    assert_eq!(seen.len(), tests, "one row per test image");
 }

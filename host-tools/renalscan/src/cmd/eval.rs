@@ -170,6 +170,9 @@ pub fn run(args: Args) -> Result<()> {
     // The kidney views the gate lets through: what a clinician would be shown.
     let mut passed = Vec::new();
     let mut gate_counts = [[0usize; 4]; 2]; // [kidney, other] x [n, gated, learned, ood]
+                                            // One row per scored image, for finding which images a model gets wrong.
+    let mut rows: Vec<[String; 9]> = Vec::new();
+    let normal = taxonomy.normal_index();
     for (s, r) in samples.iter().zip(results) {
         let Ok(mut out) = r else { continue };
         // A site-calibrated bundle: the device rescales the model's probabilities; so do we.
@@ -189,6 +192,33 @@ pub fn run(args: Args) -> Result<()> {
             c[2] += usize::from(learned);
             c[3] += usize::from(odd);
         }
+        let p_abnormal = 1.0 - probs.get(normal).copied().map_or(f64::NAN, f64::from);
+        let argmax = (0..probs.len()).max_by(|&a, &b| probs[a].total_cmp(&probs[b]));
+        let gate_cell = |i: usize| rest.get(i).map_or(String::new(), |v| format!("{v:.6}"));
+        rows.push([
+            s.path.display().to_string(),
+            s.frame.to_string(),
+            train::dataset::DATA_LABELS[s.label].to_string(),
+            s.patient.clone(),
+            format!("{p_abnormal:.6}"),
+            if p_abnormal >= threshold {
+                "abnormal"
+            } else {
+                "normal"
+            }
+            .to_string(),
+            argmax.map_or(String::new(), |i| taxonomy.labels()[i].clone()),
+            if gate.is_some() {
+                gate_cell(0)
+            } else {
+                String::new()
+            },
+            match (&gate, refused) {
+                (None, _) => String::new(),
+                (Some(_), true) => "gated".into(),
+                (Some(_), false) => "passed".into(),
+            },
+        ]);
         if !s.is_kidney() {
             continue;
         }
@@ -243,6 +273,26 @@ pub fn run(args: Args) -> Result<()> {
         if args.threshold.is_some() { "given on the command line" } else { "from the manifest" }
     );
     evaluate::write_report(&args.out, &e, &context)?;
+    let predictions = args.out.join("predictions.csv");
+    train::dataset::write_csv(
+        &predictions,
+        &[
+            "path",
+            "frame",
+            "label",
+            "patient_id",
+            "p_abnormal",
+            "call",
+            "top_class",
+            "p_kidney",
+            "view_gate",
+        ],
+        &rows,
+    )?;
+    log::info!(
+        "{}: one row per image (the call at threshold {threshold:.4})",
+        predictions.display()
+    );
     let o = &e.overall;
     println!(
         "test: {} images ({} normal, {} abnormal)\nAUC {:.4} (95% CI {:.4}-{:.4})\n\
