@@ -170,9 +170,9 @@ pub fn run(args: Args) -> Result<()> {
     // The kidney views the gate lets through: what a clinician would be shown.
     let mut passed = Vec::new();
     let mut gate_counts = [[0usize; 4]; 2]; // [kidney, other] x [n, gated, learned, ood]
-                                            // One row per scored image, for finding which images a model gets wrong.
-    let mut rows: Vec<[String; 9]> = Vec::new();
     let normal = taxonomy.normal_index();
+    // One row per scored image, for finding which images a model gets wrong.
+    let mut rows: Vec<[String; 9]> = Vec::new();
     for (s, r) in samples.iter().zip(results) {
         let Ok(mut out) = r else { continue };
         // A site-calibrated bundle: the device rescales the model's probabilities; so do we.
