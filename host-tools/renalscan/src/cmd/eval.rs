@@ -170,8 +170,7 @@ pub fn run(args: Args) -> Result<()> {
     // The kidney views the gate lets through: what a clinician would be shown.
     let mut passed = Vec::new();
     let mut gate_counts = [[0usize; 4]; 2]; // [kidney, other] x [n, gated, learned, ood]
-    let normal = taxonomy.normal_index();
-    // One row per scored image, for finding which images a model gets wrong.
+                                            // One row per scored image, for finding which images a model gets wrong.
     let mut rows: Vec<[String; 9]> = Vec::new();
     for (s, r) in samples.iter().zip(results) {
         let Ok(mut out) = r else { continue };
@@ -192,8 +191,7 @@ pub fn run(args: Args) -> Result<()> {
             c[2] += usize::from(learned);
             c[3] += usize::from(odd);
         }
-        let p_abnormal = 1.0 - probs.get(normal).copied().map_or(f64::NAN, f64::from);
-        let argmax = (0..probs.len()).max_by(|&a, &b| probs[a].total_cmp(&probs[b]));
+        let p_abnormal = taxonomy.p_abnormal_f64(probs);
         let gate_cell = |i: usize| rest.get(i).map_or(String::new(), |v| format!("{v:.6}"));
         rows.push([
             s.path.display().to_string(),
@@ -207,7 +205,11 @@ pub fn run(args: Args) -> Result<()> {
                 "normal"
             }
             .to_string(),
-            argmax.map_or(String::new(), |i| taxonomy.labels()[i].clone()),
+            taxonomy
+                .labels()
+                .get(evaluate::metrics::argmax(probs))
+                .cloned()
+                .unwrap_or_default(),
             if gate.is_some() {
                 gate_cell(0)
             } else {
