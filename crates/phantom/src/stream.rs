@@ -64,6 +64,10 @@ impl Motion {
     }
 }
 
+/// How far off the kidney's mid-plane a sweep's plane goes, either side (fraction of the
+/// kidney's half-width): past the poles' edge, so every focal finding is crossed.
+const SWEEP_ELEVATION: f32 = 0.75;
+
 /// Sweep settings.
 #[derive(Clone, Debug)]
 pub struct SweepConfig {
@@ -230,11 +234,11 @@ impl ProbeSweep {
         let p = &self.phase;
         v.elevation = match self.exam_frames() {
             Some(n) => {
-                // Pole to pole: from 0.75 on one side to 0.75 on the other, linearly in time.
+                // Pole to pole: from one side to the other, linearly in time.
                 let u = (t * self.cfg.fps / (n - 1) as f32).clamp(0.0, 1.0);
-                (0.75 * (1.0 - 2.0 * u)).abs()
+                (SWEEP_ELEVATION * (1.0 - 2.0 * u)).abs()
             }
-            None => (0.75 * libm::sinf(std::f32::consts::TAU * t / 7.0 + p[0])).abs(),
+            None => (SWEEP_ELEVATION * libm::sinf(std::f32::consts::TAU * t / 7.0 + p[0])).abs(),
         };
         v.offset_x += 0.5 * libm::sinf(std::f32::consts::TAU * t / 11.0 + p[1]);
         v.tilt += 0.06 * libm::sinf(std::f32::consts::TAU * t / 5.0 + p[2]);
