@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # The half (f16) form's decisions with ARM's own f16 arithmetic, on fresh phantom frames.
 #
-# Emulated ResNet-50 in f16 takes about 2 minutes a frame under qemu, so not every frame runs
-# there: all N frames run in fp32 on this machine; the frames whose p(abnormal) lies nearest
-# the bundle's threshold (where a small difference could flip a decision), plus a few drawn
-# at random, run as the half form under qemu-aarch64 on an fp16-capable CPU model
-# (cortex-a76; tract then picks its arm64fp16 kernels, which accumulate in f16), and on this
-# machine for comparison. The rest are decided by their margin: it is reported against the
-# largest |ARM - fp32| difference seen. qemu is not a timing.
+# All N frames run in fp32 on this machine. The frames whose p(abnormal) lies nearest the
+# bundle's threshold (where a small difference could flip a decision), plus a few drawn at
+# random, run as the half form under qemu-aarch64 on an fp16-capable CPU model (cortex-a76;
+# tract then picks its arm64fp16 kernels, which accumulate in f16), and on this machine for
+# comparison. NEAR=all runs every frame under qemu. Emulated ResNet-50 in f16 takes about
+# 2 minutes a frame per core, so the frames are spread over the cores in chunks of 5
+# nearest first (JOBS, default every core), each chunk's results kept as it finishes. Frames
+# left out are decided by their margin, reported against the largest |ARM - fp32| seen.
+# qemu is not a timing.
 #
-#   bash scripts/half_arm_check.sh BUNDLE KEYS [N=200] [NEAR=14] [RANDOM=6] [SEED=19190419]
+#   bash scripts/half_arm_check.sh BUNDLE KEYS [N=200] [NEAR=14|all] [RANDOM=6] [SEED=19190419]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 bundle=$(realpath "$1") keys=$(realpath "$2")
-n=${3:-200} near=${4:-14} random=${5:-6} seed=${6:-19190419}
+n=${3:-200} near=${4:-14} random=${5:-6} seed=${6:-19190419} jobs=${JOBS:-$(nproc)}
+[ "$near" = all ] && near=$n
 host=$CARGO_TARGET_DIR/release/renalscan
 edge=$CARGO_TARGET_DIR/release/renalscan-edge
 arm=$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/release/renalscan-edge
@@ -37,11 +40,19 @@ pick += random.sample([r["file"] for r in rows[near:]], min(rnd, len(rows) - nea
 open(f"{out}/picked.txt", "w").write("\n".join(pick) + "\n")
 EOF
 check "$edge" --form half $(cat "$out/picked.txt") > "$out/half-x86.jsonl"
-echo "half form under qemu (cortex-a76, fp16): $(wc -l < "$out/picked.txt") frames, about 2 min each"
-TRACT_CPU_ISA=+fp16 qemu-aarch64-static -cpu cortex-a76 -L /usr/aarch64-linux-gnu \
-  "$arm" check --bundle "$bundle" --trusted-keys "$keys" --form half --threads 1 --json \
-  $(cat "$out/picked.txt") > "$out/half-arm.jsonl" 2> "$out/half-arm.log"
-grep -o "kernels arm64[^\"]*" "$out/half-arm.log" | head -1
+frames=$(wc -l < "$out/picked.txt")
+echo "half form under qemu (cortex-a76, fp16): $frames frames, $jobs at a time," \
+  "about $(( (frames * 2 + jobs - 1) / jobs )) min"
+mkdir "$out/arm"
+split -l 5 -d -a 3 "$out/picked.txt" "$out/arm/chunk-"
+export arm bundle keys
+ls "$out"/arm/chunk-??? | xargs -P "$jobs" -I{} bash -c '
+  TRACT_CPU_ISA=+fp16 qemu-aarch64-static -cpu cortex-a76 -L /usr/aarch64-linux-gnu \
+    "$arm" check --bundle "$bundle" --trusted-keys "$keys" --form half --threads 1 --json \
+    $(cat {}) > {}.jsonl 2> {}.log || { echo "  $(basename {}) failed: see {}.log" >&2; exit 255; }
+  echo "  $(basename {}): $(wc -l < {}.jsonl) frames done"'
+cat "$out"/arm/chunk-???.jsonl > "$out/half-arm.jsonl"
+grep -ho "kernels arm64[^\"]*" "$out"/arm/chunk-*.log | head -1
 python3 - "$out" "$threshold" <<'EOF'
 import json, sys
 out, t = sys.argv[1], float(sys.argv[2])
