@@ -169,8 +169,9 @@ pub fn run(args: Args) -> Result<()> {
     let mut preds = Vec::new();
     // The kidney views the gate lets through: what a clinician would be shown.
     let mut passed = Vec::new();
-    let mut gate_counts = [[0usize; 4]; 2]; // [kidney, other] x [n, gated, learned, ood]
-                                            // One row per scored image, for finding which images a model gets wrong.
+    // [kidney, other] x [n, gated, learned, ood]
+    let mut gate_counts = [[0usize; 4]; 2];
+    // One row per scored image, for finding which images a model gets wrong.
     let mut rows: Vec<[String; 9]> = Vec::new();
     for (s, r) in samples.iter().zip(results) {
         let Ok(mut out) = r else { continue };
@@ -192,7 +193,13 @@ pub fn run(args: Args) -> Result<()> {
             c[3] += usize::from(odd);
         }
         let p_abnormal = taxonomy.p_abnormal_f64(probs);
-        let gate_cell = |i: usize| rest.get(i).map_or(String::new(), |v| format!("{v:.6}"));
+        let (p_kidney, verdict) = match &gate {
+            None => (String::new(), ""),
+            Some(_) => (
+                rest.first().map_or(String::new(), |v| format!("{v:.6}")),
+                if refused { "gated" } else { "passed" },
+            ),
+        };
         rows.push([
             s.path.display().to_string(),
             s.frame.to_string(),
@@ -210,16 +217,8 @@ pub fn run(args: Args) -> Result<()> {
                 .get(evaluate::metrics::argmax(probs))
                 .cloned()
                 .unwrap_or_default(),
-            if gate.is_some() {
-                gate_cell(0)
-            } else {
-                String::new()
-            },
-            match (&gate, refused) {
-                (None, _) => String::new(),
-                (Some(_), true) => "gated".into(),
-                (Some(_), false) => "passed".into(),
-            },
+            p_kidney,
+            verdict.to_string(),
         ]);
         if !s.is_kidney() {
             continue;
