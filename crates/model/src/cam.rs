@@ -1,10 +1,16 @@
-//! Class-activation maps (CAM) of a global-average-pool + linear head.
+//! Class-activation maps (CAM) of a globally pooled + linear head.
 //!
 //! The renal model ends in `features` (N x C x H x W) -> GlobalAveragePool -> Gemm -> Softmax.
 //! Pooling and the linear layer are both linear, so they commute: the logit of class k is the
 //! spatial mean of `CAM_k(h, w) = sum_c W[k, c] * F[c, h, w]` plus the bias `b_k`. The map
 //! therefore costs one small matrix product on the `features` output the network already
 //! computes, and its mean is the logit exactly (tests check this against tract's output).
+//!
+//! A head that also reads each channel's global maximum (`Concat(GAP, GlobalMaxPool)`,
+//! `renalscan train --pooling avg-max`) adds `sum_c M[k, c] * max_hw F[c]`. Each maximum is the
+//! value of one cell, so its term is placed on that cell (times `H W`, as the map is read by
+//! its mean): the map's mean is still the logit exactly, and the maximum's evidence sits
+//! where the finding is.
 //!
 //! The head's weights are read from the same ONNX file the device runs, so the map cannot
 //! drift from the model. Temperature scaling is folded into those weights by the trainer
@@ -84,13 +90,16 @@ pub enum CamError {
     },
 }
 
-/// The linear layer on the pooled features: `logits = W * mean_hw(F) + b`.
+/// The linear layer on the pooled features: `logits = W * mean_hw(F) + M * max_hw(F) + b`
+/// (no `M` for an average-only head).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeadWeights {
     classes: usize,
     channels: usize,
-    /// Row-major `classes x channels`.
+    /// Row-major `classes x channels`, on the channel means.
     weight: Vec<f32>,
+    /// Row-major `classes x channels`, on the channel maxima.
+    max_weight: Option<Vec<f32>>,
     bias: Vec<f32>,
 }
 
@@ -179,8 +188,24 @@ impl HeadWeights {
             classes,
             channels,
             weight,
+            max_weight: None,
             bias,
         })
+    }
+
+    /// The same head also reading each channel's global maximum with `max_weight`
+    /// (row-major `classes x channels`).
+    pub fn with_max_weights(mut self, max_weight: Vec<f32>) -> Result<Self, CamError> {
+        if max_weight.len() != self.classes * self.channels {
+            return Err(CamError::Weights(format!(
+                "{} max-pool weights for {} classes x {} channels",
+                max_weight.len(),
+                self.classes,
+                self.channels
+            )));
+        }
+        self.max_weight = Some(max_weight);
+        Ok(self)
     }
 
     /// Reads the head feeding [`PROBS`] from an ONNX file (float, or int8 with a float head).
@@ -238,9 +263,16 @@ impl HeadWeights {
         self.channels
     }
 
-    /// Weights of class `k` over the channels (the effective ones: temperature folded in).
+    /// Weights of class `k` over the channel means (the effective ones: temperature folded
+    /// in).
     pub fn weights_of(&self, k: usize) -> Option<&[f32]> {
         (k < self.classes).then(|| &self.weight[k * self.channels..(k + 1) * self.channels])
+    }
+
+    /// Weights of class `k` over the channel maxima, for a head that reads them.
+    pub fn max_weights_of(&self, k: usize) -> Option<&[f32]> {
+        let m = self.max_weight.as_ref()?;
+        (k < self.classes).then(|| &m[k * self.channels..(k + 1) * self.channels])
     }
 
     /// Biases, one per class.
@@ -265,8 +297,8 @@ impl HeadWeights {
         Ok((h, w))
     }
 
-    /// What the model's head computes from `features`: GAP then the linear layer (logits
-    /// before softmax).
+    /// What the model's head computes from `features`: the pooling, then the linear layer
+    /// (logits before softmax).
     pub fn logits(&self, features: &[f32], shape: &[usize]) -> Result<Vec<f32>, CamError> {
         let (h, w) = self.spatial(features, shape)?;
         let hw = h * w;
@@ -274,10 +306,23 @@ impl HeadWeights {
             .chunks_exact(hw)
             .map(|plane| plane.iter().sum::<f32>() / hw as f32)
             .collect();
+        let maxima: Vec<f32> = features
+            .chunks_exact(hw)
+            .map(|plane| plane.iter().copied().fold(f32::NEG_INFINITY, f32::max))
+            .collect();
+        let c = self.channels;
         Ok((0..self.classes)
             .map(|k| {
-                let row = &self.weight[k * self.channels..(k + 1) * self.channels];
-                row.iter().zip(&pooled).map(|(a, b)| a * b).sum::<f32>() + self.bias[k]
+                let row = &self.weight[k * c..(k + 1) * c];
+                let avg: f32 = row.iter().zip(&pooled).map(|(a, b)| a * b).sum();
+                let max: f32 = self.max_weight.as_ref().map_or(0.0, |m| {
+                    m[k * c..(k + 1) * c]
+                        .iter()
+                        .zip(&maxima)
+                        .map(|(a, b)| a * b)
+                        .sum()
+                });
+                avg + max + self.bias[k]
             })
             .collect())
     }
@@ -309,6 +354,28 @@ impl HeadWeights {
         for (plane, &e) in features.chunks_exact(hw).zip(&eff) {
             for (v, &f) in values.iter_mut().zip(plane) {
                 *v += e * f;
+            }
+        }
+        if let Some(m) = &self.max_weight {
+            // Each channel's maximum term lands on its (first) maximal cell, scaled by the
+            // cell count so that the map's mean stays the logit.
+            for (c, plane) in features.chunks_exact(hw).enumerate() {
+                let e: f32 = coeffs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, g)| **g != 0.0)
+                    .map(|(k, g)| g * m[k * self.channels + c])
+                    .sum();
+                if e == 0.0 {
+                    continue;
+                }
+                let mut at = 0;
+                for (i, &v) in plane.iter().enumerate() {
+                    if v > plane[at] {
+                        at = i;
+                    }
+                }
+                values[at] += e * plane[at] * hw as f32;
             }
         }
         let bias = coeffs.iter().zip(&self.bias).map(|(g, b)| g * b).sum();
@@ -699,7 +766,7 @@ impl<'a> Graph<'a> {
             }
         }
         let lin = found.ok_or("no linear layer within reach")?;
-        self.check_pooled(lin.input)?;
+        let with_max = self.pooling(lin.input)?;
         let mut bias: Vec<f32> = lin.bias.iter().map(|b| b * scale).collect();
         if let Some(extra) = extra_bias {
             match extra.len() {
@@ -708,51 +775,129 @@ impl<'a> Graph<'a> {
                 n => return Err(format!("bias of {n} values for {} classes", lin.classes)),
             }
         }
-        HeadWeights::new(
-            lin.classes,
-            lin.channels,
-            lin.weight.into_iter().map(|w| w * scale).collect(),
-            bias,
-        )
-        .map_err(|e| e.to_string())
+        let weight: Vec<f32> = lin.weight.into_iter().map(|w| w * scale).collect();
+        if !with_max {
+            return HeadWeights::new(lin.classes, lin.channels, weight, bias)
+                .map_err(|e| e.to_string());
+        }
+        // Concat(means, maxima): each class row is C mean weights, then C max weights.
+        if lin.channels % 2 != 0 {
+            return Err(format!(
+                "a linear layer over {} inputs cannot read C means and C maxima",
+                lin.channels
+            ));
+        }
+        let c = lin.channels / 2;
+        let (mut avg, mut max) = (Vec::with_capacity(lin.classes * c), Vec::new());
+        for row in weight.chunks_exact(lin.channels) {
+            avg.extend_from_slice(&row[..c]);
+            max.extend_from_slice(&row[c..]);
+        }
+        HeadWeights::new(lin.classes, c, avg, bias)
+            .and_then(|h| h.with_max_weights(max))
+            .map_err(|e| e.to_string())
     }
 
-    /// The linear layer's input must be a global average of the feature map, or the class
-    /// maps would not add up to its logits.
-    fn check_pooled(&self, start: &str) -> Result<(), String> {
-        let mut name = start;
+    /// How the linear layer's input pools the feature map: `false` for a global average,
+    /// `true` for `Concat(global average, global maximum)` of one map (axis 1). Anything
+    /// else is refused: its class maps would not add up to the logits.
+    fn pooling(&self, start: &str) -> Result<bool, String> {
+        let node = self.through(start)?;
+        if node.op_type != "Concat" {
+            self.check_pooled(start, false)?;
+            return Ok(false);
+        }
+        let [avg, max] = &node.input[..] else {
+            return Err(format!(
+                "the linear layer reads a Concat ({:?}) of {} inputs, not of a mean and a maximum",
+                node.name,
+                node.input.len()
+            ));
+        };
+        if attr_i(node, "axis", 0) != 1 {
+            return Err(format!(
+                "Concat {:?} is not over the channel axis",
+                node.name
+            ));
+        }
+        let a = self.check_pooled(avg, false)?;
+        let m = self.check_pooled(max, true)?;
+        if self.source(a) != self.source(m) {
+            return Err(format!(
+                "the mean and the maximum pool different maps ({a:?}, {m:?})"
+            ));
+        }
+        Ok(true)
+    }
+
+    /// The first node at or above `name` that does not pass its input through.
+    fn through(&self, name: &str) -> Result<&'a NodeProto, String> {
+        let mut name = name;
         for _ in 0..MAX_HOPS {
             let node = self.producers.get(name).ok_or_else(|| {
-                format!(
-                    "the linear layer's input {name:?} is not produced by a global average pool"
-                )
+                format!("the linear layer's input {name:?} is not produced by a pool")
             })?;
             match node.op_type.as_str() {
-                "GlobalAveragePool" | "QLinearGlobalAveragePool" => return Ok(()),
-                "ReduceMean" => {
-                    let axes: Vec<i64> = node
-                        .attribute
-                        .iter()
-                        .find(|a| a.name == "axes")
-                        .map(|a| a.ints.clone())
-                        .unwrap_or_default();
-                    if axes == [2, 3] || axes == [-2, -1] {
-                        return Ok(());
-                    }
-                    return Err(format!("ReduceMean {:?} over axes {axes:?}", node.name));
-                }
                 op if passes_through(op) && op != "Softmax" && op != "LogSoftmax" => {
                     name = node.input.first().map(String::as_str).unwrap_or("");
                 }
-                op => {
-                    return Err(format!(
-                        "the linear layer's input comes from a {op} node ({:?}), not a global average pool",
-                        node.name
+                _ => return Ok(node),
+            }
+        }
+        Err("no pool within reach of the linear layer".into())
+    }
+
+    /// The tensor a pool reads, above any pass-through nodes (dequantisation included).
+    fn source<'b>(&'b self, pool_input: &'b str) -> &'b str {
+        let mut name = pool_input;
+        for _ in 0..MAX_HOPS {
+            match self.producers.get(name) {
+                Some(n) if passes_through(&n.op_type) => {
+                    name = n.input.first().map(String::as_str).unwrap_or("");
+                }
+                _ => break,
+            }
+        }
+        name
+    }
+
+    /// Checks that `start` is a global average (or, with `max`, a global maximum) of a
+    /// feature map, through pass-through nodes; returns the map the pool reads.
+    fn check_pooled(&self, start: &str, max: bool) -> Result<&'a str, String> {
+        let what = if max {
+            "global max pool"
+        } else {
+            "global average pool"
+        };
+        let node = self.through(start)?;
+        let input = || node.input.first().map(String::as_str).unwrap_or("");
+        let axes = || -> Vec<i64> {
+            node.attribute
+                .iter()
+                .find(|a| a.name == "axes")
+                .map(|a| a.ints.clone())
+                .unwrap_or_default()
+        };
+        match (node.op_type.as_str(), max) {
+            ("GlobalAveragePool" | "QLinearGlobalAveragePool", false) | ("GlobalMaxPool", true) => {
+                Ok(input())
+            }
+            ("ReduceMean", false) | ("ReduceMax", true) => {
+                let axes = axes();
+                if axes == [2, 3] || axes == [-2, -1] {
+                    Ok(input())
+                } else {
+                    Err(format!(
+                        "{} {:?} over axes {axes:?}",
+                        node.op_type, node.name
                     ))
                 }
             }
+            (op, _) => Err(format!(
+                "the linear layer's input comes from a {op} node ({:?}), not a {what}",
+                node.name
+            )),
         }
-        Err("no global average pool within reach of the linear layer".into())
     }
 }
 
@@ -918,6 +1063,64 @@ mod tests {
         let head = assert_identity_with_tract(&p, c, hw);
         assert_eq!(head.weights_of(1).unwrap()[0], 0.5 * w[c]);
         assert_eq!(head.bias()[2], 2.0 * b[2]);
+    }
+
+    #[test]
+    fn avg_max_head_reproduces_tract_and_puts_the_maximum_on_its_cell() {
+        // The exported renal head: Concat(GAP, GlobalMaxPool) over one map -> Gemm.
+        let (c, hw, k) = (6, 3, 5);
+        let w = noise(2 * c * k, 6);
+        let b = noise(k, 7);
+        let p = write_model("avgmax.onnx", c, hw, |g| {
+            g.node("GlobalMaxPool", "maxed", &["features"], vec![]);
+            g.node(
+                "Flatten",
+                "max_flat",
+                &["maxed"],
+                vec![attr::int("axis", 1)],
+            );
+            g.node(
+                "Concat",
+                "both",
+                &["flat", "max_flat"],
+                vec![attr::int("axis", 1)],
+            );
+            g.f32("W", &[2 * c, k], &w);
+            g.f32("B", &[k], &b);
+            g.node("Gemm", "logits", &["both", "W", "B"], vec![]);
+        });
+        let head = assert_identity_with_tract(&p, c, hw);
+        // Column j of W (j < c) is class j's mean weight, j >= c its max weight.
+        assert_eq!(head.weights_of(2).unwrap()[1], w[k + 2]);
+        assert_eq!(head.max_weights_of(2).unwrap()[1], w[(c + 1) * k + 2]);
+
+        // One channel, no mean weight: the whole logit sits on the maximal cell.
+        let h1 = HeadWeights::new(1, 1, vec![0.0], vec![0.5])
+            .unwrap()
+            .with_max_weights(vec![2.0])
+            .unwrap();
+        let f = [0.0, 3.0, 1.0, 2.0];
+        let m = h1.class_map(&f, &[1, 1, 2, 2], 0).unwrap();
+        assert_eq!(m.values, [0.0, 24.0, 0.0, 0.0]);
+        assert_eq!(m.score(), h1.logits(&f, &[1, 1, 2, 2]).unwrap()[0]);
+        assert_eq!(m.score(), 6.5);
+    }
+
+    #[test]
+    fn a_concat_of_two_averages_is_refused() {
+        let (c, hw, k) = (4, 2, 5);
+        let p = write_model("avgavg.onnx", c, hw, |g| {
+            g.node(
+                "Concat",
+                "both",
+                &["flat", "flat"],
+                vec![attr::int("axis", 1)],
+            );
+            g.f32("W", &[2 * c, k], &noise(2 * c * k, 8));
+            g.node("Gemm", "logits", &["both", "W"], vec![]);
+        });
+        let e = HeadWeights::from_onnx(&p).unwrap_err().to_string();
+        assert!(e.contains("not a global max pool"), "{e}");
     }
 
     #[test]

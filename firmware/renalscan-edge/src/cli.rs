@@ -1,5 +1,6 @@
 //! Command line: `run`, `selftest`, `probes`, `bench`, `check`.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -561,6 +562,16 @@ fn cmd_check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     );
     let mut tally: std::collections::BTreeMap<String, usize> = Default::default();
     let mut errors = 0usize;
+    let mut out = std::io::stdout().lock();
+    // A reader that stops early (`| head`) ends the check quietly, like any Unix filter.
+    macro_rules! emit {
+        ($($t:tt)*) => {
+            match writeln!(out, $($t)*) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+                r => r.context("writing the check's output to stdout")?,
+            }
+        };
+    }
     for f in &files {
         for v in crate::check::check_file(&mut classifier, f, a.every) {
             let key = match (v.outcome, v.reason, &v.class) {
@@ -580,7 +591,7 @@ fn cmd_check(a: CheckArgs) -> anyhow::Result<ExitCode> {
             };
             *tally.entry(key).or_default() += 1;
             if a.json {
-                println!("{}", serde_json::to_string(&v)?);
+                emit!("{}", serde_json::to_string(&v)?);
             } else {
                 let scores = match (v.p_kidney, v.ood) {
                     (Some(k), Some(o)) => format!("  p(kidney) {k:.3} ood {o:.2}"),
@@ -601,15 +612,15 @@ fn cmd_check(a: CheckArgs) -> anyhow::Result<ExitCode> {
                     ),
                     _ => format!("error: {}", v.error.as_deref().unwrap_or("?")),
                 };
-                println!("{} #{}: {what}{scores}", v.file, v.frame);
+                emit!("{} #{}: {what}{scores}", v.file, v.frame);
             }
         }
     }
     if !a.json {
         let total: usize = tally.values().sum();
-        println!("{} frames of {} files:", total, files.len());
+        emit!("{} frames of {} files:", total, files.len());
         for (k, n) in &tally {
-            println!("  {k:<28} {n}");
+            emit!("  {k:<28} {n}");
         }
     }
     Ok(if errors > 0 {

@@ -149,3 +149,32 @@ fn check_gives_one_verdict_per_frame() {
         }
     }
 }
+
+/// `check ... | head -1`: the reader leaving early ends the check quietly, without a panic.
+#[test]
+fn check_stops_quietly_when_its_reader_leaves() {
+    use std::io::BufRead as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = gated_bundle(&tmp.path().join("bundle"), 0.5, 4.0);
+    let frames = frames(tmp.path());
+    let mut child = std::process::Command::new(edge_bin())
+        .args(["check", "--bundle"])
+        .arg(&bundle)
+        .arg("--trusted-keys")
+        .arg(keys_of(&bundle))
+        .arg(&frames)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is dropped here: every later write meets a closed pipe.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(first.contains("#0:"), "{first}");
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

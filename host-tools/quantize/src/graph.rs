@@ -23,12 +23,14 @@ use crate::math::{conv_weights, quantize_bias, RoundedWeights, Sqnr};
 
 /// Operators accepted in the float input model: the network, its head and the view gate's
 /// outputs (which stay float, like the head).
-pub const INPUT_OPS: [&str; 14] = [
+pub const INPUT_OPS: [&str; 16] = [
     "Conv",
     "Relu",
     "MaxPool",
     "Add",
     "GlobalAveragePool",
+    "GlobalMaxPool",
+    "Concat",
     "Flatten",
     "Reshape",
     "Gemm",

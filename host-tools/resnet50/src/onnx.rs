@@ -3,7 +3,7 @@
 //! Written with tract-onnx's own protobuf types (the ONNX schema as tract reads it), so the
 //! file we write is, by construction, one the device's engine parses. Two outputs: the head's
 //! (`logits` for ImageNet, `probs` for the renal classifier) and `features`, the last
-//! convolutional map, which a GAP + linear head turns into class-activation maps for free.
+//! convolutional map, which a pooled + linear head turns into class-activation maps for free.
 
 use onnx_graph::pb::ValueInfoProto;
 use onnx_graph::{attr, value_info, Dim, Graph, ModelMeta};
@@ -26,9 +26,9 @@ pub const OOD: &str = "ood";
 /// Why an export failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
-    /// The head does not fit the backbone.
-    #[error("head takes {0} inputs, the backbone gives {FEATURE_CHANNELS}")]
-    HeadWidth(usize),
+    /// The head does not fit the backbone and its pooling.
+    #[error("head takes {0} inputs, the backbone's pooled features are {1} wide")]
+    HeadWidth(usize, usize),
     /// A trunk must keep between one and all stages.
     #[error("cannot cut the network after {0} stages")]
     Stages(usize),
@@ -40,16 +40,60 @@ pub enum OnnxError {
     Gate(String),
 }
 
+/// How the last feature map becomes the head's input vector.
+///
+/// `AvgMax` concatenates the global average (where the kidney's texture and shape live) and
+/// the global maximum (a small focal finding, a stone or a cyst, that an average over 49
+/// cells dilutes) of each channel. Both are exact sums over map cells, so class-activation
+/// maps still add up to the logits (see `model::cam`). On the phantom it did not beat the
+/// average alone (`host-tools/train/README.md`), so `Avg` stays the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pooling {
+    /// Global average only: `C` features (the ImageNet classifier's).
+    #[default]
+    Avg,
+    /// Global average then global maximum: `2 C` features.
+    AvgMax,
+}
+
+impl Pooling {
+    /// Width of the pooled vector for a map of `channels` channels.
+    pub fn width(self, channels: usize) -> usize {
+        match self {
+            Pooling::Avg => channels,
+            Pooling::AvgMax => 2 * channels,
+        }
+    }
+
+    /// The pooling whose vector is `width` wide for `channels` channels.
+    pub fn for_width(width: usize, channels: usize) -> Option<Self> {
+        [Pooling::Avg, Pooling::AvgMax]
+            .into_iter()
+            .find(|p| p.width(channels) == width)
+    }
+
+    /// The name used in manifests and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Avg => "avg",
+            Pooling::AvgMax => "avg-max",
+        }
+    }
+}
+
 /// The classifier on top of the pooled features.
 #[derive(Debug, Clone)]
 pub struct Head {
     /// Output tensor name (`logits`, `probs`).
     pub output: String,
-    /// Linear layer `2048 -> classes`.
+    /// How the feature map is pooled into the linear layer's input.
+    pub pooling: Pooling,
+    /// Linear layer `pooling.width(2048) -> classes`.
     pub dense: Dense,
     /// Append a softmax (the output is then probabilities).
     pub softmax: bool,
-    /// The view gate's two outputs, from the same pooled features.
+    /// The view gate's two outputs, from the globally averaged features.
     pub gate: Option<GateHead>,
 }
 
@@ -83,6 +127,7 @@ impl Head {
     pub fn imagenet(net: &ResNet50) -> Self {
         Self {
             output: "logits".into(),
+            pooling: Pooling::Avg,
             dense: net.fc.clone(),
             softmax: false,
             gate: None,
@@ -92,8 +137,9 @@ impl Head {
 
 /// Serialises `net` (BatchNorm folded) with `head` to ONNX bytes.
 pub fn export_onnx(net: &ResNet50, head: &Head, doc: &str) -> Result<Vec<u8>, OnnxError> {
-    if head.dense.inputs != FEATURE_CHANNELS {
-        return Err(OnnxError::HeadWidth(head.dense.inputs));
+    let width = head.pooling.width(FEATURE_CHANNELS);
+    if head.dense.inputs != width {
+        return Err(OnnxError::HeadWidth(head.dense.inputs, width));
     }
     if head.output == INPUT || head.output == FEATURES {
         return Err(OnnxError::ReservedName(head.output.clone()));
@@ -102,6 +148,24 @@ pub fn export_onnx(net: &ResNet50, head: &Head, doc: &str) -> Result<Vec<u8>, On
     let x = trunk(&mut g, net, net.stages.len(), FEATURES);
     let pooled = g.node("GlobalAveragePool", "avg_pool", &[&x], vec![]);
     let flat = g.node("Flatten", "flatten", &[&pooled], vec![attr::int("axis", 1)]);
+    let head_in = match head.pooling {
+        Pooling::Avg => flat.clone(),
+        Pooling::AvgMax => {
+            let max = g.node("GlobalMaxPool", "max_pool", &[&x], vec![]);
+            let max = g.node(
+                "Flatten",
+                "max_flatten",
+                &[&max],
+                vec![attr::int("axis", 1)],
+            );
+            g.node(
+                "Concat",
+                "pooled_concat",
+                &[&flat, &max],
+                vec![attr::int("axis", 1)],
+            )
+        }
+    };
     let w = g.f32(
         "head.weight",
         &[head.dense.inputs, head.dense.outputs],
@@ -109,7 +173,7 @@ pub fn export_onnx(net: &ResNet50, head: &Head, doc: &str) -> Result<Vec<u8>, On
     );
     let bias = g.f32("head.bias", &[head.dense.outputs], &head.dense.bias);
     if head.softmax {
-        let logits = g.node("Gemm", "head", &[&flat, &w, &bias], vec![]);
+        let logits = g.node("Gemm", "head", &[&head_in, &w, &bias], vec![]);
         g.node_to(
             "Softmax",
             "softmax",
@@ -118,7 +182,7 @@ pub fn export_onnx(net: &ResNet50, head: &Head, doc: &str) -> Result<Vec<u8>, On
             &head.output,
         );
     } else {
-        g.node_to("Gemm", "head", &[&flat, &w, &bias], vec![], &head.output);
+        g.node_to("Gemm", "head", &[&head_in, &w, &bias], vec![], &head.output);
     }
     if let Some(gate) = &head.gate {
         gate_nodes(&mut g, gate, &flat)?;

@@ -16,8 +16,11 @@ use usimage::{FrameRef, Normalization, Preprocessor, PREPROCESS_VERSION};
 
 /// Model input side.
 pub const SIZE: usize = resnet50::INPUT_SIZE;
-/// Pooled feature width.
+/// Channels of the last feature map: the width of its global average, which the view gate
+/// reads (the first `FEATURES` values of every pooled vector).
 pub const FEATURES: usize = resnet50::FEATURE_CHANNELS;
+/// The default recipe's pooling (see [`resnet50::Pooling`]).
+pub const POOLING: resnet50::Pooling = resnet50::Pooling::Avg;
 
 /// Errors of extraction.
 #[derive(Debug, thiserror::Error)]
@@ -93,8 +96,8 @@ pub fn preprocess_bytes(
     Ok(())
 }
 
-/// What the worker computes from one image: the named output, optionally averaged over the
-/// spatial axes (N x C x H x W -> C).
+/// What the worker computes from one image: the named output, optionally pooled over the
+/// spatial axes (N x C x H x W -> C, or 2 C for average then maximum).
 #[derive(Debug, Clone)]
 pub struct Job<'a> {
     /// ONNX model bytes (read, or verified, once by the caller).
@@ -103,8 +106,8 @@ pub struct Job<'a> {
     pub origin: &'a Path,
     /// Outputs to read, concatenated in this order per image.
     pub outputs: &'a [&'a str],
-    /// Global-average-pool a 4-D output.
-    pub pool: bool,
+    /// Pool a 4-D output over its spatial axes.
+    pub pool: Option<resnet50::Pooling>,
     /// Worker threads (each loads its own copy of the model: tract runs one image per core
     /// faster than one image on two cores).
     pub threads: usize,
@@ -115,6 +118,20 @@ pub struct Job<'a> {
 /// The progress of `len` images labelled `label`: a bar on a terminal, log lines otherwise.
 pub fn progress(len: u64, label: &str) -> Progress {
     Progress::new(label, len)
+}
+
+/// Appends the pooled vector of a `C x H x W` map: the channel means, then (for
+/// [`resnet50::Pooling::AvgMax`]) the channel maxima; the order the exported head concatenates.
+pub fn pool_into(v: &mut Vec<f32>, map: &[f32], channels: usize, pooling: resnet50::Pooling) {
+    let hw = map.len() / channels.max(1);
+    if hw == 0 {
+        return;
+    }
+    let planes = map.chunks_exact(hw);
+    v.extend(planes.clone().map(|p| p.iter().sum::<f32>() / hw as f32));
+    if pooling == resnet50::Pooling::AvgMax {
+        v.extend(planes.map(|p| p.iter().copied().fold(f32::NEG_INFINITY, f32::max)));
+    }
 }
 
 type WorkResult = (usize, [u8; 32], Result<Vec<f32>, String>);
@@ -185,13 +202,11 @@ pub fn run(
                                 model: job.origin.display().to_string(),
                                 output: name.to_string(),
                             })?;
-                        if job.pool && o.shape.len() == 4 {
-                            let (c, hw) = (o.shape[1], o.shape[2] * o.shape[3]);
-                            v.extend((0..c).map(|k| {
-                                o.data[k * hw..(k + 1) * hw].iter().sum::<f32>() / hw as f32
-                            }));
-                        } else {
-                            v.extend_from_slice(&o.data);
+                        match job.pool {
+                            Some(p) if o.shape.len() == 4 => {
+                                pool_into(&mut v, &o.data, o.shape[1], p)
+                            }
+                            _ => v.extend_from_slice(&o.data),
                         }
                     }
                     if tx.send((i, hash, Ok(v))).is_err() {
@@ -297,25 +312,36 @@ pub(crate) fn record_file(path: &Path, magic: &[u8; 8], rec: usize) -> Result<u6
     Ok(n)
 }
 
-/// Pooled backbone features on disk: one file per (preprocessing version, backbone hash),
-/// records of `sha256(image bytes)` + 2048 little-endian f32, appended as they are computed
-/// (an interrupted run keeps what it did).
+/// Pooled backbone features on disk: one file per (preprocessing version, pooling, backbone
+/// hash), records of `sha256(image bytes)` + the pooled width in little-endian f32, appended
+/// as they are computed (an interrupted run keeps what it did).
 #[derive(Debug)]
 pub struct FeatureCache {
     path: PathBuf,
+    pooling: resnet50::Pooling,
     map: HashMap<[u8; 32], Vec<f32>>,
     writer: Option<BufWriter<File>>,
 }
 
 impl FeatureCache {
-    /// Opens (or creates) the cache for `backbone_sha` in `dir`.
-    pub fn open(dir: &Path, backbone_sha: &str) -> Result<Self, ExtractError> {
+    /// Opens (or creates) the cache of `pooling` features for `backbone_sha` in `dir`.
+    pub fn open(
+        dir: &Path,
+        backbone_sha: &str,
+        pooling: resnet50::Pooling,
+    ) -> Result<Self, ExtractError> {
         fs::create_dir_all(dir).map_err(io(dir))?;
         let short = backbone_sha.get(..16).unwrap_or(backbone_sha);
-        let path = dir.join(format!("features-pre{PREPROCESS_VERSION}-{short}.bin"));
+        // Average-only caches keep their original name, so existing ones stay valid.
+        let tag = match pooling {
+            resnet50::Pooling::Avg => String::new(),
+            p => format!("{}-", p.name()),
+        };
+        let path = dir.join(format!("features-pre{PREPROCESS_VERSION}-{tag}{short}.bin"));
+        let width = pooling.width(FEATURES);
         let mut map = HashMap::new();
         if path.is_file() {
-            let rec = 32 + 4 * FEATURES;
+            let rec = 32 + 4 * width;
             record_file(&path, MAGIC, rec)?;
             let bytes = fs::read(&path).map_err(io(&path))?;
             for r in bytes[8..].chunks_exact(rec) {
@@ -331,9 +357,15 @@ impl FeatureCache {
         }
         Ok(Self {
             path,
+            pooling,
             map,
             writer: None,
         })
+    }
+
+    /// How its features are pooled.
+    pub fn pooling(&self) -> resnet50::Pooling {
+        self.pooling
     }
 
     /// The cache file.
@@ -348,14 +380,15 @@ impl FeatureCache {
 
     /// Records and appends features.
     pub fn insert(&mut self, key: &[u8; 32], v: &[f32]) -> Result<(), ExtractError> {
-        if self.map.contains_key(key) || v.len() != FEATURES {
+        let width = self.pooling.width(FEATURES);
+        if self.map.contains_key(key) || v.len() != width {
             return Ok(());
         }
         if self.writer.is_none() {
             self.writer = Some(append_writer(&self.path, MAGIC, 8 << 10)?);
         }
         if let Some(w) = self.writer.as_mut() {
-            let mut rec = Vec::with_capacity(32 + 4 * FEATURES);
+            let mut rec = Vec::with_capacity(32 + 4 * width);
             rec.extend_from_slice(key);
             for x in v {
                 rec.extend_from_slice(&x.to_le_bytes());
@@ -378,8 +411,8 @@ impl FeatureCache {
 /// Per image: its features or why it failed.
 pub type FeatureResults = Vec<Result<Vec<f32>, String>>;
 
-/// Pooled backbone features of `paths` (cached), 2048 floats each, or why an image failed;
-/// plus how many were computed rather than read from the cache.
+/// Pooled backbone features of `paths` (cached, pooled as the cache is), or why an image
+/// failed; plus how many were computed rather than read from the cache.
 pub fn features(
     paths: &[FrameRef],
     backbone: &Path,
@@ -391,7 +424,7 @@ pub fn features(
         model: &bytes,
         origin: backbone,
         outputs: &[resnet50::onnx::FEATURES],
-        pool: true,
+        pool: Some(cache.pooling),
         threads,
         label: "features",
     };
@@ -429,7 +462,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let v: Vec<f32> = (0..FEATURES).map(|i| i as f32 * 0.5).collect();
         let path = {
-            let mut c = FeatureCache::open(d.path(), "abcdef0123456789ffff").unwrap();
+            let mut c =
+                FeatureCache::open(d.path(), "abcdef0123456789ffff", resnet50::Pooling::Avg)
+                    .unwrap();
             c.insert(&[7; 32], &v).unwrap();
             c.insert(&[8; 32], &v).unwrap();
             c.flush().unwrap();
@@ -438,10 +473,38 @@ mod tests {
         // Simulate a kill mid-record.
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&[1, 2, 3]).unwrap();
-        let c = FeatureCache::open(d.path(), "abcdef0123456789ffff").unwrap();
+        let c =
+            FeatureCache::open(d.path(), "abcdef0123456789ffff", resnet50::Pooling::Avg).unwrap();
         assert_eq!(c.get(&[7; 32]), Some(&v));
         assert!(c.get(&[8; 32]).is_some());
         assert!(c.get(&[9; 32]).is_none());
+    }
+
+    #[test]
+    fn avg_max_pools_means_then_maxima_and_caches_apart() {
+        // 2 channels of a 2 x 2 map.
+        let map = [1.0, 2.0, 3.0, 6.0, -1.0, -4.0, -2.0, -1.0];
+        let mut v = Vec::new();
+        pool_into(&mut v, &map, 2, resnet50::Pooling::AvgMax);
+        assert_eq!(v, [3.0, -2.0, 6.0, -1.0]);
+        let mut a = Vec::new();
+        pool_into(&mut a, &map, 2, resnet50::Pooling::Avg);
+        assert_eq!(a, [3.0, -2.0]);
+        // Each pooling has its own file, and a cache refuses vectors of the other's width.
+        let d = tempfile::tempdir().unwrap();
+        let sha = "abcdef0123456789ffff";
+        let mut avg = FeatureCache::open(d.path(), sha, resnet50::Pooling::Avg).unwrap();
+        let mut am = FeatureCache::open(d.path(), sha, resnet50::Pooling::AvgMax).unwrap();
+        assert_ne!(avg.path(), am.path());
+        let wide = vec![0.5; 2 * FEATURES];
+        am.insert(&[1; 32], &wide).unwrap();
+        avg.insert(&[1; 32], &wide).unwrap();
+        am.flush().unwrap();
+        avg.flush().unwrap();
+        let am = FeatureCache::open(d.path(), sha, resnet50::Pooling::AvgMax).unwrap();
+        assert_eq!(am.get(&[1; 32]), Some(&wide));
+        let avg = FeatureCache::open(d.path(), sha, resnet50::Pooling::Avg).unwrap();
+        assert!(avg.get(&[1; 32]).is_none());
     }
 
     #[test]

@@ -127,7 +127,8 @@ impl Default for FinetuneConfig {
 pub struct Layer4Weights {
     /// The three bottleneck blocks.
     pub blocks: Vec<resnet50::Block>,
-    /// Linear head on the pooled 2048 features.
+    /// Linear head on the pooled features (2048 averages, then 2048 maxima if it is that
+    /// wide).
     pub head: LinearHead,
 }
 
@@ -170,11 +171,13 @@ impl Layer4Weights {
                 }
             })
             .collect();
-        if head.dim != resnet50::FEATURE_CHANNELS || head.weight.len() != head.dim * K {
+        let c = resnet50::FEATURE_CHANNELS;
+        if resnet50::Pooling::for_width(head.dim, c).is_none() || head.weight.len() != head.dim * K
+        {
             return Err(FinetuneError::Data(format!(
-                "head takes {} inputs, layer4 gives {}",
+                "head takes {} inputs, layer4 pooled gives {c} or {}",
                 head.dim,
-                resnet50::FEATURE_CHANNELS
+                2 * c
             )));
         }
         Ok(Self { blocks, head })
@@ -330,14 +333,21 @@ fn tensor_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, FinetuneError> {
 }
 
 impl Layer4Net {
-    /// Globally average-pooled layer4 output, `N x 2048`.
+    /// Pooled layer4 output as the head reads it: `N x 2048` channel means, followed by the
+    /// channel maxima (`N x 4096`) when the head is that wide.
     pub fn pooled(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = x;
         for b in &self.blocks {
             x = b.forward(x);
         }
         let [n, c, _, _] = x.dims();
-        x.mean_dim(3).mean_dim(2).reshape([n, c])
+        let avg = x.clone().mean_dim(3).mean_dim(2).reshape([n, c]);
+        if self.head.weight.dims()[0] == 2 * c {
+            let max = x.max_dim(3).max_dim(2).reshape([n, c]);
+            Tensor::cat(vec![avg, max], 1)
+        } else {
+            avg
+        }
     }
 
     /// Logits, `N x 6`.
@@ -366,7 +376,8 @@ impl Layer4Net {
     }
 }
 
-/// Pooled layer4 features (2048 per view) of `keys` with `w`, inference only.
+/// Pooled layer4 features (the head's input width per view) of `keys` with `w`, inference
+/// only.
 pub fn pooled_features(
     w: &Layer4Weights,
     cache: &mut ActivationCache,
@@ -375,7 +386,7 @@ pub fn pooled_features(
 ) -> Result<Vec<f32>, FinetuneError> {
     let device = Device::flex();
     let net = w.to_net(&device, 0.0);
-    let mut out = Vec::with_capacity(keys.len() * resnet50::FEATURE_CHANNELS);
+    let mut out = Vec::with_capacity(keys.len() * w.head.dim);
     for chunk in keys.chunks(batch.max(1)) {
         let x = load_batch(cache, chunk, &device)?;
         out.extend(tensor_vec(net.pooled(x))?);
@@ -811,7 +822,7 @@ pub fn train(
         let val = Features {
             x: pooled,
             y: val_y.clone(),
-            dim: resnet50::FEATURE_CHANNELS,
+            dim: current.head.dim,
         };
         let (val_auc, val_nll) = head::auc_nll(&current.head, &val, 1.0);
         let e = Epoch {
@@ -854,6 +865,7 @@ pub fn train(
         return Err(FinetuneError::Data("no epochs run (--epochs 0)".into()));
     }
     let pooled = pooled_features(&best, cache, &val_keys, 32)?;
+    let dim = best.head.dim;
     Ok(Finetuned {
         weights: best,
         best_epoch: state.best_epoch,
@@ -862,7 +874,7 @@ pub fn train(
         val: Features {
             x: pooled,
             y: val_y,
-            dim: resnet50::FEATURE_CHANNELS,
+            dim,
         },
         resumed_from,
     })

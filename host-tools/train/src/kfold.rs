@@ -161,7 +161,7 @@ pub fn run(
 
     let paths: Vec<usimage::FrameRef> = samples.iter().map(Sample::frame_ref).collect();
     let backbone_sha = extract::file_sha256(backbone_onnx)?;
-    let mut cache = FeatureCache::open(&opt.cache_dir, &backbone_sha)?;
+    let mut cache = FeatureCache::open(&opt.cache_dir, &backbone_sha, opt.pooling)?;
     let (feats, _) = extract::features(&paths, backbone_onnx, &mut cache, opt.threads)?;
     extract::check_failures(&paths, &feats, opt.max_failed_pct)?;
 
@@ -183,7 +183,8 @@ pub fn run(
             0.0,
             opt.head.seed.wrapping_add(i as u64),
         );
-        let mut sets: [Features; 3] = std::array::from_fn(|_| Features::with_dim(FEATURES));
+        let mut sets: [Features; 3] =
+            std::array::from_fn(|_| Features::with_dim(opt.pooling.width(FEATURES)));
         for (s, f) in fold_samples.iter().zip(&feats) {
             let Ok(f) = f else { continue };
             let slot = match s.split {

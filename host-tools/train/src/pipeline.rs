@@ -98,6 +98,8 @@ pub struct TrainOptions {
     /// Fit the view gate (is it a kidney at all?) and ship it in the model. Data without
     /// `no_kidney` images gets phantom non-kidney views as negatives.
     pub view_gate: bool,
+    /// How the head pools the last feature map ([`extract::POOLING`] by default).
+    pub pooling: resnet50::Pooling,
 }
 
 /// What a run produced (also logged and written to `metrics.json`).
@@ -191,7 +193,7 @@ fn stage2_gate(
         model: &bytes,
         origin: &onnx,
         outputs: &[resnet50::onnx::FEATURES],
-        pool: true,
+        pool: Some(resnet50::Pooling::Avg),
         threads: opt.threads,
         label: "view gate features",
     };
@@ -399,7 +401,7 @@ pub fn train_stage1(
         .collect();
     let paths: Vec<FrameRef> = used.iter().map(|s| s.frame_ref()).collect();
     let backbone_sha = extract::file_sha256(backbone_onnx)?;
-    let mut cache = FeatureCache::open(&opt.cache_dir, &backbone_sha)?;
+    let mut cache = FeatureCache::open(&opt.cache_dir, &backbone_sha, opt.pooling)?;
     let te = Instant::now();
     let (feats, computed) = extract::features(&paths, backbone_onnx, &mut cache, opt.threads)?;
     let extract_s = te.elapsed().as_secs_f64();
@@ -408,12 +410,15 @@ pub fn train_stage1(
         log::info!("extraction: {computed} images in {extract_s:.1} s ({r:.2} images/s)");
     }
     let skipped = extract::check_failures(&paths, &feats, opt.max_failed_pct)?;
-    let (mut tr, mut va) = (Features::with_dim(FEATURES), Features::with_dim(FEATURES));
+    let width = opt.pooling.width(FEATURES);
+    let (mut tr, mut va) = (Features::with_dim(width), Features::with_dim(width));
     let (mut gate_tr, mut gate_va) = (gate::Labelled::default(), gate::Labelled::default());
     for (s, f) in used.iter().zip(&feats) {
         let Ok(f) = f else { continue };
         let train = s.split == Some(Split::Train);
-        if train { &mut gate_tr } else { &mut gate_va }.push(f, s.is_kidney());
+        // The gate reads the channel means, the first FEATURES values of either pooling.
+        let avg = f.get(..FEATURES).unwrap_or(f);
+        if train { &mut gate_tr } else { &mut gate_va }.push(avg, s.is_kidney());
         if !s.is_kidney() {
             continue;
         }
@@ -722,10 +727,13 @@ pub fn export(
     out: &Path,
     backbone_name: &str,
 ) -> Result<String, TrainError> {
+    let pooling = resnet50::Pooling::for_width(head.dim, resnet50::FEATURE_CHANNELS)
+        .ok_or(resnet50::OnnxError::HeadWidth(head.dim, FEATURES))?;
     let bytes = resnet50::export_onnx(
         weights,
         &resnet50::Head {
             output: "probs".into(),
+            pooling,
             dense: head.to_dense(),
             softmax: true,
             gate: gate.cloned(),
@@ -807,13 +815,19 @@ pub fn draft_manifest(
 ) -> Result<Manifest, TrainError> {
     let (stage, finetune) = match stage {
         Stage::One => (
-            "1: frozen backbone, head (dropout, linear) on cached pooled features".to_string(),
+            format!(
+                "1: frozen backbone, head (dropout, linear) on cached pooled features \
+                 (pooling {})",
+                opt.pooling.name()
+            ),
             None,
         ),
         Stage::Two(f) => (
-            "2: layer4 (BatchNorm frozen, folded) + head fine-tuned on cached, augmented \
-             layer-3 activations, head initialised from stage 1"
-                .to_string(),
+            format!(
+                "2: layer4 (BatchNorm frozen, folded) + head fine-tuned on cached, augmented \
+                 layer-3 activations, head initialised from stage 1 (pooling {})",
+                opt.pooling.name()
+            ),
             Some(manifest::Finetune {
                 config: as_table(&f.config)?,
                 augmentation: f.augmentation,

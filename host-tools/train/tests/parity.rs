@@ -63,3 +63,49 @@ fn burn_and_tract_agree_on_exported_probs() {
     eprintln!("max |p_tract - p_burn| = {worst:e}");
     assert!(worst <= 1e-4, "max |probability difference| {worst}");
 }
+
+/// `--pooling avg-max`: the exported graph pools in the order training does (means, then
+/// maxima), and the class-activation maps read back from the file still add up to its logits.
+#[test]
+fn avg_max_export_matches_training_pooling_and_its_maps() {
+    let weights = common::weights();
+    let c = resnet50::FEATURE_CHANNELS;
+    let mut rng = Rng::new(11);
+    let head = LinearHead {
+        weight: (0..2 * c * 6)
+            .map(|_| (rng.uniform() as f32 - 0.5) * 0.1)
+            .collect(),
+        bias: vec![0.1, -0.2, 0.0, 0.2, -0.1, 0.05],
+        dim: 2 * c,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("model.onnx");
+    train::export(&weights, &head, None, &onnx, "test").expect("export");
+    drop(weights);
+    let tract = Network::load(&onnx, &[1, 3, S, S]).expect("tract loads the export");
+    let cam = model::cam::HeadWeights::from_onnx(&onnx).expect("CAM head of an avg-max model");
+    assert_eq!((cam.classes(), cam.channels()), (6, c));
+    let mut r = Rng::new(3);
+    let input: Vec<f32> = (0..3 * S * S)
+        .map(|_| (r.uniform() * 200.0 - 110.0) as f32)
+        .collect();
+    let out = tract.run(&input).unwrap();
+    let p_tract = &model::output(&out, "probs").unwrap().data;
+    let f = model::output(&out, "features").unwrap();
+    let mut pooled = Vec::new();
+    train::extract::pool_into(&mut pooled, &f.data, c, resnet50::Pooling::AvgMax);
+    let p_train = model::softmax(&head.logits(&pooled));
+    let z_maps: Vec<f32> = (0..6)
+        .map(|k| cam.class_map(&f.data, &f.shape, k).unwrap().score())
+        .collect();
+    let p_maps = model::softmax(&z_maps);
+    for ((a, b), m) in p_tract.iter().zip(&p_train).zip(&p_maps) {
+        assert!(
+            (a - b).abs() < 1e-4,
+            "tract {p_tract:?} vs training {p_train:?}"
+        );
+        assert!((a - m).abs() < 1e-4, "tract {p_tract:?} vs maps {p_maps:?}");
+    }
+    let maxp = p_tract.iter().cloned().fold(0.0, f32::max);
+    assert!(maxp > 0.3, "head should not be uniform: {p_tract:?}");
+}

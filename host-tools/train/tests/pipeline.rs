@@ -31,6 +31,7 @@ fn stage1_trains_exports_and_evaluates() {
         },
         backbone_name: "test".into(),
         view_gate: true,
+        pooling: train::extract::POOLING,
     };
     let s = train::train_stage1(&opt, &weights, &backbone).expect("stage 1");
     assert!(s.extract_images_per_s.is_some());
@@ -71,7 +72,7 @@ fn stage1_trains_exports_and_evaluates() {
         model: &bytes,
         origin: &onnx,
         outputs: &["probs"],
-        pool: false,
+        pool: None,
         threads: 2,
         label: "eval",
     };

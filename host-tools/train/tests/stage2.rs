@@ -34,6 +34,7 @@ fn options(data: &Path, out: &Path, cache: &Path, epochs: usize, resume: bool) -
             },
             backbone_name: "test".into(),
             view_gate: false,
+            pooling: train::extract::POOLING,
         },
         finetune: FinetuneConfig {
             epochs,

@@ -131,7 +131,7 @@ pub fn run(args: Args) -> Result<()> {
         model: &bytes,
         origin: &origin,
         outputs: &["probs"],
-        pool: false,
+        pool: None,
         threads: args.threads,
         label: "calibrate",
     };

@@ -155,7 +155,7 @@ pub fn run(args: Args) -> Result<()> {
         model: &bytes,
         origin: &onnx,
         outputs: &names,
-        pool: false,
+        pool: None,
         threads: args.threads,
         label: "eval",
     };
@@ -327,15 +327,27 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     if let Some(g) = &e.view_gate {
+        // A rate over no views is NaN: say what is missing instead of printing it.
+        let rate = |x: f64, n: usize, what: &str| {
+            if n == 0 || x.is_nan() {
+                format!("no {what} in this set")
+            } else {
+                format!("{:.1}% of {n} {what}", 100.0 * x)
+            }
+        };
+        let others = if g.n_other == 0 {
+            rate(f64::NAN, 0, "non-kidney views")
+        } else {
+            format!(
+                "{} gated (learned {:.1}%, OOD {:.1}%)",
+                rate(g.other_gated, g.n_other, "non-kidney views"),
+                100.0 * g.other_gated_learned,
+                100.0 * g.other_gated_ood
+            )
+        };
         println!(
-            "view gate: {:.1}% of {} kidney views pass, {:.1}% of {} non-kidney views gated \
-             (learned {:.1}%, OOD {:.1}%)",
-            100.0 * g.kidney_pass,
-            g.n_kidney,
-            100.0 * g.other_gated,
-            g.n_other,
-            100.0 * g.other_gated_learned,
-            100.0 * g.other_gated_ood
+            "view gate: {} pass, {others}",
+            rate(g.kidney_pass, g.n_kidney, "kidney views")
         );
         // Screening quality on what the gate lets through, beside the figure on every kidney
         // view above: refusing kidneys must not buy its AUC by dropping the hard ones silently.

@@ -105,11 +105,34 @@ pub struct Args {
     /// whatever it is shown.
     #[arg(long)]
     pub no_view_gate: bool,
+    /// How the head pools the last feature map: `avg` (channel means, the ImageNet head's)
+    /// or `avg-max` (means and maxima, so that a small focal finding is not averaged away;
+    /// no better than `avg` on the phantom, for trying on your own images).
+    #[arg(long, value_enum, default_value_t = PoolingArg::Avg)]
+    pub pooling: PoolingArg,
     /// ONNX export of the ImageNet backbone (written on first use).
     #[arg(long, default_value = "models/resnet50-imagenet.onnx")]
     pub backbone: PathBuf,
     #[command(flatten)]
     pub cache: CacheArgs,
+}
+
+/// [`resnet50::Pooling`] on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PoolingArg {
+    /// Channel means only.
+    Avg,
+    /// Channel means, then channel maxima.
+    AvgMax,
+}
+
+impl From<PoolingArg> for resnet50::Pooling {
+    fn from(p: PoolingArg) -> Self {
+        match p {
+            PoolingArg::Avg => resnet50::Pooling::Avg,
+            PoolingArg::AvgMax => resnet50::Pooling::AvgMax,
+        }
+    }
 }
 
 fn parse_frames(s: &str) -> Result<FrameChoice, String> {
@@ -186,6 +209,7 @@ pub fn run(args: Args) -> Result<()> {
         },
         backbone_name: name,
         view_gate: !args.no_view_gate,
+        pooling: args.pooling.into(),
     };
     if let Some(k) = args.folds {
         let cv = train::kfold::run(&opt, k, &backbone)?;
