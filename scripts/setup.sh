@@ -52,4 +52,7 @@ if ! cargo deny --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION
   CARGO_TARGET_DIR="${TMPDIR:-/tmp}/renalscan-cargo-deny" \
     cargo install --locked --quiet cargo-deny --version "$CARGO_DENY_VERSION"
 fi
+# Every package of Cargo.lock, other platforms' included: `cargo deny --offline` (the test
+# command) reads the whole lock file, and a build fetches only what this machine compiles.
+cargo fetch --locked --quiet
 echo "setup: ok"
