@@ -93,6 +93,7 @@ fn train_draft_bundle_and_device_agree_on_every_field() {
         backbone_name: "tiny test backbone".into(),
         view_gate: false,
         pooling: train::extract::POOLING,
+        head_views: train::extract::HEAD_VIEWS,
     };
     let draft = train::draft_manifest(
         &opt,

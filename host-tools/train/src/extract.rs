@@ -21,6 +21,8 @@ pub const SIZE: usize = resnet50::INPUT_SIZE;
 pub const FEATURES: usize = resnet50::FEATURE_CHANNELS;
 /// The default recipe's pooling (see [`resnet50::Pooling`]).
 pub const POOLING: resnet50::Pooling = resnet50::Pooling::Avg;
+/// The default recipe's augmented views per training image for stage 1's head.
+pub const HEAD_VIEWS: u32 = 1;
 
 /// Errors of extraction.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +150,30 @@ pub fn run(
     skip: &(dyn Fn(&[u8; 32]) -> Option<Vec<f32>> + Sync),
     on_result: &mut Sink<'_>,
 ) -> Result<Vec<Result<Vec<f32>, String>>, ExtractError> {
+    run_views(paths, &vec![0; paths.len()], 0, job, skip, on_result)
+}
+
+/// The key of `view` of the image with content hash `hash`: the hash itself for the
+/// original (view 0), else [`crate::activations::view_key`] (seed and augmentation version).
+pub fn view_key(hash: &[u8; 32], view: u32, seed: u64) -> [u8; 32] {
+    if view == 0 {
+        *hash
+    } else {
+        crate::activations::view_key(hash, view, seed)
+    }
+}
+
+/// [`run`] where `paths[i]` is seen as augmented view `views[i]` (0: the original; others
+/// drawn by [`crate::augment::AugParams::draw`] from `seed`, the image and the view, after
+/// preprocessing, as stage 2 does). Keys given to `skip` and `on_result` are [`view_key`]s.
+pub fn run_views(
+    paths: &[FrameRef],
+    views: &[u32],
+    seed: u64,
+    job: &Job<'_>,
+    skip: &(dyn Fn(&[u8; 32]) -> Option<Vec<f32>> + Sync),
+    on_result: &mut Sink<'_>,
+) -> Result<Vec<Result<Vec<f32>, String>>, ExtractError> {
     let next = AtomicUsize::new(0);
     let (tx, rx) = mpsc::channel::<WorkResult>();
     let threads = job.threads.max(1).min(paths.len().max(1));
@@ -174,7 +200,9 @@ pub fn run(
                             continue;
                         }
                     };
-                    let hash = frame.content_key(&bytes);
+                    let view = views.get(i).copied().unwrap_or(0);
+                    let image = frame.content_key(&bytes);
+                    let hash = view_key(&image, view, seed);
                     if let Some(v) = skip(&hash) {
                         let _ = tx.send((i, hash, Ok(v)));
                         continue;
@@ -182,6 +210,10 @@ pub fn run(
                     if let Err(e) = preprocess_bytes(&bytes, frame, &mut pre, &mut input) {
                         let _ = tx.send((i, hash, Err(e)));
                         continue;
+                    }
+                    if view > 0 {
+                        let p = crate::augment::AugParams::draw(seed, &image, view);
+                        crate::augment::apply(&mut input, SIZE, &Normalization::caffe_bgr(), &p);
                     }
                     if net.is_none() {
                         net = Some(Network::from_bytes(
@@ -419,6 +451,18 @@ pub fn features(
     cache: &mut FeatureCache,
     threads: usize,
 ) -> Result<(FeatureResults, usize), ExtractError> {
+    features_of_views(paths, &vec![0; paths.len()], 0, backbone, cache, threads)
+}
+
+/// [`features`] of augmented views (see [`run_views`]), cached under their view keys.
+pub fn features_of_views(
+    paths: &[FrameRef],
+    views: &[u32],
+    seed: u64,
+    backbone: &Path,
+    cache: &mut FeatureCache,
+    threads: usize,
+) -> Result<(FeatureResults, usize), ExtractError> {
     let bytes = fs::read(backbone).map_err(io(backbone))?;
     let job = Job {
         model: &bytes,
@@ -426,7 +470,11 @@ pub fn features(
         outputs: &[resnet50::onnx::FEATURES],
         pool: Some(cache.pooling),
         threads,
-        label: "features",
+        label: if views.iter().any(|&v| v > 0) {
+            "augmented views"
+        } else {
+            "features"
+        },
     };
     let snapshot: HashMap<[u8; 32], Vec<f32>> = cache.map.clone();
     let hits = std::sync::atomic::AtomicUsize::new(0);
@@ -444,7 +492,7 @@ pub fn features(
         }
         cache.insert(k, v)
     };
-    let r = run(paths, &job, &skip, &mut on)?;
+    let r = run_views(paths, views, seed, &job, &skip, &mut on)?;
     cache.flush()?;
     log::info!(
         "features: {} from cache, {added} computed",

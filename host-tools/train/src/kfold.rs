@@ -164,6 +164,20 @@ pub fn run(
     let mut cache = FeatureCache::open(&opt.cache_dir, &backbone_sha, opt.pooling)?;
     let (feats, _) = extract::features(&paths, backbone_onnx, &mut cache, opt.threads)?;
     extract::check_failures(&paths, &feats, opt.max_failed_pct)?;
+    // Every image trains in some fold: the augmented views of all of them, once.
+    let hv = opt.head_views as usize;
+    let (view_paths, views): (Vec<usimage::FrameRef>, Vec<u32>) = paths
+        .iter()
+        .flat_map(|p| (1..=opt.head_views).map(move |v| (p.clone(), v)))
+        .unzip();
+    let (view_feats, _) = extract::features_of_views(
+        &view_paths,
+        &views,
+        opt.head.seed,
+        backbone_onnx,
+        &mut cache,
+        opt.threads,
+    )?;
 
     let taxonomy = Taxonomy::standard();
     let normal = taxonomy.normal_index();
@@ -195,6 +209,16 @@ pub fn run(
             };
             sets[slot].x.extend_from_slice(f);
             sets[slot].y.push(s.label);
+        }
+        let train_images = sets[0].len();
+        for (j, s) in fold_samples.iter().enumerate() {
+            if s.split != Some(Split::Train) {
+                continue;
+            }
+            for f in view_feats[j * hv..(j + 1) * hv].iter().flatten() {
+                sets[0].x.extend_from_slice(f);
+                sets[0].y.push(s.label);
+            }
         }
         let [tr, va, te] = &sets;
         for (set, name) in [(tr, "train"), (va, "validation"), (te, "test")] {
@@ -236,7 +260,7 @@ pub fn run(
         out_folds.push(Fold {
             fold: i + 1,
             test_patients,
-            images: [tr.len(), va.len(), te.len()],
+            images: [train_images, va.len(), te.len()],
             best_epoch: trained.best_epoch,
             temperature: t,
             threshold,

@@ -100,6 +100,10 @@ pub struct TrainOptions {
     pub view_gate: bool,
     /// How the head pools the last feature map ([`extract::POOLING`] by default).
     pub pooling: resnet50::Pooling,
+    /// Augmented views of each training kidney image (stage 2's augmentation, seeded by the
+    /// run's seed) whose features the head also learns from; validation and test images are
+    /// never augmented.
+    pub head_views: u32,
 }
 
 /// What a run produced (also logged and written to `metrics.json`).
@@ -384,6 +388,52 @@ fn write_run_files(
     write(&opt.out.join("train.log"), log_text.as_bytes())
 }
 
+/// Appends to `train` the features of `opt.head_views` augmented views of every training
+/// kidney image of `used` whose original was read (`feats`); returns how many were computed
+/// rather than read from the cache.
+fn add_views(
+    opt: &TrainOptions,
+    used: &[&dataset::Sample],
+    feats: &[Result<Vec<f32>, String>],
+    backbone_onnx: &Path,
+    cache: &mut FeatureCache,
+    train: &mut Features,
+) -> Result<usize, TrainError> {
+    if opt.head_views == 0 {
+        return Ok(0);
+    }
+    let (mut paths, mut views, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    for (s, f) in used.iter().zip(feats) {
+        if f.is_err() || !s.is_kidney() || s.split != Some(Split::Train) {
+            continue;
+        }
+        for v in 1..=opt.head_views {
+            paths.push(s.frame_ref());
+            views.push(v);
+            labels.push(s.label);
+        }
+    }
+    let (vf, computed) = extract::features_of_views(
+        &paths,
+        &views,
+        opt.head.seed,
+        backbone_onnx,
+        cache,
+        opt.threads,
+    )?;
+    for ((f, label), p) in vf.iter().zip(labels).zip(&paths) {
+        match f {
+            Ok(f) => {
+                train.x.extend_from_slice(f);
+                train.y.push(label);
+            }
+            // Its original was read a moment ago: only a changed file gets here.
+            Err(e) => log::warn!("augmented view of {p} skipped: {e}"),
+        }
+    }
+    Ok(computed)
+}
+
 /// Runs stage 1. `weights` is the backbone the ONNX file `backbone_onnx` was exported from
 /// (the exported model is those weights plus the trained head).
 pub fn train_stage1(
@@ -404,11 +454,6 @@ pub fn train_stage1(
     let mut cache = FeatureCache::open(&opt.cache_dir, &backbone_sha, opt.pooling)?;
     let te = Instant::now();
     let (feats, computed) = extract::features(&paths, backbone_onnx, &mut cache, opt.threads)?;
-    let extract_s = te.elapsed().as_secs_f64();
-    let extract_images_per_s = (computed > 0).then(|| computed as f64 / extract_s);
-    if let Some(r) = extract_images_per_s {
-        log::info!("extraction: {computed} images in {extract_s:.1} s ({r:.2} images/s)");
-    }
     let skipped = extract::check_failures(&paths, &feats, opt.max_failed_pct)?;
     let width = opt.pooling.width(FEATURES);
     let (mut tr, mut va) = (Features::with_dim(width), Features::with_dim(width));
@@ -432,7 +477,21 @@ pub fn train_stage1(
     if va.is_empty() {
         return Err(TrainError::EmptySplit("validation"));
     }
+    let originals = tr.len();
+    let computed = computed + add_views(opt, &used, &feats, backbone_onnx, &mut cache, &mut tr)?;
+    let extract_s = te.elapsed().as_secs_f64();
+    let extract_images_per_s = (computed > 0).then(|| computed as f64 / extract_s);
+    if let Some(r) = extract_images_per_s {
+        log::info!("extraction: {computed} images in {extract_s:.1} s ({r:.2} images/s)");
+    }
     let mut log_text = String::new();
+    if opt.head_views > 0 {
+        let _ = writeln!(
+            log_text,
+            "head training set: {originals} images + {} augmented views",
+            tr.len() - originals
+        );
+    }
     let view_gate = if opt.view_gate {
         Some(fit_gate(&gate_tr, &gate_va, &used, &mut log_text)?)
     } else {
@@ -817,8 +876,9 @@ pub fn draft_manifest(
         Stage::One => (
             format!(
                 "1: frozen backbone, head (dropout, linear) on cached pooled features \
-                 (pooling {})",
-                opt.pooling.name()
+                 (pooling {}; {} augmented views per training image)",
+                opt.pooling.name(),
+                opt.head_views
             ),
             None,
         ),

@@ -32,6 +32,7 @@ fn stage1_trains_exports_and_evaluates() {
         backbone_name: "test".into(),
         view_gate: true,
         pooling: train::extract::POOLING,
+        head_views: train::extract::HEAD_VIEWS,
     };
     let s = train::train_stage1(&opt, &weights, &backbone).expect("stage 1");
     assert!(s.extract_images_per_s.is_some());
@@ -45,6 +46,21 @@ fn stage1_trains_exports_and_evaluates() {
     ] {
         assert!(opt.out.join(f).is_file(), "{f}");
     }
+    // The head also learned from augmented views of every training kidney image.
+    let train_kidneys = train::load(&opt.out.join("split.csv"))
+        .unwrap()
+        .iter()
+        .filter(|x| x.split == Some(Split::Train) && x.is_kidney())
+        .count();
+    let log = std::fs::read_to_string(opt.out.join("train.log")).unwrap();
+    let views = train_kidneys * train::extract::HEAD_VIEWS as usize;
+    assert!(
+        views > 0
+            && log.contains(&format!(
+                "head training set: {train_kidneys} images + {views} augmented views"
+            )),
+        "{log}"
+    );
     let m = contract::Manifest::draft_from_file(&opt.out.join("manifest.toml")).unwrap();
     assert_eq!(m.operating_point.threshold, s.threshold);
     assert_eq!(

@@ -35,6 +35,7 @@ fn options(data: &Path, out: &Path, cache: &Path, epochs: usize, resume: bool) -
             backbone_name: "test".into(),
             view_gate: false,
             pooling: train::extract::POOLING,
+            head_views: train::extract::HEAD_VIEWS,
         },
         finetune: FinetuneConfig {
             epochs,

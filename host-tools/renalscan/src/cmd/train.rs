@@ -110,6 +110,11 @@ pub struct Args {
     /// no better than `avg` on the phantom, for trying on your own images).
     #[arg(long, value_enum, default_value_t = PoolingArg::Avg)]
     pub pooling: PoolingArg,
+    /// Stage 1: augmented views of each training image (flip, rotation, zoom, gain, gamma,
+    /// speckle; seeded) whose features the head also learns from, besides the original.
+    /// Each view costs one more extraction pass over the training images (cached).
+    #[arg(value_parser = argrange::u32_in(0, 16), long, default_value_t = train::extract::HEAD_VIEWS)]
+    pub head_views: u32,
     /// ONNX export of the ImageNet backbone (written on first use).
     #[arg(long, default_value = "models/resnet50-imagenet.onnx")]
     pub backbone: PathBuf,
@@ -210,6 +215,7 @@ pub fn run(args: Args) -> Result<()> {
         backbone_name: name,
         view_gate: !args.no_view_gate,
         pooling: args.pooling.into(),
+        head_views: args.head_views,
     };
     if let Some(k) = args.folds {
         let cv = train::kfold::run(&opt, k, &backbone)?;
