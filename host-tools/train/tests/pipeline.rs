@@ -32,7 +32,8 @@ fn stage1_trains_exports_and_evaluates() {
         backbone_name: "test".into(),
         view_gate: true,
         pooling: train::extract::POOLING,
-        head_views: train::extract::HEAD_VIEWS,
+        // One augmented view per training image (opt-in), so that path is tested too.
+        head_views: 1,
     };
     let s = train::train_stage1(&opt, &weights, &backbone).expect("stage 1");
     assert!(s.extract_images_per_s.is_some());
@@ -53,7 +54,7 @@ fn stage1_trains_exports_and_evaluates() {
         .filter(|x| x.split == Some(Split::Train) && x.is_kidney())
         .count();
     let log = std::fs::read_to_string(opt.out.join("train.log")).unwrap();
-    let views = train_kidneys * train::extract::HEAD_VIEWS as usize;
+    let views = train_kidneys * opt.head_views as usize;
     assert!(
         views > 0
             && log.contains(&format!(
