@@ -306,10 +306,14 @@ impl HeadWeights {
             .chunks_exact(hw)
             .map(|plane| plane.iter().sum::<f32>() / hw as f32)
             .collect();
-        let maxima: Vec<f32> = features
-            .chunks_exact(hw)
-            .map(|plane| plane.iter().copied().fold(f32::NEG_INFINITY, f32::max))
-            .collect();
+        // Maxima only for a head that reads them: an average-only head is the device's usual.
+        let maxima: Vec<f32> = match self.max_weight {
+            Some(_) => features
+                .chunks_exact(hw)
+                .map(|plane| plane.iter().copied().fold(f32::NEG_INFINITY, f32::max))
+                .collect(),
+            None => Vec::new(),
+        };
         let c = self.channels;
         Ok((0..self.classes)
             .map(|k| {
