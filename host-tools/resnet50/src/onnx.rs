@@ -8,7 +8,7 @@
 use onnx_graph::pb::ValueInfoProto;
 use onnx_graph::{attr, value_info, Dim, Graph, ModelMeta};
 
-use crate::{Conv, Dense, ResNet50, FEATURE_CHANNELS, INPUT_SIZE};
+use crate::{Conv, Dense, ResNet50, FEATURE_CHANNELS};
 
 /// ONNX opset we target (Softmax over one axis, Gemm, GlobalAveragePool are stable here).
 pub const OPSET: i64 = onnx_graph::OPSET;
@@ -38,6 +38,16 @@ pub enum OnnxError {
     /// The view gate's parameters do not fit the backbone.
     #[error("view gate: {0}")]
     Gate(String),
+    /// The network halves its input five times: the side must be a multiple of 32.
+    #[error("input side {0} is not a positive multiple of 32")]
+    Side(usize),
+}
+
+fn check_side(side: usize) -> Result<i64, OnnxError> {
+    if side == 0 || !side.is_multiple_of(32) {
+        return Err(OnnxError::Side(side));
+    }
+    Ok(side as i64)
 }
 
 /// How the last feature map becomes the head's input vector.
@@ -135,8 +145,16 @@ impl Head {
     }
 }
 
-/// Serialises `net` (BatchNorm folded) with `head` to ONNX bytes.
-pub fn export_onnx(net: &ResNet50, head: &Head, doc: &str) -> Result<Vec<u8>, OnnxError> {
+/// Serialises `net` (BatchNorm folded) with `head` to ONNX bytes, for a square input of
+/// `side` pixels (the weights were trained at [`crate::INPUT_SIZE`]; a larger side keeps more
+/// of an ultrasound image's detail for the same weights).
+pub fn export_onnx(
+    net: &ResNet50,
+    head: &Head,
+    side: usize,
+    doc: &str,
+) -> Result<Vec<u8>, OnnxError> {
+    let side = check_side(side)?;
     let width = head.pooling.width(FEATURE_CHANNELS);
     if head.dense.inputs != width {
         return Err(OnnxError::HeadWidth(head.dense.inputs, width));
@@ -188,7 +206,7 @@ pub fn export_onnx(net: &ResNet50, head: &Head, doc: &str) -> Result<Vec<u8>, On
         gate_nodes(&mut g, gate, &flat)?;
     }
 
-    let final_side = INPUT_SIZE as i64 / 32;
+    let final_side = side / 32;
     let mut outputs = vec![
         value_info(
             &head.output,
@@ -212,6 +230,7 @@ pub fn export_onnx(net: &ResNet50, head: &Head, doc: &str) -> Result<Vec<u8>, On
     Ok(finish(
         g,
         outputs,
+        side,
         doc,
         "Keras ResNet-50 v1, BatchNorm folded",
     ))
@@ -219,13 +238,15 @@ pub fn export_onnx(net: &ResNet50, head: &Head, doc: &str) -> Result<Vec<u8>, On
 
 /// Serialises the stem and the first `stages` stages of `net` (BatchNorm folded), with the
 /// last feature map as the only output, named `output`: the frozen part of a fine-tuning run
-/// (`stages = 3` gives layer-3 activations, `N x 1024 x 14 x 14`).
+/// (`stages = 3` gives layer-3 activations, `N x 1024 x side/16 x side/16`).
 pub fn export_trunk_onnx(
     net: &ResNet50,
     stages: usize,
     output: &str,
+    side: usize,
     doc: &str,
 ) -> Result<Vec<u8>, OnnxError> {
+    let input_side = check_side(side)?;
     if stages == 0 || stages > net.stages.len() {
         return Err(OnnxError::Stages(stages));
     }
@@ -234,7 +255,7 @@ pub fn export_trunk_onnx(
     }
     let mut g = Graph::new();
     trunk(&mut g, net, stages, output);
-    let side = (INPUT_SIZE >> (stages + 1)) as i64;
+    let side = input_side >> (stages + 1);
     let channels = net.stages[stages - 1]
         .last()
         .map_or(0, |b| b.conv_c.shape[0] as i64);
@@ -250,6 +271,7 @@ pub fn export_trunk_onnx(
     Ok(finish(
         g,
         outputs,
+        input_side,
         doc,
         &format!("Keras ResNet-50 v1 up to stage {stages} of 4, BatchNorm folded"),
     ))
@@ -315,8 +337,13 @@ fn batch() -> Dim {
 }
 
 /// The finished model: input `image` (batch symbolic), the given outputs.
-fn finish(g: Graph, outputs: Vec<ValueInfoProto>, doc: &str, architecture: &str) -> Vec<u8> {
-    let side = INPUT_SIZE as i64;
+fn finish(
+    g: Graph,
+    outputs: Vec<ValueInfoProto>,
+    side: i64,
+    doc: &str,
+    architecture: &str,
+) -> Vec<u8> {
     let input = value_info(
         INPUT,
         &[batch(), Dim::Fixed(3), Dim::Fixed(side), Dim::Fixed(side)],

@@ -11,7 +11,7 @@ use burn::prelude::*;
 use model::Network;
 use resnet50::ResNet50;
 
-const S: usize = resnet50::INPUT_SIZE;
+const S: usize = train::extract::SIZE;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

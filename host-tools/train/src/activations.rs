@@ -60,6 +60,7 @@ pub fn write_layer3_onnx(
         weights,
         3,
         OUTPUT,
+        SIZE,
         "ResNet-50 v1 stem + layers 1-3 (frozen part of stage-2 fine-tuning)",
     )?;
     let tmp = path.with_extension("onnx.partial");

@@ -14,7 +14,10 @@ use progress::Progress;
 use sha2::{Digest, Sha256};
 use usimage::{FrameRef, Normalization, Preprocessor, PREPROCESS_VERSION};
 
-/// Model input side.
+/// The renal model's input side: the 224 the ImageNet weights were trained at. A 320 input
+/// (each finding on twice the pixels, twice the device's compute per frame) was measured on
+/// six seeds and gained on three, lost on three (`host-tools/train/README.md`, "Recipe
+/// candidates"); the exports take the side as a parameter, so it is one line to try again.
 pub const SIZE: usize = resnet50::INPUT_SIZE;
 /// Channels of the last feature map: the width of its global average, which the view gate
 /// reads (the first `FEATURES` values of every pooled vector).

@@ -457,6 +457,14 @@ struct State {
     best_nll: f64,
     history: Vec<Epoch>,
     epoch_s: Vec<f64>,
+    /// Validation AUC and NLL of the starting point (stage 1's head on the frozen layer4),
+    /// the bar every epoch must clear; absent in checkpoints written before it was kept.
+    #[serde(default)]
+    start: Option<(f64, f64)>,
+}
+
+fn val_keys_of(data: &Data) -> Vec<[u8; 32]> {
+    data.val.iter().map(|(k, _)| *k).collect()
 }
 
 /// Result of stage 2.
@@ -474,6 +482,8 @@ pub struct Finetuned {
     pub val: Features,
     /// The checkpoint epoch the run continued from.
     pub resumed_from: Option<usize>,
+    /// Validation AUC and NLL before the first epoch (stage 1's head on the frozen layer4).
+    pub start: Option<(f64, f64)>,
 }
 
 /// The checkpoint directory of a run.
@@ -747,26 +757,41 @@ pub fn train(
                 Some(n),
             )
         }
-        None => (
-            init.to_net(&device, cfg.dropout),
-            init.clone(),
-            adamw(cfg),
-            adamw(cfg),
-            State {
-                identity: ident.clone(),
-                epoch: 0,
-                best_epoch: 0,
-                best_auc: f64::NEG_INFINITY,
-                best_nll: f64::INFINITY,
-                history: Vec::new(),
-                epoch_s: Vec::new(),
-            },
-            None,
-        ),
+        None => {
+            // Epoch 0 is the starting point: an epoch must beat it on validation to be kept,
+            // so stage 2 never hands back a model worse than the stage-1 head it began from.
+            let pooled = pooled_features(init, cache, &val_keys_of(data), 32)?;
+            let val = Features {
+                x: pooled,
+                y: data.val.iter().map(|(_, l)| *l).collect(),
+                dim: init.head.dim,
+            };
+            let (auc, nll) = head::auc_nll(&init.head, &val, 1.0);
+            log::info!(
+                "stage 2 epoch 0 (stage-1 head, frozen layer4): val AUC {auc:.4}, NLL {nll:.4}"
+            );
+            (
+                init.to_net(&device, cfg.dropout),
+                init.clone(),
+                adamw(cfg),
+                adamw(cfg),
+                State {
+                    identity: ident.clone(),
+                    epoch: 0,
+                    best_epoch: 0,
+                    best_auc: auc,
+                    best_nll: nll,
+                    history: Vec::new(),
+                    epoch_s: Vec::new(),
+                    start: Some((auc, nll)),
+                },
+                None,
+            )
+        }
     };
     let labels: Vec<usize> = data.train.iter().map(|(_, l)| *l).collect();
     let cw = head::class_weights(&labels);
-    let val_keys: Vec<[u8; 32]> = data.val.iter().map(|(k, _)| *k).collect();
+    let val_keys = val_keys_of(data);
     let val_y: Vec<usize> = data.val.iter().map(|(_, l)| *l).collect();
     let n = data.train.len();
     let batch = cfg.batch.max(1);
@@ -877,6 +902,7 @@ pub fn train(
             dim,
         },
         resumed_from,
+        start: state.start,
     })
 }
 

@@ -568,6 +568,9 @@ pub struct Stage2Summary {
     pub epoch_s: Vec<f64>,
     /// Checkpoint epoch this run continued from.
     pub resumed_from: Option<usize>,
+    /// Validation AUC of the starting point (stage 1's head on the ImageNet layer4, from the
+    /// f16 activation cache): an epoch is kept only if it beats this.
+    pub start_val_auc: Option<f64>,
     /// The exported layer4 and head (head before temperature scaling).
     #[serde(skip)]
     pub layer4: Layer4Weights,
@@ -696,6 +699,12 @@ pub fn train_stage2(
         },
     )?;
     let head_s = tt.elapsed().as_secs_f64();
+    if let Some((auc, nll)) = ft.start {
+        let _ = writeln!(
+            log_text,
+            "stage 2 epoch   0 (stage-1 head, frozen layer4) val_auc {auc:.4} val_nll {nll:.4}"
+        );
+    }
     for (e, secs) in ft.history.iter().zip(&ft.epoch_s) {
         let _ = writeln!(
             log_text,
@@ -705,6 +714,16 @@ pub fn train_stage2(
     }
     if let Some(n) = ft.resumed_from {
         let _ = writeln!(log_text, "resumed after epoch {n}");
+    }
+    if ft.best_epoch == 0 {
+        log::warn!(
+            "no stage-2 epoch beat its starting point on validation: the model keeps stage 1's \
+             head and the ImageNet layer4"
+        );
+        let _ = writeln!(
+            log_text,
+            "no epoch beat epoch 0: exported stage 1's head on the ImageNet layer4"
+        );
     }
     let exported = ft.weights.into_backbone(weights);
     let mut c = calibrate_and_export(
@@ -770,6 +789,7 @@ pub fn train_stage2(
         views_computed: computed,
         epoch_s: ft.epoch_s,
         resumed_from: ft.resumed_from,
+        start_val_auc: ft.start.map(|(auc, _)| auc),
         layer4: ft.weights,
     };
     let _ = writeln!(log_text, "total {:.1} s", t0.elapsed().as_secs_f64());
@@ -797,6 +817,7 @@ pub fn export(
             softmax: true,
             gate: gate.cloned(),
         },
+        SIZE,
         &format!(
             "renalscan screening model: {backbone_name} backbone (BatchNorm folded) + renal head \
              (6 classes: {}; temperature folded in). Input: usimage preprocessing v{PREPROCESS_VERSION}, \
@@ -907,7 +928,10 @@ pub fn draft_manifest(
     );
     outputs.insert(
         "features".into(),
-        "N x 2048 x 7 x 7 last feature map (class-activation maps)".into(),
+        format!(
+            "N x 2048 x {s} x {s} last feature map (class-activation maps)",
+            s = SIZE / 32
+        ),
     );
     let n = Normalization::caffe_bgr();
     Ok(Manifest {

@@ -9,7 +9,7 @@ use model::Network;
 use seeded::Rng;
 use train::LinearHead;
 
-const S: usize = resnet50::INPUT_SIZE;
+const S: usize = train::extract::SIZE;
 
 mod common;
 

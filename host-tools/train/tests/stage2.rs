@@ -12,7 +12,7 @@ use train::finetune::{self, FinetuneError};
 use train::{FinetuneConfig, HeadConfig, Stage2Options, TrainError, TrainOptions};
 use usimage::{Normalization, Preprocessor};
 
-const S: usize = resnet50::INPUT_SIZE;
+const S: usize = train::extract::SIZE;
 
 mod common;
 
@@ -61,6 +61,22 @@ fn stage2_trains_exports_resumes_and_refuses_changed_settings() {
         .expect("stage 2");
     assert!(s.views_computed > 0);
     assert_eq!(s.stage2.history.len(), 1);
+    // Epoch 0 is stage 1's head on the ImageNet layer4, read from the f16 activation cache:
+    // it must score validation as stage 1 did from its own features.
+    let start = s.start_val_auc.expect("epoch 0 evaluated");
+    assert!(
+        (start - s.stage1.validation.auc).abs() <= 0.02,
+        "epoch 0 {start} vs stage 1 {}",
+        s.stage1.validation.auc
+    );
+    if s.stage2.best_epoch == 0 {
+        assert_eq!(
+            s.stage2.head, s.stage1.head,
+            "no better epoch: stage 1's head kept"
+        );
+    } else {
+        assert!(s.stage2.history[0].val_auc > start - 1e-9);
+    }
     for f in [
         "model.onnx",
         "manifest.toml",

