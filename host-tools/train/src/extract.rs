@@ -400,11 +400,6 @@ impl FeatureCache {
         })
     }
 
-    /// How its features are pooled.
-    pub fn pooling(&self) -> resnet50::Pooling {
-        self.pooling
-    }
-
     /// The cache file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -463,10 +463,6 @@ struct State {
     start: Option<(f64, f64)>,
 }
 
-fn val_keys_of(data: &Data) -> Vec<[u8; 32]> {
-    data.val.iter().map(|(k, _)| *k).collect()
-}
-
 /// Result of stage 2.
 #[derive(Debug, Clone)]
 pub struct Finetuned {
@@ -743,6 +739,8 @@ pub fn train(
         return Err(FinetuneError::NotResuming(run.display().to_string()));
     }
     let device = Device::flex().autodiff();
+    let val_keys: Vec<[u8; 32]> = data.val.iter().map(|(k, _)| *k).collect();
+    let val_y: Vec<usize> = data.val.iter().map(|(_, l)| *l).collect();
     let (mut net, mut best, mut o4, mut oh, mut state, resumed_from) = match latest {
         Some((n, dir)) => {
             let r = load_checkpoint(&dir, init, cfg)?;
@@ -760,10 +758,9 @@ pub fn train(
         None => {
             // Epoch 0 is the starting point: an epoch must beat it on validation to be kept,
             // so stage 2 never hands back a model worse than the stage-1 head it began from.
-            let pooled = pooled_features(init, cache, &val_keys_of(data), 32)?;
             let val = Features {
-                x: pooled,
-                y: data.val.iter().map(|(_, l)| *l).collect(),
+                x: pooled_features(init, cache, &val_keys, 32)?,
+                y: val_y.clone(),
                 dim: init.head.dim,
             };
             let (auc, nll) = head::auc_nll(&init.head, &val, 1.0);
@@ -791,8 +788,6 @@ pub fn train(
     };
     let labels: Vec<usize> = data.train.iter().map(|(_, l)| *l).collect();
     let cw = head::class_weights(&labels);
-    let val_keys = val_keys_of(data);
-    let val_y: Vec<usize> = data.val.iter().map(|(_, l)| *l).collect();
     let n = data.train.len();
     let batch = cfg.batch.max(1);
     let steps = n.div_ceil(batch) as u64;

@@ -336,7 +336,7 @@ pub fn run(args: Args) -> Result<()> {
             }
         };
         let others = if g.n_other == 0 {
-            rate(f64::NAN, 0, "non-kidney views")
+            rate(g.other_gated, g.n_other, "non-kidney views")
         } else {
             format!(
                 "{} gated (learned {:.1}%, OOD {:.1}%)",
