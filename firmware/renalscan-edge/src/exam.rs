@@ -11,6 +11,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use crate::aggregate::{Input, Params};
 use crate::config::Config;
 use crate::events::Decision;
 use crate::infer::Classifier;
@@ -33,6 +34,11 @@ pub struct SweepOutcome {
     pub seconds: f64,
     /// Inference workers it ran on (0: on the calling thread).
     pub workers: usize,
+    /// Every input the aggregator got, in order: the sweep judged at other aggregation
+    /// settings ([`crate::aggregate::exam_call_of`]).
+    pub steps: Vec<Input>,
+    /// The aggregation settings the decisions were made with.
+    pub params: Params,
 }
 
 impl SweepOutcome {
@@ -96,6 +102,7 @@ impl ExamReplay {
         )
         .map_err(|e| SourceError::Lost(format!("{e:#}")))?;
         pipeline.command(crate::sink::Control::StartScreening);
+        pipeline.record_aggregation();
         // As on the cart: one inference worker per core given to the model.
         let (workers, threads) = self.cfg.model.layout();
         if let Err(e) = pipeline.start_workers(workers, threads, None) {
@@ -159,5 +166,7 @@ fn replay(pipeline: &mut Pipeline, path: &Path) -> Result<SweepOutcome, SourceEr
         counters: pipeline.counters,
         seconds: t0.elapsed().as_secs_f64(),
         workers: pipeline.workers(),
+        steps: pipeline.take_aggregation(),
+        params: pipeline.aggregation(),
     })
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use contract::Manifest;
 use usimage::{FrameInfo, Preprocessor};
 
-use crate::aggregate::{Aggregator, Params, Sample, Trigger};
+use crate::aggregate::{Aggregator, Input, Params, Sample, Trigger};
 use crate::config::{AggregateConfig, GateConfig, Mode, PipelineConfig};
 use crate::events::{unix_ms, Decision, DecisionKind, JournalState, ThresholdSource, Trace};
 use crate::gate::{after_detection, Gate, GateReason};
@@ -67,6 +67,8 @@ pub struct Pipeline {
     threshold_source: ThresholdSource,
     /// What makes these decisions (set by the runtime; `None` in workstation replays).
     trace: Option<Trace>,
+    /// Every input the aggregator got, kept only when asked ([`Pipeline::record_aggregation`]).
+    agg_steps: Option<Vec<Input>>,
     /// The last inference failed (status: fault).
     pub faulted: bool,
     /// The last classified frame's detection and classification (for [`Pipeline::view`]).
@@ -212,6 +214,7 @@ impl Pipeline {
             model_tag: format!("{}@{}", info.name, info.version),
             threshold_source,
             trace: None,
+            agg_steps: None,
             faulted: false,
             last: None,
             outcome: Outcome::Idle,
@@ -250,6 +253,32 @@ impl Pipeline {
     /// Stamps every decision from now on with `trace`.
     pub fn set_trace(&mut self, trace: Trace) {
         self.trace = Some(trace);
+    }
+
+    /// Keeps every input the aggregator gets from now on (workstation replays): the exam's
+    /// frames can then be judged at other aggregation settings without the model.
+    pub fn record_aggregation(&mut self) {
+        self.agg_steps = Some(Vec::new());
+    }
+
+    /// The inputs kept since [`Pipeline::record_aggregation`] (empty when not recording).
+    pub fn take_aggregation(&mut self) -> Vec<Input> {
+        self.agg_steps
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// The aggregation parameters in force.
+    pub fn aggregation(&self) -> Params {
+        *self.agg.params()
+    }
+
+    fn agg_reset(&mut self) {
+        self.agg.reset();
+        if let Some(steps) = self.agg_steps.as_mut() {
+            steps.push(Input::Reset);
+        }
     }
 
     /// The operating threshold in force and where it came from.
@@ -325,7 +354,7 @@ impl Pipeline {
         match c {
             Control::StartScreening => {
                 if !self.screening {
-                    self.agg.reset();
+                    self.agg_reset();
                     self.last_emit = None;
                     self.epoch += 1;
                 }
@@ -337,7 +366,7 @@ impl Pipeline {
                 self.freeze_pending = false;
                 self.freeze_in_flight = false;
                 self.epoch += 1;
-                self.agg.reset();
+                self.agg_reset();
                 self.last_emit = None;
             }
             Control::Capture => self.capture_pending = true,
@@ -352,7 +381,7 @@ impl Pipeline {
                     self.freeze_pending = false;
                     self.freeze_in_flight = false;
                     self.epoch += 1;
-                    self.agg.reset();
+                    self.agg_reset();
                     self.last_emit = None;
                     self.gate.reset();
                 }
@@ -648,13 +677,16 @@ impl Pipeline {
             out.push(self.single(kind, &c, frame, reason.is_some()));
             if freeze && !stale {
                 self.frozen = true;
-                self.agg.reset();
+                self.agg_reset();
                 self.last_emit = None;
             }
         }
         if self.mode == Mode::Continuous && reason.is_none() && !stale {
             let sample = Sample::new(c.p_abnormal, &c.probs[..c.classes]);
             let now = Instant::now();
+            if let Some(steps) = self.agg_steps.as_mut() {
+                steps.push(Input::Push(sample));
+            }
             let kind = match self.agg.push(sample) {
                 Some((Trigger::First, _)) => Some(DecisionKind::First),
                 Some((Trigger::Change, _)) => Some(DecisionKind::Change),
@@ -702,7 +734,7 @@ impl Pipeline {
                     self.gated_run
                 );
             }
-            self.agg.reset();
+            self.agg_reset();
             self.last_emit = None;
         }
     }

@@ -4,8 +4,9 @@
 mod common;
 
 use common::*;
+use renalscan_edge::aggregate::{exam_call_of, Input, Params};
 use renalscan_edge::config::Config;
-use renalscan_edge::exam::ExamReplay;
+use renalscan_edge::exam::{ExamReplay, SweepOutcome};
 use renalscan_edge::infer::Classifier;
 use testkit::frames::{write_frames, write_frames_gain, BRIGHT, DARK};
 
@@ -62,7 +63,7 @@ fn each_sweep_gets_the_call_standing_at_its_end() {
 
     // Running it again gives the same decisions: nothing depends on the clock.
     let again = replay.run(&turns).unwrap();
-    let key = |o: &renalscan_edge::exam::SweepOutcome| {
+    let key = |o: &SweepOutcome| {
         o.decisions
             .iter()
             .map(|d| (d.frame_index, d.abnormal, d.p_abnormal.to_bits()))
@@ -161,4 +162,56 @@ fn workers_decide_exactly_what_one_thread_decides_in_frame_order() {
             "{threads} cores, {workers:?} workers"
         );
     }
+}
+
+/// The recorded aggregation inputs give back the device's own exam call at the configured
+/// settings (resets after a blank run included), and another call at other settings: what
+/// `renalscan eval --sweeps` builds its exam operating points on.
+#[test]
+fn recorded_aggregation_replays_the_devices_call() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = write_bundle(&tmp.path().join("bundle"), 0.5);
+    // Abnormal, a blank run long enough to start a new window, then normal.
+    let sweep = tmp.path().join("sweep");
+    let mut gains = vec![BRIGHT; 4];
+    gains.extend([0.0; 3]);
+    gains.extend([DARK; 6]);
+    write_frames_gain(&sweep, &gains);
+    let mut cfg = Config::default();
+    cfg.aggregate.window = 3;
+    cfg.aggregate.min_frames = 2;
+    cfg.aggregate.reset_after_gated = 3;
+    let classifier =
+        Classifier::open(&bundle, Some(&keys_of(&bundle)), Default::default(), None).unwrap();
+    let mut replay = ExamReplay::new(cfg, classifier).unwrap();
+    let o = replay.run(&sweep).unwrap();
+    let pushes = o
+        .steps
+        .iter()
+        .filter(|s| matches!(s, Input::Push(_)))
+        .count();
+    assert_eq!(pushes as u64, o.counters.inferred);
+    let reset = o.steps.iter().position(|s| *s == Input::Reset);
+    assert_eq!(reset, Some(4), "{:?}", o.steps);
+    assert_eq!(o.params.window, 3);
+    let device = o.exam_call().map(|d| d.abnormal);
+    assert_eq!(device, Some(true));
+    assert_eq!(exam_call_of(o.params, &o.steps), device);
+    // A threshold above every frame's p(abnormal) would have called it normal.
+    let top = o
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Input::Push(s) => Some(s.p_abnormal),
+            Input::Reset => None,
+        })
+        .fold(0.0f32, f32::max);
+    let strict = Params {
+        threshold: top + 1e-3,
+        ..o.params
+    };
+    assert_eq!(exam_call_of(strict, &o.steps), Some(false));
+    // Another sweep starts a new record.
+    let again = replay.run(&sweep).unwrap();
+    assert_eq!(again.steps, o.steps);
 }

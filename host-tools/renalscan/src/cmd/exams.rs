@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use contract::Class;
+use renalscan_edge::aggregate::{exam_call_of, Input, Params};
 use renalscan_edge::config::{Config, ModelForm};
 use renalscan_edge::exam::{ExamReplay, SweepOutcome};
 use renalscan_edge::infer::Classifier;
@@ -238,7 +239,8 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
     let t0 = std::time::Instant::now();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let done = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<(usize, Result<Row, String>)> = std::thread::scope(|scope| {
+    type Outcome = Result<(Row, Judged), String>;
+    let results: Vec<(usize, Outcome)> = std::thread::scope(|scope| {
         let handles: Vec<_> = replays
             .iter_mut()
             .map(|replay| {
@@ -250,10 +252,13 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
                         let Some(s) = sweeps.get(i) else {
                             return out;
                         };
-                        let r = replay.run(&s.path).map(|o| (row(s, &o), o.seconds));
+                        let r = replay.run(&s.path).map(|o| {
+                            let judged = Judged::of(s, &o);
+                            (row(s, &o), judged, o.seconds)
+                        });
                         let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                         match r {
-                            Ok((r, secs)) => {
+                            Ok((r, judged, secs)) => {
                                 log::info!(
                                     "[{n}/{}] {} ({}): {} after {} frames ({secs:.1} s)",
                                     sweeps.len(),
@@ -262,7 +267,7 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
                                     r.call,
                                     r.first_decision_frame.unwrap_or(0),
                                 );
-                                out.push((i, Ok(r)));
+                                out.push((i, Ok((r, judged))));
                             }
                             Err(e) => {
                                 log::error!("{}: {e}", s.path.display());
@@ -281,10 +286,14 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
     let mut results = results;
     results.sort_by_key(|(i, _)| *i);
     let mut rows = Vec::new();
+    let mut judged = Vec::new();
     let mut failed = Vec::new();
     for (_, r) in results {
         match r {
-            Ok(r) => rows.push(r),
+            Ok((r, j)) => {
+                rows.push(r);
+                judged.push(j);
+            }
             Err(e) => failed.push(e),
         }
     }
@@ -302,7 +311,9 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let summary = summarise(&rows);
-    let report = report(args, dir, &rows, &summary, &failed, secs);
+    let curve = OperatingCurve::of(&judged);
+    let mut report = report(args, dir, &rows, &summary, &failed, secs);
+    report.push_str(&curve.report());
     let write = |name: &str, text: String| {
         let p = args.out.join(name);
         std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
@@ -328,18 +339,238 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
             ]
         }),
     )?;
+    write_csv(
+        &args.out.join("exam_operating.csv"),
+        &CURVE_HEADER,
+        curve.points.iter().map(|p| {
+            [
+                p.window.to_string(),
+                p.min_frames.to_string(),
+                format!("{:.3}", p.threshold),
+                format!("{:.4}", p.sensitivity),
+                format!("{:.4}", p.specificity),
+                p.undecided.to_string(),
+            ]
+        }),
+    )?;
     write(
         "exams.json",
         serde_json::to_string_pretty(&serde_json::json!({
             "summary": summary,
             "sweeps": rows,
             "failed": failed,
+            "operating_points": curve.chosen(),
         }))?,
     )?;
     write("exams.md", report.clone())?;
     print!("{report}");
-    println!("written: {}", args.out.join("exams.md").display());
+    println!(
+        "written: {} (every operating point: {})",
+        args.out.join("exams.md").display(),
+        args.out.join("exam_operating.csv").display()
+    );
     Ok(())
+}
+
+/// One replayed sweep, kept to judge it at other aggregation settings.
+#[derive(Debug)]
+struct Judged {
+    abnormal: bool,
+    /// The device's call: abnormal, normal, or none.
+    call: Option<bool>,
+    steps: Vec<Input>,
+    params: Params,
+}
+
+impl Judged {
+    fn of(s: &Sweep, o: &SweepOutcome) -> Self {
+        Self {
+            abnormal: s.label != Class::Normal,
+            call: o.exam_call().map(|d| d.abnormal),
+            steps: o.steps.clone(),
+            params: o.params,
+        }
+    }
+}
+
+/// Windows the operating curve is drawn for, besides the configured one (frames).
+const CURVE_WINDOWS: [usize; 5] = [4, 6, 8, 12, 16];
+/// Exam sensitivities the report names an operating point for.
+const EXAM_TARGETS: [f64; 3] = [0.98, 0.95, 0.90];
+/// Columns of `exam_operating.csv`.
+const CURVE_HEADER: [&str; 6] = [
+    "window",
+    "min_frames",
+    "threshold",
+    "sensitivity",
+    "specificity",
+    "undecided",
+];
+
+/// The exams judged at one aggregation setting.
+#[derive(Debug, Clone, Serialize)]
+struct CurvePoint {
+    window: usize,
+    min_frames: usize,
+    threshold: f32,
+    sensitivity: f64,
+    specificity: f64,
+    undecided: usize,
+}
+
+/// Exam-level sensitivity and specificity over aggregation thresholds and windows, from the
+/// frames' recorded model outputs fed to the device's own aggregator: which setting a site
+/// should screen at is chosen here, on development sweeps, and then judged on others.
+#[derive(Debug)]
+struct OperatingCurve {
+    /// The configured setting.
+    base: Option<Params>,
+    points: Vec<CurvePoint>,
+    /// Sweeps on which the replay at the configured setting disagreed with the device (0
+    /// unless the recording is broken).
+    disagree: usize,
+}
+
+impl OperatingCurve {
+    fn of(judged: &[Judged]) -> Self {
+        let Some(base) = judged.first().map(|j| j.params) else {
+            return Self {
+                base: None,
+                points: Vec::new(),
+                disagree: 0,
+            };
+        };
+        let disagree = judged
+            .iter()
+            .filter(|j| exam_call_of(j.params, &j.steps) != j.call)
+            .count();
+        if disagree > 0 {
+            log::error!(
+                "the recorded aggregation gives another call than the device on {disagree} \
+                 sweeps: the operating points are not to be trusted"
+            );
+        }
+        let mut windows: Vec<usize> = CURVE_WINDOWS.iter().copied().chain([base.window]).collect();
+        windows.sort_unstable();
+        windows.dedup();
+        let (n_abn, n_nor) = judged.iter().fold((0usize, 0usize), |(a, n), j| {
+            (a + usize::from(j.abnormal), n + usize::from(!j.abnormal))
+        });
+        let frac = |k: usize, n: usize| {
+            if n == 0 {
+                f64::NAN
+            } else {
+                k as f64 / n as f64
+            }
+        };
+        let mut points = Vec::new();
+        for window in windows {
+            let min_frames = base.min_frames.min(window);
+            for k in 2..=198u32 {
+                let threshold = k as f32 / 200.0;
+                let p = Params {
+                    window,
+                    min_frames,
+                    threshold,
+                    ..base
+                };
+                let (mut tp, mut tn, mut undecided) = (0, 0, 0);
+                for j in judged {
+                    match exam_call_of(p, &j.steps) {
+                        Some(call) => {
+                            tp += usize::from(j.abnormal && call);
+                            tn += usize::from(!j.abnormal && !call);
+                        }
+                        None => undecided += 1,
+                    }
+                }
+                points.push(CurvePoint {
+                    window,
+                    min_frames,
+                    threshold,
+                    sensitivity: frac(tp, n_abn),
+                    specificity: frac(tn, n_nor),
+                    undecided,
+                });
+            }
+        }
+        Self {
+            base: Some(base),
+            points,
+            disagree,
+        }
+    }
+
+    /// Per window and target exam sensitivity, the highest threshold that keeps it (the
+    /// most specific setting with that sensitivity on these sweeps).
+    fn chosen(&self) -> Vec<(f64, CurvePoint)> {
+        let mut out = Vec::new();
+        for target in EXAM_TARGETS {
+            let mut windows: Vec<usize> = self.points.iter().map(|p| p.window).collect();
+            windows.dedup();
+            for w in windows {
+                let best = self
+                    .points
+                    .iter()
+                    .filter(|p| p.window == w && p.sensitivity >= target - 1e-9)
+                    .max_by(|a, b| a.threshold.total_cmp(&b.threshold));
+                if let Some(p) = best {
+                    out.push((target, p.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    fn report(&self) -> String {
+        let Some(base) = self.base else {
+            return String::new();
+        };
+        let pct = |x: f64| format!("{:.1}%", 100.0 * x);
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "\n## Exam operating points\n\nThe same frames' model outputs fed again to the \
+             device's aggregator at other settings (first decision after {} frames or the \
+             window, hysteresis {}); the configured setting is window {}, threshold {:.3}. For \
+             each target exam sensitivity, the highest threshold that keeps it on these \
+             sweeps:\n",
+            base.min_frames, base.hysteresis, base.window, base.threshold
+        );
+        let chosen = self.chosen();
+        let _ = writeln!(
+            t,
+            "| target | window | threshold | sensitivity | specificity |\n|---|---|---|---|---|"
+        );
+        for (target, p) in &chosen {
+            let _ = writeln!(
+                t,
+                "| {} | {} | {:.3} | {} | {} |",
+                pct(*target),
+                p.window,
+                p.threshold,
+                pct(p.sensitivity),
+                pct(p.specificity)
+            );
+        }
+        let _ = writeln!(
+            t,
+            "\nChosen on these sweeps, these figures flatter the setting: choose it on \
+             development sweeps and judge it on sweeps it was not chosen on. On the cart it is \
+             `aggregate.window` and `aggregate.threshold` in the configuration (`--edge-config` \
+             here), and the signed bundle must allow that threshold (`renalscan bundle \
+             --site-threshold-range LO,HI`). Every setting tried: `exam_operating.csv`."
+        );
+        if self.disagree > 0 {
+            let _ = writeln!(
+                t,
+                "\n**Not to be trusted:** at the configured setting the replay disagreed with \
+                 the device on {} sweeps.",
+                self.disagree
+            );
+        }
+        t
+    }
 }
 
 /// Exam-level figures.
@@ -569,6 +800,61 @@ mod tests {
         sweep_dir(tmp.path(), "liver", "no_kidney");
         let e = discover(tmp.path()).unwrap_err().to_string();
         assert!(e.contains("not a screening class"), "{e}");
+    }
+
+    #[test]
+    fn operating_points_are_the_most_specific_settings_that_keep_the_sensitivity() {
+        let base = Params {
+            window: 4,
+            min_frames: 2,
+            threshold: 0.5,
+            hysteresis: 0.05,
+            classes: 2,
+            normal_index: 0,
+        };
+        let sweep = |abnormal: bool, p: f32| {
+            let steps: Vec<Input> = (0..6)
+                .map(|_| Input::Push(renalscan_edge::aggregate::Sample::new(p, &[1.0 - p, p])))
+                .collect();
+            Judged {
+                abnormal,
+                call: exam_call_of(base, &steps),
+                steps,
+                params: base,
+            }
+        };
+        // Two abnormal sweeps (p 0.875, 0.75), two normal ones (0.625, 0.25).
+        let mut judged = vec![
+            sweep(true, 0.875),
+            sweep(true, 0.75),
+            sweep(false, 0.625),
+            sweep(false, 0.25),
+        ];
+        let curve = OperatingCurve::of(&judged);
+        assert_eq!(curve.disagree, 0);
+        let at = |w: usize, t: f32| {
+            curve
+                .points
+                .iter()
+                .find(|p| p.window == w && p.threshold == t)
+                .unwrap()
+        };
+        // The configured threshold calls the 0.625 normal sweep abnormal.
+        let configured = at(4, 0.5);
+        assert_eq!((configured.sensitivity, configured.specificity), (1.0, 0.5));
+        // The highest threshold that keeps every abnormal sweep is 0.75: both normal ones pass.
+        let (target, p) = curve.chosen()[0].clone();
+        assert_eq!((target, p.window, p.threshold), (0.98, 4, 0.75));
+        assert_eq!((p.sensitivity, p.specificity), (1.0, 1.0));
+        assert!(curve
+            .report()
+            .contains("| 98.0% | 4 | 0.750 | 100.0% | 100.0% |"));
+        // A recording that does not give the device's call back is flagged.
+        judged[3].call = Some(true);
+        let broken = OperatingCurve::of(&judged);
+        assert_eq!(broken.disagree, 1);
+        assert!(broken.report().contains("Not to be trusted"));
+        assert!(OperatingCurve::of(&[]).report().is_empty());
     }
 
     #[test]
