@@ -68,7 +68,7 @@ pub struct Params {
     pub normal_index: usize,
 }
 
-/// One input the pipeline gave the aggregator. A sweep's steps, fed to an [`Aggregator`]
+/// One input the pipeline gave the aggregator. A sweep's inputs, fed to an [`Aggregator`]
 /// with other parameters, give the decisions those parameters would have made on the same
 /// frames: an exam-level operating point is chosen from them without running the model again.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -79,15 +79,15 @@ pub enum Input {
     Reset,
 }
 
-/// Whether `p` would have called the exam abnormal on `steps`: `Some(true)` when any
+/// Whether `p` would have called the exam abnormal on `inputs`: `Some(true)` when any
 /// aggregated decision was abnormal (the exam's call latches on it, as
 /// `contract::events::exam_call` does), `Some(false)` when every decision was normal, `None`
 /// when none was made.
-pub fn exam_call_of(p: Params, steps: &[Input]) -> Option<bool> {
+pub fn exam_call_of(p: Params, inputs: &[Input]) -> Option<bool> {
     let mut agg = Aggregator::new(p);
     let mut call = None;
-    for step in steps {
-        match step {
+    for input in inputs {
+        match input {
             Input::Push(s) => {
                 if let Some((_, summary)) = agg.push(*s) {
                     if summary.abnormal {
@@ -287,20 +287,20 @@ mod tests {
     #[test]
     fn exam_call_of_replays_the_decisions_at_other_parameters() {
         let p = agg(4, 2).p;
-        let steps: Vec<Input> = [0.2, 0.3, 0.7, 0.8, 0.9, 0.2]
+        let inputs: Vec<Input> = [0.2, 0.3, 0.7, 0.8, 0.9, 0.2]
             .iter()
             .map(|&x| Input::Push(s(x)))
             .collect();
         // Threshold 0.5: first decision normal (mean 0.25), then the window reaches 0.675.
-        assert_eq!(exam_call_of(p, &steps), Some(true));
+        assert_eq!(exam_call_of(p, &inputs), Some(true));
         // Threshold 0.8: the highest window mean (0.675) never reaches it.
         let high = Params {
             threshold: 0.8,
             ..p
         };
-        assert_eq!(exam_call_of(high, &steps), Some(false));
+        assert_eq!(exam_call_of(high, &inputs), Some(false));
         // A reset leaves too few frames after it to decide on.
-        let mut cut = steps[..3].to_vec();
+        let mut cut = inputs[..3].to_vec();
         cut.insert(1, Input::Reset);
         let strict = Params { min_frames: 3, ..p };
         assert_eq!(exam_call_of(strict, &cut), None);

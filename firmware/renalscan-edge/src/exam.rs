@@ -36,7 +36,7 @@ pub struct SweepOutcome {
     pub workers: usize,
     /// Every input the aggregator got, in order: the sweep judged at other aggregation
     /// settings ([`crate::aggregate::exam_call_of`]).
-    pub steps: Vec<Input>,
+    pub inputs: Vec<Input>,
     /// The aggregation settings the decisions were made with.
     pub params: Params,
 }
@@ -166,7 +166,7 @@ fn replay(pipeline: &mut Pipeline, path: &Path) -> Result<SweepOutcome, SourceEr
         counters: pipeline.counters,
         seconds: t0.elapsed().as_secs_f64(),
         workers: pipeline.workers(),
-        steps: pipeline.take_aggregation(),
+        inputs: pipeline.take_aggregation(),
         params: pipeline.aggregation(),
     })
 }

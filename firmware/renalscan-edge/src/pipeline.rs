@@ -68,7 +68,7 @@ pub struct Pipeline {
     /// What makes these decisions (set by the runtime; `None` in workstation replays).
     trace: Option<Trace>,
     /// Every input the aggregator got, kept only when asked ([`Pipeline::record_aggregation`]).
-    agg_steps: Option<Vec<Input>>,
+    agg_inputs: Option<Vec<Input>>,
     /// The last inference failed (status: fault).
     pub faulted: bool,
     /// The last classified frame's detection and classification (for [`Pipeline::view`]).
@@ -214,7 +214,7 @@ impl Pipeline {
             model_tag: format!("{}@{}", info.name, info.version),
             threshold_source,
             trace: None,
-            agg_steps: None,
+            agg_inputs: None,
             faulted: false,
             last: None,
             outcome: Outcome::Idle,
@@ -258,12 +258,12 @@ impl Pipeline {
     /// Keeps every input the aggregator gets from now on (workstation replays): the exam's
     /// frames can then be judged at other aggregation settings without the model.
     pub fn record_aggregation(&mut self) {
-        self.agg_steps = Some(Vec::new());
+        self.agg_inputs = Some(Vec::new());
     }
 
     /// The inputs kept since [`Pipeline::record_aggregation`] (empty when not recording).
     pub fn take_aggregation(&mut self) -> Vec<Input> {
-        self.agg_steps
+        self.agg_inputs
             .as_mut()
             .map(std::mem::take)
             .unwrap_or_default()
@@ -276,8 +276,8 @@ impl Pipeline {
 
     fn agg_reset(&mut self) {
         self.agg.reset();
-        if let Some(steps) = self.agg_steps.as_mut() {
-            steps.push(Input::Reset);
+        if let Some(inputs) = self.agg_inputs.as_mut() {
+            inputs.push(Input::Reset);
         }
     }
 
@@ -684,8 +684,8 @@ impl Pipeline {
         if self.mode == Mode::Continuous && reason.is_none() && !stale {
             let sample = Sample::new(c.p_abnormal, &c.probs[..c.classes]);
             let now = Instant::now();
-            if let Some(steps) = self.agg_steps.as_mut() {
-                steps.push(Input::Push(sample));
+            if let Some(inputs) = self.agg_inputs.as_mut() {
+                inputs.push(Input::Push(sample));
             }
             let kind = match self.agg.push(sample) {
                 Some((Trigger::First, _)) => Some(DecisionKind::First),

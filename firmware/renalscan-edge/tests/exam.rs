@@ -186,20 +186,20 @@ fn recorded_aggregation_replays_the_devices_call() {
     let mut replay = ExamReplay::new(cfg, classifier).unwrap();
     let o = replay.run(&sweep).unwrap();
     let pushes = o
-        .steps
+        .inputs
         .iter()
         .filter(|s| matches!(s, Input::Push(_)))
         .count();
     assert_eq!(pushes as u64, o.counters.inferred);
-    let reset = o.steps.iter().position(|s| *s == Input::Reset);
-    assert_eq!(reset, Some(4), "{:?}", o.steps);
+    let reset = o.inputs.iter().position(|s| *s == Input::Reset);
+    assert_eq!(reset, Some(4), "{:?}", o.inputs);
     assert_eq!(o.params.window, 3);
     let device = o.exam_call().map(|d| d.abnormal);
     assert_eq!(device, Some(true));
-    assert_eq!(exam_call_of(o.params, &o.steps), device);
+    assert_eq!(exam_call_of(o.params, &o.inputs), device);
     // A threshold above every frame's p(abnormal) would have called it normal.
     let top = o
-        .steps
+        .inputs
         .iter()
         .filter_map(|s| match s {
             Input::Push(s) => Some(s.p_abnormal),
@@ -210,8 +210,8 @@ fn recorded_aggregation_replays_the_devices_call() {
         threshold: top + 1e-3,
         ..o.params
     };
-    assert_eq!(exam_call_of(strict, &o.steps), Some(false));
+    assert_eq!(exam_call_of(strict, &o.inputs), Some(false));
     // Another sweep starts a new record.
     let again = replay.run(&sweep).unwrap();
-    assert_eq!(again.steps, o.steps);
+    assert_eq!(again.inputs, o.inputs);
 }

@@ -378,7 +378,7 @@ struct Judged {
     abnormal: bool,
     /// The device's call: abnormal, normal, or none.
     call: Option<bool>,
-    steps: Vec<Input>,
+    inputs: Vec<Input>,
     params: Params,
 }
 
@@ -387,7 +387,7 @@ impl Judged {
         Self {
             abnormal: s.label != Class::Normal,
             call: o.exam_call().map(|d| d.abnormal),
-            steps: o.steps.clone(),
+            inputs: o.inputs.clone(),
             params: o.params,
         }
     }
@@ -442,7 +442,7 @@ impl OperatingCurve {
         };
         let disagree = judged
             .iter()
-            .filter(|j| exam_call_of(j.params, &j.steps) != j.call)
+            .filter(|j| exam_call_of(j.params, &j.inputs) != j.call)
             .count();
         if disagree > 0 {
             log::error!(
@@ -476,7 +476,7 @@ impl OperatingCurve {
                 };
                 let (mut tp, mut tn, mut undecided) = (0, 0, 0);
                 for j in judged {
-                    match exam_call_of(p, &j.steps) {
+                    match exam_call_of(p, &j.inputs) {
                         Some(call) => {
                             tp += usize::from(j.abnormal && call);
                             tn += usize::from(!j.abnormal && !call);
@@ -813,13 +813,13 @@ mod tests {
             normal_index: 0,
         };
         let sweep = |abnormal: bool, p: f32| {
-            let steps: Vec<Input> = (0..6)
+            let inputs: Vec<Input> = (0..6)
                 .map(|_| Input::Push(renalscan_edge::aggregate::Sample::new(p, &[1.0 - p, p])))
                 .collect();
             Judged {
                 abnormal,
-                call: exam_call_of(base, &steps),
-                steps,
+                call: exam_call_of(base, &inputs),
+                inputs,
                 params: base,
             }
         };
