@@ -199,6 +199,59 @@ pub fn roc_png(e: &Evaluation) -> Result<Vec<u8>, ReportError> {
     )
 }
 
+/// One labelled curve of (1 - specificity, sensitivity) points, for [`curves_png`].
+#[derive(Debug, Clone)]
+pub struct Curve {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// ROC-style curves that are not per class (exam level: one per aggregation window), with
+/// one marked point (the setting in use), on the same axes and font as [`roc_png`].
+pub fn curves_png(
+    title: &str,
+    curves: &[Curve],
+    marked: Option<(&str, (f64, f64))>,
+) -> Result<Vec<u8>, ReportError> {
+    unit_plot(
+        "operating curves",
+        title,
+        (
+            "1 - specificity (false-positive rate)",
+            "sensitivity (true-positive rate)",
+        ),
+        "chance",
+        SeriesLabelPosition::LowerRight,
+        |chart| {
+            for (i, c) in curves.iter().enumerate() {
+                let colour = COLOURS[(i + 1) % COLOURS.len()].0;
+                chart
+                    .draw_series(LineSeries::new(
+                        c.points.iter().copied(),
+                        colour.stroke_width(2),
+                    ))
+                    .map_err(|e| e.to_string())?
+                    .label(c.label.clone())
+                    .legend(move |(x, y)| {
+                        PathElement::new([(x, y), (x + 24, y)], colour.stroke_width(2))
+                    });
+            }
+            if let Some((label, point)) = marked {
+                chart
+                    .draw_series(std::iter::once(Circle::new(
+                        point,
+                        7,
+                        BLACK.stroke_width(3),
+                    )))
+                    .map_err(|e| e.to_string())?
+                    .label(label)
+                    .legend(|(x, y)| Circle::new((x + 12, y), 6, BLACK.stroke_width(3)));
+            }
+            Ok(())
+        },
+    )
+}
+
 /// Reliability diagram: per bin, accuracy (y) at mean confidence (x); dot area ~ count.
 pub fn calibration_png(e: &Evaluation) -> Result<Vec<u8>, ReportError> {
     let total = e.reliability.iter().map(|b| b.count).sum::<usize>().max(1) as f64;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use contract::Class;
+use evaluate::plots::{curves_png, Curve};
 use renalscan_edge::aggregate::{exam_call_of, Input, Params};
 use renalscan_edge::config::{Config, ModelForm};
 use renalscan_edge::exam::{ExamReplay, SweepOutcome};
@@ -363,6 +364,10 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
         }))?,
     )?;
     write("exams.md", report.clone())?;
+    if let Some(png) = curve.picture()? {
+        let p = args.out.join("exam_roc.png");
+        std::fs::write(&p, png).with_context(|| format!("writing {}", p.display()))?;
+    }
     print!("{report}");
     println!(
         "written: {} (every operating point: {})",
@@ -429,6 +434,8 @@ struct OperatingCurve {
     /// Sweeps on which the replay at the configured setting disagreed with the device (0
     /// unless the recording is broken).
     disagree: usize,
+    /// Sweeps judged.
+    judged: usize,
 }
 
 impl OperatingCurve {
@@ -438,6 +445,7 @@ impl OperatingCurve {
                 base: None,
                 points: Vec::new(),
                 disagree: 0,
+                judged: 0,
             };
         };
         let disagree = judged
@@ -498,6 +506,7 @@ impl OperatingCurve {
             base: Some(base),
             points,
             disagree,
+            judged: judged.len(),
         }
     }
 
@@ -520,6 +529,63 @@ impl OperatingCurve {
             }
         }
         out
+    }
+
+    /// Exam-level ROC curves, one per window, the configured setting marked.
+    fn picture(&self) -> Result<Option<Vec<u8>>> {
+        let Some(base) = self.base else {
+            return Ok(None);
+        };
+        let mut windows: Vec<usize> = self.points.iter().map(|p| p.window).collect();
+        windows.dedup();
+        let curves: Vec<Curve> = windows
+            .iter()
+            .map(|&w| {
+                let mut points: Vec<(f64, f64)> = self
+                    .points
+                    .iter()
+                    .filter(|p| p.window == w)
+                    .map(|p| (1.0 - p.specificity, p.sensitivity))
+                    .chain([(0.0, 0.0), (1.0, 1.0)])
+                    .collect();
+                points.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+                points.dedup();
+                let auc: f64 = points
+                    .windows(2)
+                    .map(|s| (s[1].0 - s[0].0) * (s[0].1 + s[1].1) / 2.0)
+                    .sum();
+                let first = base.min_frames.min(w);
+                Curve {
+                    label: format!("window {w} (first decision at {first}): AUC {auc:.3}"),
+                    points,
+                }
+            })
+            .collect();
+        let marked = self
+            .points
+            .iter()
+            .find(|p| p.window == base.window && (p.threshold - base.threshold).abs() < 1e-4)
+            .map(|p| {
+                (
+                    format!(
+                        "window {}, threshold {:.3}: {:.1}% / {:.1}%",
+                        p.window,
+                        p.threshold,
+                        100.0 * p.sensitivity,
+                        100.0 * p.specificity
+                    ),
+                    (1.0 - p.specificity, p.sensitivity),
+                )
+            });
+        let png = curves_png(
+            &format!(
+                "Exam-level ROC by aggregation window ({} sweeps)",
+                self.judged
+            ),
+            &curves,
+            marked.as_ref().map(|(l, p)| (l.as_str(), *p)),
+        )?;
+        Ok(Some(png))
     }
 
     fn report(&self) -> String {
@@ -559,7 +625,8 @@ impl OperatingCurve {
              development sweeps and judge it on sweeps it was not chosen on. On the cart it is \
              `aggregate.window` and `aggregate.threshold` in the configuration (`--edge-config` \
              here), and the signed bundle must allow that threshold (`renalscan bundle \
-             --site-threshold-range LO,HI`). Every setting tried: `exam_operating.csv`."
+             --site-threshold-range LO,HI`). Every setting tried: `exam_operating.csv`; the \
+             curves: `exam_roc.png`."
         );
         if self.disagree > 0 {
             let _ = writeln!(
@@ -849,6 +916,9 @@ mod tests {
         assert!(curve
             .report()
             .contains("| 98.0% | 4 | 0.750 | 100.0% | 100.0% |"));
+        let png = curve.picture().unwrap().expect("a picture");
+        assert!(png.starts_with(b"\x89PNG"));
+        assert!(OperatingCurve::of(&[]).picture().unwrap().is_none());
         // A recording that does not give the device's call back is flagged.
         judged[3].call = Some(true);
         let broken = OperatingCurve::of(&judged);
