@@ -430,6 +430,8 @@ struct CurvePoint {
 struct OperatingCurve {
     /// The configured setting.
     base: Option<Params>,
+    /// The exams judged at it (the device's own figures, when the record is sound).
+    configured: Option<CurvePoint>,
     points: Vec<CurvePoint>,
     /// Sweeps on which the replay at the configured setting disagreed with the device (0
     /// unless the recording is broken).
@@ -438,11 +440,42 @@ struct OperatingCurve {
     judged: usize,
 }
 
+/// The exams judged at one aggregation setting; a sweep without a decision counts as wrong.
+fn judge(judged: &[Judged], p: Params) -> CurvePoint {
+    let (mut tp, mut tn, mut undecided, mut n_abn) = (0, 0, 0, 0);
+    for j in judged {
+        n_abn += usize::from(j.abnormal);
+        match exam_call_of(p, &j.inputs) {
+            Some(call) => {
+                tp += usize::from(j.abnormal && call);
+                tn += usize::from(!j.abnormal && !call);
+            }
+            None => undecided += 1,
+        }
+    }
+    let frac = |k: usize, n: usize| {
+        if n == 0 {
+            f64::NAN
+        } else {
+            k as f64 / n as f64
+        }
+    };
+    CurvePoint {
+        window: p.window,
+        min_frames: p.min_frames,
+        threshold: p.threshold,
+        sensitivity: frac(tp, n_abn),
+        specificity: frac(tn, judged.len() - n_abn),
+        undecided,
+    }
+}
+
 impl OperatingCurve {
     fn of(judged: &[Judged]) -> Self {
         let Some(base) = judged.first().map(|j| j.params) else {
             return Self {
                 base: None,
+                configured: None,
                 points: Vec::new(),
                 disagree: 0,
                 judged: 0,
@@ -461,49 +494,23 @@ impl OperatingCurve {
         let mut windows: Vec<usize> = CURVE_WINDOWS.iter().copied().chain([base.window]).collect();
         windows.sort_unstable();
         windows.dedup();
-        let (n_abn, n_nor) = judged.iter().fold((0usize, 0usize), |(a, n), j| {
-            (a + usize::from(j.abnormal), n + usize::from(!j.abnormal))
-        });
-        let frac = |k: usize, n: usize| {
-            if n == 0 {
-                f64::NAN
-            } else {
-                k as f64 / n as f64
-            }
-        };
         let mut points = Vec::new();
         for window in windows {
             let min_frames = base.min_frames.min(window);
             for k in 2..=198u32 {
-                let threshold = k as f32 / 200.0;
                 let p = Params {
                     window,
                     min_frames,
-                    threshold,
+                    threshold: k as f32 / 200.0,
                     ..base
                 };
-                let (mut tp, mut tn, mut undecided) = (0, 0, 0);
-                for j in judged {
-                    match exam_call_of(p, &j.inputs) {
-                        Some(call) => {
-                            tp += usize::from(j.abnormal && call);
-                            tn += usize::from(!j.abnormal && !call);
-                        }
-                        None => undecided += 1,
-                    }
-                }
-                points.push(CurvePoint {
-                    window,
-                    min_frames,
-                    threshold,
-                    sensitivity: frac(tp, n_abn),
-                    specificity: frac(tn, n_nor),
-                    undecided,
-                });
+                points.push(judge(judged, p));
             }
         }
+        let configured = judge(judged, base);
         Self {
             base: Some(base),
+            configured: Some(configured),
             points,
             disagree,
             judged: judged.len(),
@@ -561,22 +568,18 @@ impl OperatingCurve {
                 }
             })
             .collect();
-        let marked = self
-            .points
-            .iter()
-            .find(|p| p.window == base.window && (p.threshold - base.threshold).abs() < 1e-4)
-            .map(|p| {
-                (
-                    format!(
-                        "window {}, threshold {:.3}: {:.1}% / {:.1}%",
-                        p.window,
-                        p.threshold,
-                        100.0 * p.sensitivity,
-                        100.0 * p.specificity
-                    ),
-                    (1.0 - p.specificity, p.sensitivity),
-                )
-            });
+        let marked = self.configured.as_ref().map(|p| {
+            (
+                format!(
+                    "in use: window {}, threshold {:.3}, {:.1}% / {:.1}%",
+                    p.window,
+                    p.threshold,
+                    100.0 * p.sensitivity,
+                    100.0 * p.specificity
+                ),
+                (1.0 - p.specificity, p.sensitivity),
+            )
+        });
         let png = curves_png(
             &format!(
                 "Exam-level ROC by aggregation window ({} sweeps)",
@@ -909,6 +912,8 @@ mod tests {
         // The configured threshold calls the 0.625 normal sweep abnormal.
         let configured = at(4, 0.5);
         assert_eq!((configured.sensitivity, configured.specificity), (1.0, 0.5));
+        let in_use = curve.configured.as_ref().unwrap();
+        assert_eq!((in_use.sensitivity, in_use.specificity), (1.0, 0.5));
         // The highest threshold that keeps every abnormal sweep is 0.75: both normal ones pass.
         let (target, p) = curve.chosen()[0].clone();
         assert_eq!((target, p.window, p.threshold), (0.98, 4, 0.75));
