@@ -2,6 +2,9 @@
 //! through renalscan-edge's own pipeline ([`renalscan_edge::exam`]) with the signed bundle;
 //! the exam's call is the device's own ([`contract::events::exam_call`]: latched on an
 //! abnormal decision during the sweep), beside the decision standing when the sweep ends.
+//! What the aggregator was fed is kept per sweep, so the same frames are judged again at
+//! other aggregation settings without the model: the exam operating points a site chooses
+//! its setting from ([`OperatingCurve`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
