@@ -10,6 +10,13 @@ use renalscan_edge::exam::{ExamReplay, SweepOutcome};
 use renalscan_edge::infer::Classifier;
 use testkit::frames::{write_frames, write_frames_gain, BRIGHT, DARK};
 
+/// The signed test bundle opened as the device opens it, in a replay with `cfg`.
+fn open_replay(bundle: &std::path::Path, cfg: Config) -> ExamReplay {
+    let classifier =
+        Classifier::open(bundle, Some(&keys_of(bundle)), Default::default(), None).unwrap();
+    ExamReplay::new(cfg, classifier).unwrap()
+}
+
 #[test]
 fn each_sweep_gets_the_call_standing_at_its_end() {
     let tmp = tempfile::tempdir().unwrap();
@@ -25,9 +32,7 @@ fn each_sweep_gets_the_call_standing_at_its_end() {
     let mut cfg = Config::default();
     cfg.aggregate.window = 3;
     cfg.aggregate.min_frames = 2;
-    let classifier =
-        Classifier::open(&bundle, Some(&keys_of(&bundle)), Default::default(), None).unwrap();
-    let mut replay = ExamReplay::new(cfg, classifier).unwrap();
+    let mut replay = open_replay(&bundle, cfg);
 
     let a = replay.run(&normal).expect("normal sweep");
     assert_eq!(a.frames, 8);
@@ -78,9 +83,7 @@ fn a_sweep_with_nothing_to_judge_has_no_call_and_a_missing_one_is_an_error() {
     let bundle = write_bundle(&tmp.path().join("bundle"), 0.5);
     let blank = tmp.path().join("blank");
     write_frames_gain(&blank, &[0.0; 6]);
-    let classifier =
-        Classifier::open(&bundle, Some(&keys_of(&bundle)), Default::default(), None).unwrap();
-    let mut replay = ExamReplay::new(Config::default(), classifier).unwrap();
+    let mut replay = open_replay(&bundle, Config::default());
     let o = replay.run(&blank).expect("blank sweep replays");
     assert_eq!(o.frames, 6);
     assert!(o.final_decision().is_none(), "{:?}", o.decisions);
@@ -116,9 +119,7 @@ fn workers_decide_exactly_what_one_thread_decides_in_frame_order() {
         cfg.aggregate.min_frames = 2;
         cfg.model.threads = Some(threads);
         cfg.model.workers = workers;
-        let classifier =
-            Classifier::open(&bundle, Some(&keys_of(&bundle)), Default::default(), None).unwrap();
-        let mut replay = ExamReplay::new(cfg, classifier).unwrap();
+        let mut replay = open_replay(&bundle, cfg);
         let o = replay.run(&sweep).expect("sweep");
         let key: Vec<_> = o
             .decisions
@@ -181,9 +182,7 @@ fn recorded_aggregation_replays_the_devices_call() {
     cfg.aggregate.window = 3;
     cfg.aggregate.min_frames = 2;
     cfg.aggregate.reset_after_gated = 3;
-    let classifier =
-        Classifier::open(&bundle, Some(&keys_of(&bundle)), Default::default(), None).unwrap();
-    let mut replay = ExamReplay::new(cfg, classifier).unwrap();
+    let mut replay = open_replay(&bundle, cfg);
     let o = replay.run(&sweep).unwrap();
     let pushes = o
         .inputs

@@ -192,6 +192,15 @@ fn row(s: &Sweep, o: &SweepOutcome) -> Row {
     }
 }
 
+/// k of n as a fraction; NaN for an empty group (no exams of that kind to judge).
+fn frac(k: usize, n: usize) -> f64 {
+    if n == 0 {
+        f64::NAN
+    } else {
+        k as f64 / n as f64
+    }
+}
+
 /// Wilson 95% interval of k successes in n.
 fn wilson(k: usize, n: usize) -> [f64; 2] {
     if n == 0 {
@@ -257,8 +266,8 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
                             return out;
                         };
                         let r = replay.run(&s.path).map(|o| {
-                            let judged = Judged::of(s, &o);
-                            (row(s, &o), judged, o.seconds)
+                            let (row, secs) = (row(s, &o), o.seconds);
+                            (row, Judged::of(s, o), secs)
                         });
                         let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                         match r {
@@ -391,11 +400,11 @@ struct Judged {
 }
 
 impl Judged {
-    fn of(s: &Sweep, o: &SweepOutcome) -> Self {
+    fn of(s: &Sweep, o: SweepOutcome) -> Self {
         Self {
             abnormal: s.label != Class::Normal,
             call: o.exam_call().map(|d| d.abnormal),
-            inputs: o.inputs.clone(),
+            inputs: o.inputs,
             params: o.params,
         }
     }
@@ -456,13 +465,6 @@ fn judge(judged: &[Judged], p: Params) -> CurvePoint {
             None => undecided += 1,
         }
     }
-    let frac = |k: usize, n: usize| {
-        if n == 0 {
-            f64::NAN
-        } else {
-            k as f64 / n as f64
-        }
-    };
     CurvePoint {
         window: p.window,
         min_frames: p.min_frames,
@@ -520,14 +522,20 @@ impl OperatingCurve {
         }
     }
 
+    /// The windows on the curve, in order (the points are grouped by window).
+    fn windows(&self) -> Vec<usize> {
+        let mut windows: Vec<usize> = self.points.iter().map(|p| p.window).collect();
+        windows.dedup();
+        windows
+    }
+
     /// Per window and target exam sensitivity, the highest threshold that keeps it (the
     /// most specific setting with that sensitivity on these sweeps).
     fn chosen(&self) -> Vec<(f64, CurvePoint)> {
+        let windows = self.windows();
         let mut out = Vec::new();
         for target in EXAM_TARGETS {
-            let mut windows: Vec<usize> = self.points.iter().map(|p| p.window).collect();
-            windows.dedup();
-            for w in windows {
+            for &w in &windows {
                 let best = self
                     .points
                     .iter()
@@ -546,11 +554,10 @@ impl OperatingCurve {
         let Some(base) = self.base else {
             return Ok(None);
         };
-        let mut windows: Vec<usize> = self.points.iter().map(|p| p.window).collect();
-        windows.dedup();
-        let curves: Vec<Curve> = windows
-            .iter()
-            .map(|&w| {
+        let curves: Vec<Curve> = self
+            .windows()
+            .into_iter()
+            .map(|w| {
                 let mut points: Vec<(f64, f64)> = self
                     .points
                     .iter()
@@ -673,13 +680,6 @@ fn summarise(rows: &[Row]) -> Summary {
     let (nor, abn): (Vec<&Row>, Vec<&Row>) = rows.iter().partition(|r| r.label == normal);
     let tp = abn.iter().filter(|r| r.call == "abnormal").count();
     let tn = nor.iter().filter(|r| r.call == "normal").count();
-    let frac = |k: usize, n: usize| {
-        if n == 0 {
-            f64::NAN
-        } else {
-            k as f64 / n as f64
-        }
-    };
     let mut per_label: BTreeMap<String, [usize; 3]> = BTreeMap::new();
     for r in rows {
         let e = per_label.entry(r.label.clone()).or_default();
