@@ -194,12 +194,36 @@ fn predictions_agree(split: &Path, report: &Path) {
         .collect();
     let col = |name: &str| header.iter().position(|h| h == name).expect(name);
     let (p, call, path) = (col("p_abnormal"), col("call"), col("path"));
+    let normal = col("p_normal");
+    let classes: Vec<usize> = (0..header.len())
+        .filter(|&i| {
+            header[i].starts_with("p_") && header[i] != "p_abnormal" && header[i] != "p_kidney"
+        })
+        .collect();
+    assert_eq!(
+        classes.len(),
+        6,
+        "one probability column per class: {header:?}"
+    );
     let mut seen = std::collections::HashSet::new();
     for row in r.records() {
         let row = row.expect("row");
         let v: f64 = row[p].parse().expect("p_abnormal is a number");
         let want = if v >= threshold { "abnormal" } else { "normal" };
         assert_eq!(&row[call], want, "{:?}", row);
+        let sum: f64 = classes
+            .iter()
+            .map(|&i| row[i].parse::<f64>().expect("a probability"))
+            .sum();
+        assert!(
+            (sum - 1.0).abs() < 1e-4,
+            "class probabilities sum to {sum}: {row:?}"
+        );
+        let pn: f64 = row[normal].parse().expect("p_normal");
+        assert!(
+            (v - (1.0 - pn)).abs() < 2e-6,
+            "p_abnormal is 1 - p_normal: {row:?}"
+        );
         assert!(seen.insert(row[path].to_string()), "{} twice", &row[path]);
     }
     assert_eq!(seen.len(), tests, "one row per test image");

@@ -19,8 +19,8 @@ pub struct Args {
     #[arg(long, required_unless_present = "sweeps")]
     pub data: Option<PathBuf>,
     /// Exam level instead: recorded sweeps (`renalscan synth --stream --sweeps-per-class`,
-    /// or a folder with `sweeps.csv` of `path,label` naming frame folders or cine DICOMs),
-    /// each replayed through renalscan-edge's pipeline (gates, model, view gate,
+    /// or a folder with `sweeps.csv` of `path,label[,severity]` naming frame folders or cine
+    /// DICOMs), each replayed through renalscan-edge's pipeline (gates, model, view gate,
     /// aggregation) with the signed bundle `--model` (needs `--trusted-keys`).
     #[arg(long, requires = "trusted_keys", conflicts_with = "data")]
     pub sweeps: Option<PathBuf>,
@@ -171,8 +171,9 @@ pub fn run(args: Args) -> Result<()> {
     let mut passed = Vec::new();
     // [kidney, other] x [n, gated, learned, ood]
     let mut gate_counts = [[0usize; 4]; 2];
-    // One row per scored image, for finding which images a model gets wrong.
-    let mut rows: Vec<[String; 9]> = Vec::new();
+    // One row per scored image, for finding which images a model gets wrong; every class's
+    // probability too, so a site can refit its calibration from the file alone.
+    let mut rows: Vec<Vec<String>> = Vec::new();
     for (s, r) in samples.iter().zip(results) {
         let Ok(mut out) = r else { continue };
         // A site-calibrated bundle: the device rescales the model's probabilities; so do we.
@@ -200,7 +201,7 @@ pub fn run(args: Args) -> Result<()> {
                 if refused { "gated" } else { "passed" },
             ),
         };
-        rows.push([
+        let mut row = vec![
             s.path.display().to_string(),
             s.frame.to_string(),
             train::dataset::DATA_LABELS[s.label].to_string(),
@@ -219,7 +220,9 @@ pub fn run(args: Args) -> Result<()> {
                 .unwrap_or_default(),
             p_kidney,
             verdict.to_string(),
-        ]);
+        ];
+        row.extend(probs.iter().map(|p| format!("{p:.6}")));
+        rows.push(row);
         if !s.is_kidney() {
             continue;
         }
@@ -275,21 +278,20 @@ pub fn run(args: Args) -> Result<()> {
     );
     evaluate::write_report(&args.out, &e, &context)?;
     let predictions = args.out.join("predictions.csv");
-    train::dataset::write_csv(
-        &predictions,
-        &[
-            "path",
-            "frame",
-            "label",
-            "patient_id",
-            "p_abnormal",
-            "call",
-            "top_class",
-            "p_kidney",
-            "view_gate",
-        ],
-        &rows,
-    )?;
+    let class_columns: Vec<String> = taxonomy.labels().iter().map(|l| format!("p_{l}")).collect();
+    let mut header = vec![
+        "path",
+        "frame",
+        "label",
+        "patient_id",
+        "p_abnormal",
+        "call",
+        "top_class",
+        "p_kidney",
+        "view_gate",
+    ];
+    header.extend(class_columns.iter().map(String::as_str));
+    train::dataset::write_csv(&predictions, &header, &rows)?;
     log::info!(
         "{}: one row per image (the call at threshold {threshold:.4})",
         predictions.display()

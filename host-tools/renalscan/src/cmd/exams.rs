@@ -30,12 +30,16 @@ struct Sweep {
     label: Class,
     /// `time_s` per frame index, from a phantom sweep's `frames.csv`.
     times: Vec<f64>,
+    /// How marked the finding is (0-1, the phantom's scale): the list's `severity` column,
+    /// else the phantom's `frames.csv`. Lets the report say which findings a setting misses.
+    severity: Option<f64>,
 }
 
 /// Columns of `exams.csv`, in [`Row`]'s order.
-const EXAMS_HEADER: [&str; 12] = [
+const EXAMS_HEADER: [&str; 13] = [
     "sweep",
     "label",
+    "severity",
     "frames",
     "inferred",
     "gated",
@@ -53,6 +57,7 @@ const EXAMS_HEADER: [&str; 12] = [
 struct Row {
     sweep: String,
     label: String,
+    severity: Option<f64>,
     frames: u64,
     inferred: u64,
     gated: u64,
@@ -70,8 +75,8 @@ struct Row {
     decisions: usize,
 }
 
-/// Sweeps under `dir`: `sweeps.csv` (path,label) if present, else every subfolder with a
-/// phantom `frames.csv` (its label column).
+/// Sweeps under `dir`: `sweeps.csv` (path,label, optionally severity) if present, else every
+/// subfolder with a phantom `frames.csv` (its label and severity columns).
 fn discover(dir: &Path) -> Result<Vec<Sweep>> {
     let list = dir.join("sweeps.csv");
     let mut out = Vec::new();
@@ -83,6 +88,7 @@ fn discover(dir: &Path) -> Result<Vec<Sweep>> {
                 .with_context(|| format!("{}: no `{name}` column", list.display()))
         };
         let (pc, lc) = (col("path")?, col("label")?);
+        let sc = table.col(&["severity"]);
         for r in table.rows() {
             let (Some(p), Some(l)) = (r.get(Some(pc)), r.get(Some(lc))) else {
                 bail!("{} line {}: no path or no label", list.display(), r.line());
@@ -90,10 +96,18 @@ fn discover(dir: &Path) -> Result<Vec<Sweep>> {
             let label = Class::from_label(l).with_context(|| {
                 format!("{} line {}: unknown label {l:?}", list.display(), r.line())
             })?;
+            let listed = match r.get(sc).filter(|v| !v.trim().is_empty()) {
+                None => None,
+                Some(v) => Some(severity(v).with_context(|| {
+                    format!("{} line {}: severity {v:?}", list.display(), r.line())
+                })?),
+            };
             let path = dir.join(p);
+            let f = frames_csv(&path)?;
             out.push(Sweep {
                 name: p.to_string(),
-                times: frames_csv(&path)?.1,
+                times: f.times,
+                severity: listed.or(f.severity),
                 path,
                 label,
             });
@@ -107,8 +121,10 @@ fn discover(dir: &Path) -> Result<Vec<Sweep>> {
         dirs.sort();
         for path in dirs {
             let csv = path.join("frames.csv");
-            let (l, times) = frames_csv(&path)?;
-            let l = l.with_context(|| format!("{}: no frames", csv.display()))?;
+            let f = frames_csv(&path)?;
+            let l = f
+                .label
+                .with_context(|| format!("{}: no frames", csv.display()))?;
             let label = Class::from_label(&l).with_context(|| {
                 format!(
                     "{}: label {l:?} is not a screening class (a sweep without a kidney has no \
@@ -121,7 +137,8 @@ fn discover(dir: &Path) -> Result<Vec<Sweep>> {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),
-                times,
+                times: f.times,
+                severity: f.severity,
                 path,
                 label,
             });
@@ -138,12 +155,31 @@ fn discover(dir: &Path) -> Result<Vec<Sweep>> {
     Ok(out)
 }
 
-/// From a sweep folder's `frames.csv` (phantom sweeps): the first frame's label and `time_s`
-/// by frame index. Nothing for a folder without one or a cine file.
-fn frames_csv(path: &Path) -> Result<(Option<String>, Vec<f64>)> {
+/// What a phantom sweep's `frames.csv` says about the sweep.
+#[derive(Debug, Default)]
+struct FramesCsv {
+    /// The first frame's label.
+    label: Option<String>,
+    /// `time_s` by frame index.
+    times: Vec<f64>,
+    /// The first frame's severity.
+    severity: Option<f64>,
+}
+
+/// A severity in 0..=1.
+fn severity(v: &str) -> Result<f64> {
+    match v.trim().parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => bail!("a severity is a number from 0 to 1"),
+    }
+}
+
+/// From a sweep folder's `frames.csv` (phantom sweeps). Nothing for a folder without one or
+/// a cine file.
+fn frames_csv(path: &Path) -> Result<FramesCsv> {
     let csv = path.join("frames.csv");
     if !csv.is_file() {
-        return Ok((None, Vec::new()));
+        return Ok(FramesCsv::default());
     }
     let table = CsvTable::read(&csv)?;
     let lc = table
@@ -162,7 +198,20 @@ fn frames_csv(path: &Path) -> Result<(Option<String>, Vec<f64>)> {
             .collect(),
         None => Vec::new(),
     };
-    Ok((label, times))
+    let severity = match table.col(&["severity"]) {
+        None => None,
+        Some(c) => match table.rows().first().and_then(|r| r.get(Some(c))) {
+            None => None,
+            Some(v) => {
+                Some(severity(v).with_context(|| format!("{}: severity {v:?}", csv.display()))?)
+            }
+        },
+    };
+    Ok(FramesCsv {
+        label,
+        times,
+        severity,
+    })
 }
 
 fn call_of(d: Option<&contract::events::Decision>) -> &'static str {
@@ -179,6 +228,7 @@ fn row(s: &Sweep, o: &SweepOutcome) -> Row {
     Row {
         sweep: s.name.clone(),
         label: s.label.label().to_string(),
+        severity: s.severity,
         frames: o.frames,
         inferred: o.counters.inferred,
         gated: o.counters.gated.iter().sum(),
@@ -339,6 +389,7 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
             [
                 r.sweep.clone(),
                 r.label.clone(),
+                opt(r.severity.map(|v| format!("{v:.3}"))),
                 r.frames.to_string(),
                 r.inferred.to_string(),
                 r.gated.to_string(),
@@ -673,7 +724,18 @@ struct Summary {
     median_first_decision_s: Option<f64>,
     /// Per label: exams, called abnormal, undecided.
     per_label: BTreeMap<String, [usize; 3]>,
+    /// Abnormal exams with a severity, per band of [`SEVERITY_BANDS`]: exams, called abnormal.
+    by_severity: Vec<[usize; 2]>,
 }
+
+/// Severity bands for the sensitivity table, upper bounds exclusive (the phantom draws
+/// 0.06-1, skewed towards subtle findings as screening meets them).
+const SEVERITY_BANDS: [(&str, f64, f64); 4] = [
+    ("minimal (below 0.10)", 0.0, 0.10),
+    ("mild (0.10-0.25)", 0.10, 0.25),
+    ("moderate (0.25-0.50)", 0.25, 0.50),
+    ("marked (0.50 and above)", 0.50, f64::INFINITY),
+];
 
 fn summarise(rows: &[Row]) -> Summary {
     let normal = Class::Normal.label();
@@ -686,6 +748,17 @@ fn summarise(rows: &[Row]) -> Summary {
         e[0] += 1;
         e[1] += usize::from(r.call == "abnormal");
         e[2] += usize::from(r.call == "none");
+    }
+    let mut by_severity = vec![[0usize; 2]; SEVERITY_BANDS.len()];
+    for r in &abn {
+        let Some(v) = r.severity else { continue };
+        if let Some(b) = SEVERITY_BANDS
+            .iter()
+            .position(|(_, lo, hi)| v >= *lo && v < *hi)
+        {
+            by_severity[b][0] += 1;
+            by_severity[b][1] += usize::from(r.call == "abnormal");
+        }
     }
     Summary {
         n_normal: nor.len(),
@@ -710,6 +783,7 @@ fn summarise(rows: &[Row]) -> Summary {
         ),
         median_first_decision_s: median(rows.iter().filter_map(|r| r.first_decision_s).collect()),
         per_label,
+        by_severity,
     }
 }
 
@@ -778,6 +852,26 @@ fn report(
             pct(*a as f64 / *n as f64)
         );
     }
+    if s.by_severity.iter().any(|[n, _]| *n > 0) {
+        let _ = writeln!(
+            t,
+            "\nSensitivity by how marked the finding is (the sweep's severity, 0-1):\n\n\
+             | severity | abnormal exams | called abnormal | 95% CI |\n|---|---|---|---|"
+        );
+        for ((name, ..), [n, a]) in SEVERITY_BANDS.iter().zip(&s.by_severity) {
+            if *n == 0 {
+                continue;
+            }
+            let [lo, hi] = wilson(*a, *n);
+            let _ = writeln!(
+                t,
+                "| {name} | {n} | {a} ({}) | {}-{} |",
+                pct(frac(*a, *n)),
+                pct(lo),
+                pct(hi)
+            );
+        }
+    }
     if !failed.is_empty() {
         let _ = writeln!(t, "\nNot replayed ({}):", failed.len());
         for f in failed {
@@ -835,6 +929,7 @@ mod tests {
             [("a-normal", Class::Normal), ("b-cyst", Class::Cyst)]
         );
         assert_eq!(found[1].times, [0.0, 0.05]);
+        assert_eq!(found[1].severity, Some(0.5));
         // A list overrides the folders and may name a cine DICOM; labels are checked.
         std::fs::write(
             tmp.path().join("sweeps.csv"),
@@ -845,6 +940,23 @@ mod tests {
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].label, Class::Stone);
         assert!(listed[0].times.is_empty());
+        assert_eq!(listed[0].severity, None);
+        // The list's severity wins over the phantom's; an empty cell leaves the phantom's.
+        std::fs::write(
+            tmp.path().join("sweeps.csv"),
+            "path,label,severity\nexam1.dcm,stone,0.08\nb-cyst,cyst,\n",
+        )
+        .unwrap();
+        let listed = discover(tmp.path()).unwrap();
+        assert_eq!(listed[0].severity, Some(0.08));
+        assert_eq!(listed[1].severity, Some(0.5));
+        std::fs::write(
+            tmp.path().join("sweeps.csv"),
+            "path,label,severity\nexam1.dcm,stone,severe\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", discover(tmp.path()).unwrap_err());
+        assert!(e.contains("line 2") && e.contains("0 to 1"), "{e}");
         // A list saved by a spreadsheet: BOM, CRLF, a quoted path with a comma, a notes column.
         sweep_dir(tmp.path(), "Smith, J", "hydronephrosis");
         std::fs::write(
@@ -933,6 +1045,58 @@ mod tests {
         assert_eq!(broken.disagree, 1);
         assert!(broken.report().contains("Not to be trusted"));
         assert!(OperatingCurve::of(&[]).report().is_empty());
+    }
+
+    #[test]
+    fn sensitivity_is_banded_by_severity() {
+        let row = |label: &str, severity: Option<f64>, call: &'static str| Row {
+            sweep: String::new(),
+            label: label.into(),
+            severity,
+            frames: 60,
+            inferred: 60,
+            gated: 0,
+            first_decision_frame: Some(6),
+            first_decision_s: None,
+            call,
+            class: None,
+            p_abnormal: None,
+            final_call: call,
+            decisions: 1,
+        };
+        let rows = [
+            row("stone", Some(0.065), "normal"),
+            row("cyst", Some(0.08), "abnormal"),
+            row("sol", Some(0.10), "abnormal"),
+            row("sol", Some(0.9), "abnormal"),
+            row("sol", None, "normal"),
+            row("normal", Some(0.0), "normal"),
+        ];
+        let s = summarise(&rows);
+        // Normal exams and abnormal ones without a severity stay out; 0.10 is mild.
+        assert_eq!(s.by_severity, [[2, 1], [1, 1], [0, 0], [1, 1]]);
+        let tmp = tempfile::tempdir().unwrap();
+        let args = Args {
+            model: "bundle".into(),
+            data: None,
+            sweeps: Some(tmp.path().into()),
+            edge_config: None,
+            out: tmp.path().into(),
+            threshold: None,
+            threads: 1,
+            max_failed_pct: 5.0,
+            manifest: None,
+            trusted_keys: Some("keys".into()),
+        };
+        let text = report(&args, tmp.path(), &rows, &s, &[], 1.0);
+        assert!(
+            text.contains("| minimal (below 0.10) | 2 | 1 (50.0%) |"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("moderate"),
+            "an empty band is left out: {text}"
+        );
     }
 
     #[test]
