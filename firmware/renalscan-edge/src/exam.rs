@@ -74,7 +74,10 @@ impl ExamReplay {
     /// threshold the bundle does not allow is refused here, as on the device.
     pub fn new(mut cfg: Config, classifier: Classifier) -> anyhow::Result<Self> {
         cfg.aggregate.report_every_s = 0.0;
-        crate::pipeline::operating_threshold(cfg.aggregate.threshold, &classifier.info().manifest)?;
+        let manifest = &classifier.info().manifest;
+        let (threshold, source) =
+            crate::pipeline::operating_threshold(cfg.aggregate.threshold, manifest)?;
+        crate::pipeline::announce_threshold(threshold, source, manifest);
         Ok(Self {
             cfg,
             classifier: Some(classifier),

@@ -161,13 +161,22 @@ pub fn operating_threshold(
             "aggregate.threshold = {t} is outside the site range [{lo}, {hi}] that bundle \
              {bundle} allows (signed threshold {signed})"
         ),
-        Some(_) => {
-            log::warn!(
-                "operating threshold {t} from the site's configuration (bundle {bundle}: \
-                 signed {signed}, site range allowed)"
-            );
-            Ok((t, ThresholdSource::Site))
-        }
+        Some(_) => Ok((t, ThresholdSource::Site)),
+    }
+}
+
+/// Says that the site's configured threshold replaces the signed one: the device log must
+/// show who set the line. Callers log it where the setting takes effect (device start, each
+/// replayer of many sweeps), not per pipeline, so a replay does not repeat it per sweep.
+pub fn announce_threshold(threshold: f32, source: ThresholdSource, manifest: &Manifest) {
+    if source == ThresholdSource::Site {
+        log::warn!(
+            "operating threshold {threshold} from the site's configuration (bundle {}@{}: \
+             signed {}, site range allowed)",
+            manifest.model.name,
+            manifest.model.version,
+            manifest.operating_point.threshold
+        );
     }
 }
 

@@ -248,6 +248,12 @@ impl<'o> Runtime<'o> {
             log::info!("waiting for a StartScreening command");
         }
         let mut pipeline = Pipeline::new(classifier, &pcfg, &cfg.gate, &cfg.aggregate)?;
+        let (threshold, source) = pipeline.threshold();
+        crate::pipeline::announce_threshold(
+            threshold,
+            source,
+            &pipeline.classifier().info().manifest,
+        );
         let (workers, threads) = cfg.model.layout();
         let slot = Arc::clone(&capture.slot);
         pipeline.start_workers(workers, threads, Some(Arc::new(move || slot.wake())))?;
