@@ -724,8 +724,16 @@ struct Summary {
     median_first_decision_s: Option<f64>,
     /// Per label: exams, called abnormal, undecided.
     per_label: BTreeMap<String, [usize; 3]>,
-    /// Abnormal exams with a severity, per band of [`SEVERITY_BANDS`]: exams, called abnormal.
-    by_severity: Vec<[usize; 2]>,
+    /// Abnormal exams with a severity, per band of [`SEVERITY_BANDS`].
+    by_severity: Vec<SeverityBand>,
+}
+
+/// Abnormal exams of one severity band.
+#[derive(Debug, Serialize, PartialEq)]
+struct SeverityBand {
+    band: &'static str,
+    exams: usize,
+    called_abnormal: usize,
 }
 
 /// Severity bands for the sensitivity table, upper bounds exclusive (the phantom draws
@@ -749,17 +757,20 @@ fn summarise(rows: &[Row]) -> Summary {
         e[1] += usize::from(r.call == "abnormal");
         e[2] += usize::from(r.call == "none");
     }
-    let mut by_severity = vec![[0usize; 2]; SEVERITY_BANDS.len()];
-    for r in &abn {
-        let Some(v) = r.severity else { continue };
-        if let Some(b) = SEVERITY_BANDS
-            .iter()
-            .position(|(_, lo, hi)| v >= *lo && v < *hi)
-        {
-            by_severity[b][0] += 1;
-            by_severity[b][1] += usize::from(r.call == "abnormal");
-        }
-    }
+    let by_severity = SEVERITY_BANDS
+        .iter()
+        .map(|&(band, lo, hi)| {
+            let within: Vec<&&Row> = abn
+                .iter()
+                .filter(|r| r.severity.is_some_and(|v| v >= lo && v < hi))
+                .collect();
+            SeverityBand {
+                band,
+                exams: within.len(),
+                called_abnormal: within.iter().filter(|r| r.call == "abnormal").count(),
+            }
+        })
+        .collect();
     Summary {
         n_normal: nor.len(),
         n_abnormal: abn.len(),
@@ -852,21 +863,21 @@ fn report(
             pct(*a as f64 / *n as f64)
         );
     }
-    if s.by_severity.iter().any(|[n, _]| *n > 0) {
+    if s.by_severity.iter().any(|b| b.exams > 0) {
         let _ = writeln!(
             t,
             "\nSensitivity by how marked the finding is (the sweep's severity, 0-1):\n\n\
              | severity | abnormal exams | called abnormal | 95% CI |\n|---|---|---|---|"
         );
-        for ((name, ..), [n, a]) in SEVERITY_BANDS.iter().zip(&s.by_severity) {
-            if *n == 0 {
-                continue;
-            }
-            let [lo, hi] = wilson(*a, *n);
+        for b in s.by_severity.iter().filter(|b| b.exams > 0) {
+            let [lo, hi] = wilson(b.called_abnormal, b.exams);
             let _ = writeln!(
                 t,
-                "| {name} | {n} | {a} ({}) | {}-{} |",
-                pct(frac(*a, *n)),
+                "| {} | {} | {} ({}) | {}-{} |",
+                b.band,
+                b.exams,
+                b.called_abnormal,
+                pct(frac(b.called_abnormal, b.exams)),
                 pct(lo),
                 pct(hi)
             );
@@ -1074,7 +1085,12 @@ mod tests {
         ];
         let s = summarise(&rows);
         // Normal exams and abnormal ones without a severity stay out; 0.10 is mild.
-        assert_eq!(s.by_severity, [[2, 1], [1, 1], [0, 0], [1, 1]]);
+        let counts: Vec<[usize; 2]> = s
+            .by_severity
+            .iter()
+            .map(|b| [b.exams, b.called_abnormal])
+            .collect();
+        assert_eq!(counts, [[2, 1], [1, 1], [0, 0], [1, 1]]);
         let tmp = tempfile::tempdir().unwrap();
         let args = Args {
             model: "bundle".into(),
