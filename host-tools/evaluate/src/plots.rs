@@ -121,6 +121,36 @@ fn unit_plot(
     png(what, buf)
 }
 
+/// A labelled curve, its legend entry a short stroke of the same colour and width.
+fn line(
+    chart: &mut Chart<'_, '_>,
+    points: impl IntoIterator<Item = (f64, f64)>,
+    colour: RGBColor,
+    width: u32,
+    label: String,
+) -> Result<(), String> {
+    chart
+        .draw_series(LineSeries::new(points, colour.stroke_width(width)))
+        .map_err(|e| e.to_string())?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], colour.stroke_width(width)));
+    Ok(())
+}
+
+/// The operating point in use: a black ring, named in the legend.
+fn mark(chart: &mut Chart<'_, '_>, point: (f64, f64), label: String) -> Result<(), String> {
+    chart
+        .draw_series(std::iter::once(Circle::new(
+            point,
+            7,
+            BLACK.stroke_width(3),
+        )))
+        .map_err(|e| e.to_string())?
+        .label(label)
+        .legend(|(x, y)| Circle::new((x + 12, y), 6, BLACK.stroke_width(3)));
+    Ok(())
+}
+
 fn png(what: &'static str, buf: Vec<u8>) -> Result<Vec<u8>, ReportError> {
     let (w, h) = SIZE;
     let img = image::RgbImage::from_raw(w, h, buf).ok_or(ReportError::Plot {
@@ -158,43 +188,23 @@ pub fn roc_png(e: &Evaluation) -> Result<Vec<u8>, ReportError> {
                 let (Some(pts), Some(t)) = (e.roc.get(name), e.per_type.get(name)) else {
                     continue;
                 };
-                let c = colour(name).0;
-                chart
-                    .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
-                    .map_err(|e| e.to_string())?
-                    .label(format!("{name} (n={}): AUC {:.3}", t.n, t.auc))
-                    .legend(move |(x, y)| {
-                        PathElement::new([(x, y), (x + 24, y)], c.stroke_width(2))
-                    });
+                let label = format!("{name} (n={}): AUC {:.3}", t.n, t.auc);
+                line(chart, pts.iter().copied(), colour(name).0, 2, label)?;
             }
             if let Some(pts) = e.roc.get("overall") {
-                chart
-                    .draw_series(LineSeries::new(pts.iter().copied(), BLACK.stroke_width(4)))
-                    .map_err(|e| e.to_string())?
-                    .label(format!(
-                        "overall: AUC {:.3} ({:.3}-{:.3})",
-                        o.auc, o.auc_ci[0], o.auc_ci[1]
-                    ))
-                    .legend(|(x, y)| {
-                        PathElement::new([(x, y), (x + 24, y)], BLACK.stroke_width(4))
-                    });
+                let label = format!(
+                    "overall: AUC {:.3} ({:.3}-{:.3})",
+                    o.auc, o.auc_ci[0], o.auc_ci[1]
+                );
+                line(chart, pts.iter().copied(), BLACK, 4, label)?;
             }
-            let point = (1.0 - o.specificity, o.sensitivity);
-            chart
-                .draw_series(std::iter::once(Circle::new(
-                    point,
-                    7,
-                    BLACK.stroke_width(3),
-                )))
-                .map_err(|e| e.to_string())?
-                .label(format!(
-                    "threshold {:.3}: sensitivity {:.1}%, specificity {:.1}%",
-                    o.threshold,
-                    100.0 * o.sensitivity,
-                    100.0 * o.specificity
-                ))
-                .legend(|(x, y)| Circle::new((x + 12, y), 6, BLACK.stroke_width(3)));
-            Ok(())
+            let label = format!(
+                "threshold {:.3}: sensitivity {:.1}%, specificity {:.1}%",
+                o.threshold,
+                100.0 * o.sensitivity,
+                100.0 * o.specificity
+            );
+            mark(chart, (1.0 - o.specificity, o.sensitivity), label)
         },
     )
 }
@@ -225,29 +235,12 @@ pub fn curves_png(
         |chart| {
             for (i, c) in curves.iter().enumerate() {
                 let colour = COLOURS[(i + 1) % COLOURS.len()].0;
-                chart
-                    .draw_series(LineSeries::new(
-                        c.points.iter().copied(),
-                        colour.stroke_width(2),
-                    ))
-                    .map_err(|e| e.to_string())?
-                    .label(c.label.clone())
-                    .legend(move |(x, y)| {
-                        PathElement::new([(x, y), (x + 24, y)], colour.stroke_width(2))
-                    });
+                line(chart, c.points.iter().copied(), colour, 2, c.label.clone())?;
             }
-            if let Some((label, point)) = marked {
-                chart
-                    .draw_series(std::iter::once(Circle::new(
-                        point,
-                        7,
-                        BLACK.stroke_width(3),
-                    )))
-                    .map_err(|e| e.to_string())?
-                    .label(label)
-                    .legend(|(x, y)| Circle::new((x + 12, y), 6, BLACK.stroke_width(3)));
+            match marked {
+                Some((label, point)) => mark(chart, point, label.to_string()),
+                None => Ok(()),
             }
-            Ok(())
         },
     )
 }

@@ -96,12 +96,15 @@ fn discover(dir: &Path) -> Result<Vec<Sweep>> {
             let label = Class::from_label(l).with_context(|| {
                 format!("{} line {}: unknown label {l:?}", list.display(), r.line())
             })?;
-            let listed = match r.get(sc).filter(|v| !v.trim().is_empty()) {
-                None => None,
-                Some(v) => Some(severity(v).with_context(|| {
-                    format!("{} line {}: severity {v:?}", list.display(), r.line())
-                })?),
-            };
+            let listed = r
+                .get(sc)
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| {
+                    severity(v).with_context(|| {
+                        format!("{} line {}: severity {v:?}", list.display(), r.line())
+                    })
+                })
+                .transpose()?;
             let path = dir.join(p);
             let f = frames_csv(&path)?;
             out.push(Sweep {
@@ -198,15 +201,12 @@ fn frames_csv(path: &Path) -> Result<FramesCsv> {
             .collect(),
         None => Vec::new(),
     };
-    let severity = match table.col(&["severity"]) {
-        None => None,
-        Some(c) => match table.rows().first().and_then(|r| r.get(Some(c))) {
-            None => None,
-            Some(v) => {
-                Some(severity(v).with_context(|| format!("{}: severity {v:?}", csv.display()))?)
-            }
-        },
-    };
+    let severity = table
+        .rows()
+        .first()
+        .and_then(|r| r.get(table.col(&["severity"])))
+        .map(|v| severity(v).with_context(|| format!("{}: severity {v:?}", csv.display())))
+        .transpose()?;
     Ok(FramesCsv {
         label,
         times,
