@@ -104,6 +104,105 @@ pub struct FinetuneConfig {
     pub views: u32,
     /// Seed for augmentation, view choice, shuffling and dropout.
     pub seed: u64,
+    /// How both learning rates move over the planned `epochs` after the warm-up.
+    #[serde(default, skip_serializing_if = "LrSchedule::is_constant")]
+    pub schedule: LrSchedule,
+    /// Both learning rates rise linearly from zero over this many epochs (fractions allowed)
+    /// at the start, so the first steps do not shake the stage-1 head with layer4's
+    /// still-random Adam moments.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub warmup_epochs: f64,
+    /// L2-SP: after each step layer4 moves `lr * l2sp` of the way back to its starting
+    /// (ImageNet) weights, decoupled from Adam's normalisation like AdamW's decay, so a
+    /// small data set cannot carry layer4 far from what ImageNet taught it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub l2sp: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+/// Learning-rate schedule of stage 2. Fields at their defaults are left out of the
+/// serialised settings, so runs and checkpoints from before they existed keep their identity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrSchedule {
+    /// The learning rates stay at their set values.
+    #[default]
+    Constant,
+    /// Half a cosine from the set values down to zero at the end of the last planned epoch,
+    /// so the kept weights come from small steps rather than the noisiest ones.
+    Cosine,
+}
+
+impl LrSchedule {
+    fn is_constant(&self) -> bool {
+        *self == Self::Constant
+    }
+}
+
+/// Multiplier of both learning rates at 0-based global `step` of a run of `cfg.epochs`
+/// epochs of `steps_per_epoch` steps: the warm-up ramp, then the schedule.
+pub fn lr_factor(cfg: &FinetuneConfig, step: u64, steps_per_epoch: u64) -> f64 {
+    let s = step as f64;
+    let warm = cfg.warmup_epochs.max(0.0) * steps_per_epoch as f64;
+    if s < warm {
+        return ((s + 1.0) / warm).min(1.0);
+    }
+    match cfg.schedule {
+        LrSchedule::Constant => 1.0,
+        LrSchedule::Cosine => {
+            let total = (cfg.epochs as u64 * steps_per_epoch) as f64;
+            let p = if total > warm {
+                ((s - warm) / (total - warm)).clamp(0.0, 1.0)
+            } else {
+                1.0
+            };
+            0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+        }
+    }
+}
+
+/// The starting value of every layer4 parameter, flattened, by parameter id (the ids are
+/// fixed, so a resumed run's module finds them too).
+struct StartWeights(std::collections::HashMap<ParamId, Tensor<1>>);
+
+impl burn::module::ModuleVisitor for StartWeights {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        // The inner (non-autodiff) value: a constant, never part of a graph.
+        let v = param.val().inner();
+        let n = v.shape().num_elements();
+        self.0.insert(param.id, v.reshape([n]));
+    }
+}
+
+/// One decoupled L2-SP step: `w <- w - k (w - w0)` on every parameter with a start value.
+struct PullToStart<'a> {
+    start: &'a StartWeights,
+    k: f64,
+}
+
+impl burn::module::ModuleMapper for PullToStart<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, t, mapper) = param.consume();
+        let t = match self.start.0.get(&id) {
+            Some(w0) => {
+                let grad = t.is_require_grad();
+                let w = t.inner();
+                let shape = w.shape();
+                let pulled =
+                    Tensor::from_inner(w.clone() - (w - w0.clone().reshape(shape)) * self.k);
+                if grad {
+                    pulled.require_grad()
+                } else {
+                    pulled
+                }
+            }
+            None => t,
+        };
+        Param::from_mapped_value(id, t, mapper)
+    }
 }
 
 impl Default for FinetuneConfig {
@@ -118,6 +217,9 @@ impl Default for FinetuneConfig {
             dropout: 0.3,
             views: 2,
             seed: 1,
+            schedule: LrSchedule::Constant,
+            warmup_epochs: 0.0,
+            l2sp: 0.0,
         }
     }
 }
@@ -634,10 +736,14 @@ fn adamw(cfg: &FinetuneConfig) -> ModuleOptimizer {
 
 /// The settings that must not change across `--resume`: the config without `epochs`
 /// (raising it continues a finished run), plus what the caller adds (data, split, backbone).
+/// A cosine schedule keeps `epochs`: its decay is laid over them, so a longer run is a
+/// different run, not a continuation.
 pub fn identity(cfg: &FinetuneConfig, extra: serde_json::Value) -> serde_json::Value {
     let mut v = serde_json::to_value(cfg).unwrap_or_default();
     if let Some(m) = v.as_object_mut() {
-        m.remove("epochs");
+        if cfg.schedule.is_constant() {
+            m.remove("epochs");
+        }
         m.insert("run".into(), extra);
     }
     v
@@ -791,6 +897,11 @@ pub fn train(
     let n = data.train.len();
     let batch = cfg.batch.max(1);
     let steps = n.div_ceil(batch) as u64;
+    let start = (cfg.l2sp > 0.0).then(|| {
+        let mut w = StartWeights(Default::default());
+        init.to_net(&device, cfg.dropout).blocks.visit(&mut w);
+        w
+    });
     let stopped = |s: &State| s.epoch > 0 && s.epoch - s.best_epoch >= cfg.patience;
     while state.epoch < cfg.epochs && !stopped(&state) {
         let epoch = state.epoch + 1;
@@ -803,7 +914,9 @@ pub fn train(
         rng.shuffle(&mut order);
         let bar = extract::progress(steps, &format!("stage 2 epoch {epoch}/{}", cfg.epochs));
         let mut loss_sum = 0.0;
-        for chunk in order.chunks(batch) {
+        let mut factor = 1.0;
+        for (i, chunk) in order.chunks(batch).enumerate() {
+            factor = lr_factor(cfg, (epoch as u64 - 1) * steps + i as u64, steps);
             let keys: Vec<[u8; 32]> = chunk
                 .iter()
                 .map(|&i| {
@@ -828,10 +941,18 @@ pub fn train(
                 dropout,
                 head,
             } = net;
+            let lr4 = cfg.lr_layer4 * factor;
+            let mut blocks = o4.step(lr4, blocks, g4);
+            if let Some(start) = &start {
+                blocks = blocks.map(&mut PullToStart {
+                    start,
+                    k: lr4 * cfg.l2sp,
+                });
+            }
             net = Layer4Net {
-                blocks: o4.step(cfg.lr_layer4, blocks, g4),
+                blocks,
                 dropout,
-                head: oh.step(cfg.lr_head, head, gh),
+                head: oh.step(cfg.lr_head * factor, head, gh),
             };
             bar.inc(1);
             bar.set_label(format!("stage 2 epoch {epoch}/{} loss {l:.3}", cfg.epochs));
@@ -874,8 +995,8 @@ pub fn train(
             },
         )?;
         log::info!(
-            "stage 2 epoch {epoch}: loss {:.4}, val AUC {val_auc:.4}, NLL {val_nll:.4}, {secs:.0} s; \
-             checkpoint {}",
+            "stage 2 epoch {epoch}: loss {:.4}, val AUC {val_auc:.4}, NLL {val_nll:.4}, {secs:.0} s, \
+             learning rates at {factor:.3} of their set values; checkpoint {}",
             e.train_loss,
             saved.display()
         );
@@ -921,5 +1042,99 @@ mod tests {
         let mut d = Vec::new();
         diff(&identity(&a, x.clone()), &identity(&c, x), "", &mut d);
         assert_eq!(d, ["views: checkpoint 2, now 5"]);
+    }
+
+    #[test]
+    fn settings_at_their_defaults_keep_the_old_identity() {
+        let old = serde_json::json!({
+            "epochs": 2, "patience": 3, "batch": 16, "lr_layer4": 1e-5, "lr_head": 1e-4,
+            "weight_decay": 0.01f32, "dropout": 0.3, "views": 2, "seed": 1
+        });
+        let now = serde_json::to_value(FinetuneConfig::default()).expect("serialises");
+        assert_eq!(now, old);
+        let back: FinetuneConfig = serde_json::from_value(old).expect("old settings read");
+        assert_eq!(back.schedule, LrSchedule::Constant);
+        let cos = FinetuneConfig {
+            schedule: LrSchedule::Cosine,
+            warmup_epochs: 0.5,
+            l2sp: 10.0,
+            ..FinetuneConfig::default()
+        };
+        let v = serde_json::to_value(&cos).expect("serialises");
+        assert_eq!(v["schedule"], "cosine");
+        assert_eq!(v["warmup_epochs"], 0.5);
+        assert_eq!(v["l2sp"], 10.0);
+        // Raising `epochs` would stretch a cosine run's decay: refused on resume.
+        let x = serde_json::json!({"data": "d"});
+        let longer = FinetuneConfig {
+            epochs: 9,
+            ..cos.clone()
+        };
+        let mut d = Vec::new();
+        diff(
+            &identity(&cos, x.clone()),
+            &identity(&longer, x),
+            "",
+            &mut d,
+        );
+        assert_eq!(d, ["epochs: checkpoint 2, now 9"]);
+    }
+
+    #[test]
+    fn warmup_ramps_and_cosine_falls_to_zero_at_the_planned_end() {
+        let cfg = FinetuneConfig {
+            epochs: 4,
+            schedule: LrSchedule::Cosine,
+            warmup_epochs: 1.0,
+            ..FinetuneConfig::default()
+        };
+        let f = |s| lr_factor(&cfg, s, 10);
+        assert!((f(0) - 0.1).abs() < 1e-12);
+        assert!((f(4) - 0.5).abs() < 1e-12);
+        assert!((f(9) - 1.0).abs() < 1e-12);
+        assert!((f(10) - 1.0).abs() < 1e-12);
+        // Halfway through the 30 steps after the warm-up: half the rate.
+        assert!((f(25) - 0.5).abs() < 1e-12);
+        assert!(f(39) < 0.01 && f(39) > 0.0);
+        assert_eq!(f(40), 0.0);
+        let steady = FinetuneConfig::default();
+        assert_eq!(lr_factor(&steady, 0, 10), 1.0);
+        assert_eq!(lr_factor(&steady, 1000, 10), 1.0);
+    }
+
+    #[test]
+    fn l2sp_pulls_each_parameter_back_towards_its_start() {
+        let device = Device::flex().autodiff();
+        let lin = LinearConfig::new(3, 2).init(&device);
+        let mut start = StartWeights(Default::default());
+        lin.visit(&mut start);
+        let before = tensor_vec(lin.weight.val()).expect("weights");
+        // Move every parameter by +1, then pull a quarter of the way back.
+        let moved = lin.map(&mut PullToStart {
+            start: &StartWeights(
+                start
+                    .0
+                    .iter()
+                    .map(|(id, w)| (*id, w.clone() + 4.0))
+                    .collect(),
+            ),
+            k: 0.25,
+        });
+        let after = tensor_vec(moved.weight.val()).expect("weights");
+        for (a, b) in after.iter().zip(&before) {
+            assert!((a - (b + 1.0)).abs() < 1e-6, "{a} vs {b} + 1");
+        }
+        assert!(moved.weight.val().is_require_grad());
+        let back = moved.map(&mut PullToStart {
+            start: &start,
+            k: 0.25,
+        });
+        for (a, b) in tensor_vec(back.weight.val())
+            .expect("weights")
+            .iter()
+            .zip(&before)
+        {
+            assert!((a - (b + 0.75)).abs() < 1e-6, "{a} vs {b} + 0.75");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Stage 2 end to end on a tiny phantom set: stage 1, layer-3 activations with augmented
 //! views, one epoch of layer4 + head, export; the exported file agrees with the trained
 //! burn layers; `--resume` continues from the checkpoint exactly where an uninterrupted run
-//! would be, and refuses changed settings.
+//! would be (warm-up and L2-SP included), and refuses changed settings.
 //!
 //! Needs the ImageNet weights, like `parity.rs`.
 
@@ -41,6 +41,9 @@ fn options(data: &Path, out: &Path, cache: &Path, epochs: usize, resume: bool) -
             epochs,
             views: 1,
             batch: 8,
+            // Exercised here so that resuming is shown to repeat them exactly too.
+            warmup_epochs: 0.5,
+            l2sp: 100.0,
             ..FinetuneConfig::default()
         },
         resume,

@@ -68,6 +68,17 @@ pub struct Args {
     /// Stage 2: AdamW learning rate of the head.
     #[arg(value_parser = argrange::f64_in(0.0, 1.0), long, requires = "finetune", default_value_t = 1e-4)]
     pub lr_head: f64,
+    /// Stage 2: how both learning rates move after the warm-up (`cosine`: down to zero at
+    /// the end of the last planned epoch).
+    #[arg(long, value_enum, requires = "finetune", default_value_t = ScheduleArg::Constant)]
+    pub lr_schedule: ScheduleArg,
+    /// Stage 2: epochs (fractions allowed) over which both learning rates rise from zero.
+    #[arg(value_parser = argrange::f64_in(0.0, 100.0), long, requires = "finetune", default_value_t = 0.0)]
+    pub warmup_epochs: f64,
+    /// Stage 2: L2-SP strength, the pull of layer4 back to its ImageNet weights after each
+    /// step (`w -= lr * l2sp * (w - w_imagenet)`; 0 turns it off).
+    #[arg(value_parser = argrange::f64_in(0.0, 1e6), long, requires = "finetune", default_value_t = 0.0)]
+    pub l2sp: f64,
     /// Validation sensitivity the operating threshold is chosen for.
     #[arg(value_parser = argrange::f64_in(0.01, 1.0), long, default_value_t = 0.95)]
     pub target_sensitivity: f64,
@@ -130,6 +141,24 @@ pub enum PoolingArg {
     Avg,
     /// Channel means, then channel maxima.
     AvgMax,
+}
+
+/// [`train::finetune::LrSchedule`] on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ScheduleArg {
+    /// The set learning rates throughout.
+    Constant,
+    /// Half a cosine down to zero over the planned epochs.
+    Cosine,
+}
+
+impl From<ScheduleArg> for train::finetune::LrSchedule {
+    fn from(s: ScheduleArg) -> Self {
+        match s {
+            ScheduleArg::Constant => Self::Constant,
+            ScheduleArg::Cosine => Self::Cosine,
+        }
+    }
 }
 
 impl From<PoolingArg> for resnet50::Pooling {
@@ -387,6 +416,9 @@ fn run_stage2(args: &Args, base: TrainOptions, weights: &ResNet50, backbone: &Pa
             lr_head: args.lr_head,
             views: args.views,
             seed: args.seed,
+            schedule: args.lr_schedule.into(),
+            warmup_epochs: args.warmup_epochs,
+            l2sp: args.l2sp,
             ..FinetuneConfig::default()
         },
         resume: args.resume,
