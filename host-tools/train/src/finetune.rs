@@ -104,7 +104,9 @@ pub struct FinetuneConfig {
     pub views: u32,
     /// Seed for augmentation, view choice, shuffling and dropout.
     pub seed: u64,
-    /// How both learning rates move over the planned `epochs` after the warm-up.
+    /// How both learning rates move over the planned `epochs` after the warm-up. This and
+    /// the next two settings are left out of the serialised settings at their defaults, so
+    /// runs and checkpoints from before they existed keep their identity.
     #[serde(default, skip_serializing_if = "LrSchedule::is_constant")]
     pub schedule: LrSchedule,
     /// Both learning rates rise linearly from zero over this many epochs (fractions allowed)
@@ -123,8 +125,7 @@ fn is_zero(v: &f64) -> bool {
     *v == 0.0
 }
 
-/// Learning-rate schedule of stage 2. Fields at their defaults are left out of the
-/// serialised settings, so runs and checkpoints from before they existed keep their identity.
+/// Learning-rate schedule of stage 2.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LrSchedule {
@@ -915,8 +916,8 @@ pub fn train(
         let bar = extract::progress(steps, &format!("stage 2 epoch {epoch}/{}", cfg.epochs));
         let mut loss_sum = 0.0;
         let mut factor = 1.0;
-        for (i, chunk) in order.chunks(batch).enumerate() {
-            factor = lr_factor(cfg, (epoch as u64 - 1) * steps + i as u64, steps);
+        for (b, chunk) in order.chunks(batch).enumerate() {
+            factor = lr_factor(cfg, (epoch as u64 - 1) * steps + b as u64, steps);
             let keys: Vec<[u8; 32]> = chunk
                 .iter()
                 .map(|&i| {
@@ -944,9 +945,10 @@ pub fn train(
             let lr4 = cfg.lr_layer4 * factor;
             let mut blocks = o4.step(lr4, blocks, g4);
             if let Some(start) = &start {
+                // At most all the way back: a huge `l2sp` must not overshoot the start.
                 blocks = blocks.map(&mut PullToStart {
                     start,
-                    k: lr4 * cfg.l2sp,
+                    k: (lr4 * cfg.l2sp).min(1.0),
                 });
             }
             net = Layer4Net {
