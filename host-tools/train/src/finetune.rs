@@ -182,6 +182,19 @@ impl burn::module::ModuleVisitor for StartWeights {
 struct PullToStart<'a> {
     start: &'a StartWeights,
     k: f64,
+    /// Parameters met without a start value: a pull that silently skipped them would train
+    /// as if L2-SP were off (the ids of the live net and the start must match).
+    missed: usize,
+}
+
+impl<'a> PullToStart<'a> {
+    fn new(start: &'a StartWeights, k: f64) -> Self {
+        Self {
+            start,
+            k,
+            missed: 0,
+        }
+    }
 }
 
 impl burn::module::ModuleMapper for PullToStart<'_> {
@@ -200,7 +213,10 @@ impl burn::module::ModuleMapper for PullToStart<'_> {
                     pulled
                 }
             }
-            None => t,
+            None => {
+                self.missed += 1;
+                t
+            }
         };
         Param::from_mapped_value(id, t, mapper)
     }
@@ -946,10 +962,16 @@ pub fn train(
             let mut blocks = o4.step(lr4, blocks, g4);
             if let Some(start) = &start {
                 // At most all the way back: a huge `l2sp` must not overshoot the start.
-                blocks = blocks.map(&mut PullToStart {
-                    start,
-                    k: (lr4 * cfg.l2sp).min(1.0),
-                });
+                let mut pull = PullToStart::new(start, (lr4 * cfg.l2sp).min(1.0));
+                blocks = blocks.map(&mut pull);
+                if pull.missed > 0 {
+                    return Err(FinetuneError::Data(format!(
+                        "L2-SP found no start value for {} of layer4's parameters: the live \
+                         layers and their start are numbered differently (a bug); train \
+                         without --l2sp until it is fixed",
+                        pull.missed
+                    )));
+                }
             }
             net = Layer4Net {
                 blocks,
@@ -1112,25 +1134,22 @@ mod tests {
         lin.visit(&mut start);
         let before = tensor_vec(lin.weight.val()).expect("weights");
         // Move every parameter by +1, then pull a quarter of the way back.
-        let moved = lin.map(&mut PullToStart {
-            start: &StartWeights(
-                start
-                    .0
-                    .iter()
-                    .map(|(id, w)| (*id, w.clone() + 4.0))
-                    .collect(),
-            ),
-            k: 0.25,
-        });
+        let shifted = StartWeights(
+            start
+                .0
+                .iter()
+                .map(|(id, w)| (*id, w.clone() + 4.0))
+                .collect(),
+        );
+        let moved = lin.map(&mut PullToStart::new(&shifted, 0.25));
         let after = tensor_vec(moved.weight.val()).expect("weights");
         for (a, b) in after.iter().zip(&before) {
             assert!((a - (b + 1.0)).abs() < 1e-6, "{a} vs {b} + 1");
         }
         assert!(moved.weight.val().is_require_grad());
-        let back = moved.map(&mut PullToStart {
-            start: &start,
-            k: 0.25,
-        });
+        let mut pull = PullToStart::new(&start, 0.25);
+        let back = moved.map(&mut pull);
+        assert_eq!(pull.missed, 0, "every parameter has its start");
         for (a, b) in tensor_vec(back.weight.val())
             .expect("weights")
             .iter()
@@ -1138,5 +1157,10 @@ mod tests {
         {
             assert!((a - (b + 0.75)).abs() < 1e-6, "{a} vs {b} + 0.75");
         }
+        // A layer the start was not taken from (fresh ids) is left alone, and counted.
+        let other = LinearConfig::new(3, 2).init(&device);
+        let mut pull = PullToStart::new(&start, 0.25);
+        let _ = other.map(&mut pull);
+        assert_eq!(pull.missed, 2, "weight and bias have no start");
     }
 }

@@ -41,7 +41,8 @@ fn options(data: &Path, out: &Path, cache: &Path, epochs: usize, resume: bool) -
             epochs,
             views: 1,
             batch: 8,
-            // Exercised here so that resuming is shown to repeat them exactly too.
+            // Exercised here so that resuming is shown to repeat them exactly too; with
+            // L2-SP on, a layer4 parameter whose start is not found fails the run.
             warmup_epochs: 0.5,
             l2sp: 100.0,
             ..FinetuneConfig::default()
