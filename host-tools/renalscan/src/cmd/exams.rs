@@ -4,7 +4,7 @@
 //! abnormal decision during the sweep), beside the decision standing when the sweep ends.
 //! What the aggregator was fed is kept per sweep, so the same frames are judged again at
 //! other aggregation settings without the model: the exam operating points a site chooses
-//! its setting from ([`OperatingCurve`]).
+//! its setting from ([`OperatingCurve`]), and a per-frame trace (`exam_inputs.csv`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -299,6 +299,11 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
             .with_context(|| format!("opening bundle {}", args.model.display()))?;
         replays.push(ExamReplay::new(cfg.clone(), classifier)?);
     }
+    let labels = replays
+        .first()
+        .and_then(|r| r.classifier())
+        .map(|c| c.info().labels.clone())
+        .unwrap_or_default();
     let t0 = std::time::Instant::now();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let done = std::sync::atomic::AtomicUsize::new(0);
@@ -417,6 +422,7 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
             ]
         }),
     )?;
+    write_inputs(&args.out.join(INPUTS_FILE), &rows, &judged, &labels)?;
     write(
         "exams.json",
         serde_json::to_string_pretty(&serde_json::json!({
@@ -433,10 +439,46 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
     }
     print!("{report}");
     println!(
-        "written: {} (every operating point: {})",
+        "written: {} (every operating point: {}; every frame's output: {})",
         args.out.join("exams.md").display(),
-        args.out.join("exam_operating.csv").display()
+        args.out.join("exam_operating.csv").display(),
+        args.out.join(INPUTS_FILE).display()
     );
+    Ok(())
+}
+
+/// Per-frame trace of what each sweep fed the aggregator.
+const INPUTS_FILE: &str = "exam_inputs.csv";
+
+/// Writes every aggregator input of every sweep, one row each: why an exam was called as
+/// it was (which frames scored high), and the raw material to study other exam rules offline.
+/// A `reset` row marks where the window started over; gated frames never reach it.
+fn write_inputs(path: &Path, rows: &[Row], judged: &[Judged], labels: &[String]) -> Result<()> {
+    let mut header: Vec<String> = ["sweep", "label", "input", "event", "p_abnormal"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    header.extend(labels.iter().map(|l| format!("p_{l}")));
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut out = Vec::new();
+    for (r, j) in rows.iter().zip(judged) {
+        for (i, input) in j.inputs.iter().enumerate() {
+            let mut line = vec![r.sweep.clone(), r.label.clone(), i.to_string()];
+            match input {
+                Input::Push(s) => {
+                    line.push("frame".into());
+                    line.push(format!("{:.5}", s.p_abnormal));
+                    line.extend(s.probs.iter().take(labels.len()).map(|p| format!("{p:.5}")));
+                }
+                Input::Reset => {
+                    line.push("reset".into());
+                    line.extend(std::iter::repeat_n(String::new(), labels.len() + 1));
+                }
+            }
+            out.push(line);
+        }
+    }
+    write_csv(path, &header, out)?;
     Ok(())
 }
 
@@ -998,16 +1040,21 @@ mod tests {
         assert!(e.contains("not a screening class"), "{e}");
     }
 
-    #[test]
-    fn operating_points_are_the_most_specific_settings_that_keep_the_sensitivity() {
-        let base = Params {
+    /// Window 4, first decision at 2 frames, threshold 0.5, normal and one abnormal class.
+    fn two_class_params() -> Params {
+        Params {
             window: 4,
             min_frames: 2,
             threshold: 0.5,
             hysteresis: 0.05,
             classes: 2,
             normal_index: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn operating_points_are_the_most_specific_settings_that_keep_the_sensitivity() {
+        let base = two_class_params();
         let sweep = |abnormal: bool, p: f32| {
             let inputs: Vec<Input> = (0..6)
                 .map(|_| Input::Push(renalscan_edge::aggregate::Sample::new(p, &[1.0 - p, p])))
@@ -1056,6 +1103,50 @@ mod tests {
         assert_eq!(broken.disagree, 1);
         assert!(broken.report().contains("Not to be trusted"));
         assert!(OperatingCurve::of(&[]).report().is_empty());
+    }
+
+    #[test]
+    fn every_aggregator_input_is_traced_per_sweep() {
+        let base = two_class_params();
+        let push = |p: f32| Input::Push(renalscan_edge::aggregate::Sample::new(p, &[1.0 - p, p]));
+        let judged =
+            [vec![push(0.25), Input::Reset, push(0.75)], vec![push(0.5)]].map(|inputs| Judged {
+                abnormal: true,
+                call: exam_call_of(base, &inputs),
+                inputs,
+                params: base,
+            });
+        let row = |sweep: &str| Row {
+            sweep: sweep.into(),
+            label: "cyst".into(),
+            severity: None,
+            frames: 3,
+            inferred: 2,
+            gated: 1,
+            first_decision_frame: None,
+            first_decision_s: None,
+            call: "none",
+            class: None,
+            p_abnormal: None,
+            final_call: "none",
+            decisions: 0,
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(INPUTS_FILE);
+        let labels = ["normal".to_string(), "cyst".to_string()];
+        write_inputs(&path, &[row("a"), row("b")], &judged, &labels).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "sweep,label,input,event,p_abnormal,p_normal,p_cyst",
+                "a,cyst,0,frame,0.25000,0.75000,0.25000",
+                "a,cyst,1,reset,,,",
+                "a,cyst,2,frame,0.75000,0.25000,0.75000",
+                "b,cyst,0,frame,0.50000,0.50000,0.50000",
+            ]
+        );
     }
 
     #[test]
