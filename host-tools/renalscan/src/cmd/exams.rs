@@ -460,9 +460,9 @@ fn write_inputs(path: &Path, rows: &[Row], judged: &[Judged], labels: &[String])
         .collect();
     header.extend(labels.iter().map(|l| format!("p_{l}")));
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
-    let mut out = Vec::new();
-    for (r, j) in rows.iter().zip(judged) {
-        for (i, input) in j.inputs.iter().enumerate() {
+    // Streamed row by row: a long sweep set is not held twice in memory.
+    let lines = rows.iter().zip(judged).flat_map(|(r, j)| {
+        j.inputs.iter().enumerate().map(move |(i, input)| {
             let mut line = vec![r.sweep.clone(), r.label.clone(), i.to_string()];
             match input {
                 Input::Push(s) => {
@@ -475,10 +475,10 @@ fn write_inputs(path: &Path, rows: &[Row], judged: &[Judged], labels: &[String])
                     line.extend(std::iter::repeat_n(String::new(), labels.len() + 1));
                 }
             }
-            out.push(line);
-        }
-    }
-    write_csv(path, &header, out)?;
+            line
+        })
+    });
+    write_csv(path, &header, lines)?;
     Ok(())
 }
 
