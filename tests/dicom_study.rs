@@ -144,6 +144,7 @@ fn real_dicom_folder_trains_with_hashed_stable_patients() {
         },
         backbone_name: "test".into(),
         view_gate: true,
+        tap: resnet50::Tap::Layer4,
         pooling: train::extract::POOLING,
         head_views: train::extract::HEAD_VIEWS,
     };

@@ -92,6 +92,7 @@ fn train_draft_bundle_and_device_agree_on_every_field() {
         head: HeadConfig::default(),
         backbone_name: "tiny test backbone".into(),
         view_gate: false,
+        tap: train::extract::TAP,
         pooling: train::extract::POOLING,
         head_views: train::extract::HEAD_VIEWS,
     };

@@ -8,13 +8,14 @@
 use onnx_graph::pb::ValueInfoProto;
 use onnx_graph::{attr, value_info, Dim, Graph, ModelMeta};
 
-use crate::{Conv, Dense, ResNet50, FEATURE_CHANNELS};
+use crate::{Conv, Dense, ResNet50};
 
 /// ONNX opset we target (Softmax over one axis, Gemm, GlobalAveragePool are stable here).
 pub const OPSET: i64 = onnx_graph::OPSET;
 /// Name of the input tensor, `N x 3 x 224 x 224`.
 pub const INPUT: &str = "image";
-/// Name of the last feature map output, `N x 2048 x 7 x 7`.
+/// Name of the feature map the head pools: `N x 2048 x 7 x 7` after layer4, `N x 1024 x 14 x
+/// 14` after layer3 (see [`Tap`]).
 pub const FEATURES: &str = "features";
 /// Symbolic batch dimension.
 pub const BATCH: &str = "N";
@@ -48,6 +49,49 @@ fn check_side(side: usize) -> Result<i64, OnnxError> {
         return Err(OnnxError::Side(side));
     }
     Ok(side as i64)
+}
+
+/// Which stage's map the head reads. The model ends there: a layer-3 model has no layer4.
+///
+/// `Layer3` because ImageNet's last stage is the most specific to photographs. On the
+/// randomized-scanner phantom a linear head on layer-3 means beat one on layer-4 means on
+/// every measure (`host-tools/train/README.md`, "Which layer the head reads"), and the
+/// model is smaller and faster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tap {
+    /// After layer3 (Keras stage 4): 1,024 channels at 1/16 of the input side.
+    Layer3,
+    /// After layer4 (Keras stage 5), the ImageNet classifier's input: 2,048 channels at 1/32.
+    Layer4,
+}
+
+impl Tap {
+    /// Stages of the trunk the model keeps.
+    pub fn stages(self) -> usize {
+        match self {
+            Tap::Layer3 => 3,
+            Tap::Layer4 => 4,
+        }
+    }
+
+    /// Channels of the map.
+    pub fn channels(self) -> usize {
+        crate::STAGE_CHANNELS[self.stages() - 1]
+    }
+
+    /// Side of the map for an input of `input_side` pixels.
+    pub fn side(self, input_side: usize) -> usize {
+        input_side >> (self.stages() + 1)
+    }
+
+    /// The name used on the command line, in manifests and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tap::Layer3 => "layer3",
+            Tap::Layer4 => "layer4",
+        }
+    }
 }
 
 /// How the last feature map becomes the head's input vector.
@@ -97,9 +141,11 @@ impl Pooling {
 pub struct Head {
     /// Output tensor name (`logits`, `probs`).
     pub output: String,
+    /// Which map the head reads (the model ends there).
+    pub tap: Tap,
     /// How the feature map is pooled into the linear layer's input.
     pub pooling: Pooling,
-    /// Linear layer `pooling.width(2048) -> classes`.
+    /// Linear layer `pooling.width(tap.channels()) -> classes`.
     pub dense: Dense,
     /// Append a softmax (the output is then probabilities).
     pub softmax: bool,
@@ -137,6 +183,7 @@ impl Head {
     pub fn imagenet(net: &ResNet50) -> Self {
         Self {
             output: "logits".into(),
+            tap: Tap::Layer4,
             pooling: Pooling::Avg,
             dense: net.fc.clone(),
             softmax: false,
@@ -155,7 +202,8 @@ pub fn export_onnx(
     doc: &str,
 ) -> Result<Vec<u8>, OnnxError> {
     let side = check_side(side)?;
-    let width = head.pooling.width(FEATURE_CHANNELS);
+    let channels = head.tap.channels();
+    let width = head.pooling.width(channels);
     if head.dense.inputs != width {
         return Err(OnnxError::HeadWidth(head.dense.inputs, width));
     }
@@ -163,7 +211,7 @@ pub fn export_onnx(
         return Err(OnnxError::ReservedName(head.output.clone()));
     }
     let mut g = Graph::new();
-    let x = trunk(&mut g, net, net.stages.len(), FEATURES);
+    let x = trunk(&mut g, net, head.tap.stages(), FEATURES);
     let pooled = g.node("GlobalAveragePool", "avg_pool", &[&x], vec![]);
     let flat = g.node("Flatten", "flatten", &[&pooled], vec![attr::int("axis", 1)]);
     let head_in = match head.pooling {
@@ -203,10 +251,10 @@ pub fn export_onnx(
         g.node_to("Gemm", "head", &[&head_in, &w, &bias], vec![], &head.output);
     }
     if let Some(gate) = &head.gate {
-        gate_nodes(&mut g, gate, &flat)?;
+        gate_nodes(&mut g, gate, &flat, channels)?;
     }
 
-    let final_side = side / 32;
+    let final_side = head.tap.side(side as usize) as i64;
     let mut outputs = vec![
         value_info(
             &head.output,
@@ -216,7 +264,7 @@ pub fn export_onnx(
             FEATURES,
             &[
                 batch(),
-                Dim::Fixed(FEATURE_CHANNELS as i64),
+                Dim::Fixed(channels as i64),
                 Dim::Fixed(final_side),
                 Dim::Fixed(final_side),
             ],
@@ -278,8 +326,7 @@ pub fn export_trunk_onnx(
 }
 
 /// The view gate's nodes on the flattened pooled features `flat` (see [`GateHead`]).
-fn gate_nodes(g: &mut Graph, gate: &GateHead, flat: &str) -> Result<(), OnnxError> {
-    let c = FEATURE_CHANNELS;
+fn gate_nodes(g: &mut Graph, gate: &GateHead, flat: &str, c: usize) -> Result<(), OnnxError> {
     let k = gate.inv_sd.len();
     let h = gate.kidney_b1.len();
     if gate.kidney_w1.len() != c * h

@@ -19,9 +19,10 @@ use usimage::{FrameRef, Normalization, Preprocessor, PREPROCESS_VERSION};
 /// six seeds and gained on three, lost on three (`host-tools/train/README.md`, "Recipe
 /// candidates"); the exports take the side as a parameter, so it is one line to try again.
 pub const SIZE: usize = resnet50::INPUT_SIZE;
-/// Channels of the last feature map: the width of its global average, which the view gate
-/// reads (the first `FEATURES` values of every pooled vector).
-pub const FEATURES: usize = resnet50::FEATURE_CHANNELS;
+/// The default recipe's feature map: layer3's. A linear head on its channel means beat one on
+/// layer4's on the same images and splits, on the training scanner, on an unseen one and per
+/// exam (`host-tools/train/README.md`, "Which layer the head reads").
+pub const TAP: resnet50::Tap = resnet50::Tap::Layer3;
 /// The default recipe's pooling (see [`resnet50::Pooling`]).
 pub const POOLING: resnet50::Pooling = resnet50::Pooling::Avg;
 /// The default recipe's augmented views per training image for stage 1's head: none. One
@@ -351,21 +352,25 @@ pub(crate) fn record_file(path: &Path, magic: &[u8; 8], rec: usize) -> Result<u6
 
 /// Pooled backbone features on disk: one file per (preprocessing version, pooling, backbone
 /// hash), records of `sha256(image bytes)` + the pooled width in little-endian f32, appended
-/// as they are computed (an interrupted run keeps what it did).
+/// as they are computed (an interrupted run keeps what it did). The backbone file differs per
+/// [`resnet50::Tap`], so its hash keeps the taps apart.
 #[derive(Debug)]
 pub struct FeatureCache {
     path: PathBuf,
     pooling: resnet50::Pooling,
+    width: usize,
     map: HashMap<[u8; 32], Vec<f32>>,
     writer: Option<BufWriter<File>>,
 }
 
 impl FeatureCache {
-    /// Opens (or creates) the cache of `pooling` features for `backbone_sha` in `dir`.
+    /// Opens (or creates) the cache of `pooling` features of a `channels`-channel map for
+    /// `backbone_sha` in `dir`.
     pub fn open(
         dir: &Path,
         backbone_sha: &str,
         pooling: resnet50::Pooling,
+        channels: usize,
     ) -> Result<Self, ExtractError> {
         fs::create_dir_all(dir).map_err(io(dir))?;
         let short = backbone_sha.get(..16).unwrap_or(backbone_sha);
@@ -375,7 +380,7 @@ impl FeatureCache {
             p => format!("{}-", p.name()),
         };
         let path = dir.join(format!("features-pre{PREPROCESS_VERSION}-{tag}{short}.bin"));
-        let width = pooling.width(FEATURES);
+        let width = pooling.width(channels);
         let mut map = HashMap::new();
         if path.is_file() {
             let rec = 32 + 4 * width;
@@ -395,6 +400,7 @@ impl FeatureCache {
         Ok(Self {
             path,
             pooling,
+            width,
             map,
             writer: None,
         })
@@ -412,7 +418,7 @@ impl FeatureCache {
 
     /// Records and appends features.
     pub fn insert(&mut self, key: &[u8; 32], v: &[f32]) -> Result<(), ExtractError> {
-        let width = self.pooling.width(FEATURES);
+        let width = self.width;
         if self.map.contains_key(key) || v.len() != width {
             return Ok(());
         }
@@ -508,10 +514,11 @@ mod tests {
     #[test]
     fn cache_round_trip_and_torn_tail() {
         let d = tempfile::tempdir().unwrap();
-        let v: Vec<f32> = (0..FEATURES).map(|i| i as f32 * 0.5).collect();
+        const C: usize = 2048;
+        let v: Vec<f32> = (0..C).map(|i| i as f32 * 0.5).collect();
         let path = {
             let mut c =
-                FeatureCache::open(d.path(), "abcdef0123456789ffff", resnet50::Pooling::Avg)
+                FeatureCache::open(d.path(), "abcdef0123456789ffff", resnet50::Pooling::Avg, C)
                     .unwrap();
             c.insert(&[7; 32], &v).unwrap();
             c.insert(&[8; 32], &v).unwrap();
@@ -521,8 +528,8 @@ mod tests {
         // Simulate a kill mid-record.
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&[1, 2, 3]).unwrap();
-        let c =
-            FeatureCache::open(d.path(), "abcdef0123456789ffff", resnet50::Pooling::Avg).unwrap();
+        let c = FeatureCache::open(d.path(), "abcdef0123456789ffff", resnet50::Pooling::Avg, C)
+            .unwrap();
         assert_eq!(c.get(&[7; 32]), Some(&v));
         assert!(c.get(&[8; 32]).is_some());
         assert!(c.get(&[9; 32]).is_none());
@@ -539,19 +546,20 @@ mod tests {
         pool_into(&mut a, &map, 2, resnet50::Pooling::Avg);
         assert_eq!(a, [3.0, -2.0]);
         // Each pooling has its own file, and a cache refuses vectors of the other's width.
+        const C: usize = 2048;
         let d = tempfile::tempdir().unwrap();
         let sha = "abcdef0123456789ffff";
-        let mut avg = FeatureCache::open(d.path(), sha, resnet50::Pooling::Avg).unwrap();
-        let mut am = FeatureCache::open(d.path(), sha, resnet50::Pooling::AvgMax).unwrap();
+        let mut avg = FeatureCache::open(d.path(), sha, resnet50::Pooling::Avg, C).unwrap();
+        let mut am = FeatureCache::open(d.path(), sha, resnet50::Pooling::AvgMax, C).unwrap();
         assert_ne!(avg.path(), am.path());
-        let wide = vec![0.5; 2 * FEATURES];
+        let wide = vec![0.5; 2 * C];
         am.insert(&[1; 32], &wide).unwrap();
         avg.insert(&[1; 32], &wide).unwrap();
         am.flush().unwrap();
         avg.flush().unwrap();
-        let am = FeatureCache::open(d.path(), sha, resnet50::Pooling::AvgMax).unwrap();
+        let am = FeatureCache::open(d.path(), sha, resnet50::Pooling::AvgMax, C).unwrap();
         assert_eq!(am.get(&[1; 32]), Some(&wide));
-        let avg = FeatureCache::open(d.path(), sha, resnet50::Pooling::Avg).unwrap();
+        let avg = FeatureCache::open(d.path(), sha, resnet50::Pooling::Avg, C).unwrap();
         assert!(avg.get(&[1; 32]).is_none());
     }
 

@@ -20,7 +20,6 @@ use evaluate::{delong, evaluate, threshold_for_sensitivity, Evaluation, Predicti
 use serde::Serialize;
 
 use crate::dataset::{self, Sample, Split};
-use crate::extract::FEATURES;
 use crate::extract::{self, FeatureCache};
 use crate::head::{self, Features};
 use crate::pipeline::{TrainError, TrainOptions};
@@ -161,7 +160,12 @@ pub fn run(
 
     let paths: Vec<usimage::FrameRef> = samples.iter().map(Sample::frame_ref).collect();
     let backbone_sha = extract::file_sha256(backbone_onnx)?;
-    let mut cache = FeatureCache::open(&opt.cache_dir, &backbone_sha, opt.pooling)?;
+    let mut cache = FeatureCache::open(
+        &opt.cache_dir,
+        &backbone_sha,
+        opt.pooling,
+        opt.tap.channels(),
+    )?;
     let (feats, _) = extract::features(&paths, backbone_onnx, &mut cache, opt.threads)?;
     extract::check_failures(&paths, &feats, opt.max_failed_pct)?;
     // Every image trains in some fold: the augmented views of all of them, once.
@@ -198,7 +202,7 @@ pub fn run(
             opt.head.seed.wrapping_add(i as u64),
         );
         let mut sets: [Features; 3] =
-            std::array::from_fn(|_| Features::with_dim(opt.pooling.width(FEATURES)));
+            std::array::from_fn(|_| Features::with_dim(opt.pooling.width(opt.tap.channels())));
         for (s, f) in fold_samples.iter().zip(&feats) {
             let Ok(f) = f else { continue };
             let slot = match s.split {

@@ -17,7 +17,7 @@ use usimage::{FrameRef, Normalization, PREPROCESS_VERSION};
 use crate::activations::{self, ActivationCache, Item};
 use crate::augment;
 use crate::dataset::{self, Split};
-use crate::extract::{self, FeatureCache, FEATURES, SIZE};
+use crate::extract::{self, FeatureCache, SIZE};
 use crate::finetune::{self, FinetuneConfig, Layer4Weights};
 use crate::gate;
 use crate::head::{self, Features, HeadConfig, LinearHead};
@@ -98,7 +98,10 @@ pub struct TrainOptions {
     /// Fit the view gate (is it a kidney at all?) and ship it in the model. Data without
     /// `no_kidney` images gets phantom non-kidney views as negatives.
     pub view_gate: bool,
-    /// How the head pools the last feature map ([`extract::POOLING`] by default).
+    /// Which map the head reads ([`extract::TAP`] by default); the backbone file given to
+    /// [`train_stage1`] must end there.
+    pub tap: resnet50::Tap,
+    /// How the head pools the feature map ([`extract::POOLING`] by default).
     pub pooling: resnet50::Pooling,
     /// Augmented views of each training kidney image (stage 2's augmentation, seeded by the
     /// run's seed) whose features the head also learns from; validation and test images are
@@ -158,11 +161,12 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 fn fit_gate(
     train: &gate::Labelled,
     val: &gate::Labelled,
+    channels: usize,
     samples: &[&dataset::Sample],
     log_text: &mut String,
 ) -> Result<(resnet50::GateHead, manifest::ViewGate), TrainError> {
     let t = Instant::now();
-    let g = gate::ViewGate::fit(train, val, FEATURES)?;
+    let g = gate::ViewGate::fit(train, val, channels)?;
     let m = &g.metrics;
     let line = format!(
         "view gate ({:.1} s): p(kidney) < {:.4} or OOD score > {:.3}; validation: {:.1}% of \
@@ -212,7 +216,13 @@ fn stage2_gate(
         };
         dst.push(f, s.is_kidney());
     }
-    fit_gate(&tr, &va, samples, log_text)
+    fit_gate(
+        &tr,
+        &va,
+        resnet50::Tap::Layer4.channels(),
+        samples,
+        log_text,
+    )
 }
 
 /// Loads the data, splits it by patient, writes `split.csv` and `config.json`.
@@ -346,6 +356,7 @@ fn calibrate_and_export(
     )?;
     let onnx_sha = export(
         weights,
+        opt.tap,
         &calibrated,
         gate,
         &opt.out.join("model.onnx"),
@@ -451,18 +462,19 @@ pub fn train_stage1(
         .collect();
     let paths: Vec<FrameRef> = used.iter().map(|s| s.frame_ref()).collect();
     let backbone_sha = extract::file_sha256(backbone_onnx)?;
-    let mut cache = FeatureCache::open(&opt.cache_dir, &backbone_sha, opt.pooling)?;
+    let channels = opt.tap.channels();
+    let mut cache = FeatureCache::open(&opt.cache_dir, &backbone_sha, opt.pooling, channels)?;
     let te = Instant::now();
     let (feats, computed) = extract::features(&paths, backbone_onnx, &mut cache, opt.threads)?;
     let skipped = extract::check_failures(&paths, &feats, opt.max_failed_pct)?;
-    let width = opt.pooling.width(FEATURES);
+    let width = opt.pooling.width(channels);
     let (mut tr, mut va) = (Features::with_dim(width), Features::with_dim(width));
     let (mut gate_tr, mut gate_va) = (gate::Labelled::default(), gate::Labelled::default());
     for (s, f) in used.iter().zip(&feats) {
         let Ok(f) = f else { continue };
         let train = s.split == Some(Split::Train);
-        // The gate reads the channel means, the first FEATURES values of either pooling.
-        let avg = f.get(..FEATURES).unwrap_or(f);
+        // The gate reads the channel means, the first `channels` values of either pooling.
+        let avg = f.get(..channels).unwrap_or(f);
         if train { &mut gate_tr } else { &mut gate_va }.push(avg, s.is_kidney());
         if !s.is_kidney() {
             continue;
@@ -493,7 +505,13 @@ pub fn train_stage1(
         );
     }
     let view_gate = if opt.view_gate {
-        Some(fit_gate(&gate_tr, &gate_va, &used, &mut log_text)?)
+        Some(fit_gate(
+            &gate_tr,
+            &gate_va,
+            channels,
+            &used,
+            &mut log_text,
+        )?)
     } else {
         None
     };
@@ -602,6 +620,13 @@ pub fn train_stage2(
 ) -> Result<Stage2Summary, TrainError> {
     let t0 = Instant::now();
     let base = &opt.base;
+    if base.tap != resnet50::Tap::Layer4 {
+        return Err(TrainError::Config(format!(
+            "stage 2 fine-tunes layer4 on top of its stage 1, so stage 1 must read layer4 too \
+             (this run's head reads {}): train it with --features-from layer4",
+            base.tap.name()
+        )));
+    }
     let backbone_sha = extract::file_sha256(backbone_onnx)?;
     let ident = resume_identity(opt, &backbone_sha);
     // Refuse a mismatched resume before any work.
@@ -739,6 +764,7 @@ pub fn train_stage2(
         let (head, table) = stage2_gate(base, &gate_samples, &mut log_text)?;
         c.onnx_sha = export(
             &exported,
+            resnet50::Tap::Layer4,
             &ft.weights.head.scaled(c.temperature),
             Some(&head),
             &base.out.join("model.onnx"),
@@ -801,17 +827,19 @@ pub fn train_stage2(
 /// view gate's `kidney` and `ood`); returns the file's sha256.
 pub fn export(
     weights: &resnet50::ResNet50,
+    tap: resnet50::Tap,
     head: &LinearHead,
     gate: Option<&resnet50::GateHead>,
     out: &Path,
     backbone_name: &str,
 ) -> Result<String, TrainError> {
-    let pooling = resnet50::Pooling::for_width(head.dim, resnet50::FEATURE_CHANNELS)
-        .ok_or(resnet50::OnnxError::HeadWidth(head.dim, FEATURES))?;
+    let pooling = resnet50::Pooling::for_width(head.dim, tap.channels())
+        .ok_or(resnet50::OnnxError::HeadWidth(head.dim, tap.channels()))?;
     let bytes = resnet50::export_onnx(
         weights,
         &resnet50::Head {
             output: "probs".into(),
+            tap,
             pooling,
             dense: head.to_dense(),
             softmax: true,
@@ -819,9 +847,10 @@ pub fn export(
         },
         SIZE,
         &format!(
-            "renalscan screening model: {backbone_name} backbone (BatchNorm folded) + renal head \
+            "renalscan screening model: {backbone_name} backbone up to {} (BatchNorm folded) + renal head \
              (6 classes: {}; temperature folded in). Input: usimage preprocessing v{PREPROCESS_VERSION}, \
              Caffe BGR. Not for diagnosis.",
+            tap.name(),
             contract::LABELS.join(", ")
         ),
     )?;
@@ -893,11 +922,17 @@ pub fn draft_manifest(
     backbone_sha: &str,
     stage: Stage,
 ) -> Result<Manifest, TrainError> {
+    // Stage 2 fine-tunes layer4, so its model always ends there.
+    let tap = match stage {
+        Stage::One => opt.tap,
+        Stage::Two(_) => resnet50::Tap::Layer4,
+    };
     let (stage, finetune) = match stage {
         Stage::One => (
             format!(
-                "1: frozen backbone, head (dropout, linear) on cached pooled features \
-                 (pooling {}; {} augmented views per training image)",
+                "1: frozen backbone up to {}, head (dropout, linear) on cached pooled \
+                 features (pooling {}; {} augmented views per training image)",
+                opt.tap.name(),
                 opt.pooling.name(),
                 opt.head_views
             ),
@@ -929,8 +964,10 @@ pub fn draft_manifest(
     outputs.insert(
         "features".into(),
         format!(
-            "N x 2048 x {s} x {s} last feature map (class-activation maps)",
-            s = SIZE / 32
+            "N x {} x {s} x {s} {} feature map (class-activation maps)",
+            tap.channels(),
+            tap.name(),
+            s = tap.side(SIZE)
         ),
     );
     let n = Normalization::caffe_bgr();

