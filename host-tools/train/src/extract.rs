@@ -20,8 +20,9 @@ use usimage::{FrameRef, Normalization, Preprocessor, PREPROCESS_VERSION};
 /// candidates"); the exports take the side as a parameter, so it is one line to try again.
 pub const SIZE: usize = resnet50::INPUT_SIZE;
 /// The default recipe's feature map: layer3's. A linear head on its channel means beat one on
-/// layer4's on the same images and splits, on the training scanner, on an unseen one and per
-/// exam (`host-tools/train/README.md`, "Which layer the head reads").
+/// layer4's on the same images and splits, on still images of the training scanner and of
+/// unseen ones; per exam it was no better (`host-tools/train/README.md`, "Which layer the
+/// head reads").
 pub const TAP: resnet50::Tap = resnet50::Tap::Layer3;
 /// The default recipe's pooling (see [`resnet50::Pooling`]).
 pub const POOLING: resnet50::Pooling = resnet50::Pooling::Avg;

@@ -124,8 +124,9 @@ pub struct Args {
     /// Which feature map the head reads: `layer3` (the default: 1,024 channels at 14 x 14;
     /// the model ends there, smaller and faster) or `layer4` (the ImageNet classifier's
     /// 2,048 channels at 7 x 7; the default, and the only choice, with `--finetune layer4`).
-    /// Layer3 separated normal kidneys from findings better on the phantom, on an unseen
-    /// scanner and per exam (host-tools/train/README.md, "Which layer the head reads").
+    /// Layer3 separated normal kidneys from findings better on the phantom's still images,
+    /// from its training scanner and from unseen ones; per exam it was no better
+    /// (host-tools/train/README.md, "Which layer the head reads").
     #[arg(long, value_enum)]
     pub features_from: Option<TapArg>,
     /// Stage 1: augmented views of each training image (flip, rotation, zoom, gain, gamma,
