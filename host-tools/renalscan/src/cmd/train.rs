@@ -310,7 +310,7 @@ pub fn run(args: Args) -> Result<()> {
                 .file_stem()
                 .map_or_else(|| "backbone".into(), |s| s.to_string_lossy().into_owned());
             let trunk = backbone.with_file_name(format!("{stem}-{}.onnx", t.name()));
-            super::backbone::write_trunk_onnx(&weights, t, &name, &trunk)?;
+            train::extract::write_trunk_onnx(&weights, t, &name, &trunk)?;
             trunk
         }
     };

@@ -50,21 +50,13 @@ pub fn backbone(dir: &Path, weights: &ResNet50) -> PathBuf {
 }
 
 /// The backbone that stage-1 extraction reads for a head on `tap`: the whole network with
-/// its ImageNet head for layer4 ([`backbone`]), the trunk up to layer3 otherwise, in
-/// `<dir>/backbone-<tap>.onnx`.
+/// its ImageNet head for layer4 ([`backbone`]), otherwise the trunk `renalscan train`
+/// writes (`train::extract::write_trunk_onnx`), in `<dir>/backbone-<tap>.onnx`.
 pub fn backbone_for(dir: &Path, weights: &ResNet50, tap: resnet50::Tap) -> PathBuf {
     if tap == resnet50::Tap::Layer4 {
         return backbone(dir, weights);
     }
     let p = dir.join(format!("backbone-{}.onnx", tap.name()));
-    let bytes = resnet50::onnx::export_trunk_onnx(
-        weights,
-        tap.stages(),
-        resnet50::onnx::FEATURES,
-        train::extract::SIZE,
-        "test",
-    )
-    .expect("trunk export");
-    std::fs::write(&p, bytes).expect("write trunk");
+    train::extract::write_trunk_onnx(weights, tap, "test", &p).expect("trunk export");
     p
 }
