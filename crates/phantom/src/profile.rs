@@ -68,9 +68,11 @@ pub const RANDOMIZED: usize = 48;
 impl Profile {
     /// Scanners drawn around the built-in ones for training that must not learn one machine:
     /// centre frequency, axial and lateral resolution, focal zone, dynamic range, gain, TGC,
-    /// electronic noise, speckle reduction and screen layout vary over ranges real machines
-    /// span; screen, scan box, transducer geometry and line density stay the base's, so
-    /// scan-conversion tables are shared. A fixed bank of [`RANDOMIZED`] scanners, the same on
+    /// electronic noise, speckle reduction, screen layout, and the transducer's shape (convex
+    /// radius and sector angle, linear width) and depth range vary over ranges real machines
+    /// span. The fan's shape matters most: a model that only ever saw 60-degree fans called
+    /// every normal kidney on an 80-degree, 5 cm-radius probe abnormal. Screen, scan box and
+    /// line density stay the base's. A fixed bank of [`RANDOMIZED`] scanners, the same on
     /// every machine, drawn once per process.
     pub fn randomized() -> &'static [Profile] {
         static BANK: std::sync::OnceLock<Vec<Profile>> = std::sync::OnceLock::new();
@@ -92,8 +94,24 @@ impl Profile {
                         gain_db: base.gain_db + r.range(-4.0, 4.0),
                         tgc_db_cm_mhz: r.range(0.32, 0.58),
                         noise_db: r.range(-70.0, -56.0),
-                        speckle_reduction: r.int(0, 3) as u8,
+                        speckle_reduction: r.int(0, 4) as u8,
                         layout: [Layout::A, Layout::B, Layout::C][r.int(0, 2) as usize],
+                        // Drawn after the rest, so the draws above keep their values.
+                        geometry: match base.geometry {
+                            Geometry::Convex { radius_cm, .. } => Geometry::Convex {
+                                radius_cm: (radius_cm * r.range(0.6, 1.6)).clamp(1.0, 7.0),
+                                sector_deg: r.range(50.0, 95.0),
+                            },
+                            Geometry::Linear { width_cm } => Geometry::Linear {
+                                width_cm: width_cm * r.range(0.7, 1.35),
+                            },
+                        },
+                        depth_cm: {
+                            // Whole centimetres, as the scene picks depth in whole steps.
+                            let s = r.range(0.85, 1.3);
+                            let d0 = (base.depth_cm.0 * s).round().max(3.0);
+                            (d0, (base.depth_cm.1 * s).round().max(d0 + 1.0))
+                        },
                         ..base.clone()
                     }
                 })
@@ -465,22 +483,63 @@ layout = "C"
     }
 
     #[test]
-    fn randomized_scanners_vary_but_are_fixed_and_share_scan_geometry() {
+    fn randomized_scanners_vary_the_physics_and_the_fan_but_are_fixed() {
         let bank = Profile::randomized();
         assert_eq!(bank.len(), RANDOMIZED);
         assert!(std::ptr::eq(bank, Profile::randomized()), "drawn once");
         let freqs: std::collections::BTreeSet<u32> =
             bank.iter().map(|p| (p.freq_mhz * 10.0) as u32).collect();
         assert!(freqs.len() > 20, "{freqs:?}");
+        let (mut narrow, mut wide, mut depths) = (0, 0, std::collections::BTreeSet::new());
         for (i, p) in bank.iter().enumerate() {
             let base = &BUILTIN[i % BUILTIN.len()];
-            assert_eq!(p.geometry_key(), base.geometry_key(), "{}", p.name);
+            assert_eq!((p.screen, p.scan_box), (base.screen, base.scan_box));
+            assert_ne!(p.geometry_key(), base.geometry_key(), "{}", p.name);
+            match (&p.geometry, &base.geometry) {
+                (
+                    Geometry::Convex {
+                        radius_cm,
+                        sector_deg,
+                    },
+                    Geometry::Convex { .. },
+                ) => {
+                    assert!((1.0..=7.0).contains(radius_cm) && (50.0..=95.0).contains(sector_deg));
+                    narrow += usize::from(*sector_deg < 60.0);
+                    wide += usize::from(*sector_deg > 80.0);
+                }
+                (Geometry::Linear { width_cm }, Geometry::Linear { .. }) => {
+                    assert!((3.8..=7.5).contains(width_cm), "{width_cm}");
+                }
+                _ => panic!("{}: the base's kind of transducer", p.name),
+            }
+            let (d0, d1) = p.depth_cm;
+            assert!(d0.fract() == 0.0 && d1.fract() == 0.0 && 3.0 <= d0 && d0 < d1);
+            depths.insert((d0 as u32, d1 as u32));
             assert!((50.0..=75.0).contains(&p.dynamic_range_db));
-            assert!(p.speckle_reduction <= 3);
+            assert!(p.speckle_reduction <= 4);
         }
-        // The values are part of the data's definition: pin two.
+        assert!(
+            narrow >= 3 && wide >= 3,
+            "fans: {narrow} narrow, {wide} wide"
+        );
+        assert!(depths.len() >= 10, "{depths:?}");
+        // The values are part of the data's definition: pin some.
         assert_eq!(bank[0].name, "peds-convex~00");
         assert_ne!(bank[0], BUILTIN[0]);
+        assert!(
+            (bank[0].freq_mhz - 6.1547).abs() < 1e-3,
+            "{}",
+            bank[0].freq_mhz
+        );
+        assert_eq!(bank[0].depth_cm, (8.0, 14.0));
+        let Geometry::Convex {
+            radius_cm,
+            sector_deg,
+        } = bank[0].geometry
+        else {
+            panic!("{:?}", bank[0].geometry)
+        };
+        assert!((radius_cm - 2.7268).abs() < 1e-3 && (sector_deg - 80.070).abs() < 1e-2);
     }
 
     #[test]

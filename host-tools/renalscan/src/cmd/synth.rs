@@ -29,7 +29,7 @@ pub struct Args {
     #[arg(long, default_value = "paper", value_parser = ["paper", "balanced"])]
     mix: String,
     /// Scanner profile: a built-in one, `mixed` (the built-in ones in turn), or `randomized`
-    /// (48 scanners drawn around them: physics, display and screen layout).
+    /// (48 scanners drawn around them: physics, display, fan shape, depth and screen layout).
     #[arg(long, default_value = "peds-convex", ignore_case = true, value_parser = profile_choices())]
     profile: String,
     /// A scanner described in a TOML file instead of a built-in profile (every key, its
