@@ -182,6 +182,8 @@ pub fn run(args: Args) -> Result<()> {
         .map_or(1.0, |c| c.temperature);
     let mut m = original.clone();
     m.operating_point.threshold = threshold;
+    let (site_range, range_note) = site_range_after(original.operating_point.site_range, threshold);
+    m.operating_point.site_range = site_range;
     m.operating_point.target_sensitivity = target;
     m.card = None;
     // The recalibrated model answers differently: `renalscan bundle` measures new references.
@@ -205,7 +207,7 @@ pub fn run(args: Args) -> Result<()> {
     std::fs::write(&model_path, &bytes)
         .with_context(|| format!("writing {}", model_path.display()))?;
     train::pipeline::write_manifest(&args.out, &m)?;
-    let report = report(
+    let mut report = report(
         &args,
         &e_before,
         &e_after,
@@ -213,6 +215,11 @@ pub fn run(args: Args) -> Result<()> {
         (nll_before, nll_after),
         &original,
     );
+    if let Some(note) = range_note {
+        report.push('\n');
+        report.push_str(&note);
+        report.push('\n');
+    }
     let md = args.out.join("calibration.md");
     std::fs::write(&md, &report).with_context(|| format!("writing {}", md.display()))?;
     print!("{report}");
@@ -222,6 +229,25 @@ pub fn run(args: Args) -> Result<()> {
         args.out.join("manifest.toml").display()
     );
     Ok(())
+}
+
+/// The threshold range the integrator let sites choose from, after calibration. It is kept
+/// when it holds the new threshold. Otherwise the draft carries none, so the cart keeps the
+/// signed threshold, and the note says how to grant one: the range was chosen around the old
+/// operating point, and widening it is the integrator's decision, not calibration's.
+fn site_range_after(range: Option<[f64; 2]>, threshold: f64) -> (Option<[f64; 2]>, Option<String>) {
+    match range {
+        Some([lo, hi]) if !(lo..=hi).contains(&threshold) => (
+            None,
+            Some(format!(
+                "The bundle let a site set its threshold within [{lo}, {hi}]. The calibrated \
+                 threshold {threshold:.4} lies outside that range, so the new draft carries no \
+                 site range and the cart keeps the signed threshold. To let the site adjust it, \
+                 grant a range when signing: `renalscan bundle --site-threshold-range LO,HI`."
+            )),
+        ),
+        kept => (kept, None),
+    }
 }
 
 fn report(
@@ -273,6 +299,37 @@ fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_site_range_that_misses_the_new_threshold_is_dropped_and_said() {
+        assert_eq!(site_range_after(None, 0.1), (None, None));
+        assert_eq!(
+            site_range_after(Some([0.2, 0.95]), 0.4),
+            (Some([0.2, 0.95]), None)
+        );
+        let (range, note) = site_range_after(Some([0.2, 0.95]), 0.1694);
+        assert_eq!(range, None);
+        let note = note.unwrap_or_default();
+        assert!(
+            note.contains("[0.2, 0.95]")
+                && note.contains("0.1694")
+                && note.contains("--site-threshold-range"),
+            "{note}"
+        );
+        // The draft `calibrate` writes must pass the manifest's own check, which a range
+        // that misses the threshold fails (as `renalscan bundle` found).
+        let path = std::path::Path::new("manifest.toml");
+        let sample = testkit::manifests::sample(&"0".repeat(64));
+        let mut m = contract::Manifest::parse_draft(&sample, path).expect("sample");
+        m.operating_point.threshold = 0.1694;
+        let reparse = |m: &contract::Manifest| {
+            contract::Manifest::parse_draft(&m.to_toml().expect("toml"), path)
+        };
+        m.operating_point.site_range = Some([0.2, 0.95]);
+        assert!(reparse(&m).is_err());
+        m.operating_point.site_range = range;
+        assert!(reparse(&m).is_ok());
+    }
 
     #[test]
     fn the_fitted_temperature_undoes_a_known_one() {
