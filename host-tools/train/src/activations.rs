@@ -63,10 +63,7 @@ pub fn write_layer3_onnx(
         SIZE,
         "ResNet-50 v1 stem + layers 1-3 (frozen part of stage-2 fine-tuning)",
     )?;
-    let tmp = path.with_extension("onnx.partial");
-    fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))?;
-    Ok(())
+    Ok(extract::write_onnx(path, &bytes)?)
 }
 
 /// Layer-3 activations on disk: one file per (preprocessing version, backbone hash) holding

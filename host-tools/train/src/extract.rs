@@ -45,12 +45,17 @@ pub fn write_trunk_onnx(
     if fs::read(path).is_ok_and(|old| old == bytes) {
         return Ok(());
     }
+    Ok(write_onnx(path, &bytes)?)
+}
+
+/// Writes a model file beside its place and renames it there, so a reader (a cart, a
+/// resumed run, the feature cache's hash) never sees half a model.
+pub(crate) fn write_onnx(path: &Path, bytes: &[u8]) -> Result<(), ExtractError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    // Write beside and rename, so a reader never sees half a model.
     let tmp = path.with_extension("onnx.partial");
-    fs::write(&tmp, &bytes).map_err(io(&tmp))?;
+    fs::write(&tmp, bytes).map_err(io(&tmp))?;
     fs::rename(&tmp, path).map_err(io(path))?;
     log::info!(
         "wrote {} ({:.1} MB)",

@@ -848,14 +848,7 @@ pub fn export(
             contract::LABELS.join(", ")
         ),
     )?;
-    let tmp = out.with_extension("onnx.partial");
-    write(&tmp, &bytes)?;
-    fs::rename(&tmp, out).map_err(io(out))?;
-    log::info!(
-        "wrote {} ({:.1} MB)",
-        out.display(),
-        bytes.len() as f64 / 1e6
-    );
+    extract::write_onnx(out, &bytes)?;
     Ok(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)))
 }
 
