@@ -9,7 +9,7 @@ use bundle::assemble::{self, Release};
 use contract::manifest::{DataKind, Manifest, Precision};
 use renalscan_edge::config::ModelForm;
 use renalscan_edge::infer::Classifier;
-use train::{HeadConfig, LinearHead, RunSummary, Stage, TrainOptions};
+use train::{HeadConfig, LinearHead, RunSummary, Stage, TrainOptions, TrainedHead};
 
 fn run_summary() -> RunSummary {
     let mut counts = BTreeMap::new();
@@ -46,11 +46,11 @@ fn run_summary() -> RunSummary {
             ece: 0.032,
         },
         history: Vec::new(),
-        head: LinearHead {
+        head: TrainedHead::Linear(LinearHead {
             weight: Vec::new(),
             bias: Vec::new(),
             dim: 0,
-        },
+        }),
         view_gate: Some(contract::manifest::ViewGate {
             kidney_output: "kidney".into(),
             kidney_threshold: 0.12,
@@ -95,6 +95,7 @@ fn train_draft_bundle_and_device_agree_on_every_field() {
         tap: train::extract::TAP,
         pooling: train::extract::POOLING,
         head_views: train::extract::HEAD_VIEWS,
+        cell_head: None,
     };
     let draft = train::draft_manifest(
         &opt,

@@ -90,17 +90,41 @@ pub enum CamError {
     },
 }
 
-/// The linear layer on the pooled features: `logits = W * mean_hw(F) + M * max_hw(F) + b`
-/// (no `M` for an average-only head).
+/// The head on the feature map: either the linear layer on the pooled features,
+/// `logits = W * mean_hw(F) + M * max_hw(F) + b` (no `M` for an average-only head), or a
+/// classifier on every cell pooled by log-mean-exp (see [`HeadWeights::is_per_cell`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeadWeights {
     classes: usize,
     channels: usize,
-    /// Row-major `classes x channels`, on the channel means.
-    weight: Vec<f32>,
-    /// Row-major `classes x channels`, on the channel maxima.
-    max_weight: Option<Vec<f32>>,
+    layers: Layers,
+    /// Per class: the linear bias, or for a cell head everything constant in the pooled
+    /// logit (the last layer's bias, minus log(cells), times the scale).
     bias: Vec<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Layers {
+    Pooled {
+        /// Row-major `classes x channels`, on the channel means.
+        weight: Vec<f32>,
+        /// Row-major `classes x channels`, on the channel maxima.
+        max_weight: Option<Vec<f32>>,
+    },
+    Cells(CellLayers),
+}
+
+/// `logit_k = scale * lse_cells(w2 . relu(w1 . F[:, cell] + b1)) + bias_k`.
+#[derive(Debug, Clone, PartialEq)]
+struct CellLayers {
+    hidden: usize,
+    /// Row-major `hidden x channels`.
+    w1: Vec<f32>,
+    b1: Vec<f32>,
+    /// Row-major `classes x hidden`.
+    w2: Vec<f32>,
+    /// The inverse temperature.
+    scale: f32,
 }
 
 /// A spatial map (row-major `height x width`) plus the bias that completes its logit.
@@ -187,8 +211,10 @@ impl HeadWeights {
         Ok(Self {
             classes,
             channels,
-            weight,
-            max_weight: None,
+            layers: Layers::Pooled {
+                weight,
+                max_weight: None,
+            },
             bias,
         })
     }
@@ -204,8 +230,69 @@ impl HeadWeights {
                 self.channels
             )));
         }
-        self.max_weight = Some(max_weight);
+        match &mut self.layers {
+            Layers::Pooled { max_weight: m, .. } => *m = Some(max_weight),
+            Layers::Cells(_) => {
+                return Err(CamError::Weights(
+                    "a per-cell head has no max-pool weights".into(),
+                ))
+            }
+        }
         Ok(self)
+    }
+
+    /// A classifier on every cell of the map, pooled by log-mean-exp (the exported
+    /// `--head cells`): `logit_k = scale * (log(sum_cells(exp(z_k))) + b2_k) - offset` with
+    /// `z = w2 . relu(w1 . F[:, cell] + b1)`; `w1` row-major `hidden x channels`, `w2`
+    /// row-major `classes x hidden`, `scale` the inverse temperature, `offset` what the graph
+    /// subtracts in logit units (`log(cells) * scale` for the exporter's log-mean-exp).
+    #[allow(clippy::too_many_arguments)]
+    pub fn per_cell(
+        channels: usize,
+        hidden: usize,
+        w1: Vec<f32>,
+        b1: Vec<f32>,
+        w2: Vec<f32>,
+        b2: &[f32],
+        offset: f32,
+        scale: f32,
+    ) -> Result<Self, CamError> {
+        let classes = b2.len();
+        if classes == 0
+            || channels == 0
+            || hidden == 0
+            || w1.len() != hidden * channels
+            || b1.len() != hidden
+            || w2.len() != classes * hidden
+            || !(scale.is_finite() && scale > 0.0)
+            || !offset.is_finite()
+        {
+            return Err(CamError::Weights(format!(
+                "per-cell head: {} + {} first-layer values for {hidden} x {channels}, {} \
+                 second-layer values for {classes} x {hidden}, scale {scale}",
+                w1.len(),
+                b1.len(),
+                w2.len()
+            )));
+        }
+        Ok(Self {
+            classes,
+            channels,
+            layers: Layers::Cells(CellLayers {
+                hidden,
+                w1,
+                b1,
+                w2,
+                scale,
+            }),
+            bias: b2.iter().map(|b| b * scale - offset).collect(),
+        })
+    }
+
+    /// True for a classifier on every cell (whose map is built from each cell's share of
+    /// the smooth maximum, see [`HeadWeights::map`]), false for a pooled linear head.
+    pub fn is_per_cell(&self) -> bool {
+        matches!(self.layers, Layers::Cells(_))
     }
 
     /// Reads the head feeding [`PROBS`] from an ONNX file (float, or int8 with a float head).
@@ -264,15 +351,59 @@ impl HeadWeights {
     }
 
     /// Weights of class `k` over the channel means (the effective ones: temperature folded
-    /// in).
+    /// in); `None` for a per-cell head.
     pub fn weights_of(&self, k: usize) -> Option<&[f32]> {
-        (k < self.classes).then(|| &self.weight[k * self.channels..(k + 1) * self.channels])
+        match &self.layers {
+            Layers::Pooled { weight, .. } => {
+                (k < self.classes).then(|| &weight[k * self.channels..(k + 1) * self.channels])
+            }
+            Layers::Cells(_) => None,
+        }
     }
 
     /// Weights of class `k` over the channel maxima, for a head that reads them.
     pub fn max_weights_of(&self, k: usize) -> Option<&[f32]> {
-        let m = self.max_weight.as_ref()?;
+        let Layers::Pooled {
+            max_weight: Some(m),
+            ..
+        } = &self.layers
+        else {
+            return None;
+        };
         (k < self.classes).then(|| &m[k * self.channels..(k + 1) * self.channels])
+    }
+
+    /// A per-cell head's raw cell logits `z` (`classes x cells`, before pooling, scale and
+    /// bias).
+    fn cell_logits(cl: &CellLayers, classes: usize, features: &[f32], hw: usize) -> Vec<f32> {
+        let mut hidden = vec![0f32; cl.hidden * hw];
+        for (j, (row, &b)) in cl
+            .w1
+            .chunks_exact(features.len() / hw)
+            .zip(&cl.b1)
+            .enumerate()
+        {
+            let out = &mut hidden[j * hw..(j + 1) * hw];
+            out.iter_mut().for_each(|v| *v = b);
+            for (&w, plane) in row.iter().zip(features.chunks_exact(hw)) {
+                if w != 0.0 {
+                    for (o, &f) in out.iter_mut().zip(plane) {
+                        *o += w * f;
+                    }
+                }
+            }
+            out.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+        let mut z = vec![0f32; classes * hw];
+        for (k, row) in cl.w2.chunks_exact(cl.hidden).enumerate() {
+            let out = &mut z[k * hw..(k + 1) * hw];
+            for (&w, plane) in row.iter().zip(hidden.chunks_exact(hw)) {
+                for (o, &h) in out.iter_mut().zip(plane) {
+                    *o += w * h;
+                }
+            }
+        }
+        z
     }
 
     /// Biases, one per class.
@@ -297,17 +428,28 @@ impl HeadWeights {
         Ok((h, w))
     }
 
-    /// What the model's head computes from `features`: the pooling, then the linear layer
-    /// (logits before softmax).
+    /// What the model's head computes from `features` (logits before softmax): the pooling,
+    /// then the linear layer; or the cell classifier, then its pooling.
     pub fn logits(&self, features: &[f32], shape: &[usize]) -> Result<Vec<f32>, CamError> {
         let (h, w) = self.spatial(features, shape)?;
         let hw = h * w;
+        let (weight, max_weight) = match &self.layers {
+            Layers::Pooled { weight, max_weight } => (weight, max_weight),
+            Layers::Cells(cl) => {
+                let z = Self::cell_logits(cl, self.classes, features, hw);
+                return Ok(z
+                    .chunks_exact(hw)
+                    .zip(&self.bias)
+                    .map(|(zk, b)| cl.scale * log_sum_exp(zk) + b)
+                    .collect());
+            }
+        };
         let pooled: Vec<f32> = features
             .chunks_exact(hw)
             .map(|plane| plane.iter().sum::<f32>() / hw as f32)
             .collect();
         // Maxima only for a head that reads them: an average-only head is the device's usual.
-        let maxima: Vec<f32> = match self.max_weight {
+        let maxima: Vec<f32> = match max_weight {
             Some(_) => features
                 .chunks_exact(hw)
                 .map(|plane| plane.iter().copied().fold(f32::NEG_INFINITY, f32::max))
@@ -317,9 +459,9 @@ impl HeadWeights {
         let c = self.channels;
         Ok((0..self.classes)
             .map(|k| {
-                let row = &self.weight[k * c..(k + 1) * c];
+                let row = &weight[k * c..(k + 1) * c];
                 let avg: f32 = row.iter().zip(&pooled).map(|(a, b)| a * b).sum();
-                let max: f32 = self.max_weight.as_ref().map_or(0.0, |m| {
+                let max: f32 = max_weight.as_ref().map_or(0.0, |m| {
                     m[k * c..(k + 1) * c]
                         .iter()
                         .zip(&maxima)
@@ -346,8 +488,12 @@ impl HeadWeights {
         }
         let (h, w) = self.spatial(features, shape)?;
         let hw = h * w;
+        let (weight, max_weight) = match &self.layers {
+            Layers::Pooled { weight, max_weight } => (weight, max_weight),
+            Layers::Cells(cl) => return Ok(self.cell_map(cl, features, (h, w), coeffs)),
+        };
         let mut eff = vec![0.0f32; self.channels];
-        for (row, &g) in self.weight.chunks_exact(self.channels).zip(coeffs) {
+        for (row, &g) in weight.chunks_exact(self.channels).zip(coeffs) {
             if g != 0.0 {
                 for (e, &v) in eff.iter_mut().zip(row) {
                     *e += g * v;
@@ -360,7 +506,7 @@ impl HeadWeights {
                 *v += e * f;
             }
         }
-        if let Some(m) = &self.max_weight {
+        if let Some(m) = max_weight {
             // Each channel's maximum term lands on its (first) maximal cell, scaled by the
             // cell count so that the map's mean stays the logit.
             for (c, plane) in features.chunks_exact(hw).enumerate() {
@@ -389,6 +535,45 @@ impl HeadWeights {
             values,
             bias,
         })
+    }
+
+    /// A per-cell head's map. Each class's pooled value `lse(z)` splits exactly into cells by
+    /// their share of the smooth maximum, `a = softmax_cells(z)`: `lse(z) = sum_c a_c z_c +
+    /// H(a)`, `H` the shares' entropy. So cell c carries `HW a_c z_c` (the map is read by its
+    /// mean) and `H(a)`, which has no location, joins the bias: the map's mean plus bias is
+    /// still the logit, and its mass sits on the cells whose verdicts decided.
+    fn cell_map(
+        &self,
+        cl: &CellLayers,
+        features: &[f32],
+        (h, w): (usize, usize),
+        coeffs: &[f32],
+    ) -> ActivationMap {
+        let hw = h * w;
+        let z = Self::cell_logits(cl, self.classes, features, hw);
+        let mut values = vec![0.0f32; hw];
+        let mut bias = 0.0f32;
+        for ((zk, &g), &b) in z.chunks_exact(hw).zip(coeffs).zip(&self.bias) {
+            if g == 0.0 {
+                continue;
+            }
+            let lse = log_sum_exp(zk);
+            let mut entropy = 0.0f32;
+            for (v, &zc) in values.iter_mut().zip(zk) {
+                let a = (zc - lse).exp();
+                *v += g * cl.scale * hw as f32 * a * zc;
+                if a > 0.0 {
+                    entropy -= a * (zc - lse);
+                }
+            }
+            bias += g * (cl.scale * entropy + b);
+        }
+        ActivationMap {
+            width: w,
+            height: h,
+            values,
+            bias,
+        }
     }
 
     /// CAM of one class: its mean plus bias is that class's logit.
@@ -426,6 +611,18 @@ impl HeadWeights {
         }
         self.map(features, shape, &abnormal_coefficients(probs, normal))
     }
+}
+
+/// A per-cell layer read from the graph: weight dims, weight, bias, and the tensor it reads.
+type Affine<'a> = (Vec<usize>, Vec<f32>, Vec<f32>, &'a str);
+
+/// `log(sum(exp(z)))`, stable.
+fn log_sum_exp(z: &[f32]) -> f32 {
+    let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !m.is_finite() {
+        return m;
+    }
+    m + z.iter().map(|v| (v - m).exp()).sum::<f32>().ln()
 }
 
 /// A linear layer found in the graph, before orientation.
@@ -707,6 +904,9 @@ impl<'a> Graph<'a> {
     /// Walks back from `output` through pass-through nodes and scalar scalings to the linear
     /// layer, then checks that the layer's input is a global average pool.
     fn head(&self, output: &str) -> Result<HeadWeights, String> {
+        if let Some(h) = self.cell_head(output)? {
+            return Ok(h);
+        }
         let mut name = output;
         let mut scale = 1.0f32;
         let mut extra_bias: Option<Vec<f32>> = None;
@@ -800,6 +1000,128 @@ impl<'a> Graph<'a> {
         HeadWeights::new(lin.classes, c, avg, bias)
             .and_then(|h| h.with_max_weights(max))
             .map_err(|e| e.to_string())
+    }
+
+    /// The per-cell head feeding `output`, if one does: from the output back through
+    /// pass-through nodes, a scalar `Mul`/`Div` (the temperature) and a scalar `Sub` (log of
+    /// the cell count) to `ReduceLogSumExp` over the cells, then `Add(MatMul(w2, h), b2)`,
+    /// `h = Relu(Add(MatMul(w1, Reshape(map)), b1))`. `None` when the chain reaches no
+    /// `ReduceLogSumExp` (a pooled head); an error when it does but the rest does not fit.
+    fn cell_head(&self, output: &str) -> Result<Option<HeadWeights>, String> {
+        // `offset`: what the Subs take off, in output units (times the scales after them).
+        let (mut name, mut scale, mut offset) = (output, 1.0f32, 0.0f32);
+        let mut pool = None;
+        for _ in 0..MAX_HOPS {
+            let Some(node) = self.producers.get(name) else {
+                return Ok(None);
+            };
+            let op = node.op_type.as_str();
+            let in0 = node.input.first().map(String::as_str).unwrap_or("");
+            let in1 = node.input.get(1).map(String::as_str).unwrap_or("");
+            let scalar = |n: &str| match self.constant(n, 0) {
+                Ok((_, v)) if v.len() == 1 => Some(v[0]),
+                _ => None,
+            };
+            match op {
+                _ if passes_through(op) => name = in0,
+                "Mul" | "Div" | "Sub" => {
+                    let Some(c) = scalar(in1) else {
+                        return Ok(None);
+                    };
+                    match op {
+                        "Mul" => scale *= c,
+                        "Div" => scale /= c,
+                        _ => offset += c * scale,
+                    }
+                    name = in0;
+                }
+                "ReduceLogSumExp" => {
+                    pool = Some(*node);
+                    break;
+                }
+                _ => return Ok(None),
+            }
+        }
+        let Some(pool) = pool else {
+            return Ok(None);
+        };
+        let axes: Vec<i64> = pool
+            .attribute
+            .iter()
+            .find(|a| a.name == "axes")
+            .map(|a| a.ints.clone())
+            .unwrap_or_default();
+        if axes != [2] && axes != [-1] {
+            return Err(format!(
+                "ReduceLogSumExp {:?} over axes {axes:?}, not the cells of N x classes x cells",
+                pool.name
+            ));
+        }
+        let affine = |t: &str, what: &str| -> Result<Affine<'_>, String> {
+            let add = self.through_op(t, "Add", 2, what)?;
+            let (_, b) = self
+                .constant(&add.input[1], 0)
+                .map_err(|e| format!("{what}: bias {e}"))?;
+            let mm = self.through_op(&add.input[0], "MatMul", 2, what)?;
+            let (dims, w) = self
+                .constant(&mm.input[0], 0)
+                .map_err(|e| format!("{what}: weight {e}"))?;
+            Ok((dims, w, b, mm.input[1].as_str()))
+        };
+        let first = pool.input.first().map(String::as_str).unwrap_or("");
+        let (d2, w2, b2, h) = affine(first, "the cell logits")?;
+        let relu = self.through_op(h, "Relu", 1, "the hidden cells")?;
+        let (d1, w1, b1, flat) = affine(&relu.input[0], "the hidden cells")?;
+        self.through_op(flat, "Reshape", 1, "the cells' input")?;
+        let [hidden, channels] = d1[..] else {
+            return Err(format!(
+                "first cell layer of dims {d1:?}, not hidden x channels"
+            ));
+        };
+        if d2.len() != 2 || d2[1] != hidden {
+            return Err(format!(
+                "second cell layer of dims {d2:?} after {hidden} hidden units"
+            ));
+        }
+        HeadWeights::per_cell(channels, hidden, w1, b1, w2, &b2, offset, scale)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The node of type `op` with at least `inputs` inputs producing `name`, through
+    /// pass-through nodes.
+    fn through_op(
+        &self,
+        name: &str,
+        op: &str,
+        inputs: usize,
+        what: &str,
+    ) -> Result<&'a NodeProto, String> {
+        let mut name = name;
+        for _ in 0..MAX_HOPS {
+            let node = self
+                .producers
+                .get(name)
+                .ok_or_else(|| format!("{what}: no node produces {name:?}"))?;
+            if node.op_type == op {
+                if node.input.len() < inputs {
+                    return Err(format!(
+                        "{what}: {op} {:?} has {} inputs",
+                        node.name,
+                        node.input.len()
+                    ));
+                }
+                return Ok(node);
+            }
+            if !passes_through(&node.op_type) || node.op_type == "Softmax" {
+                return Err(format!(
+                    "{what}: expected {op}, found {} ({:?})",
+                    node.op_type, node.name
+                ));
+            }
+            name = node.input.first().map(String::as_str).unwrap_or("");
+        }
+        Err(format!("{what}: no {op} within reach"))
     }
 
     /// How the linear layer's input pools the feature map: `false` for a global average,
@@ -956,6 +1278,92 @@ mod tests {
             head.class_map(&f, &[1, 4, 2, 2], 0),
             Err(CamError::FeatureShape { .. })
         ));
+    }
+
+    /// A per-cell head in plain loops: hidden = relu(w1 F + b1) per cell, z = w2 hidden,
+    /// logit = scale * (lse(z) + b2) - offset.
+    fn cell_logits_by_hand(
+        f: &[f32],
+        (c, hw, hn, k): (usize, usize, usize, usize),
+        (w1, b1, w2, b2): (&[f32], &[f32], &[f32], &[f32]),
+        (offset, scale): (f32, f32),
+    ) -> Vec<f32> {
+        (0..k)
+            .map(|kk| {
+                let z: Vec<f64> = (0..hw)
+                    .map(|cell| {
+                        (0..hn)
+                            .map(|j| {
+                                let a: f32 = b1[j]
+                                    + (0..c)
+                                        .map(|ch| w1[j * c + ch] * f[ch * hw + cell])
+                                        .sum::<f32>();
+                                f64::from(w2[kk * hn + j] * a.max(0.0))
+                            })
+                            .sum()
+                    })
+                    .collect();
+                let lse = z.iter().map(|v| v.exp()).sum::<f64>().ln();
+                scale * (lse as f32 + b2[kk]) - offset
+            })
+            .collect()
+    }
+
+    #[test]
+    fn per_cell_head_maps_add_up_to_its_logits_and_sit_on_the_deciding_cell() {
+        let (k, c, hn, h, w) = (3, 6, 5, 3, 4);
+        let (w1, b1, w2, b2) = (
+            noise(hn * c, 11),
+            noise(hn, 12),
+            noise(k * hn, 13),
+            noise(k, 14),
+        );
+        let (offset, scale) = (((h * w) as f32).ln() * 0.5, 0.5);
+        let head = HeadWeights::per_cell(
+            c,
+            hn,
+            w1.clone(),
+            b1.clone(),
+            w2.clone(),
+            &b2,
+            offset,
+            scale,
+        )
+        .unwrap();
+        assert!(head.is_per_cell() && head.weights_of(0).is_none());
+        let mut f: Vec<f32> = noise(c * h * w, 15).iter().map(|v| v.abs()).collect();
+        let shape = [1, c, h, w];
+        let z = head.logits(&f, &shape).unwrap();
+        let want =
+            cell_logits_by_hand(&f, (c, h * w, hn, k), (&w1, &b1, &w2, &b2), (offset, scale));
+        for (a, b) in z.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-4, "{z:?} vs by hand {want:?}");
+        }
+        for (kk, zk) in z.iter().enumerate() {
+            let m = head.class_map(&f, &shape, kk).unwrap();
+            assert!(
+                (m.score() - zk).abs() < 1e-4,
+                "class {kk}: {} vs {zk}",
+                m.score()
+            );
+        }
+        // Make one cell decide class 1: its map peaks there.
+        let hot = 7;
+        let up: Vec<f32> = (0..c)
+            .map(|ch| (0..hn).map(|j| w2[hn + j].max(0.0) * w1[j * c + ch]).sum())
+            .collect();
+        for ch in 0..c {
+            f[ch * h * w + hot] += 30.0 * up[ch].signum();
+        }
+        let m = head.class_map(&f, &shape, 1).unwrap();
+        let top = (0..h * w)
+            .max_by(|&a, &b| m.values[a].total_cmp(&m.values[b]))
+            .unwrap();
+        assert_eq!(top, hot, "{:?}", m.values);
+        let z = head.logits(&f, &shape).unwrap();
+        assert!((m.score() - z[1]).abs() < 1e-3, "{} vs {}", m.score(), z[1]);
+        assert!(head.clone().with_max_weights(vec![0.0; k * c]).is_err());
+        assert!(HeadWeights::per_cell(c, hn, w1, b1, vec![0.0; 2], &b2, offset, scale).is_err());
     }
 
     #[test]

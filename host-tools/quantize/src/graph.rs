@@ -21,9 +21,9 @@ use tract_onnx::pb::{
 use crate::error::QuantizeError;
 use crate::math::{conv_weights, quantize_bias, RoundedWeights, Sqnr};
 
-/// Operators accepted in the float input model: the network, its head and the view gate's
-/// outputs (which stay float, like the head).
-pub const INPUT_OPS: [&str; 16] = [
+/// Operators accepted in the float input model: the network, its head (a per-cell head's
+/// `ReduceLogSumExp` included) and the view gate's outputs (which stay float, like the head).
+pub const INPUT_OPS: [&str; 17] = [
     "Conv",
     "Relu",
     "MaxPool",
@@ -40,6 +40,7 @@ pub const INPUT_OPS: [&str; 16] = [
     "Sub",
     "Mul",
     "ReduceSumSquare",
+    "ReduceLogSumExp",
 ];
 
 /// Operators that mean the input is already quantized.

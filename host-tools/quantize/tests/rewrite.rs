@@ -36,6 +36,13 @@ fn batch_dims(dims: &[usize]) -> Vec<Dim> {
 /// conv(3->8) relu maxpool | conv(8->8) relu conv(8->8) + shortcut, relu = features |
 /// GAP flatten gemm(8->3) softmax = probs.
 fn tiny_model(extra: Option<NodeProto>) -> Vec<u8> {
+    tiny_model_with(extra, false)
+}
+
+/// [`tiny_model`], or with `cells` the exporter's per-cell head instead of GAP + Gemm:
+/// reshape to N x 8 x 16 cells, matmul(5 x 8) + bias, relu, matmul(3 x 5) + bias,
+/// ReduceLogSumExp over the cells, minus log 16, times 1 / temperature, softmax.
+fn tiny_model_with(extra: Option<NodeProto>, cells: bool) -> Vec<u8> {
     // Seeds 1-6 all pass every test here (checked when the generator changed); 1 it is.
     let mut rng = Rng::new(1);
     let mut g = Graph::new();
@@ -56,16 +63,45 @@ fn tiny_model(extra: Option<NodeProto>) -> Vec<u8> {
     conv(&mut g, &mut rng, "b", "a_relu", 8, 8, 3);
     g.node("Add", "add", &["b", "pool"], vec![]);
     g.node_to("Relu", "add_relu", &["add"], vec![], "features");
-    g.node("GlobalAveragePool", "gap", &["features"], vec![]);
-    g.node("Flatten", "flat", &["gap"], vec![attr::int("axis", 1)]);
-    g.f32("head.weight", &[8, 3], &rng.vec(24, 0.8));
-    g.f32("head.bias", &[3], &[0.1, -0.2, 0.05]);
-    g.node(
-        "Gemm",
-        "head",
-        &["flat", "head.weight", "head.bias"],
-        vec![],
-    );
+    if cells {
+        g.init(onnx_graph::tensor::i64("cells.shape", &[3], &[0, 8, -1]));
+        g.node(
+            "Reshape",
+            "cells_flat",
+            &["features", "cells.shape"],
+            vec![],
+        );
+        g.f32("cells.w1", &[5, 8], &rng.vec(40, 0.6));
+        g.f32("cells.b1", &[5, 1], &rng.vec(5, 0.1));
+        g.f32("cells.w2", &[3, 5], &rng.vec(15, 1.5));
+        g.f32("cells.b2", &[3, 1], &[0.1, -0.2, 0.05]);
+        g.node("MatMul", "cells_h", &["cells.w1", "cells_flat"], vec![]);
+        g.node("Add", "cells_hb", &["cells_h", "cells.b1"], vec![]);
+        g.node("Relu", "cells_relu", &["cells_hb"], vec![]);
+        g.node("MatMul", "cells_z", &["cells.w2", "cells_relu"], vec![]);
+        g.node("Add", "cells_zb", &["cells_z", "cells.b2"], vec![]);
+        g.node(
+            "ReduceLogSumExp",
+            "cells_pool",
+            &["cells_zb"],
+            vec![attr::ints("axes", &[2]), attr::int("keepdims", 0)],
+        );
+        g.f32("cells.log_n", &[1], &[16f32.ln()]);
+        g.node("Sub", "cells_mean", &["cells_pool", "cells.log_n"], vec![]);
+        g.f32("cells.inv_t", &[1], &[0.8]);
+        g.node("Mul", "head", &["cells_mean", "cells.inv_t"], vec![]);
+    } else {
+        g.node("GlobalAveragePool", "gap", &["features"], vec![]);
+        g.node("Flatten", "flat", &["gap"], vec![attr::int("axis", 1)]);
+        g.f32("head.weight", &[8, 3], &rng.vec(24, 0.8));
+        g.f32("head.bias", &[3], &[0.1, -0.2, 0.05]);
+        g.node(
+            "Gemm",
+            "head",
+            &["flat", "head.weight", "head.bias"],
+            vec![],
+        );
+    }
     g.node_to(
         "Softmax",
         "softmax",
@@ -149,6 +185,32 @@ fn simulated_int8_follows_float_and_integer_form_follows_simulation() {
     let rows = quantize::layer_report(&model, &stats, &scales, &sim_proto, &test[..4]).unwrap();
     assert_eq!(rows.len(), 3 + 2);
     assert!(rows.iter().all(|r| r.network_sqnr_db > 15.0), "{rows:#?}");
+}
+
+/// The per-cell head (`renalscan train --head cells`) passes the quantizer and stays float:
+/// only the trunk's convolutions are quantized, and the int8 forms follow the float model.
+#[test]
+fn per_cell_head_stays_float_and_int8_follows() {
+    let model = FloatModel::from_bytes(&tiny_model_with(None, true)).unwrap();
+    let stats = quantize::collect_stats(&model, &inputs(64, 11), 512).unwrap();
+    assert_eq!(stats.tensors, ["image", "c1_relu", "a_relu"]);
+    let scales = stats.scales(Calibrator::MinMax);
+    let (int_proto, convs) = model.rewrite(&scales, Form::Integer).unwrap();
+    let (sim_proto, _) = model.rewrite(&scales, Form::Simulated).unwrap();
+    assert_eq!(convs.len(), 3);
+    let g = int_proto.graph.as_ref().unwrap();
+    for name in ["cells_h", "cells_z", "cells_pool", "head"] {
+        let node = g.node.iter().find(|n| n.name == name).unwrap();
+        assert!(
+            node.input.iter().all(|i| !i.ends_with(quantize::graph::Q8)),
+            "{name} reads int8: {node:?}"
+        );
+    }
+    assert_eq!(
+        float_init(g, "cells.w1"),
+        float_init(model.proto().graph.as_ref().unwrap(), "cells.w1")
+    );
+    assert_int8_follows(&model, &sim_proto, &int_proto);
 }
 
 #[test]

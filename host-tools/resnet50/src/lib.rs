@@ -9,7 +9,7 @@
 pub mod onnx;
 pub mod weights;
 
-pub use onnx::{export_onnx, GateHead, Head, OnnxError, Pooling, Tap};
+pub use onnx::{export_onnx, CellClassifier, Classifier, GateHead, Head, OnnxError, Pooling, Tap};
 pub use weights::{BatchNorm, Block, Conv, Dense, ResNet50, WeightsError};
 
 /// Bottleneck blocks per stage (stages 2-5 in Keras naming, layer1-4 in torchvision's).

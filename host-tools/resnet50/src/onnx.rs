@@ -39,6 +39,9 @@ pub enum OnnxError {
     /// The view gate's parameters do not fit the backbone.
     #[error("view gate: {0}")]
     Gate(String),
+    /// A per-cell classifier that does not fit the map or itself.
+    #[error("cell classifier: {0}")]
+    Cells(String),
     /// The network halves its input five times: the side must be a multiple of 32.
     #[error("input side {0} is not a positive multiple of 32")]
     Side(usize),
@@ -137,21 +140,121 @@ impl Pooling {
     }
 }
 
-/// The classifier on top of the pooled features.
+/// The classifier on top of the feature map.
 #[derive(Debug, Clone)]
 pub struct Head {
     /// Output tensor name (`logits`, `probs`).
     pub output: String,
     /// Which map the head reads (the model ends there).
     pub tap: Tap,
-    /// How the feature map is pooled into the linear layer's input.
-    pub pooling: Pooling,
-    /// Linear layer `pooling.width(tap.channels()) -> classes`.
-    pub dense: Dense,
+    /// How the map becomes class scores.
+    pub classifier: Classifier,
     /// Append a softmax (the output is then probabilities).
     pub softmax: bool,
     /// The view gate's two outputs, from the globally averaged features.
     pub gate: Option<GateHead>,
+}
+
+/// How the feature map becomes class scores.
+#[derive(Debug, Clone)]
+pub enum Classifier {
+    /// The map pooled (see [`Pooling`]), then one linear layer `pooling.width(C) -> classes`
+    /// (temperature folded into it).
+    Pooled {
+        /// How the map is pooled into the linear layer's input.
+        pooling: Pooling,
+        /// The linear layer.
+        dense: Dense,
+    },
+    /// A classifier on every cell of the map, pooled per class by log-mean-exp: see
+    /// [`CellClassifier`].
+    Cells(CellClassifier),
+}
+
+/// A two-layer classifier applied to every cell of the map (`C -> H`, ReLU, `H -> classes`),
+/// whose cell logits are pooled per class by log-mean-exp, `log(mean_cells(exp(z)))`, then
+/// divided by the temperature.
+///
+/// Why: a finding occupies a few cells of the map; averaging the map first (the pooled head)
+/// dilutes it among the kidney's normal texture, while a smooth maximum of per-cell verdicts
+/// lets a few cells decide (`host-tools/train/README.md`, "The head's shape"). The smooth
+/// maximum is not homogeneous, so the temperature is a node of its own, not folded into the
+/// weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CellClassifier {
+    /// `C -> H` on each cell, ReLU after.
+    pub hidden: Dense,
+    /// `H -> classes` on each cell.
+    pub out: Dense,
+    /// Divides the pooled logits (1: none).
+    pub temperature: f32,
+}
+
+impl CellClassifier {
+    /// Checks that the layers fit a map of `channels` channels and each other.
+    pub fn check(&self, channels: usize) -> Result<(), OnnxError> {
+        let (h, o) = (&self.hidden, &self.out);
+        let fits = |d: &Dense| d.weight.len() == d.inputs * d.outputs && d.bias.len() == d.outputs;
+        if h.inputs != channels
+            || o.inputs != h.outputs
+            || !fits(h)
+            || !fits(o)
+            || o.outputs == 0
+            || !(self.temperature.is_finite() && self.temperature > 0.0)
+        {
+            return Err(OnnxError::Cells(format!(
+                "{} -> {} -> {} layers ({} + {} weights), temperature {}, for a map of \
+                 {channels} channels",
+                h.inputs,
+                h.outputs,
+                o.outputs,
+                h.weight.len(),
+                o.weight.len(),
+                self.temperature
+            )));
+        }
+        Ok(())
+    }
+
+    /// The calibrated logits of one map (`C x cells`, channel-major, the layout of the
+    /// model's `features` output): what the exported graph computes, in plain arithmetic.
+    pub fn logits(&self, map: &[f32], cells: usize) -> Vec<f32> {
+        let (c, hn, k) = (self.hidden.inputs, self.hidden.outputs, self.out.outputs);
+        let mut z = vec![vec![0f32; cells]; k];
+        let mut hidden = vec![0f32; hn];
+        for cell in 0..cells {
+            hidden.copy_from_slice(&self.hidden.bias);
+            for ch in 0..c {
+                let v = map[ch * cells + cell];
+                if v != 0.0 {
+                    let row = &self.hidden.weight[ch * hn..(ch + 1) * hn];
+                    for (a, w) in hidden.iter_mut().zip(row) {
+                        *a += v * w;
+                    }
+                }
+            }
+            for (j, &a) in hidden.iter().enumerate() {
+                let a = a.max(0.0);
+                for (kk, zk) in z.iter_mut().enumerate() {
+                    zk[cell] += a * self.out.weight[j * k + kk];
+                }
+            }
+        }
+        z.iter()
+            .zip(&self.out.bias)
+            .map(|(zk, b)| (log_mean_exp(zk) + b) / self.temperature)
+            .collect()
+    }
+}
+
+/// `log(mean(exp(z)))`, stable.
+pub fn log_mean_exp(z: &[f32]) -> f32 {
+    let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !m.is_finite() {
+        return m;
+    }
+    let s: f32 = z.iter().map(|v| (v - m).exp()).sum();
+    m + (s / z.len() as f32).ln()
 }
 
 /// The view gate as the graph computes it from the pooled features `f` (`N x C`):
@@ -185,8 +288,10 @@ impl Head {
         Self {
             output: "logits".into(),
             tap: Tap::Layer4,
-            pooling: Pooling::Avg,
-            dense: net.fc.clone(),
+            classifier: Classifier::Pooled {
+                pooling: Pooling::Avg,
+                dense: net.fc.clone(),
+            },
             softmax: false,
             gate: None,
         }
@@ -204,63 +309,86 @@ pub fn export_onnx(
 ) -> Result<Vec<u8>, OnnxError> {
     let side = check_side(side)?;
     let channels = head.tap.channels();
-    let width = head.pooling.width(channels);
-    if head.dense.inputs != width {
-        return Err(OnnxError::HeadWidth(head.dense.inputs, width));
-    }
+    let classes = match &head.classifier {
+        Classifier::Pooled { pooling, dense } => {
+            let width = pooling.width(channels);
+            if dense.inputs != width {
+                return Err(OnnxError::HeadWidth(dense.inputs, width));
+            }
+            dense.outputs
+        }
+        Classifier::Cells(cells) => {
+            cells.check(channels)?;
+            cells.out.outputs
+        }
+    };
     if head.output == INPUT || head.output == FEATURES {
         return Err(OnnxError::ReservedName(head.output.clone()));
     }
     let mut g = Graph::new();
     let x = trunk(&mut g, net, head.tap.stages(), FEATURES);
-    let pooled = g.node("GlobalAveragePool", "avg_pool", &[&x], vec![]);
-    let flat = g.node("Flatten", "flatten", &[&pooled], vec![attr::int("axis", 1)]);
-    let head_in = match head.pooling {
-        Pooling::Avg => flat.clone(),
-        Pooling::AvgMax => {
-            let max = g.node("GlobalMaxPool", "max_pool", &[&x], vec![]);
-            let max = g.node(
-                "Flatten",
-                "max_flatten",
-                &[&max],
-                vec![attr::int("axis", 1)],
-            );
-            g.node(
-                "Concat",
-                "pooled_concat",
-                &[&flat, &max],
-                vec![attr::int("axis", 1)],
-            )
-        }
+    // The channel means, written once and only when read (the pooled head, the view gate).
+    let mut means: Option<String> = None;
+    let mut means_of = |g: &mut Graph| -> String {
+        means
+            .get_or_insert_with(|| {
+                let pooled = g.node("GlobalAveragePool", "avg_pool", &[&x], vec![]);
+                g.node("Flatten", "flatten", &[&pooled], vec![attr::int("axis", 1)])
+            })
+            .clone()
     };
-    let w = g.f32(
-        "head.weight",
-        &[head.dense.inputs, head.dense.outputs],
-        &head.dense.weight,
-    );
-    let bias = g.f32("head.bias", &[head.dense.outputs], &head.dense.bias);
+    let logits_to = if head.softmax {
+        "logits".to_string()
+    } else {
+        head.output.clone()
+    };
+    match &head.classifier {
+        Classifier::Pooled { pooling, dense } => {
+            let flat = means_of(&mut g);
+            let head_in = match pooling {
+                Pooling::Avg => flat.clone(),
+                Pooling::AvgMax => {
+                    let max = g.node("GlobalMaxPool", "max_pool", &[&x], vec![]);
+                    let max = g.node(
+                        "Flatten",
+                        "max_flatten",
+                        &[&max],
+                        vec![attr::int("axis", 1)],
+                    );
+                    g.node(
+                        "Concat",
+                        "pooled_concat",
+                        &[&flat, &max],
+                        vec![attr::int("axis", 1)],
+                    )
+                }
+            };
+            let w = g.f32("head.weight", &[dense.inputs, dense.outputs], &dense.weight);
+            let bias = g.f32("head.bias", &[dense.outputs], &dense.bias);
+            g.node_to("Gemm", "head", &[&head_in, &w, &bias], vec![], &logits_to);
+        }
+        Classifier::Cells(cells) => {
+            let cell_count = head.tap.side(side as usize).pow(2);
+            cell_nodes(&mut g, cells, &x, channels, cell_count, &logits_to);
+        }
+    }
     if head.softmax {
-        let logits = g.node("Gemm", "head", &[&head_in, &w, &bias], vec![]);
         g.node_to(
             "Softmax",
             "softmax",
-            &[&logits],
+            &[&logits_to],
             vec![attr::int("axis", 1)],
             &head.output,
         );
-    } else {
-        g.node_to("Gemm", "head", &[&head_in, &w, &bias], vec![], &head.output);
     }
     if let Some(gate) = &head.gate {
+        let flat = means_of(&mut g);
         gate_nodes(&mut g, gate, &flat, channels)?;
     }
 
     let final_side = head.tap.side(side as usize) as i64;
     let mut outputs = vec![
-        value_info(
-            &head.output,
-            &[batch(), Dim::Fixed(head.dense.outputs as i64)],
-        ),
+        value_info(&head.output, &[batch(), Dim::Fixed(classes as i64)]),
         value_info(
             FEATURES,
             &[
@@ -324,6 +452,75 @@ pub fn export_trunk_onnx(
         doc,
         &format!("Keras ResNet-50 v1 up to stage {stages} of 4, BatchNorm folded"),
     ))
+}
+
+/// The per-cell classifier on the map `x` (`N x C x H x W`), writing the pooled, calibrated
+/// logits to `output`. Written as matrix products on the map viewed as `N x C x cells` (not as
+/// 1 x 1 convolutions), so the int8 rewrite, which quantizes convolutions, keeps the head in
+/// float as it keeps the pooled head's Gemm.
+fn cell_nodes(
+    g: &mut Graph,
+    cells: &CellClassifier,
+    x: &str,
+    channels: usize,
+    cell_count: usize,
+    output: &str,
+) {
+    let (hn, k) = (cells.hidden.outputs, cells.out.outputs);
+    let shape = g.init(onnx_graph::tensor::i64(
+        "head.cells.shape",
+        &[3],
+        &[0, channels as i64, -1],
+    ));
+    let flat = g.node("Reshape", "head_cells_flat", &[x, &shape], vec![]);
+    let w1 = g.f32(
+        "head.cells.w1",
+        &[hn, channels],
+        &transpose(&cells.hidden.weight, channels, hn),
+    );
+    let b1 = g.f32("head.cells.b1", &[hn, 1], &cells.hidden.bias);
+    let w2 = g.f32(
+        "head.cells.w2",
+        &[k, hn],
+        &transpose(&cells.out.weight, hn, k),
+    );
+    let b2 = g.f32("head.cells.b2", &[k, 1], &cells.out.bias);
+    let h = g.node("MatMul", "head_cells_hidden", &[&w1, &flat], vec![]);
+    let h = g.node("Add", "head_cells_hidden_bias", &[&h, &b1], vec![]);
+    let h = g.node("Relu", "head_cells_relu", &[&h], vec![]);
+    let z = g.node("MatMul", "head_cells_logits", &[&w2, &h], vec![]);
+    let z = g.node("Add", "head_cells_logits_bias", &[&z, &b2], vec![]);
+    let lse = g.node(
+        "ReduceLogSumExp",
+        "head_cells_pool",
+        &[&z],
+        vec![attr::ints("axes", &[2]), attr::int("keepdims", 0)],
+    );
+    let log_n = g.f32("head.cells.log_count", &[1], &[(cell_count as f32).ln()]);
+    let mean = g.node("Sub", "head_cells_log_mean_exp", &[&lse, &log_n], vec![]);
+    let inv_t = g.f32(
+        "head.cells.inv_temperature",
+        &[1],
+        &[1.0 / cells.temperature],
+    );
+    g.node_to(
+        "Mul",
+        "head_cells_temperature",
+        &[&mean, &inv_t],
+        vec![],
+        output,
+    );
+}
+
+/// `rows x cols` row-major, transposed.
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
+        }
+    }
+    t
 }
 
 /// The view gate's nodes on the flattened pooled features `flat` (see [`GateHead`]).

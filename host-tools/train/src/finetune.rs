@@ -1128,6 +1128,7 @@ mod tests {
 
     #[test]
     fn l2sp_pulls_each_parameter_back_towards_its_start() {
+        let _burn = crate::BURN_RNG.lock().unwrap_or_else(|e| e.into_inner());
         let device = Device::flex().autodiff();
         let lin = LinearConfig::new(3, 2).init(&device);
         let mut start = StartWeights(Default::default());

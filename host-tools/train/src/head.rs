@@ -10,7 +10,8 @@ use evaluate::{auc, ece};
 
 use seeded::Rng;
 
-const K: usize = contract::LABELS.len();
+/// Classes of the renal head.
+pub const K: usize = contract::LABELS.len();
 
 /// Errors of head training.
 #[derive(Debug, thiserror::Error)]
@@ -220,7 +221,7 @@ pub fn loss_weights(ys: &[usize], cw: &[f32; K]) -> Vec<f32> {
     w
 }
 
-fn tensor_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, HeadError> {
+pub(crate) fn tensor_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, HeadError> {
     t.into_data()
         .try_into_vec::<f32>()
         .map_err(|e| HeadError::Tensor(format!("{e:?}")))
@@ -228,10 +229,23 @@ fn tensor_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, HeadError> {
 
 /// Validation AUC of p(abnormal) and mean NLL of `head` at temperature `t`.
 pub fn auc_nll(head: &LinearHead, f: &Features, t: f32) -> (f64, f64) {
+    auc_nll_of(&row_logits(head, f), &f.y, t)
+}
+
+/// Logits of every row of `f`.
+fn row_logits(head: &LinearHead, f: &Features) -> Vec<[f32; K]> {
+    f.x.chunks_exact(f.dim.max(1))
+        .map(|r| head.logits(r))
+        .collect()
+}
+
+/// AUC of p(abnormal) and mean NLL of logits `z` (one row per label in `y`) at temperature
+/// `t`: whatever head produced them.
+pub fn auc_nll_of(z: &[[f32; K]], y: &[usize], t: f32) -> (f64, f64) {
     let taxonomy = contract::Taxonomy::standard();
     let (mut pos, mut neg, mut nll) = (Vec::new(), Vec::new(), 0.0);
-    for (i, &y) in f.y.iter().enumerate() {
-        let p = softmax_t(&head.logits(&f.x[i * f.dim..(i + 1) * f.dim]), t);
+    for (zi, &y) in z.iter().zip(y) {
+        let p = softmax_t(zi, t);
         let s = taxonomy.p_abnormal_f64(&p);
         if y == taxonomy.normal_index() {
             neg.push(s);
@@ -245,7 +259,7 @@ pub fn auc_nll(head: &LinearHead, f: &Features, t: f32) -> (f64, f64) {
     } else {
         auc(&pos, &neg)
     };
-    (a, nll / f.len().max(1) as f64)
+    (a, nll / y.len().max(1) as f64)
 }
 
 /// Trains the head on `train`, keeping the epoch with the best validation AUC (ties: lower
@@ -386,10 +400,16 @@ pub fn train_head(
     })
 }
 
-/// Temperature minimising the validation NLL (log-spaced grid over [0.05, 20], then a
-/// golden-section refinement): one parameter, so it cannot overfit a small validation set.
+/// Temperature minimising the validation NLL of `head` (see [`fit_temperature_of`]).
 pub fn fit_temperature(head: &LinearHead, val: &Features) -> f32 {
-    let nll = |lt: f64| auc_nll(head, val, lt.exp() as f32).1;
+    fit_temperature_of(&row_logits(head, val), &val.y)
+}
+
+/// Temperature minimising the NLL of logits `z` with labels `y` (log-spaced grid over
+/// [0.05, 20], then a golden-section refinement): one parameter, so it cannot overfit a
+/// small validation set.
+pub fn fit_temperature_of(z: &[[f32; K]], y: &[usize]) -> f32 {
+    let nll = |lt: f64| auc_nll_of(z, y, lt.exp() as f32).1;
     let (lo, hi) = (0.05f64.ln(), 20f64.ln());
     let steps = 60;
     let mut best = (f64::INFINITY, 0.0);
@@ -417,19 +437,25 @@ pub fn fit_temperature(head: &LinearHead, val: &Features) -> f32 {
 
 /// Probabilities of every row at temperature `t`.
 pub fn predict(head: &LinearHead, f: &Features, t: f32) -> Vec<Vec<f32>> {
-    f.x.chunks_exact(f.dim)
-        .map(|r| softmax_t(&head.logits(r), t))
+    row_logits(head, f)
+        .iter()
+        .map(|z| softmax_t(z, t))
         .collect()
 }
 
 /// Top-label ECE (10 bins) of `head` at temperature `t`.
 pub fn ece_at(head: &LinearHead, f: &Features, t: f32) -> f64 {
-    let probs = predict(head, f, t);
-    let (conf, ok): (Vec<f64>, Vec<bool>) = probs
+    ece_of(&row_logits(head, f), &f.y, t)
+}
+
+/// Top-label ECE (10 bins) of logits `z` with labels `y` at temperature `t`.
+pub fn ece_of(z: &[[f32; K]], y: &[usize], t: f32) -> f64 {
+    let (conf, ok): (Vec<f64>, Vec<bool>) = z
         .iter()
-        .zip(&f.y)
-        .map(|(p, &y)| {
-            let k = evaluate::argmax(p);
+        .zip(y)
+        .map(|(z, &y)| {
+            let p = softmax_t(z, t);
+            let k = evaluate::argmax(&p);
             (f64::from(p[k]), k == y)
         })
         .unzip();
@@ -458,6 +484,7 @@ mod tests {
 
     #[test]
     fn learns_separable_classes_reproducibly() {
+        let _burn = crate::BURN_RNG.lock().unwrap_or_else(|e| e.into_inner());
         let (tr, va) = (blobs(240, 1), blobs(60, 2));
         let cfg = HeadConfig {
             max_epochs: 60,

@@ -133,6 +133,13 @@ pub fn run(
             "--folds {k}: use 2 to 20 folds (5 or 10 are usual)"
         )));
     }
+    if opt.cell_head.is_some() {
+        return Err(TrainError::Config(
+            "cross-validation trains the linear head; the cell head is trained once, on a \
+             split (drop --folds or --head cells)"
+                .into(),
+        ));
+    }
     fs::create_dir_all(&opt.out).map_err(|source| TrainError::Io {
         path: opt.out.display().to_string(),
         source,

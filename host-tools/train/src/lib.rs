@@ -9,6 +9,7 @@
 
 pub mod activations;
 pub mod augment;
+pub mod cells;
 pub mod dataset;
 pub mod extract;
 pub mod finetune;
@@ -25,7 +26,14 @@ pub use extract::FeatureCache;
 pub use finetune::FinetuneConfig;
 pub use head::{HeadConfig, LinearHead};
 pub use pipeline::{
-    draft_manifest, export, train_stage1, train_stage2, RunSummary, Stage, Stage2Options,
-    Stage2Summary, TrainError, TrainOptions,
+    draft_manifest, export, export_classifier, train_stage1, train_stage1_cells, train_stage2,
+    RunSummary, Stage, Stage2Options, Stage2Summary, TrainError, TrainOptions, TrainedHead,
 };
 pub use random::randomise;
+
+/// burn's random draws (initialisation, dropout) come from one process-wide generator that
+/// `Device::seed` resets: tests that train or initialise a burn module hold this lock, so that
+/// tests running in parallel cannot interleave their draws and break "same seed, same
+/// result".
+#[cfg(test)]
+pub(crate) static BURN_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -107,6 +107,10 @@ pub struct TrainOptions {
     /// run's seed) whose features the head also learns from; validation and test images are
     /// never augmented.
     pub head_views: u32,
+    /// The head's kind: `None` for the linear head on pooled features, `Some(H)` for a
+    /// classifier of hidden width `H` on every cell of the layer-3 map ([`crate::cells`];
+    /// [`train_stage1_cells`] trains it).
+    pub cell_head: Option<usize>,
 }
 
 /// What a run produced (also logged and written to `metrics.json`).
@@ -140,9 +144,18 @@ pub struct RunSummary {
     pub history: Vec<head::Epoch>,
     /// The trained head before temperature scaling (stage 2 starts from stage 1's).
     #[serde(skip)]
-    pub head: LinearHead,
+    pub head: TrainedHead,
     /// The view gate as the manifest records it (absent with `view_gate` off).
     pub view_gate: Option<manifest::ViewGate>,
+}
+
+/// The head a run trained, before temperature scaling.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainedHead {
+    /// Linear on pooled features.
+    Linear(LinearHead),
+    /// A classifier on every cell of the map (temperature 1).
+    Cells(resnet50::CellClassifier),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -295,25 +308,25 @@ struct Calibrated {
     onnx_sha: String,
 }
 
-/// Fits the temperature of `head` (uncalibrated, on pooled features) on `va`, picks the
-/// threshold, writes `head.json` and `model.onnx` (`weights` with the calibrated head).
-fn calibrate_and_export(
+/// The temperature, its ECE before and after, the threshold and the validation metrics at
+/// it, from uncalibrated validation logits `z` (labels `y`): whatever head produced them.
+fn calibrate_logits(
     opt: &TrainOptions,
-    head: &LinearHead,
-    va: &Features,
+    z: &[[f32; head::K]],
+    y: &[usize],
     best_epoch: usize,
-    weights: &resnet50::ResNet50,
-    gate: Option<&resnet50::GateHead>,
     log_text: &mut String,
-) -> Result<Calibrated, TrainError> {
-    let t = head::fit_temperature(head, va);
-    let ece_before = head::ece_at(head, va, 1.0);
-    let ece_after = head::ece_at(head, va, t);
-    let calibrated = head.scaled(t);
-    let val_preds: Vec<Prediction> = head::predict(&calibrated, va, 1.0)
-        .into_iter()
-        .zip(&va.y)
-        .map(|(probs, &label)| Prediction { label, probs })
+) -> Result<(f32, f64, f64, f64, evaluate::Overall), TrainError> {
+    let t = head::fit_temperature_of(z, y);
+    let ece_before = head::ece_of(z, y, 1.0);
+    let ece_after = head::ece_of(z, y, t);
+    let val_preds: Vec<Prediction> = z
+        .iter()
+        .zip(y)
+        .map(|(z, &label)| Prediction {
+            label,
+            probs: head::softmax_t(z, t),
+        })
         .collect();
     let taxonomy = Taxonomy::standard();
     let pos: Vec<f64> = val_preds
@@ -339,6 +352,23 @@ fn calibrate_and_export(
         val_eval.overall.sensitivity,
         val_eval.overall.specificity
     );
+    Ok((t, ece_before, ece_after, threshold, val_eval.overall))
+}
+
+/// Fits the temperature of `head` (uncalibrated, on pooled features) on `va`, picks the
+/// threshold, writes `head.json` and `model.onnx` (`weights` with the calibrated head).
+fn calibrate_and_export(
+    opt: &TrainOptions,
+    head: &LinearHead,
+    va: &Features,
+    best_epoch: usize,
+    weights: &resnet50::ResNet50,
+    gate: Option<&resnet50::GateHead>,
+    log_text: &mut String,
+) -> Result<Calibrated, TrainError> {
+    let z: Vec<[f32; head::K]> = va.x.chunks_exact(va.dim).map(|r| head.logits(r)).collect();
+    let (t, ece_before, ece_after, threshold, validation) =
+        calibrate_logits(opt, &z, &va.y, best_epoch, log_text)?;
     write(
         &opt.out.join("head.json"),
         serde_json::to_string(&serde_json::json!({
@@ -351,7 +381,7 @@ fn calibrate_and_export(
     let onnx_sha = export(
         weights,
         opt.tap,
-        &calibrated,
+        &head.scaled(t),
         gate,
         &opt.out.join("model.onnx"),
         &opt.backbone_name,
@@ -361,7 +391,7 @@ fn calibrate_and_export(
         ece_before,
         ece_after,
         threshold,
-        validation: val_eval.overall,
+        validation,
         onnx_sha,
     })
 }
@@ -477,44 +507,126 @@ pub fn train_stage1(
         dst.x.extend_from_slice(f);
         dst.y.push(s.label);
     }
-    if tr.is_empty() {
-        return Err(TrainError::EmptySplit("train"));
-    }
-    if va.is_empty() {
-        return Err(TrainError::EmptySplit("validation"));
-    }
     let originals = tr.len();
     let computed = computed + add_views(opt, &used, &feats, backbone_onnx, &mut cache, &mut tr)?;
-    let extract_s = te.elapsed().as_secs_f64();
-    let extract_images_per_s = (computed > 0).then(|| computed as f64 / extract_s);
-    if let Some(r) = extract_images_per_s {
-        log::info!("extraction: {computed} images in {extract_s:.1} s ({r:.2} images/s)");
+    let mut start = start_stage1(
+        opt,
+        Extracted {
+            counts,
+            skipped,
+            seconds: te.elapsed().as_secs_f64(),
+            computed,
+        },
+        (originals, tr.len(), va.len()),
+        (&gate_tr, &gate_va, &used),
+    )?;
+    let (trained, head_s) = train_epochs(opt, "head", &mut start.log_text, |on_epoch| {
+        head::train_head(&tr, &va, &opt.head, on_epoch)
+    })?;
+    let c = calibrate_and_export(
+        opt,
+        &trained.head,
+        &va,
+        trained.best_epoch,
+        weights,
+        start.view_gate.as_ref().map(|(g, _)| g),
+        &mut start.log_text,
+    )?;
+    finish_stage1(
+        opt,
+        start,
+        Finished {
+            t0,
+            head_s,
+            best_epoch: trained.best_epoch,
+            history: trained.history,
+            calibrated: c,
+            head: TrainedHead::Linear(trained.head),
+        },
+        &backbone_sha,
+    )
+}
+
+/// What extraction did, for the run summary.
+struct Extracted {
+    counts: Counts,
+    skipped: usize,
+    seconds: f64,
+    /// Images (or views) computed rather than read from a cache.
+    computed: usize,
+}
+
+/// Both stage-1 heads once their inputs are read: extraction figures, the run log so far
+/// and the view gate.
+struct Stage1Start {
+    extracted: Extracted,
+    log_text: String,
+    view_gate: Option<(resnet50::GateHead, manifest::ViewGate)>,
+}
+
+/// Refuses an empty split, logs the extraction and the training set's views, and fits the
+/// view gate on the labelled channel means `(train, validation, samples)`; `(originals,
+/// rows, val_rows)` counts the head's training rows without and with augmented views, and
+/// its validation rows.
+fn start_stage1(
+    opt: &TrainOptions,
+    extracted: Extracted,
+    (originals, rows, val_rows): (usize, usize, usize),
+    (gate_tr, gate_va, used): (&gate::Labelled, &gate::Labelled, &[&dataset::Sample]),
+) -> Result<Stage1Start, TrainError> {
+    if originals == 0 {
+        return Err(TrainError::EmptySplit("train"));
+    }
+    if val_rows == 0 {
+        return Err(TrainError::EmptySplit("validation"));
+    }
+    if extracted.computed > 0 {
+        log::info!(
+            "extraction: {} images or views in {:.1} s ({:.2}/s)",
+            extracted.computed,
+            extracted.seconds,
+            extracted.computed as f64 / extracted.seconds
+        );
     }
     let mut log_text = String::new();
     if opt.head_views > 0 {
         let _ = writeln!(
             log_text,
             "head training set: {originals} images + {} augmented views",
-            tr.len() - originals
+            rows - originals
         );
     }
     let view_gate = if opt.view_gate {
         Some(fit_gate(
-            &gate_tr,
-            &gate_va,
-            channels,
-            &used,
+            gate_tr,
+            gate_va,
+            opt.tap.channels(),
+            used,
             &mut log_text,
         )?)
     } else {
         None
     };
+    Ok(Stage1Start {
+        extracted,
+        log_text,
+        view_gate,
+    })
+}
 
+/// Runs `train` with a progress bar over epochs and one run-log line per epoch; returns its
+/// result and the seconds it took.
+fn train_epochs<T>(
+    opt: &TrainOptions,
+    label: &str,
+    log_text: &mut String,
+    train: impl FnOnce(&mut dyn FnMut(&head::Epoch)) -> Result<T, head::HeadError>,
+) -> Result<(T, f64), TrainError> {
     let th = Instant::now();
-    let bar = Progress::counted("head", opt.head.max_epochs as u64, "epochs");
-    let trained = head::train_head(&tr, &va, &opt.head, |e| {
+    let bar = Progress::counted(label, opt.head.max_epochs as u64, "epochs");
+    let trained = train(&mut |e: &head::Epoch| {
         bar.inc(1);
-        bar.set_label(format!("head, val AUC {:.4}", e.val_auc));
+        bar.set_label(format!("{label}, val AUC {:.4}", e.val_auc));
         let _ = writeln!(
             log_text,
             "epoch {:>3} train_loss {:.4} val_auc {:.4} val_nll {:.4}",
@@ -522,38 +634,234 @@ pub fn train_stage1(
         );
     })?;
     bar.finish();
-    let head_s = th.elapsed().as_secs_f64();
+    Ok((trained, th.elapsed().as_secs_f64()))
+}
 
-    let c = calibrate_and_export(
-        opt,
-        &trained.head,
-        &va,
-        trained.best_epoch,
-        weights,
-        view_gate.as_ref().map(|(g, _)| g),
-        &mut log_text,
-    )?;
+/// What the head's training and calibration gave.
+struct Finished {
+    t0: Instant,
+    head_s: f64,
+    best_epoch: usize,
+    history: Vec<head::Epoch>,
+    calibrated: Calibrated,
+    head: TrainedHead,
+}
+
+/// The run summary, the manifest draft and the run files of a finished stage 1.
+fn finish_stage1(
+    opt: &TrainOptions,
+    start: Stage1Start,
+    f: Finished,
+    backbone_sha: &str,
+) -> Result<RunSummary, TrainError> {
+    let Stage1Start {
+        extracted: e,
+        mut log_text,
+        view_gate,
+    } = start;
+    let c = f.calibrated;
     let summary = RunSummary {
-        counts,
-        skipped,
-        extract_s,
-        extract_images_per_s,
-        head_s,
-        total_s: t0.elapsed().as_secs_f64(),
-        best_epoch: trained.best_epoch,
+        counts: e.counts,
+        skipped: e.skipped,
+        extract_s: e.seconds,
+        extract_images_per_s: (e.computed > 0).then(|| e.computed as f64 / e.seconds),
+        head_s: f.head_s,
+        total_s: f.t0.elapsed().as_secs_f64(),
+        best_epoch: f.best_epoch,
         temperature: c.temperature,
         val_ece_before: c.ece_before,
         val_ece_after: c.ece_after,
         threshold: c.threshold,
         validation: c.validation,
-        history: trained.history,
-        head: trained.head,
+        history: f.history,
+        head: f.head,
         view_gate: view_gate.map(|(_, m)| m),
     };
-    let manifest = draft_manifest(opt, &summary, &c.onnx_sha, &backbone_sha, Stage::One)?;
+    let manifest = draft_manifest(opt, &summary, &c.onnx_sha, backbone_sha, Stage::One)?;
     let _ = writeln!(log_text, "total {:.1} s", summary.total_s);
     write_run_files(opt, &manifest, &summary, &log_text)?;
     Ok(summary)
+}
+
+/// Stage 1 with the cell head ([`crate::cells`], `opt.cell_head` its hidden width): layer-3
+/// maps of the train and validation images are extracted once into the activation cache
+/// (`layer3_onnx`, the trunk file that ends at layer3, keys the cache), the view gate is fitted
+/// on their channel means as in [`train_stage1`], and the head on the kidneys' maps.
+pub fn train_stage1_cells(
+    opt: &TrainOptions,
+    weights: &resnet50::ResNet50,
+    layer3_onnx: &Path,
+) -> Result<RunSummary, TrainError> {
+    let t0 = Instant::now();
+    let Some(hidden) = opt.cell_head else {
+        return Err(TrainError::Config(
+            "the cell head's pipeline needs its hidden width (cell_head)".into(),
+        ));
+    };
+    if opt.tap != resnet50::Tap::Layer3 {
+        return Err(TrainError::Config(format!(
+            "the cell head reads layer3's map (the activation cache holds it); this run reads \
+             {}: drop --features-from layer4",
+            opt.tap.name()
+        )));
+    }
+    let (samples, counts) = prepare(opt, opt)?;
+    let used: Vec<&dataset::Sample> = samples
+        .iter()
+        .filter(|s| matches!(s.split, Some(Split::Train | Split::Val)))
+        .collect();
+    // Kidneys give maps (the head's input; their channel means feed the view gate); the
+    // gate's non-kidney views only need means, from the pooled-feature cache, not 392 KiB
+    // maps each.
+    let (kidneys, others): (Vec<&dataset::Sample>, Vec<&dataset::Sample>) =
+        used.iter().copied().partition(|s| s.is_kidney());
+    let views = |s: &dataset::Sample| {
+        if s.split == Some(Split::Train) {
+            opt.head_views
+        } else {
+            0
+        }
+    };
+    let items: Vec<Item> = kidneys
+        .iter()
+        .map(|s| Item {
+            frame: s.frame_ref(),
+            views: views(s),
+        })
+        .collect();
+    let trunk_sha = extract::file_sha256(layer3_onnx)?;
+    let short = trunk_sha.get(..16).unwrap_or(&trunk_sha);
+    let layer3 = opt.cache_dir.join(format!("layer3-{short}.onnx"));
+    fs::create_dir_all(&opt.cache_dir).map_err(io(&opt.cache_dir))?;
+    activations::write_layer3_onnx(weights, &layer3)?;
+    let channels = activations::CHANNELS;
+    let te = Instant::now();
+    let other_paths: Vec<FrameRef> = others.iter().map(|s| s.frame_ref()).collect();
+    let mut features =
+        FeatureCache::open(&opt.cache_dir, &trunk_sha, resnet50::Pooling::Avg, channels)?;
+    let (other_feats, mut computed) =
+        extract::features(&other_paths, layer3_onnx, &mut features, opt.threads)?;
+    let mut cache = ActivationCache::open(&opt.cache_dir, &trunk_sha)?;
+    let (hashes, maps_computed) =
+        activations::extract(&items, &layer3, &mut cache, opt.head.seed, opt.threads)?;
+    computed += maps_computed;
+    let mut paths: Vec<FrameRef> = items.iter().map(|i| i.frame.clone()).collect();
+    paths.extend(other_paths);
+    let outcome: Vec<Result<(), String>> = hashes
+        .iter()
+        .map(|h| h.as_ref().map(|_| ()).map_err(Clone::clone))
+        .chain(
+            other_feats
+                .iter()
+                .map(|f| f.as_ref().map(|_| ()).map_err(Clone::clone)),
+        )
+        .collect();
+    let skipped = extract::check_failures(&paths, &outcome, opt.max_failed_pct)?;
+    let cells = activations::SIDE * activations::SIDE;
+    let (mut tr, mut va) = (
+        crate::cells::Maps::new(channels, cells),
+        crate::cells::Maps::new(channels, cells),
+    );
+    let (mut gate_tr, mut gate_va) = (gate::Labelled::default(), gate::Labelled::default());
+    for (s, f) in others.iter().zip(&other_feats) {
+        let Ok(f) = f else { continue };
+        let train = s.split == Some(Split::Train);
+        if train { &mut gate_tr } else { &mut gate_va }.push(f, false);
+    }
+    let mut map = vec![0u16; activations::LEN];
+    let mut means = vec![0f32; channels];
+    let mut originals = 0;
+    for (s, h) in kidneys.iter().zip(&hashes) {
+        let Ok(h) = h else { continue };
+        let train = s.split == Some(Split::Train);
+        for v in 0..=views(s) {
+            if !cache.read_f16(&activations::view_key(h, v, opt.head.seed), &mut map)? {
+                return Err(TrainError::Config(format!(
+                    "layer-3 map of {} (view {v}) missing from {} after extraction",
+                    s.frame_ref(),
+                    cache.path().display()
+                )));
+            }
+            if v == 0 {
+                for (m, plane) in means.iter_mut().zip(map.chunks_exact(cells)) {
+                    let sum: f32 = plane
+                        .iter()
+                        .map(|&b| half::f16::from_bits(b).to_f32())
+                        .sum();
+                    *m = sum / cells as f32;
+                }
+                if train { &mut gate_tr } else { &mut gate_va }.push(&means, true);
+                originals += usize::from(train);
+            }
+            let dst = if train { &mut tr } else { &mut va };
+            dst.x.extend_from_slice(&map);
+            dst.y.push(s.label);
+        }
+    }
+    let mut start = start_stage1(
+        opt,
+        Extracted {
+            counts,
+            skipped,
+            seconds: te.elapsed().as_secs_f64(),
+            computed,
+        },
+        (originals, tr.len(), va.len()),
+        (&gate_tr, &gate_va, &used),
+    )?;
+    let (trained, head_s) = train_epochs(opt, "cell head", &mut start.log_text, |on_epoch| {
+        crate::cells::train(&tr, &va, hidden, &opt.head, on_epoch)
+    })?;
+    drop(tr);
+
+    let z = crate::cells::predict_logits(&trained.head, &va)?;
+    let (temperature, ece_before, ece_after, threshold, validation) =
+        calibrate_logits(opt, &z, &va.y, trained.best_epoch, &mut start.log_text)?;
+    let calibrated = resnet50::CellClassifier {
+        temperature,
+        ..trained.head.clone()
+    };
+    write(
+        &opt.out.join("head.json"),
+        serde_json::to_string(&serde_json::json!({
+            "cell_head": {
+                "hidden": [calibrated.hidden.inputs, calibrated.hidden.outputs],
+                "out": [calibrated.out.inputs, calibrated.out.outputs],
+                "weights_in": "model.onnx (head.cells.*)",
+            },
+            "temperature": temperature,
+            "threshold": threshold,
+        }))?
+        .as_bytes(),
+    )?;
+    let onnx_sha = export_classifier(
+        weights,
+        opt.tap,
+        resnet50::Classifier::Cells(calibrated),
+        start.view_gate.as_ref().map(|(g, _)| g),
+        &opt.out.join("model.onnx"),
+        &opt.backbone_name,
+    )?;
+    finish_stage1(
+        opt,
+        start,
+        Finished {
+            t0,
+            head_s,
+            best_epoch: trained.best_epoch,
+            history: trained.history,
+            calibrated: Calibrated {
+                temperature,
+                ece_before,
+                ece_after,
+                threshold,
+                validation,
+                onnx_sha,
+            },
+            head: TrainedHead::Cells(trained.head),
+        },
+        &trunk_sha,
+    )
 }
 
 /// Options of a stage-2 run.
@@ -690,7 +998,12 @@ pub fn train_stage2(
         return Err(TrainError::EmptySplit("validation"));
     }
 
-    let init = Layer4Weights::new(weights, s1.head.clone())?;
+    let TrainedHead::Linear(s1_head) = &s1.head else {
+        return Err(TrainError::Config(
+            "stage 2 fine-tunes layer4 under a linear head; a cell head reads layer3".into(),
+        ));
+    };
+    let init = Layer4Weights::new(weights, s1_head.clone())?;
     let mut log_text = format!(
         "stage 1: val AUC {:.4} (best epoch {}, {})\n",
         s1.validation.auc,
@@ -782,7 +1095,7 @@ pub fn train_stage2(
         threshold: c.threshold,
         validation: c.validation,
         history: ft.history.clone(),
-        head: ft.weights.head.clone(),
+        head: TrainedHead::Linear(ft.weights.head.clone()),
         view_gate,
     };
     let info = FinetuneInfo {
@@ -829,20 +1142,42 @@ pub fn export(
 ) -> Result<String, TrainError> {
     let pooling = resnet50::Pooling::for_width(head.dim, tap.channels())
         .ok_or(resnet50::OnnxError::HeadWidth(head.dim, tap.channels()))?;
+    let classifier = resnet50::Classifier::Pooled {
+        pooling,
+        dense: head.to_dense(),
+    };
+    export_classifier(weights, tap, classifier, gate, out, backbone_name)
+}
+
+/// Writes the screening model with any classifier (see [`export`]); returns its sha256.
+pub fn export_classifier(
+    weights: &resnet50::ResNet50,
+    tap: resnet50::Tap,
+    classifier: resnet50::Classifier,
+    gate: Option<&resnet50::GateHead>,
+    out: &Path,
+    backbone_name: &str,
+) -> Result<String, TrainError> {
+    let what = match &classifier {
+        resnet50::Classifier::Pooled { .. } => "renal head (temperature folded in)".to_string(),
+        resnet50::Classifier::Cells(c) => format!(
+            "renal head on every cell ({} -> {} -> {}, log-mean-exp pooling, temperature {})",
+            c.hidden.inputs, c.hidden.outputs, c.out.outputs, c.temperature
+        ),
+    };
     let bytes = resnet50::export_onnx(
         weights,
         &resnet50::Head {
             output: "probs".into(),
             tap,
-            pooling,
-            dense: head.to_dense(),
+            classifier,
             softmax: true,
             gate: gate.cloned(),
         },
         SIZE,
         &format!(
-            "renalscan screening model: {backbone_name} backbone up to {} (BatchNorm folded) + renal head \
-             (6 classes: {}; temperature folded in). Input: usimage preprocessing v{PREPROCESS_VERSION}, \
+            "renalscan screening model: {backbone_name} backbone up to {} (BatchNorm folded) + \
+             {what} (6 classes: {}). Input: usimage preprocessing v{PREPROCESS_VERSION}, \
              Caffe BGR. Not for diagnosis.",
             tap.name(),
             contract::LABELS.join(", ")
@@ -893,6 +1228,10 @@ fn as_table(v: &impl Serialize) -> Result<toml::Table, TrainError> {
     Ok(t)
 }
 
+fn taxonomy_len() -> usize {
+    Taxonomy::standard().len()
+}
+
 /// The temperature as the shortest decimal of its f32 value (the manifest shows 2.2299, not
 /// 2.2299001216888428).
 fn f32_as_f64(v: f32) -> f64 {
@@ -911,13 +1250,24 @@ pub fn draft_manifest(
 ) -> Result<Manifest, TrainError> {
     let (stage, finetune) = match stage {
         Stage::One => (
-            format!(
-                "1: frozen backbone up to {}, head (dropout, linear) on cached pooled \
-                 features (pooling {}; {} augmented views per training image)",
-                opt.tap.name(),
-                opt.pooling.name(),
-                opt.head_views
-            ),
+            match opt.cell_head {
+                None => format!(
+                    "1: frozen backbone up to {}, head (dropout, linear) on cached pooled \
+                     features (pooling {}; {} augmented views per training image)",
+                    opt.tap.name(),
+                    opt.pooling.name(),
+                    opt.head_views
+                ),
+                Some(h) => format!(
+                    "1: frozen backbone up to {}, head on every cell of its map ({} -> {h}, \
+                     ReLU, dropout, -> {}; log-mean-exp over cells) on cached maps ({} \
+                     augmented views per training image)",
+                    opt.tap.name(),
+                    opt.tap.channels(),
+                    taxonomy_len(),
+                    opt.head_views
+                ),
+            },
             None,
         ),
         Stage::Two(f) => (

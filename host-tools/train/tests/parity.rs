@@ -76,6 +76,23 @@ fn random_head(seed: u64, dim: usize, scale: f32) -> LinearHead {
     }
 }
 
+/// The exported file's CAM head, a random input of `seed` and tract's outputs on it (the
+/// file must have `probs` and `features`).
+fn run_export(
+    onnx: &std::path::Path,
+    seed: u64,
+) -> (model::cam::HeadWeights, Vec<f32>, Vec<model::Output>) {
+    let tract = Network::load(onnx, &[1, 3, S, S]).expect("tract loads the export");
+    assert_eq!(tract.output_names(), ["probs", "features"]);
+    let cam = model::cam::HeadWeights::from_onnx(onnx).expect("CAM head of the export");
+    let mut r = Rng::new(seed);
+    let input: Vec<f32> = (0..3 * S * S)
+        .map(|_| (r.uniform() * 200.0 - 110.0) as f32)
+        .collect();
+    let out = tract.run(&input).unwrap();
+    (cam, input, out)
+}
+
 /// Runs the exported `onnx` on a random input and checks its probabilities against `head`
 /// on the map that `backbone` (the extraction's file; the model itself when `None`) gives,
 /// pooled as training pools it, and against the class-activation maps of its own map.
@@ -87,14 +104,8 @@ fn check_export(
     side: usize,
     pooling: resnet50::Pooling,
 ) {
-    let tract = Network::load(onnx, &[1, 3, S, S]).expect("tract loads the export");
-    let cam = model::cam::HeadWeights::from_onnx(onnx).expect("CAM head of the export");
+    let (cam, input, out) = run_export(onnx, 3);
     assert_eq!((cam.classes(), cam.channels()), (6, channels));
-    let mut r = Rng::new(3);
-    let input: Vec<f32> = (0..3 * S * S)
-        .map(|_| (r.uniform() * 200.0 - 110.0) as f32)
-        .collect();
-    let out = tract.run(&input).unwrap();
     let p_model = &model::output(&out, "probs").unwrap().data;
     let f = model::output(&out, "features").unwrap();
     assert_eq!(f.shape, [1, channels, side, side]);
@@ -159,4 +170,67 @@ fn layer3_export_reads_what_extraction_reads() {
         tap.side(S),
         resnet50::Pooling::Avg,
     );
+}
+
+/// `--head cells`: tract on the exported file gives what the classifier's own arithmetic
+/// gives on the model's layer-3 map (so what training computed), and the class-activation
+/// maps read back from the file add up to its logits.
+#[test]
+fn cell_head_export_matches_its_arithmetic_and_its_maps() {
+    let weights = common::weights();
+    let tap = resnet50::Tap::Layer3;
+    let (c, hidden, side) = (tap.channels(), 16, tap.side(S));
+    let mut rng = Rng::new(21);
+    let mut dense = |inputs: usize, outputs: usize, scale: f32| resnet50::Dense {
+        weight: (0..inputs * outputs)
+            .map(|_| (rng.uniform() as f32 - 0.5) * scale)
+            .collect(),
+        inputs,
+        outputs,
+        bias: (0..outputs)
+            .map(|_| (rng.uniform() as f32 - 0.5) * 0.2)
+            .collect(),
+    };
+    let cells = resnet50::CellClassifier {
+        hidden: dense(c, hidden, 0.1),
+        out: dense(hidden, 6, 4.0),
+        temperature: 1.7,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("model.onnx");
+    train::export_classifier(
+        &weights,
+        tap,
+        resnet50::Classifier::Cells(cells.clone()),
+        None,
+        &onnx,
+        "test",
+    )
+    .expect("export");
+    drop(weights);
+    let (cam, _, out) = run_export(&onnx, 4);
+    assert!(cam.is_per_cell());
+    assert_eq!((cam.classes(), cam.channels()), (6, c));
+    let p_model = &model::output(&out, "probs").unwrap().data;
+    let f = model::output(&out, "features").unwrap();
+    assert_eq!(f.shape, [1, c, side, side]);
+    let z = cells.logits(&f.data, side * side);
+    let p_plain = model::softmax(&z);
+    let z_cam = cam.logits(&f.data, &f.shape).unwrap();
+    let z_maps: Vec<f32> = (0..6)
+        .map(|k| cam.class_map(&f.data, &f.shape, k).unwrap().score())
+        .collect();
+    for k in 0..6 {
+        assert!(
+            (p_model[k] - p_plain[k]).abs() < 1e-4,
+            "model {p_model:?} vs plain {p_plain:?}"
+        );
+        assert!(
+            (z_cam[k] - z[k]).abs() < 1e-3,
+            "CAM logits {z_cam:?} vs {z:?}"
+        );
+        assert!((z_maps[k] - z[k]).abs() < 1e-3, "maps {z_maps:?} vs {z:?}");
+    }
+    let maxp = p_model.iter().cloned().fold(0.0, f32::max);
+    assert!(maxp > 0.3, "head should not be uniform: {p_model:?}");
 }

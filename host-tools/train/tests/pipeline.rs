@@ -9,17 +9,14 @@ use train::{HeadConfig, Split, TrainOptions};
 
 mod common;
 
-#[test]
-fn stage1_trains_exports_and_evaluates() {
-    let weights = common::weights();
-    let dir = tempfile::tempdir().unwrap();
-    let data = common::phantom(dir.path(), 96, 3);
-    // The default recipe's backbone: the trunk up to the map its head reads.
-    let backbone = common::backbone_for(dir.path(), &weights, train::extract::TAP);
-    let opt = TrainOptions {
-        data: data.clone(),
-        out: dir.path().join("run"),
-        cache_dir: dir.path().join("cache"),
+/// The tests' stage-1 options: 20% validation and 20% test patients, a short linear head,
+/// the default recipe's map, and one augmented view per training image (opt-in), so that
+/// path is tested too.
+fn options(dir: &std::path::Path, data: std::path::PathBuf) -> TrainOptions {
+    TrainOptions {
+        data,
+        out: dir.join("run"),
+        cache_dir: dir.join("cache"),
         val_fraction: 0.2,
         test_fraction: 0.2,
         target_sensitivity: 0.95,
@@ -34,9 +31,19 @@ fn stage1_trains_exports_and_evaluates() {
         view_gate: true,
         tap: train::extract::TAP,
         pooling: train::extract::POOLING,
-        // One augmented view per training image (opt-in), so that path is tested too.
         head_views: 1,
-    };
+        cell_head: None,
+    }
+}
+
+#[test]
+fn stage1_trains_exports_and_evaluates() {
+    let weights = common::weights();
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::phantom(dir.path(), 96, 3);
+    // The default recipe's backbone: the trunk up to the map its head reads.
+    let backbone = common::backbone_for(dir.path(), &weights, train::extract::TAP);
+    let opt = options(dir.path(), data.clone());
     let s = train::train_stage1(&opt, &weights, &backbone).expect("stage 1");
     assert!(s.extract_images_per_s.is_some());
     for f in [
@@ -129,4 +136,74 @@ fn stage1_trains_exports_and_evaluates() {
         !cv_opt.out.join("model.onnx").exists(),
         "cross-validation ships no model"
     );
+}
+
+/// `--head cells` end to end: layer-3 maps extracted once (views too), the cell head
+/// trained, calibrated and exported; the file carries it (its activation maps are read from
+/// it), a rerun reads every map from the cache and gives the same model, and the held-out
+/// patients score through it.
+#[test]
+fn stage1_cell_head_trains_exports_and_reruns_from_the_cache() {
+    let weights = common::weights();
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::phantom(dir.path(), 96, 3);
+    let backbone = common::backbone_for(dir.path(), &weights, train::extract::TAP);
+    let opt = TrainOptions {
+        head: HeadConfig {
+            max_epochs: 6,
+            patience: 6,
+            ..HeadConfig::default()
+        },
+        cell_head: Some(16),
+        ..options(dir.path(), data)
+    };
+    let s = train::train_stage1_cells(&opt, &weights, &backbone).expect("cell head");
+    assert!(s.extract_images_per_s.is_some());
+    assert!(matches!(&s.head, train::TrainedHead::Cells(c) if c.hidden.outputs == 16));
+    let log = std::fs::read_to_string(opt.out.join("train.log")).unwrap();
+    let train_kidneys = train::load(&opt.out.join("split.csv"))
+        .unwrap()
+        .iter()
+        .filter(|x| x.split == Some(Split::Train) && x.is_kidney())
+        .count();
+    assert!(
+        log.contains(&format!(
+            "head training set: {train_kidneys} images + {train_kidneys} augmented views"
+        )) && log.contains("view gate"),
+        "{log}"
+    );
+    let m = contract::Manifest::draft_from_file(&opt.out.join("manifest.toml")).unwrap();
+    assert_eq!(m.operating_point.threshold, s.threshold);
+    let stage = m.training.stage.clone().unwrap_or_default();
+    assert!(stage.contains("every cell"), "{stage}");
+    assert!(m.view_gate.is_some());
+    let onnx = opt.out.join("model.onnx");
+    let cam = model::cam::HeadWeights::from_onnx(&onnx).expect("the cell head is readable");
+    assert!(cam.is_per_cell() && cam.channels() == train::activations::CHANNELS);
+
+    let again = train::train_stage1_cells(&opt, &weights, &backbone).expect("cached rerun");
+    assert!(again.extract_images_per_s.is_none(), "all maps cached");
+    assert_eq!(again.threshold, s.threshold, "same seed, same model");
+
+    let test: Vec<usimage::FrameRef> = train::load(&opt.out.join("split.csv"))
+        .unwrap()
+        .into_iter()
+        .filter(|x| x.split == Some(Split::Test))
+        .map(|x| x.frame_ref())
+        .collect();
+    let bytes = std::fs::read(&onnx).unwrap();
+    let job = Job {
+        model: &bytes,
+        origin: &onnx,
+        outputs: &["probs", "kidney"],
+        pool: None,
+        threads: 2,
+        label: "eval",
+    };
+    let r = extract::run(&test, &job, &|_| None, &mut |_, _| Ok(())).unwrap();
+    for p in r {
+        let p = p.expect("test image scores");
+        let sum: f32 = p[..6].iter().sum();
+        assert!((sum - 1.0).abs() < 1e-4, "{p:?}");
+    }
 }

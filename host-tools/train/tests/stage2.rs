@@ -37,6 +37,7 @@ fn options(data: &Path, out: &Path, cache: &Path, epochs: usize, resume: bool) -
             tap: resnet50::Tap::Layer4,
             pooling: train::extract::POOLING,
             head_views: train::extract::HEAD_VIEWS,
+            cell_head: None,
         },
         finetune: FinetuneConfig {
             epochs,

@@ -95,12 +95,24 @@ pub struct Args {
     /// Feature cache directory.
     #[arg(long, default_value = "models/cache/features")]
     pub feature_cache: PathBuf,
-    /// Maximum head epochs (early stopping on validation AUC usually ends sooner).
-    #[arg(value_parser = argrange::usize_in(1, 100_000), long, default_value_t = 300)]
-    pub max_epochs: usize,
-    /// Epochs without validation-AUC improvement before stopping.
-    #[arg(value_parser = argrange::usize_in(1, 100_000), long, default_value_t = 40)]
-    pub patience: usize,
+    /// Maximum head epochs (early stopping on validation AUC usually ends sooner) [default:
+    /// 300; 30 with --head cells].
+    #[arg(value_parser = argrange::usize_in(1, 100_000), long)]
+    pub max_epochs: Option<usize>,
+    /// Epochs without validation-AUC improvement before stopping [default: 40; 8 with --head
+    /// cells].
+    #[arg(value_parser = argrange::usize_in(1, 100_000), long)]
+    pub patience: Option<usize>,
+    /// The head: `linear` on the map's channel means (the default), or `cells`, a small
+    /// classifier on every cell of layer3's 14 x 14 map whose verdicts are pooled by a smooth
+    /// maximum, so that a finding filling a few cells is not averaged away (trains from cached
+    /// layer-3 maps, 392 KiB per image on disk; host-tools/train/README.md, "The head's
+    /// shape").
+    #[arg(long, value_enum, default_value_t = HeadArg::Linear)]
+    pub head: HeadArg,
+    /// Hidden width of `--head cells`.
+    #[arg(value_parser = argrange::usize_in(1, 4096), long, default_value_t = train::cells::HIDDEN)]
+    pub cell_width: usize,
     /// Percentage of unreadable images tolerated (skipped) before the run fails.
     #[arg(value_parser = argrange::f64_in(0.0, 100.0), long, default_value_t = 5.0)]
     pub max_failed_pct: f64,
@@ -140,6 +152,15 @@ pub struct Args {
     pub backbone: PathBuf,
     #[command(flatten)]
     pub cache: CacheArgs,
+}
+
+/// The head's kind on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HeadArg {
+    /// Linear on pooled features.
+    Linear,
+    /// A classifier on every cell of layer3's map.
+    Cells,
 }
 
 /// [`resnet50::Pooling`] on the command line.
@@ -275,6 +296,21 @@ pub fn run(args: Args) -> Result<()> {
         }
     };
     let tap = resolve_tap(args.features_from, args.finetune.as_ref())?;
+    let cells = args.head == HeadArg::Cells;
+    if cells {
+        if args.finetune.is_some() || args.folds.is_some() {
+            bail!(
+                "--head cells trains stage 1 only: drop --finetune and --folds (they train the \
+                 linear head)"
+            );
+        }
+        if tap != resnet50::Tap::Layer3 {
+            bail!("--head cells reads layer3's map: drop --features-from layer4");
+        }
+        if !matches!(args.pooling, PoolingArg::Avg) {
+            bail!("--head cells pools its own cell verdicts: drop --pooling");
+        }
+    }
     let got = args.cache.ensure()?;
     let mut weights = ResNet50::load_tfjs(&got.model_json())?;
     let (backbone, name) = if args.random_backbone {
@@ -324,8 +360,16 @@ pub fn run(args: Args) -> Result<()> {
         threads: args.threads,
         max_failed_pct: args.max_failed_pct,
         head: HeadConfig {
-            max_epochs: args.max_epochs,
-            patience: args.patience,
+            max_epochs: args.max_epochs.unwrap_or(if cells {
+                train::cells::MAX_EPOCHS
+            } else {
+                HeadConfig::default().max_epochs
+            }),
+            patience: args.patience.unwrap_or(if cells {
+                train::cells::PATIENCE
+            } else {
+                HeadConfig::default().patience
+            }),
             seed: args.seed,
             ..HeadConfig::default()
         },
@@ -334,6 +378,7 @@ pub fn run(args: Args) -> Result<()> {
         tap,
         pooling: args.pooling.into(),
         head_views: args.head_views,
+        cell_head: cells.then_some(args.cell_width),
     };
     if let Some(k) = args.folds {
         let cv = train::kfold::run(&opt, k, &backbone)?;
@@ -367,7 +412,11 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(Finetune::Layer4) = args.finetune {
         return run_stage2(&args, opt, &weights, &backbone);
     }
-    let s = train::train_stage1(&opt, &weights, &backbone)?;
+    let s = if cells {
+        train::train_stage1_cells(&opt, &weights, &backbone)?
+    } else {
+        train::train_stage1(&opt, &weights, &backbone)?
+    };
     let v = &s.validation;
     println!("run: {}", args.out.display());
     if let Some(r) = s.extract_images_per_s {
