@@ -1004,13 +1004,16 @@ impl<'a> Graph<'a> {
 
     /// The per-cell head feeding `output`, if one does: from the output back through
     /// pass-through nodes, a scalar `Mul`/`Div` (the temperature) and a scalar `Sub` (log of
-    /// the cell count) to `ReduceLogSumExp` over the cells, then `Add(MatMul(w2, h), b2)`,
+    /// the cell count) to `ReduceLogSumExp` over the cells (or its stable form, `m +
+    /// ReduceLogSumExp(z - m)` with `m = ReduceMax(z)`), then `Add(MatMul(w2, h), b2)`,
     /// `h = Relu(Add(MatMul(w1, Reshape(map)), b1))`. `None` when the chain reaches no
     /// `ReduceLogSumExp` (a pooled head); an error when it does but the rest does not fit.
     fn cell_head(&self, output: &str) -> Result<Option<HeadWeights>, String> {
         // `offset`: what the Subs take off, in output units (times the scales after them).
         let (mut name, mut scale, mut offset) = (output, 1.0f32, 0.0f32);
         let mut pool = None;
+        // The cell logits the pool reads (behind the stable form's shift).
+        let mut pooled_input = None;
         for _ in 0..MAX_HOPS {
             let Some(node) = self.producers.get(name) else {
                 return Ok(None);
@@ -1037,6 +1040,44 @@ impl<'a> Graph<'a> {
                 }
                 "ReduceLogSumExp" => {
                     pool = Some(*node);
+                    break;
+                }
+                // The stable form: Add(ReduceLogSumExp(Sub(z, m)), m), m = ReduceMax(z).
+                "Add" => {
+                    let (Some(lse), Some(max)) = (self.producers.get(in0), self.producers.get(in1))
+                    else {
+                        return Ok(None);
+                    };
+                    if lse.op_type != "ReduceLogSumExp" || max.op_type != "ReduceMax" {
+                        return Ok(None);
+                    }
+                    let shifted = lse
+                        .input
+                        .first()
+                        .and_then(|t| self.producers.get(t.as_str()));
+                    let z = max.input.first().map(String::as_str).unwrap_or("");
+                    let fits = shifted.is_some_and(|s| {
+                        s.op_type == "Sub"
+                            && s.input.len() == 2
+                            && s.input[0] == z
+                            && s.input[1] == in1
+                    });
+                    if !fits
+                        || max
+                            .attribute
+                            .iter()
+                            .find(|a| a.name == "axes")
+                            .map(|a| &a.ints[..])
+                            != Some(&[2][..])
+                    {
+                        return Err(format!(
+                            "Add {:?} of ReduceLogSumExp and ReduceMax is not the log-sum-exp \
+                             of one tensor over its cells",
+                            node.name
+                        ));
+                    }
+                    pool = Some(*lse);
+                    pooled_input = Some(z);
                     break;
                 }
                 _ => return Ok(None),
@@ -1068,7 +1109,8 @@ impl<'a> Graph<'a> {
                 .map_err(|e| format!("{what}: weight {e}"))?;
             Ok((dims, w, b, mm.input[1].as_str()))
         };
-        let first = pool.input.first().map(String::as_str).unwrap_or("");
+        let first =
+            pooled_input.unwrap_or_else(|| pool.input.first().map(String::as_str).unwrap_or(""));
         let (d2, w2, b2, h) = affine(first, "the cell logits")?;
         let relu = self.through_op(h, "Relu", 1, "the hidden cells")?;
         let (d1, w1, b1, flat) = affine(&relu.input[0], "the hidden cells")?;

@@ -7,7 +7,7 @@ pub enum QuantizeError {
     #[error("not an ONNX model: {0}")]
     Decode(String),
     /// The model has an operator the quantizer does not handle.
-    #[error("unsupported operator {op} (node `{node}`): the quantizer handles Conv, Relu, MaxPool, Add, GlobalAveragePool, GlobalMaxPool, Concat, Flatten, Reshape, Gemm, MatMul, Softmax, Sigmoid, Sub, Mul, ReduceSumSquare, ReduceLogSumExp")]
+    #[error("unsupported operator {op} (node `{node}`): the quantizer handles Conv, Relu, MaxPool, Add, GlobalAveragePool, GlobalMaxPool, Concat, Flatten, Reshape, Gemm, MatMul, Softmax, Sigmoid, Sub, Mul, ReduceSumSquare, ReduceMax, ReduceLogSumExp")]
     UnsupportedOp {
         /// ONNX op type.
         op: String,

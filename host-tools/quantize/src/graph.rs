@@ -22,8 +22,9 @@ use crate::error::QuantizeError;
 use crate::math::{conv_weights, quantize_bias, RoundedWeights, Sqnr};
 
 /// Operators accepted in the float input model: the network, its head (a per-cell head's
-/// `ReduceLogSumExp` included) and the view gate's outputs (which stay float, like the head).
-pub const INPUT_OPS: [&str; 17] = [
+/// `ReduceMax` and `ReduceLogSumExp` included) and the view gate's outputs (which stay float,
+/// like the head).
+pub const INPUT_OPS: [&str; 18] = [
     "Conv",
     "Relu",
     "MaxPool",
@@ -40,6 +41,7 @@ pub const INPUT_OPS: [&str; 17] = [
     "Sub",
     "Mul",
     "ReduceSumSquare",
+    "ReduceMax",
     "ReduceLogSumExp",
 ];
 

@@ -490,11 +490,24 @@ fn cell_nodes(
     let h = g.node("Relu", "head_cells_relu", &[&h], vec![]);
     let z = g.node("MatMul", "head_cells_logits", &[&w2, &h], vec![]);
     let z = g.node("Add", "head_cells_logits_bias", &[&z, &b2], vec![]);
+    // log(sum(exp(z))) as m + log(sum(exp(z - m))), m the maximum over cells: engines
+    // (tract among them) compute ReduceLogSumExp as written, and exp of a confident cell's
+    // logit overflows f32 above 88 and f16 above 11; exp(z - m) never exceeds 1.
+    let over_cells = || vec![attr::ints("axes", &[2]), attr::int("keepdims", 1)];
+    let m = g.node("ReduceMax", "head_cells_max", &[&z], over_cells());
+    let shifted = g.node("Sub", "head_cells_shifted", &[&z, &m], vec![]);
     let lse = g.node(
         "ReduceLogSumExp",
         "head_cells_pool",
-        &[&z],
-        vec![attr::ints("axes", &[2]), attr::int("keepdims", 0)],
+        &[&shifted],
+        over_cells(),
+    );
+    let lse = g.node("Add", "head_cells_pool_max", &[&lse, &m], vec![]);
+    let lse = g.node(
+        "Flatten",
+        "head_cells_pooled",
+        &[&lse],
+        vec![attr::int("axis", 1)],
     );
     let log_n = g.f32("head.cells.log_count", &[1], &[(cell_count as f32).ln()]);
     let mean = g.node("Sub", "head_cells_log_mean_exp", &[&lse, &log_n], vec![]);

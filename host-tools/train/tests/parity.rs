@@ -233,4 +233,33 @@ fn cell_head_export_matches_its_arithmetic_and_its_maps() {
     }
     let maxp = p_model.iter().cloned().fold(0.0, f32::max);
     assert!(maxp > 0.3, "head should not be uniform: {p_model:?}");
+
+    // Cell logits in the thousands (exp overflows f32 above 88): the pooling stays finite.
+    let loud = resnet50::CellClassifier {
+        out: resnet50::Dense {
+            weight: cells.out.weight.iter().map(|w| w * 1000.0).collect(),
+            ..cells.out.clone()
+        },
+        ..cells
+    };
+    let weights = common::weights();
+    train::export_classifier(
+        &weights,
+        tap,
+        resnet50::Classifier::Cells(loud.clone()),
+        None,
+        &onnx,
+        "test",
+    )
+    .expect("export");
+    drop(weights);
+    let (_, _, out) = run_export(&onnx, 4);
+    let p = &model::output(&out, "probs").unwrap().data;
+    let f = model::output(&out, "features").unwrap();
+    let z = loud.logits(&f.data, side * side);
+    assert!(z.iter().any(|v| v.abs() > 200.0), "logits {z:?}");
+    assert!(p.iter().all(|v| v.is_finite()), "{p:?}");
+    for (a, b) in p.iter().zip(model::softmax(&z)) {
+        assert!((a - b).abs() < 1e-4, "{p:?} vs {z:?}");
+    }
 }
