@@ -1,4 +1,5 @@
-//! Class-activation maps (CAM) of a globally pooled + linear head.
+//! Class-activation maps (CAM) of a globally pooled + linear head, or of a classifier on
+//! every cell pooled by log-mean-exp.
 //!
 //! The renal model ends in `features` (N x C x H x W) -> GlobalAveragePool -> Gemm -> Softmax.
 //! Pooling and the linear layer are both linear, so they commute: the logit of class k is the
@@ -12,9 +13,19 @@
 //! its mean): the map's mean is still the logit exactly, and the maximum's evidence sits
 //! where the finding is.
 //!
+//! A per-cell head (`renalscan train --head cells`) classifies each cell,
+//! `z_k(cell) = w2 . relu(w1 . F[:, cell] + b1)`, and pools by log-mean-exp. Its logit splits
+//! exactly over the cells by each cell's share `a` of the smooth maximum: `lse(z_k) =
+//! sum_cells a z_k + H(a)`, so cell c carries `HW a_c z_k(c)` and the shares' entropy `H(a)`,
+//! which has no location, joins the bias. The map's mean plus bias is again the logit, and it
+//! lights the cells whose verdicts decided. It costs the head's two layers on every cell
+//! (about 26 M multiply-adds for 1,024 channels, 128 hidden, 196 cells), computed only when a
+//! map is drawn.
+//!
 //! The head's weights are read from the same ONNX file the device runs, so the map cannot
-//! drift from the model. Temperature scaling is folded into those weights by the trainer
-//! (`W / T`, `b / T`): a positive scale that changes the map's units (calibrated logits) but
+//! drift from the model. Temperature scaling is folded into a pooled head's weights by the
+//! trainer (`W / T`, `b / T`; a per-cell head keeps it as a node after its pooling): a
+//! positive scale that changes the map's units (calibrated logits) but
 //! not its shape, so display normalisation removes it. The bias is left out of the spatial
 //! values (it has no location; spreading `b_k / HW` over every cell would only shift the map)
 //! and kept separately in [`ActivationMap::bias`] for the logit identity.
@@ -57,8 +68,8 @@ pub enum CamError {
         /// What the decoder said.
         reason: String,
     },
-    /// No global-average-pool + linear head feeds the requested output.
-    #[error("model {path}: no GAP + linear head feeds output {output:?} ({reason}); class-activation maps need one")]
+    /// No global-average-pool + linear head, nor a per-cell head, feeds the requested output.
+    #[error("model {path}: no GAP + linear head or per-cell head feeds output {output:?} ({reason}); class-activation maps need one")]
     NoHead {
         /// The model file.
         path: PathBuf,

@@ -128,7 +128,7 @@ pub struct LoadOptions {
     /// cache when the model is loaded from memory. Without it, a model loaded from memory is
     /// timed at every start; one loaded from a file is keyed by path, size and mtime.
     pub model_id: Option<String>,
-    /// Also read the linear head feeding this output (class-activation maps) from the same
+    /// Also read the head feeding this output (class-activation maps) from the same
     /// decoded model, so a device never parses the file a second time.
     pub cam_head: Option<String>,
     /// Intra-op threads of every inference (matmul tiles, packing, element-wise ops); 1 runs

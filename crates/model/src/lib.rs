@@ -99,7 +99,7 @@ pub struct Network {
     timings: LoadTimings,
     /// Which form of a quantized model runs, and why.
     form: Option<int8::FormReport>,
-    /// The linear head read from the same bytes, when asked for
+    /// The head read from the same bytes, when asked for
     /// ([`int8::LoadOptions::cam_head`]); the reason when it could not be read.
     head: Option<Result<cam::HeadWeights, String>>,
     /// The intra-op threads of every inference (none: the caller's thread alone).
@@ -218,7 +218,7 @@ impl Network {
 
     /// The head for class-activation maps, read from the very bytes the network was built
     /// from; `None` unless [`int8::LoadOptions::cam_head`] asked for it, `Err` with the reason
-    /// when the model has no linear head on pooled features.
+    /// when the model has no head that maps onto its features.
     pub fn head(&self) -> Option<Result<&cam::HeadWeights, &str>> {
         self.head
             .as_ref()

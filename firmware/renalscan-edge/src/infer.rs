@@ -372,7 +372,7 @@ impl Classifier {
     }
 
     /// The head for class-activation maps, or why there is none (no `features` output, or no
-    /// linear head on pooled features).
+    /// head that maps onto it: a linear head on pooled features or a per-cell head).
     pub fn cam_head(&self) -> Result<&HeadWeights, String> {
         if self.core.features_output.is_none() {
             return Err(format!(

@@ -218,8 +218,15 @@ impl CellClassifier {
 
     /// The calibrated logits of one map (`C x cells`, channel-major, the layout of the
     /// model's `features` output): what the exported graph computes, in plain arithmetic.
-    pub fn logits(&self, map: &[f32], cells: usize) -> Vec<f32> {
+    pub fn logits(&self, map: &[f32], cells: usize) -> Result<Vec<f32>, OnnxError> {
         let (c, hn, k) = (self.hidden.inputs, self.hidden.outputs, self.out.outputs);
+        self.check(c)?;
+        if cells == 0 || map.len() != c * cells {
+            return Err(OnnxError::Cells(format!(
+                "a map of {} values for {c} channels x {cells} cells",
+                map.len()
+            )));
+        }
         let mut z = vec![vec![0f32; cells]; k];
         let mut hidden = vec![0f32; hn];
         for cell in 0..cells {
@@ -240,10 +247,10 @@ impl CellClassifier {
                 }
             }
         }
-        z.iter()
+        Ok(z.iter()
             .zip(&self.out.bias)
             .map(|(zk, b)| (log_mean_exp(zk) + b) / self.temperature)
-            .collect()
+            .collect())
     }
 }
 

@@ -214,7 +214,7 @@ fn cell_head_export_matches_its_arithmetic_and_its_maps() {
     let p_model = &model::output(&out, "probs").unwrap().data;
     let f = model::output(&out, "features").unwrap();
     assert_eq!(f.shape, [1, c, side, side]);
-    let z = cells.logits(&f.data, side * side);
+    let z = cells.logits(&f.data, side * side).unwrap();
     let p_plain = model::softmax(&z);
     let z_cam = cam.logits(&f.data, &f.shape).unwrap();
     let z_maps: Vec<f32> = (0..6)
@@ -256,7 +256,7 @@ fn cell_head_export_matches_its_arithmetic_and_its_maps() {
     let (_, _, out) = run_export(&onnx, 4);
     let p = &model::output(&out, "probs").unwrap().data;
     let f = model::output(&out, "features").unwrap();
-    let z = loud.logits(&f.data, side * side);
+    let z = loud.logits(&f.data, side * side).unwrap();
     assert!(z.iter().any(|v| v.abs() > 200.0), "logits {z:?}");
     assert!(p.iter().all(|v| v.is_finite()), "{p:?}");
     for (a, b) in p.iter().zip(model::softmax(&z)) {

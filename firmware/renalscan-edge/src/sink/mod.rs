@@ -240,7 +240,7 @@ impl<'a> FrameView<'a> {
     }
 
     /// The class-activation map of p(abnormal) (7 x 7 for a 224 input), when the model has a
-    /// `features` output and a linear head.
+    /// `features` output and a head that maps onto it (pooled linear, or per cell).
     pub fn activation_map(&self) -> Option<&ActivationMap> {
         self.cam
             .get_or_init(|| {

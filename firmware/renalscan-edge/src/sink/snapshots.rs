@@ -21,7 +21,8 @@ pub struct SnapshotSink {
 
 impl SnapshotSink {
     /// Opens the snapshot directory. Refuses a model whose decisions cannot be explained
-    /// (no `features` output or no linear head): snapshots would be pictures without a map.
+    /// (no `features` output, or no head that maps onto it): snapshots would be pictures
+    /// without a map.
     pub fn open(cfg: &SnapshotConfig, classifier: &Classifier) -> anyhow::Result<Self> {
         classifier.cam_head().map_err(|why| {
             anyhow::anyhow!("snapshots need the model's class-activation map: {why}")
