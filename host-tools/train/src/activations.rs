@@ -216,12 +216,13 @@ enum Msg {
     Image(usize, Result<[u8; 32], String>),
 }
 
-/// Fills `cache` with views `0..=views` of every item (layer-3 model `layer3_onnx`, one
-/// tract model per thread). Returns per item its content hash or why it failed, and how
-/// many views were computed (not cached).
+/// Fills `cache` with views `0..=views` of every item (the layer-3 map is the output
+/// `output` of `layer3_onnx`: [`OUTPUT`] of [`write_layer3_onnx`]'s file, `features` of stage
+/// 1's trunk; one tract model per thread). Returns per item its content hash or why it
+/// failed, and how many views were computed (not cached).
 pub fn extract(
     items: &[Item],
-    layer3_onnx: &Path,
+    (layer3_onnx, output): (&Path, &str),
     cache: &mut ActivationCache,
     seed: u64,
     threads: usize,
@@ -288,9 +289,9 @@ pub fn extract(
                         };
                         let outs = n.run(&view_in)?;
                         let o =
-                            model::output(&outs, OUTPUT).ok_or_else(|| ExtractError::NoOutput {
+                            model::output(&outs, output).ok_or_else(|| ExtractError::NoOutput {
                                 model: layer3_onnx.display().to_string(),
-                                output: OUTPUT.into(),
+                                output: output.into(),
                             })?;
                         if tx.send(Msg::View(key, to_f16(&o.data))).is_err() {
                             return Ok(());

@@ -5,7 +5,8 @@
 //! test images are fold i; the other folds are split again by patient into training and
 //! validation (`val_fraction`), the head is trained, its temperature and operating threshold
 //! are set on that validation set exactly as a normal run does, and the test fold is scored.
-//! Backbone features are extracted once for every image (cached). The report gives each
+//! Backbone features (pooled for the linear head, layer-3 maps for the cell head) are
+//! extracted once for every image (cached). The report gives each
 //! fold's figures, their mean with a t-interval over folds, and the pooled test predictions'
 //! AUC (DeLong) with sensitivity and specificity at each fold's own threshold.
 
@@ -19,6 +20,8 @@ use contract::Taxonomy;
 use evaluate::{delong, evaluate, threshold_for_sensitivity, Evaluation, Prediction};
 use serde::Serialize;
 
+use crate::activations::{self, ActivationCache, Item};
+use crate::cells::{self, Maps};
 use crate::dataset::{self, Sample, Split};
 use crate::extract::{self, FeatureCache};
 use crate::head::{self, Features};
@@ -133,13 +136,6 @@ pub fn run(
             "--folds {k}: use 2 to 20 folds (5 or 10 are usual)"
         )));
     }
-    if opt.cell_head.is_some() {
-        return Err(TrainError::Config(
-            "cross-validation trains the linear head; the cell head is trained once, on a \
-             split (drop --folds or --head cells)"
-                .into(),
-        ));
-    }
     fs::create_dir_all(&opt.out).map_err(|source| TrainError::Io {
         path: opt.out.display().to_string(),
         source,
@@ -166,29 +162,7 @@ pub fn run(
     }
 
     let paths: Vec<usimage::FrameRef> = samples.iter().map(Sample::frame_ref).collect();
-    let backbone_sha = extract::file_sha256(backbone_onnx)?;
-    let mut cache = FeatureCache::open(
-        &opt.cache_dir,
-        &backbone_sha,
-        opt.pooling,
-        opt.tap.channels(),
-    )?;
-    let (feats, _) = extract::features(&paths, backbone_onnx, &mut cache, opt.threads)?;
-    extract::check_failures(&paths, &feats, opt.max_failed_pct)?;
-    // Every image trains in some fold: the augmented views of all of them, once.
-    let hv = opt.head_views as usize;
-    let (view_paths, views): (Vec<usimage::FrameRef>, Vec<u32>) = paths
-        .iter()
-        .flat_map(|p| (1..=opt.head_views).map(move |v| (p.clone(), v)))
-        .unzip();
-    let (view_feats, _) = extract::features_of_views(
-        &view_paths,
-        &views,
-        opt.head.seed,
-        backbone_onnx,
-        &mut cache,
-        opt.threads,
-    )?;
+    let inputs = Inputs::extract(opt, &paths, backbone_onnx)?;
 
     let taxonomy = Taxonomy::standard();
     let normal = taxonomy.normal_index();
@@ -208,45 +182,18 @@ pub fn run(
             0.0,
             opt.head.seed.wrapping_add(i as u64),
         );
-        let mut sets: [Features; 3] =
-            std::array::from_fn(|_| Features::with_dim(opt.pooling.width(opt.tap.channels())));
-        for (s, f) in fold_samples.iter().zip(&feats) {
-            let Ok(f) = f else { continue };
-            let slot = match s.split {
-                Some(Split::Train) => 0,
-                Some(Split::Val) => 1,
-                Some(Split::Test) => 2,
-                None => continue,
-            };
-            sets[slot].x.extend_from_slice(f);
-            sets[slot].y.push(s.label);
-        }
-        let train_images = sets[0].len();
-        for (j, s) in fold_samples.iter().enumerate() {
-            if s.split != Some(Split::Train) {
-                continue;
-            }
-            for f in view_feats[j * hv..(j + 1) * hv].iter().flatten() {
-                sets[0].x.extend_from_slice(f);
-                sets[0].y.push(s.label);
-            }
-        }
-        let [tr, va, te] = &sets;
-        for (set, name) in [(tr, "train"), (va, "validation"), (te, "test")] {
-            if set.is_empty() {
-                return Err(TrainError::EmptySplit(name));
-            }
-        }
-        let trained = head::train_head(tr, va, &opt.head, |_| {})?;
-        let t = head::fit_temperature(&trained.head, va);
-        let calibrated = trained.head.scaled(t);
-        let preds = |f: &Features| -> Vec<Prediction> {
-            head::predict(&calibrated, f, 1.0)
-                .into_iter()
-                .zip(&f.y)
-                .map(|(probs, &label)| Prediction { label, probs })
+        let f = inputs.train_fold(opt, &fold_samples)?;
+        let t = head::fit_temperature_of(&f.val.0, &f.val.1);
+        let preds = |(z, y): &(Vec<[f32; head::K]>, Vec<usize>)| -> Vec<Prediction> {
+            z.iter()
+                .zip(y)
+                .map(|(z, &label)| Prediction {
+                    label,
+                    probs: head::softmax_t(z, t),
+                })
                 .collect()
         };
+        let (va, te) = (&f.val, &f.test);
         let val_pos: Vec<f64> = preds(va)
             .iter()
             .filter(|p| p.label != normal)
@@ -263,7 +210,7 @@ pub fn run(
             "fold {}/{k}: {} test images, AUC {:.4}, sensitivity {:.3}, specificity {:.3} at \
              threshold {threshold:.4}",
             i + 1,
-            te.len(),
+            te.1.len(),
             e.overall.auc,
             e.overall.sensitivity,
             e.overall.specificity
@@ -271,8 +218,8 @@ pub fn run(
         out_folds.push(Fold {
             fold: i + 1,
             test_patients,
-            images: [train_images, va.len(), te.len()],
-            best_epoch: trained.best_epoch,
+            images: [f.train_images, va.1.len(), te.1.len()],
+            best_epoch: f.best_epoch,
             temperature: t,
             threshold,
             test: e.overall,
@@ -302,6 +249,187 @@ pub fn run(
     };
     write_files(&opt.out, &opt.data, &cv)?;
     Ok(cv)
+}
+
+/// What every fold trains from, read once for all images: pooled features (the linear
+/// head) or layer-3 maps (the cell head), with the augmented views of every image (each
+/// trains in some fold).
+enum Inputs {
+    Pooled {
+        feats: Vec<Result<Vec<f32>, String>>,
+        views: Vec<Result<Vec<f32>, String>>,
+    },
+    Maps {
+        /// Per image, its original's map then its views', or why it failed.
+        maps: Vec<Result<Vec<Vec<u16>>, String>>,
+        hidden: usize,
+    },
+}
+
+/// One fold's trained head, as logits (temperature 1) with labels.
+struct FoldOutcome {
+    val: (Vec<[f32; head::K]>, Vec<usize>),
+    test: (Vec<[f32; head::K]>, Vec<usize>),
+    train_images: usize,
+    best_epoch: usize,
+}
+
+impl Inputs {
+    fn extract(
+        opt: &TrainOptions,
+        paths: &[usimage::FrameRef],
+        backbone_onnx: &Path,
+    ) -> Result<Self, TrainError> {
+        let backbone_sha = extract::file_sha256(backbone_onnx)?;
+        if let Some(hidden) = opt.cell_head {
+            let items: Vec<Item> = paths
+                .iter()
+                .map(|p| Item {
+                    frame: p.clone(),
+                    views: opt.head_views,
+                })
+                .collect();
+            let mut cache = ActivationCache::open(&opt.cache_dir, &backbone_sha)?;
+            let (hashes, _) = activations::extract(
+                &items,
+                (backbone_onnx, resnet50::onnx::FEATURES),
+                &mut cache,
+                opt.head.seed,
+                opt.threads,
+            )?;
+            extract::check_failures(paths, &hashes, opt.max_failed_pct)?;
+            let mut maps = Vec::with_capacity(hashes.len());
+            for h in hashes {
+                let Ok(h) = h else {
+                    maps.push(Err("unreadable".to_string()));
+                    continue;
+                };
+                let mut views = Vec::new();
+                for v in 0..=opt.head_views {
+                    let mut m = vec![0u16; activations::LEN];
+                    if !cache.read_f16(&activations::view_key(&h, v, opt.head.seed), &mut m)? {
+                        return Err(TrainError::Config(format!(
+                            "a layer-3 map is missing from {} after extraction",
+                            cache.path().display()
+                        )));
+                    }
+                    views.push(m);
+                }
+                maps.push(Ok(views));
+            }
+            return Ok(Inputs::Maps { maps, hidden });
+        }
+        let mut cache = FeatureCache::open(
+            &opt.cache_dir,
+            &backbone_sha,
+            opt.pooling,
+            opt.tap.channels(),
+        )?;
+        let (feats, _) = extract::features(paths, backbone_onnx, &mut cache, opt.threads)?;
+        extract::check_failures(paths, &feats, opt.max_failed_pct)?;
+        let (view_paths, views): (Vec<usimage::FrameRef>, Vec<u32>) = paths
+            .iter()
+            .flat_map(|p| (1..=opt.head_views).map(move |v| (p.clone(), v)))
+            .unzip();
+        let (views, _) = extract::features_of_views(
+            &view_paths,
+            &views,
+            opt.head.seed,
+            backbone_onnx,
+            &mut cache,
+            opt.threads,
+        )?;
+        Ok(Inputs::Pooled { feats, views })
+    }
+
+    /// Trains one fold's head on its training images (and their views), early-stopped on
+    /// its validation images; returns its validation and test logits.
+    fn train_fold(
+        &self,
+        opt: &TrainOptions,
+        fold_samples: &[Sample],
+    ) -> Result<FoldOutcome, TrainError> {
+        let slot = |s: &Sample| match s.split {
+            Some(Split::Train) => Some(0),
+            Some(Split::Val) => Some(1),
+            Some(Split::Test) => Some(2),
+            None => None,
+        };
+        let names = ["train", "validation", "test"];
+        match self {
+            Inputs::Pooled { feats, views } => {
+                let hv = opt.head_views as usize;
+                let mut sets: [Features; 3] = std::array::from_fn(|_| {
+                    Features::with_dim(opt.pooling.width(opt.tap.channels()))
+                });
+                for (s, f) in fold_samples.iter().zip(feats) {
+                    let (Ok(f), Some(k)) = (f, slot(s)) else {
+                        continue;
+                    };
+                    sets[k].x.extend_from_slice(f);
+                    sets[k].y.push(s.label);
+                }
+                let train_images = sets[0].len();
+                for (j, s) in fold_samples.iter().enumerate() {
+                    if s.split != Some(Split::Train) {
+                        continue;
+                    }
+                    for f in views[j * hv..(j + 1) * hv].iter().flatten() {
+                        sets[0].x.extend_from_slice(f);
+                        sets[0].y.push(s.label);
+                    }
+                }
+                for (set, name) in sets.iter().zip(names) {
+                    if set.is_empty() {
+                        return Err(TrainError::EmptySplit(name));
+                    }
+                }
+                let [tr, va, te] = &sets;
+                let trained = head::train_head(tr, va, &opt.head, |_| {})?;
+                let logits = |f: &Features| -> (Vec<[f32; head::K]>, Vec<usize>) {
+                    let z = f.x.chunks_exact(f.dim).map(|r| trained.head.logits(r));
+                    (z.collect(), f.y.clone())
+                };
+                Ok(FoldOutcome {
+                    val: logits(va),
+                    test: logits(te),
+                    train_images,
+                    best_epoch: trained.best_epoch,
+                })
+            }
+            Inputs::Maps { maps, hidden } => {
+                let cells = activations::SIDE * activations::SIDE;
+                let mut sets: [Maps; 3] =
+                    std::array::from_fn(|_| Maps::new(activations::CHANNELS, cells));
+                let mut train_images = 0;
+                for (s, m) in fold_samples.iter().zip(maps) {
+                    let (Ok(m), Some(k)) = (m, slot(s)) else {
+                        continue;
+                    };
+                    // Views train only: validation and test see originals.
+                    let take = if k == 0 { m.len() } else { 1 };
+                    train_images += usize::from(k == 0);
+                    for v in &m[..take] {
+                        sets[k].x.extend_from_slice(v);
+                        sets[k].y.push(s.label);
+                    }
+                }
+                for (set, name) in sets.iter().zip(names) {
+                    if set.is_empty() {
+                        return Err(TrainError::EmptySplit(name));
+                    }
+                }
+                let [tr, va, te] = &sets;
+                let trained = cells::train(tr, va, *hidden, &opt.head, |_| {})?;
+                Ok(FoldOutcome {
+                    val: (cells::predict_logits(&trained.head, va)?, va.y.clone()),
+                    test: (cells::predict_logits(&trained.head, te)?, te.y.clone()),
+                    train_images,
+                    best_epoch: trained.best_epoch,
+                })
+            }
+        }
+    }
 }
 
 fn write_files(out: &Path, data: &Path, cv: &CrossValidation) -> Result<(), TrainError> {

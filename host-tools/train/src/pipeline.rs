@@ -685,8 +685,9 @@ fn finish_stage1(
 
 /// Stage 1 with the cell head ([`crate::cells`], `opt.cell_head` its hidden width): layer-3
 /// maps of the train and validation images are extracted once into the activation cache
-/// (`layer3_onnx`, the trunk file that ends at layer3, keys the cache), the view gate is fitted
-/// on their channel means as in [`train_stage1`], and the head on the kidneys' maps.
+/// (from `layer3_onnx`, the trunk file that ends at layer3, whose hash keys the cache), the
+/// view gate is fitted on their channel means as in [`train_stage1`], and the head on the
+/// kidneys' maps.
 pub fn train_stage1_cells(
     opt: &TrainOptions,
     weights: &resnet50::ResNet50,
@@ -730,10 +731,6 @@ pub fn train_stage1_cells(
         })
         .collect();
     let trunk_sha = extract::file_sha256(layer3_onnx)?;
-    let short = trunk_sha.get(..16).unwrap_or(&trunk_sha);
-    let layer3 = opt.cache_dir.join(format!("layer3-{short}.onnx"));
-    fs::create_dir_all(&opt.cache_dir).map_err(io(&opt.cache_dir))?;
-    activations::write_layer3_onnx(weights, &layer3)?;
     let channels = activations::CHANNELS;
     let te = Instant::now();
     let other_paths: Vec<FrameRef> = others.iter().map(|s| s.frame_ref()).collect();
@@ -742,8 +739,13 @@ pub fn train_stage1_cells(
     let (other_feats, mut computed) =
         extract::features(&other_paths, layer3_onnx, &mut features, opt.threads)?;
     let mut cache = ActivationCache::open(&opt.cache_dir, &trunk_sha)?;
-    let (hashes, maps_computed) =
-        activations::extract(&items, &layer3, &mut cache, opt.head.seed, opt.threads)?;
+    let (hashes, maps_computed) = activations::extract(
+        &items,
+        (layer3_onnx, resnet50::onnx::FEATURES),
+        &mut cache,
+        opt.head.seed,
+        opt.threads,
+    )?;
     computed += maps_computed;
     let mut paths: Vec<FrameRef> = items.iter().map(|i| i.frame.clone()).collect();
     paths.extend(other_paths);
@@ -969,8 +971,13 @@ pub fn train_stage2(
     activations::write_layer3_onnx(weights, &layer3)?;
     let mut cache = ActivationCache::open(&base.cache_dir, &backbone_sha)?;
     let te = Instant::now();
-    let (hashes, computed) =
-        activations::extract(&items, &layer3, &mut cache, opt.finetune.seed, base.threads)?;
+    let (hashes, computed) = activations::extract(
+        &items,
+        (&layer3, activations::OUTPUT),
+        &mut cache,
+        opt.finetune.seed,
+        base.threads,
+    )?;
     let extract_s = te.elapsed().as_secs_f64();
     let extract_images_per_s = (computed > 0).then(|| computed as f64 / extract_s);
     if let Some(r) = extract_images_per_s {

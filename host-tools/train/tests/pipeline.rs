@@ -9,6 +9,10 @@ use train::{HeadConfig, Split, TrainOptions};
 
 mod common;
 
+/// burn draws initialisation and dropout from one process-wide generator: the two training
+/// tests here hold this so that their "same seed, same model" checks cannot interleave.
+static BURN_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The tests' stage-1 options: 20% validation and 20% test patients, a short linear head,
 /// the default recipe's map, and one augmented view per training image (opt-in), so that
 /// path is tested too.
@@ -38,6 +42,7 @@ fn options(dir: &std::path::Path, data: std::path::PathBuf) -> TrainOptions {
 
 #[test]
 fn stage1_trains_exports_and_evaluates() {
+    let _burn = BURN_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let weights = common::weights();
     let dir = tempfile::tempdir().unwrap();
     let data = common::phantom(dir.path(), 96, 3);
@@ -117,13 +122,18 @@ fn stage1_trains_exports_and_evaluates() {
     evaluate::write_report(&dir.path().join("report"), &e, "pipeline test").unwrap();
     assert!(dir.path().join("report/report.html").is_file());
 
-    // Cross-validation of the same images (features all cached): every kidney image is
-    // tested exactly once, and the report lists every fold.
+    // Cross-validation of the same images (features all cached).
+    cross_validates(&opt, dir.path(), &backbone);
+}
+
+/// 3-fold cross-validation of the 96 images `opt` trained on: every kidney image is tested
+/// exactly once, the report lists every fold, and no model is shipped.
+fn cross_validates(opt: &TrainOptions, dir: &std::path::Path, backbone: &std::path::Path) {
     let cv_opt = TrainOptions {
-        out: dir.path().join("cv"),
+        out: dir.join("cv"),
         ..opt.clone()
     };
-    let cv = train::kfold::run(&cv_opt, 3, &backbone).expect("3-fold cross-validation");
+    let cv = train::kfold::run(&cv_opt, 3, backbone).expect("3-fold cross-validation");
     assert_eq!(cv.folds.len(), 3);
     assert_eq!(cv.folds.iter().map(|f| f.images[2]).sum::<usize>(), 96);
     assert_eq!(cv.pooled_n[0] + cv.pooled_n[1], 96);
@@ -144,6 +154,7 @@ fn stage1_trains_exports_and_evaluates() {
 /// patients score through it.
 #[test]
 fn stage1_cell_head_trains_exports_and_reruns_from_the_cache() {
+    let _burn = BURN_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let weights = common::weights();
     let dir = tempfile::tempdir().unwrap();
     let data = common::phantom(dir.path(), 96, 3);
@@ -206,4 +217,7 @@ fn stage1_cell_head_trains_exports_and_reruns_from_the_cache() {
         let sum: f32 = p[..6].iter().sum();
         assert!((sum - 1.0).abs() < 1e-4, "{p:?}");
     }
+
+    // Cross-validation with the cell head.
+    cross_validates(&opt, dir.path(), &backbone);
 }

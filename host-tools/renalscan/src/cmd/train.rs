@@ -298,11 +298,8 @@ pub fn run(args: Args) -> Result<()> {
     let tap = resolve_tap(args.features_from, args.finetune.as_ref())?;
     let cells = args.head == HeadArg::Cells;
     if cells {
-        if args.finetune.is_some() || args.folds.is_some() {
-            bail!(
-                "--head cells trains stage 1 only: drop --finetune and --folds (they train the \
-                 linear head)"
-            );
+        if args.finetune.is_some() {
+            bail!("--head cells trains stage 1 only: drop --finetune (it tunes layer4 under a linear head)");
         }
         if tap != resnet50::Tap::Layer3 {
             bail!("--head cells reads layer3's map: drop --features-from layer4");
