@@ -96,20 +96,22 @@ pub struct Args {
     #[arg(long, default_value = "models/cache/features")]
     pub feature_cache: PathBuf,
     /// Maximum head epochs (early stopping on validation AUC usually ends sooner) [default:
-    /// 300; 30 with --head cells].
+    /// 30 for the cell head, 300 for the linear head].
     #[arg(value_parser = argrange::usize_in(1, 100_000), long)]
     pub max_epochs: Option<usize>,
-    /// Epochs without validation-AUC improvement before stopping [default: 40; 8 with --head
-    /// cells].
+    /// Epochs without validation-AUC improvement before stopping [default: 8 for the cell
+    /// head, 40 for the linear head].
     #[arg(value_parser = argrange::usize_in(1, 100_000), long)]
     pub patience: Option<usize>,
-    /// The head: `linear` on the map's channel means (the default), or `cells`, a small
-    /// classifier on every cell of layer3's 14 x 14 map whose verdicts are pooled by a smooth
-    /// maximum, so that a finding filling a few cells is not averaged away (trains from cached
-    /// layer-3 maps, 392 KiB per image on disk; host-tools/train/README.md, "The head's
-    /// shape").
-    #[arg(long, value_enum, default_value_t = HeadArg::Linear)]
-    pub head: HeadArg,
+    /// The head: `cells` (the default), a small classifier on every cell of layer3's 14 x 14
+    /// map whose verdicts are pooled by a smooth maximum, so that a finding filling a few
+    /// cells is not averaged away (trains from cached layer-3 maps, 392 KiB per image on
+    /// disk); or `linear` on the map's channel means, the head before (and the default with
+    /// `--finetune layer4`, `--features-from layer4` or `--pooling avg-max`, which need it).
+    /// The cell head ranked the phantom's images and unseen scanners far better
+    /// (host-tools/train/README.md, "The head's shape").
+    #[arg(long, value_enum)]
+    pub head: Option<HeadArg>,
     /// Hidden width of `--head cells`.
     #[arg(value_parser = argrange::usize_in(1, 4096), long, default_value_t = train::cells::HIDDEN)]
     pub cell_width: usize,
@@ -207,6 +209,35 @@ fn resolve_tap(
     }
 }
 
+/// Whether the run trains the cell head: the default, except where only the linear head
+/// applies (stage 2 tunes layer4 under it, the activation cache holds layer3's map, and
+/// `avg-max` is a pooling of the linear head's input), where asking for cells is refused.
+fn resolve_head(
+    head: Option<HeadArg>,
+    tap: resnet50::Tap,
+    finetune: Option<&Finetune>,
+    pooling: PoolingArg,
+) -> Result<bool> {
+    let why_linear = if finetune.is_some() {
+        Some("--finetune layer4 tunes layer4 under the linear head")
+    } else if tap != resnet50::Tap::Layer3 {
+        Some("--features-from layer4: the cell head reads layer3's map")
+    } else if matches!(pooling, PoolingArg::AvgMax) {
+        Some(
+            "--pooling avg-max pools the linear head's input; the cell head pools its own verdicts",
+        )
+    } else {
+        None
+    };
+    match (head, why_linear) {
+        (Some(HeadArg::Cells), Some(why)) => {
+            bail!("--head cells does not combine with {why}: drop one of them")
+        }
+        (Some(HeadArg::Linear), _) | (None, Some(_)) => Ok(false),
+        (Some(HeadArg::Cells), None) | (None, None) => Ok(true),
+    }
+}
+
 /// [`train::finetune::LrSchedule`] on the command line.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum ScheduleArg {
@@ -296,18 +327,7 @@ pub fn run(args: Args) -> Result<()> {
         }
     };
     let tap = resolve_tap(args.features_from, args.finetune.as_ref())?;
-    let cells = args.head == HeadArg::Cells;
-    if cells {
-        if args.finetune.is_some() {
-            bail!("--head cells trains stage 1 only: drop --finetune (it tunes layer4 under a linear head)");
-        }
-        if tap != resnet50::Tap::Layer3 {
-            bail!("--head cells reads layer3's map: drop --features-from layer4");
-        }
-        if !matches!(args.pooling, PoolingArg::Avg) {
-            bail!("--head cells pools its own cell verdicts: drop --pooling");
-        }
-    }
+    let cells = resolve_head(args.head, tap, args.finetune.as_ref(), args.pooling)?;
     let got = args.cache.ensure()?;
     let mut weights = ResNet50::load_tfjs(&got.model_json())?;
     let (backbone, name) = if args.random_backbone {
@@ -571,7 +591,30 @@ fn run_stage2(args: &Args, base: TrainOptions, weights: &ResNet50, backbone: &Pa
 
 #[cfg(test)]
 mod tests {
-    use super::{check_backbone_side, resolve_tap, Finetune, TapArg};
+    use super::{
+        check_backbone_side, resolve_head, resolve_tap, Finetune, HeadArg, PoolingArg, TapArg,
+    };
+
+    #[test]
+    fn the_cell_head_is_the_default_where_it_applies() {
+        let l3 = resnet50::Tap::Layer3;
+        assert!(resolve_head(None, l3, None, PoolingArg::Avg).unwrap());
+        assert!(!resolve_head(Some(HeadArg::Linear), l3, None, PoolingArg::Avg).unwrap());
+        let l4 = resnet50::Tap::Layer4;
+        assert!(!resolve_head(None, l4, Some(&Finetune::Layer4), PoolingArg::Avg).unwrap());
+        assert!(!resolve_head(None, l4, None, PoolingArg::Avg).unwrap());
+        assert!(!resolve_head(None, l3, None, PoolingArg::AvgMax).unwrap());
+        for (tap, ft, pooling, flag) in [
+            (l4, Some(&Finetune::Layer4), PoolingArg::Avg, "--finetune"),
+            (l4, None, PoolingArg::Avg, "--features-from layer4"),
+            (l3, None, PoolingArg::AvgMax, "--pooling avg-max"),
+        ] {
+            let e = resolve_head(Some(HeadArg::Cells), tap, ft, pooling)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(flag) && e.contains("drop"), "{e}");
+        }
+    }
 
     #[test]
     fn stage_2_reads_layer4_and_refuses_a_layer3_stage_1() {
