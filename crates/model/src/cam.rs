@@ -678,6 +678,14 @@ fn attr_i(node: &NodeProto, name: &str, default: i64) -> i64 {
         .map_or(default, |a| a.i)
 }
 
+/// An integer-list attribute (a reduction's `axes`); empty when absent.
+fn attr_ints<'n>(node: &'n NodeProto, name: &str) -> &'n [i64] {
+    node.attribute
+        .iter()
+        .find(|a| a.name == name)
+        .map_or(&[], |a| &a.ints[..])
+}
+
 fn attr_f(node: &NodeProto, name: &str, default: f32) -> f32 {
     node.attribute
         .iter()
@@ -1073,14 +1081,7 @@ impl<'a> Graph<'a> {
                             && s.input[0] == z
                             && s.input[1] == in1
                     });
-                    if !fits
-                        || max
-                            .attribute
-                            .iter()
-                            .find(|a| a.name == "axes")
-                            .map(|a| &a.ints[..])
-                            != Some(&[2][..])
-                    {
+                    if !fits || attr_ints(max, "axes") != [2] {
                         return Err(format!(
                             "Add {:?} of ReduceLogSumExp and ReduceMax is not the log-sum-exp \
                              of one tensor over its cells",
@@ -1097,12 +1098,7 @@ impl<'a> Graph<'a> {
         let Some(pool) = pool else {
             return Ok(None);
         };
-        let axes: Vec<i64> = pool
-            .attribute
-            .iter()
-            .find(|a| a.name == "axes")
-            .map(|a| a.ints.clone())
-            .unwrap_or_default();
+        let axes = attr_ints(pool, "axes");
         if axes != [2] && axes != [-1] {
             return Err(format!(
                 "ReduceLogSumExp {:?} over axes {axes:?}, not the cells of N x classes x cells",
@@ -1250,19 +1246,13 @@ impl<'a> Graph<'a> {
         };
         let node = self.through(start)?;
         let input = || node.input.first().map(String::as_str).unwrap_or("");
-        let axes = || -> Vec<i64> {
-            node.attribute
-                .iter()
-                .find(|a| a.name == "axes")
-                .map(|a| a.ints.clone())
-                .unwrap_or_default()
-        };
+
         match (node.op_type.as_str(), max) {
             ("GlobalAveragePool" | "QLinearGlobalAveragePool", false) | ("GlobalMaxPool", true) => {
                 Ok(input())
             }
             ("ReduceMean", false) | ("ReduceMax", true) => {
-                let axes = axes();
+                let axes = attr_ints(node, "axes");
                 if axes == [2, 3] || axes == [-2, -1] {
                     Ok(input())
                 } else {

@@ -160,19 +160,46 @@ impl ActivationCache {
 
     /// Reads a view as f32 into `out` (`LEN` values); false if it is not cached.
     pub fn read(&mut self, key: &[u8; 32], out: &mut [f32]) -> Result<bool, ExtractError> {
-        let mut bits = vec![0u16; LEN];
-        if !self.read_f16(key, &mut bits)? {
-            return Ok(false);
-        }
-        for (o, &b) in out.iter_mut().zip(&bits) {
-            *o = f16::from_bits(b).to_f32();
-        }
-        Ok(true)
+        self.read_with(key, |i, bits| {
+            if let Some(o) = out.get_mut(i) {
+                *o = f16::from_bits(bits).to_f32();
+            }
+        })
     }
 
     /// Reads a view as stored, f16 bit patterns, into `out` (`LEN` values): half the memory
     /// of [`ActivationCache::read`] for callers that hold many views; false if not cached.
     pub fn read_f16(&mut self, key: &[u8; 32], out: &mut [u16]) -> Result<bool, ExtractError> {
+        self.read_with(key, |i, bits| {
+            if let Some(o) = out.get_mut(i) {
+                *o = bits;
+            }
+        })
+    }
+
+    /// [`ActivationCache::read_f16`] of a view that must be there (extracted a moment ago):
+    /// its absence is an error naming the cache.
+    pub fn read_f16_extracted(
+        &mut self,
+        key: &[u8; 32],
+        out: &mut [u16],
+    ) -> Result<(), ExtractError> {
+        if self.read_f16(key, out)? {
+            Ok(())
+        } else {
+            Err(ExtractError::Cache(format!(
+                "a layer-3 map is missing from {} after extraction",
+                self.path.display()
+            )))
+        }
+    }
+
+    /// Reads a view's `LEN` stored values, handing each (index, f16 bits) to `put`.
+    fn read_with(
+        &mut self,
+        key: &[u8; 32],
+        mut put: impl FnMut(usize, u16),
+    ) -> Result<bool, ExtractError> {
         let Some(&off) = self.index.get(key) else {
             return Ok(false);
         };
@@ -185,8 +212,8 @@ impl ActivationCache {
         };
         let mut buf = vec![0u8; 2 * LEN];
         f.read_exact_at(&mut buf, off).map_err(io(&self.path))?;
-        for (o, b) in out.iter_mut().zip(buf.chunks_exact(2)) {
-            *o = u16::from_le_bytes([b[0], b[1]]);
+        for (i, b) in buf.chunks_exact(2).enumerate() {
+            put(i, u16::from_le_bytes([b[0], b[1]]));
         }
         Ok(true)
     }

@@ -233,7 +233,7 @@ pub fn auc_nll(head: &LinearHead, f: &Features, t: f32) -> (f64, f64) {
 }
 
 /// Logits of every row of `f`.
-fn row_logits(head: &LinearHead, f: &Features) -> Vec<[f32; K]> {
+pub fn row_logits(head: &LinearHead, f: &Features) -> Vec<[f32; K]> {
     f.x.chunks_exact(f.dim.max(1))
         .map(|r| head.logits(r))
         .collect()

@@ -307,12 +307,8 @@ impl Inputs {
                 let mut views = Vec::new();
                 for v in 0..=opt.head_views {
                     let mut m = vec![0u16; activations::LEN];
-                    if !cache.read_f16(&activations::view_key(&h, v, opt.head.seed), &mut m)? {
-                        return Err(TrainError::Config(format!(
-                            "a layer-3 map is missing from {} after extraction",
-                            cache.path().display()
-                        )));
-                    }
+                    cache
+                        .read_f16_extracted(&activations::view_key(&h, v, opt.head.seed), &mut m)?;
                     views.push(m);
                 }
                 maps.push(Ok(views));
@@ -386,10 +382,7 @@ impl Inputs {
                 }
                 let [tr, va, te] = &sets;
                 let trained = head::train_head(tr, va, &opt.head, |_| {})?;
-                let logits = |f: &Features| -> (Vec<[f32; head::K]>, Vec<usize>) {
-                    let z = f.x.chunks_exact(f.dim).map(|r| trained.head.logits(r));
-                    (z.collect(), f.y.clone())
-                };
+                let logits = |f: &Features| (head::row_logits(&trained.head, f), f.y.clone());
                 Ok(FoldOutcome {
                     val: logits(va),
                     test: logits(te),

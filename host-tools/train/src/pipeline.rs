@@ -298,13 +298,18 @@ fn prepare(
 /// Images per split and class.
 type Counts = BTreeMap<String, BTreeMap<String, usize>>;
 
-/// Temperature, operating point and export: the same for both stages.
-struct Calibrated {
+/// Temperature and operating point on validation: the same for every head and stage.
+struct Calibration {
     temperature: f32,
     ece_before: f64,
     ece_after: f64,
     threshold: f64,
     validation: evaluate::Overall,
+}
+
+/// A calibration and the exported model's sha256.
+struct Calibrated {
+    calibration: Calibration,
     onnx_sha: String,
 }
 
@@ -316,7 +321,7 @@ fn calibrate_logits(
     y: &[usize],
     best_epoch: usize,
     log_text: &mut String,
-) -> Result<(f32, f64, f64, f64, evaluate::Overall), TrainError> {
+) -> Result<Calibration, TrainError> {
     let t = head::fit_temperature_of(z, y);
     let ece_before = head::ece_of(z, y, 1.0);
     let ece_after = head::ece_of(z, y, t);
@@ -352,7 +357,13 @@ fn calibrate_logits(
         val_eval.overall.sensitivity,
         val_eval.overall.specificity
     );
-    Ok((t, ece_before, ece_after, threshold, val_eval.overall))
+    Ok(Calibration {
+        temperature: t,
+        ece_before,
+        ece_after,
+        threshold,
+        validation: val_eval.overall,
+    })
 }
 
 /// Fits the temperature of `head` (uncalibrated, on pooled features) on `va`, picks the
@@ -366,15 +377,15 @@ fn calibrate_and_export(
     gate: Option<&resnet50::GateHead>,
     log_text: &mut String,
 ) -> Result<Calibrated, TrainError> {
-    let z: Vec<[f32; head::K]> = va.x.chunks_exact(va.dim).map(|r| head.logits(r)).collect();
-    let (t, ece_before, ece_after, threshold, validation) =
-        calibrate_logits(opt, &z, &va.y, best_epoch, log_text)?;
+    let z = head::row_logits(head, va);
+    let calibration = calibrate_logits(opt, &z, &va.y, best_epoch, log_text)?;
+    let t = calibration.temperature;
     write(
         &opt.out.join("head.json"),
         serde_json::to_string(&serde_json::json!({
             "head_uncalibrated": head,
             "temperature": t,
-            "threshold": threshold,
+            "threshold": calibration.threshold,
         }))?
         .as_bytes(),
     )?;
@@ -387,11 +398,7 @@ fn calibrate_and_export(
         &opt.backbone_name,
     )?;
     Ok(Calibrated {
-        temperature: t,
-        ece_before,
-        ece_after,
-        threshold,
-        validation,
+        calibration,
         onnx_sha,
     })
 }
@@ -659,7 +666,10 @@ fn finish_stage1(
         mut log_text,
         view_gate,
     } = start;
-    let c = f.calibrated;
+    let Calibrated {
+        calibration: c,
+        onnx_sha,
+    } = f.calibrated;
     let summary = RunSummary {
         counts: e.counts,
         skipped: e.skipped,
@@ -677,7 +687,7 @@ fn finish_stage1(
         head: f.head,
         view_gate: view_gate.map(|(_, m)| m),
     };
-    let manifest = draft_manifest(opt, &summary, &c.onnx_sha, backbone_sha, Stage::One)?;
+    let manifest = draft_manifest(opt, &summary, &onnx_sha, backbone_sha, Stage::One)?;
     let _ = writeln!(log_text, "total {:.1} s", summary.total_s);
     write_run_files(opt, &manifest, &summary, &log_text)?;
     Ok(summary)
@@ -771,27 +781,20 @@ pub fn train_stage1_cells(
         if train { &mut gate_tr } else { &mut gate_va }.push(f, false);
     }
     let mut map = vec![0u16; activations::LEN];
-    let mut means = vec![0f32; channels];
+    let (mut map_f32, mut means) = (vec![0f32; activations::LEN], Vec::with_capacity(channels));
     let mut originals = 0;
     for (s, h) in kidneys.iter().zip(&hashes) {
         let Ok(h) = h else { continue };
         let train = s.split == Some(Split::Train);
         for v in 0..=views(s) {
-            if !cache.read_f16(&activations::view_key(h, v, opt.head.seed), &mut map)? {
-                return Err(TrainError::Config(format!(
-                    "layer-3 map of {} (view {v}) missing from {} after extraction",
-                    s.frame_ref(),
-                    cache.path().display()
-                )));
-            }
+            cache.read_f16_extracted(&activations::view_key(h, v, opt.head.seed), &mut map)?;
             if v == 0 {
-                for (m, plane) in means.iter_mut().zip(map.chunks_exact(cells)) {
-                    let sum: f32 = plane
-                        .iter()
-                        .map(|&b| half::f16::from_bits(b).to_f32())
-                        .sum();
-                    *m = sum / cells as f32;
+                // The gate reads channel means as the feature cache pools them.
+                for (f, &b) in map_f32.iter_mut().zip(&map) {
+                    *f = half::f16::from_bits(b).to_f32();
                 }
+                means.clear();
+                extract::pool_into(&mut means, &map_f32, channels, resnet50::Pooling::Avg);
                 if train { &mut gate_tr } else { &mut gate_va }.push(&means, true);
                 originals += usize::from(train);
             }
@@ -817,10 +820,9 @@ pub fn train_stage1_cells(
     drop(tr);
 
     let z = crate::cells::predict_logits(&trained.head, &va)?;
-    let (temperature, ece_before, ece_after, threshold, validation) =
-        calibrate_logits(opt, &z, &va.y, trained.best_epoch, &mut start.log_text)?;
+    let calibration = calibrate_logits(opt, &z, &va.y, trained.best_epoch, &mut start.log_text)?;
     let calibrated = resnet50::CellClassifier {
-        temperature,
+        temperature: calibration.temperature,
         ..trained.head.clone()
     };
     write(
@@ -831,8 +833,8 @@ pub fn train_stage1_cells(
                 "out": [calibrated.out.inputs, calibrated.out.outputs],
                 "weights_in": "model.onnx (head.cells.*)",
             },
-            "temperature": temperature,
-            "threshold": threshold,
+            "temperature": calibration.temperature,
+            "threshold": calibration.threshold,
         }))?
         .as_bytes(),
     )?;
@@ -853,11 +855,7 @@ pub fn train_stage1_cells(
             best_epoch: trained.best_epoch,
             history: trained.history,
             calibrated: Calibrated {
-                temperature,
-                ece_before,
-                ece_after,
-                threshold,
-                validation,
+                calibration,
                 onnx_sha,
             },
             head: TrainedHead::Cells(trained.head),
@@ -1079,7 +1077,7 @@ pub fn train_stage2(
         c.onnx_sha = export(
             &exported,
             base.tap,
-            &ft.weights.head.scaled(c.temperature),
+            &ft.weights.head.scaled(c.calibration.temperature),
             Some(&head),
             &base.out.join("model.onnx"),
             &base.backbone_name,
@@ -1096,11 +1094,11 @@ pub fn train_stage2(
         head_s,
         total_s: t0.elapsed().as_secs_f64(),
         best_epoch: ft.best_epoch,
-        temperature: c.temperature,
-        val_ece_before: c.ece_before,
-        val_ece_after: c.ece_after,
-        threshold: c.threshold,
-        validation: c.validation,
+        temperature: c.calibration.temperature,
+        val_ece_before: c.calibration.ece_before,
+        val_ece_after: c.calibration.ece_after,
+        threshold: c.calibration.threshold,
+        validation: c.calibration.validation,
         history: ft.history.clone(),
         head: TrainedHead::Linear(ft.weights.head.clone()),
         view_gate,
