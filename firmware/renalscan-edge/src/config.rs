@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::aggregate::Pooling;
+
 /// Whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -573,8 +575,11 @@ impl Default for GateConfig {
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AggregateConfig {
-    /// Frames averaged (at most 64).
+    /// Frames pooled (at most 64).
     pub window: usize,
+    /// How the window's frames are pooled: `probability` (their mean p(abnormal)) or
+    /// `log-odds` (the mean of their log-odds).
+    pub pooling: Pooling,
     /// Frames needed before the first decision.
     pub min_frames: usize,
     /// Half-width of the hysteresis band around the threshold.
@@ -591,6 +596,7 @@ impl Default for AggregateConfig {
     fn default() -> Self {
         Self {
             window: 16,
+            pooling: Pooling::default(),
             // The exam's call is latched on any abnormal decision, so an early call on a few
             // frames costs specificity: on 120 protocol sweeps, 5 frames gave 92% / 55%
             // (sensitivity / specificity), 12 frames 89% / 75%, a full window no better.
@@ -1079,6 +1085,17 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = Config::parse("[aggregate]\nwindwo = 3\n").unwrap_err();
         assert!(format!("{err:#}").contains("windwo"), "{err:#}");
+    }
+
+    #[test]
+    fn pooling_is_named_in_the_file_and_a_misspelling_is_refused() {
+        let cfg = Config::parse("[aggregate]\npooling = \"log-odds\"\n").unwrap();
+        assert_eq!(cfg.aggregate.pooling, Pooling::LogOdds);
+        let cfg = Config::parse("[aggregate]\npooling = \"probability\"\n").unwrap();
+        assert_eq!(cfg.aggregate.pooling, Pooling::Probability);
+        let err = Config::parse("[aggregate]\npooling = \"logit\"\n").unwrap_err();
+        let e = format!("{err:#}");
+        assert!(e.contains("logit") && e.contains("log-odds"), "{e}");
     }
 
     #[test]

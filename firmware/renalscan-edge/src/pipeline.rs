@@ -193,6 +193,7 @@ impl Pipeline {
         let (threshold, threshold_source) = operating_threshold(agg.threshold, &info.manifest)?;
         let params = Params {
             window: agg.window,
+            pooling: agg.pooling,
             min_frames: agg.min_frames,
             threshold,
             hysteresis: agg.hysteresis,

@@ -11,7 +11,7 @@ use phantom::{Class, ProbeState, ProbeSweep, Profile, SweepConfig};
 use serde::Serialize;
 use usimage::{GreyFrame, Preprocessor, UsFile};
 
-use crate::aggregate::{Aggregator, Params, Sample};
+use crate::aggregate::{Aggregator, Params, Pooling, Sample};
 use crate::config::GateConfig;
 use crate::gate::{after_detection, Gate};
 use crate::infer::{Classified, Classifier, Features, InferWorker};
@@ -247,6 +247,7 @@ pub fn run(classifier: &mut Classifier, runs: usize) -> anyhow::Result<SelftestR
     let mut tensor = vec![0.0; pre.output_len()];
     let mut agg = Aggregator::new(Params {
         window: 1,
+        pooling: Pooling::Probability,
         min_frames: 1,
         threshold: info.threshold,
         hysteresis: 0.0,

@@ -9,7 +9,8 @@ pub mod report;
 pub mod study;
 
 pub use metrics::{
-    argmax, auc, confidences, delong, ece, evaluate, roc, sens_spec, threshold_for_sensitivity,
-    AucCi, Evaluation, MetricsError, Overall, Prediction, TypeMetrics,
+    argmax, auc, confidences, delong, ece, evaluate, rank_in_sample, rank_on_new, roc, sens_spec,
+    threshold_for_sensitivity, threshold_for_sensitivity_on_new, AucCi, Evaluation, MetricsError,
+    Overall, Prediction, TypeMetrics,
 };
 pub use report::{write_report, ReportError};

@@ -46,6 +46,12 @@ pub enum DatasetError {
     /// Nothing found.
     #[error("no images found in {0}")]
     Empty(String),
+    /// A sweep set whose frames carry no per-frame truth to train on.
+    #[error(
+        "{0}: a sweep's frames.csv needs `label`, `state` and `lesion_visible` columns to train on \
+         its frames (phantom sweeps have them; a recorded sweep needs its frames labelled)"
+    )]
+    SweepLabels(String),
 }
 
 /// Which part of the data an image belongs to.
@@ -156,7 +162,101 @@ pub fn load(data: &Path) -> Result<Vec<Sample>, DatasetError> {
     if manifest.is_file() {
         return load_csv(&manifest);
     }
+    if data.join("sweeps.csv").is_file() {
+        return load_sweep_set(data);
+    }
     load_folders(data)
+}
+
+/// Frames of a labelled sweep set (`renalscan synth --stream --sweeps-per-class`): every
+/// second frame of each sweep, and every frame where a focal finding (stone, cyst, mass) is
+/// in view, since a pass shows a small one for a few frames only. Each frame is labelled by
+/// what it shows (`lesion_visible`): the sweep's class where its finding is in the plane,
+/// normal where it is not; a sweep is one patient. Stills alone never show the planes a
+/// protocol pass goes through (a lesion cut at its edge, a normal kidney swept pole to pole),
+/// and per exam that is where a model trained on stills errs.
+pub fn load_sweep_set(dir: &Path) -> Result<Vec<Sample>, DatasetError> {
+    let list = CsvTable::read(&dir.join("sweeps.csv"))?;
+    let pc = list.col(&["path"]).ok_or_else(|| DatasetError::Header {
+        path: dir.join("sweeps.csv").display().to_string(),
+        header: list.header().to_string(),
+    })?;
+    let mut out = Vec::new();
+    for row in list.rows() {
+        let Some(rel) = row.get(Some(pc)) else {
+            continue;
+        };
+        let sweep = dir.join(rel);
+        let frames = sweep.join("frames.csv");
+        let t = CsvTable::read(&frames)?;
+        let need = |names: &[&str]| {
+            t.col(names)
+                .ok_or_else(|| DatasetError::SweepLabels(frames.display().to_string()))
+        };
+        let (fc, lc, sc, vc) = (
+            need(&["path"])?,
+            need(&["label"])?,
+            need(&["state"])?,
+            need(&["lesion_visible"])?,
+        );
+        let (ic, xc, kc) = (
+            t.col(&["index"]),
+            t.col(&["severity"]),
+            t.col(&["patient_id"]),
+        );
+        for (i, f) in t.rows().iter().enumerate() {
+            let get = |c| f.get(Some(c)).unwrap_or("");
+            let label_text = get(lc);
+            let Some(class) = parse_label(label_text) else {
+                return Err(DatasetError::Labels(format!(
+                    "  {} line {}: `{label_text}`\n",
+                    frames.display(),
+                    f.line()
+                )));
+            };
+            // A lifted or frozen probe, or a sweep over another organ: nothing to learn here.
+            if get(sc) != "scanning" || class == NO_KIDNEY {
+                continue;
+            }
+            let visible = get(vc) == "1";
+            let index = f.get(ic).and_then(|v| v.parse::<usize>().ok()).unwrap_or(i);
+            let focal = [Class::Stone, Class::Cyst, Class::Sol]
+                .iter()
+                .any(|c| c.index() == class);
+            if index % 2 == 1 && !(visible && focal) {
+                continue;
+            }
+            let label = if visible {
+                class
+            } else {
+                Class::Normal.index()
+            };
+            out.push(Sample {
+                path: sweep.join(get(fc)),
+                frame: 0,
+                label,
+                severity: (label != Class::Normal.index())
+                    .then(|| f.get(xc).and_then(|v| v.parse().ok()))
+                    .flatten(),
+                patient: format!(
+                    "sweep:{}",
+                    f.get(kc).map_or_else(|| rel.to_string(), str::to_string)
+                ),
+                split: None,
+            });
+        }
+    }
+    if out.is_empty() {
+        return Err(DatasetError::Empty(dir.display().to_string()));
+    }
+    log::info!(
+        "{}: {} training frames from {} sweeps (every second frame, and every frame showing a \
+         focal finding)",
+        dir.display(),
+        out.len(),
+        list.rows().len()
+    );
+    Ok(out)
 }
 
 pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DatasetError + '_ {
@@ -587,6 +687,77 @@ mod tests {
         let e = load_csv(&p).unwrap_err().to_string();
         assert!(
             e.contains("line 3: `banana`") && e.contains("line 4: `kiwi`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_sweep_set_trains_on_what_each_frame_shows() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "sweeps.csv",
+            "path,label,seed\nstone-000,stone,1\nnormal-000,normal,2\n",
+        );
+        fs::create_dir(d.path().join("stone-000")).unwrap();
+        fs::create_dir(d.path().join("normal-000")).unwrap();
+        let header = "path,index,time_s,state,label,severity,patient_id,lesion_visible,view\n";
+        // Frames 0-5 of a stone pass: the stone in view in frames 2-3; frame 4 frozen.
+        let mut stone = header.to_string();
+        for (i, (state, vis)) in [
+            ("scanning", 0),
+            ("scanning", 0),
+            ("scanning", 1),
+            ("scanning", 1),
+            ("frozen", 1),
+            ("scanning", 0),
+        ]
+        .iter()
+        .enumerate()
+        {
+            stone.push_str(&format!(
+                "frame_{i:06}.png,{i},0.0,{state},stone,0.200,900007,{vis},kidney\n"
+            ));
+        }
+        write(&d.path().join("stone-000"), "frames.csv", &stone);
+        write(
+            &d.path().join("normal-000"),
+            "frames.csv",
+            &format!(
+                "{header}frame_000000.png,0,0.0,scanning,normal,0.000,900008,0,kidney\n\
+                 frame_000001.png,1,0.0,scanning,normal,0.000,900008,0,kidney\n"
+            ),
+        );
+        let got = load(d.path()).unwrap();
+        let seen: Vec<(String, usize, String)> = got
+            .iter()
+            .map(|s| {
+                let name = s.path.file_name().unwrap().to_string_lossy().to_string();
+                (name, s.label, s.patient.clone())
+            })
+            .collect();
+        let stone = Class::Stone.index();
+        assert_eq!(
+            seen,
+            vec![
+                // Even frames, and odd ones only where the stone is in view.
+                ("frame_000000.png".into(), 0, "sweep:900007".into()),
+                ("frame_000002.png".into(), stone, "sweep:900007".into()),
+                ("frame_000003.png".into(), stone, "sweep:900007".into()),
+                ("frame_000000.png".into(), 0, "sweep:900008".into()),
+            ]
+        );
+        assert_eq!(got[1].severity, Some(0.2));
+        assert_eq!(got[0].severity, None);
+        // A recorded sweep without per-frame truth is refused by name.
+        write(
+            &d.path().join("normal-000"),
+            "frames.csv",
+            "path,index,state,label\nframe_000000.png,0,scanning,normal\n",
+        );
+        let e = load(d.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("lesion_visible") && e.contains("normal-000"),
             "{e}"
         );
     }

@@ -14,7 +14,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use contract::manifest::{apply_temperature, OverallMetrics, SiteCalibration};
 use contract::Class;
-use evaluate::{evaluate, threshold_for_sensitivity, Evaluation, Prediction};
+use evaluate::{
+    evaluate, rank_in_sample, rank_on_new, threshold_for_sensitivity,
+    threshold_for_sensitivity_on_new, Evaluation, Prediction,
+};
 use train::extract::{self, Job};
 
 /// Arguments of `calibrate`.
@@ -171,7 +174,15 @@ pub fn run(args: Args) -> Result<()> {
         .filter(|p| p.label != normal)
         .map(|p| p.p_abnormal(&taxonomy))
         .collect();
-    let threshold = threshold_for_sensitivity(&pos, target);
+    let neg: Vec<f64> = after
+        .iter()
+        .filter(|p| p.label == normal)
+        .map(|p| p.p_abnormal(&taxonomy))
+        .collect();
+    let spec_target = original.validation.specificity;
+    let choice = site_threshold(&pos, &neg, target, spec_target);
+    let threshold = choice.threshold;
+    let in_sample = threshold_for_sensitivity(&pos, target);
     let e_after = evaluate(&taxonomy, &after, threshold)?;
     let nll_before = nll(&before, 1.0);
     let nll_after = nll(&before, t);
@@ -215,6 +226,20 @@ pub fn run(args: Args) -> Result<()> {
         (nll_before, nll_after),
         &original,
     );
+    let _ = writeln!(
+        report,
+        "\n{}\n\nThe sensitivity bound is the score ranked {} (highest first) of the {} abnormal \
+         images (ceil({target} x ({} + 1))): a new abnormal exam from the site, exchangeable \
+         with these, scores at or above it with probability {:.1}%. Rank {}, which gives \
+         {:.0}% on these images themselves, would be {in_sample:.4}.",
+        choice.explain(target, spec_target),
+        rank_on_new(pos.len(), target),
+        pos.len(),
+        pos.len(),
+        100.0 * rank_on_new(pos.len(), target) as f64 / (pos.len() + 1) as f64,
+        rank_in_sample(pos.len(), target),
+        100.0 * target,
+    );
     if let Some(note) = range_note {
         report.push('\n');
         report.push_str(&note);
@@ -229,6 +254,86 @@ pub fn run(args: Args) -> Result<()> {
         args.out.join("manifest.toml").display()
     );
     Ok(())
+}
+
+/// The calibrated operating threshold and the two bounds it comes from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SiteThreshold {
+    threshold: f64,
+    /// The highest threshold that keeps the target sensitivity for the site's next abnormal
+    /// exams ([`threshold_for_sensitivity_on_new`]).
+    for_sensitivity: f64,
+    /// The lowest threshold at which the site's normal images reach the specificity the
+    /// bundle was validated at (`None` when that figure is not usable).
+    for_specificity: Option<f64>,
+}
+
+impl SiteThreshold {
+    fn explain(&self, target: f64, specificity: f64) -> String {
+        let pct = |x: f64| format!("{:.1}%", 100.0 * x);
+        match self.for_specificity {
+            Some(s) if s < self.for_sensitivity => format!(
+                "The site's images leave a range where both hold: from {s:.4}, where its normal \
+                 images reach the specificity the bundle was validated at ({}), to {:.4}, the \
+                 {} sensitivity bound. The threshold {:.4} is the middle of that range in \
+                 log-odds, so that neither figure sits on the edge these few images put it at.",
+                pct(specificity),
+                self.for_sensitivity,
+                pct(target),
+                self.threshold,
+            ),
+            Some(s) => format!(
+                "The threshold {:.4} is the {} sensitivity bound: the site's normal images reach \
+                 the validated specificity ({}) only at {s:.4}, and sensitivity comes first.",
+                self.threshold,
+                pct(target),
+                pct(specificity)
+            ),
+            None => format!(
+                "The threshold {:.4} is the {} sensitivity bound (the bundle records no usable \
+                 validation specificity).",
+                self.threshold,
+                pct(target)
+            ),
+        }
+    }
+}
+
+/// The site's threshold. Never above the one that keeps `target` sensitivity for the site's
+/// next abnormal exams (`pos`). Where the site's normal images (`neg`) reach the bundle's
+/// validated `specificity` below that, the middle of the range between the two (in
+/// log-odds): a confident model's top scores crowd near 1, so the sensitivity bound alone
+/// climbs there (0.97-0.99 on a phantom site whose normal images scored below 0.1) and gives
+/// away sensitivity the site needs, while the specificity bound alone sits on the edge that 40
+/// normal images put it at.
+fn site_threshold(pos: &[f64], neg: &[f64], target: f64, specificity: f64) -> SiteThreshold {
+    let for_sensitivity = threshold_for_sensitivity_on_new(pos, target);
+    let for_specificity =
+        (specificity.is_finite() && specificity > 0.0 && !neg.is_empty()).then(|| {
+            let mut n = neg.to_vec();
+            n.sort_by(f64::total_cmp);
+            // The k-th lowest normal must fall below the threshold (`>=` is abnormal): half way
+            // to the next score, or to 1 above the highest.
+            let k = ((specificity.min(1.0) * n.len() as f64).ceil() as usize).clamp(1, n.len());
+            let next = n.get(k).copied().unwrap_or(1.0);
+            (n[k - 1] + next) / 2.0
+        });
+    let threshold = match for_specificity {
+        Some(s) if s < for_sensitivity => {
+            let logit = |p: f64| {
+                let p = p.clamp(1e-6, 1.0 - 1e-6);
+                (p / (1.0 - p)).ln()
+            };
+            let mid = (logit(s) + logit(for_sensitivity)) / 2.0;
+            1.0 / (1.0 + (-mid).exp())
+        }
+        _ => for_sensitivity,
+    };
+    SiteThreshold {
+        threshold,
+        for_sensitivity,
+        for_specificity,
+    }
 }
 
 /// The threshold range the integrator let sites choose from, after calibration. It is kept
@@ -265,8 +370,8 @@ fn report(
         s,
         "# Site calibration: {}\n\nBundle `{}` ({} {}), on `{}`: {} normal and {} abnormal \
          kidney images. The model is unchanged; a temperature of {t:.3} on its probabilities \
-         (NLL {nll_before:.4} -> {nll_after:.4}) and a threshold for {:.0}% sensitivity on these \
-         images. The figures after are in-sample (fitted on these images): judge the new bundle \
+         (NLL {nll_before:.4} -> {nll_after:.4}) and a new threshold for {:.0}% sensitivity \
+         (how it was chosen: below the table). The figures after are in-sample (fitted on these images): judge the new bundle \
          on other exams from the site.\n",
         args.site,
         args.bundle.display(),
@@ -329,6 +434,32 @@ mod tests {
         assert!(reparse(&m).is_err());
         m.operating_point.site_range = range;
         assert!(reparse(&m).is_ok());
+    }
+
+    #[test]
+    fn the_site_threshold_rises_only_as_far_as_the_validated_specificity() {
+        // A confident model on a site like its own: abnormal scores crowd near 1, normal
+        // ones lie low. The sensitivity rank alone sits among the crowd; the validated
+        // specificity (80%) is reached far lower; the threshold goes between them.
+        let pos: Vec<f64> = (0..40).map(|i| 1.0 - 0.001 * i as f64).collect();
+        let neg: Vec<f64> = (0..40).map(|i| 0.01 * i as f64).collect();
+        let c = site_threshold(&pos, &neg, 0.95, 0.8);
+        assert!((c.for_sensitivity - pos[38]).abs() < 1e-12, "{c:?}");
+        // 32 of 40 normal below: half way between the 32nd and 33rd lowest.
+        assert!((c.for_specificity.unwrap() - 0.315).abs() < 1e-12, "{c:?}");
+        let logit = |p: f64| (p / (1.0 - p)).ln();
+        let mid = (logit(0.315) + logit(pos[38])) / 2.0;
+        assert!((logit(c.threshold) - mid).abs() < 1e-9, "{c:?}");
+        assert!(c.threshold > 0.315 && c.threshold < pos[38]);
+        assert!(c.explain(0.95, 0.8).contains("validated at (80.0%)"));
+        // A site whose normal images score high (another scanner): sensitivity comes first.
+        let neg_high: Vec<f64> = (0..40).map(|i| 0.9 + 0.0025 * i as f64).collect();
+        let c = site_threshold(&pos, &neg_high, 0.95, 0.8);
+        assert_eq!(c.threshold, c.for_sensitivity);
+        assert!(c.explain(0.95, 0.8).contains("sensitivity comes first"));
+        // No usable validation figure: the sensitivity bound alone.
+        let c = site_threshold(&pos, &neg, 0.95, f64::NAN);
+        assert_eq!((c.threshold, c.for_specificity), (c.for_sensitivity, None));
     }
 
     #[test]

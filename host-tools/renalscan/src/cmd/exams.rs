@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use contract::Class;
 use evaluate::plots::{curves_png, Curve};
-use renalscan_edge::aggregate::{exam_call_of, Input, Params};
+use renalscan_edge::aggregate::{exam_call_of, Input, Params, Pooling};
 use renalscan_edge::config::{Config, ModelForm};
 use renalscan_edge::exam::{ExamReplay, SweepOutcome};
 use renalscan_edge::infer::Classifier;
@@ -413,6 +413,7 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
         &CURVE_HEADER,
         curve.points.iter().map(|p| {
             [
+                p.pooling.label().to_string(),
                 p.window.to_string(),
                 p.min_frames.to_string(),
                 format!("{:.3}", p.threshold),
@@ -508,7 +509,8 @@ const CURVE_WINDOWS: [usize; 5] = [4, 6, 8, 12, 16];
 /// Exam sensitivities the report names an operating point for.
 const EXAM_TARGETS: [f64; 3] = [0.98, 0.95, 0.90];
 /// Columns of `exam_operating.csv`.
-const CURVE_HEADER: [&str; 6] = [
+const CURVE_HEADER: [&str; 7] = [
+    "pooling",
     "window",
     "min_frames",
     "threshold",
@@ -520,6 +522,7 @@ const CURVE_HEADER: [&str; 6] = [
 /// The exams judged at one aggregation setting.
 #[derive(Debug, Clone, Serialize)]
 struct CurvePoint {
+    pooling: Pooling,
     window: usize,
     min_frames: usize,
     threshold: f32,
@@ -528,9 +531,9 @@ struct CurvePoint {
     undecided: usize,
 }
 
-/// Exam-level sensitivity and specificity over aggregation thresholds and windows, from the
-/// frames' recorded model outputs fed to the device's own aggregator: which setting a site
-/// should screen at is chosen here, on development sweeps, and then judged on others.
+/// Exam-level sensitivity and specificity over aggregation poolings, windows and thresholds,
+/// from the frames' recorded model outputs fed to the device's own aggregator: which setting
+/// a site should screen at is chosen here, on development sweeps, and then judged on others.
 #[derive(Debug)]
 struct OperatingCurve {
     /// The configured setting.
@@ -559,6 +562,7 @@ fn judge(judged: &[Judged], p: Params) -> CurvePoint {
         }
     }
     CurvePoint {
+        pooling: p.pooling,
         window: p.window,
         min_frames: p.min_frames,
         threshold: p.threshold,
@@ -592,17 +596,24 @@ impl OperatingCurve {
         let mut windows: Vec<usize> = CURVE_WINDOWS.iter().copied().chain([base.window]).collect();
         windows.sort_unstable();
         windows.dedup();
+        // The configured pooling first: the picture draws its curves.
+        let poolings = [base.pooling]
+            .into_iter()
+            .chain(Pooling::ALL.into_iter().filter(|&p| p != base.pooling));
         let mut points = Vec::new();
-        for window in windows {
-            let min_frames = base.min_frames.min(window);
-            for k in 2..=198u32 {
-                let p = Params {
-                    window,
-                    min_frames,
-                    threshold: k as f32 / 200.0,
-                    ..base
-                };
-                points.push(judge(judged, p));
+        for pooling in poolings {
+            for &window in &windows {
+                let min_frames = base.min_frames.min(window);
+                for k in 2..=198u32 {
+                    let p = Params {
+                        window,
+                        pooling,
+                        min_frames,
+                        threshold: k as f32 / 200.0,
+                        ..base
+                    };
+                    points.push(judge(judged, p));
+                }
             }
         }
         let configured = judge(judged, base);
@@ -615,24 +626,27 @@ impl OperatingCurve {
         }
     }
 
-    /// The windows on the curve, in order (the points are grouped by window).
-    fn windows(&self) -> Vec<usize> {
-        let mut windows: Vec<usize> = self.points.iter().map(|p| p.window).collect();
-        windows.dedup();
-        windows
+    /// The poolings and windows on the curve, in order (the points are grouped by them).
+    fn settings(&self) -> Vec<(Pooling, usize)> {
+        let mut settings: Vec<(Pooling, usize)> =
+            self.points.iter().map(|p| (p.pooling, p.window)).collect();
+        settings.dedup();
+        settings
     }
 
-    /// Per window and target exam sensitivity, the highest threshold that keeps it (the
-    /// most specific setting with that sensitivity on these sweeps).
+    /// Per pooling, window and target exam sensitivity, the highest threshold that keeps it
+    /// (the most specific setting with that sensitivity on these sweeps).
     fn chosen(&self) -> Vec<(f64, CurvePoint)> {
-        let windows = self.windows();
+        let settings = self.settings();
         let mut out = Vec::new();
         for target in EXAM_TARGETS {
-            for &w in &windows {
+            for &(pooling, w) in &settings {
                 let best = self
                     .points
                     .iter()
-                    .filter(|p| p.window == w && p.sensitivity >= target - 1e-9)
+                    .filter(|p| {
+                        p.pooling == pooling && p.window == w && p.sensitivity >= target - 1e-9
+                    })
                     .max_by(|a, b| a.threshold.total_cmp(&b.threshold));
                 if let Some(p) = best {
                     out.push((target, p.clone()));
@@ -642,19 +656,21 @@ impl OperatingCurve {
         out
     }
 
-    /// Exam-level ROC curves, one per window, the configured setting marked.
+    /// Exam-level ROC curves, one per window of the configured pooling, the configured
+    /// setting marked (the other pooling's figures are in the report and the CSV).
     fn picture(&self) -> Result<Option<Vec<u8>>> {
         let Some(base) = self.base else {
             return Ok(None);
         };
         let curves: Vec<Curve> = self
-            .windows()
+            .settings()
             .into_iter()
-            .map(|w| {
+            .filter(|&(pooling, _)| pooling == base.pooling)
+            .map(|(pooling, w)| {
                 let mut points: Vec<(f64, f64)> = self
                     .points
                     .iter()
-                    .filter(|p| p.window == w)
+                    .filter(|p| p.pooling == pooling && p.window == w)
                     .map(|p| (1.0 - p.specificity, p.sensitivity))
                     .chain([(0.0, 0.0), (1.0, 1.0)])
                     .collect();
@@ -674,7 +690,8 @@ impl OperatingCurve {
         let marked = self.configured.as_ref().map(|p| {
             (
                 format!(
-                    "in use: window {}, threshold {:.3}, {:.1}% / {:.1}%",
+                    "in use: {} window {}, threshold {:.3}, {:.1}% / {:.1}%",
+                    p.pooling.label(),
                     p.window,
                     p.threshold,
                     100.0 * p.sensitivity,
@@ -685,7 +702,8 @@ impl OperatingCurve {
         });
         let png = curves_png(
             &format!(
-                "Exam-level ROC by aggregation window ({} sweeps)",
+                "Exam-level ROC by aggregation window, {} pooling ({} sweeps)",
+                base.pooling.label(),
                 self.judged
             ),
             &curves,
@@ -704,21 +722,27 @@ impl OperatingCurve {
             t,
             "\n## Exam operating points\n\nThe same frames' model outputs fed again to the \
              device's aggregator at other settings (first decision after {} frames or the \
-             window, hysteresis {}); the configured setting is window {}, threshold {:.3}. For \
-             each target exam sensitivity, the highest threshold that keeps it on these \
-             sweeps:\n",
-            base.min_frames, base.hysteresis, base.window, base.threshold
+             window, hysteresis {}); the configured setting is {} pooling, window {}, \
+             threshold {:.3}. For each target exam sensitivity, the highest threshold that \
+             keeps it on these sweeps:\n",
+            base.min_frames,
+            base.hysteresis,
+            base.pooling.label(),
+            base.window,
+            base.threshold
         );
         let chosen = self.chosen();
         let _ = writeln!(
             t,
-            "| target | window | threshold | sensitivity | specificity |\n|---|---|---|---|---|"
+            "| target | pooling | window | threshold | sensitivity | specificity |\n\
+             |---|---|---|---|---|---|"
         );
         for (target, p) in &chosen {
             let _ = writeln!(
                 t,
-                "| {} | {} | {:.3} | {} | {} |",
+                "| {} | {} | {} | {:.3} | {} | {} |",
                 pct(*target),
+                p.pooling.label(),
                 p.window,
                 p.threshold,
                 pct(p.sensitivity),
@@ -729,8 +753,8 @@ impl OperatingCurve {
             t,
             "\nChosen on these sweeps, these figures flatter the setting: choose it on \
              development sweeps and judge it on sweeps it was not chosen on. On the cart it is \
-             `aggregate.window` and `aggregate.threshold` in the configuration (`--edge-config` \
-             here), and the signed bundle must allow that threshold (`renalscan bundle \
+             `aggregate.pooling`, `aggregate.window` and `aggregate.threshold` in the \
+             configuration (`--edge-config` here), and the signed bundle must allow that threshold (`renalscan bundle \
              --site-threshold-range LO,HI`). Every setting tried: `exam_operating.csv`; the \
              curves: `exam_roc.png`."
         );
@@ -1044,6 +1068,7 @@ mod tests {
     fn two_class_params() -> Params {
         Params {
             window: 4,
+            pooling: Pooling::Probability,
             min_frames: 2,
             threshold: 0.5,
             hysteresis: 0.05,
@@ -1075,11 +1100,22 @@ mod tests {
         ];
         let curve = OperatingCurve::of(&judged);
         assert_eq!(curve.disagree, 0);
+        // Both poolings are replayed, the configured one first (the picture draws it).
+        let settings = curve.settings();
+        assert_eq!(settings[0], (Pooling::Probability, 4));
+        assert!(settings.contains(&(Pooling::LogOdds, 16)), "{settings:?}");
+        // Identical frames pool to themselves: the log-odds curve calls these sweeps alike.
+        let log_odds = curve
+            .points
+            .iter()
+            .find(|p| p.pooling == Pooling::LogOdds && p.window == 4 && p.threshold == 0.5)
+            .unwrap();
+        assert_eq!((log_odds.sensitivity, log_odds.specificity), (1.0, 0.5));
         let at = |w: usize, t: f32| {
             curve
                 .points
                 .iter()
-                .find(|p| p.window == w && p.threshold == t)
+                .find(|p| p.pooling == Pooling::Probability && p.window == w && p.threshold == t)
                 .unwrap()
         };
         // The configured threshold calls the 0.625 normal sweep abnormal.
@@ -1093,7 +1129,7 @@ mod tests {
         assert_eq!((p.sensitivity, p.specificity), (1.0, 1.0));
         assert!(curve
             .report()
-            .contains("| 98.0% | 4 | 0.750 | 100.0% | 100.0% |"));
+            .contains("| 98.0% | probability | 4 | 0.750 | 100.0% | 100.0% |"));
         let png = curve.picture().unwrap().expect("a picture");
         assert!(png.starts_with(b"\x89PNG"));
         assert!(OperatingCurve::of(&[]).picture().unwrap().is_none());

@@ -60,7 +60,8 @@ pub struct Args {
     view: Anatomy,
     /// Stream mode: a labelled set of sweeps instead of one, this many per class, each of
     /// --n frames in `<out>/<class>-<i>/` with its `frames.csv`, listed in `<out>/sweeps.csv`
-    /// (for `renalscan eval --sweeps`).
+    /// (for `renalscan eval --sweeps`, or as training frames: `train --data <stills> --data
+    /// <out>`).
     #[arg(value_parser = argrange::usize_in(1, 100_000), long, requires = "stream", conflicts_with_all = ["class", "severity"])]
     sweeps_per_class: Option<usize>,
     /// Stream mode: how the probe moves. `freehand`: the plane wanders through the kidney,

@@ -22,10 +22,12 @@ pub enum Finetune {
 #[derive(clap::Args)]
 pub struct Args {
     /// Dataset: `<root>/<class>/*`, a folder holding `manifest.csv`, a CSV manifest
-    /// (path, label, optional frame, severity, patient_id, split), or with `--labels` a folder
-    /// of DICOM files in any layout.
-    #[arg(long)]
-    pub data: PathBuf,
+    /// (path, label, optional frame, severity, patient_id, split), a labelled sweep set
+    /// (`synth --stream --sweeps-per-class`: its frames, each labelled by what it shows), or
+    /// with `--labels` a folder of DICOM files in any layout. Repeat it to train on several
+    /// (stills and sweeps): they are joined into `<out>/data.csv`, patients kept apart by set.
+    #[arg(long, required = true)]
+    pub data: Vec<PathBuf>,
     /// Labels of a DICOM folder given as `--data`: a CSV keyed by `path` (relative to the
     /// folder) or `sop_instance_uid`, with `label` and optionally `split`, `frames` (as
     /// `--cine-frames`, per file), `severity`, `patient_id`. Patients come from PatientID and
@@ -313,17 +315,23 @@ pub fn run(args: Args) -> Result<()> {
             args.out.display()
         );
     }
-    let data = match &args.labels {
-        Some(labels) => dicom_folder(&args, labels)?,
-        None => {
-            if dicom_only(&args.data) {
-                bail!(
-                    "{} holds DICOM files but no class folders or manifest.csv: give their \
-                     labels with --labels <csv> (keyed by path or sop_instance_uid)",
-                    args.data.display()
-                );
+    let data = match (&args.labels, args.data.as_slice()) {
+        (Some(labels), [one]) => dicom_folder(&args, one, labels)?,
+        (Some(_), _) => bail!("--labels labels one DICOM folder: give exactly one --data"),
+        (None, sets) => {
+            for d in sets {
+                if dicom_only(d) {
+                    bail!(
+                        "{} holds DICOM files but no class folders or manifest.csv: give their \
+                         labels with --labels <csv> (keyed by path or sop_instance_uid)",
+                        d.display()
+                    );
+                }
             }
-            args.data.clone()
+            match sets {
+                [one] => one.clone(),
+                _ => join_data(sets, &args.out)?,
+            }
         }
     };
     let tap = resolve_tap(args.features_from, args.finetune.as_ref())?;
@@ -465,20 +473,46 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Several data sets as one manifest, `<out>/data.csv`: each set's patients prefixed by its
+/// position (`1:`, `2:`), since two synthetic sets both number theirs from 1 and a patient
+/// must not straddle the split. Returns the manifest to train on.
+fn join_data(sets: &[PathBuf], out: &Path) -> Result<PathBuf> {
+    let mut all = Vec::new();
+    for (i, d) in sets.iter().enumerate() {
+        let mut samples =
+            train::dataset::load(d).with_context(|| format!("reading --data {}", d.display()))?;
+        for s in &mut samples {
+            s.patient = format!("{}:{}", i + 1, s.patient);
+        }
+        log::info!("--data {}: {} images", d.display(), samples.len());
+        all.extend(samples);
+    }
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let path = out.join("data.csv");
+    train::dataset::write_split_csv(&all, &path)?;
+    println!(
+        "{} data sets joined: {} images in {}",
+        sets.len(),
+        all.len(),
+        path.display()
+    );
+    Ok(path)
+}
+
 /// Ingests a DICOM folder with its labels into `<out>/dicom-manifest.csv`, reporting what
 /// was left out; returns the manifest to train on.
-fn dicom_folder(args: &Args, labels: &Path) -> Result<PathBuf> {
-    if !args.data.is_dir() {
+fn dicom_folder(args: &Args, data: &Path, labels: &Path) -> Result<PathBuf> {
+    if !data.is_dir() {
         bail!(
             "--labels is for a folder of DICOM files, and {} is not a folder",
-            args.data.display()
+            data.display()
         );
     }
-    let (manifest, ing) = train::studies::prepare(&args.data, labels, &args.cine_frames, &args.out)
+    let (manifest, ing) = train::studies::prepare(data, labels, &args.cine_frames, &args.out)
         .with_context(|| {
             format!(
                 "reading the DICOM folder {} with labels {}",
-                args.data.display(),
+                data.display(),
                 labels.display()
             )
         })?;
@@ -592,8 +626,36 @@ fn run_stage2(args: &Args, base: TrainOptions, weights: &ResNet50, backbone: &Pa
 #[cfg(test)]
 mod tests {
     use super::{
-        check_backbone_side, resolve_head, resolve_tap, Finetune, HeadArg, PoolingArg, TapArg,
+        check_backbone_side, join_data, resolve_head, resolve_tap, Finetune, HeadArg, PoolingArg,
+        TapArg,
     };
+
+    #[test]
+    fn joined_data_sets_keep_their_patients_apart() {
+        let d = tempfile::tempdir().unwrap();
+        for (name, rows) in [
+            (
+                "a.csv",
+                "path,label,patient_id\nx/1.png,normal,1\nx/2.png,stone,1\n",
+            ),
+            ("b.csv", "path,label,patient_id\ny/1.png,cyst,1\n"),
+        ] {
+            std::fs::write(d.path().join(name), rows).unwrap();
+        }
+        let out = d.path().join("run");
+        let joined = join_data(&[d.path().join("a.csv"), d.path().join("b.csv")], &out).unwrap();
+        assert_eq!(joined, out.join("data.csv"));
+        let samples = train::dataset::load(&joined).unwrap();
+        let patients: Vec<&str> = samples.iter().map(|s| s.patient.as_str()).collect();
+        assert_eq!(patients, ["1:1", "1:1", "2:1"]);
+        assert!(
+            samples[2].path.ends_with("y/1.png"),
+            "{:?}",
+            samples[2].path
+        );
+        let e = join_data(&[d.path().join("a.csv"), d.path().join("none.csv")], &out).unwrap_err();
+        assert!(format!("{e:#}").contains("none.csv"), "{e:#}");
+    }
 
     #[test]
     fn the_cell_head_is_the_default_where_it_applies() {
