@@ -577,8 +577,8 @@ impl Default for GateConfig {
 pub struct AggregateConfig {
     /// Frames pooled (at most 64).
     pub window: usize,
-    /// How the window's frames are pooled: `probability` (their mean p(abnormal)) or
-    /// `log-odds` (the mean of their log-odds).
+    /// How the window's frames are pooled: `log-odds` (the mean of their log-odds, the
+    /// default) or `probability` (their mean p(abnormal)).
     pub pooling: Pooling,
     /// Frames needed before the first decision.
     pub min_frames: usize,
