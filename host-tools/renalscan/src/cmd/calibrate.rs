@@ -313,8 +313,9 @@ fn site_threshold(pos: &[f64], neg: &[f64], target: f64, specificity: f64) -> Si
             let mut n = neg.to_vec();
             n.sort_by(f64::total_cmp);
             // The k-th lowest normal must fall below the threshold (`>=` is abnormal): half way
-            // to the next score, or to 1 above the highest.
-            let k = ((specificity.min(1.0) * n.len() as f64).ceil() as usize).clamp(1, n.len());
+            // to the next score, or to 1 above the highest. The in-sample rank, as the
+            // validated specificity was measured.
+            let k = rank_in_sample(n.len(), specificity);
             let next = n.get(k).copied().unwrap_or(1.0);
             (n[k - 1] + next) / 2.0
         });
@@ -371,8 +372,8 @@ fn report(
         "# Site calibration: {}\n\nBundle `{}` ({} {}), on `{}`: {} normal and {} abnormal \
          kidney images. The model is unchanged; a temperature of {t:.3} on its probabilities \
          (NLL {nll_before:.4} -> {nll_after:.4}) and a new threshold for {:.0}% sensitivity \
-         (how it was chosen: below the table). The figures after are in-sample (fitted on these images): judge the new bundle \
-         on other exams from the site.\n",
+         (how it was chosen: below the table). The figures after are in-sample (fitted on \
+         these images): judge the new bundle on other exams from the site.\n",
         args.site,
         args.bundle.display(),
         original.model.name,
