@@ -90,7 +90,8 @@ pub struct LinkStats {
     pub results_sent: u32,
     pub results_resent: u32,
     pub results_acked: u32,
-    /// Results dropped unacknowledged, oldest first, because `N` newer ones followed.
+    /// Results dropped unacknowledged: the oldest, when `N` newer ones followed, or a new
+    /// screening result that would have pushed an unacknowledged capture out of the window.
     pub results_dropped: u32,
     /// Acks for results no longer pending (duplicates, other sessions).
     pub acks_stale: u32,
@@ -104,6 +105,12 @@ pub struct LinkStats {
 struct Pending {
     msg: ResultMsg,
     last_sent_ms: Option<u64>,
+}
+
+impl Pending {
+    fn is_capture(&self) -> bool {
+        self.msg.flags & crate::flags::CAPTURE != 0
+    }
 }
 
 /// Device side of the link. Keeps the `N` (1..=[`MAX_PENDING`], checked at compile time)
@@ -233,30 +240,41 @@ impl<const N: usize> Link<N> {
         self.hello.session
     }
 
-    /// Queues a result for delivery and returns its sequence number.
+    /// Queues a result for delivery and returns its sequence number, or `None` when this
+    /// screening result was dropped to keep a capture.
     ///
     /// The link keeps the `N` most recent results until they are acknowledged. A result
     /// that falls `N` or more behind the newest is dropped unacknowledged and counted in
     /// [`Status::results_dropped`]: a fresh result matters more than a stale one, and the
     /// cart's duplicate window ([`crate::seq::SeqWindow`]) only reaches that far back.
-    pub fn push_result(&mut self, c: Classification) -> u32 {
+    ///
+    /// A capture ([`crate::flags::CAPTURE`]) is the exception: the clinician asked for that
+    /// frame, and the next screening result repeats what the dropped ones said. While an
+    /// unacknowledged capture sits at the window's edge, new screening results are dropped
+    /// and counted instead, without a sequence number, so the capture stays within the
+    /// cart's window and is re-sent until acknowledged. Only a newer capture pushes an
+    /// older one out (`N` captures outstanding).
+    pub fn push_result(&mut self, c: Classification) -> Option<u32> {
         let seq = self.next_seq;
+        // `N` fits in u32: it is at most MAX_PENDING.
+        let falls_out = |p: &Pending| seq.wrapping_sub(p.msg.seq) >= N as u32;
+        if c.flags & crate::flags::CAPTURE == 0
+            && self.pending.iter().any(|p| p.is_capture() && falls_out(p))
+        {
+            self.count_dropped(1);
+            log::debug!("cartlink: screening result dropped to keep an unacknowledged capture");
+            return None;
+        }
         self.next_seq = self.next_seq.wrapping_add(1);
         let before = self.pending.len();
-        // `N` fits in u32: it is at most MAX_PENDING.
-        self.pending
-            .retain(|p| seq.wrapping_sub(p.msg.seq) < N as u32);
+        self.pending.retain(|p| !falls_out(p));
         if self.pending.is_full() {
             // Unreachable given the retain above; kept so a full buffer can never panic.
             self.pending.remove(0);
         }
         let dropped = before - self.pending.len();
         if dropped > 0 {
-            self.stats.results_dropped = self
-                .stats
-                .results_dropped
-                .saturating_add(u32::try_from(dropped).unwrap_or(u32::MAX));
-            self.status_due = true;
+            self.count_dropped(dropped);
             log::warn!("cartlink: {dropped} unacknowledged result(s) dropped before {seq}");
         }
         let msg = ResultMsg {
@@ -274,7 +292,15 @@ impl<const N: usize> Link<N> {
             last_sent_ms: None,
         });
         self.stats.results_queued = self.stats.results_queued.saturating_add(1);
-        seq
+        Some(seq)
+    }
+
+    fn count_dropped(&mut self, n: usize) {
+        self.stats.results_dropped = self
+            .stats
+            .results_dropped
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+        self.status_due = true;
     }
 
     /// Updates the runtime's status. A change of state or journal health is sent at once;
@@ -383,11 +409,12 @@ impl<const N: usize> Link<N> {
             return Some(self.take_status(now));
         }
         let resend = self.cfg.resend_after_ms;
-        if let Some(p) = self
-            .pending
-            .iter_mut()
-            .find(|p| elapsed(now, p.last_sent_ms, resend))
-        {
+        let due = |p: &Pending| elapsed(now, p.last_sent_ms, resend);
+        // A due capture goes first: it is the one result that holds the window back.
+        let next = (self.pending.iter())
+            .position(|p| p.is_capture() && due(p))
+            .or_else(|| self.pending.iter().position(due));
+        if let Some(p) = next.and_then(|i| self.pending.get_mut(i)) {
             if p.last_sent_ms.is_some() {
                 self.stats.results_resent = self.stats.results_resent.saturating_add(1);
             } else {
@@ -508,7 +535,7 @@ mod tests {
         let cfg = LinkConfig::default();
         let mut link: Link = Link::new(cfg, ID, 1, 0);
         drain(&mut link, 0);
-        let seq = link.push_result(result(1));
+        let seq = link.push_result(result(1)).expect("queued");
         let sent = drain(&mut link, 10);
         assert!(matches!(sent[..], [Message::Result(r)] if r.seq == seq));
         assert!(drain(&mut link, 100).is_empty());
@@ -548,6 +575,50 @@ mod tests {
             _ => None,
         });
         assert_eq!(status.unwrap().results_dropped, 2);
+    }
+
+    /// Result sequence numbers in what the link sends.
+    fn result_seqs(msgs: &[Message]) -> std::vec::Vec<u32> {
+        msgs.iter()
+            .filter_map(|m| match m {
+                Message::Result(r) => Some(r.seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_capture_is_kept_and_sent_first() {
+        let mut link: Link<4> = Link::new(LinkConfig::default(), ID, 1, 0);
+        drain(&mut link, 0);
+        let capture = Classification {
+            flags: crate::flags::CAPTURE,
+            ..result(0)
+        };
+        assert_eq!(link.push_result(capture), Some(0));
+        // Three screening results fit behind it; the next ones would push it out, so they
+        // are dropped and counted instead, without taking a sequence number.
+        for i in 1..4 {
+            assert_eq!(link.push_result(result(i)), Some(i as u32));
+        }
+        assert_eq!(link.push_result(result(4)), None);
+        assert_eq!(link.push_result(result(5)), None);
+        assert_eq!(link.stats().results_dropped, 2);
+        assert_eq!(result_seqs(&drain(&mut link, 10)), [0, 1, 2, 3]);
+        // Nothing acked: on the resend the capture leads.
+        let resend = 10 + LinkConfig::default().resend_after_ms;
+        assert_eq!(result_seqs(&drain(&mut link, resend))[0], 0);
+        // Once it is acknowledged, screening results flow again and push out the old ones.
+        send(&mut link, &Message::Ack(Ack { session: 1, seq: 0 }), resend);
+        assert_eq!(link.push_result(result(6)), Some(4));
+        assert_eq!(link.push_result(result(7)), Some(5));
+        assert_eq!(link.stats().results_dropped, 3);
+        // A newer capture does push an older one out.
+        let mut link: Link<2> = Link::new(LinkConfig::default(), ID, 1, 0);
+        link.push_result(capture);
+        link.push_result(capture);
+        assert_eq!(link.push_result(capture), Some(2));
+        assert_eq!(result_seqs(&drain(&mut link, 0)), [1, 2]);
     }
 
     #[test]

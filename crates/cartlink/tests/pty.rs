@@ -247,8 +247,9 @@ fn exchange(noise_ppm: Option<u32>) {
     );
     if noise_ppm.is_none() {
         // A clean line keeps up: every result arrives exactly once. (On a noisy line a
-        // result may lose several resends in a row and be dropped, counted, from the
-        // buffer; how often is chance, so it is not asserted.)
+        // screening result may lose several resends in a row and be dropped, counted,
+        // from the buffer; how often is chance, so it is not asserted. A capture is never
+        // dropped: below, it arrives on every line.)
         assert_eq!(sorted, (0..dev.pushed).collect::<Vec<_>>());
         assert_eq!(dropped, 0);
         // Under heavy noise the Hellos (every 5 s) may all be lost.

@@ -64,6 +64,11 @@ pub struct Args {
     /// <out>`).
     #[arg(value_parser = argrange::usize_in(1, 100_000), long, requires = "stream", conflicts_with_all = ["class", "severity"])]
     sweeps_per_class: Option<usize>,
+    /// With --sweeps-per-class: only these classes (comma-separated labels, e.g.
+    /// `normal,sol,stone`), to draw more of what an exam evaluation found hard. Each sweep
+    /// is the one the full set of the same seed would hold under its name.
+    #[arg(long, requires = "sweeps_per_class", value_delimiter = ',')]
+    classes: Vec<String>,
     /// Stream mode: how the probe moves. `freehand`: the plane wanders through the kidney,
     /// with the probe lifted and the image frozen now and then (the default for one sweep);
     /// `exam`: one unbroken protocol pass from pole to pole over the --n frames, so every
@@ -150,8 +155,19 @@ pub fn run(args: Args) -> Result<()> {
 fn sweep_set(args: &Args, per_class: usize, start: Instant) -> Result<()> {
     anyhow::ensure!(per_class > 0, "--sweeps-per-class must be at least 1");
     let profile = one_profile(args)?;
-    let jobs: Vec<(Class, usize)> = Class::ALL
-        .iter()
+    let classes = if args.classes.is_empty() {
+        Class::ALL.to_vec()
+    } else {
+        (args.classes.iter())
+            .map(|c| {
+                Class::from_label(c.trim()).with_context(|| {
+                    let labels: Vec<_> = Class::ALL.iter().map(|c| c.label()).collect();
+                    format!("--classes: unknown class {c:?}; the classes are {labels:?}")
+                })
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
+    let jobs: Vec<(Class, usize)> = (classes.iter())
         .flat_map(|&c| (0..per_class).map(move |i| (c, i)))
         .collect();
     std::fs::create_dir_all(&args.out)
@@ -227,6 +243,93 @@ fn profile_choices() -> clap::builder::PossibleValuesParser {
 fn one_profile(args: &Args) -> Result<&'static Profile> {
     Ok(match &args.profile_file {
         Some(f) => Profile::from_file(f)?,
+        None if matches!(args.profile.as_str(), "mixed" | "randomized") => {
+            let names: Vec<_> = Profile::builtin().iter().map(|p| p.name).collect();
+            anyhow::bail!(
+                "--profile {}: a sweep is one patient on one scanner, and `{}` draws a scanner \
+                 per image; name one of {} or describe the scanner with --profile-file",
+                args.profile,
+                args.profile,
+                names.join(", ")
+            )
+        }
         None => Profile::by_name(&args.profile)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::FromArgMatches;
+
+    fn args(argv: &[&str]) -> Result<Args> {
+        use clap::Args as _;
+        let cmd = Args::augment_args(clap::Command::new("synth").no_binary_name(true));
+        Ok(Args::from_arg_matches(&cmd.try_get_matches_from(argv)?)?)
+    }
+
+    fn rows(dir: &std::path::Path) -> Vec<String> {
+        let text = std::fs::read_to_string(dir.join("sweeps.csv")).unwrap();
+        text.lines().skip(1).map(str::to_string).collect()
+    }
+
+    #[test]
+    fn a_sweep_set_of_some_classes_holds_the_full_sets_sweeps() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (all, some) = (tmp.path().join("all"), tmp.path().join("some"));
+        let common = [
+            "--stream",
+            "--sweeps-per-class",
+            "1",
+            "--n",
+            "2",
+            "--seed",
+            "7",
+        ];
+        let with = |out: &std::path::Path, extra: &[&str]| {
+            let mut v = vec!["--out", out.to_str().unwrap()];
+            v.extend(common);
+            v.extend(extra);
+            run(args(&v).unwrap()).unwrap();
+        };
+        with(&all, &[]);
+        with(&some, &["--classes", "sol, stone"]);
+        let (all, some) = (rows(&all), rows(&some));
+        assert_eq!(all.len(), Class::ALL.len());
+        assert_eq!(some.len(), 2);
+        assert!(
+            some.iter().all(|r| all.contains(r)),
+            "{some:?} not in {all:?}"
+        );
+        assert!(some[0].starts_with("sol-000,sol,") && some[1].starts_with("stone-000,"));
+    }
+
+    #[test]
+    fn an_unknown_class_is_named_with_the_choices() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().to_str().unwrap();
+        let a = args(&[
+            "--out",
+            out,
+            "--stream",
+            "--sweeps-per-class",
+            "1",
+            "--classes",
+            "kidney",
+        ]);
+        let e = format!("{:#}", run(a.unwrap()).unwrap_err());
+        assert!(
+            e.contains("\"kidney\"") && e.contains("hydronephrosis"),
+            "{e}"
+        );
+        // Without a set there is nothing to filter.
+        assert!(args(&["--out", out, "--stream", "--classes", "sol"]).is_err());
+        // A sweep has one scanner: a per-image profile is refused, naming the alternatives.
+        let a = args(&["--out", out, "--stream", "--profile", "randomized"]);
+        let e = format!("{:#}", run(a.unwrap()).unwrap_err());
+        assert!(
+            e.contains("peds-convex") && e.contains("--profile-file"),
+            "{e}"
+        );
+    }
 }
