@@ -562,14 +562,7 @@ mod tests {
         }
         assert_eq!(link.pending(), 4);
         let msgs = drain(&mut link, 0);
-        let seqs: std::vec::Vec<u32> = msgs
-            .iter()
-            .filter_map(|m| match m {
-                Message::Result(r) => Some(r.seq),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(seqs, [2, 3, 4, 5]);
+        assert_eq!(result_seqs(&msgs), [2, 3, 4, 5]);
         let status = msgs.iter().find_map(|m| match m {
             Message::Status(s) => Some(*s),
             _ => None,

@@ -61,7 +61,10 @@ pub struct Args {
 }
 
 /// Parses `argv` as the flags of subcommand `A`, exactly as the command line would.
-fn flags<A: clap::Args + clap::FromArgMatches>(name: &'static str, argv: &[OsString]) -> Result<A> {
+pub(crate) fn flags<A: clap::Args + clap::FromArgMatches>(
+    name: &'static str,
+    argv: &[OsString],
+) -> Result<A> {
     let cmd = A::augment_args(clap::Command::new(name).no_binary_name(true));
     let matches = cmd
         .try_get_matches_from(argv)

@@ -260,12 +260,10 @@ fn one_profile(args: &Args) -> Result<&'static Profile> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::FromArgMatches;
 
     fn args(argv: &[&str]) -> Result<Args> {
-        use clap::Args as _;
-        let cmd = Args::augment_args(clap::Command::new("synth").no_binary_name(true));
-        Ok(Args::from_arg_matches(&cmd.try_get_matches_from(argv)?)?)
+        let argv: Vec<std::ffi::OsString> = argv.iter().map(Into::into).collect();
+        crate::cmd::demo::flags("synth", &argv)
     }
 
     fn rows(dir: &std::path::Path) -> Vec<String> {
