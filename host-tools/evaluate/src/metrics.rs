@@ -210,6 +210,41 @@ pub fn threshold_for_sensitivity_on_new(pos: &[f64], target: f64) -> f64 {
     score_ranked(pos, rank_on_new(pos.len(), target))
 }
 
+/// The chance that at most `allowed` of the next `next` cases go wrong, when `errors` of
+/// `seen` like cases went wrong: the beta-binomial predictive under Jeffreys' prior. It asks
+/// what a screening setting is for (will it keep its targets on the exams to come?) and
+/// charges a rate measured on few cases for its uncertainty, where the observed rate alone
+/// would credit a setting with the luck of the cases it was chosen on.
+pub fn chance_at_most(errors: usize, seen: usize, next: usize, allowed: usize) -> f64 {
+    let errors = errors.min(seen);
+    beta_binomial_cdf(
+        next,
+        errors as f64 + 0.5,
+        (seen - errors) as f64 + 0.5,
+        allowed,
+    )
+}
+
+/// P(X <= x) for X ~ BetaBinomial(m, a, b), from P(X = 0) = prod (b + i) / (a + b + i) and
+/// the ratio of successive terms: no gamma function, exact to rounding for any m.
+fn beta_binomial_cdf(m: usize, a: f64, b: f64, x: usize) -> f64 {
+    if x >= m {
+        return 1.0;
+    }
+    let ln_p0: f64 = (0..m)
+        .map(|i| ((b + i as f64) / (a + b + i as f64)).ln())
+        .sum();
+    let mut p = ln_p0.exp();
+    let mut total = p;
+    for k in 0..x {
+        let k = k as f64;
+        let m = m as f64;
+        p *= (m - k) / (k + 1.0) * (k + a) / (m - k - 1.0 + b);
+        total += p;
+    }
+    total.min(1.0)
+}
+
 /// Sensitivity and specificity at `threshold` (score `>=` threshold means abnormal).
 pub fn sens_spec(pos: &[f64], neg: &[f64], threshold: f64) -> (f64, f64) {
     let tp = pos.iter().filter(|&&s| s >= threshold).count();
@@ -510,6 +545,38 @@ mod tests {
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn beta_binomial_is_uniform_under_a_flat_prior() {
+        // BetaBinomial(m, 1, 1) gives each of 0..=m the chance 1 / (m + 1).
+        for x in 0..=4 {
+            assert!(close(
+                beta_binomial_cdf(4, 1.0, 1.0, x),
+                (x + 1) as f64 / 5.0
+            ));
+        }
+        // Another hand case: m = 2, a = 2, b = 1: P(0) = 1*2/(3*4) = 1/6, P(1) = 2*(2*1)/(3*4) = 1/3.
+        assert!(close(beta_binomial_cdf(2, 2.0, 1.0, 0), 1.0 / 6.0));
+        assert!(close(beta_binomial_cdf(2, 2.0, 1.0, 1), 0.5));
+    }
+
+    #[test]
+    fn the_chance_to_hold_a_target_charges_few_cases_for_their_uncertainty() {
+        // Nothing seen: Jeffreys' prior is symmetric, one next case errs half the time.
+        assert!(close(chance_at_most(0, 0, 1, 0), 0.5));
+        // Allowing every case to go wrong always holds.
+        assert_eq!(chance_at_most(3, 10, 5, 5), 1.0);
+        // No error in 10 cases promises less than none in 1,000 (same observed rate, 0%).
+        let few = chance_at_most(0, 10, 50, 0);
+        let many = chance_at_most(0, 1000, 50, 0);
+        assert!(few < many && many < 1.0, "{few} {many}");
+        // 2% seen on many cases, 5 of 250 allowed (98%): near the binomial's 0.62.
+        let c = chance_at_most(200, 10_000, 250, 5);
+        assert!((c - 0.616).abs() < 0.02, "{c}");
+        // More errors seen, less chance; more allowed, more chance.
+        assert!(chance_at_most(6, 700, 250, 5) > chance_at_most(12, 700, 250, 5));
+        assert!(chance_at_most(6, 700, 250, 8) > chance_at_most(6, 700, 250, 5));
     }
 
     #[test]

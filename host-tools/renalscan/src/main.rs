@@ -53,6 +53,10 @@ enum Command {
     /// Recalibrate a signed bundle on a clinic's own labelled images: a temperature on the
     /// model's probabilities and a new threshold, the original recorded; a draft to sign.
     Calibrate(cmd::calibrate::Args),
+    /// Choose the cart's exam setting (pooling, window, threshold) on development sweeps that
+    /// `eval --sweeps` judged: the one most likely to keep the exam sensitivity and
+    /// specificity targets on the next exams.
+    ExamSetting(cmd::exam_setting::Args),
     /// Benchmark the int8 model against float in tract and onnxruntime: file size, load time
     /// of each form, latency medians, the form the loader picks and output agreement.
     BenchInt8(cmd::bench_int8::Args),
@@ -92,6 +96,7 @@ fn main() -> Result<()> {
         Command::Train(a) => cmd::train::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Calibrate(a) => cmd::calibrate::run(a),
+        Command::ExamSetting(a) => cmd::exam_setting::run(&a),
         Command::BenchInt8(a) => cmd::bench_int8::run(a),
         Command::Quantize(a) => cmd::quantize::run(a),
         Command::Keygen(a) => cmd::bundle::keygen(a),

@@ -449,7 +449,7 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
 }
 
 /// Per-frame trace of what each sweep fed the aggregator.
-const INPUTS_FILE: &str = "exam_inputs.csv";
+pub(crate) const INPUTS_FILE: &str = "exam_inputs.csv";
 
 /// Writes every aggregator input of every sweep, one row each: why an exam was called as
 /// it was (which frames scored high), and the raw material to study other exam rules offline.
@@ -485,15 +485,27 @@ fn write_inputs(path: &Path, rows: &[Row], judged: &[Judged], labels: &[String])
 
 /// One replayed sweep, kept to judge it at other aggregation settings.
 #[derive(Debug)]
-struct Judged {
-    abnormal: bool,
+pub(crate) struct Judged {
+    pub(crate) abnormal: bool,
     /// The device's call: abnormal, normal, or none.
     call: Option<bool>,
-    inputs: Vec<Input>,
+    pub(crate) inputs: Vec<Input>,
     params: Params,
 }
 
 impl Judged {
+    /// A sweep read back from `exam_inputs.csv`: the device's call is not recorded there, so
+    /// it is taken to be the call at `params`.
+    pub(crate) fn recorded(abnormal: bool, inputs: Vec<Input>, params: Params) -> Self {
+        let call = exam_call_of(params, &inputs);
+        Self {
+            abnormal,
+            call,
+            inputs,
+            params,
+        }
+    }
+
     fn of(s: &Sweep, o: SweepOutcome) -> Self {
         Self {
             abnormal: s.label != Class::Normal,
@@ -505,7 +517,7 @@ impl Judged {
 }
 
 /// Windows the operating curve is drawn for, besides the configured one (frames).
-const CURVE_WINDOWS: [usize; 5] = [4, 6, 8, 12, 16];
+pub(crate) const CURVE_WINDOWS: [usize; 5] = [4, 6, 8, 12, 16];
 /// Exam sensitivities the report names an operating point for.
 const EXAM_TARGETS: [f64; 3] = [0.98, 0.95, 0.90];
 /// Columns of `exam_operating.csv`.
@@ -521,14 +533,20 @@ const CURVE_HEADER: [&str; 7] = [
 
 /// The exams judged at one aggregation setting.
 #[derive(Debug, Clone, Serialize)]
-struct CurvePoint {
-    pooling: Pooling,
-    window: usize,
-    min_frames: usize,
-    threshold: f32,
-    sensitivity: f64,
-    specificity: f64,
-    undecided: usize,
+pub(crate) struct CurvePoint {
+    pub(crate) pooling: Pooling,
+    pub(crate) window: usize,
+    pub(crate) min_frames: usize,
+    pub(crate) threshold: f32,
+    pub(crate) sensitivity: f64,
+    pub(crate) specificity: f64,
+    /// Abnormal sweeps called abnormal, of `abnormal`.
+    pub(crate) caught: usize,
+    pub(crate) abnormal: usize,
+    /// Normal sweeps called normal, of `normal`.
+    pub(crate) cleared: usize,
+    pub(crate) normal: usize,
+    pub(crate) undecided: usize,
 }
 
 /// Exam-level sensitivity and specificity over aggregation poolings, windows and thresholds,
@@ -549,7 +567,7 @@ struct OperatingCurve {
 }
 
 /// The exams judged at one aggregation setting; a sweep without a decision counts as wrong.
-fn judge(judged: &[Judged], p: Params) -> CurvePoint {
+pub(crate) fn judge(judged: &[Judged], p: Params) -> CurvePoint {
     let (mut tp, mut tn, mut undecided, mut n_abn) = (0, 0, 0, 0);
     for j in judged {
         n_abn += usize::from(j.abnormal);
@@ -568,6 +586,10 @@ fn judge(judged: &[Judged], p: Params) -> CurvePoint {
         threshold: p.threshold,
         sensitivity: frac(tp, n_abn),
         specificity: frac(tn, judged.len() - n_abn),
+        caught: tp,
+        abnormal: n_abn,
+        cleared: tn,
+        normal: judged.len() - n_abn,
         undecided,
     }
 }

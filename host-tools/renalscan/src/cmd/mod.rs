@@ -7,6 +7,7 @@ pub mod calibrate;
 pub mod cart_sim;
 pub mod demo;
 pub mod eval;
+pub mod exam_setting;
 pub mod exams;
 pub mod fixtures;
 pub mod preprocess;
