@@ -78,7 +78,7 @@ type Reading = (String, Class, Vec<Input>);
 /// The sweeps of one or more `exam_inputs.csv`, in file order, with their count per label.
 /// `params` is the setting the record is taken to have been made at (only the exam call is
 /// judged, so the per-class columns are not read).
-fn read_inputs(
+pub(crate) fn read_inputs(
     paths: &[PathBuf],
     params: Params,
 ) -> Result<(Vec<Judged>, BTreeMap<&'static str, usize>)> {

@@ -774,7 +774,9 @@ impl OperatingCurve {
         let _ = writeln!(
             t,
             "\nChosen on these sweeps, these figures flatter the setting: choose it on \
-             development sweeps and judge it on sweeps it was not chosen on. On the cart it is \
+             development sweeps (`renalscan exam-setting --from` this folder and others: the \
+             setting most likely to keep the targets on the next exams) and judge it on sweeps \
+             it was not chosen on. On the cart it is \
              `aggregate.pooling`, `aggregate.window` and `aggregate.threshold` in the \
              configuration (`--edge-config` here), and the signed bundle must allow that threshold (`renalscan bundle \
              --site-threshold-range LO,HI`). Every setting tried: `exam_operating.csv`; the \
@@ -1205,6 +1207,24 @@ mod tests {
                 "b,cyst,0,frame,0.50000,0.50000,0.50000",
             ]
         );
+        // `exam-setting` reads the trace back as the aggregator got it.
+        let (back, per_label) = super::super::exam_setting::read_inputs(&[path], base).unwrap();
+        assert_eq!(per_label.get("cyst"), Some(&2));
+        for (b, j) in back.iter().zip(&judged) {
+            let p = |inputs: &[Input]| -> Vec<Option<f32>> {
+                inputs
+                    .iter()
+                    .map(|i| match i {
+                        Input::Push(s) => Some(s.p_abnormal),
+                        Input::Reset => None,
+                    })
+                    .collect()
+            };
+            assert_eq!(p(&b.inputs), p(&j.inputs));
+            assert_eq!(b.abnormal, j.abnormal);
+            assert_eq!(b.call, j.call);
+        }
+        assert_eq!(back.len(), 2);
     }
 
     #[test]
