@@ -11,10 +11,12 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use contract::manifest::Manifest;
 use contract::Class;
 use evaluate::metrics::chance_at_most;
 use renalscan_edge::aggregate::{Input, Params, Pooling, Sample, MAX_WINDOW};
 use renalscan_edge::config::{AggregateConfig, Config};
+use renalscan_edge::pipeline::operating_threshold;
 use train::dataset::CsvTable;
 
 use super::exams::{judge, CurvePoint, Judged, CURVE_WINDOWS, INPUTS_FILE};
@@ -49,6 +51,14 @@ pub struct Args {
     /// the one the development sweeps were replayed with.
     #[arg(long)]
     pub edge_config: Option<PathBuf>,
+    /// The signed bundle the development sweeps were judged with: only the thresholds it
+    /// lets a site set are tried (its signed one, or inside its signed
+    /// `--site-threshold-range`), so the cart does not refuse the setting at start.
+    #[arg(long, requires = "trusted_keys")]
+    pub bundle: Option<PathBuf>,
+    /// Public key file, or directory of `*.pub` files, to verify `--bundle` with.
+    #[arg(long = "trusted-keys", value_name = "KEY|DIR", requires = "bundle")]
+    pub trusted_keys: Option<PathBuf>,
     /// Output folder: `exam-setting.toml` (the `[aggregate]` section for the cart, and
     /// `--edge-config` for `eval --sweeps`) and `exam_setting.md`.
     #[arg(long)]
@@ -191,9 +201,26 @@ fn log_odds(t: f64) -> f64 {
     (t / (1.0 - t)).ln()
 }
 
-/// Per pooling and window, every threshold of the report's grid (0.010-0.990 in steps of
-/// 0.005) judged on `judged` and scored for the next exams.
-fn score(judged: &[Judged], base: Params, args: &Args) -> Vec<Vec<Scored>> {
+/// The thresholds to try, ascending: the report's grid (0.010-0.990 in steps of 0.005), and
+/// with a bundle only those the device would accept from a site's configuration
+/// ([`operating_threshold`]), its signed threshold among them.
+fn thresholds(bundle: Option<&Manifest>) -> Vec<f32> {
+    let grid = (2..=198u32).map(|k| k as f32 / 200.0);
+    let Some(m) = bundle else {
+        return grid.collect();
+    };
+    let mut out: Vec<f32> = grid
+        .chain([m.operating_point.threshold as f32])
+        .filter(|&t| operating_threshold(Some(t), m).is_ok())
+        .collect();
+    out.sort_by(f32::total_cmp);
+    out.dedup();
+    out
+}
+
+/// Per pooling and window, every threshold of `thresholds` judged on `judged` and scored
+/// for the next exams.
+fn score(judged: &[Judged], base: Params, thresholds: &[f32], args: &Args) -> Vec<Vec<Scored>> {
     let (next_abn, next_norm) = args.over;
     let (miss_ok, alarm_ok) = (
         allowed(next_abn, args.sensitivity),
@@ -202,15 +229,16 @@ fn score(judged: &[Judged], base: Params, args: &Args) -> Vec<Vec<Scored>> {
     let mut out = Vec::new();
     for pooling in Pooling::ALL {
         for &window in &args.windows {
-            let row = (2..=198u32)
-                .map(|k| {
+            let row = thresholds
+                .iter()
+                .map(|&threshold| {
                     let point = judge(
                         judged,
                         Params {
                             window,
                             pooling,
                             min_frames: base.min_frames.min(window),
-                            threshold: k as f32 / 200.0,
+                            threshold,
                             ..base
                         },
                     );
@@ -293,8 +321,18 @@ pub fn run(args: &Args) -> Result<()> {
              is chosen on both"
         );
     }
+    let manifest = match (&args.bundle, &args.trusted_keys) {
+        (Some(b), Some(k)) => {
+            let keys = bundle::TrustedKeys::from_path(k)?;
+            let opened = bundle::Bundle::open(b, &keys)
+                .with_context(|| format!("verifying bundle {}", b.display()))?;
+            Some(opened.manifest().clone())
+        }
+        _ => None,
+    };
+    let tried = thresholds(manifest.as_ref());
     let t0 = std::time::Instant::now();
-    let rows = score(&judged, base, args);
+    let rows = score(&judged, base, &tried, args);
     let bests: Vec<(Scored, f64)> = rows.iter().filter_map(|r| best_of(r)).collect();
     // The highest chance; between equals, the widest run of thresholds.
     let Some((chosen, _)) = bests
@@ -328,7 +366,22 @@ pub fn run(args: &Args) -> Result<()> {
         .with_context(|| format!("writing {}", toml_path.display()))?;
     // What was written must load as the device loads it.
     Config::load(&toml_path).context("the setting written does not load back")?;
-    let report = report(args, &per_label, &rows, &bests, &chosen);
+    let allowed_note = manifest.as_ref().map(|m| {
+        let name = format!("{}@{}", m.model.name, m.model.version);
+        match m.operating_point.site_range {
+            Some([lo, hi]) => format!(
+                "Thresholds tried: those bundle {name} lets a site set, {lo}-{hi} (signed \
+                 {:.4}).",
+                m.operating_point.threshold
+            ),
+            None => format!(
+                "Bundle {name} lets a site set no threshold of its own: only its signed {:.4} \
+                 was tried (`renalscan bundle --site-threshold-range LO,HI` signs a range).",
+                m.operating_point.threshold
+            ),
+        }
+    });
+    let report = report(args, &per_label, &rows, &bests, &chosen, allowed_note);
     let md = args.out.join("exam_setting.md");
     std::fs::write(&md, &report).with_context(|| format!("writing {}", md.display()))?;
     print!("{report}");
@@ -375,6 +428,7 @@ fn report(
     rows: &[Vec<Scored>],
     bests: &[(Scored, f64)],
     chosen: &Scored,
+    allowed_note: Option<String>,
 ) -> String {
     let pct = |x: f64| format!("{:.1}%", 100.0 * x);
     let (next_abn, next_norm) = args.over;
@@ -428,9 +482,14 @@ fn report(
          false-alarm counts under Jeffreys' prior: it holds for exams like these sweeps (the \
          same scanner, the same mix of findings), and it charges few sweeps for their \
          uncertainty. Thresholds that call every sweep alike share a chance; the one nearest \
-         the middle of that run, in log-odds, is taken.\n\n\
+         the middle of that run, in log-odds, is taken. {}\n\n\
          | pooling | window | best threshold | chance | sensitivity | specificity | \
-         thresholds keeping both targets on these sweeps |\n|---|---|---|---|---|---|---|"
+         thresholds keeping both targets on these sweeps |\n|---|---|---|---|---|---|---|",
+        allowed_note.unwrap_or_else(|| {
+            "No bundle was given (`--bundle`): the cart refuses a threshold its bundle does \
+             not allow a site."
+                .into()
+        })
     );
     for (row, (best, _)) in rows.iter().zip(bests) {
         let b = &best.point;
@@ -474,6 +533,8 @@ mod tests {
             over: (250, 50),
             windows: vec![4, 8],
             edge_config: None,
+            bundle: None,
+            trusted_keys: None,
             out,
         }
     }
@@ -484,6 +545,22 @@ mod tests {
         assert_eq!(allowed(50, 0.90), 5);
         assert_eq!(allowed(40, 0.98), 0);
         assert_eq!(allowed(7, 1.0), 0);
+    }
+
+    #[test]
+    fn with_a_bundle_only_the_thresholds_it_allows_a_site_are_tried() {
+        let path = std::path::Path::new("manifest.toml");
+        let sample = testkit::manifests::sample(&"0".repeat(64));
+        let mut m = Manifest::parse_draft(&sample, path).expect("sample");
+        m.operating_point.threshold = 0.5125;
+        m.operating_point.site_range = Some([0.2, 0.95]);
+        let t = thresholds(Some(&m));
+        assert_eq!(t.first(), Some(&0.2));
+        assert_eq!(t.last(), Some(&0.95));
+        assert!(t.contains(&0.5125) && t.windows(2).all(|w| w[0] < w[1]));
+        m.operating_point.site_range = None;
+        assert_eq!(thresholds(Some(&m)), [0.5125]);
+        assert_eq!(thresholds(None).len(), 197);
     }
 
     #[test]
