@@ -297,6 +297,8 @@ fn dev_range(row: &[Scored], args: &Args) -> Option<(f32, f32)> {
     Some((*ok.first()?, *ok.last()?))
 }
 
+/// Reads the development sweeps, judges every setting, writes the one most likely to keep
+/// the targets on the next exams and the report behind it.
 pub fn run(args: &Args) -> Result<()> {
     let cfg = match &args.edge_config {
         Some(p) => Config::load(p)?,
