@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::aggregate::Pooling;
+use crate::aggregate::{Params, Pooling};
 
 /// Whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
@@ -605,6 +605,23 @@ impl Default for AggregateConfig {
             threshold: None,
             report_every_s: 2.0,
             reset_after_gated: 20,
+        }
+    }
+}
+
+impl AggregateConfig {
+    /// The aggregator's parameters for a model with `classes` outputs, at `threshold` (the
+    /// operating one, or a candidate being judged): the device and the tools that replay it
+    /// read this section the same way.
+    pub fn params(&self, threshold: f32, classes: usize, normal_index: usize) -> Params {
+        Params {
+            window: self.window,
+            pooling: self.pooling,
+            min_frames: self.min_frames,
+            threshold,
+            hysteresis: self.hysteresis,
+            classes,
+            normal_index,
         }
     }
 }

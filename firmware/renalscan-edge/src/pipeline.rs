@@ -191,15 +191,7 @@ impl Pipeline {
     ) -> anyhow::Result<Self> {
         let info = classifier.info().clone();
         let (threshold, threshold_source) = operating_threshold(agg.threshold, &info.manifest)?;
-        let params = Params {
-            window: agg.window,
-            pooling: agg.pooling,
-            min_frames: agg.min_frames,
-            threshold,
-            hysteresis: agg.hysteresis,
-            classes: info.labels.len(),
-            normal_index: info.normal_index,
-        };
+        let params = agg.params(threshold, info.labels.len(), info.normal_index);
         let pre = Preprocessor::new(info.input_size, info.normalization.clone());
         Ok(Self {
             mode: pipeline.mode,

@@ -210,6 +210,14 @@ pub fn threshold_for_sensitivity_on_new(pos: &[f64], target: f64) -> f64 {
     score_ranked(pos, rank_on_new(pos.len(), target))
 }
 
+/// The log-odds of probability `p`, clamped to 1e-6..1 - 1e-6 so a threshold at 0 or 1
+/// stays finite: thresholds are compared and averaged on this scale, where the distance
+/// between 0.98 and 0.99 counts as much as between 0.5 and 0.67.
+pub fn log_odds(p: f64) -> f64 {
+    let p = p.clamp(1e-6, 1.0 - 1e-6);
+    (p / (1.0 - p)).ln()
+}
+
 /// The chance that at most `allowed` of the next `next` cases go wrong, when `errors` of
 /// `seen` like cases went wrong: the beta-binomial predictive under Jeffreys' prior. It asks
 /// what a screening setting is for (will it keep its targets on the exams to come?) and

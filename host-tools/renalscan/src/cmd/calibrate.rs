@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use contract::manifest::{apply_temperature, OverallMetrics, SiteCalibration};
 use contract::Class;
+use evaluate::metrics::log_odds;
 use evaluate::{
     evaluate, rank_in_sample, rank_on_new, threshold_for_sensitivity,
     threshold_for_sensitivity_on_new, Evaluation, Prediction,
@@ -321,11 +322,7 @@ fn site_threshold(pos: &[f64], neg: &[f64], target: f64, specificity: f64) -> Si
         });
     let threshold = match for_specificity {
         Some(s) if s < for_sensitivity => {
-            let logit = |p: f64| {
-                let p = p.clamp(1e-6, 1.0 - 1e-6);
-                (p / (1.0 - p)).ln()
-            };
-            let mid = (logit(s) + logit(for_sensitivity)) / 2.0;
+            let mid = (log_odds(s) + log_odds(for_sensitivity)) / 2.0;
             1.0 / (1.0 + (-mid).exp())
         }
         _ => for_sensitivity,

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use contract::manifest::Manifest;
 use contract::Class;
-use evaluate::metrics::chance_at_most;
+use evaluate::metrics::{chance_at_most, log_odds};
 use renalscan_edge::aggregate::{Input, Params, Pooling, Sample, MAX_WINDOW};
 use renalscan_edge::config::{AggregateConfig, Config};
 use renalscan_edge::pipeline::operating_threshold;
@@ -197,10 +197,6 @@ fn allowed(n: usize, target: f64) -> usize {
     n - ((target * n as f64 - 1e-9).ceil().max(0.0) as usize).min(n)
 }
 
-fn log_odds(t: f64) -> f64 {
-    (t / (1.0 - t)).ln()
-}
-
 /// The thresholds to try, ascending: the report's grid (0.010-0.990 in steps of 0.005), and
 /// with a bundle only those the device would accept from a site's configuration
 /// ([`operating_threshold`]), its signed threshold among them.
@@ -305,15 +301,7 @@ pub fn run(args: &Args) -> Result<()> {
         None => Config::default(),
     };
     let a = &cfg.aggregate;
-    let base = Params {
-        window: a.window,
-        pooling: a.pooling,
-        min_frames: a.min_frames,
-        threshold: a.threshold.unwrap_or(0.5),
-        hysteresis: a.hysteresis,
-        classes: Class::ALL.len(),
-        normal_index: 0,
-    };
+    let base = a.params(a.threshold.unwrap_or(0.5), Class::ALL.len(), 0);
     let (judged, per_label) = read_inputs(&args.from, base)?;
     let n_abn = judged.iter().filter(|j| j.abnormal).count();
     let n_norm = judged.len() - n_abn;
@@ -335,16 +323,21 @@ pub fn run(args: &Args) -> Result<()> {
     let tried = thresholds(manifest.as_ref());
     let t0 = std::time::Instant::now();
     let rows = score(&judged, base, &tried, args);
-    let bests: Vec<(Scored, f64)> = rows.iter().filter_map(|r| best_of(r)).collect();
+    // Each pooling and window beside its best threshold, so the report cannot pair a row
+    // with another's best.
+    let bests: Vec<(&[Scored], Scored, f64)> = rows
+        .iter()
+        .filter_map(|r| best_of(r).map(|(best, width)| (r.as_slice(), best, width)))
+        .collect();
     // The highest chance; between equals, the widest run of thresholds.
-    let Some((chosen, _)) = bests
+    let Some(chosen) = bests
         .iter()
         .max_by(|a, b| {
-            a.0.chance()
-                .total_cmp(&b.0.chance())
-                .then(a.1.total_cmp(&b.1))
+            a.1.chance()
+                .total_cmp(&b.1.chance())
+                .then(a.2.total_cmp(&b.2))
         })
-        .cloned()
+        .map(|(_, best, _)| best.clone())
     else {
         bail!("no setting could be judged");
     };
@@ -383,7 +376,7 @@ pub fn run(args: &Args) -> Result<()> {
             ),
         }
     });
-    let report = report(args, &per_label, &rows, &bests, &chosen, allowed_note);
+    let report = report(args, &per_label, &bests, &chosen, allowed_note);
     let md = args.out.join("exam_setting.md");
     std::fs::write(&md, &report).with_context(|| format!("writing {}", md.display()))?;
     print!("{report}");
@@ -427,8 +420,7 @@ fn setting_toml(a: &AggregateConfig, chosen: &Scored, args: &Args) -> String {
 fn report(
     args: &Args,
     per_label: &BTreeMap<&'static str, usize>,
-    rows: &[Vec<Scored>],
-    bests: &[(Scored, f64)],
+    bests: &[(&[Scored], Scored, f64)],
     chosen: &Scored,
     allowed_note: Option<String>,
 ) -> String {
@@ -493,7 +485,7 @@ fn report(
                 .into()
         })
     );
-    for (row, (best, _)) in rows.iter().zip(bests) {
+    for (row, best, _) in bests {
         let b = &best.point;
         let range = match dev_range(row, args) {
             Some((lo, hi)) => format!(
