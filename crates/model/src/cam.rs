@@ -132,6 +132,9 @@ struct CellLayers {
     /// Row-major `hidden x channels`.
     w1: Vec<f32>,
     b1: Vec<f32>,
+    /// Row-major `hidden x channels` on the map's channel means, added to every cell's
+    /// hidden layer (`renalscan train --cell-context`).
+    context: Option<Vec<f32>>,
     /// Row-major `classes x hidden`.
     w2: Vec<f32>,
     /// The inverse temperature.
@@ -293,11 +296,33 @@ impl HeadWeights {
                 hidden,
                 w1,
                 b1,
+                context: None,
                 w2,
                 scale,
             }),
             bias: b2.iter().map(|b| b * scale - offset).collect(),
         })
+    }
+
+    /// The same per-cell head whose hidden layer also reads the map's channel means through
+    /// `context` (row-major `hidden x channels`): an image's context shifts every cell's
+    /// hidden units alike, so the map still lights the cells whose verdicts decided.
+    pub fn with_context(mut self, context: Vec<f32>) -> Result<Self, CamError> {
+        let channels = self.channels;
+        match &mut self.layers {
+            Layers::Cells(cl) if context.len() == cl.hidden * channels => {
+                cl.context = Some(context);
+                Ok(self)
+            }
+            Layers::Cells(cl) => Err(CamError::Weights(format!(
+                "{} context weights for {} hidden x {channels} channels",
+                context.len(),
+                cl.hidden
+            ))),
+            Layers::Pooled { .. } => Err(CamError::Weights(
+                "a pooled head has no per-cell context".into(),
+            )),
+        }
     }
 
     /// True for a classifier on every cell (whose map is built from each cell's share of
@@ -387,13 +412,20 @@ impl HeadWeights {
     /// A per-cell head's raw cell logits `z` (`classes x cells`, before pooling, scale and
     /// bias).
     fn cell_logits(cl: &CellLayers, classes: usize, features: &[f32], hw: usize) -> Vec<f32> {
+        let channels = features.len() / hw;
+        // This image's hidden bias: the layer's, plus its context where the head reads one.
+        let mut b1 = cl.b1.clone();
+        if let Some(ctx) = &cl.context {
+            let means: Vec<f32> = features
+                .chunks_exact(hw)
+                .map(|plane| plane.iter().sum::<f32>() / hw as f32)
+                .collect();
+            for (b, row) in b1.iter_mut().zip(ctx.chunks_exact(channels)) {
+                *b += row.iter().zip(&means).map(|(w, m)| w * m).sum::<f32>();
+            }
+        }
         let mut hidden = vec![0f32; cl.hidden * hw];
-        for (j, (row, &b)) in cl
-            .w1
-            .chunks_exact(features.len() / hw)
-            .zip(&cl.b1)
-            .enumerate()
-        {
+        for (j, (row, &b)) in cl.w1.chunks_exact(channels).zip(&b1).enumerate() {
             let out = &mut hidden[j * hw..(j + 1) * hw];
             out.iter_mut().for_each(|v| *v = b);
             for (&w, plane) in row.iter().zip(features.chunks_exact(hw)) {
@@ -1120,8 +1152,9 @@ impl<'a> Graph<'a> {
             pooled_input.unwrap_or_else(|| pool.input.first().map(String::as_str).unwrap_or(""));
         let (d2, w2, b2, h) = affine(first, "the cell logits")?;
         let relu = self.through_op(h, "Relu", 1, "the hidden cells")?;
-        let (d1, w1, b1, flat) = affine(&relu.input[0], "the hidden cells")?;
-        self.through_op(flat, "Reshape", 1, "the cells' input")?;
+        let (pre, context) = self.cell_context(&relu.input[0])?;
+        let (d1, w1, b1, flat) = affine(pre, "the hidden cells")?;
+        let reshape = self.through_op(flat, "Reshape", 1, "the cells' input")?;
         let [hidden, channels] = d1[..] else {
             return Err(format!(
                 "first cell layer of dims {d1:?}, not hidden x channels"
@@ -1132,9 +1165,60 @@ impl<'a> Graph<'a> {
                 "second cell layer of dims {d2:?} after {hidden} hidden units"
             ));
         }
-        HeadWeights::per_cell(channels, hidden, w1, b1, w2, &b2, offset, scale)
-            .map(Some)
-            .map_err(|e| e.to_string())
+        let head = HeadWeights::per_cell(channels, hidden, w1, b1, w2, &b2, offset, scale)
+            .map_err(|e| e.to_string())?;
+        let Some((dims, wc, mean)) = context else {
+            return Ok(Some(head));
+        };
+        // The context must read the same cells as the first layer, averaged over them.
+        let mean_of = self.through_op(&mean.input[0], "Reshape", 1, "the context's input")?;
+        if !std::ptr::eq(mean_of, reshape) || attr_ints(mean, "axes") != [2] {
+            return Err(format!(
+                "ReduceMean {:?} is not the mean over the cells the head reads",
+                mean.name
+            ));
+        }
+        if dims[..] != [hidden, channels] {
+            return Err(format!(
+                "context layer of dims {dims:?}, not {hidden} hidden x {channels} channels"
+            ));
+        }
+        head.with_context(wc).map(Some).map_err(|e| e.to_string())
+    }
+
+    /// Splits a per-cell head's hidden pre-activation into the first layer's affine part and,
+    /// where the head reads one, its context `Add(_, MatMul(wc, ReduceMean(map)))`: the
+    /// weight's dims and values, and the mean node.
+    #[allow(clippy::type_complexity)]
+    fn cell_context(
+        &self,
+        name: &'a str,
+    ) -> Result<(&'a str, Option<(Vec<usize>, Vec<f32>, &'a NodeProto)>), String> {
+        let Some(add) = self.producers.get(name) else {
+            return Ok((name, None));
+        };
+        if add.op_type != "Add" || add.input.len() != 2 {
+            return Ok((name, None));
+        }
+        for (side, other) in [(1, 0), (0, 1)] {
+            let Some(mm) = self.producers.get(add.input[side].as_str()) else {
+                continue;
+            };
+            if mm.op_type != "MatMul" || mm.input.len() != 2 {
+                continue;
+            }
+            let Some(mean) = self.producers.get(mm.input[1].as_str()) else {
+                continue;
+            };
+            if mean.op_type != "ReduceMean" || mean.input.is_empty() {
+                continue;
+            }
+            let (dims, w) = self
+                .constant(&mm.input[0], 0)
+                .map_err(|e| format!("the cells' context: weight {e}"))?;
+            return Ok((add.input[other].as_str(), Some((dims, w, *mean))));
+        }
+        Ok((name, None))
     }
 
     /// The node of type `op` with at least `inputs` inputs producing `name`, through

@@ -186,6 +186,11 @@ pub struct CellClassifier {
     pub hidden: Dense,
     /// `H -> classes` on each cell.
     pub out: Dense,
+    /// `C -> H` on the map's channel means, added to every cell's hidden layer before its
+    /// ReLU (`renalscan train --cell-context`): each cell is judged knowing the whole image,
+    /// so what the rest of the kidney shows (an infant's dark pyramids, say) can change a
+    /// cell's verdict. `None`: each cell alone. Its bias, if any, acts as the hidden layer's.
+    pub context: Option<Dense>,
     /// Divides the pooled logits (1: none).
     pub temperature: f32,
 }
@@ -195,21 +200,34 @@ impl CellClassifier {
     pub fn check(&self, channels: usize) -> Result<(), OnnxError> {
         let (h, o) = (&self.hidden, &self.out);
         let fits = |d: &Dense| d.weight.len() == d.inputs * d.outputs && d.bias.len() == d.outputs;
+        let context_fits = self
+            .context
+            .as_ref()
+            .is_none_or(|c| fits(c) && c.inputs == channels && c.outputs == h.outputs);
         if h.inputs != channels
             || o.inputs != h.outputs
             || !fits(h)
             || !fits(o)
+            || !context_fits
             || o.outputs == 0
             || !(self.temperature.is_finite() && self.temperature > 0.0)
         {
             return Err(OnnxError::Cells(format!(
-                "{} -> {} -> {} layers ({} + {} weights), temperature {}, for a map of \
-                 {channels} channels",
+                "{} -> {} -> {} layers ({} + {} weights), context {}, temperature {}, for a \
+                 map of {channels} channels",
                 h.inputs,
                 h.outputs,
                 o.outputs,
                 h.weight.len(),
                 o.weight.len(),
+                self.context
+                    .as_ref()
+                    .map_or("none".to_string(), |c| format!(
+                        "{} -> {} ({} weights)",
+                        c.inputs,
+                        c.outputs,
+                        c.weight.len()
+                    )),
                 self.temperature
             )));
         }
@@ -227,10 +245,23 @@ impl CellClassifier {
                 map.len()
             )));
         }
+        // The hidden layer's bias for this image: its own, plus the context of the channel
+        // means where the head reads it.
+        let mut base = self.hidden.bias.clone();
+        if let Some(ctx) = &self.context {
+            for (ch, plane) in map.chunks_exact(cells).enumerate() {
+                let mean = plane.iter().sum::<f32>() / cells as f32;
+                let row = &ctx.weight[ch * hn..(ch + 1) * hn];
+                for (a, w) in base.iter_mut().zip(row) {
+                    *a += mean * w;
+                }
+            }
+            base.iter_mut().zip(&ctx.bias).for_each(|(a, b)| *a += b);
+        }
         let mut z = vec![vec![0f32; cells]; k];
         let mut hidden = vec![0f32; hn];
         for cell in 0..cells {
-            hidden.copy_from_slice(&self.hidden.bias);
+            hidden.copy_from_slice(&base);
             for ch in 0..c {
                 let v = map[ch * cells + cell];
                 if v != 0.0 {
@@ -485,7 +516,12 @@ fn cell_nodes(
         &[hn, channels],
         &transpose(&cells.hidden.weight, channels, hn),
     );
-    let b1 = g.f32("head.cells.b1", &[hn, 1], &cells.hidden.bias);
+    // A context's bias joins the hidden layer's: the same sum, one node fewer.
+    let mut bias1 = cells.hidden.bias.clone();
+    if let Some(ctx) = &cells.context {
+        bias1.iter_mut().zip(&ctx.bias).for_each(|(a, b)| *a += b);
+    }
+    let b1 = g.f32("head.cells.b1", &[hn, 1], &bias1);
     let w2 = g.f32(
         "head.cells.w2",
         &[k, hn],
@@ -493,7 +529,23 @@ fn cell_nodes(
     );
     let b2 = g.f32("head.cells.b2", &[k, 1], &cells.out.bias);
     let h = g.node("MatMul", "head_cells_hidden", &[&w1, &flat], vec![]);
-    let h = g.node("Add", "head_cells_hidden_bias", &[&h, &b1], vec![]);
+    let mut h = g.node("Add", "head_cells_hidden_bias", &[&h, &b1], vec![]);
+    if let Some(ctx) = &cells.context {
+        // N x C x 1 channel means, through `C -> H`, broadcast over the cells.
+        let mean = g.node(
+            "ReduceMean",
+            "head_cells_context_mean",
+            &[&flat],
+            vec![attr::ints("axes", &[2]), attr::int("keepdims", 1)],
+        );
+        let wc = g.f32(
+            "head.cells.wc",
+            &[hn, channels],
+            &transpose(&ctx.weight, channels, hn),
+        );
+        let c = g.node("MatMul", "head_cells_context", &[&wc, &mean], vec![]);
+        h = g.node("Add", "head_cells_hidden_context", &[&h, &c], vec![]);
+    }
     let h = g.node("Relu", "head_cells_relu", &[&h], vec![]);
     let z = g.node("MatMul", "head_cells_logits", &[&w2, &h], vec![]);
     let z = g.node("Add", "head_cells_logits_bias", &[&z, &b2], vec![]);

@@ -8,6 +8,11 @@
 //! recipe (AdamW, balanced class weights, dropout, early stopping on validation AUC) is the
 //! linear head's; inputs are standardised per channel with the training cells' statistics,
 //! folded into the first layer when read back, so the result applies to raw maps.
+//!
+//! With `context` (`--cell-context`) the hidden layer also reads the map's channel means
+//! (`C -> H`, no bias of its own), the same for every cell of an image: a cell is judged
+//! knowing the whole image. Verdicts of separate cells pooled by a smooth maximum cannot
+//! express an interaction between what two cells show; this can (the tests below).
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
@@ -107,6 +112,7 @@ pub struct Trained {
 #[derive(Module, Debug)]
 struct CellNet {
     hidden: Linear,
+    context: Option<Linear>,
     dropout: Dropout,
     out: Linear,
 }
@@ -115,14 +121,19 @@ impl CellNet {
     /// `x`: `B x cells x C` (standardised) -> pooled logits `B x K`.
     fn forward(&self, x: Tensor<3>) -> Tensor<2> {
         let cells = x.dims()[1];
-        let h = self.dropout.forward(relu(self.hidden.forward(x)));
+        let mut h = self.hidden.forward(x.clone());
+        if let Some(ctx) = &self.context {
+            // B x 1 x C means -> B x 1 x H, broadcast over the cells.
+            h = h + ctx.forward(x.mean_dim(1));
+        }
+        let h = self.dropout.forward(relu(h));
         let z = self.out.forward(h);
         let m = z.clone().max_dim(1).detach();
         let lse = (z - m.clone()).exp().sum_dim(1).log() + m;
         lse.squeeze_dim::<2>(1) - (cells as f32).ln()
     }
 
-    fn read(&self) -> Result<(Dense, Dense), HeadError> {
+    fn read(&self) -> Result<(Dense, Dense, Option<Dense>), HeadError> {
         let dense = |l: &Linear| -> Result<Dense, HeadError> {
             let [inputs, outputs] = l.weight.val().dims();
             Ok(Dense {
@@ -135,10 +146,11 @@ impl CellNet {
                 },
             })
         };
-        Ok((dense(&self.hidden)?, dense(&self.out)?))
+        let context = self.context.as_ref().map(dense).transpose()?;
+        Ok((dense(&self.hidden)?, dense(&self.out)?, context))
     }
 
-    fn from_dense(hidden: &Dense, out: &Dense, device: &Device) -> Self {
+    fn from_dense(hidden: &Dense, out: &Dense, context: Option<&Dense>, device: &Device) -> Self {
         let linear = |d: &Dense| {
             let mut l = LinearConfig::new(d.inputs, d.outputs).init(device);
             l.weight = Param::from_tensor(Tensor::<2>::from_data(
@@ -153,6 +165,7 @@ impl CellNet {
         };
         Self {
             hidden: linear(hidden),
+            context: context.map(linear),
             dropout: DropoutConfig::new(0.0).init(),
             out: linear(out),
         }
@@ -234,7 +247,7 @@ pub fn predict_logits(head: &CellClassifier, m: &Maps) -> Result<Vec<[f32; K]>, 
         )));
     }
     let device = Device::flex();
-    let net = CellNet::from_dense(&head.hidden, &head.out, &device);
+    let net = CellNet::from_dense(&head.hidden, &head.out, head.context.as_ref(), &device);
     let (mu, sd) = (vec![0f32; m.channels], vec![1f32; m.channels]);
     let mut z = logits(&net, m, &mu, &sd, &device)?;
     for r in &mut z {
@@ -259,11 +272,13 @@ fn fold(hidden: &Dense, mu: &[f32], sd: &[f32]) -> Dense {
 }
 
 /// Trains the cell head on `train`, keeping the epoch with the best validation AUC (ties:
-/// lower validation NLL); `hidden` is the per-cell width.
+/// lower validation NLL); `hidden` is the per-cell width, `context` whether each cell's
+/// hidden layer also reads the image's channel means.
 pub fn train(
     train: &Maps,
     val: &Maps,
     hidden: usize,
+    context: bool,
     cfg: &HeadConfig,
     mut on_epoch: impl FnMut(&Epoch),
 ) -> Result<Trained, HeadError> {
@@ -287,6 +302,17 @@ pub fn train(
                 fan_out_only: false,
             })
             .init(&device),
+        // No bias: the hidden layer has one. Kaiming like it, so that the image's context
+        // starts as strong as a cell's own input.
+        context: context.then(|| {
+            LinearConfig::new(c, hidden)
+                .with_bias(false)
+                .with_initializer(Initializer::KaimingNormal {
+                    gain: std::f64::consts::SQRT_2,
+                    fan_out_only: false,
+                })
+                .init(&device)
+        }),
         dropout: DropoutConfig::new(cfg.dropout).init(),
         // Small output weights: every class starts near uniform in every cell.
         out: LinearConfig::new(hidden, K)
@@ -302,7 +328,7 @@ pub fn train(
     let infer = Device::flex();
     let mut rng = Rng::new(cfg.seed);
     let mut order: Vec<usize> = (0..n).collect();
-    let mut best: Option<(f64, f64, Dense, Dense, usize)> = None;
+    let mut best: Option<(f64, f64, Dense, Dense, Option<Dense>, usize)> = None;
     let mut history = Vec::new();
     for epoch in 1..=cfg.max_epochs {
         rng.shuffle(&mut order);
@@ -319,8 +345,14 @@ pub fn train(
             let grads = GradientsParams::from_grads(loss.backward(), &net);
             net = optim.step(cfg.lr, net, grads);
         }
-        let (h, o) = net.read()?;
-        let z = logits(&CellNet::from_dense(&h, &o, &infer), val, &mu, &sd, &infer)?;
+        let (h, o, ctx) = net.read()?;
+        let z = logits(
+            &CellNet::from_dense(&h, &o, ctx.as_ref(), &infer),
+            val,
+            &mu,
+            &sd,
+            &infer,
+        )?;
         let (val_auc, val_nll) = head::auc_nll_of(&z, &val.y, 1.0);
         let e = Epoch {
             epoch,
@@ -336,7 +368,7 @@ pub fn train(
             Some((a, l, ..)) => val_auc > a + 1e-9 || (val_auc >= a - 1e-9 && val_nll < *l),
         };
         if better {
-            best = Some((val_auc, val_nll, h, o, epoch));
+            best = Some((val_auc, val_nll, h, o, ctx, epoch));
         } else if best
             .as_ref()
             .is_some_and(|(.., be)| epoch - be >= cfg.patience)
@@ -345,13 +377,16 @@ pub fn train(
             break;
         }
     }
-    let Some((_, _, h, o, best_epoch)) = best else {
+    let Some((_, _, h, o, ctx, best_epoch)) = best else {
         return Err(HeadError::Data("no epochs run (max_epochs = 0)".into()));
     };
     Ok(Trained {
         head: CellClassifier {
             hidden: fold(&h, &mu, &sd),
             out: o,
+            // The context reads means of standardised cells, the standardised means: the
+            // same fold.
+            context: ctx.map(|c| fold(&c, &mu, &sd)),
             temperature: 1.0,
         },
         best_epoch,
@@ -397,8 +432,8 @@ mod tests {
             seed: 3,
             ..HeadConfig::default()
         };
-        let a = train(&tr, &va, 16, &cfg, |_| {}).unwrap();
-        let b = train(&tr, &va, 16, &cfg, |_| {}).unwrap();
+        let a = train(&tr, &va, 16, false, &cfg, |_| {}).unwrap();
+        let b = train(&tr, &va, 16, false, &cfg, |_| {}).unwrap();
         assert_eq!(a.head, b.head, "same seed, same head");
         let best = a.history[a.best_epoch - 1].val_auc;
         assert!(best > 0.97, "validation AUC {best}");
@@ -425,6 +460,73 @@ mod tests {
         }
     }
 
+    /// Maps of 8 channels x 9 cells whose label is an interaction no single cell holds: a
+    /// bright spot (channel 1, in one of cells 3-8) and a raised background (channel 2 in
+    /// cells 0-2) are each a finding alone and normal together (the spot a variant that
+    /// background explains). Judged alone, a cell sees one of the two; pooled by a smooth
+    /// maximum, verdicts of separate cells cannot express "exactly one". The image's
+    /// channel means, read by every cell, can.
+    fn mimics(n: usize, seed: u64) -> Maps {
+        let mut r = Rng::new(seed);
+        let mut m = Maps::new(8, 9);
+        for i in 0..n {
+            let (spot, background) = (i % 2 == 1, (i / 2) % 2 == 1);
+            let cell = 3 + r.below(6) as usize;
+            for ch in 0..8 {
+                for l in 0..9 {
+                    let mut v = r.uniform() as f32;
+                    if ch == 1 && l == cell && spot {
+                        v += 4.0;
+                    }
+                    if ch == 2 && l < 3 && background {
+                        v += 3.0;
+                    }
+                    m.x.push(f16::from_f32(v).to_bits());
+                }
+            }
+            m.y.push(usize::from(spot != background));
+        }
+        m
+    }
+
+    #[test]
+    fn context_tells_a_mimic_from_a_finding_and_its_export_form_agrees() {
+        let _burn = crate::BURN_RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let (tr, va) = (mimics(300, 4), mimics(150, 5));
+        let cfg = HeadConfig {
+            max_epochs: 60,
+            patience: 60,
+            batch: 16,
+            lr: 1e-2,
+            seed: 3,
+            ..HeadConfig::default()
+        };
+        let alone = train(&tr, &va, 16, false, &cfg, |_| {}).unwrap();
+        let with = train(&tr, &va, 16, true, &cfg, |_| {}).unwrap();
+        let best = |t: &Trained| t.history[t.best_epoch - 1].val_auc;
+        assert!(alone.head.context.is_none() && with.head.context.is_some());
+        // Alone, the cells cannot: the two kinds of findings and the two of normal images
+        // overlap.
+        assert!(best(&alone) < 0.93, "cells alone: AUC {}", best(&alone));
+        assert!(best(&with) > 0.97, "with context: AUC {}", best(&with));
+
+        // The folded context on raw maps, in burn and in plain arithmetic.
+        let z = predict_logits(&with.head, &va).unwrap();
+        let (auc, _) = head::auc_nll_of(&z, &va.y, 1.0);
+        assert!((auc - best(&with)).abs() < 1e-6, "{auc} vs {}", best(&with));
+        for i in [0, 1, 2, 40] {
+            let raw: Vec<f32> = va
+                .map(i)
+                .iter()
+                .map(|&v| f16::from_bits(v).to_f32())
+                .collect();
+            let plain = with.head.logits(&raw, va.cells).unwrap();
+            for (p, q) in plain.iter().zip(&z[i]) {
+                assert!((p - q).abs() < 1e-3, "{plain:?} vs {:?}", z[i]);
+            }
+        }
+    }
+
     #[test]
     fn refuses_mismatched_maps() {
         let _burn = crate::BURN_RNG.lock().unwrap_or_else(|e| e.into_inner());
@@ -432,9 +534,9 @@ mod tests {
         let mut va = Maps::new(4, 9);
         va.x = vec![0; 36];
         va.y = vec![0];
-        assert!(train(&tr, &va, 8, &HeadConfig::default(), |_| {}).is_err());
+        assert!(train(&tr, &va, 8, false, &HeadConfig::default(), |_| {}).is_err());
         let mut bad = spots(12, 1);
         bad.x.pop();
-        assert!(train(&bad, &tr, 8, &HeadConfig::default(), |_| {}).is_err());
+        assert!(train(&bad, &tr, 8, true, &HeadConfig::default(), |_| {}).is_err());
     }
 }

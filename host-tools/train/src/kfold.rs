@@ -413,7 +413,7 @@ impl Inputs {
                     }
                 }
                 let [tr, va, te] = &sets;
-                let trained = cells::train(tr, va, *hidden, &opt.head, |_| {})?;
+                let trained = cells::train(tr, va, *hidden, opt.cell_context, &opt.head, |_| {})?;
                 Ok(FoldOutcome {
                     val: (cells::predict_logits(&trained.head, va)?, va.y.clone()),
                     test: (cells::predict_logits(&trained.head, te)?, te.y.clone()),

@@ -111,6 +111,9 @@ pub struct TrainOptions {
     /// classifier of hidden width `H` on every cell of the layer-3 map ([`crate::cells`];
     /// [`train_stage1_cells`] trains it).
     pub cell_head: Option<usize>,
+    /// The cell head's hidden layer also reads the image's channel means
+    /// ([`crate::cells`], `--cell-context`); ignored without `cell_head`.
+    pub cell_context: bool,
 }
 
 /// What a run produced (also logged and written to `metrics.json`).
@@ -815,7 +818,7 @@ pub fn train_stage1_cells(
         (&gate_tr, &gate_va, &used),
     )?;
     let (trained, head_s) = train_epochs(opt, "cell head", &mut start.log_text, |on_epoch| {
-        crate::cells::train(&tr, &va, hidden, &opt.head, on_epoch)
+        crate::cells::train(&tr, &va, hidden, opt.cell_context, &opt.head, on_epoch)
     })?;
     drop(tr);
 
@@ -831,6 +834,7 @@ pub fn train_stage1_cells(
             "cell_head": {
                 "hidden": [calibrated.hidden.inputs, calibrated.hidden.outputs],
                 "out": [calibrated.out.inputs, calibrated.out.outputs],
+                "context": calibrated.context.as_ref().map(|c| [c.inputs, c.outputs]),
                 "weights_in": "model.onnx (head.cells.*)",
             },
             "temperature": calibration.temperature,
@@ -1264,11 +1268,16 @@ pub fn draft_manifest(
                     opt.head_views
                 ),
                 Some(h) => format!(
-                    "1: frozen backbone up to {}, head on every cell of its map ({} -> {h}, \
+                    "1: frozen backbone up to {}, head on every cell of its map ({} -> {h}{}, \
                      ReLU, dropout, -> {}; log-mean-exp over cells) on cached maps ({} \
                      augmented views per training image)",
                     opt.tap.name(),
                     opt.tap.channels(),
+                    if opt.cell_context {
+                        ", plus the map's channel means -> the same hidden layer"
+                    } else {
+                        ""
+                    },
                     taxonomy_len(),
                     opt.head_views
                 ),

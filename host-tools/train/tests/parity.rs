@@ -172,9 +172,9 @@ fn layer3_export_reads_what_extraction_reads() {
     );
 }
 
-/// `--head cells`: tract on the exported file gives what the classifier's own arithmetic
-/// gives on the model's layer-3 map (so what training computed), and the class-activation
-/// maps read back from the file add up to its logits.
+/// `--head cells` (with `--cell-context`, and without below): tract on the exported file gives
+/// what the classifier's own arithmetic gives on the model's layer-3 map (so what training
+/// computed), and the class-activation maps read back from the file add up to its logits.
 #[test]
 fn cell_head_export_matches_its_arithmetic_and_its_maps() {
     let weights = common::weights();
@@ -194,6 +194,7 @@ fn cell_head_export_matches_its_arithmetic_and_its_maps() {
     let cells = resnet50::CellClassifier {
         hidden: dense(c, hidden, 0.1),
         out: dense(hidden, 6, 4.0),
+        context: Some(dense(c, hidden, 0.3)),
         temperature: 1.7,
     };
     let dir = tempfile::tempdir().unwrap();
@@ -233,13 +234,25 @@ fn cell_head_export_matches_its_arithmetic_and_its_maps() {
     }
     let maxp = p_model.iter().cloned().fold(0.0, f32::max);
     assert!(maxp > 0.3, "head should not be uniform: {p_model:?}");
+    // The context counts: without it the same weights give other logits.
+    let alone = resnet50::CellClassifier {
+        context: None,
+        ..cells.clone()
+    };
+    let z_alone = alone.logits(&f.data, side * side).unwrap();
+    assert!(
+        z.iter().zip(&z_alone).any(|(a, b)| (a - b).abs() > 0.1),
+        "{z:?} vs {z_alone:?}"
+    );
 
     // Cell logits in the thousands (exp overflows f32 above 88): the pooling stays finite.
+    // Without a context, the head as exported before it.
     let loud = resnet50::CellClassifier {
         out: resnet50::Dense {
             weight: cells.out.weight.iter().map(|w| w * 1000.0).collect(),
             ..cells.out.clone()
         },
+        context: None,
         ..cells
     };
     let weights = common::weights();

@@ -37,6 +37,7 @@ fn options(dir: &std::path::Path, data: std::path::PathBuf) -> TrainOptions {
         pooling: train::extract::POOLING,
         head_views: 1,
         cell_head: None,
+        cell_context: false,
     }
 }
 
@@ -166,6 +167,7 @@ fn stage1_cell_head_trains_exports_and_reruns_from_the_cache() {
             ..HeadConfig::default()
         },
         cell_head: Some(16),
+        cell_context: false,
         ..options(dir.path(), data)
     };
     let s = train::train_stage1_cells(&opt, &weights, &backbone).expect("cell head");

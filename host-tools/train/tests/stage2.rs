@@ -38,6 +38,7 @@ fn options(data: &Path, out: &Path, cache: &Path, epochs: usize, resume: bool) -
             pooling: train::extract::POOLING,
             head_views: train::extract::HEAD_VIEWS,
             cell_head: None,
+            cell_context: false,
         },
         finetune: FinetuneConfig {
             epochs,

@@ -117,6 +117,12 @@ pub struct Args {
     /// Hidden width of `--head cells`.
     #[arg(value_parser = argrange::usize_in(1, 4096), long, default_value_t = train::cells::HIDDEN)]
     pub cell_width: usize,
+    /// `--head cells`: each cell's hidden layer also reads the map's channel means, so a
+    /// cell is judged knowing the whole image (what the rest of the kidney shows can make a
+    /// dark cell a normal infant's pyramid rather than a cyst). Measured in
+    /// host-tools/train/README.md, "A head that reads the whole image".
+    #[arg(long)]
+    pub cell_context: bool,
     /// Percentage of unreadable images tolerated (skipped) before the run fails.
     #[arg(value_parser = argrange::f64_in(0.0, 100.0), long, default_value_t = 5.0)]
     pub max_failed_pct: f64,
@@ -336,6 +342,9 @@ pub fn run(args: Args) -> Result<()> {
     };
     let tap = resolve_tap(args.features_from, args.finetune.as_ref())?;
     let cells = resolve_head(args.head, tap, args.finetune.as_ref(), args.pooling)?;
+    if args.cell_context && !cells {
+        bail!("--cell-context is the cell head's: it does not apply to the linear head (drop it, or use --head cells)");
+    }
     let got = args.cache.ensure()?;
     let mut weights = ResNet50::load_tfjs(&got.model_json())?;
     let (backbone, name) = if args.random_backbone {
@@ -404,6 +413,7 @@ pub fn run(args: Args) -> Result<()> {
         pooling: args.pooling.into(),
         head_views: args.head_views,
         cell_head: cells.then_some(args.cell_width),
+        cell_context: args.cell_context,
     };
     if let Some(k) = args.folds {
         let cv = train::kfold::run(&opt, k, &backbone)?;
