@@ -148,6 +148,7 @@ fn real_dicom_folder_trains_with_hashed_stable_patients() {
         pooling: train::extract::POOLING,
         head_views: train::extract::HEAD_VIEWS,
         cell_head: None,
+        cell_context: false,
     };
     let s = train::train_stage1(&opt, &weights, &backbone).expect("train on the DICOM folder");
     assert_eq!(s.skipped, 0, "every ingested frame decodes");

@@ -96,6 +96,7 @@ fn train_draft_bundle_and_device_agree_on_every_field() {
         pooling: train::extract::POOLING,
         head_views: train::extract::HEAD_VIEWS,
         cell_head: None,
+        cell_context: false,
     };
     let draft = train::draft_manifest(
         &opt,
