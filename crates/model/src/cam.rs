@@ -20,7 +20,9 @@
 //! which has no location, joins the bias. The map's mean plus bias is again the logit, and it
 //! lights the cells whose verdicts decided. It costs the head's two layers on every cell
 //! (about 26 M multiply-adds for 1,024 channels, 128 hidden, 196 cells), computed only when a
-//! map is drawn.
+//! map is drawn. A head that also reads the map's channel means (`--cell-context`) adds
+//! `wc . mean_cells(F)` to `b1`: one shift per image, the same for every cell, so the
+//! split over cells is unchanged.
 //!
 //! The head's weights are read from the same ONNX file the device runs, so the map cannot
 //! drift from the model. Temperature scaling is folded into a pooled head's weights by the
