@@ -447,13 +447,19 @@ mod tests {
         let z = predict_logits(&head, &va).unwrap();
         let (auc, _) = head::auc_nll_of(&z, &va.y, 0.5);
         assert!((auc - best).abs() < 1e-6, "{auc} vs {best}");
-        for i in [0, 7, 33] {
-            let raw: Vec<f32> = va
+        plain_arithmetic_agrees(&head, &va, &z, &[0, 7, 33]);
+    }
+
+    /// `head`'s plain arithmetic (the exported graph's formula) on raw maps `idx` of `m`
+    /// gives `z`, the logits burn computed for them.
+    fn plain_arithmetic_agrees(head: &CellClassifier, m: &Maps, z: &[[f32; K]], idx: &[usize]) {
+        for &i in idx {
+            let raw: Vec<f32> = m
                 .map(i)
                 .iter()
                 .map(|&v| f16::from_bits(v).to_f32())
                 .collect();
-            let plain = head.logits(&raw, va.cells).unwrap();
+            let plain = head.logits(&raw, m.cells).unwrap();
             for (p, q) in plain.iter().zip(&z[i]) {
                 assert!((p - q).abs() < 1e-3, "{plain:?} vs {:?}", z[i]);
             }
@@ -514,17 +520,7 @@ mod tests {
         let z = predict_logits(&with.head, &va).unwrap();
         let (auc, _) = head::auc_nll_of(&z, &va.y, 1.0);
         assert!((auc - best(&with)).abs() < 1e-6, "{auc} vs {}", best(&with));
-        for i in [0, 1, 2, 40] {
-            let raw: Vec<f32> = va
-                .map(i)
-                .iter()
-                .map(|&v| f16::from_bits(v).to_f32())
-                .collect();
-            let plain = with.head.logits(&raw, va.cells).unwrap();
-            for (p, q) in plain.iter().zip(&z[i]) {
-                assert!((p - q).abs() < 1e-3, "{plain:?} vs {:?}", z[i]);
-            }
-        }
+        plain_arithmetic_agrees(&with.head, &va, &z, &[0, 1, 2, 40]);
     }
 
     #[test]
