@@ -199,6 +199,11 @@ impl ProbeSweep {
         self.patient.class
     }
 
+    /// The swept patient's age in years: exam errors can be read per age group.
+    pub fn age_y(&self) -> f32 {
+        self.patient.age_y
+    }
+
     /// The frames of a protocol pass, when this sweep is one.
     fn exam_frames(&self) -> Option<u64> {
         let n = self.cfg.frames.filter(|&n| n > 1)?;
@@ -337,7 +342,7 @@ impl Iterator for ProbeSweep {
 
 /// Header of the sweep's `frames.csv`.
 pub const FRAMES_HEADER: &str =
-    "path,index,time_s,state,label,severity,patient_id,lesion_visible,view";
+    "path,index,time_s,state,label,severity,patient_id,lesion_visible,view,age_y";
 
 /// Write a sweep's frames as `<out>/frame_<index>.png` plus `frames.csv` (ground truth per
 /// frame), for replay by the edge runtime's folder source. `progress(done, total)`.
@@ -353,7 +358,9 @@ pub fn write_sweep(
     std::fs::create_dir_all(out).map_err(io(out))?;
     let total = cfg.frames.unwrap_or(0);
     let mut rows = Vec::new();
-    for f in ProbeSweep::new(cfg) {
+    let sweep = ProbeSweep::new(cfg);
+    let age = format!("{:.3}", sweep.age_y());
+    for f in sweep {
         let name = format!("frame_{:06}.png", f.index);
         crate::save_png(&f.image, &out.join(&name))?;
         let label = if f.anatomy.is_kidney() {
@@ -371,6 +378,7 @@ pub fn write_sweep(
             f.patient_id.to_string(),
             u8::from(f.lesion_visible).to_string(),
             f.anatomy.label().to_string(),
+            age.clone(),
         ]);
         progress(f.index + 1, total);
     }

@@ -33,10 +33,13 @@ struct Sweep {
     /// How marked the finding is (0-1, the phantom's scale): the list's `severity` column,
     /// else the phantom's `frames.csv`. Lets the report say which findings a setting misses.
     severity: Option<f64>,
+    /// The patient's age in years: the list's `age_y` column, else the phantom's
+    /// `frames.csv`. Lets the report say which patients a setting fails.
+    age_y: Option<f64>,
 }
 
 /// Columns of `exams.csv`, in [`Row`]'s order.
-const EXAMS_HEADER: [&str; 13] = [
+const EXAMS_HEADER: [&str; 14] = [
     "sweep",
     "label",
     "severity",
@@ -50,6 +53,7 @@ const EXAMS_HEADER: [&str; 13] = [
     "p_abnormal",
     "final_call",
     "decisions",
+    "age_y",
 ];
 
 /// One judged exam (a row of `exams.csv`).
@@ -73,10 +77,11 @@ struct Row {
     /// the probe leaves the far pole).
     final_call: &'static str,
     decisions: usize,
+    age_y: Option<f64>,
 }
 
-/// Sweeps under `dir`: `sweeps.csv` (path,label, optionally severity) if present, else every
-/// subfolder with a phantom `frames.csv` (its label and severity columns).
+/// Sweeps under `dir`: `sweeps.csv` (path,label, optionally severity and age_y) if present,
+/// else every subfolder with a phantom `frames.csv` (its label, severity and age columns).
 fn discover(dir: &Path) -> Result<Vec<Sweep>> {
     let list = dir.join("sweeps.csv");
     let mut out = Vec::new();
@@ -89,6 +94,7 @@ fn discover(dir: &Path) -> Result<Vec<Sweep>> {
         };
         let (pc, lc) = (col("path")?, col("label")?);
         let sc = table.col(&["severity"]);
+        let ac = table.col(&["age_y"]);
         for r in table.rows() {
             let (Some(p), Some(l)) = (r.get(Some(pc)), r.get(Some(lc))) else {
                 bail!("{} line {}: no path or no label", list.display(), r.line());
@@ -105,12 +111,22 @@ fn discover(dir: &Path) -> Result<Vec<Sweep>> {
                     })
                 })
                 .transpose()?;
+            let listed_age = r
+                .get(ac)
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| {
+                    age(v).with_context(|| {
+                        format!("{} line {}: age_y {v:?}", list.display(), r.line())
+                    })
+                })
+                .transpose()?;
             let path = dir.join(p);
             let f = frames_csv(&path)?;
             out.push(Sweep {
                 name: p.to_string(),
                 times: f.times,
                 severity: listed.or(f.severity),
+                age_y: listed_age.or(f.age_y),
                 path,
                 label,
             });
@@ -142,6 +158,7 @@ fn discover(dir: &Path) -> Result<Vec<Sweep>> {
                     .unwrap_or_default(),
                 times: f.times,
                 severity: f.severity,
+                age_y: f.age_y,
                 path,
                 label,
             });
@@ -167,6 +184,16 @@ struct FramesCsv {
     times: Vec<f64>,
     /// The first frame's severity.
     severity: Option<f64>,
+    /// The first frame's patient age (years).
+    age_y: Option<f64>,
+}
+
+/// A patient age in years, 0..=18 (pediatric screening).
+fn age(v: &str) -> Result<f64> {
+    match v.trim().parse::<f64>() {
+        Ok(x) if (0.0..=18.0).contains(&x) => Ok(x),
+        _ => bail!("an age is a number of years from 0 to 18"),
+    }
 }
 
 /// A severity in 0..=1.
@@ -207,10 +234,17 @@ fn frames_csv(path: &Path) -> Result<FramesCsv> {
         .and_then(|r| r.get(table.col(&["severity"])))
         .map(|v| severity(v).with_context(|| format!("{}: severity {v:?}", csv.display())))
         .transpose()?;
+    let age_y = table
+        .rows()
+        .first()
+        .and_then(|r| r.get(table.col(&["age_y"])))
+        .map(|v| age(v).with_context(|| format!("{}: age_y {v:?}", csv.display())))
+        .transpose()?;
     Ok(FramesCsv {
         label,
         times,
         severity,
+        age_y,
     })
 }
 
@@ -239,6 +273,7 @@ fn row(s: &Sweep, o: &SweepOutcome) -> Row {
         p_abnormal: call.map(|d| d.p_abnormal),
         final_call: call_of(o.final_decision()),
         decisions: o.decisions.len(),
+        age_y: s.age_y,
     }
 }
 
@@ -405,6 +440,7 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
                 opt(r.p_abnormal.map(|v| format!("{v:.4}"))),
                 r.final_call.to_string(),
                 r.decisions.to_string(),
+                opt(r.age_y.map(|v| format!("{v:.3}"))),
             ]
         }),
     )?;
@@ -816,7 +852,29 @@ struct Summary {
     per_label: BTreeMap<String, [usize; 3]>,
     /// Abnormal exams with a severity, per band of [`SEVERITY_BANDS`].
     by_severity: Vec<SeverityBand>,
+    /// Exams with a patient age, per band of [`AGE_BANDS`].
+    by_age: Vec<AgeBand>,
 }
+
+/// Exams of one age band: a kidney's look changes with age (an infant's dark pyramids and
+/// bright cortex, an older child's larger, deeper kidney), and so do a model's errors.
+#[derive(Debug, Serialize, PartialEq)]
+struct AgeBand {
+    band: &'static str,
+    normal: usize,
+    called_normal: usize,
+    abnormal: usize,
+    called_abnormal: usize,
+}
+
+/// Age bands (years) for the per-age table, upper bounds exclusive.
+const AGE_BANDS: [(&str, f64, f64); 5] = [
+    ("under 6 months", 0.0, 0.5),
+    ("6 months-2 years", 0.5, 2.0),
+    ("2-8 years", 2.0, 8.0),
+    ("8-12 years", 8.0, 12.0),
+    ("12 years and over", 12.0, f64::INFINITY),
+];
 
 /// Abnormal exams of one severity band.
 #[derive(Debug, Serialize, PartialEq)]
@@ -861,6 +919,23 @@ fn summarise(rows: &[Row]) -> Summary {
             }
         })
         .collect();
+    let by_age = AGE_BANDS
+        .iter()
+        .map(|&(band, lo, hi)| {
+            let within = |r: &&&Row| r.age_y.is_some_and(|v| v >= lo && v < hi);
+            let (n, a): (Vec<&&Row>, Vec<&&Row>) = (
+                nor.iter().filter(within).collect(),
+                abn.iter().filter(within).collect(),
+            );
+            AgeBand {
+                band,
+                normal: n.len(),
+                called_normal: n.iter().filter(|r| r.call == "normal").count(),
+                abnormal: a.len(),
+                called_abnormal: a.iter().filter(|r| r.call == "abnormal").count(),
+            }
+        })
+        .collect();
     Summary {
         n_normal: nor.len(),
         n_abnormal: abn.len(),
@@ -885,6 +960,7 @@ fn summarise(rows: &[Row]) -> Summary {
         median_first_decision_s: median(rows.iter().filter_map(|r| r.first_decision_s).collect()),
         per_label,
         by_severity,
+        by_age,
     }
 }
 
@@ -973,6 +1049,32 @@ fn report(
             );
         }
     }
+    if s.by_age.iter().any(|b| b.normal + b.abnormal > 0) {
+        let _ = writeln!(
+            t,
+            "\nBy the patient's age:\n\n\
+             | age | normal exams | called normal (specificity) | abnormal exams | called \
+             abnormal (sensitivity) |\n|---|---|---|---|---|"
+        );
+        let cell = |k: usize, n: usize| {
+            if n == 0 {
+                "-".to_string()
+            } else {
+                format!("{k} ({})", pct(frac(k, n)))
+            }
+        };
+        for b in s.by_age.iter().filter(|b| b.normal + b.abnormal > 0) {
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {} | {} |",
+                b.band,
+                b.normal,
+                cell(b.called_normal, b.normal),
+                b.abnormal,
+                cell(b.called_abnormal, b.abnormal)
+            );
+        }
+    }
     if !failed.is_empty() {
         let _ = writeln!(t, "\nNot replayed ({}):", failed.len());
         for f in failed {
@@ -1009,9 +1111,9 @@ mod tests {
         std::fs::write(
             d.join("frames.csv"),
             format!(
-                "path,index,time_s,state,label,severity,patient_id,lesion_visible,view\n\
-                 frame_000000.png,0,0.000,scanning,{label},0.5,1,1,kidney\n\
-                 frame_000001.png,1,0.050,scanning,{label},0.5,1,1,kidney\n"
+                "path,index,time_s,state,label,severity,patient_id,lesion_visible,view,age_y\n\
+                 frame_000000.png,0,0.000,scanning,{label},0.5,1,1,kidney,9.5\n\
+                 frame_000001.png,1,0.050,scanning,{label},0.5,1,1,kidney,9.5\n"
             ),
         )
         .unwrap();
@@ -1031,6 +1133,7 @@ mod tests {
         );
         assert_eq!(found[1].times, [0.0, 0.05]);
         assert_eq!(found[1].severity, Some(0.5));
+        assert_eq!(found[1].age_y, Some(9.5));
         // A list overrides the folders and may name a cine DICOM; labels are checked.
         std::fs::write(
             tmp.path().join("sweeps.csv"),
@@ -1051,6 +1154,25 @@ mod tests {
         let listed = discover(tmp.path()).unwrap();
         assert_eq!(listed[0].severity, Some(0.08));
         assert_eq!(listed[1].severity, Some(0.5));
+        assert_eq!((listed[0].age_y, listed[1].age_y), (None, Some(9.5)));
+        // A clinic's list gives each patient's age; it wins over the phantom's.
+        std::fs::write(
+            tmp.path().join("sweeps.csv"),
+            "path,label,age_y\nexam1.dcm,stone,0.25\nb-cyst,cyst,3\n",
+        )
+        .unwrap();
+        let listed = discover(tmp.path()).unwrap();
+        assert_eq!((listed[0].age_y, listed[1].age_y), (Some(0.25), Some(3.0)));
+        std::fs::write(
+            tmp.path().join("sweeps.csv"),
+            "path,label,age_y\nexam1.dcm,stone,40\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", discover(tmp.path()).unwrap_err());
+        assert!(
+            e.contains("line 2") && e.contains("age_y") && e.contains("0 to 18"),
+            "{e}"
+        );
         std::fs::write(
             tmp.path().join("sweeps.csv"),
             "path,label,severity\nexam1.dcm,stone,severe\n",
@@ -1190,6 +1312,7 @@ mod tests {
             p_abnormal: None,
             final_call: "none",
             decisions: 0,
+            age_y: None,
         };
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join(INPUTS_FILE);
@@ -1227,12 +1350,12 @@ mod tests {
         assert_eq!(back.len(), 2);
     }
 
-    #[test]
-    fn sensitivity_is_banded_by_severity() {
-        let row = |label: &str, severity: Option<f64>, call: &'static str| Row {
+    /// A decided exam of a 60-frame sweep, for the summary's tables.
+    fn judged_row(label: &str, call: &'static str) -> Row {
+        Row {
             sweep: String::new(),
             label: label.into(),
-            severity,
+            severity: None,
             frames: 60,
             inferred: 60,
             gated: 0,
@@ -1243,6 +1366,33 @@ mod tests {
             p_abnormal: None,
             final_call: call,
             decisions: 1,
+            age_y: None,
+        }
+    }
+
+    /// The report's text for these rows.
+    fn report_of(rows: &[Row], s: &Summary) -> String {
+        let tmp = tempfile::tempdir().unwrap();
+        let args = Args {
+            model: "bundle".into(),
+            data: None,
+            sweeps: Some(tmp.path().into()),
+            edge_config: None,
+            out: tmp.path().into(),
+            threshold: None,
+            threads: 1,
+            max_failed_pct: 5.0,
+            manifest: None,
+            trusted_keys: Some("keys".into()),
+        };
+        report(&args, tmp.path(), rows, s, &[], 1.0)
+    }
+
+    #[test]
+    fn sensitivity_is_banded_by_severity() {
+        let row = |label: &str, severity: Option<f64>, call: &'static str| Row {
+            severity,
+            ..judged_row(label, call)
         };
         let rows = [
             row("stone", Some(0.065), "normal"),
@@ -1260,20 +1410,7 @@ mod tests {
             .map(|b| [b.exams, b.called_abnormal])
             .collect();
         assert_eq!(counts, [[2, 1], [1, 1], [0, 0], [1, 1]]);
-        let tmp = tempfile::tempdir().unwrap();
-        let args = Args {
-            model: "bundle".into(),
-            data: None,
-            sweeps: Some(tmp.path().into()),
-            edge_config: None,
-            out: tmp.path().into(),
-            threshold: None,
-            threads: 1,
-            max_failed_pct: 5.0,
-            manifest: None,
-            trusted_keys: Some("keys".into()),
-        };
-        let text = report(&args, tmp.path(), &rows, &s, &[], 1.0);
+        let text = report_of(&rows, &s);
         assert!(
             text.contains("| minimal (below 0.10) | 2 | 1 (50.0%) |"),
             "{text}"
@@ -1281,6 +1418,51 @@ mod tests {
         assert!(
             !text.contains("moderate"),
             "an empty band is left out: {text}"
+        );
+        assert!(
+            !text.contains("By the patient's age"),
+            "no ages, no table: {text}"
+        );
+    }
+
+    #[test]
+    fn exams_are_banded_by_age() {
+        let row = |label: &str, age_y: Option<f64>, call: &'static str| Row {
+            age_y,
+            ..judged_row(label, call)
+        };
+        let rows = [
+            row("normal", Some(0.1), "abnormal"),
+            row("normal", Some(0.4), "normal"),
+            row("normal", Some(0.5), "normal"),
+            row("stone", Some(9.0), "normal"),
+            row("sol", Some(12.0), "abnormal"),
+            row("normal", Some(15.9), "normal"),
+            row("cyst", None, "normal"),
+        ];
+        let s = summarise(&rows);
+        // 0.5 is the second band, 12 the last; a row without an age stays out.
+        let counts: Vec<[usize; 4]> = (s.by_age.iter())
+            .map(|b| [b.normal, b.called_normal, b.abnormal, b.called_abnormal])
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                [2, 1, 0, 0],
+                [1, 1, 0, 0],
+                [0, 0, 0, 0],
+                [0, 0, 1, 0],
+                [1, 1, 1, 1]
+            ]
+        );
+        let text = report_of(&rows, &s);
+        assert!(
+            text.contains("| under 6 months | 2 | 1 (50.0%) | 0 | - |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| 8-12 years | 0 | - | 1 | 0 (0.0%) |") && !text.contains("2-8 years"),
+            "{text}"
         );
     }
 

@@ -76,6 +76,24 @@ pub struct Args {
     /// show). At 20 frames/s, --n 60 is a 3 s pass.
     #[arg(long, requires = "stream", value_parser = motion)]
     motion: Option<Motion>,
+    /// Stream mode: draw patients aged LO to HI years (e.g. `8,16`) instead of the scanner's
+    /// own range, to add training sweeps of the ages an exam evaluation found hard. The
+    /// rest of each patient is drawn as without it, so only the age and what follows from
+    /// it (kidney size, echogenicity, depth) change.
+    #[arg(long, requires = "stream", value_parser = ages)]
+    ages: Option<(f32, f32)>,
+}
+
+fn ages(s: &str) -> Result<(f32, f32), String> {
+    let bad = || format!("{s:?}: give the youngest and oldest age in years, e.g. 8,16 (0-18)");
+    let (lo, hi) = s.split_once(',').ok_or_else(bad)?;
+    let lo: f32 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: f32 = hi.trim().parse().map_err(|_| bad())?;
+    if lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo <= hi && hi <= 18.0 {
+        Ok((lo, hi))
+    } else {
+        Err(bad())
+    }
 }
 
 fn motion(s: &str) -> Result<Motion, String> {
@@ -239,8 +257,21 @@ fn profile_choices() -> clap::builder::PossibleValuesParser {
     )
 }
 
-/// The scanner of a sweep: `--profile-file`, or a built-in `--profile` (not `mixed`).
+/// The scanner of a sweep: `--profile-file`, or a built-in `--profile` (not `mixed`), with
+/// its patients' ages replaced by `--ages`.
 fn one_profile(args: &Args) -> Result<&'static Profile> {
+    let profile = scanner(args)?;
+    Ok(match args.ages {
+        // Leaked once per run, as `Profile::from_file` does: sweeps hold `&'static Profile`.
+        Some(ages) => Box::leak(Box::new(Profile {
+            ages,
+            ..profile.clone()
+        })),
+        None => profile,
+    })
+}
+
+fn scanner(args: &Args) -> Result<&'static Profile> {
     Ok(match &args.profile_file {
         Some(f) => Profile::from_file(f)?,
         None if matches!(args.profile.as_str(), "mixed" | "randomized") => {
@@ -300,6 +331,49 @@ mod tests {
             "{some:?} not in {all:?}"
         );
         assert!(some[0].starts_with("sol-000,sol,") && some[1].starts_with("stone-000,"));
+    }
+
+    /// Each sweep's patient age, from its `frames.csv`.
+    fn ages_of(dir: &std::path::Path) -> Vec<f32> {
+        rows(dir)
+            .iter()
+            .map(|r| {
+                let name = r.split(',').next().unwrap();
+                let text = std::fs::read_to_string(dir.join(name).join("frames.csv")).unwrap();
+                let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+                let col = header.iter().position(|h| *h == "age_y").unwrap();
+                let first = text.lines().nth(1).unwrap();
+                first.split(',').nth(col).unwrap().parse().unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ages_draws_patients_of_that_age_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let set = |name: &str, extra: &[&str]| {
+            let out = tmp.path().join(name);
+            let mut v = vec!["--out", out.to_str().unwrap(), "--stream"];
+            v.extend(["--sweeps-per-class", "2", "--n", "1", "--seed", "11"]);
+            v.extend(extra);
+            run(args(&v).unwrap()).unwrap();
+            (rows(&out), ages_of(&out))
+        };
+        let (plain_rows, plain) = set("plain", &[]);
+        let (old_rows, old) = set("old", &["--ages", "8,16"]);
+        // The same sweeps (names, classes, seeds), older patients.
+        assert_eq!(plain_rows, old_rows);
+        assert!(old.iter().all(|a| (8.0..=16.0).contains(a)), "{old:?}");
+        // peds-convex draws most patients young: some of the plain ones are under 8.
+        assert!(plain.iter().any(|&a| a < 8.0), "{plain:?}");
+        assert_ne!(plain, old);
+        for bad in ["16,8", "8", "-1,4", "8,30", "a,b"] {
+            let out = tmp.path().join("x");
+            let flag = format!("--ages={bad}");
+            let v = ["--out", out.to_str().unwrap(), "--stream", &flag];
+            let e = args(&v).err().map(|e| format!("{e:#}")).unwrap_or_default();
+            assert!(e.contains("youngest and oldest"), "{bad}: {e}");
+        }
     }
 
     #[test]
