@@ -93,8 +93,7 @@ fn discover(dir: &Path) -> Result<Vec<Sweep>> {
                 .with_context(|| format!("{}: no `{name}` column", list.display()))
         };
         let (pc, lc) = (col("path")?, col("label")?);
-        let sc = table.col(&["severity"]);
-        let ac = table.col(&["age_y"]);
+        let (sc, ac) = (table.col(&[SEVERITY.name]), table.col(&[AGE.name]));
         for r in table.rows() {
             let (Some(p), Some(l)) = (r.get(Some(pc)), r.get(Some(lc))) else {
                 bail!("{} line {}: no path or no label", list.display(), r.line());
@@ -102,31 +101,25 @@ fn discover(dir: &Path) -> Result<Vec<Sweep>> {
             let label = Class::from_label(l).with_context(|| {
                 format!("{} line {}: unknown label {l:?}", list.display(), r.line())
             })?;
-            let listed = r
-                .get(sc)
-                .filter(|v| !v.trim().is_empty())
-                .map(|v| {
-                    severity(v).with_context(|| {
-                        format!("{} line {}: severity {v:?}", list.display(), r.line())
+            // An empty cell leaves the phantom's value.
+            let listed = |c: &NumberColumn, at| {
+                r.get(at)
+                    .filter(|v| !v.trim().is_empty())
+                    .map(|v| {
+                        c.parse(v).with_context(|| {
+                            format!("{} line {}: {} {v:?}", list.display(), r.line(), c.name)
+                        })
                     })
-                })
-                .transpose()?;
-            let listed_age = r
-                .get(ac)
-                .filter(|v| !v.trim().is_empty())
-                .map(|v| {
-                    age(v).with_context(|| {
-                        format!("{} line {}: age_y {v:?}", list.display(), r.line())
-                    })
-                })
-                .transpose()?;
+                    .transpose()
+            };
+            let (severity, age_y) = (listed(&SEVERITY, sc)?, listed(&AGE, ac)?);
             let path = dir.join(p);
             let f = frames_csv(&path)?;
             out.push(Sweep {
                 name: p.to_string(),
                 times: f.times,
-                severity: listed.or(f.severity),
-                age_y: listed_age.or(f.age_y),
+                severity: severity.or(f.severity),
+                age_y: age_y.or(f.age_y),
                 path,
                 label,
             });
@@ -188,19 +181,34 @@ struct FramesCsv {
     age_y: Option<f64>,
 }
 
-/// A patient age in years, 0..=18 (pediatric screening).
-fn age(v: &str) -> Result<f64> {
-    match v.trim().parse::<f64>() {
-        Ok(x) if (0.0..=18.0).contains(&x) => Ok(x),
-        _ => bail!("an age is a number of years from 0 to 18"),
-    }
+/// A per-sweep number a sweep list or a phantom `frames.csv` may carry, with its range.
+struct NumberColumn {
+    name: &'static str,
+    range: std::ops::RangeInclusive<f64>,
+    /// What a bad value is told.
+    expect: &'static str,
 }
 
-/// A severity in 0..=1.
-fn severity(v: &str) -> Result<f64> {
-    match v.trim().parse::<f64>() {
-        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
-        _ => bail!("a severity is a number from 0 to 1"),
+/// How marked the finding is, the phantom's 0-1 scale.
+const SEVERITY: NumberColumn = NumberColumn {
+    name: "severity",
+    range: 0.0..=1.0,
+    expect: "a severity is a number from 0 to 1",
+};
+
+/// The patient's age in years (pediatric screening).
+const AGE: NumberColumn = NumberColumn {
+    name: "age_y",
+    range: 0.0..=18.0,
+    expect: "an age is a number of years from 0 to 18",
+};
+
+impl NumberColumn {
+    fn parse(&self, v: &str) -> Result<f64> {
+        match v.trim().parse::<f64>() {
+            Ok(x) if self.range.contains(&x) => Ok(x),
+            _ => bail!("{}", self.expect),
+        }
     }
 }
 
@@ -228,23 +236,23 @@ fn frames_csv(path: &Path) -> Result<FramesCsv> {
             .collect(),
         None => Vec::new(),
     };
-    let severity = table
-        .rows()
-        .first()
-        .and_then(|r| r.get(table.col(&["severity"])))
-        .map(|v| severity(v).with_context(|| format!("{}: severity {v:?}", csv.display())))
-        .transpose()?;
-    let age_y = table
-        .rows()
-        .first()
-        .and_then(|r| r.get(table.col(&["age_y"])))
-        .map(|v| age(v).with_context(|| format!("{}: age_y {v:?}", csv.display())))
-        .transpose()?;
+    // The first frame's value: the sweep is one patient.
+    let first = |c: &NumberColumn| {
+        table
+            .rows()
+            .first()
+            .and_then(|r| r.get(table.col(&[c.name])))
+            .map(|v| {
+                c.parse(v)
+                    .with_context(|| format!("{}: {} {v:?}", csv.display(), c.name))
+            })
+            .transpose()
+    };
     Ok(FramesCsv {
         label,
         times,
-        severity,
-        age_y,
+        severity: first(&SEVERITY)?,
+        age_y: first(&AGE)?,
     })
 }
 
