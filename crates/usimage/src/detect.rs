@@ -6,7 +6,9 @@
 //! textured but thin, so a morphological opening with a block larger than a glyph removes
 //! them; the largest remaining regions are the image panes. Each pane is then made row- and
 //! column-convex (sectors and rectangles both are), which also fills anechoic holes. Colour
-//! pixels (Doppler, logos, buttons) never count as texture.
+//! pixels (Doppler, logos, buttons) never count as texture. UI bars (a header band flat at
+//! one grey across the frame) are taken out of the foreground before the opening: a bar
+//! touching the image would otherwise be part of its pane.
 
 use crate::frame::GreyFrame;
 
@@ -40,6 +42,10 @@ const MIN_MEAN_GREY: f32 = 6.0;
 /// Image region: a flat image background drawn at another grey than the screen's is at most
 /// this bright (scanners draw "no echo" near black; UI panels are greyer).
 const IMAGE_BLACK_MAX: u8 = 16;
+/// A flat block at this grey or above is saturated echo (a bright stone), not a UI panel.
+const SATURATED: u8 = 251;
+/// A UI bar: blocks flat at one grey over at least this fraction of a grid row or column.
+const BAR_FRACTION: f32 = 0.3;
 /// Image region: blocks around the main pane sampled for its background grey.
 const RING_BLOCKS: usize = 3;
 /// Image region growth: a row or column strip is screen background when at least this
@@ -717,6 +723,53 @@ impl Detector {
             let off = hi.saturating_sub(bg).max(bg.saturating_sub(lo));
             self.foreground[i] = u8::from(mostly_grey && off >= FOREGROUND_DELTA);
         }
+        self.clear_bars();
+    }
+
+    /// Takes UI bars out of the foreground: in a grid row (or column) where blocks flat at
+    /// one grey, greyer than "no echo", cover [`BAR_FRACTION`] of the frame's width (height)
+    /// and reach its edge, those blocks are a header bar or side panel. Left in, a bar touching the image joins
+    /// it into one component and the crop takes in the bar. Speckle, even smoothed, is never
+    /// flat at one grey across that much of a row; the bar's text, thin, goes in the opening.
+    fn clear_bars(&mut self) {
+        let (gw, gh) = (self.gw, self.gh);
+        let (lo, hi, colour) = (&self.lo, &self.hi, &self.colour);
+        let bar_level = |i: usize| -> Option<u8> {
+            let v = lo[i];
+            (colour[i] == 0 && v == hi[i] && v > IMAGE_BLACK_MAX && v < SATURATED).then_some(v)
+        };
+        // Bar blocks are marked in `tmp` first, so rows and columns are judged on the same
+        // foreground.
+        self.tmp.clear();
+        self.tmp.resize(gw * gh, 0);
+        for column in [false, true] {
+            let (lines, len) = if column { (gw, gh) } else { (gh, gw) };
+            for line in 0..lines {
+                let at = |k: usize| if column { k * gw + line } else { line * gw + k };
+                // A bar reaches the frame's edge (a band inside the image, a reverberation of
+                // a probe in air, does not): its grey is that of an end block.
+                let (first, last) = (bar_level(at(0)), bar_level(at(len - 1)));
+                for level in [first, last.filter(|&l| Some(l) != first)]
+                    .into_iter()
+                    .flatten()
+                {
+                    let count = (0..len)
+                        .filter(|&k| bar_level(at(k)) == Some(level))
+                        .count();
+                    if (count as f32) < BAR_FRACTION * len as f32 {
+                        continue;
+                    }
+                    for k in 0..len {
+                        if bar_level(at(k)) == Some(level) {
+                            self.tmp[at(k)] = 1;
+                        }
+                    }
+                }
+            }
+        }
+        for (f, &b) in self.foreground.iter_mut().zip(&self.tmp) {
+            *f &= u8::from(b == 0);
+        }
     }
 
     /// 4-connected components of `opened`; writes the best scored ones into `top` (best
@@ -968,11 +1021,13 @@ impl Detector {
             .map_or(x1, |i| x1 - reach + i + 1);
         // Row counts over the refined columns, for the top and bottom bands.
         let half_w = (right - left) / 2;
+        // A row of one grey is the edge of a UI bar, not image, however far from background.
         let row_fg = |y: u32| -> u32 {
-            grey[y as usize * w + left as usize..y as usize * w + right as usize]
-                .iter()
-                .map(|&p| fg(p))
-                .sum()
+            let row = &grey[y as usize * w + left as usize..y as usize * w + right as usize];
+            if row.iter().all(|&p| p == row[0]) {
+                return 0;
+            }
+            row.iter().map(|&p| fg(p)).sum()
         };
         let top = (y0..y0 + reach).find(|&y| row_fg(y) > half_w).unwrap_or(y0);
         let bottom = (y1 - reach..y1)
@@ -1297,6 +1352,38 @@ mod tests {
         assert_eq!(a.kind, ScanKind::Sector, "{a:?}");
         assert!(iou(a.bbox, shape.bbox(800, 600)) >= 0.9, "{a:?}");
         assert_image_area(&a, display);
+    }
+
+    /// A full-width header bar (flat grey with text) touching the top of a linear image, on
+    /// a block grid the bar's edge cuts: the bar is screen furniture, so the pane and the
+    /// crop start at the image's first row, not at the frame's corner.
+    #[test]
+    fn a_header_bar_touching_the_image_is_left_out() {
+        let truth = [150, 40, 560, 440];
+        let mut f = screen(640, 480, FanShape::Linear(truth), 21, &mut Vec::new());
+        paint_panel(&mut f, [0, 0, 640, 40], 40, 230, 3);
+        let a = detect_scan_area(&f);
+        assert_eq!(a.kind, ScanKind::Linear, "{a:?}");
+        assert_eq!(a.bbox[1], 40, "{a:?}");
+        assert!(iou(a.bbox, truth) >= 0.95, "{a:?}");
+    }
+
+    /// A header bar above a sector on a wide screen, apart from the fan: a piece of its own
+    /// that must not be joined to the fan as if it were the image's upper part.
+    #[test]
+    fn a_header_bar_above_a_sector_is_not_joined_to_it() {
+        let shape = FanShape::Sector {
+            apex_x: 720.0,
+            apex_y: 60.0,
+            half_angle: 0.63,
+            r0: 60.0,
+            r1: 520.0,
+        };
+        let mut f = screen(1440, 900, shape, 8, &mut Vec::new());
+        paint_panel(&mut f, [0, 0, 1440, 40], 40, 230, 4);
+        let a = detect_scan_area(&f);
+        assert_eq!(a.kind, ScanKind::Sector, "{a:?}");
+        assert!(iou(a.bbox, shape.bbox(1440, 900)) >= 0.9, "{a:?}");
     }
 
     /// Image region drawn at its own black (0) on a screen one grey level up (1), as SonoSite

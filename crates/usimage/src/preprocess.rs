@@ -6,8 +6,9 @@ use crate::frame::GreyFrame;
 use crate::normalize::Normalization;
 
 /// Version of this algorithm (detection + crop + blank + resize). Model manifests pin it;
-/// any change of output for the same input must bump it.
-pub const PREPROCESS_VERSION: u32 = 1;
+/// any change of output for the same input must bump it. 2: UI bars touching the image
+/// (a full-width header) are no longer part of the scan area.
+pub const PREPROCESS_VERSION: u32 = 2;
 
 /// Errors of the per-frame path.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -356,9 +357,10 @@ mod tests {
 #[cfg(test)]
 mod version_pin {
     use super::*;
-    use crate::synthetic::{screen, FanShape};
+    use crate::synthetic::{paint_panel, screen, FanShape};
 
-    /// FNV-1a over the grey model input of a fixed synthetic frame.
+    /// FNV-1a over the grey model inputs of two fixed synthetic frames: a sector on a plain
+    /// screen, and a linear image under a full-width header bar that touches it.
     fn digest() -> u64 {
         let shape = FanShape::Sector {
             apex_x: 400.0,
@@ -367,15 +369,26 @@ mod version_pin {
             r0: 80.0,
             r1: 560.0,
         };
-        let f = screen(800, 600, shape, 77, &mut Vec::new());
+        let sector = screen(800, 600, shape, 77, &mut Vec::new());
+        let mut header = screen(
+            640,
+            480,
+            FanShape::Linear([150, 40, 560, 440]),
+            78,
+            &mut Vec::new(),
+        );
+        paint_panel(&mut header, [0, 0, 640, 40], 40, 230, 79);
         let mut p = Preprocessor::new(224, Normalization::caffe_bgr());
         let mut out = vec![0f32; p.output_len()];
-        p.process(&f, &mut out).unwrap();
-        p.last_grey()
-            .iter()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            })
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        for f in [&sector, &header] {
+            p.process(f, &mut out).unwrap();
+            h = p
+                .last_grey()
+                .iter()
+                .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        }
+        h
     }
 
     /// The output for a given input is part of the model contract: when this digest changes,
@@ -383,15 +396,15 @@ mod version_pin {
     /// integer arithmetic only).
     #[test]
     fn output_is_pinned_to_the_version() {
-        assert_eq!(PREPROCESS_VERSION, 1);
+        assert_eq!(PREPROCESS_VERSION, 2);
         assert_eq!(
             digest(),
-            PINNED_V1,
+            PINNED_V2,
             "preprocessing output changed: bump PREPROCESS_VERSION"
         );
     }
 
-    /// Re-pinned when the synthetic frame's speckle moved to the workspace's one seeded
-    /// generator (the input changed; the preprocessing did not, so the version stays 1).
-    const PINNED_V1: u64 = 5_323_698_485_616_908_146;
+    /// Version 2: the header-bar frame joined to the digest when UI bars left the scan area
+    /// (under version 1 its crop began at the frame's corner).
+    const PINNED_V2: u64 = 15_707_812_751_133_789_830;
 }

@@ -146,6 +146,27 @@ pub fn run(args: Args) -> Result<()> {
         },
     )?;
 
+    // A run trained under another preprocessing version (an older renalscan) makes a bundle
+    // that carts refuse: it is trained again, and everything made from it.
+    let run_manifest = run.join(bundle::MANIFEST_FILE);
+    let stale = |m: &Path| {
+        contract::Manifest::from_file(m).map_or(true, |m| {
+            m.input.usimage_preprocess_version != usimage::PREPROCESS_VERSION
+        })
+    };
+    if run_manifest.exists() && stale(&run_manifest) {
+        println!(
+            "[3/9] the run in {} was trained for another preprocessing version (this build: \
+             {}): training again",
+            run.display(),
+            usimage::PREPROCESS_VERSION
+        );
+        for dir in [&run, &bundle] {
+            if dir.exists() {
+                fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+            }
+        }
+    }
     step(
         3,
         "train stage 1 (frozen backbone, new head)",
