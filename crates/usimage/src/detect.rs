@@ -728,11 +728,15 @@ impl Detector {
 
     /// Takes UI bars out of the foreground: in a grid row (or column) where blocks flat at
     /// one grey, greyer than "no echo", cover [`BAR_FRACTION`] of the frame's width (height)
-    /// and reach its edge, those blocks are a header bar or side panel. Left in, a bar touching the image joins
-    /// it into one component and the crop takes in the bar. Speckle, even smoothed, is never
-    /// flat at one grey across that much of a row; the bar's text, thin, goes in the opening.
+    /// and reach its edge, those blocks are a header bar or side panel. Left in, a bar
+    /// touching the image joins it into one component and the crop takes in the bar.
+    /// Speckle, even smoothed, is never flat at one grey across that much of a row; the
+    /// bar's text, thin, goes in the opening.
     fn clear_bars(&mut self) {
         let (gw, gh) = (self.gw, self.gh);
+        if gw == 0 || gh == 0 {
+            return;
+        }
         let (lo, hi, colour) = (&self.lo, &self.hi, &self.colour);
         let bar_level = |i: usize| -> Option<u8> {
             let v = lo[i];
