@@ -737,15 +737,15 @@ impl Detector {
         if gw == 0 || gh == 0 {
             return;
         }
-        let (lo, hi, colour) = (&self.lo, &self.hi, &self.colour);
-        let bar_level = |i: usize| -> Option<u8> {
-            let v = lo[i];
-            (colour[i] == 0 && v == hi[i] && v > IMAGE_BLACK_MAX && v < SATURATED).then_some(v)
+        // Bar blocks are marked in `bars` (the `tmp` buffer) first, so rows and columns are
+        // judged on the same foreground.
+        let mut bars = std::mem::take(&mut self.tmp);
+        bars.clear();
+        bars.resize(gw * gh, 0);
+        let bar_level = |i: usize| {
+            self.flat_level(i)
+                .filter(|&v| v > IMAGE_BLACK_MAX && v < SATURATED)
         };
-        // Bar blocks are marked in `tmp` first, so rows and columns are judged on the same
-        // foreground.
-        self.tmp.clear();
-        self.tmp.resize(gw * gh, 0);
         for column in [false, true] {
             let (lines, len) = if column { (gw, gh) } else { (gh, gw) };
             for line in 0..lines {
@@ -765,15 +765,16 @@ impl Detector {
                     }
                     for k in 0..len {
                         if bar_level(at(k)) == Some(level) {
-                            self.tmp[at(k)] = 1;
+                            bars[at(k)] = 1;
                         }
                     }
                 }
             }
         }
-        for (f, &b) in self.foreground.iter_mut().zip(&self.tmp) {
+        for (f, &b) in self.foreground.iter_mut().zip(&bars) {
             *f &= u8::from(b == 0);
         }
+        self.tmp = bars;
     }
 
     /// 4-connected components of `opened`; writes the best scored ones into `top` (best
