@@ -21,10 +21,22 @@ pub fn hydronephrosis_grade(severity: f32) -> u8 {
     ((severity * 4.0).ceil() as u8).clamp(1, 4)
 }
 
+/// Least severity [`draw_severity`] gives.
+const SEVERITY_MIN: f32 = 0.06;
+
 /// Draw a severity: skewed towards subtle, as screening finds mostly mild disease.
 pub fn draw_severity(rng: &mut Rand) -> f32 {
     let u = rng.f();
-    (0.06 + 0.94 * libm::powf(u, 1.25)).min(1.0)
+    (SEVERITY_MIN + (1.0 - SEVERITY_MIN) * libm::powf(u, 1.25)).min(1.0)
+}
+
+/// A severity drawn by [`draw_severity`] moved into `(lo, hi)` (each within 0.05-1), keeping
+/// its place in the draw's range: the least drawn severity becomes `lo`, the greatest `hi`.
+pub fn severity_in(drawn: f32, (lo, hi): (f32, f32)) -> f32 {
+    let lo = lo.clamp(0.05, 1.0);
+    let hi = hi.clamp(lo, 1.0);
+    let place = ((drawn - SEVERITY_MIN) / (1.0 - SEVERITY_MIN)).clamp(0.0, 1.0);
+    lo + (hi - lo) * place
 }
 
 #[derive(Clone, Debug)]
@@ -914,6 +926,21 @@ mod tests {
         assert_eq!(hydronephrosis_grade(0.01), 1);
         assert_eq!(hydronephrosis_grade(0.3), 2);
         assert_eq!(hydronephrosis_grade(1.0), 4);
+    }
+
+    #[test]
+    fn a_severity_range_keeps_each_draws_place() {
+        let range = (0.05, 0.15);
+        assert!((severity_in(SEVERITY_MIN, range) - 0.05).abs() < 1e-6);
+        assert!((severity_in(1.0, range) - 0.15).abs() < 1e-6);
+        let mut rng = Rand::new(3);
+        let mut drawn: Vec<f32> = (0..200).map(|_| draw_severity(&mut rng)).collect();
+        drawn.sort_by(f32::total_cmp);
+        let moved: Vec<f32> = drawn.iter().map(|&s| severity_in(s, range)).collect();
+        assert!(moved.windows(2).all(|w| w[0] <= w[1]), "not monotone");
+        assert!(moved.iter().all(|s| (0.05..=0.15).contains(s)), "{moved:?}");
+        // Out-of-range bounds are clamped to what the phantom renders.
+        assert_eq!(severity_in(0.5, (0.0, 0.0)), 0.05);
     }
 
     #[test]

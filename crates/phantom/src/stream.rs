@@ -77,6 +77,10 @@ pub struct SweepConfig {
     pub class: Option<Class>,
     /// Severity for abnormal classes; `None` draws one.
     pub severity: Option<f32>,
+    /// With `severity` `None`: the drawn severity mapped into this range (the same draw, so
+    /// the same patient with a fainter or plainer finding): sweeps of the findings an exam
+    /// evaluation misses, for training.
+    pub severity_range: Option<(f32, f32)>,
     pub fps: f32,
     /// Stop after this many frames; `None` runs forever.
     pub frames: Option<u64>,
@@ -93,6 +97,7 @@ impl SweepConfig {
             profile,
             class: None,
             severity: None,
+            severity_range: None,
             fps: 20.0,
             frames: None,
             anatomy: Anatomy::Kidney,
@@ -161,8 +166,13 @@ impl ProbeSweep {
             }
         });
         let severity = if class.is_abnormal() {
-            cfg.severity
-                .unwrap_or_else(|| crate::scene::draw_severity(&mut rng))
+            cfg.severity.unwrap_or_else(|| {
+                let drawn = crate::scene::draw_severity(&mut rng);
+                match cfg.severity_range {
+                    Some(range) => crate::scene::severity_in(drawn, range),
+                    None => drawn,
+                }
+            })
         } else {
             0.0
         };

@@ -82,18 +82,34 @@ pub struct Args {
     /// it (kidney size, echogenicity, depth) change.
     #[arg(long, requires = "stream", value_parser = ages)]
     ages: Option<(f32, f32)>,
+    /// Stream mode: each abnormal sweep's finding as severe as LO to HI (e.g. `0.05,0.15`)
+    /// instead of anywhere in 0.06-1, to add training sweeps of the faint findings an exam
+    /// evaluation misses. Each sweep keeps its patient and its place in the draw: the
+    /// mildest finding of the full range becomes LO, the most marked HI.
+    #[arg(long, requires = "stream", conflicts_with = "severity", value_parser = severities)]
+    severities: Option<(f32, f32)>,
 }
 
-fn ages(s: &str) -> Result<(f32, f32), String> {
-    let bad = || format!("{s:?}: give the youngest and oldest age in years, e.g. 8,16 (0-18)");
+fn bounds(s: &str, (min, max): (f32, f32), give: &str) -> Result<(f32, f32), String> {
+    let bad = || format!("{s:?}: give {give}");
     let (lo, hi) = s.split_once(',').ok_or_else(bad)?;
     let lo: f32 = lo.trim().parse().map_err(|_| bad())?;
     let hi: f32 = hi.trim().parse().map_err(|_| bad())?;
-    if lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo <= hi && hi <= 18.0 {
+    if lo.is_finite() && hi.is_finite() && min <= lo && lo <= hi && hi <= max {
         Ok((lo, hi))
     } else {
         Err(bad())
     }
+}
+
+fn ages(s: &str) -> Result<(f32, f32), String> {
+    let give = "the youngest and oldest age in years, e.g. 8,16 (0-18)";
+    bounds(s, (0.0, 18.0), give)
+}
+
+fn severities(s: &str) -> Result<(f32, f32), String> {
+    let give = "the mildest and most marked severity, e.g. 0.05,0.15 (0.05-1)";
+    bounds(s, (0.05, 1.0), give)
 }
 
 fn motion(s: &str) -> Result<Motion, String> {
@@ -132,6 +148,7 @@ pub fn run(args: Args) -> Result<()> {
         let cfg = SweepConfig {
             class,
             severity: args.severity,
+            severity_range: args.severities,
             fps: args.fps,
             frames: Some(args.n as u64),
             anatomy: args.view,
@@ -210,6 +227,7 @@ fn sweep_set(args: &Args, per_class: usize, start: Instant) -> Result<()> {
                         let name = format!("{}-{i:03}", class.label());
                         let cfg = SweepConfig {
                             class: Some(class),
+                            severity_range: args.severities,
                             fps: args.fps,
                             frames: Some(args.n as u64),
                             motion: args.motion.unwrap_or(Motion::Exam),
@@ -333,30 +351,57 @@ mod tests {
         assert!(some[0].starts_with("sol-000,sol,") && some[1].starts_with("stone-000,"));
     }
 
-    /// Each sweep's patient age, from its `frames.csv`.
-    fn ages_of(dir: &std::path::Path) -> Vec<f32> {
+    /// Each sweep's value of `column` in its first frame, from its `frames.csv`.
+    fn first_frames(dir: &std::path::Path, column: &str) -> Vec<f32> {
         rows(dir)
             .iter()
             .map(|r| {
                 let name = r.split(',').next().unwrap();
                 let text = std::fs::read_to_string(dir.join(name).join("frames.csv")).unwrap();
                 let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
-                let col = header.iter().position(|h| *h == "age_y").unwrap();
+                let col = header.iter().position(|h| *h == column).unwrap();
                 let first = text.lines().nth(1).unwrap();
                 first.split(',').nth(col).unwrap().parse().unwrap()
             })
             .collect()
     }
 
+    fn ages_of(dir: &std::path::Path) -> Vec<f32> {
+        first_frames(dir, "age_y")
+    }
+
+    /// A sweep set of `per_class` one-frame sweeps per class of seed `seed` in
+    /// `tmp/name`, with `extra` flags.
+    fn one_frame_set(
+        tmp: &std::path::Path,
+        name: &str,
+        (per_class, seed): (&str, &str),
+        extra: &[&str],
+    ) -> std::path::PathBuf {
+        let out = tmp.join(name);
+        let mut v = vec!["--out", out.to_str().unwrap(), "--stream"];
+        v.extend(["--sweeps-per-class", per_class, "--n", "1", "--seed", seed]);
+        v.extend(extra);
+        run(args(&v).unwrap()).unwrap();
+        out
+    }
+
+    /// Every value of `bad` for `--flag` is refused with a message that `says` it.
+    fn refused(tmp: &std::path::Path, flag: &str, bad: &[&str], says: &str) {
+        for bad in bad {
+            let out = tmp.join("x");
+            let flag = format!("--{flag}={bad}");
+            let v = ["--out", out.to_str().unwrap(), "--stream", &flag];
+            let e = args(&v).err().map(|e| format!("{e:#}")).unwrap_or_default();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn ages_draws_patients_of_that_age_only() {
         let tmp = tempfile::tempdir().unwrap();
         let set = |name: &str, extra: &[&str]| {
-            let out = tmp.path().join(name);
-            let mut v = vec!["--out", out.to_str().unwrap(), "--stream"];
-            v.extend(["--sweeps-per-class", "2", "--n", "1", "--seed", "11"]);
-            v.extend(extra);
-            run(args(&v).unwrap()).unwrap();
+            let out = one_frame_set(tmp.path(), name, ("2", "11"), extra);
             (rows(&out), ages_of(&out))
         };
         let (plain_rows, plain) = set("plain", &[]);
@@ -367,13 +412,33 @@ mod tests {
         // peds-convex draws most patients young: some of the plain ones are under 8.
         assert!(plain.iter().any(|&a| a < 8.0), "{plain:?}");
         assert_ne!(plain, old);
-        for bad in ["16,8", "8", "-1,4", "8,30", "a,b"] {
-            let out = tmp.path().join("x");
-            let flag = format!("--ages={bad}");
-            let v = ["--out", out.to_str().unwrap(), "--stream", &flag];
-            let e = args(&v).err().map(|e| format!("{e:#}")).unwrap_or_default();
-            assert!(e.contains("youngest and oldest"), "{bad}: {e}");
+        let bad = ["16,8", "8", "-1,4", "8,30", "a,b"];
+        refused(tmp.path(), "ages", &bad, "youngest and oldest");
+    }
+
+    #[test]
+    fn severities_draws_the_same_patients_with_fainter_findings() {
+        let tmp = tempfile::tempdir().unwrap();
+        let set = |name: &str, extra: &[&str]| {
+            let out = one_frame_set(tmp.path(), name, ("3", "13"), extra);
+            (rows(&out), first_frames(&out, "severity"), ages_of(&out))
+        };
+        let (plain_rows, plain, plain_ages) = set("plain", &[]);
+        let (faint_rows, faint, faint_ages) = set("faint", &["--severities", "0.05,0.1"]);
+        // The same sweeps and patients, fainter findings; normal sweeps stay at 0.
+        assert_eq!(plain_rows, faint_rows);
+        assert_eq!(plain_ages, faint_ages);
+        for ((row, p), f) in plain_rows.iter().zip(&plain).zip(&faint) {
+            if row.starts_with("normal-") {
+                assert_eq!((*p, *f), (0.0, 0.0), "{row}");
+            } else {
+                assert!((0.05..=0.1).contains(f), "{row}: {f}");
+            }
         }
+        // peds-convex draws most findings well above 0.1.
+        assert!(plain.iter().any(|&s| s > 0.2), "{plain:?}");
+        let bad = ["0.1,0.05", "0.1", "0.01,0.1", "0.5,2", "a,b"];
+        refused(tmp.path(), "severities", &bad, "mildest and most marked");
     }
 
     #[test]
