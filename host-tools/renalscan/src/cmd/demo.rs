@@ -96,6 +96,15 @@ fn step(
     Ok(())
 }
 
+/// Whether the run whose manifest is `m` was trained under another preprocessing version
+/// than this build's (or its manifest cannot be read). The run's manifest is the trainer's
+/// draft, without what only `renalscan bundle` adds, so it is read as one.
+fn trained_for_another_preprocessing(m: &Path) -> bool {
+    contract::Manifest::draft_from_file(m).map_or(true, |m| {
+        m.input.usimage_preprocess_version != usimage::PREPROCESS_VERSION
+    })
+}
+
 pub fn run(args: Args) -> Result<()> {
     let start = Instant::now();
     let w = &args.work;
@@ -149,12 +158,7 @@ pub fn run(args: Args) -> Result<()> {
     // A run trained under another preprocessing version (an older renalscan) makes a bundle
     // that carts refuse: it is trained again, and everything made from it.
     let run_manifest = run.join(bundle::MANIFEST_FILE);
-    let stale = |m: &Path| {
-        contract::Manifest::from_file(m).map_or(true, |m| {
-            m.input.usimage_preprocess_version != usimage::PREPROCESS_VERSION
-        })
-    };
-    if run_manifest.exists() && stale(&run_manifest) {
+    if run_manifest.exists() && trained_for_another_preprocessing(&run_manifest) {
         println!(
             "[3/9] the run in {} was trained for another preprocessing version (this build: \
              {}): training again",
@@ -509,5 +513,36 @@ impl SweepSummary {
             None => String::new(),
         };
         format!("{}{first}; {}", self.call(), self.frames())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_is_trained_again_only_for_another_preprocessing_version() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("manifest.toml");
+        // The trainer's draft: a bundle's manifest without what only `renalscan bundle` adds.
+        let sample = testkit::manifests::sample(&"0".repeat(64));
+        let mut draft: toml::Table = toml::from_str(&sample).expect("sample");
+        let training = draft.get_mut("training").and_then(|t| t.as_table_mut());
+        training.expect("training").remove("data");
+        let write = |table: &toml::Table| {
+            fs::write(&path, toml::to_string(table).expect("toml")).expect("write");
+        };
+        write(&draft);
+        assert!(contract::Manifest::from_file(&path).is_err(), "not a draft");
+        assert!(!trained_for_another_preprocessing(&path));
+        let input = draft.get_mut("input").and_then(|i| i.as_table_mut());
+        let older = i64::from(usimage::PREPROCESS_VERSION) - 1;
+        input
+            .expect("input")
+            .insert("usimage_preprocess_version".into(), older.into());
+        write(&draft);
+        assert!(trained_for_another_preprocessing(&path));
+        fs::write(&path, "not toml [").expect("write");
+        assert!(trained_for_another_preprocessing(&path));
     }
 }
