@@ -34,7 +34,7 @@ pub use dataset::{
 };
 pub use profile::{Geometry, Profile};
 pub use render::{render_map, render_one, render_other, ImageSpec, Renderer, NO_KIDNEY};
-pub use scene::{hydronephrosis_grade, Class, DEFAULT_ELEVATION_MAX};
+pub use scene::{hydronephrosis_grade, Class, DEFAULT_ELEVATION_MAX, LEAST_SEVERITY};
 pub use stream::{
     write_sweep, Motion, ProbeState, ProbeSweep, SweepConfig, SweepFrame, FRAMES_HEADER,
 };

@@ -21,6 +21,10 @@ pub fn hydronephrosis_grade(severity: f32) -> u8 {
     ((severity * 4.0).ceil() as u8).clamp(1, 4)
 }
 
+/// Least severity the phantom renders: what a sweep's given severity, or a severity range,
+/// is clamped to.
+pub const LEAST_SEVERITY: f32 = 0.05;
+
 /// Least severity [`draw_severity`] gives.
 const SEVERITY_MIN: f32 = 0.06;
 
@@ -30,10 +34,11 @@ pub fn draw_severity(rng: &mut Rand) -> f32 {
     (SEVERITY_MIN + (1.0 - SEVERITY_MIN) * libm::powf(u, 1.25)).min(1.0)
 }
 
-/// A severity drawn by [`draw_severity`] moved into `(lo, hi)` (each within 0.05-1), keeping
-/// its place in the draw's range: the least drawn severity becomes `lo`, the greatest `hi`.
+/// A severity drawn by [`draw_severity`] moved into `(lo, hi)` (each within
+/// [`LEAST_SEVERITY`]-1), keeping its place in the draw's range: the least drawn severity
+/// becomes `lo`, the greatest `hi`.
 pub fn severity_in(drawn: f32, (lo, hi): (f32, f32)) -> f32 {
-    let lo = lo.clamp(0.05, 1.0);
+    let lo = lo.clamp(LEAST_SEVERITY, 1.0);
     let hi = hi.clamp(lo, 1.0);
     let place = ((drawn - SEVERITY_MIN) / (1.0 - SEVERITY_MIN)).clamp(0.0, 1.0);
     lo + (hi - lo) * place

@@ -152,7 +152,7 @@ impl ProbeSweep {
         };
         cfg.severity = cfg.severity.map(|s| {
             if s.is_finite() {
-                s.clamp(0.05, 1.0)
+                s.clamp(crate::scene::LEAST_SEVERITY, 1.0)
             } else {
                 0.5
             }

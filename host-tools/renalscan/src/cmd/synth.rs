@@ -109,7 +109,7 @@ fn ages(s: &str) -> Result<(f32, f32), String> {
 
 fn severities(s: &str) -> Result<(f32, f32), String> {
     let give = "the mildest and most marked severity, e.g. 0.05,0.15 (0.05-1)";
-    bounds(s, (0.05, 1.0), give)
+    bounds(s, (phantom::LEAST_SEVERITY, 1.0), give)
 }
 
 fn motion(s: &str) -> Result<Motion, String> {
