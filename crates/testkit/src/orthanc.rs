@@ -40,20 +40,41 @@ fn binary() -> PathBuf {
 impl Orthanc {
     /// Starts Orthanc with its storage under `dir` (kept across restarts of the same `dir`).
     pub fn start(dir: &Path) -> Self {
-        Self::start_on(dir, free_port(), free_port())
+        Self::start_on_free_ports(dir, serde_json::json!({}))
     }
 
     /// Starts Orthanc on given ports (a restart keeps the address the outbox knows).
     pub fn start_on(dir: &Path, dicom_port: u16, http_port: u16) -> Self {
         Self::start_with(dir, dicom_port, http_port, serde_json::json!({}))
+            .unwrap_or_else(|log| panic!("Orthanc did not start:\n{log}"))
     }
 
     /// Starts Orthanc on free ports with `extra` configuration keys (DICOM TLS, say).
     pub fn start_configured(dir: &Path, extra: serde_json::Value) -> Self {
-        Self::start_with(dir, free_port(), free_port(), extra)
+        Self::start_on_free_ports(dir, extra)
     }
 
-    fn start_with(dir: &Path, dicom_port: u16, http_port: u16, extra: serde_json::Value) -> Self {
+    /// On ports picked here: a free port can be taken between the pick and Orthanc's bind
+    /// (tests beside it open connections), so a port in use is picked again, a few times.
+    fn start_on_free_ports(dir: &Path, extra: serde_json::Value) -> Self {
+        let mut log = String::new();
+        for _ in 0..3 {
+            match Self::start_with(dir, free_port(), free_port(), extra.clone()) {
+                Ok(o) => return o,
+                Err(l) if l.contains("already in use") => log = l,
+                Err(l) => panic!("Orthanc did not start:\n{l}"),
+            }
+        }
+        panic!("Orthanc did not start (its ports were taken three times):\n{log}")
+    }
+
+    /// Starts Orthanc; its log when it exits or does not answer within 30 s.
+    fn start_with(
+        dir: &Path,
+        dicom_port: u16,
+        http_port: u16,
+        extra: serde_json::Value,
+    ) -> Result<Self, String> {
         std::fs::create_dir_all(dir).unwrap();
         let mut cfg = serde_json::json!({
             "Name": "renalscan-test",
@@ -83,7 +104,7 @@ impl Orthanc {
             .stderr(log)
             .spawn()
             .expect("Orthanc starts");
-        let o = Self {
+        let mut o = Self {
             child: Some(child),
             dir: dir.to_path_buf(),
             dicom_port,
@@ -92,14 +113,16 @@ impl Orthanc {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while o.get("/system").is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "Orthanc did not start:\n{}",
-                std::fs::read_to_string(dir.join("orthanc.log")).unwrap_or_default()
-            );
+            let exited = o
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited || Instant::now() >= deadline {
+                return Err(o.log());
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
-        o
+        Ok(o)
     }
 
     /// `AET@127.0.0.1:PORT`.
