@@ -305,25 +305,41 @@ fn site_calibration(s: &mut String, m: &Manifest) {
     let Some(c) = &m.site_calibration else {
         return;
     };
+    // A site whose images fix no temperature, or leave the signed threshold where it holds,
+    // keeps them: say so rather than "rescaled by 1.000".
+    let temperature = if (c.temperature - 1.0).abs() < 1e-9 {
+        "its probabilities are as signed (no temperature)".to_string()
+    } else {
+        format!(
+            "its probabilities are rescaled by a temperature of {:.3}",
+            c.temperature
+        )
+    };
+    let threshold = if m.operating_point.threshold == c.from_threshold {
+        format!(
+            "the operating threshold {:.4} was checked for {} sensitivity on those images and \
+             kept",
+            m.operating_point.threshold,
+            pct(c.target_sensitivity)
+        )
+    } else {
+        format!(
+            "the operating threshold is {:.4} (chosen for {} sensitivity on those images; the \
+             original had {:.4})",
+            m.operating_point.threshold,
+            pct(c.target_sensitivity),
+            c.from_threshold
+        )
+    };
     let _ = writeln!(
         s,
         "## Site calibration\n\n- Recalibrated for **{}** on {} normal and {} abnormal \
-         images (`{}`): the model is the signed original's, its probabilities are rescaled by a \
-         temperature of {:.3} and the operating threshold is {:.4} (chosen for {} sensitivity \
-         on those images; the original had {:.4}).\n- Original bundle: manifest sha256 `{}`, \
-         signed by `{}`.\n- On the site's images (the figures after are in-sample):\n\n\
+         images (`{}`): the model is the signed original's, {temperature} and {threshold}.\n\
+         - Original bundle: manifest sha256 `{}`, signed by `{}`.\n- On the site's images \
+         (the figures after are in-sample):\n\n\
          | | n | AUC | accuracy | sensitivity | specificity | threshold |\n\
          |---|---|---|---|---|---|---|",
-        c.site,
-        c.n_normal,
-        c.n_abnormal,
-        c.data,
-        c.temperature,
-        m.operating_point.threshold,
-        pct(c.target_sensitivity),
-        c.from_threshold,
-        c.from_bundle_sha256,
-        c.from_signer
+        c.site, c.n_normal, c.n_abnormal, c.data, c.from_bundle_sha256, c.from_signer
     );
     s.push_str(&overall_row("before (as signed)", &c.before));
     s.push_str(&overall_row("after", &c.after));
@@ -539,5 +555,48 @@ mod tests {
         let card = render(&m, "k");
         assert!(!card.to_lowercase().contains("synthetic"), "{card}");
         assert!(card.contains("No held-out test evaluation"));
+    }
+
+    #[test]
+    fn a_site_calibration_says_what_it_changed_and_what_it_kept() {
+        let mut m = Manifest::parse(&sample(&"cd".repeat(32)), Path::new("m.toml")).unwrap();
+        let signed = m.operating_point.threshold;
+        let overall = eval(0.99, 0.95, 0.95, 0.95, 0.99).overall;
+        let mut c = contract::manifest::SiteCalibration {
+            site: "clinic-a".into(),
+            temperature: 0.941,
+            target_sensitivity: 0.95,
+            n_normal: 40,
+            n_abnormal: 40,
+            data: "cal80.csv".into(),
+            from_bundle_sha256: "ab".repeat(32),
+            from_signer: "k".into(),
+            from_threshold: signed,
+            before: overall.clone(),
+            after: overall,
+        };
+        m.site_calibration = Some(c.clone());
+        m.operating_point.threshold = 0.3725;
+        let card = render(&m, "k");
+        for text in [
+            "Recalibrated for **clinic-a** on 40 normal and 40 abnormal",
+            "rescaled by a temperature of 0.941",
+            "the operating threshold is 0.3725 (chosen for 95.0% sensitivity",
+        ] {
+            assert!(card.contains(text), "missing {text:?}\n{card}");
+        }
+        // Images that fixed no temperature and left the signed threshold where it holds.
+        c.temperature = 1.0;
+        m.site_calibration = Some(c);
+        m.operating_point.threshold = signed;
+        let card = render(&m, "k");
+        let kept = format!("the operating threshold {signed:.4} was checked for 95.0% sensitivity");
+        for text in [
+            "its probabilities are as signed (no temperature)",
+            kept.as_str(),
+        ] {
+            assert!(card.contains(text), "missing {text:?}\n{card}");
+        }
+        assert!(!card.contains("rescaled"), "{card}");
     }
 }

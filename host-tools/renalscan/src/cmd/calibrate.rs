@@ -67,11 +67,66 @@ fn nll(preds: &[Prediction], t: f32) -> f64 {
     sum / preds.len().max(1) as f64
 }
 
-/// The temperature in [0.05, 20] with the least NLL (golden-section search on its log; the
-/// NLL of temperature scaling is unimodal in it).
-fn fit_temperature(preds: &[Prediction]) -> f32 {
+/// Temperatures the fit searches (on their log).
+const T_RANGE: [f64; 2] = [0.05, 20.0];
+
+/// The site's temperature, or why its images cannot fix one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum TemperatureFit {
+    /// The temperature with the least NLL, inside [`T_RANGE`].
+    Fitted(f32),
+    /// Every image's true class already has the highest probability. Each image's
+    /// likelihood then rises as the temperature falls, without end: the "fit" would be the
+    /// search's floor, and the site's next exams would get probabilities far surer than the
+    /// model is (a site of 80 phantom images did this: 0.05, and its test set's ECE doubled).
+    Separable,
+    /// The least NLL lies on a bound of [`T_RANGE`]: no optimum inside it.
+    AtBound(f32),
+}
+
+impl TemperatureFit {
+    /// The factor on the signed temperature: 1 (kept) where the images do not fix one.
+    fn factor(self) -> f32 {
+        match self {
+            TemperatureFit::Fitted(t) => t,
+            TemperatureFit::Separable | TemperatureFit::AtBound(_) => 1.0,
+        }
+    }
+
+    /// What the report says about it.
+    fn explain(self) -> String {
+        match self {
+            TemperatureFit::Fitted(t) => format!("a temperature of {t:.3} on its probabilities"),
+            TemperatureFit::Separable => "the temperature kept as signed (every one of these \
+                 images already has its true class on top, so their likelihood keeps rising as \
+                 the temperature falls, with no optimum: a fitted one would be the search's \
+                 floor and make the site's next exams look far surer than the model is)"
+                .to_string(),
+            TemperatureFit::AtBound(t) => format!(
+                "the temperature kept as signed (the least NLL of these images lies on the \
+                 search's bound, {t:.3}, of {}-{}: they do not fix one)",
+                T_RANGE[0], T_RANGE[1]
+            ),
+        }
+    }
+}
+
+/// The temperature with the least NLL (golden-section search on its log; the NLL of
+/// temperature scaling is unimodal in it), where the images fix one.
+fn fit_temperature(preds: &[Prediction]) -> TemperatureFit {
+    let top = |p: &Prediction| {
+        p.probs
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+    };
+    if preds.iter().all(|p| top(p) == Some(p.label)) {
+        return TemperatureFit::Separable;
+    }
     let phi = (5f64.sqrt() - 1.0) / 2.0;
-    let (mut a, mut b) = (0.05f64.ln(), 20f64.ln());
+    let (lo, hi) = (T_RANGE[0].ln(), T_RANGE[1].ln());
+    let (mut a, mut b) = (lo, hi);
     let f = |x: f64| nll(preds, x.exp() as f32);
     let (mut c, mut d) = (b - phi * (b - a), a + phi * (b - a));
     let (mut fc, mut fd) = (f(c), f(d));
@@ -90,7 +145,13 @@ fn fit_temperature(preds: &[Prediction]) -> f32 {
             fd = f(d);
         }
     }
-    ((a + b) / 2.0).exp() as f32
+    let x = (a + b) / 2.0;
+    // Within 1% of a bound: the search ran into it.
+    if x - lo < 0.01 || hi - x < 0.01 {
+        TemperatureFit::AtBound(x.exp() as f32)
+    } else {
+        TemperatureFit::Fitted(x.exp() as f32)
+    }
 }
 
 fn scaled(preds: &[Prediction], t: f32) -> Vec<Prediction> {
@@ -168,7 +229,11 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let e_before = evaluate(&taxonomy, &before, original.operating_point.threshold)?;
-    let t = fit_temperature(&before);
+    let fit = fit_temperature(&before);
+    if !matches!(fit, TemperatureFit::Fitted(_)) {
+        log::warn!("calibrate {}: {}", args.site, fit.explain());
+    }
+    let t = fit.factor();
     let after = scaled(&before, t);
     let pos: Vec<f64> = after
         .iter()
@@ -181,7 +246,12 @@ pub fn run(args: Args) -> Result<()> {
         .map(|p| p.p_abnormal(&taxonomy))
         .collect();
     let spec_target = original.validation.specificity;
-    let choice = site_threshold(&pos, &neg, target, spec_target);
+    let choice = site_threshold(
+        &pos,
+        &neg,
+        (target, spec_target),
+        original.operating_point.threshold,
+    );
     let threshold = choice.threshold;
     let in_sample = threshold_for_sensitivity(&pos, target);
     let e_after = evaluate(&taxonomy, &after, threshold)?;
@@ -223,7 +293,7 @@ pub fn run(args: Args) -> Result<()> {
         &args,
         &e_before,
         &e_after,
-        (t, target),
+        (fit, target),
         (nll_before, nll_after),
         &original,
     );
@@ -261,6 +331,8 @@ pub fn run(args: Args) -> Result<()> {
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct SiteThreshold {
     threshold: f64,
+    /// The signed threshold holds on the site's images and is kept.
+    kept: bool,
     /// The highest threshold that keeps the target sensitivity for the site's next abnormal
     /// exams ([`threshold_for_sensitivity_on_new`]).
     for_sensitivity: f64,
@@ -272,6 +344,23 @@ struct SiteThreshold {
 impl SiteThreshold {
     fn explain(&self, target: f64, specificity: f64) -> String {
         let pct = |x: f64| format!("{:.1}%", 100.0 * x);
+        if self.kept {
+            let from = self.for_specificity.map_or(String::new(), |s| {
+                format!(
+                    "above {s:.4}, where their normal images reach the specificity the bundle \
+                     was validated at ({}), and ",
+                    pct(specificity)
+                )
+            });
+            return format!(
+                "The signed threshold {:.4} holds on the site's images: it lies {from}at or below \
+                 {:.4}, the {} sensitivity bound. It was chosen on the bundle's validation set, \
+                 far larger than these images, and they give no reason to move it: it is kept.",
+                self.threshold,
+                self.for_sensitivity,
+                pct(target),
+            );
+        }
         match self.for_specificity {
             Some(s) if s < self.for_sensitivity => format!(
                 "The site's images leave a range where both hold: from {s:.4}, where its normal \
@@ -301,13 +390,22 @@ impl SiteThreshold {
 }
 
 /// The site's threshold. Never above the one that keeps `target` sensitivity for the site's
-/// next abnormal exams (`pos`). Where the site's normal images (`neg`) reach the bundle's
-/// validated `specificity` below that, the middle of the range between the two (in
+/// next abnormal exams (`pos`). The `signed` one is kept where it holds on the site's images
+/// (at or below that bound, and where the site's normal images `neg` reach the bundle's
+/// validated `specificity`): 80 images are no reason to move a point chosen on thousands
+/// (a phantom site whose 80 images all scored right would have moved it to 0.86 and lost 3
+/// points of sensitivity on its test set). Otherwise, where the normal images reach that
+/// specificity below the sensitivity bound, the middle of the range between the two (in
 /// log-odds): a confident model's top scores crowd near 1, so the sensitivity bound alone
 /// climbs there (0.97-0.99 on a phantom site whose normal images scored below 0.1) and gives
 /// away sensitivity the site needs, while the specificity bound alone sits on the edge that 40
 /// normal images put it at.
-fn site_threshold(pos: &[f64], neg: &[f64], target: f64, specificity: f64) -> SiteThreshold {
+fn site_threshold(
+    pos: &[f64],
+    neg: &[f64],
+    (target, specificity): (f64, f64),
+    signed: f64,
+) -> SiteThreshold {
     let for_sensitivity = threshold_for_sensitivity_on_new(pos, target);
     let for_specificity =
         (specificity.is_finite() && specificity > 0.0 && !neg.is_empty()).then(|| {
@@ -320,7 +418,9 @@ fn site_threshold(pos: &[f64], neg: &[f64], target: f64, specificity: f64) -> Si
             let next = n.get(k).copied().unwrap_or(1.0);
             (n[k - 1] + next) / 2.0
         });
+    let kept = signed <= for_sensitivity && for_specificity.is_none_or(|s| signed >= s);
     let threshold = match for_specificity {
+        _ if kept => signed,
         Some(s) if s < for_sensitivity => {
             let mid = (log_odds(s) + log_odds(for_sensitivity)) / 2.0;
             1.0 / (1.0 + (-mid).exp())
@@ -329,6 +429,7 @@ fn site_threshold(pos: &[f64], neg: &[f64], target: f64, specificity: f64) -> Si
     };
     SiteThreshold {
         threshold,
+        kept,
         for_sensitivity,
         for_specificity,
     }
@@ -357,7 +458,7 @@ fn report(
     args: &Args,
     before: &Evaluation,
     after: &Evaluation,
-    (t, target): (f32, f64),
+    (fit, target): (TemperatureFit, f64),
     (nll_before, nll_after): (f64, f64),
     original: &contract::Manifest,
 ) -> String {
@@ -367,9 +468,9 @@ fn report(
     let _ = writeln!(
         s,
         "# Site calibration: {}\n\nBundle `{}` ({} {}), on `{}`: {} normal and {} abnormal \
-         kidney images. The model is unchanged; a temperature of {t:.3} on its probabilities \
-         (NLL {nll_before:.4} -> {nll_after:.4}) and a new threshold for {:.0}% sensitivity \
-         (how it was chosen: below the table). The figures after are in-sample (fitted on \
+         kidney images. The model is unchanged; {} (NLL {nll_before:.4} -> {nll_after:.4}) \
+         and the operating threshold for {:.0}% sensitivity checked on them (how it was \
+         chosen: below the table). The figures after are in-sample (fitted on \
          these images): judge the new bundle on other exams from the site.\n",
         args.site,
         args.bundle.display(),
@@ -378,6 +479,7 @@ fn report(
         args.data.display(),
         b.n_normal,
         b.n_abnormal,
+        fit.explain(),
         100.0 * target
     );
     let _ = writeln!(
@@ -441,7 +543,9 @@ mod tests {
         // specificity (80%) is reached far lower; the threshold goes between them.
         let pos: Vec<f64> = (0..40).map(|i| 1.0 - 0.001 * i as f64).collect();
         let neg: Vec<f64> = (0..40).map(|i| 0.01 * i as f64).collect();
-        let c = site_threshold(&pos, &neg, 0.95, 0.8);
+        // The signed threshold was above the sensitivity bound: it moves.
+        let c = site_threshold(&pos, &neg, (0.95, 0.8), 0.999);
+        assert!(!c.kept);
         assert!((c.for_sensitivity - pos[38]).abs() < 1e-12, "{c:?}");
         // 32 of 40 normal below: half way between the 32nd and 33rd lowest.
         assert!((c.for_specificity.unwrap() - 0.315).abs() < 1e-12, "{c:?}");
@@ -452,12 +556,32 @@ mod tests {
         assert!(c.explain(0.95, 0.8).contains("validated at (80.0%)"));
         // A site whose normal images score high (another scanner): sensitivity comes first.
         let neg_high: Vec<f64> = (0..40).map(|i| 0.9 + 0.0025 * i as f64).collect();
-        let c = site_threshold(&pos, &neg_high, 0.95, 0.8);
+        let c = site_threshold(&pos, &neg_high, (0.95, 0.8), 0.5);
         assert_eq!(c.threshold, c.for_sensitivity);
         assert!(c.explain(0.95, 0.8).contains("sensitivity comes first"));
         // No usable validation figure: the sensitivity bound alone.
-        let c = site_threshold(&pos, &neg, 0.95, f64::NAN);
+        let c = site_threshold(&pos, &neg, (0.95, f64::NAN), 0.999);
         assert_eq!((c.threshold, c.for_specificity), (c.for_sensitivity, None));
+    }
+
+    #[test]
+    fn a_signed_threshold_that_holds_on_the_site_is_kept() {
+        let pos: Vec<f64> = (0..40).map(|i| 1.0 - 0.001 * i as f64).collect();
+        let neg: Vec<f64> = (0..40).map(|i| 0.01 * i as f64).collect();
+        // Between the specificity bound (0.315) and the sensitivity bound (0.962): kept, and
+        // the explanation names both bounds.
+        for signed in [0.3151, 0.48, pos[38]] {
+            let c = site_threshold(&pos, &neg, (0.95, 0.8), signed);
+            assert!(c.kept && c.threshold == signed, "{signed}: {c:?}");
+            let e = c.explain(0.95, 0.8);
+            assert!(e.contains("is kept") && e.contains("0.3150"), "{e}");
+        }
+        // Below the specificity bound (too many false alarms at the site): it moves up.
+        let c = site_threshold(&pos, &neg, (0.95, 0.8), 0.2);
+        assert!(!c.kept && c.threshold > 0.315, "{c:?}");
+        // No usable validation figure: kept while it keeps the sensitivity.
+        let c = site_threshold(&pos, &neg, (0.95, f64::NAN), 0.2);
+        assert!(c.kept && c.threshold == 0.2, "{c:?}");
     }
 
     #[test]
@@ -488,8 +612,46 @@ mod tests {
                 probs: p,
             });
         }
-        let t = fit_temperature(&preds);
+        let TemperatureFit::Fitted(t) = fit_temperature(&preds) else {
+            panic!("no fit: {:?}", fit_temperature(&preds));
+        };
         assert!((t - 2.5).abs() < 0.4, "{t}");
         assert!(nll(&preds, t) < nll(&preds, 1.0));
+    }
+
+    #[test]
+    fn images_that_cannot_fix_a_temperature_keep_the_signed_one() {
+        let pred = |label: usize, probs: [f32; 3]| Prediction {
+            label,
+            probs: probs.to_vec(),
+        };
+        // Every true class on top, some barely: the NLL falls without end as t falls.
+        let separable = vec![
+            pred(0, [0.5, 0.3, 0.2]),
+            pred(1, [0.2, 0.45, 0.35]),
+            pred(2, [0.1, 0.1, 0.8]),
+        ];
+        assert!(nll(&separable, 0.05) < nll(&separable, 1.0));
+        let fit = fit_temperature(&separable);
+        assert_eq!(fit, TemperatureFit::Separable);
+        assert_eq!(fit.factor(), 1.0);
+        assert!(
+            fit.explain().contains("kept as signed"),
+            "{}",
+            fit.explain()
+        );
+        // Every image confidently wrong: the least NLL is as flat as the search allows.
+        let wrong = vec![pred(1, [0.98, 0.01, 0.01]), pred(2, [0.01, 0.98, 0.01])];
+        let fit = fit_temperature(&wrong);
+        assert!(
+            matches!(fit, TemperatureFit::AtBound(t) if t > 19.0),
+            "{fit:?}"
+        );
+        assert_eq!(fit.factor(), 1.0);
+        assert!(fit.explain().contains("bound"), "{}", fit.explain());
+        // One image on the wrong side is enough for an optimum inside the range.
+        let mut mixed = separable.clone();
+        mixed.push(pred(0, [0.4, 0.5, 0.1]));
+        assert!(matches!(fit_temperature(&mixed), TemperatureFit::Fitted(_)));
     }
 }
