@@ -161,6 +161,89 @@ fn the_readme_cli_sequence_chains_by_hand() {
     );
     assert!(!verified.trim().is_empty(), "verify printed nothing");
 
+    // Site calibration on another set of images, signed again, verified, and its card says
+    // what it did.
+    let (site, cal, site_bundle) = (t.join("site"), t.join("cal"), t.join("site-bundle"));
+    ok(
+        "synth (site)",
+        renalscan(&[
+            &"synth",
+            &"--out",
+            &site,
+            &"--n",
+            &"48",
+            &"--seed",
+            &"12",
+            &"--mix",
+            &"balanced",
+        ]),
+    );
+    let report = ok(
+        "calibrate",
+        renalscan(&[
+            &"calibrate",
+            &"--bundle",
+            &bundle,
+            &"--trusted-keys",
+            &keys.join("site.pub"),
+            &"--data",
+            &site,
+            &"--site",
+            &"clinic-a",
+            &"--out",
+            &cal,
+            &"--min-normal",
+            &"4",
+            &"--min-abnormal",
+            &"4",
+        ]),
+    );
+    for f in ["model.onnx", "manifest.toml", "calibration.md"] {
+        exists(&cal.join(f));
+    }
+    assert!(
+        report.contains("# Site calibration: clinic-a") && report.contains("sensitivity bound"),
+        "{report}"
+    );
+    let draft = std::fs::read_to_string(cal.join("manifest.toml")).unwrap();
+    assert!(
+        draft.contains("[site_calibration]") && draft.contains("site = \"clinic-a\""),
+        "{draft}"
+    );
+    ok(
+        "bundle (calibrated)",
+        renalscan(&[
+            &"bundle",
+            &"--model",
+            &cal.join("model.onnx"),
+            &"--manifest",
+            &cal.join("manifest.toml"),
+            &"--key",
+            &keys.join("site.key"),
+            &"--out",
+            &site_bundle,
+            &"--data-source",
+            &"synthetic",
+            &"--data-description",
+            &"renalscan phantom, 96 images, calibrated on 48 (README sequence test)",
+            &"--no-selftest",
+        ]),
+    );
+    ok(
+        "verify (calibrated)",
+        renalscan(&[
+            &"verify",
+            &site_bundle,
+            &"--trusted-keys",
+            &keys.join("site.pub"),
+        ]),
+    );
+    let card = std::fs::read_to_string(site_bundle.join("MODEL_CARD.md")).unwrap();
+    assert!(
+        card.contains("## Site calibration") && card.contains("Recalibrated for **clinic-a**"),
+        "{card}"
+    );
+
     // The step the README once broke on: eval of an int8 file with no manifest beside it
     // fails with the cause and the fix, never an empty "Caused by:".
     std::fs::remove_file(q.join("manifest.toml")).unwrap();
