@@ -46,6 +46,48 @@ fn ok(step: &str, out: Output) -> String {
     stdout
 }
 
+/// The release key pair the sequence signs with.
+struct Signing {
+    key: PathBuf,
+    public: PathBuf,
+}
+
+impl Signing {
+    /// `renalscan bundle` of `(model, manifest)` into `out`, then `renalscan verify` of it;
+    /// verify's output. `what` tells the two uses apart in a failure.
+    fn bundle_and_verify(
+        &self,
+        what: &str,
+        (model, manifest, out): (&Path, &Path, &Path),
+        description: &str,
+        extra: &[&str],
+    ) -> String {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+            &"bundle",
+            &"--model",
+            &model,
+            &"--manifest",
+            &manifest,
+            &"--key",
+            &self.key,
+            &"--out",
+            &out,
+            &"--data-source",
+            &"synthetic",
+            &"--data-description",
+            &description,
+        ];
+        for e in extra {
+            args.push(e);
+        }
+        ok(&format!("bundle{what}"), renalscan(&args));
+        ok(
+            &format!("verify{what}"),
+            renalscan(&[&"verify", &out, &"--trusted-keys", &self.public]),
+        )
+    }
+}
+
 fn exists(p: &Path) {
     assert!(p.exists(), "{} was not written", p.display());
 }
@@ -132,32 +174,15 @@ fn the_readme_cli_sequence_chains_by_hand() {
         "keygen",
         renalscan(&[&"keygen", &"--out", &keys, &"--name", &"site"]),
     );
-    ok(
-        "bundle",
-        renalscan(&[
-            &"bundle",
-            &"--model",
-            &int8,
-            &"--manifest",
-            &q.join("manifest.toml"),
-            &"--key",
-            &keys.join("site.key"),
-            &"--out",
-            &bundle,
-            &"--data-source",
-            &"synthetic",
-            &"--data-description",
-            &"renalscan phantom, 96 images (README sequence test)",
-        ]),
-    );
-    let verified = ok(
-        "verify",
-        renalscan(&[
-            &"verify",
-            &bundle,
-            &"--trusted-keys",
-            &keys.join("site.pub"),
-        ]),
+    let signed = Signing {
+        key: keys.join("site.key"),
+        public: keys.join("site.pub"),
+    };
+    let verified = signed.bundle_and_verify(
+        "",
+        (&int8, &q.join("manifest.toml"), &bundle),
+        "renalscan phantom, 96 images (README sequence test)",
+        &[],
     );
     assert!(!verified.trim().is_empty(), "verify printed nothing");
 
@@ -210,33 +235,15 @@ fn the_readme_cli_sequence_chains_by_hand() {
         draft.contains("[site_calibration]") && draft.contains("site = \"clinic-a\""),
         "{draft}"
     );
-    ok(
-        "bundle (calibrated)",
-        renalscan(&[
-            &"bundle",
-            &"--model",
+    signed.bundle_and_verify(
+        " (calibrated)",
+        (
             &cal.join("model.onnx"),
-            &"--manifest",
             &cal.join("manifest.toml"),
-            &"--key",
-            &keys.join("site.key"),
-            &"--out",
             &site_bundle,
-            &"--data-source",
-            &"synthetic",
-            &"--data-description",
-            &"renalscan phantom, 96 images, calibrated on 48 (README sequence test)",
-            &"--no-selftest",
-        ]),
-    );
-    ok(
-        "verify (calibrated)",
-        renalscan(&[
-            &"verify",
-            &site_bundle,
-            &"--trusted-keys",
-            &keys.join("site.pub"),
-        ]),
+        ),
+        "renalscan phantom, 96 images, calibrated on 48 (README sequence test)",
+        &["--no-selftest"],
     );
     let card = std::fs::read_to_string(site_bundle.join("MODEL_CARD.md")).unwrap();
     assert!(
