@@ -114,14 +114,7 @@ impl TemperatureFit {
 /// The temperature with the least NLL (golden-section search on its log; the NLL of
 /// temperature scaling is unimodal in it), where the images fix one.
 fn fit_temperature(preds: &[Prediction]) -> TemperatureFit {
-    let top = |p: &Prediction| {
-        p.probs
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i)
-    };
-    if preds.iter().all(|p| top(p) == Some(p.label)) {
+    if preds.iter().all(|p| p.argmax() == p.label) {
         return TemperatureFit::Separable;
     }
     let phi = (5f64.sqrt() - 1.0) / 2.0;
