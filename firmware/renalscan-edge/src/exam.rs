@@ -37,6 +37,9 @@ pub struct SweepOutcome {
     /// Every input the aggregator got, in order: the sweep judged at other aggregation
     /// settings ([`crate::aggregate::exam_call_of`]).
     pub inputs: Vec<Input>,
+    /// The source frame index of each of `inputs` (`None` for a reset): lets a replay say
+    /// whether the frames that showed a finding scored high.
+    pub input_frames: Vec<Option<u64>>,
     /// The aggregation settings the decisions were made with.
     pub params: Params,
 }
@@ -162,6 +165,7 @@ fn replay(pipeline: &mut Pipeline, path: &Path) -> Result<SweepOutcome, SourceEr
         finish(pipeline, &mut spare);
     }
     src.close();
+    let (inputs, input_frames) = pipeline.take_aggregation();
     Ok(SweepOutcome {
         frames,
         corrupt,
@@ -169,7 +173,8 @@ fn replay(pipeline: &mut Pipeline, path: &Path) -> Result<SweepOutcome, SourceEr
         counters: pipeline.counters,
         seconds: t0.elapsed().as_secs_f64(),
         workers: pipeline.workers(),
-        inputs: pipeline.take_aggregation(),
+        inputs,
+        input_frames,
         params: pipeline.aggregation(),
     })
 }

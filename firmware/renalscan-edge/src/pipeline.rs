@@ -69,6 +69,8 @@ pub struct Pipeline {
     trace: Option<Trace>,
     /// Every input the aggregator got, kept only when asked ([`Pipeline::record_aggregation`]).
     agg_inputs: Option<Vec<Input>>,
+    /// The source frame index of each of `agg_inputs` (`None` for a reset).
+    agg_frames: Vec<Option<u64>>,
     /// The last inference failed (status: fault).
     pub faulted: bool,
     /// The last classified frame's detection and classification (for [`Pipeline::view`]).
@@ -217,6 +219,7 @@ impl Pipeline {
             threshold_source,
             trace: None,
             agg_inputs: None,
+            agg_frames: Vec::new(),
             faulted: false,
             last: None,
             outcome: Outcome::Idle,
@@ -261,14 +264,18 @@ impl Pipeline {
     /// frames can then be judged at other aggregation settings without the model.
     pub fn record_aggregation(&mut self) {
         self.agg_inputs = Some(Vec::new());
+        self.agg_frames.clear();
     }
 
-    /// The inputs kept since [`Pipeline::record_aggregation`] (empty when not recording).
-    pub fn take_aggregation(&mut self) -> Vec<Input> {
-        self.agg_inputs
+    /// The inputs kept since [`Pipeline::record_aggregation`] (empty when not recording), with
+    /// the source frame index of each (`None` for a reset): which frame showed what.
+    pub fn take_aggregation(&mut self) -> (Vec<Input>, Vec<Option<u64>>) {
+        let inputs = self
+            .agg_inputs
             .as_mut()
             .map(std::mem::take)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        (inputs, std::mem::take(&mut self.agg_frames))
     }
 
     /// The aggregation parameters in force.
@@ -280,6 +287,7 @@ impl Pipeline {
         self.agg.reset();
         if let Some(inputs) = self.agg_inputs.as_mut() {
             inputs.push(Input::Reset);
+            self.agg_frames.push(None);
         }
     }
 
@@ -688,6 +696,7 @@ impl Pipeline {
             let now = Instant::now();
             if let Some(inputs) = self.agg_inputs.as_mut() {
                 inputs.push(Input::Push(sample));
+                self.agg_frames.push(Some(frame.meta.index));
             }
             let kind = match self.agg.push(sample) {
                 Some((Trigger::First, _)) => Some(DecisionKind::First),

@@ -192,6 +192,16 @@ fn recorded_aggregation_replays_the_devices_call() {
     assert_eq!(pushes as u64, o.counters.inferred);
     let reset = o.inputs.iter().position(|s| *s == Input::Reset);
     assert_eq!(reset, Some(4), "{:?}", o.inputs);
+    // Each input names the frame it came from: the bright frames 0-3, none for the reset,
+    // then dark frames after the blank run (4-6, gated), in order.
+    assert_eq!(o.input_frames.len(), o.inputs.len());
+    assert_eq!(
+        o.input_frames[..5],
+        [Some(0), Some(1), Some(2), Some(3), None]
+    );
+    let after: Vec<u64> = o.input_frames[5..].iter().map(|f| f.unwrap()).collect();
+    assert!(!after.is_empty() && after[0] >= 7, "{after:?}");
+    assert!(after.windows(2).all(|w| w[0] < w[1]), "{after:?}");
     assert_eq!(o.params.window, 3);
     let device = o.exam_call().map(|d| d.abnormal);
     assert_eq!(device, Some(true));

@@ -20,6 +20,8 @@ use renalscan_edge::infer::Classifier;
 use serde::Serialize;
 use train::dataset::{write_csv, CsvTable};
 
+use super::frames_in_view::{frames_in_view, SweepFrames};
+
 use super::eval::Args;
 
 /// One sweep to judge.
@@ -36,6 +38,9 @@ struct Sweep {
     /// The patient's age in years: the list's `age_y` column, else the phantom's
     /// `frames.csv`. Lets the report say which patients a setting fails.
     age_y: Option<f64>,
+    /// Whether the finding was in view, by source frame index (the phantom's
+    /// `lesion_visible`): which frames a missed exam's finding was on.
+    in_view: Option<Vec<bool>>,
 }
 
 /// Columns of `exams.csv`, in [`Row`]'s order.
@@ -117,6 +122,7 @@ fn discover(dir: &Path) -> Result<Vec<Sweep>> {
             let f = frames_csv(&path)?;
             out.push(Sweep {
                 name: p.to_string(),
+                in_view: f.in_view,
                 times: f.times,
                 severity: severity.or(f.severity),
                 age_y: age_y.or(f.age_y),
@@ -152,6 +158,7 @@ fn discover(dir: &Path) -> Result<Vec<Sweep>> {
                 times: f.times,
                 severity: f.severity,
                 age_y: f.age_y,
+                in_view: f.in_view,
                 path,
                 label,
             });
@@ -179,6 +186,9 @@ struct FramesCsv {
     severity: Option<f64>,
     /// The first frame's patient age (years).
     age_y: Option<f64>,
+    /// `lesion_visible` by source frame index: the rows in file-name order, the order a
+    /// replay reads a folder's frames in. `None` without the column or with a bad value.
+    in_view: Option<Vec<bool>>,
 }
 
 /// A per-sweep number a sweep list or a phantom `frames.csv` may carry, with its range.
@@ -248,11 +258,31 @@ fn frames_csv(path: &Path) -> Result<FramesCsv> {
             })
             .transpose()
     };
+    let in_view = match (table.col(&["path"]), table.col(&["lesion_visible"])) {
+        (Some(pc), Some(vc)) => {
+            let mut by_name: Vec<(&str, Option<bool>)> = table
+                .rows()
+                .iter()
+                .map(|r| {
+                    let visible = match r.get(Some(vc)).map(str::trim) {
+                        Some("1") => Some(true),
+                        Some("0") => Some(false),
+                        _ => None,
+                    };
+                    (r.get(Some(pc)).unwrap_or_default(), visible)
+                })
+                .collect();
+            by_name.sort_by(|a, b| a.0.cmp(b.0));
+            by_name.into_iter().map(|(_, v)| v).collect()
+        }
+        _ => None,
+    };
     Ok(FramesCsv {
         label,
         times,
         severity: first(&SEVERITY)?,
         age_y: first(&AGE)?,
+        in_view,
     })
 }
 
@@ -307,7 +337,7 @@ fn wilson(k: usize, n: usize) -> [f64; 2] {
     [(c - h).max(0.0), (c + h).min(1.0)]
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -398,10 +428,12 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
     results.sort_by_key(|(i, _)| *i);
     let mut rows = Vec::new();
     let mut judged = Vec::new();
+    let mut shown = Vec::new();
     let mut failed = Vec::new();
-    for (_, r) in results {
+    for (i, r) in results {
         match r {
             Ok((r, j)) => {
+                shown.push(sweep_frames(&sweeps[i], &r, &j));
                 rows.push(r);
                 judged.push(j);
             }
@@ -423,7 +455,11 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let summary = summarise(&rows);
     let curve = OperatingCurve::of(&judged);
+    let in_view = frames_in_view(&shown);
     let mut report = report(args, dir, &rows, &summary, &failed, secs);
+    if let Some(v) = &in_view {
+        report.push_str(&v.report());
+    }
     report.push_str(&curve.report());
     let write = |name: &str, text: String| {
         let p = args.out.join(name);
@@ -475,6 +511,7 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
             "sweeps": rows,
             "failed": failed,
             "operating_points": curve.chosen(),
+            "frames_in_view": in_view,
         }))?,
     )?;
     write("exams.md", report.clone())?;
@@ -492,6 +529,49 @@ pub fn run(args: &Args, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What the aggregator got from one sweep, each frame with whether its finding was in view.
+/// A sweep whose record cannot be matched to its frames (no `lesion_visible`, a bad value,
+/// another frame count than the replay read) gives no frames, with a warning.
+fn sweep_frames(s: &Sweep, r: &Row, j: &Judged) -> SweepFrames {
+    let normal = s.label == Class::Normal;
+    let matched = s.in_view.as_ref().filter(|v| v.len() as u64 == r.frames);
+    let frames = match matched {
+        None if !normal => {
+            if s.in_view.is_some() {
+                log::warn!(
+                    "{}: frames.csv lists {} frames with lesion_visible, the replay read {}: \
+                     its frames are left out of the in-view table",
+                    s.name,
+                    s.in_view.as_ref().map_or(0, Vec::len),
+                    r.frames
+                );
+            }
+            Vec::new()
+        }
+        _ => j
+            .inputs
+            .iter()
+            .zip(&j.frames)
+            .filter_map(|(input, frame)| match (input, frame) {
+                (Input::Push(p), Some(f)) => {
+                    let shown = !normal
+                        && matched
+                            .and_then(|v| v.get(*f as usize))
+                            .copied()
+                            .unwrap_or(false);
+                    Some((f64::from(p.p_abnormal), shown))
+                }
+                _ => None,
+            })
+            .collect(),
+    };
+    SweepFrames {
+        label: r.label.clone(),
+        severity: r.severity,
+        frames,
+    }
+}
+
 /// Per-frame trace of what each sweep fed the aggregator.
 pub(crate) const INPUTS_FILE: &str = "exam_inputs.csv";
 
@@ -499,7 +579,7 @@ pub(crate) const INPUTS_FILE: &str = "exam_inputs.csv";
 /// it was (which frames scored high), and the raw material to study other exam rules offline.
 /// A `reset` row marks where the window started over; gated frames never reach it.
 fn write_inputs(path: &Path, rows: &[Row], judged: &[Judged], labels: &[String]) -> Result<()> {
-    let mut header: Vec<String> = ["sweep", "label", "input", "event", "p_abnormal"]
+    let mut header: Vec<String> = ["sweep", "label", "input", "frame", "event", "p_abnormal"]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -508,7 +588,13 @@ fn write_inputs(path: &Path, rows: &[Row], judged: &[Judged], labels: &[String])
     // Streamed row by row: a long sweep set is not held twice in memory.
     let lines = rows.iter().zip(judged).flat_map(|(r, j)| {
         j.inputs.iter().enumerate().map(move |(i, input)| {
-            let mut line = vec![r.sweep.clone(), r.label.clone(), i.to_string()];
+            let frame = j.frames.get(i).copied().flatten();
+            let mut line = vec![
+                r.sweep.clone(),
+                r.label.clone(),
+                i.to_string(),
+                frame.map(|f| f.to_string()).unwrap_or_default(),
+            ];
             match input {
                 Input::Push(s) => {
                     line.push("frame".into());
@@ -534,6 +620,8 @@ pub(crate) struct Judged {
     /// The device's call: abnormal, normal, or none.
     call: Option<bool>,
     pub(crate) inputs: Vec<Input>,
+    /// The source frame index of each input (`None` for a reset; empty when not recorded).
+    frames: Vec<Option<u64>>,
     params: Params,
 }
 
@@ -546,6 +634,7 @@ impl Judged {
             abnormal,
             call,
             inputs,
+            frames: Vec::new(),
             params,
         }
     }
@@ -555,6 +644,7 @@ impl Judged {
             abnormal: s.label != Class::Normal,
             call: o.exam_call().map(|d| d.abnormal),
             inputs: o.inputs,
+            frames: o.input_frames,
             params: o.params,
         }
     }
@@ -894,7 +984,7 @@ struct SeverityBand {
 
 /// Severity bands for the sensitivity table, upper bounds exclusive (the phantom draws
 /// 0.06-1, skewed towards subtle findings as screening meets them).
-const SEVERITY_BANDS: [(&str, f64, f64); 4] = [
+pub(crate) const SEVERITY_BANDS: [(&str, f64, f64); 4] = [
     ("minimal (below 0.10)", 0.0, 0.10),
     ("mild (0.10-0.25)", 0.10, 0.25),
     ("moderate (0.25-0.50)", 0.25, 0.50),
@@ -1128,6 +1218,72 @@ mod tests {
     }
 
     #[test]
+    fn which_frames_showed_the_finding_is_read_in_the_replays_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let write = |rows: &str| {
+            std::fs::write(
+                tmp.path().join("frames.csv"),
+                format!("path,index,label,severity,lesion_visible\n{rows}"),
+            )
+            .unwrap();
+            frames_csv(tmp.path()).unwrap().in_view
+        };
+        // Listed out of order: the replay reads frames in file-name order.
+        let v = write(
+            "frame_000002.png,2,cyst,0.3,0\nframe_000000.png,0,cyst,0.3,1\n\
+             frame_000001.png,1,cyst,0.3,1\n",
+        );
+        assert_eq!(v, Some(vec![true, true, false]));
+        assert_eq!(write("frame_000000.png,0,cyst,0.3,yes\n"), None);
+        std::fs::write(
+            tmp.path().join("frames.csv"),
+            "path,index,label\nframe_000000.png,0,cyst\n",
+        )
+        .unwrap();
+        assert_eq!(frames_csv(tmp.path()).unwrap().in_view, None);
+    }
+
+    #[test]
+    fn each_input_is_paired_with_whether_its_frame_showed_the_finding() {
+        let push = |p: f32| Input::Push(renalscan_edge::aggregate::Sample::new(p, &[1.0 - p, p]));
+        let sweep = |label: Class, in_view: Option<Vec<bool>>| Sweep {
+            name: "s".into(),
+            path: PathBuf::new(),
+            label,
+            times: Vec::new(),
+            severity: Some(0.2),
+            age_y: None,
+            in_view,
+        };
+        // Frame 1 was gated; a reset came before frame 3.
+        let j = Judged {
+            abnormal: true,
+            call: None,
+            inputs: vec![push(0.25), push(0.5), Input::Reset, push(0.75)],
+            frames: vec![Some(0), Some(2), None, Some(3)],
+            params: two_class_params(),
+        };
+        let mut row = judged_row("cyst", "abnormal");
+        row.frames = 4;
+        let shown = |s: &Sweep, r: &Row| sweep_frames(s, r, &j).frames;
+        let cyst = sweep(Class::Cyst, Some(vec![false, true, true, false]));
+        assert_eq!(
+            shown(&cyst, &row),
+            [(0.25, false), (0.5, true), (0.75, false)]
+        );
+        // Another frame count than the replay read: not matched, left out.
+        let short = sweep(Class::Cyst, Some(vec![false, true]));
+        assert!(shown(&short, &row).is_empty());
+        assert!(shown(&sweep(Class::Cyst, None), &row).is_empty());
+        // A normal sweep's frames are all negatives, with or without a record.
+        let normal = sweep(Class::Normal, None);
+        assert_eq!(
+            shown(&normal, &row),
+            [(0.25, false), (0.5, false), (0.75, false)]
+        );
+    }
+
+    #[test]
     fn sweeps_are_found_by_their_frames_csv_or_a_list() {
         let tmp = tempfile::tempdir().unwrap();
         sweep_dir(tmp.path(), "b-cyst", "cyst");
@@ -1242,6 +1398,7 @@ mod tests {
                 abnormal,
                 call: exam_call_of(base, &inputs),
                 inputs,
+                frames: Vec::new(),
                 params: base,
             }
         };
@@ -1299,13 +1456,20 @@ mod tests {
     fn every_aggregator_input_is_traced_per_sweep() {
         let base = two_class_params();
         let push = |p: f32| Input::Push(renalscan_edge::aggregate::Sample::new(p, &[1.0 - p, p]));
-        let judged =
-            [vec![push(0.25), Input::Reset, push(0.75)], vec![push(0.5)]].map(|inputs| Judged {
-                abnormal: true,
-                call: exam_call_of(base, &inputs),
-                inputs,
-                params: base,
-            });
+        let judged = [
+            (
+                vec![push(0.25), Input::Reset, push(0.75)],
+                vec![Some(0), None, Some(4)],
+            ),
+            (vec![push(0.5)], vec![Some(2)]),
+        ]
+        .map(|(inputs, frames)| Judged {
+            abnormal: true,
+            call: exam_call_of(base, &inputs),
+            inputs,
+            frames,
+            params: base,
+        });
         let row = |sweep: &str| Row {
             sweep: sweep.into(),
             label: "cyst".into(),
@@ -1331,11 +1495,11 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "sweep,label,input,event,p_abnormal,p_normal,p_cyst",
-                "a,cyst,0,frame,0.25000,0.75000,0.25000",
-                "a,cyst,1,reset,,,",
-                "a,cyst,2,frame,0.75000,0.25000,0.75000",
-                "b,cyst,0,frame,0.50000,0.50000,0.50000",
+                "sweep,label,input,frame,event,p_abnormal,p_normal,p_cyst",
+                "a,cyst,0,0,frame,0.25000,0.75000,0.25000",
+                "a,cyst,1,,reset,,,",
+                "a,cyst,2,4,frame,0.75000,0.25000,0.75000",
+                "b,cyst,0,2,frame,0.50000,0.50000,0.50000",
             ]
         );
         // `exam-setting` reads the trace back as the aggregator got it.

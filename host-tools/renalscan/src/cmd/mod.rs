@@ -10,6 +10,7 @@ pub mod eval;
 pub mod exam_setting;
 pub mod exams;
 pub mod fixtures;
+mod frames_in_view;
 pub mod preprocess;
 pub mod quantize;
 pub mod release;
