@@ -55,10 +55,9 @@ fn in_view(sweeps: &[&SweepFrames]) -> Vec<Vec<f64>> {
         .collect()
 }
 
-/// AUC of `pos` against `neg` with a sweep-resampled 95% interval.
-fn auc_with_ci(pos: &[Vec<f64>], neg: &[Vec<f64>], rng: &mut seeded::Rng) -> (f64, [f64; 2]) {
-    let flat = |v: &[Vec<f64>]| v.concat();
-    let auc = evaluate::metrics::auc(&flat(pos), &flat(neg));
+/// The 95% interval of the AUC of `pos` against `neg` (scores grouped by sweep), whole
+/// sweeps resampled.
+fn auc_ci(pos: &[Vec<f64>], neg: &[Vec<f64>], rng: &mut seeded::Rng) -> [f64; 2] {
     let mut draw = |of: &[Vec<f64>]| -> Vec<f64> {
         (0..of.len())
             .flat_map(|_| of[(rng.u64() % of.len() as u64) as usize].iter().copied())
@@ -72,7 +71,7 @@ fn auc_with_ci(pos: &[Vec<f64>], neg: &[Vec<f64>], rng: &mut seeded::Rng) -> (f6
         .collect();
     aucs.sort_by(f64::total_cmp);
     let at = |q: f64| aucs[((q * (DRAWS - 1) as f64).round() as usize).min(DRAWS - 1)];
-    (auc, [at(0.025), at(0.975)])
+    [at(0.025), at(0.975)]
 }
 
 /// The table, or `None` where the sweeps say nothing of which frames showed the finding
@@ -110,6 +109,8 @@ pub(crate) fn frames_in_view(sweeps: &[SweepFrames]) -> Option<FramesInView> {
                 .collect(),
         ));
     }
+    // Flattened once: every group is scored against the same normal frames.
+    let neg_all = neg.concat();
     let mut rng = seeded::Rng::new(SEED);
     let groups = groups
         .into_iter()
@@ -118,21 +119,21 @@ pub(crate) fn frames_in_view(sweeps: &[SweepFrames]) -> Option<FramesInView> {
             if pos.is_empty() {
                 return None;
             }
-            let (auc, auc_ci) = auc_with_ci(&pos, &neg, &mut rng);
+            let all = pos.concat();
             Some(Group {
                 name,
                 sweeps: pos.len(),
-                frames: pos.iter().map(Vec::len).sum(),
-                auc,
-                auc_ci,
-                median_p: median(pos.concat()).unwrap_or(f64::NAN),
+                frames: all.len(),
+                auc: evaluate::metrics::auc(&all, &neg_all),
+                auc_ci: auc_ci(&pos, &neg, &mut rng),
+                median_p: median(all).unwrap_or(f64::NAN),
             })
         })
         .collect();
     Some(FramesInView {
         normal_sweeps: neg.len(),
-        normal_frames: neg.iter().map(Vec::len).sum(),
-        normal_median_p: median(neg.concat()).unwrap_or(f64::NAN),
+        normal_frames: neg_all.len(),
+        normal_median_p: median(neg_all).unwrap_or(f64::NAN),
         groups,
     })
 }
